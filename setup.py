@@ -60,5 +60,16 @@ ext = Pybind11Extension(
     extra_link_args=extra_link,
 )
 
+def _packages():
+    """hcomm from hcomm/, hcomm.parallel from parallel/ (so no top-level `parallel`)."""
+    from setuptools import find_packages
+
+    pkgs = ["hcomm"] + ["hcomm." + p for p in find_packages("hcomm")]
+    pkgs += ["hcomm.parallel"] + ["hcomm.parallel." + p for p in find_packages("parallel")]
+    dirs = {"hcomm": "hcomm", "hcomm.parallel": "parallel"}
+    return pkgs, dirs
+
+
 ParallelCompile("HCOMM_BUILD_JOBS", default=2).install()
-setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})
+packages, package_dir = _packages()
+setup(packages=packages, package_dir=package_dir, ext_modules=[ext], cmdclass={"build_ext": build_ext})

@@ -1,0 +1,4 @@
+"""hcomm: collective communication and training parallelism."""
+from . import _C
+
+build_config = _C.build_config
