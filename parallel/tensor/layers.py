@@ -82,7 +82,7 @@ def _param(full: torch.Tensor, dim: Optional[int], group, dtype, device) -> nn.P
     return nn.Parameter(shard.to(dtype=dtype or torch.get_default_dtype(), device=device).contiguous())
 
 
-def _replicated(p: Optional[torch.Tensor], group, sequence_parallel: bool):
+def tp_replicated(p: Optional[torch.Tensor], group, sequence_parallel: bool):
     """Route a tp-replicated parameter so its gradient is summed over tp when each rank
     only saw its sequence shard (see module docstring)."""
     if p is None or not sequence_parallel:
@@ -154,7 +154,7 @@ class RowParallelLinear(nn.Module):
             y = reduce_scatter_to_sequence_region(y, self.group)
         else:
             y = reduce_from_tp_region(y, self.group)
-        bias = _replicated(self.bias, self.group, self.sequence_parallel)
+        bias = tp_replicated(self.bias, self.group, self.sequence_parallel)
         return y if bias is None else y + bias
 
     def extra_repr(self) -> str:
@@ -227,8 +227,8 @@ class ParallelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(hidden, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = _replicated(self.weight, self.group, self.sequence_parallel)
-        b = _replicated(self.bias, self.group, self.sequence_parallel)
+        w = tp_replicated(self.weight, self.group, self.sequence_parallel)
+        b = tp_replicated(self.bias, self.group, self.sequence_parallel)
         return F.layer_norm(x, (self.hidden,), w, b, self.eps)
 
 
