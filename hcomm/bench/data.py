@@ -1,0 +1,142 @@
+"""Seeded per-rank inputs, the numpy reference output, and the #wrong count.
+
+Every rank can rebuild every other rank's input from (seed, rank, block, count), so
+each rank checks its own output against a reference it computes alone, with no extra
+communication. Inputs are small integers stored in the benchmark dtype: sums, minima
+and maxima of them are exact in any order (so floats compare tightly, integers
+exactly), and products use {-1, 1, 2} so they stay finite for a useful number of ranks.
+"""
+import numpy as np
+
+from .factors import REDUCING
+
+# nccl-tests' type names, with numpy's names accepted as aliases.
+DTYPES = {
+    "int8": np.int8, "uint8": np.uint8, "int32": np.int32, "int64": np.int64,
+    "half": np.float16, "float": np.float32, "double": np.float64,
+}
+DTYPE_ALIASES = {"float16": "half", "float32": "float", "float64": "double", "int": "int32",
+                 "char": "int8", "fp16": "half", "fp32": "float", "fp64": "double"}
+OPS = ("sum", "prod", "min", "max", "avg")
+# Filled into receive buffers before a checked call, so a call that writes nothing is
+# counted wrong: no sum, min, max or product of the inputs below can equal it.
+SENTINEL = 99
+
+
+def canonical_dtype(name):
+    """nccl-tests' name for a datatype given by either spelling; ValueError otherwise."""
+    key = DTYPE_ALIASES.get(name, name)
+    if key not in DTYPES:
+        if name in ("bfloat16", "bf16"):
+            raise ValueError("datatype bfloat16 is not supported by hcomm-bench: numpy has no bfloat16")
+        choices = ", ".join(list(DTYPES) + list(DTYPE_ALIASES))
+        raise ValueError(f"unknown datatype {name!r}; choose one of {choices}")
+    return key
+
+
+def np_dtype(name):
+    return np.dtype(DTYPES[canonical_dtype(name)])
+
+
+def redop_for(collective, op):
+    """The redop column: the op for reducing collectives, 'none' for the others."""
+    return op if collective in REDUCING else "none"
+
+
+def block_input(seed, rank, block, count, dtype, op):
+    """Block `block` (of `count` elements) of rank `rank`'s input."""
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng([seed, rank, block, count])
+    signed = dtype.kind != "u"
+    if op == "prod":
+        table = np.array([-1, 1, 2] if signed else [1, 2], dtype=np.int8)
+        small = table[rng.integers(0, len(table), size=count, dtype=np.int8)]
+    else:
+        lo, hi = (-4, 4) if signed else (0, 8)
+        small = rng.integers(lo, hi + 1, size=count, dtype=np.int8)
+    return small.astype(dtype)
+
+
+def rank_input(seed, rank, lay, dtype, op):
+    """Rank `rank`'s whole send buffer: lay.blocks blocks of lay.count elements, or one
+    block of lay.send elements for the single-block collectives."""
+    if lay.blocks == 1:
+        return block_input(seed, rank, 0, lay.send, dtype, op)
+    return np.concatenate([block_input(seed, rank, b, lay.count, dtype, op) for b in range(lay.blocks)])
+
+
+def reduce_blocks(blocks, op, dtype):
+    """numpy reference of an elementwise reduction over ranks' blocks.
+
+    Floats accumulate in float64 and round once at the end; integers wrap in their
+    own type, as C arithmetic does; avg of integers is the truncated quotient.
+    """
+    dtype = np.dtype(dtype)
+    acc_type = np.float64 if dtype.kind == "f" else (np.int64 if op == "avg" else dtype)
+    acc = blocks[0].astype(acc_type, copy=True)
+    for b in blocks[1:]:
+        b = b.astype(acc_type, copy=False)
+        if op in ("sum", "avg"):
+            acc += b
+        elif op == "prod":
+            acc *= b
+        elif op == "min":
+            np.minimum(acc, b, out=acc)
+        elif op == "max":
+            np.maximum(acc, b, out=acc)
+        else:
+            raise ValueError(f"unknown op {op!r}; choose one of {', '.join(OPS)}")
+    if op == "avg":
+        acc = acc / len(blocks) if dtype.kind == "f" else np.trunc(acc / len(blocks))
+    return acc.astype(dtype)
+
+
+def expected_output(lay, rank, nranks, *, seed, dtype, op, root):
+    """What rank `rank` must hold after the collective, or None when it holds nothing
+    checkable (reduce on a non-root rank, barrier)."""
+    c, coll = lay.count, lay.collective
+
+    def block(r, b=0, n=None):
+        return block_input(seed, r, b, c if n is None else n, dtype, op)
+
+    if coll == "allreduce" or (coll == "reduce" and rank == root):
+        return reduce_blocks([block(r) for r in range(nranks)], op, dtype)
+    if coll == "broadcast":
+        return block(root)
+    if coll == "allgather":
+        return np.concatenate([block(r) for r in range(nranks)])
+    if coll == "reduce_scatter":
+        return reduce_blocks([block(r, rank) for r in range(nranks)], op, dtype)
+    if coll == "alltoall":
+        return np.concatenate([block(r, rank) for r in range(nranks)])
+    if coll == "sendrecv":
+        return block((rank - 1) % nranks)
+    return None
+
+
+def tolerance(dtype, op):
+    """(rtol, atol) for comparing a result with the reference.
+
+    Inputs are small integers, so sums, products, minima and maxima are exact; only avg
+    rounds (a float quotient, or an integer one an implementation may round either way).
+    """
+    dtype = np.dtype(dtype)
+    if op != "avg":
+        return 0.0, 0.0
+    if dtype.kind == "f":
+        eps = float(np.finfo(dtype).eps)
+        return 2 * eps, eps
+    return 0.0, 1.0
+
+
+def count_wrong(result, expected, dtype, op):
+    """Elements of `result` that differ from `expected` beyond the tolerance."""
+    if result.shape != expected.shape:
+        raise ValueError(f"result has shape {result.shape}, expected {expected.shape}")
+    if result.size == 0:
+        return 0
+    rtol, atol = tolerance(dtype, op)
+    if rtol == 0 and atol == 0:
+        return int(np.count_nonzero(result != expected))  # NaN != NaN: counted wrong
+    ok = np.isclose(result.astype(np.float64), expected.astype(np.float64), rtol=rtol, atol=atol)
+    return int(ok.size - np.count_nonzero(ok))

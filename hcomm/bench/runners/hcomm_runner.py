@@ -1,0 +1,91 @@
+"""hcomm's own Communicator (the C++ core through hcomm.init)."""
+import numpy as np
+
+from .base import Runner, Unsupported
+
+
+def hcomm_missing():
+    """Why hcomm cannot run here, or None when hcomm.init exists."""
+    try:
+        import hcomm
+    except ImportError as e:  # the package or its compiled core failed to load
+        return f"hcomm does not import: {e}"
+    if not hasattr(hcomm, "init"):
+        return "hcomm core has no Communicator yet (hcomm.init is missing); rebuild the core"
+    return None
+
+
+class HcommRunner(Runner):
+    name = "hcomm"
+
+    def __init__(self, world, spec, timeout):
+        super().__init__(world, spec)
+        reason = hcomm_missing()
+        if reason:
+            raise Unsupported(reason)
+        import hcomm
+
+        # Ranks we spawned (and mpirun, through the launcher module) carry the unique
+        # id in the environment; under plain torchrun hcomm.init bootstraps itself
+        # from MASTER_ADDR / MASTER_PORT.
+        if world.unique_id:
+            self.comm = hcomm.init(rank=world.rank, size=world.size, unique_id=world.unique_id, timeout=timeout)
+        else:
+            self.comm = hcomm.init(timeout=timeout)
+        self._hcomm = hcomm
+        self.red = {"op": spec.op, "algo": spec.algo}
+        self.mov = {"algo": spec.algo}
+
+    def supports_in_place(self):
+        # hcomm's alltoall has no documented in-place form
+        return super().supports_in_place() and self.spec.collective != "alltoall"
+
+    def _allreduce(self, s, r, ip):
+        self.comm.allreduce(r, **self.red) if ip else self.comm.allreduce(s, out=r, **self.red)
+
+    def _reduce(self, s, r, ip):
+        root = self.spec.root
+        if ip:
+            self.comm.reduce(r, root=root, **self.red)
+        else:
+            self.comm.reduce(s, out=r, root=root, **self.red)
+
+    def _broadcast(self, s, r, ip):
+        root = self.spec.root
+        self.comm.broadcast(r, root=root, **self.mov) if ip else self.comm.broadcast(s, out=r, root=root, **self.mov)
+
+    def _allgather(self, s, r, ip):
+        self.comm.allgather(s, r, **self.mov)  # in place: s is r's rank-th block
+
+    def _reduce_scatter(self, s, r, ip):
+        self.comm.reduce_scatter(s, r, **self.red)  # in place: r is s's rank-th block
+
+    def _alltoall(self, s, r, ip):
+        self.comm.alltoall(s, r, **self.mov)
+
+    def _sendrecv(self, s, r, ip):
+        # Blocking send/recv: even ranks send first and odd ranks receive first, so a
+        # ring of any size (odd ones too) drains without deadlock.
+        if self.rank % 2 == 0:
+            self.comm.send(s, self.peer_next())
+            self.comm.recv(r, self.peer_prev())
+        else:
+            self.comm.recv(r, self.peer_prev())
+            self.comm.send(s, self.peer_next())
+
+    def _barrier(self, s, r, ip):
+        self.comm.barrier()
+
+    def barrier(self):
+        self.comm.barrier()
+
+    def reduce_floats(self, values, op):
+        buf = np.asarray(values, dtype=np.float64).copy()
+        self.comm.allreduce(buf, op=op)
+        return buf
+
+    def info(self):
+        return {"version": getattr(self._hcomm, "__version__", None), "algo": self.spec.algo or "auto"}
+
+    def close(self):
+        self.comm.close()
