@@ -1,14 +1,125 @@
-// hcomm._C: marshalling only. Every blocking call releases the GIL.
+// hcomm._C: marshalling only. Python (hcomm/) turns arrays into (pointer, count, dtype)
+// and validates them; every call that may block releases the GIL.
+#include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "comm/bootstrap.h"
+#include "comm/communicator.h"
+#include "reduce/reduce.h"
+#include "topo/host.h"
 
 namespace py = pybind11;
+using namespace hcomm;
+
+namespace {
+
+const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
+void* mptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+using Release = py::call_guard<py::gil_scoped_release>;
+
+// A Python callable that may be destroyed on the progress thread: take the GIL to drop it.
+std::function<void(const std::string&)> pyCallback(py::function fn) {
+  auto holder = std::shared_ptr<py::function>(new py::function(std::move(fn)), [](py::function* f) {
+    py::gil_scoped_acquire gil;
+    delete f;
+  });
+  return [holder](const std::string& err) {
+    py::gil_scoped_acquire gil;
+    try {
+      if (err.empty()) (*holder)(py::none()); else (*holder)(py::str(err));
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("hcomm Work callback");
+    }
+  };
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "hcomm compiled core";
+  py::register_exception<Error>(m, "Error", PyExc_RuntimeError);
+
   m.def("build_config", [] {
     py::dict d;
     d["with_mpi"] = bool(HCOMM_WITH_MPI);
     d["with_cuda"] = bool(HCOMM_WITH_CUDA);
+    d["simd"] = simdName(simdLevel());
     return d;
   });
+  m.def("get_unique_id", [](double timeout) { return newUniqueId(timeout).str(); }, py::arg("timeout") = 300.0);
+  m.def("start_root", [](const std::string& host, int port, const std::string& token, double timeout) {
+    return startRootAt(host, port, token, timeout).str();
+  });
+  m.def("random_token", &randomToken);
+  m.def("host_identity", &hostIdentity);
+  m.def("simd_level", [] { return std::string(simdName(simdLevel())); });
+  m.def("_local_reduce", [](const std::string& level, const std::string& dt, const std::string& op, uintptr_t dst,
+                            uintptr_t a, uintptr_t b, size_t count) {
+    SimdLevel lv = level == "avx512" ? SimdLevel::AVX512 : level == "avx2" ? SimdLevel::AVX2 : SimdLevel::GENERIC;
+    reduceAt(lv, parseDataType(dt), parseReduceOp(op), mptr(dst), cptr(a), cptr(b), count);
+  });
+
+  py::class_<Work, WorkPtr>(m, "Work")
+      .def("wait", &Work::wait, py::arg("timeout") = -1.0, Release())
+      .def("is_completed", &Work::isCompleted)
+      .def("is_success", &Work::isSuccess)
+      .def("error", &Work::error)
+      .def("add_done_callback", [](Work& w, py::function fn) { w.onComplete(pyCallback(std::move(fn))); })
+      .def_readonly("source", &Work::source)
+      .def_readonly("received", &Work::received);
+
+  py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
+      .def_static("create", &Communicator::create, py::arg("rank"), py::arg("size"), py::arg("unique_id"),
+                  py::arg("timeout"), Release())
+      .def_property_readonly("rank", &Communicator::rank)
+      .def_property_readonly("size", &Communicator::size)
+      .def_property_readonly("id", &Communicator::id)
+      .def_property_readonly("closed", &Communicator::closed)
+      .def_property("timeout", &Communicator::timeout, &Communicator::setTimeout)
+      .def("world_ranks", &Communicator::worldRanks)
+      .def("transports", &Communicator::transports)
+      .def("last_algorithm", &Communicator::lastAlgorithm)
+      .def("choose_allreduce", &Communicator::chooseAllreduce)
+      .def("split", &Communicator::split, Release())
+      .def("close", &Communicator::close, Release())
+      .def("allreduce", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt,
+                           const std::string& op, double premul, const std::string& algo, bool async) {
+        return c.allreduce(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul, algo, async);
+      }, Release())
+      .def("reduce", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt,
+                        const std::string& op, double premul, int root, const std::string& algo, bool async) {
+        return c.reduce(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul, root, algo, async);
+      }, Release())
+      .def("broadcast", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt, int root,
+                           const std::string& algo, bool async) {
+        return c.broadcast(cptr(in), mptr(out), n, parseDataType(dt), root, algo, async);
+      }, Release())
+      .def("allgatherv", [](Communicator& c, uintptr_t in, uintptr_t out, std::vector<size_t> counts,
+                            const std::string& dt, bool async) {
+        return c.allgatherv(cptr(in), mptr(out), std::move(counts), parseDataType(dt), async);
+      }, Release())
+      .def("reduce_scatterv", [](Communicator& c, uintptr_t in, uintptr_t out, std::vector<size_t> counts,
+                                 const std::string& dt, const std::string& op, double premul, bool async) {
+        return c.reduceScatterv(cptr(in), mptr(out), std::move(counts), parseDataType(dt), parseReduceOp(op),
+                                premul, async);
+      }, Release())
+      .def("alltoallv", [](Communicator& c, uintptr_t in, std::vector<size_t> sc, std::vector<size_t> sd,
+                           uintptr_t out, std::vector<size_t> rc, std::vector<size_t> rd, const std::string& dt,
+                           bool async) {
+        return c.alltoallv(cptr(in), sc, sd, mptr(out), rc, rd, parseDataType(dt), async);
+      }, Release())
+      .def("gather", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt, int root,
+                        bool async) { return c.gather(cptr(in), mptr(out), n, parseDataType(dt), root, async); },
+           Release())
+      .def("scatter", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt, int root,
+                         bool async) { return c.scatter(cptr(in), mptr(out), n, parseDataType(dt), root, async); },
+           Release())
+      .def("barrier", &Communicator::barrier, Release())
+      .def("send", [](Communicator& c, uintptr_t buf, size_t nbytes, int peer, int64_t tag, bool async) {
+        return c.send(cptr(buf), nbytes, peer, tag, async);
+      }, Release())
+      .def("recv", [](Communicator& c, uintptr_t buf, size_t nbytes, int peer, int64_t tag, bool async) {
+        return c.recv(mptr(buf), nbytes, peer, tag, async);
+      }, Release());
 }

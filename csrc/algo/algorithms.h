@@ -1,0 +1,39 @@
+// The collective algorithms, one per file; each file's header gives its cost.
+// Pointers are raw bytes, counts are elements of links.dtype(). Every function assumes
+// the communicator already handled size 1, count 0, validation, and the pre/post steps
+// of AVG and PREMUL_SUM (so the op here is SUM, PROD, MIN or MAX).
+#pragma once
+#include <cstddef>
+#include <vector>
+
+#include "algo/links.h"
+
+namespace hcomm {
+namespace algo {
+
+// allreduce
+void allreduceRing(Links& l, const void* in, void* out, size_t count, size_t segBytes);
+void allreduceTree(Links& l, const void* in, void* out, size_t count, size_t segBytes);
+void allreduceHalvingDoubling(Links& l, const void* in, void* out, size_t count);
+
+// ring reduce-scatter / allgather with per-rank counts (the v variants)
+void reduceScattervRing(Links& l, const void* in, void* out, const std::vector<size_t>& counts);
+void allgathervRing(Links& l, const void* in, void* out, const std::vector<size_t>& counts);
+
+// rooted, binomial trees pipelined in segments
+void broadcastBinomial(Links& l, void* buf, size_t count, int root, size_t segBytes);
+void reduceBinomial(Links& l, const void* in, void* out, size_t count, int root, size_t segBytes);
+
+// linear (root talks to every rank directly)
+void gatherLinear(Links& l, const void* in, void* out, size_t count, int root);
+void scatterLinear(Links& l, const void* in, void* out, size_t count, int root);
+
+// pairwise exchange; displacements in elements
+void alltoallvPairwise(Links& l, const void* in, const std::vector<size_t>& sendCounts,
+                       const std::vector<size_t>& sendDispls, void* out,
+                       const std::vector<size_t>& recvCounts, const std::vector<size_t>& recvDispls);
+
+void barrierDissemination(Links& l);
+
+}  // namespace algo
+}  // namespace hcomm

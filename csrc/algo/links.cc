@@ -1,0 +1,143 @@
+#include "algo/links.h"
+
+#include <sched.h>
+
+#include <algorithm>
+
+#include "reduce/reduce.h"
+
+namespace hcomm {
+
+Links::Links(int rank, int size, std::vector<Route> routes, uint64_t tagBase, DataType dtype, ReduceOp op,
+             std::chrono::steady_clock::time_point deadline, WaitPolicy policy,
+             std::function<std::string()> describe)
+    : rank_(rank), size_(size), routes_(std::move(routes)), tagBase_(tagBase), dtype_(dtype), op_(op),
+      elemSize_(dtypeSize(dtype)), deadline_(deadline), policy_(policy), describe_(std::move(describe)) {
+  for (const Route& r : routes_)
+    if (r.transport && std::find(transports_.begin(), transports_.end(), r.transport) == transports_.end())
+      transports_.push_back(r.transport);
+}
+
+RequestPtr Links::isend(int peer, const void* buf, size_t bytes, int channel) {
+  const Route& r = routes_.at(peer);
+  return r.transport->isend(r.peer, tagBase_ + channel, buf, bytes);
+}
+
+RequestPtr Links::irecv(int peer, void* buf, size_t bytes, int channel) {
+  const Route& r = routes_.at(peer);
+  return r.transport->irecv(r.peer, tagBase_ + channel, buf, bytes, nullptr);
+}
+
+RequestPtr Links::irecvReduce(int peer, void* dst, const void* src, size_t bytes, int channel) {
+  const Route& r = routes_.at(peer);
+  ReduceSpec spec;
+  spec.src = src;
+  spec.dtype = dtype_;
+  spec.op = op_;
+  return r.transport->irecv(r.peer, tagBase_ + channel, dst, bytes, &spec);
+}
+
+int Links::recvAny(void* buf, size_t bytes, int channel, size_t* got) {
+  int idle = 0;
+  while (true) {
+    for (int p = 0; p < size_; ++p) {
+      size_t n = 0;
+      if (routes_[p].transport->probe(routes_[p].peer, tagBase_ + channel, &n)) {
+        if (n > bytes)
+          throw Error("recv from any source: rank " + std::to_string(p) + " sent " + std::to_string(n) +
+                      " bytes, more than the " + std::to_string(bytes) + "-byte buffer");
+        if (got) *got = n;
+        wait(routes_[p].transport->irecv(routes_[p].peer, tagBase_ + channel, buf, n, nullptr));
+        return p;
+      }
+    }
+    if (!poll()) backoff(idle, {});
+  }
+}
+
+bool Links::poll() {
+  bool moved = false;
+  for (Transport* t : transports_) moved |= t->progress();
+  return moved;
+}
+
+void Links::backoff(int& idle, const std::vector<RequestPtr>& rs) {
+  ++idle;
+  if (idle < policy_.spins) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+    if ((idle & 1023) == 0 && std::chrono::steady_clock::now() > deadline_) timeout(rs);
+    return;
+  }
+  if (std::chrono::steady_clock::now() > deadline_) timeout(rs);
+  if (idle < policy_.spins + policy_.yields) {
+    sched_yield();
+    return;
+  }
+  int us = std::max(1, policy_.sleepUs / static_cast<int>(transports_.size()));
+  for (Transport* t : transports_) t->sleepFor(us);
+}
+
+void Links::check(const RequestPtr& r) const {
+  if (!r->error.empty())
+    throw Error(describe_() + ": " + (r->isSend ? "send to" : "receive from") + " rank " +
+                std::to_string(r->peer) + " failed: " + r->error);
+}
+
+void Links::timeout(const std::vector<RequestPtr>& rs) const {
+  std::string waiting;
+  for (const auto& r : rs) {
+    if (r->done.load(std::memory_order_acquire)) continue;
+    waiting += (waiting.empty() ? "" : ", ") + std::string(r->isSend ? "send to " : "receive from ") +
+               "rank " + std::to_string(r->peer);
+  }
+  throw TimeoutError(describe_() + ": timed out waiting for " + (waiting.empty() ? "peers" : waiting) +
+                     " (HCOMM_TIMEOUT)");
+}
+
+void Links::wait(const RequestPtr& r) { waitAll({r}); }
+
+void Links::waitAll(const std::vector<RequestPtr>& rs) {
+  int idle = 0;
+  while (true) {
+    bool all = true;
+    for (const auto& r : rs) {
+      if (!r) continue;
+      if (r->done.load(std::memory_order_acquire)) check(r);  // a failure ends the wait at once
+      else all = false;
+    }
+    if (all) return;
+    if (poll()) idle = 0;
+    else backoff(idle, rs);
+  }
+}
+
+void Links::waitAny(const std::vector<RequestPtr>& rs) {
+  int idle = 0;
+  while (true) {
+    bool any = false, pending = false;
+    for (const auto& r : rs) {
+      if (!r) continue;
+      pending = true;
+      if (r->done.load(std::memory_order_acquire)) {
+        check(r);
+        any = true;
+      }
+    }
+    if (any || !pending) return;
+    if (poll()) idle = 0;
+    else backoff(idle, rs);
+  }
+}
+
+void Links::reduceLocal(void* dst, const void* a, const void* b, size_t bytes) const {
+  reduce(dtype_, op_, dst, a, b, bytes / elemSize_);
+}
+
+char* Links::scratch(size_t bytes) {
+  scratch_.emplace_back(new char[bytes ? bytes : 1]);
+  return scratch_.back().get();
+}
+
+}  // namespace hcomm

@@ -1,0 +1,89 @@
+// What an algorithm sees of its communicator: ranks 0..size-1, point-to-point steps
+// addressed by communicator rank, the collective's element type and op, and waiting.
+//
+// Step primitives (the vocabulary NCCL's ring/tree code is written in):
+//   isend(peer, buf)                      send
+//   irecv(peer, buf)                      recv
+//   irecvReduce(peer, dst, src)           recvReduce: dst = src op incoming
+// A channel number keeps independent streams between one pair apart (two trees, the
+// chunks of a pipelined ring). Waiting spins, then yields, then sleeps in the transport;
+// every wait honours the collective's deadline and names the ranks not heard from.
+#pragma once
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/types.h"
+#include "transport/transport.h"
+
+namespace hcomm {
+
+struct Route {
+  Transport* transport = nullptr;
+  int peer = -1;  // the rank as the transport knows it
+};
+
+struct WaitPolicy {
+  int spins = 2000;   // busy polls before yielding
+  int yields = 200;   // sched_yield polls before sleeping
+  int sleepUs = 1000; // one sleep in the transport
+};
+
+class Links {
+ public:
+  Links(int rank, int size, std::vector<Route> routes, uint64_t tagBase, DataType dtype, ReduceOp op,
+        std::chrono::steady_clock::time_point deadline, WaitPolicy policy, std::function<std::string()> describe);
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  DataType dtype() const { return dtype_; }
+  ReduceOp op() const { return op_; }
+  size_t elemSize() const { return elemSize_; }
+
+  RequestPtr isend(int peer, const void* buf, size_t bytes, int channel = 0);
+  RequestPtr irecv(int peer, void* buf, size_t bytes, int channel = 0);
+  RequestPtr irecvReduce(int peer, void* dst, const void* src, size_t bytes, int channel = 0);
+  // Any-source receive: waits for a message with `channel` from any rank; returns it.
+  int recvAny(void* buf, size_t bytes, int channel, size_t* got);
+
+  void wait(const RequestPtr& r);
+  void waitAll(const std::vector<RequestPtr>& rs);
+  // Returns once at least one of `rs` is done (or all are empty).
+  void waitAny(const std::vector<RequestPtr>& rs);
+
+  void send(int peer, const void* buf, size_t bytes, int channel = 0) { wait(isend(peer, buf, bytes, channel)); }
+  void recv(int peer, void* buf, size_t bytes, int channel = 0) { wait(irecv(peer, buf, bytes, channel)); }
+  // dst = a op b on this rank (bytes of the collective's dtype).
+  void reduceLocal(void* dst, const void* a, const void* b, size_t bytes) const;
+  // A buffer that lives until the collective ends.
+  char* scratch(size_t bytes);
+
+ private:
+  bool poll();           // progress every transport once
+  void backoff(int& idle, const std::vector<RequestPtr>& rs);
+  void check(const RequestPtr& r) const;
+  [[noreturn]] void timeout(const std::vector<RequestPtr>& rs) const;
+
+  int rank_, size_;
+  std::vector<Route> routes_;
+  std::vector<Transport*> transports_;  // distinct, for progress
+  uint64_t tagBase_;
+  DataType dtype_;
+  ReduceOp op_;
+  size_t elemSize_;
+  std::chrono::steady_clock::time_point deadline_;
+  WaitPolicy policy_;
+  std::function<std::string()> describe_;
+  std::vector<std::unique_ptr<char[]>> scratch_;
+};
+
+// Splits `count` elements into n near-equal blocks: block b starts at blockStart(b).
+struct Blocks {
+  size_t count, n;
+  size_t start(size_t b) const { return b * (count / n) + std::min(b, count % n); }
+  size_t size(size_t b) const { return count / n + (b < count % n ? 1 : 0); }
+};
+
+}  // namespace hcomm

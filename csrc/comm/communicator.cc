@@ -1,0 +1,479 @@
+#include "comm/communicator.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <sstream>
+#include <thread>
+
+#include "algo/algorithms.h"
+#include "comm/bootstrap.h"
+#include "common/param.h"
+#include "reduce/reduce.h"
+#include "topo/host.h"
+#include "transport/shm.h"
+#include "transport/socket.h"
+#include "transport/tcp.h"
+
+namespace hcomm {
+
+namespace {
+
+// Tag layout: [63..40] communicator id | [39] point-to-point | [38..8] call number or
+// user tag | [7..0] channel.
+constexpr uint64_t kP2pBit = 1ull << 39;
+constexpr int64_t kMaxUserTag = (1ll << 31) - 1;
+
+uint64_t collTag(uint32_t id, uint64_t seq) { return (uint64_t(id) << 40) | ((seq & 0x7fffffffull) << 8); }
+uint64_t p2pTag(uint32_t id, int64_t tag) { return (uint64_t(id) << 40) | kP2pBit | (uint64_t(tag) << 8); }
+
+std::vector<std::string> splitLines(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream in(s);
+  std::string line;
+  while (std::getline(in, line)) out.push_back(line);
+  return out;
+}
+
+WaitPolicy waitPolicy(int ranksOnHost) {
+  // More ranks than cores: a spinning rank steals the core its peer needs, so yield
+  // almost at once. Otherwise spin a while: a wake-up from sleep costs microseconds.
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  bool oversubscribed = ranksOnHost > static_cast<int>(cores);
+  WaitPolicy p;
+  p.spins = static_cast<int>(envInt("HCOMM_SPIN_ITERS", oversubscribed ? 16 : 20000));
+  p.yields = static_cast<int>(envInt("HCOMM_YIELD_ITERS", oversubscribed ? 5000 : 200));
+  p.sleepUs = static_cast<int>(envInt("HCOMM_SLEEP_US", 1000));
+  return p;
+}
+
+size_t segmentBytes(const char* name, size_t dflt) { return static_cast<size_t>(envInt(name, static_cast<int64_t>(dflt))); }
+
+// HCOMM_ALGO: "ring" (every collective that has it) or "allreduce:ring;broadcast:tree".
+std::string algoFromEnv(const std::string& collective) {
+  std::string spec = envStr("HCOMM_ALGO");
+  if (spec.empty()) return "";
+  std::string any;
+  std::istringstream in(spec);
+  std::string item;
+  while (std::getline(in, item, ';')) {
+    auto colon = item.find(':');
+    if (colon == std::string::npos) any = item;
+    else if (item.substr(0, colon) == collective) return item.substr(colon + 1);
+  }
+  return any;
+}
+
+}  // namespace
+
+World::~World() = default;
+
+// ---------------------------------------------------------------- creation
+
+std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std::string& uniqueId,
+                                                   double timeoutSec) {
+  if (size < 1) throw Error("communicator size must be >= 1, got " + std::to_string(size));
+  if (rank < 0 || rank >= size)
+    throw Error("rank " + std::to_string(rank) + " is out of range for size " + std::to_string(size));
+  auto world = std::make_shared<World>();
+  world->rank = rank;
+  world->size = size;
+  world->timeoutSec = timeoutSec;
+  UniqueId id;
+  std::vector<std::string> records;
+  std::string myHost = hostIdentity();
+  std::unique_ptr<TcpTransport> tcp;
+  if (size == 1) {
+    id.token = randomToken();
+    records = {myHost + "\n" + std::to_string(getpid()) + "\n-"};
+  } else {
+    id = UniqueId::parse(uniqueId);
+    tcp.reset(new TcpTransport(rank, chooseLocalIp(id.host), id.token, timeoutSec));
+    std::string record = myHost + "\n" + std::to_string(getpid()) + "\n" + tcp->address();
+    records = rendezvous(id, rank, size, record, timeoutSec);
+  }
+  world->token = id.token;
+  std::vector<int> local, remote;
+  std::vector<std::string> addrs(size);
+  for (int r = 0; r < size; ++r) {
+    auto fields = splitLines(records[r]);
+    if (fields.size() != 3) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
+    world->hostIds.push_back(fields[0]);
+    addrs[r] = fields[2];
+    (fields[0] == myHost ? local : remote).push_back(r);
+  }
+  world->policy = waitPolicy(static_cast<int>(local.size()));
+  world->shm = std::make_shared<ShmTransport>(rank, local, "/hcomm_" + id.token.substr(0, 16), timeoutSec);
+  world->shm->connect();
+  if (!remote.empty()) {
+    tcp->connect(remote, addrs);
+    world->tcp.reset(tcp.release());
+  }
+  std::vector<int> all(size);
+  std::iota(all.begin(), all.end(), 0);
+  std::shared_ptr<Communicator> comm(new Communicator(world, all, 1, timeoutSec));
+  comm->barrier(false);    // every peer has mapped our segment once it has talked to us
+  world->shm->unlinkOwn();
+  return comm;
+}
+
+Communicator::Communicator(std::shared_ptr<World> world, std::vector<int> worldRanks, uint32_t id, double timeoutSec)
+    : world_(std::move(world)), worldRanks_(std::move(worldRanks)), id_(id), timeoutSec_(timeoutSec) {
+  size_ = static_cast<int>(worldRanks_.size());
+  auto me = std::find(worldRanks_.begin(), worldRanks_.end(), world_->rank);
+  rank_ = static_cast<int>(me - worldRanks_.begin());
+  const std::string& myHost = world_->hostIds[world_->rank];
+  for (int w : worldRanks_) {
+    Route r;
+    r.peer = w;
+    r.transport = world_->hostIds[w] == myHost ? static_cast<Transport*>(world_->shm.get())
+                                               : static_cast<Transport*>(world_->tcp.get());
+    routes_.push_back(r);
+  }
+}
+
+Communicator::~Communicator() {
+  try {
+    close();
+  } catch (...) {
+  }
+}
+
+std::vector<std::string> Communicator::transports() const {
+  std::vector<std::string> out;
+  for (const Route& r : routes_) out.push_back(r.transport->name());
+  return out;
+}
+
+void Communicator::close() {
+  if (closed_) return;
+  {
+    std::lock_guard<std::mutex> lock(qmu_);
+    stopping_ = true;
+  }
+  qcv_.notify_all();
+  if (worker_.joinable()) worker_.join();  // runs what was queued first
+  closed_ = true;
+  routes_.clear();
+  world_.reset();
+}
+
+void Communicator::checkUsable() const {
+  if (closed_) throw Error("communicator is closed");
+  std::lock_guard<std::mutex> lock(world_->abortMu);
+  if (!world_->abortReason.empty())
+    throw Error("communicator was aborted after an earlier error: " + world_->abortReason);
+}
+
+void Communicator::checkRoot(int root, const char* what) const {
+  if (root < 0 || root >= size_)
+    throw Error(std::string(what) + " " + std::to_string(root) + " is out of range for a communicator of " +
+                std::to_string(size_) + " ranks");
+}
+
+// ---------------------------------------------------------------- execution
+
+std::string Communicator::describe(const CollectiveInfo& info, uint64_t seq) const {
+  std::ostringstream s;
+  s << info.op << " #" << seq << " (" << dtypeName(info.dtype) << ", count " << info.count;
+  if (info.root >= 0) s << ", root " << info.root;
+  if (!info.algo.empty()) s << ", " << info.algo;
+  s << ") on communicator " << std::hex << id_ << std::dec << " rank " << rank_ << "/" << size_;
+  return s.str();
+}
+
+Links Communicator::makeLinks(uint64_t tagBase, const CollectiveInfo& info, uint64_t seq) {
+  auto deadline = std::chrono::steady_clock::now() +
+                  std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeoutSec_));
+  ReduceOp op = info.reduceOp;
+  if (op == ReduceOp::AVG || op == ReduceOp::PREMUL_SUM) op = ReduceOp::SUM;
+  // Described lazily: only an error needs the words.
+  return Links(rank_, size_, routes_, tagBase, info.dtype, op, deadline, world_->policy,
+               [this, info, seq] { return describe(info, seq); });
+}
+
+void Communicator::runTask(const std::function<void()>& task) {
+  task();
+  {
+    std::lock_guard<std::mutex> lock(qmu_);
+    running_ = false;
+  }
+  qcv_.notify_all();
+}
+
+void Communicator::workerLoop() {
+  while (true) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(qmu_);
+      qcv_.wait(lock, [&] { return (stopping_ && queue_.empty()) || (!queue_.empty() && !running_); });
+      if (queue_.empty()) return;
+      task = std::move(queue_.front());
+      queue_.pop_front();
+      running_ = true;
+    }
+    runTask(task);
+  }
+}
+
+WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Body body, bool async) {
+  checkUsable();
+  uint64_t seq = p2p ? 0 : nextSeq_++;
+  if (!p2p) tagBase = collTag(id_, seq);
+  lastAlgo_ = info.algo;
+  auto work = std::make_shared<Work>();
+  std::shared_ptr<World> world = world_;
+  auto task = [this, work, world, info, seq, tagBase, body]() {
+    std::string error;
+    try {
+      Links links = makeLinks(tagBase, info, seq);
+      body(links, *work);
+    } catch (const std::exception& e) {
+      error = e.what();
+      std::lock_guard<std::mutex> lock(world->abortMu);
+      if (world->abortReason.empty()) {
+        world->abortReason = error;
+        world->shm->abort(error);
+        if (world->tcp) world->tcp->abort(error);
+      }
+    }
+    work->finish(error);
+  };
+  std::unique_lock<std::mutex> lock(qmu_);
+  if (async) {
+    if (!worker_.joinable()) worker_ = std::thread([this] { workerLoop(); });
+    queue_.push_back(task);
+    lock.unlock();
+    qcv_.notify_all();
+    return work;
+  }
+  // Blocking: run here, after whatever was queued before (call order is tag order).
+  qcv_.wait(lock, [&] { return queue_.empty() && !running_; });
+  running_ = true;
+  lock.unlock();
+  runTask(task);
+  work->wait(-1);  // rethrows the failure
+  return work;
+}
+
+// ---------------------------------------------------------------- collectives
+
+std::string Communicator::chooseAllreduce(size_t bytes, const std::string& requested) const {
+  std::string algo = requested.empty() || requested == "auto" ? algoFromEnv("allreduce") : requested;
+  if (algo.empty() || algo == "auto") algo = bytes < (256u << 10) ? "halving_doubling" : "ring";
+  if (algo != "ring" && algo != "tree" && algo != "halving_doubling")
+    throw Error("unknown allreduce algorithm '" + algo + "' (ring, tree, halving_doubling)");
+  return algo;
+}
+
+namespace {
+
+// AVG and PREMUL_SUM are SUM with a scale before or after.
+void prescale(DataType dt, ReduceOp op, double premul, const void*& in, void* tmp, size_t count) {
+  if (op != ReduceOp::PREMUL_SUM) return;
+  scale(dt, tmp, in, count, premul);
+  in = tmp;
+}
+
+void postscale(DataType dt, ReduceOp op, int n, void* out, size_t count) {
+  if (op == ReduceOp::AVG) divide(dt, out, out, count, n);
+}
+
+}  // namespace
+
+WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
+                                const std::string& algo, bool async) {
+  checkUsable();
+  CollectiveInfo info{"allreduce", dt, count, -1, chooseAllreduce(count * dtypeSize(dt), algo), op};
+  size_t seg = segmentBytes(info.algo == "tree" ? "HCOMM_TREE_SEGMENT_BYTES" : "HCOMM_RING_SEGMENT_BYTES",
+                            info.algo == "tree" ? (512u << 10) : (4u << 20));
+  int n = size_;
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (count == 0) return;
+    const void* src = in;
+    if (op == ReduceOp::PREMUL_SUM) prescale(dt, op, premul, src, out, count);  // scaled copy into out
+    if (n == 1) {
+      if (src != out) std::memcpy(out, src, count * dtypeSize(dt));
+    } else if (info.algo == "ring") {
+      algo::allreduceRing(l, src, out, count, seg);
+    } else if (info.algo == "tree") {
+      algo::allreduceTree(l, src, out, count, seg);
+    } else {
+      algo::allreduceHalvingDoubling(l, src, out, count);
+    }
+    postscale(dt, op, n, out, count);
+  }, async);
+}
+
+WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
+                             int root, const std::string& algo, bool async) {
+  checkUsable();
+  checkRoot(root, "root");
+  if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial")
+    throw Error("unknown reduce algorithm '" + algo + "' (binomial)");
+  CollectiveInfo info{"reduce", dt, count, root, "binomial", op};
+  size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
+  int n = size_, me = rank_;
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (count == 0) return;
+    const void* src = in;
+    std::vector<char> tmp;
+    if (op == ReduceOp::PREMUL_SUM) {
+      tmp.resize(count * dtypeSize(dt));
+      prescale(dt, op, premul, src, tmp.data(), count);
+    }
+    if (n == 1) {
+      if (src != out) std::memcpy(out, src, count * dtypeSize(dt));
+    } else {
+      algo::reduceBinomial(l, src, out, count, root, seg);
+    }
+    if (me == root) postscale(dt, op, n, out, count);
+  }, async);
+}
+
+WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataType dt, int root,
+                                const std::string& algo, bool async) {
+  checkUsable();
+  checkRoot(root, "root");
+  if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial")
+    throw Error("unknown broadcast algorithm '" + algo + "' (binomial)");
+  CollectiveInfo info{"broadcast", dt, count, root, "binomial", ReduceOp::SUM};
+  size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
+  int me = rank_, n = size_;
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (count == 0) return;
+    if (me == root && in && in != out) std::memcpy(out, in, count * dtypeSize(dt));
+    if (n > 1) algo::broadcastBinomial(l, out, count, root, seg);
+  }, async);
+}
+
+WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> counts, DataType dt, bool async) {
+  checkUsable();
+  if (static_cast<int>(counts.size()) != size_)
+    throw Error("allgatherv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
+  size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
+  CollectiveInfo info{"allgather", dt, counts[rank_], -1, "ring", ReduceOp::SUM};
+  int n = size_;
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (total == 0) return;
+    if (n == 1) {
+      if (in != out) std::memcpy(out, in, total * dtypeSize(dt));
+      return;
+    }
+    algo::allgathervRing(l, in, out, counts);
+  }, async);
+}
+
+WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size_t> counts, DataType dt, ReduceOp op,
+                                     double premul, bool async) {
+  checkUsable();
+  if (static_cast<int>(counts.size()) != size_)
+    throw Error("reduce_scatterv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
+  size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
+  CollectiveInfo info{"reduce_scatter", dt, counts[rank_], -1, "ring", op};
+  int n = size_, me = rank_;
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (total == 0) return;
+    const void* src = in;
+    std::vector<char> tmp;
+    if (op == ReduceOp::PREMUL_SUM) {
+      tmp.resize(total * dtypeSize(dt));
+      prescale(dt, op, premul, src, tmp.data(), total);
+    }
+    if (n == 1) {
+      if (src != out) std::memmove(out, src, total * dtypeSize(dt));
+    } else {
+      algo::reduceScattervRing(l, src, out, counts);
+    }
+    postscale(dt, op, n, out, counts[me]);
+  }, async);
+}
+
+WorkPtr Communicator::alltoallv(const void* in, std::vector<size_t> sendCounts, std::vector<size_t> sendDispls,
+                                void* out, std::vector<size_t> recvCounts, std::vector<size_t> recvDispls,
+                                DataType dt, bool async) {
+  checkUsable();
+  for (auto* v : {&sendCounts, &sendDispls, &recvCounts, &recvDispls})
+    if (static_cast<int>(v->size()) != size_)
+      throw Error("alltoallv: every count/displacement list needs " + std::to_string(size_) + " entries");
+  CollectiveInfo info{"alltoall", dt, std::accumulate(sendCounts.begin(), sendCounts.end(), size_t(0)), -1,
+                      "pairwise", ReduceOp::SUM};
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    algo::alltoallvPairwise(l, in, sendCounts, sendDispls, out, recvCounts, recvDispls);
+  }, async);
+}
+
+WorkPtr Communicator::gather(const void* in, void* out, size_t count, DataType dt, int root, bool async) {
+  checkUsable();
+  checkRoot(root, "root");
+  CollectiveInfo info{"gather", dt, count, root, "linear", ReduceOp::SUM};
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (count) algo::gatherLinear(l, in, out, count, root);
+  }, async);
+}
+
+WorkPtr Communicator::scatter(const void* in, void* out, size_t count, DataType dt, int root, bool async) {
+  checkUsable();
+  checkRoot(root, "root");
+  CollectiveInfo info{"scatter", dt, count, root, "linear", ReduceOp::SUM};
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (count) algo::scatterLinear(l, in, out, count, root);
+  }, async);
+}
+
+WorkPtr Communicator::barrier(bool async) {
+  checkUsable();
+  CollectiveInfo info{"barrier", DataType::U8, 0, -1, "dissemination", ReduceOp::SUM};
+  return submit(info, false, 0, [](Links& l, Work&) { algo::barrierDissemination(l); }, async);
+}
+
+WorkPtr Communicator::send(const void* buf, size_t nbytes, int peer, int64_t tag, bool async) {
+  checkUsable();
+  checkRoot(peer, "peer");
+  if (tag < 0 || tag > kMaxUserTag) throw Error("tag must be in [0, 2^31), got " + std::to_string(tag));
+  CollectiveInfo info{"send", DataType::U8, nbytes, peer, "", ReduceOp::SUM};
+  return submit(info, true, p2pTag(id_, tag), [=](Links& l, Work&) { l.send(peer, buf, nbytes); }, async);
+}
+
+WorkPtr Communicator::recv(void* buf, size_t nbytes, int peer, int64_t tag, bool async) {
+  checkUsable();
+  if (peer >= 0) checkRoot(peer, "peer");
+  if (tag < 0 || tag > kMaxUserTag) throw Error("tag must be in [0, 2^31), got " + std::to_string(tag));
+  CollectiveInfo info{"recv", DataType::U8, nbytes, peer, "", ReduceOp::SUM};
+  return submit(info, true, p2pTag(id_, tag), [=](Links& l, Work& w) {
+    if (peer >= 0) {
+      l.recv(peer, buf, nbytes);
+      w.source = peer;
+      w.received = nbytes;
+    } else {
+      w.source = l.recvAny(buf, nbytes, 0, &w.received);
+    }
+  }, async);
+}
+
+// ---------------------------------------------------------------- split
+
+std::shared_ptr<Communicator> Communicator::split(int color, int key) {
+  checkUsable();
+  int64_t mine[3] = {color, key, rank_};
+  std::vector<int64_t> all(3 * size_);
+  allgatherv(mine, all.data(), std::vector<size_t>(size_, 3), DataType::I64, false);
+  uint32_t splitNo = ++splits_;
+  if (color < 0) return nullptr;
+  std::vector<std::pair<std::pair<int64_t, int64_t>, int>> members;
+  for (int r = 0; r < size_; ++r)
+    if (all[3 * r] == color) members.push_back({{all[3 * r + 1], all[3 * r + 2]}, r});
+  std::sort(members.begin(), members.end());
+  std::vector<int> worldRanks;
+  for (auto& m : members) worldRanks.push_back(worldRanks_[m.second]);
+  // Every member derives the same id; it only has to differ from the ids of other
+  // communicators sharing these transports (24 bits).
+  uint64_t h = (uint64_t(id_) * 1000003u) ^ (uint64_t(splitNo) * 7919u) ^ (uint64_t(color) * 104729u);
+  h ^= h >> 13;
+  uint32_t id = static_cast<uint32_t>((h * 0x9E3779B97F4A7C15ull) >> 40) | 2u;
+  return std::shared_ptr<Communicator>(new Communicator(world_, worldRanks, id & 0xffffff, timeoutSec_));
+}
+
+}  // namespace hcomm

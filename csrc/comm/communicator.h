@@ -1,0 +1,128 @@
+// Communicator: a group of ranks, the transports that reach them, and one entry point
+// per collective. Calls are numbered in the order they are made (every rank must make
+// the same calls in the same order); the number goes into every message tag, so a
+// fast rank's next collective never mixes with a slow rank's current one.
+//
+// Blocking calls run on the caller's thread (with the GIL released by the binding);
+// async calls run, in order, on the communicator's progress thread, started on first
+// use. A failed call aborts the transports (as NCCL aborts a communicator): every
+// later call raises with the first error, and buffers the failed call was using are
+// never touched again.
+#pragma once
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "algo/links.h"
+#include "comm/work.h"
+#include "common/types.h"
+
+namespace hcomm {
+
+class ShmTransport;
+class TcpTransport;
+
+// The transports and the identity of every rank of the job that made them; shared by a
+// communicator and everything split from it.
+struct World {
+  int rank = 0, size = 1;
+  std::string token;
+  std::vector<std::string> hostIds;
+  std::shared_ptr<ShmTransport> shm;
+  std::shared_ptr<TcpTransport> tcp;
+  WaitPolicy policy;
+  double timeoutSec = 300;
+  std::mutex abortMu;
+  std::string abortReason;
+  ~World();
+};
+
+struct CollectiveInfo {  // names a call in errors and logs
+  std::string op;
+  DataType dtype = DataType::U8;
+  size_t count = 0;
+  int root = -1;
+  std::string algo;
+  ReduceOp reduceOp = ReduceOp::SUM;
+};
+
+class Communicator {
+ public:
+  static std::shared_ptr<Communicator> create(int rank, int size, const std::string& uniqueId, double timeoutSec);
+  ~Communicator();
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  uint32_t id() const { return id_; }
+  bool closed() const { return closed_; }
+  double timeout() const { return timeoutSec_; }
+  void setTimeout(double sec) { timeoutSec_ = sec; }
+  std::vector<int> worldRanks() const { return worldRanks_; }
+  // "shm" or "tcp" for each rank of this communicator.
+  std::vector<std::string> transports() const;
+  std::string lastAlgorithm() const { return lastAlgo_; }
+
+  // Every rank calls; ranks with equal color form a new communicator ordered by
+  // (key, rank). A negative color opts out and gets nullptr.
+  std::shared_ptr<Communicator> split(int color, int key);
+  void close();
+
+  WorkPtr allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
+                    const std::string& algo, bool async);
+  WorkPtr reduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul, int root,
+                 const std::string& algo, bool async);
+  WorkPtr broadcast(const void* in, void* out, size_t count, DataType dt, int root, const std::string& algo,
+                    bool async);
+  WorkPtr allgatherv(const void* in, void* out, std::vector<size_t> counts, DataType dt, bool async);
+  WorkPtr reduceScatterv(const void* in, void* out, std::vector<size_t> counts, DataType dt, ReduceOp op,
+                         double premul, bool async);
+  WorkPtr alltoallv(const void* in, std::vector<size_t> sendCounts, std::vector<size_t> sendDispls, void* out,
+                    std::vector<size_t> recvCounts, std::vector<size_t> recvDispls, DataType dt, bool async);
+  WorkPtr gather(const void* in, void* out, size_t count, DataType dt, int root, bool async);
+  WorkPtr scatter(const void* in, void* out, size_t count, DataType dt, int root, bool async);
+  WorkPtr barrier(bool async);
+  WorkPtr send(const void* buf, size_t nbytes, int peer, int64_t tag, bool async);
+  // peer < 0: from any source (Work::source says which).
+  WorkPtr recv(void* buf, size_t nbytes, int peer, int64_t tag, bool async);
+
+  // The algorithm the size rule (or HCOMM_ALGO, or `requested`) picks.
+  std::string chooseAllreduce(size_t bytes, const std::string& requested) const;
+
+ private:
+  Communicator(std::shared_ptr<World> world, std::vector<int> worldRanks, uint32_t id, double timeoutSec);
+  using Body = std::function<void(Links&, Work&)>;
+  WorkPtr submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Body body, bool async);
+  void runTask(const std::function<void()>& task);
+  void workerLoop();
+  Links makeLinks(uint64_t tagBase, const CollectiveInfo& info, uint64_t seq);
+  std::string describe(const CollectiveInfo& info, uint64_t seq) const;
+  void checkUsable() const;
+  void checkRoot(int root, const char* what) const;
+
+  std::shared_ptr<World> world_;
+  std::vector<int> worldRanks_;  // communicator rank -> world rank
+  std::vector<Route> routes_;
+  int rank_ = 0, size_ = 1;
+  uint32_t id_ = 0;
+  double timeoutSec_ = 300;
+  bool closed_ = false;
+  uint64_t nextSeq_ = 0;
+  uint32_t splits_ = 0;
+  std::string lastAlgo_;
+
+  // progress thread
+  std::mutex qmu_;
+  std::condition_variable qcv_;
+  std::deque<std::function<void()>> queue_;
+  bool running_ = false;  // a call is executing (on either thread)
+  bool stopping_ = false;
+  std::thread worker_;
+};
+
+}  // namespace hcomm

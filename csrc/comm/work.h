@@ -1,0 +1,38 @@
+// Work: the handle of one collective or point-to-point call. Completed by whichever
+// thread ran the call (the caller's, or the communicator's progress thread for
+// async_op=True); callbacks run on that thread right after completion.
+#pragma once
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace hcomm {
+
+class Work {
+ public:
+  // Waits up to timeoutSec (< 0: no limit). True when done; throws Error if the call
+  // failed; false when the time ran out first.
+  bool wait(double timeoutSec);
+  bool isCompleted();
+  bool isSuccess();
+  std::string error();  // empty unless the call failed
+  // fn(error) runs once when the work completes (at once if it already has).
+  void onComplete(std::function<void(const std::string&)> fn);
+  void finish(const std::string& error);
+
+  int source = -1;   // receive from any source: the rank the message came from
+  size_t received = 0;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::string error_;
+  std::vector<std::function<void(const std::string&)>> callbacks_;
+};
+using WorkPtr = std::shared_ptr<Work>;
+
+}  // namespace hcomm

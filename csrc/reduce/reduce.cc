@@ -1,0 +1,72 @@
+// Run-time choice of the SIMD level for the reduction kernels.
+#include "reduce/reduce.h"
+
+#include <algorithm>
+
+#include "common/param.h"
+
+namespace hcomm {
+
+namespace {
+
+SimdLevel detect() {
+  __builtin_cpu_init();
+  SimdLevel best = SimdLevel::GENERIC;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = SimdLevel::AVX2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    best = SimdLevel::AVX512;
+  std::string cap = envStr("HCOMM_SIMD");
+  SimdLevel capLevel = cap == "generic" ? SimdLevel::GENERIC
+                       : cap == "avx2"  ? SimdLevel::AVX2
+                                        : SimdLevel::AVX512;
+  return static_cast<SimdLevel>(std::min(static_cast<int>(best), static_cast<int>(capLevel)));
+}
+
+}  // namespace
+
+SimdLevel simdLevel() {
+  static const SimdLevel level = detect();  // immutable after the first call
+  return level;
+}
+
+const char* simdName(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::AVX512: return "avx512";
+    case SimdLevel::AVX2: return "avx2";
+    default: return "generic";
+  }
+}
+
+void reduceAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, const void* a,
+              const void* b, size_t n) {
+  if (static_cast<int>(level) > static_cast<int>(simdLevel()))
+    throw Error(std::string("SIMD level ") + simdName(level) + " is not available on this CPU");
+  switch (level) {
+    case SimdLevel::AVX512: return kernels::avx512::reduce(dt, op, dst, a, b, n);
+    case SimdLevel::AVX2: return kernels::avx2::reduce(dt, op, dst, a, b, n);
+    default: return kernels::generic::reduce(dt, op, dst, a, b, n);
+  }
+}
+
+void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t n) {
+  reduceAt(simdLevel(), dt, op, dst, a, b, n);
+}
+
+void scale(DataType dt, void* dst, const void* src, size_t n, double factor) {
+  switch (simdLevel()) {
+    case SimdLevel::AVX512: return kernels::avx512::scale(dt, dst, src, n, factor);
+    case SimdLevel::AVX2: return kernels::avx2::scale(dt, dst, src, n, factor);
+    default: return kernels::generic::scale(dt, dst, src, n, factor);
+  }
+}
+
+void divide(DataType dt, void* dst, const void* src, size_t n, int64_t divisor) {
+  switch (simdLevel()) {
+    case SimdLevel::AVX512: return kernels::avx512::divide(dt, dst, src, n, divisor);
+    case SimdLevel::AVX2: return kernels::avx2::divide(dt, dst, src, n, divisor);
+    default: return kernels::generic::divide(dt, dst, src, n, divisor);
+  }
+}
+
+}  // namespace hcomm

@@ -1,0 +1,103 @@
+// Matching of incoming messages to posted receives, shared by the transports.
+//
+// Per peer, receives wait in `posted` (in the order they were posted) and messages that
+// arrived before their receive wait in `unexpected`. A message is matched by (peer,
+// tag), the first of each list winning, which gives MPI's non-overtaking order.
+#pragma once
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "reduce/reduce.h"
+#include "transport/transport.h"
+
+namespace hcomm {
+
+struct PostedRecv {
+  RequestPtr req;
+  char* dst = nullptr;
+  size_t nbytes = 0;
+  bool reducing = false;
+  ReduceSpec spec;
+
+  // Copies or reduces `len` payload bytes that belong at `offset` of the message.
+  void deliver(size_t offset, const void* data, size_t len) const {
+    if (len == 0) return;
+    if (!reducing) {
+      std::memcpy(dst + offset, data, len);
+      return;
+    }
+    size_t es = dtypeSize(spec.dtype);
+    reduce(spec.dtype, spec.op, dst + offset, static_cast<const char*>(spec.src) + offset, data,
+           len / es);
+  }
+};
+
+// A message that arrived before its receive was posted.
+struct Unexpected {
+  uint64_t tag = 0;
+  size_t nbytes = 0;
+  size_t filled = 0;        // payload bytes received so far (data messages)
+  std::vector<char> data;   // the payload, for data messages
+  bool complete = false;
+  // Rendezvous descriptor (shared memory): the payload stays in the sender's memory.
+  bool rendezvous = false;
+  int64_t pid = 0;
+  uint64_t addr = 0;
+  uint64_t seq = 0;
+  // Set when a receive matched this message while its payload was still arriving.
+  std::unique_ptr<PostedRecv> bound;
+};
+using UnexpectedPtr = std::shared_ptr<Unexpected>;
+
+struct PeerMatch {
+  std::deque<PostedRecv> posted;
+  std::deque<UnexpectedPtr> unexpected;
+
+  bool takePosted(uint64_t tag, PostedRecv* out) {
+    for (auto it = posted.begin(); it != posted.end(); ++it) {
+      if (it->req->tag == tag) {
+        *out = *it;
+        posted.erase(it);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  UnexpectedPtr takeUnexpected(uint64_t tag) {
+    for (auto it = unexpected.begin(); it != unexpected.end(); ++it) {
+      if ((*it)->tag == tag && !(*it)->bound) {
+        UnexpectedPtr u = *it;
+        unexpected.erase(it);
+        return u;
+      }
+    }
+    return nullptr;
+  }
+
+  const Unexpected* peekUnexpected(uint64_t tag) const {
+    for (const auto& u : unexpected)
+      if (u->tag == tag && !u->bound) return u.get();
+    return nullptr;
+  }
+};
+
+inline std::string sizeMismatch(int peer, uint64_t tag, size_t sent, size_t expected) {
+  return "message size mismatch: rank " + std::to_string(peer) + " sent " + std::to_string(sent) +
+         " bytes (tag " + std::to_string(tag) + ") but this rank expected " +
+         std::to_string(expected) + " bytes: the ranks called the collective with different counts";
+}
+
+inline RequestPtr makeRequest(int peer, uint64_t tag, size_t nbytes, bool isSend) {
+  auto r = std::make_shared<Request>();
+  r->peer = peer;
+  r->tag = tag;
+  r->nbytes = nbytes;
+  r->isSend = isSend;
+  return r;
+}
+
+}  // namespace hcomm

@@ -1,0 +1,465 @@
+#include "transport/shm.h"
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <thread>
+
+#include "common/param.h"
+
+namespace hcomm {
+
+namespace {
+constexpr uint64_t kMagic = 0x68636f6d6d534d31ull;  // "hcommSM1"
+constexpr int kSlots = 8;
+constexpr size_t kSlotBytes = 128 << 10;
+constexpr int kAcks = 1024;  // rendezvous messages one pair may have outstanding
+constexpr uint32_t kData = 1, kRendezvous = 2;
+// A word whose address every peer reads once at connect() to see whether cross-memory
+// attach works between the two processes. Constant, so not mutable state.
+const volatile uint64_t kCmaProbe = 0x6863636d61707262ull;
+}  // namespace
+
+struct ShmSlot {
+  uint64_t tag;
+  uint64_t total;   // message bytes
+  uint64_t offset;  // of this chunk (data) ; 0 for rendezvous
+  uint32_t len;     // bytes in this chunk
+  uint32_t kind;
+  int64_t pid;      // rendezvous: sender process and buffer
+  uint64_t addr;
+  uint64_t seq;
+  char pad[64 - 7 * 8];
+  char data[kSlotBytes];
+};
+
+struct alignas(64) ShmQueue {
+  alignas(64) std::atomic<uint64_t> head;  // slots published (sender writes)
+  alignas(64) std::atomic<uint64_t> tail;  // slots consumed (receiver writes)
+  alignas(64) std::atomic<uint64_t> acks[kAcks];  // rendezvous done: acks[seq % kAcks] = seq
+  ShmSlot slots[kSlots];
+};
+
+struct alignas(64) ShmSegment {
+  std::atomic<uint64_t> magic;
+  int64_t pid;
+  uint64_t probeAddr;
+  int32_t nLocal;
+  alignas(64) std::atomic<uint32_t> bell;      // bumped by anyone who changed my queues
+  alignas(64) std::atomic<uint32_t> sleepers;  // threads of mine in futex wait
+  alignas(64) uint8_t canRead[256];            // canRead[i]: I can read local rank i's memory
+  ShmQueue queues[1];                          // nLocal of them, by sender's local index
+};
+
+namespace {
+
+size_t segmentBytes(int nLocal) {
+  return sizeof(ShmSegment) + sizeof(ShmQueue) * (nLocal > 1 ? nLocal - 1 : 0);
+}
+
+void futexWait(std::atomic<uint32_t>* word, uint32_t expected, int us) {
+  struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &ts, nullptr, 0);
+}
+
+void futexWakeAll(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+}
+
+// Reads `len` bytes at `addr` of process `pid` into `dst`.
+bool cmaRead(int64_t pid, uint64_t addr, void* dst, size_t len, std::string* err) {
+  if (pid == getpid()) {
+    std::memcpy(dst, reinterpret_cast<const void*>(addr), len);
+    return true;
+  }
+  size_t done = 0;
+  while (done < len) {
+    struct iovec local = {static_cast<char*>(dst) + done, len - done};
+    struct iovec remote = {reinterpret_cast<void*>(addr + done), len - done};
+    ssize_t n = process_vm_readv(static_cast<pid_t>(pid), &local, 1, &remote, 1, 0);
+    if (n <= 0) {
+      if (n < 0 && errno == EINTR) continue;
+      if (err) *err = std::string("process_vm_readv from pid ") + std::to_string(pid) + ": " + strerror(errno);
+      return false;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace
+
+ShmTransport::ShmTransport(int rank, std::vector<int> localRanks, std::string prefix, double timeoutSec)
+    : rank_(rank), localRanks_(std::move(localRanks)), prefix_(std::move(prefix)), timeoutSec_(timeoutSec) {
+  if (localRanks_.size() > 256) throw Error("shm transport: more than 256 ranks on one host");
+  // Let peers of any ancestry read our memory (Yama ptrace_scope=1 would refuse them).
+  prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+  int nLocal = static_cast<int>(localRanks_.size());
+  mineName_ = prefix_ + "_" + std::to_string(rank_);
+  mineBytes_ = segmentBytes(nLocal);
+  int fd = shm_open(mineName_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+  if (fd < 0) throw Error("shm_open(" + mineName_ + "): " + strerror(errno));
+  if (ftruncate(fd, static_cast<off_t>(mineBytes_)) != 0) {
+    int e = errno;
+    close(fd);
+    shm_unlink(mineName_.c_str());
+    throw Error("shm segment of " + std::to_string(mineBytes_) + " bytes: " + strerror(e) +
+                " (is /dev/shm large enough?)");
+  }
+  void* p = mmap(nullptr, mineBytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) {
+    shm_unlink(mineName_.c_str());
+    throw Error(std::string("mmap of shm segment: ") + strerror(errno));
+  }
+  mine_ = static_cast<ShmSegment*>(p);  // fresh pages are zero: counters start at 0
+  mine_->pid = getpid();
+  mine_->probeAddr = reinterpret_cast<uint64_t>(&kCmaProbe);
+  mine_->nLocal = nLocal;
+  mine_->magic.store(kMagic, std::memory_order_release);
+}
+
+ShmTransport::~ShmTransport() {
+  for (auto& kv : peers_)
+    if (kv.second.seg && kv.second.seg != mine_) munmap(kv.second.seg, kv.second.segBytes);
+  if (mine_) {
+    shm_unlink(mineName_.c_str());  // no-op when already unlinked
+    munmap(mine_, mineBytes_);
+  }
+}
+
+void ShmTransport::connect() {
+  bool allowCma = envInt("HCOMM_SHM_CMA", 1) != 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutSec_);
+  int nLocal = static_cast<int>(localRanks_.size());
+  int myIndex = static_cast<int>(std::find(localRanks_.begin(), localRanks_.end(), rank_) - localRanks_.begin());
+  for (int i = 0; i < nLocal; ++i) {
+    Peer& p = peers_[localRanks_[i]];
+    p.rank = localRanks_[i];
+    p.index = i;
+    if (p.rank == rank_) {
+      p.seg = mine_;
+      p.segBytes = mineBytes_;
+    } else {
+      std::string name = prefix_ + "_" + std::to_string(p.rank);
+      int fd = -1;
+      while ((fd = shm_open(name.c_str(), O_RDWR, 0600)) < 0) {
+        if (std::chrono::steady_clock::now() > deadline)
+          throw TimeoutError("shm transport: rank " + std::to_string(p.rank) +
+                             " did not create its segment " + name + " in time");
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      struct stat st;
+      while (fstat(fd, &st) == 0 && static_cast<size_t>(st.st_size) < segmentBytes(nLocal))
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      p.segBytes = segmentBytes(nLocal);
+      void* m = mmap(nullptr, p.segBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      close(fd);
+      if (m == MAP_FAILED) throw Error(std::string("mmap of peer shm segment: ") + strerror(errno));
+      p.seg = static_cast<ShmSegment*>(m);
+      while (p.seg->magic.load(std::memory_order_acquire) != kMagic) {
+        if (std::chrono::steady_clock::now() > deadline)
+          throw TimeoutError("shm transport: segment of rank " + std::to_string(p.rank) + " never initialised");
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+      uint64_t v = 0;
+      mine_->canRead[i] = allowCma && cmaRead(p.seg->pid, p.seg->probeAddr, &v, sizeof v, nullptr) &&
+                          v == kCmaProbe;
+    }
+    p.out = &p.seg->queues[myIndex];
+    p.in = &mine_->queues[i];
+  }
+}
+
+void ShmTransport::unlinkOwn() {
+  // Every peer has mapped us once it has sent to us; the name is no longer needed and
+  // removing it now means nothing is left in /dev/shm if the job dies.
+  for (auto& kv : peers_) {
+    Peer& p = kv.second;
+    if (p.rank == rank_) continue;
+    // The peer wrote its probe verdict on us before its first message; read it now.
+    int myIndex = peers_[rank_].index;
+    p.cma = p.seg->canRead[myIndex] != 0;
+  }
+  shm_unlink(mineName_.c_str());
+}
+
+bool ShmTransport::usesCma(int peer) const {
+  auto it = peers_.find(peer);
+  return it != peers_.end() && it->second.cma;
+}
+
+ShmTransport::Peer& ShmTransport::peerOf(int rank) {
+  auto it = peers_.find(rank);
+  if (it == peers_.end()) throw Error("shm transport: rank " + std::to_string(rank) + " is not on this host");
+  return it->second;
+}
+
+void ShmTransport::ring(ShmSegment* seg) {
+  seg->bell.fetch_add(1, std::memory_order_seq_cst);
+  if (seg->sleepers.load(std::memory_order_seq_cst) != 0) futexWakeAll(&seg->bell);
+}
+
+RequestPtr ShmTransport::isend(int peer, uint64_t tag, const void* buf, size_t nbytes) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  Peer& p = peerOf(peer);
+  RequestPtr req = makeRequest(peer, tag, nbytes, true);
+  if (!aborted_.empty()) {
+    complete(*req, aborted_);
+    return req;
+  }
+  OutMsg m;
+  m.req = req;
+  m.buf = static_cast<const char*>(buf);
+  static const size_t rndvBytes = static_cast<size_t>(envInt("HCOMM_SHM_RNDV_BYTES", 64 << 10));
+  m.rendezvous = p.cma && nbytes >= rndvBytes;
+  p.sending.push_back(m);
+  progressSends(p);
+  return req;
+}
+
+RequestPtr ShmTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  Peer& p = peerOf(peer);
+  PostedRecv r;
+  r.req = makeRequest(peer, tag, nbytes, false);
+  r.dst = static_cast<char*>(buf);
+  r.nbytes = nbytes;
+  if (reduce) {
+    r.reducing = true;
+    r.spec = *reduce;
+  }
+  if (!aborted_.empty()) {
+    complete(*r.req, aborted_);
+    return r.req;
+  }
+  UnexpectedPtr u = p.match.takeUnexpected(tag);
+  if (!u) {
+    p.match.posted.push_back(r);
+    progressRecvs(p);
+    return r.req;
+  }
+  if (u->nbytes != nbytes) {
+    complete(*r.req, sizeMismatch(peer, tag, u->nbytes, nbytes));
+  } else if (u->rendezvous) {
+    pull(p, r, u->pid, u->addr, u->nbytes, u->seq);
+  } else if (u->complete) {
+    r.deliver(0, u->data.data(), u->nbytes);
+    complete(*r.req);
+  } else {  // still streaming in: finish when the last chunk lands
+    u->bound.reset(new PostedRecv(r));
+    p.match.unexpected.push_front(u);
+  }
+  return r.req;
+}
+
+bool ShmTransport::progressSends(Peer& p) {
+  bool moved = false;
+  while (!p.sending.empty()) {
+    OutMsg& m = p.sending.front();
+    uint64_t head = p.out->head.load(std::memory_order_relaxed);
+    if (head - p.out->tail.load(std::memory_order_acquire) >= kSlots) break;  // queue full
+    ShmSlot& s = p.out->slots[head % kSlots];
+    s.tag = m.req->tag;
+    s.total = m.req->nbytes;
+    if (m.rendezvous) {
+      m.seq = p.nextSeq++;
+      s.kind = kRendezvous;
+      s.offset = 0;
+      s.len = 0;
+      s.pid = getpid();
+      s.addr = reinterpret_cast<uint64_t>(m.buf);
+      s.seq = m.seq;
+    } else {
+      size_t len = std::min(kSlotBytes, m.req->nbytes - m.offset);
+      s.kind = kData;
+      s.offset = m.offset;
+      s.len = static_cast<uint32_t>(len);
+      if (len) std::memcpy(s.data, m.buf + m.offset, len);
+      m.offset += len;
+    }
+    p.out->head.store(head + 1, std::memory_order_release);
+    ring(p.seg);
+    moved = true;
+    if (m.rendezvous) {
+      p.awaiting.push_back(m);
+      p.sending.pop_front();
+    } else if (m.offset >= m.req->nbytes) {
+      complete(*m.req);
+      p.sending.pop_front();
+    }
+  }
+  while (!p.awaiting.empty()) {
+    OutMsg& m = p.awaiting.front();
+    if (p.out->acks[m.seq % kAcks].load(std::memory_order_acquire) != m.seq) break;
+    complete(*m.req);
+    p.awaiting.pop_front();
+    moved = true;
+  }
+  return moved;
+}
+
+void ShmTransport::pull(Peer& p, const PostedRecv& r, int64_t pid, uint64_t addr, size_t nbytes, uint64_t seq) {
+  std::string err;
+  bool ok = true;
+  if (!r.reducing) {
+    ok = nbytes == 0 || cmaRead(pid, addr, r.dst, nbytes, &err);
+  } else if (pid == getpid()) {
+    r.deliver(0, reinterpret_cast<const void*>(addr), nbytes);
+  } else {
+    // Stage through a buffer small enough to stay in L2, so the reduction reads the
+    // peer's bytes from cache: one trip through DRAM for the remote data.
+    constexpr size_t kChunk = 256 << 10;
+    if (scratch_.size() < kChunk) scratch_.resize(kChunk);
+    for (size_t off = 0; ok && off < nbytes; off += kChunk) {
+      size_t len = std::min(kChunk, nbytes - off);
+      ok = cmaRead(pid, addr + off, scratch_.data(), len, &err);
+      if (ok) r.deliver(off, scratch_.data(), len);
+    }
+  }
+  p.in->acks[seq % kAcks].store(seq, std::memory_order_release);
+  ring(p.seg);
+  complete(*r.req, ok ? "" : "shm receive from rank " + std::to_string(p.rank) + " failed: " + err);
+}
+
+void ShmTransport::handleSlot(Peer& p, const ShmSlot& s) {
+  if (s.kind == kRendezvous) {
+    PostedRecv r;
+    if (p.match.takePosted(s.tag, &r)) {
+      if (r.nbytes != s.total) {
+        p.in->acks[s.seq % kAcks].store(s.seq, std::memory_order_release);  // release the sender
+        ring(p.seg);
+        complete(*r.req, sizeMismatch(p.rank, s.tag, s.total, r.nbytes));
+      } else {
+        pull(p, r, s.pid, s.addr, s.total, s.seq);
+      }
+    } else {
+      auto u = std::make_shared<Unexpected>();
+      u->tag = s.tag;
+      u->nbytes = s.total;
+      u->rendezvous = true;
+      u->pid = s.pid;
+      u->addr = s.addr;
+      u->seq = s.seq;
+      u->complete = true;
+      p.match.unexpected.push_back(u);
+    }
+    return;
+  }
+  if (s.offset == 0) {  // first chunk of a data message: find its receive
+    p.inCurrent = p.match.takePosted(s.tag, &p.current);
+    if (p.inCurrent && p.current.nbytes != s.total) {
+      complete(*p.current.req, sizeMismatch(p.rank, s.tag, s.total, p.current.nbytes));
+      p.inCurrent = false;
+      p.current = PostedRecv();
+      // The payload still has to be drained; keep it as an unmatched message.
+    }
+    if (!p.inCurrent) {
+      p.streaming = std::make_shared<Unexpected>();
+      p.streaming->tag = s.tag;
+      p.streaming->nbytes = s.total;
+      p.streaming->data.resize(s.total);
+      p.match.unexpected.push_back(p.streaming);
+    }
+  }
+  bool last = s.offset + s.len >= s.total;
+  if (p.inCurrent) {
+    p.current.deliver(s.offset, s.data, s.len);
+    if (last) {
+      complete(*p.current.req);
+      p.current = PostedRecv();
+      p.inCurrent = false;
+    }
+    return;
+  }
+  Unexpected& u = *p.streaming;
+  if (s.len) std::memcpy(u.data.data() + s.offset, s.data, s.len);
+  u.filled += s.len;
+  if (!last) return;
+  u.complete = true;
+  if (u.bound) {  // its receive was posted while the chunks were arriving
+    auto it = std::find(p.match.unexpected.begin(), p.match.unexpected.end(), p.streaming);
+    if (it != p.match.unexpected.end()) p.match.unexpected.erase(it);
+    u.bound->deliver(0, u.data.data(), u.nbytes);
+    complete(*u.bound->req);
+  }
+  p.streaming.reset();
+}
+
+bool ShmTransport::progressRecvs(Peer& p) {
+  bool moved = false;
+  uint64_t tail = p.in->tail.load(std::memory_order_relaxed);
+  while (tail != p.in->head.load(std::memory_order_acquire)) {
+    handleSlot(p, p.in->slots[tail % kSlots]);
+    ++tail;
+    p.in->tail.store(tail, std::memory_order_release);
+    ring(p.seg);  // the sender may be waiting for a free slot
+    moved = true;
+  }
+  return moved;
+}
+
+bool ShmTransport::progress() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  bool moved = false;
+  for (auto& kv : peers_) {
+    if (kv.first == rank_ && localRanks_.size() > 1 && kv.second.sending.empty() &&
+        kv.second.awaiting.empty() && kv.second.in->head.load(std::memory_order_relaxed) ==
+                                          kv.second.in->tail.load(std::memory_order_relaxed))
+      continue;
+    moved |= progressRecvs(kv.second);
+    moved |= progressSends(kv.second);
+  }
+  return moved;
+}
+
+void ShmTransport::sleepFor(int us) {
+  uint32_t v = mine_->bell.load(std::memory_order_seq_cst);
+  mine_->sleepers.fetch_add(1, std::memory_order_seq_cst);
+  // Anything that changed between the caller's last progress() and the bell read above
+  // would otherwise be slept through.
+  if (!progress()) futexWait(&mine_->bell, v, us);
+  mine_->sleepers.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+bool ShmTransport::probe(int peer, uint64_t tag, size_t* nbytes) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  Peer& p = peerOf(peer);
+  progressRecvs(p);
+  const Unexpected* u = p.match.peekUnexpected(tag);
+  if (u && nbytes) *nbytes = u->nbytes;
+  return u != nullptr;
+}
+
+void ShmTransport::abort(const std::string& why) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  aborted_ = why;
+  for (auto& kv : peers_) {
+    Peer& p = kv.second;
+    for (auto& m : p.sending) complete(*m.req, why);
+    for (auto& m : p.awaiting) complete(*m.req, why);
+    for (auto& r : p.match.posted) complete(*r.req, why);
+    if (p.inCurrent) complete(*p.current.req, why);
+    for (auto& u : p.match.unexpected)
+      if (u->bound) complete(*u->bound->req, why);
+    p.sending.clear();
+    p.awaiting.clear();
+    p.match.posted.clear();
+    p.inCurrent = false;
+  }
+}
+
+}  // namespace hcomm

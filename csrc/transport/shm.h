@@ -1,0 +1,93 @@
+// Shared-memory transport for ranks on the same host.
+//
+// Each rank owns one segment holding an inbound queue per local peer: a ring of slots
+// the sender fills and the receiver drains. Small messages (below HCOMM_SHM_RNDV_BYTES)
+// are copied through the slots; large ones use a rendezvous: the sender publishes the
+// address of its own buffer and the receiver copies or reduces straight out of the
+// sender's memory with process_vm_readv (cross-memory attach), so a large message
+// costs one copy. Where the kernel refuses cross-memory attach, every message streams
+// through the slots (two copies, pipelined). Waiting ranks sleep on a futex in their
+// own segment ("doorbell") that senders ring.
+#pragma once
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "transport/matcher.h"
+#include "transport/transport.h"
+
+namespace hcomm {
+
+struct ShmSegment;
+struct ShmQueue;
+
+class ShmTransport : public Transport {
+ public:
+  // localRanks: every rank on this host (including `rank`), the same list on each of them.
+  ShmTransport(int rank, std::vector<int> localRanks, std::string prefix, double timeoutSec);
+  ~ShmTransport() override;
+
+  // Maps every local peer's segment (waiting for it to appear) and probes whether this
+  // rank may read each peer's memory. Must precede any send.
+  void connect();
+  // Removes this rank's segment name once every peer has mapped it.
+  void unlinkOwn();
+
+  const char* name() const override { return "shm"; }
+  RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes) override;
+  RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce) override;
+  bool progress() override;
+  void sleepFor(int us) override;
+  bool probe(int peer, uint64_t tag, size_t* nbytes) override;
+  void abort(const std::string& why) override;
+  bool usesCma(int peer) const;
+
+ private:
+  struct OutMsg {
+    RequestPtr req;
+    const char* buf = nullptr;
+    size_t offset = 0;
+    bool rendezvous = false;
+    bool published = false;  // rendezvous descriptor or first chunk sent
+    uint64_t seq = 0;        // rendezvous sequence, acknowledged by the receiver
+  };
+  struct Peer {
+    int rank = -1;
+    int index = -1;              // position in localRanks
+    ShmSegment* seg = nullptr;   // the peer's segment (mapped)
+    size_t segBytes = 0;
+    ShmQueue* out = nullptr;     // my queue inside the peer's segment
+    ShmQueue* in = nullptr;      // the peer's queue inside my segment
+    bool cma = false;            // the peer may read my memory (so I may use rendezvous)
+    std::deque<OutMsg> sending;  // FIFO, not yet fully published
+    std::deque<OutMsg> awaiting; // rendezvous published, waiting for the ack
+    uint64_t nextSeq = 1;
+    PeerMatch match;
+    UnexpectedPtr streaming;     // unexpected message whose chunks are still arriving
+    PostedRecv current;          // posted receive whose chunks are still arriving
+    bool inCurrent = false;
+  };
+
+  Peer& peerOf(int rank);
+  bool progressSends(Peer& p);
+  bool progressRecvs(Peer& p);
+  void handleSlot(Peer& p, const struct ShmSlot& slot);
+  void pull(Peer& p, const PostedRecv& r, int64_t pid, uint64_t addr, size_t nbytes, uint64_t seq);
+  void ring(ShmSegment* seg);
+
+  int rank_;
+  std::vector<int> localRanks_;
+  std::string prefix_;
+  double timeoutSec_;
+  ShmSegment* mine_ = nullptr;
+  size_t mineBytes_ = 0;
+  std::string mineName_;
+  std::map<int, Peer> peers_;
+  std::vector<char> scratch_;  // staging for reductions out of a peer's memory
+  std::recursive_mutex mu_;
+  std::string aborted_;
+};
+
+}  // namespace hcomm

@@ -1,0 +1,87 @@
+// TCP transport for ranks on different hosts.
+//
+// One connection per peer pair: the higher rank connects to the lower rank's listener
+// and presents the job token; anything else that connects is dropped. Messages are a
+// 24-byte header (magic, tag, length) and the payload, written with non-blocking
+// sockets by progress(); a receive that reduces stages the payload through a small
+// buffer and combines it as it lands.
+#pragma once
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "transport/matcher.h"
+#include "transport/socket.h"
+#include "transport/transport.h"
+
+namespace hcomm {
+
+class TcpTransport : public Transport {
+ public:
+  TcpTransport(int rank, const std::string& bindIp, const std::string& token, double timeoutSec);
+  ~TcpTransport() override;
+
+  std::string address() const;  // "ip:port" of this rank's listener
+  // Connects to every rank in `peers`; addrs[r] is rank r's address().
+  void connect(const std::vector<int>& peers, const std::vector<std::string>& addrs);
+
+  const char* name() const override { return "tcp"; }
+  RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes) override;
+  RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce) override;
+  bool progress() override;
+  void sleepFor(int us) override;
+  bool probe(int peer, uint64_t tag, size_t* nbytes) override;
+  void abort(const std::string& why) override;
+
+ private:
+  struct Header {
+    uint64_t magic;
+    uint64_t tag;
+    uint64_t nbytes;
+  };
+  struct OutMsg {
+    RequestPtr req;
+    Header hdr;
+    const char* buf;
+    size_t sent = 0;  // header and payload bytes written
+  };
+  struct Peer {
+    int rank = -1;
+    int fd = -1;
+    std::deque<OutMsg> sending;
+    PeerMatch match;
+    // receive state: header, then payload into a posted receive or an unexpected buffer
+    Header hdr;
+    size_t hdrGot = 0;
+    size_t got = 0;
+    bool inPayload = false;
+    bool toPosted = false;
+    PostedRecv current;
+    UnexpectedPtr streaming;
+    std::vector<char> stage;  // reducing receives: payload staged here, then combined
+    size_t staged = 0;
+    std::string broken;
+  };
+
+  Peer& peerOf(int rank);
+  bool flush(Peer& p);
+  bool drain(Peer& p);
+  void startPayload(Peer& p);
+  void finishPayload(Peer& p);
+  void fail(Peer& p, const std::string& why);
+  void acceptPeers(const std::vector<int>& from, Clock::time_point deadline);
+
+  int rank_;
+  std::string ip_;
+  int port_ = 0;
+  int listenFd_ = -1;
+  std::string token_;
+  double timeoutSec_;
+  std::map<int, Peer> peers_;
+  std::recursive_mutex mu_;
+  std::string aborted_;
+};
+
+}  // namespace hcomm

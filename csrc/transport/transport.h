@@ -1,0 +1,68 @@
+// Point-to-point transport: the only interface the algorithms see.
+//
+// A transport moves tagged messages between ranks of one job. isend/irecv post an
+// operation and return a Request; progress() advances every outstanding operation of
+// this transport; the caller (algo/links.h) spins, yields, then blocks in sleepFor().
+// Messages from one peer with one tag are matched in the order they were posted
+// (MPI's non-overtaking rule), so collectives may reuse a tag between a pair.
+//
+// irecv can reduce instead of copy: with a ReduceSpec, the payload is combined
+// element-wise with `src` into `dst` (dst = src op payload) as it arrives, so the
+// shared-memory transport can reduce straight from the sender's buffer with no
+// staging copy. Ownership: buffers belong to the caller and must stay valid until the
+// request completes. A transport is shared by every communicator split from the one
+// that made it, so all its methods are thread-safe.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/types.h"
+
+namespace hcomm {
+
+struct Request {
+  int peer = -1;
+  uint64_t tag = 0;
+  size_t nbytes = 0;
+  bool isSend = false;
+  std::atomic<bool> done{false};
+  std::string error;  // set before done when the operation failed
+
+  bool failed() const { return done.load(std::memory_order_acquire) && !error.empty(); }
+};
+using RequestPtr = std::shared_ptr<Request>;
+
+struct ReduceSpec {
+  const void* src = nullptr;  // combined with the payload; may equal dst
+  DataType dtype = DataType::F32;
+  ReduceOp op = ReduceOp::SUM;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual const char* name() const = 0;
+  virtual RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes) = 0;
+  virtual RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes,
+                           const ReduceSpec* reduce = nullptr) = 0;
+  // Advances every outstanding operation; true when anything moved.
+  virtual bool progress() = 0;
+  // Blocks for at most `us` microseconds or until something may have arrived.
+  virtual void sleepFor(int us) = 0;
+  // Is a message with `tag` from `peer` waiting to be received? (any-source receive)
+  virtual bool probe(int peer, uint64_t tag, size_t* nbytes) = 0;
+  // Fails every outstanding request with `why` (abort after an error or a timeout).
+  virtual void abort(const std::string& why) = 0;
+};
+
+// Completes a request, successfully when why is empty.
+inline void complete(Request& r, const std::string& why = "") {
+  r.error = why;
+  r.done.store(true, std::memory_order_release);
+}
+
+}  // namespace hcomm

@@ -1,0 +1,350 @@
+"""The Python face of a communicator: validates arrays, then hands pointers to the core.
+
+Every check here runs on the calling rank before any byte moves; mismatches only visible
+across ranks (different counts on different ranks) are caught by the core and end in an
+hcomm.Error within the timeout.
+"""
+from ._buffers import ITEMSIZE, as_buffer
+from ._errors import InvalidArgument
+
+_OPS = ("sum", "prod", "min", "max", "avg", "premul_sum")
+_ALLREDUCE_ALGOS = (None, "auto", "ring", "tree", "halving_doubling")
+
+
+def _op_name(op):
+    name = getattr(op, "name", op)  # accepts enums with .name too
+    name = str(name).lower()
+    if name not in _OPS:
+        raise InvalidArgument(f"unknown reduce op {op!r} (supported: {', '.join(_OPS)})")
+    return name
+
+
+def _check_op_dtype(op, dtype, factor):
+    if dtype == "bool" and op in ("avg", "premul_sum"):
+        raise InvalidArgument(f"op {op!r} is not defined for bool")
+    if op == "premul_sum" and factor is None:
+        raise InvalidArgument("op 'premul_sum' needs factor=<scalar>")
+
+
+def _same_dtype(a, b, what):
+    if a.dtype != b.dtype:
+        raise InvalidArgument(f"{what}: input dtype {a.dtype} differs from output dtype {b.dtype}")
+
+
+class Work:
+    """Handle of an async call. wait() returns True when done (raises hcomm.Error if it
+    failed; False when timeout seconds pass first). result() waits and returns the output."""
+
+    def __init__(self, core, result, keep):
+        self._core = core
+        self._result = result
+        self._keep = keep  # arrays the core is using: alive until the work is done
+
+    def wait(self, timeout=None):
+        return self._core.wait(-1.0 if timeout is None else float(timeout))
+
+    def is_completed(self):
+        return self._core.is_completed()
+
+    def exception(self):
+        from ._C import Error
+
+        err = self._core.error()
+        return Error(err) if err else None
+
+    def result(self):
+        self.wait()
+        return self._result
+
+    def add_done_callback(self, fn):
+        """fn(error_message_or_None) runs on the thread that completed the work."""
+        self._core.add_done_callback(fn)
+
+    @property
+    def source(self):
+        return self._core.source
+
+
+class Communicator:
+    """A group of ranks. Made by hcomm.init() or Communicator.split()."""
+
+    def __init__(self, core):
+        self._c = core
+
+    # ------------------------------------------------------------- identity
+    @property
+    def rank(self):
+        return self._c.rank
+
+    @property
+    def size(self):
+        return self._c.size
+
+    @property
+    def timeout(self):
+        return self._c.timeout
+
+    @timeout.setter
+    def timeout(self, seconds):
+        self._c.timeout = float(seconds)
+
+    @property
+    def closed(self):
+        return self._c.closed
+
+    def transports(self):
+        """The transport to each rank ('shm' or 'tcp')."""
+        return self._c.transports()
+
+    def __repr__(self):
+        return f"<hcomm.Communicator rank {self.rank}/{self.size}{' closed' if self.closed else ''}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._c.close()
+
+    def split(self, color, key=None):
+        """Every rank calls; equal colors form a new communicator ordered by (key, rank).
+        A negative color opts out and returns None."""
+        core = self._c.split(int(color), self.rank if key is None else int(key))
+        return Communicator(core) if core is not None else None
+
+    # ------------------------------------------------------------- helpers
+    def _check_root(self, root, what="root"):
+        if not isinstance(root, int) or not 0 <= root < self.size:
+            raise InvalidArgument(f"{what} {root!r} is out of range for a communicator of {self.size} ranks")
+
+    def _finish(self, work, result, keep, async_op):
+        if async_op:
+            return Work(work, result, keep)
+        return result
+
+    # ------------------------------------------------------------- collectives
+    def allreduce(self, x, out=None, op="sum", algo=None, async_op=False, factor=None):
+        """Reduce x over all ranks; the result lands in out (or in x when out is None)."""
+        op = _op_name(op)
+        if algo not in _ALLREDUCE_ALGOS:
+            raise InvalidArgument(f"unknown allreduce algorithm {algo!r} "
+                                  f"(ring, tree, halving_doubling, or None for automatic)")
+        src = as_buffer(x, "input", writable=out is None)
+        dst = as_buffer(out, "output", writable=True) if out is not None else src
+        _same_dtype(src, dst, "allreduce")
+        if src.count != dst.count:
+            raise InvalidArgument(f"allreduce: input has {src.count} elements, output {dst.count}")
+        _check_op_dtype(op, src.dtype, factor)
+        w = self._c.allreduce(src.ptr, dst.ptr, src.count, src.dtype, op, float(factor or 1.0), algo or "",
+                              async_op)
+        return self._finish(w, dst.obj, (src, dst), async_op)
+
+    def reduce(self, x, out=None, root=0, op="sum", algo=None, async_op=False, factor=None):
+        """Reduce x over all ranks into out on root (into x on root when out is None)."""
+        op = _op_name(op)
+        self._check_root(root)
+        src = as_buffer(x, "input", writable=out is None and self.rank == root)
+        dst = src
+        if self.rank == root and out is not None:
+            dst = as_buffer(out, "output", writable=True)
+            _same_dtype(src, dst, "reduce")
+            if src.count != dst.count:
+                raise InvalidArgument(f"reduce: input has {src.count} elements, output {dst.count}")
+        _check_op_dtype(op, src.dtype, factor)
+        w = self._c.reduce(src.ptr, dst.ptr, src.count, src.dtype, op, float(factor or 1.0), root,
+                           algo or "", async_op)
+        return self._finish(w, dst.obj, (src, dst), async_op)
+
+    def broadcast(self, x, root=0, out=None, algo=None, async_op=False):
+        """Copy root's x to every rank: into x, or into out when given (then x matters on root only)."""
+        self._check_root(root)
+        if out is None:
+            buf = as_buffer(x, "tensor", writable=True)
+            src = buf
+        else:
+            buf = as_buffer(out, "output", writable=True)
+            src = as_buffer(x, "input") if self.rank == root else buf
+            _same_dtype(src, buf, "broadcast")
+            if src.count != buf.count:
+                raise InvalidArgument(f"broadcast: input has {src.count} elements, output {buf.count}")
+        w = self._c.broadcast(src.ptr, buf.ptr, buf.count, buf.dtype, root, algo or "", async_op)
+        return self._finish(w, buf.obj, (src, buf), async_op)
+
+    def allgather(self, x, out, async_op=False):
+        """Concatenate every rank's x, in rank order, into out (size * x.size elements).
+        In place when x is out's block for this rank."""
+        src = as_buffer(x, "input")
+        dst = as_buffer(out, "output", writable=True)
+        _same_dtype(src, dst, "allgather")
+        if dst.count != src.count * self.size:
+            raise InvalidArgument(f"allgather: output has {dst.count} elements, expected "
+                                  f"size({self.size}) * input({src.count}) = {src.count * self.size}")
+        w = self._c.allgatherv(src.ptr, dst.ptr, [src.count] * self.size, src.dtype, async_op)
+        return self._finish(w, dst.obj, (src, dst), async_op)
+
+    def allgatherv(self, x, out, counts, async_op=False):
+        """allgather with per-rank element counts."""
+        counts = self._counts(counts, "counts")
+        src = as_buffer(x, "input")
+        dst = as_buffer(out, "output", writable=True)
+        _same_dtype(src, dst, "allgatherv")
+        if src.count != counts[self.rank]:
+            raise InvalidArgument(f"allgatherv: input has {src.count} elements but counts[{self.rank}] "
+                                  f"= {counts[self.rank]}")
+        if dst.count != sum(counts):
+            raise InvalidArgument(f"allgatherv: output has {dst.count} elements, sum(counts) = {sum(counts)}")
+        w = self._c.allgatherv(src.ptr, dst.ptr, counts, src.dtype, async_op)
+        return self._finish(w, dst.obj, (src, dst), async_op)
+
+    def reduce_scatter(self, x, out, op="sum", async_op=False, factor=None):
+        """Reduce x (size * out.size elements) over ranks; this rank keeps its block in out."""
+        op = _op_name(op)
+        src = as_buffer(x, "input")
+        dst = as_buffer(out, "output", writable=True)
+        _same_dtype(src, dst, "reduce_scatter")
+        if src.count != dst.count * self.size:
+            raise InvalidArgument(f"reduce_scatter: input has {src.count} elements, expected "
+                                  f"size({self.size}) * output({dst.count}) = {dst.count * self.size}")
+        _check_op_dtype(op, src.dtype, factor)
+        w = self._c.reduce_scatterv(src.ptr, dst.ptr, [dst.count] * self.size, src.dtype, op,
+                                    float(factor or 1.0), async_op)
+        return self._finish(w, dst.obj, (src, dst), async_op)
+
+    def reduce_scatterv(self, x, out, counts, op="sum", async_op=False, factor=None):
+        """reduce_scatter with per-rank element counts."""
+        op = _op_name(op)
+        counts = self._counts(counts, "counts")
+        src = as_buffer(x, "input")
+        dst = as_buffer(out, "output", writable=True)
+        _same_dtype(src, dst, "reduce_scatterv")
+        if src.count != sum(counts):
+            raise InvalidArgument(f"reduce_scatterv: input has {src.count} elements, sum(counts) = {sum(counts)}")
+        if dst.count != counts[self.rank]:
+            raise InvalidArgument(f"reduce_scatterv: output has {dst.count} elements but counts[{self.rank}] "
+                                  f"= {counts[self.rank]}")
+        _check_op_dtype(op, src.dtype, factor)
+        w = self._c.reduce_scatterv(src.ptr, dst.ptr, counts, src.dtype, op, float(factor or 1.0), async_op)
+        return self._finish(w, dst.obj, (src, dst), async_op)
+
+    def alltoall(self, x, out, async_op=False):
+        """Block j of x goes to rank j; block i of out comes from rank i."""
+        src = as_buffer(x, "input")
+        dst = as_buffer(out, "output", writable=True)
+        _same_dtype(src, dst, "alltoall")
+        if src.count != dst.count or src.count % self.size:
+            raise InvalidArgument(f"alltoall: input ({src.count}) and output ({dst.count}) must have the same "
+                                  f"number of elements, divisible by size({self.size})")
+        n = src.count // self.size
+        displs = [i * n for i in range(self.size)]
+        return self._alltoallv(src, dst, [n] * self.size, displs, [n] * self.size, displs, async_op)
+
+    def alltoallv(self, x, out, send_counts, recv_counts, send_displs=None, recv_displs=None, async_op=False):
+        """alltoall with per-rank counts (elements) and optional displacements."""
+        send_counts = self._counts(send_counts, "send_counts")
+        recv_counts = self._counts(recv_counts, "recv_counts")
+        send_displs = self._displs(send_displs, send_counts, "send_displs")
+        recv_displs = self._displs(recv_displs, recv_counts, "recv_displs")
+        src = as_buffer(x, "input")
+        dst = as_buffer(out, "output", writable=True)
+        _same_dtype(src, dst, "alltoallv")
+        for c, d, buf, what in ((send_counts, send_displs, src, "input"), (recv_counts, recv_displs, dst, "output")):
+            end = max((di + ci for ci, di in zip(c, d)), default=0)
+            if end > buf.count:
+                raise InvalidArgument(f"alltoallv: {what} has {buf.count} elements but counts/displacements "
+                                      f"reach element {end}")
+        return self._alltoallv(src, dst, send_counts, send_displs, recv_counts, recv_displs, async_op)
+
+    def _alltoallv(self, src, dst, sc, sd, rc, rd, async_op):
+        if src.ptr == dst.ptr and src.count:
+            import numpy as np
+
+            copy = np.frombuffer(bytearray(memoryview(_bytes_view(src))), dtype=np.uint8)
+            src = as_buffer(copy, "input")
+            src = type(src)(src.ptr, src.count // ITEMSIZE[dst.dtype], dst.dtype, copy)
+        w = self._c.alltoallv(src.ptr, sc, sd, dst.ptr, rc, rd, dst.dtype, async_op)
+        return self._finish(w, dst.obj, (src, dst), async_op)
+
+    def gather(self, x, out=None, root=0, async_op=False):
+        """Concatenate every rank's x into out on root (size * x.size elements)."""
+        self._check_root(root)
+        src = as_buffer(x, "input")
+        dst = src
+        if self.rank == root:
+            dst = as_buffer(out, "output", writable=True)
+            _same_dtype(src, dst, "gather")
+            if dst.count != src.count * self.size:
+                raise InvalidArgument(f"gather: output has {dst.count} elements, expected "
+                                      f"size({self.size}) * input({src.count}) = {src.count * self.size}")
+        w = self._c.gather(src.ptr, dst.ptr, src.count, src.dtype, root, async_op)
+        return self._finish(w, dst.obj if self.rank == root else None, (src, dst), async_op)
+
+    def scatter(self, x, out, root=0, async_op=False):
+        """Root's x (size * out.size elements) is cut into blocks; rank i gets block i in out."""
+        self._check_root(root)
+        dst = as_buffer(out, "output", writable=True)
+        src = dst
+        if self.rank == root:
+            src = as_buffer(x, "input")
+            _same_dtype(src, dst, "scatter")
+            if src.count != dst.count * self.size:
+                raise InvalidArgument(f"scatter: input has {src.count} elements, expected "
+                                      f"size({self.size}) * output({dst.count}) = {dst.count * self.size}")
+        w = self._c.scatter(src.ptr, dst.ptr, dst.count, dst.dtype, root, async_op)
+        return self._finish(w, dst.obj, (src, dst), async_op)
+
+    def barrier(self, async_op=False):
+        w = self._c.barrier(async_op)
+        return self._finish(w, None, (), async_op)
+
+    # ------------------------------------------------------------- point to point
+    def _check_tag(self, tag):
+        if not isinstance(tag, int) or not 0 <= tag < 2 ** 31:
+            raise InvalidArgument(f"tag must be an int in [0, 2**31), got {tag!r}")
+
+    def send(self, x, peer, tag=0, async_op=False):
+        self._check_root(peer, "peer")
+        self._check_tag(tag)
+        buf = as_buffer(x, "tensor")
+        w = self._c.send(buf.ptr, buf.nbytes, peer, tag, async_op)
+        return self._finish(w, None, (buf,), async_op)
+
+    def recv(self, x, peer=None, tag=0, async_op=False):
+        """Receive into x from peer (any rank when peer is None); returns the sender's rank."""
+        if peer is not None:
+            self._check_root(peer, "peer")
+        self._check_tag(tag)
+        buf = as_buffer(x, "tensor", writable=True)
+        w = self._c.recv(buf.ptr, buf.nbytes, -1 if peer is None else peer, tag, async_op)
+        if async_op:
+            return Work(w, None, (buf,))
+        return w.source
+
+    # ------------------------------------------------------------- checks
+    def _counts(self, counts, what):
+        counts = [int(c) for c in counts]
+        if len(counts) != self.size:
+            raise InvalidArgument(f"{what}: {len(counts)} entries for {self.size} ranks")
+        if any(c < 0 for c in counts):
+            raise InvalidArgument(f"{what}: negative count in {counts}")
+        return counts
+
+    def _displs(self, displs, counts, what):
+        if displs is None:
+            out, acc = [], 0
+            for c in counts:
+                out.append(acc)
+                acc += c
+            return out
+        displs = [int(d) for d in displs]
+        if len(displs) != self.size or any(d < 0 for d in displs):
+            raise InvalidArgument(f"{what}: need {self.size} non-negative entries, got {displs}")
+        return displs
+
+
+def _bytes_view(buf):
+    """A read-only byte view of a Buffer's memory (for the in-place alltoall copy)."""
+    import ctypes
+
+    return (ctypes.c_char * buf.nbytes).from_address(buf.ptr)
