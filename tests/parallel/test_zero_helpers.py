@@ -1,0 +1,260 @@
+"""Rank bodies and helpers shared by the ZeRO tests (module level: spawned processes import them)."""
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hcomm.parallel.zero import ZeroOptimizer
+
+IN, HID, OUT, BATCH = 7, 13, 5, 6
+LR, WD = 1e-2, 0.1
+# fp32 differs from the reference only by reduction order (measured ~2e-7). bf16 computes
+# forward/backward in bf16 against an fp32 reference: AdamW turns tiny gradients into
+# lr-sized steps of either sign, so a few elements may be off by up to ~2 lr over five
+# steps (max), while the mean error must stay a small fraction of the mean movement.
+TOL = {torch.float32: dict(rtol=1e-4, atol=2e-5), torch.bfloat16: dict(rtol=0, atol=3e-2)}
+BF16_MEAN_ERR = 0.1   # mean |zero - ref| <= 0.1 x mean |ref - init|
+
+
+class Tiny(nn.Module):
+    """Odd sizes, a parameter on the root, a LayerNorm and a bias-free layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(IN))
+        self.fc1 = nn.Linear(IN, HID)
+        self.norm = nn.LayerNorm(HID)
+        self.fc2 = nn.Linear(HID, HID, bias=False)
+        self.head = nn.Linear(HID, OUT)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x * self.scale))
+        h = self.norm(h)
+        return self.head(torch.relu(self.fc2(h)) + h)
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return Tiny()
+
+
+def batch(step, rank, micro=0):
+    g = torch.Generator().manual_seed(1000 * step + 10 * rank + micro)
+    return torch.randn(BATCH, IN, generator=g), torch.randn(BATCH, OUT, generator=g)
+
+
+def loss_fn(model, x, y):
+    return F.mse_loss(model(x).float(), y)
+
+
+def reference_run(world_size, steps, accum=1, clip=None, start=0, model=None, opt=None):
+    """Plain model + torch AdamW on the average of every rank's (and micro-step's) gradient."""
+    model = model or make_model()
+    opt = opt or torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    norms = []
+    for step in range(start, start + steps):
+        opt.zero_grad()
+        for r in range(world_size):
+            for m in range(accum):
+                (loss_fn(model, *batch(step, r, m)) / (world_size * accum)).backward()
+        if clip is not None:
+            norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item())
+        opt.step()
+    return model, opt, norms
+
+
+def zero_run(rank, world_size, stage, dtype, steps, accum=1, clip=None, group=None, bucket_mb=0.0005,
+             start=0, zopt=None, model=None, **kw):
+    """The same training under ZeroOptimizer; returns (model, zopt, norms)."""
+    if zopt is None:
+        model = make_model()
+        zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, group=group, bucket_mb=bucket_mb,
+                             mixed_precision=None if dtype == torch.float32 else dtype,
+                             clip_grad_norm=clip, print_plan=False, lr=LR, weight_decay=WD, **kw)
+    norms = []
+    for step in range(start, start + steps):
+        for m in range(accum):
+            (loss_fn(model, *batch(step, rank, m)) / accum).backward()
+        norms.append(zopt.step())
+        zopt.zero_grad()
+    return model, zopt, norms
+
+
+def assert_matches(full, ref_model, dtype, what):
+    ref = ref_model.state_dict()
+    assert list(full) == list(ref), f"{what}: keys {list(full)} != {list(ref)}"
+    for k in ref:
+        torch.testing.assert_close(full[k].float(), ref[k], **TOL[dtype], msg=lambda m: f"{what} {k}: {m}")
+    if dtype != torch.float32:
+        init = make_model().state_dict()
+        err = sum((full[k].float() - ref[k]).abs().sum() for k in ref)
+        moved = sum((ref[k] - init[k]).abs().sum() for k in ref)
+        assert err <= BF16_MEAN_ERR * moved, f"{what}: summed error {err:.3e} vs movement {moved:.3e}"
+
+
+def equivalence_body(rank, world_size):
+    """Stages 1-3 x fp32/bf16, five AdamW steps, against the unsharded reference."""
+    ref5 = reference_run(world_size, 5)[0]
+    for stage in (1, 2, 3):
+        for dtype in (torch.float32, torch.bfloat16):
+            _, zopt, _ = zero_run(rank, world_size, stage, dtype, 5)
+            full = zopt.full_state_dict()
+            if rank == 0:
+                assert_matches(full, ref5, dtype, f"stage {stage} {dtype} dp={world_size}")
+    return True
+
+
+def accumulation_clip_body(rank, world_size):
+    """Two micro-steps per step and clipping by the global norm, every stage, fp32."""
+    ref, _, ref_norms = reference_run(world_size, 3, accum=2, clip=0.05)
+    for stage in (1, 2, 3):
+        _, zopt, norms = zero_run(rank, world_size, stage, torch.float32, 3, accum=2, clip=0.05)
+        assert all(n > 0.05 for n in norms), f"clipping never engaged: norms {norms}"
+        # the norm also checks the gradient's scale, which AdamW itself cannot see
+        torch.testing.assert_close(torch.tensor(norms), torch.tensor(ref_norms), rtol=1e-5, atol=0)
+        full = zopt.full_state_dict()
+        if rank == 0:
+            assert_matches(full, ref, torch.float32, f"stage {stage} accum+clip dp={world_size}")
+    return True
+
+
+def unit_granularity_body(rank, world_size):
+    """Stage 3 with the root and coarser units (a class list), no overlap and no check."""
+    ref = reference_run(world_size, 3)[0]
+    _, zopt, _ = zero_run(rank, world_size, 3, torch.float32, 3, units=(nn.Linear,), overlap=False,
+                          check_control_flow=False)
+    full = zopt.full_state_dict()
+    if rank == 0:
+        assert_matches(full, ref, torch.float32, "stage 3 units=(Linear,)")
+    return True
+
+
+def save_body(rank, world_size, path):
+    """Three stage-3 fp32 steps at dp=world_size, then a sharded save."""
+    model, zopt, _ = zero_run(rank, world_size, 3, torch.float32, 3)
+    zopt.save_sharded(path)
+    full = zopt.full_state_dict()
+    if rank == 0:
+        assert_matches(full, reference_run(world_size, 3)[0], torch.float32, "before save")
+    return True
+
+
+def load_body(rank, world_size, path, saved_world, stage):
+    """Load into a different dp size and stage, train two more steps, compare with the reference."""
+    model = make_model(seed=123)   # different init: everything must come from the checkpoint
+    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, bucket_mb=0.0003, print_plan=False,
+                         lr=LR * 7, weight_decay=WD)
+    zopt.load_sharded(path)
+    assert zopt.inner.param_groups[0]["lr"] == LR, "param group hyperparameters not restored"
+    loaded = zopt.full_state_dict()
+    # The reference saw saved_world ranks for 3 steps; both continue with world_size ranks.
+    ref_model, ref_opt, _ = reference_run(saved_world, 3)
+    if rank == 0:
+        assert_matches(loaded, ref_model, torch.float32, "right after load")
+    zero_run(rank, world_size, stage, torch.float32, 2, start=3, zopt=zopt, model=model)
+    reference_run(world_size, 2, start=3, model=ref_model, opt=ref_opt)
+    full = zopt.full_state_dict()
+    if rank == 0:
+        assert_matches(full, ref_model, torch.float32, f"stage {stage} after resharding {saved_world}->{world_size}")
+    return True
+
+
+class Skipper(nn.Module):
+    """Rank 1 skips `blocks.1` in forward: divergent control flow."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, x, rank):
+        for i, b in enumerate(self.blocks):
+            if not (rank == 1 and i == 1):
+                x = b(x)
+        return x
+
+
+def divergent_body(rank, world_size):
+    from hcomm.parallel.zero import ZeroControlFlowError
+
+    torch.manual_seed(0)
+    model = Skipper()
+    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=3, print_plan=False, lr=LR)
+    model(torch.randn(2, 4), 0).sum().backward()   # one agreeing step first
+    zopt.step()
+    zopt.zero_grad()
+    try:
+        model(torch.randn(2, 4), rank).sum().backward()
+    except ZeroControlFlowError as e:
+        return str(e)
+    raise AssertionError("divergent control flow was not detected")
+
+
+def copy_of(model):
+    return copy.deepcopy(model)
+
+
+def comm_and_memory_body(rank, world_size):
+    """Collective bytes per step (2Ψ stages 1/2, 3Ψ + checks stage 3) and exact real bytes."""
+    for stage in (1, 2, 3):
+        for dtype in (torch.float32, torch.bfloat16):
+            model, zopt, _ = zero_run(rank, world_size, stage, dtype, 1)
+            elem = torch.empty((), dtype=dtype).element_size()
+            flat = sum(s.layout.padded_numel for s in zopt.shards) * elem   # Ψ plus padding
+            zopt.comm.reset_counters()
+            zero_run(rank, world_size, stage, dtype, 1, start=1, zopt=zopt, model=model)
+            got = zopt.comm.bytes
+            want = {"reduce_scatter": flat, "all_gather": (2 if stage == 3 else 1) * flat}
+            assert {k: got[k] for k in want} == want, f"stage {stage} {dtype}: {dict(got)} != {want}"
+            assert set(got) <= {"reduce_scatter", "all_gather", "check"}, dict(got)
+            plan = zopt.memory_plan()
+            n = world_size
+            shard = flat // n
+            expect = {"parameters": flat // n if stage == 3 else flat,
+                      "master weights": 0 if dtype == torch.float32 else shard * 4 // elem,
+                      "optimizer state": 2 * shard * 4 // elem + 4 * len(zopt.shards)}   # + AdamW step
+            for row, nbytes in expect.items():
+                assert plan.row(row).real_bytes == nbytes, f"stage {stage} {dtype} {row}: {plan.row(row)}"
+            assert "16Ψ/N" in plan.format() or stage != 3
+    return True
+
+
+TP_CFG = dict(vocab_size=24, seq_len=6, hidden=8, heads=2, n_layers=1, ffn_hidden=12)
+
+
+def tp_composition_body(rank, world_size):
+    """dp=2 x tp=2: ZeRO over the dp group of a tensor-parallel GPT equals the same TP model
+    trained with AdamW on the dp-averaged gradient (each tp rank compares its own shards)."""
+    from hcomm.parallel.mesh import ParallelConfig, build_mesh
+    from hcomm.parallel.models import GPT, GPTConfig
+
+    mesh = build_mesh(ParallelConfig(dp=2, tp=2))
+    cfg = GPTConfig(**TP_CFG)
+
+    def data(step, dp_rank):
+        g = torch.Generator().manual_seed(100 * step + dp_rank)
+        return [torch.randint(0, cfg.vocab_size, (3, cfg.seq_len), generator=g) for _ in range(2)]
+
+    ref = GPT(cfg, group=mesh.tp_group, seed=0)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+    for step in range(3):
+        ref_opt.zero_grad()
+        for d in range(2):
+            (ref(*data(step, d)) / 2).backward()
+        ref_opt.step()
+    for stage in (1, 2, 3):
+        model = GPT(cfg, group=mesh.tp_group, seed=0)
+        zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, group=mesh.dp_group, bucket_mb=0.002,
+                             print_plan=False, lr=LR, weight_decay=WD)
+        for step in range(3):
+            model(*data(step, mesh.dp_rank)).backward()
+            zopt.step()
+            zopt.zero_grad()
+        full = zopt.full_state_dict()
+        if mesh.dp_rank == 0:
+            want = ref.state_dict()
+            assert list(full) == list(want)
+            for k in want:
+                torch.testing.assert_close(full[k], want[k], rtol=1e-4, atol=2e-5,
+                                           msg=lambda m: f"stage {stage} tp rank {mesh.tp_rank} {k}: {m}")
+    return True
