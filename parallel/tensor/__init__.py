@@ -3,8 +3,8 @@ layers and the vocab-parallel loss. `group` is the tp group; None means dense (t
 from .comm import group_rank, group_size
 from .cross_entropy import vocab_parallel_cross_entropy
 from .layers import (ColumnParallelLinear, ParallelLayerNorm, RowParallelLinear, VocabParallelEmbedding,
-                     dense_linear, dense_linear_params, gather_state_dict, make_generator, shard_state_dict,
-                     tp_replicated)
+                     dense_linear, dense_linear_params, gather_state_dict, make_generator, partition_dim,
+                     shard_state_dict, tp_replicated)
 from .mappings import (SEQ_DIM, copy_to_tp_region, gather_from_sequence_region, gather_from_tp_region,
                        reduce_from_tp_region, reduce_scatter_to_sequence_region, scatter_to_sequence_region,
                        scatter_to_tp_region)
@@ -12,7 +12,8 @@ from .mappings import (SEQ_DIM, copy_to_tp_region, gather_from_sequence_region, 
 __all__ = [
     "group_rank", "group_size", "vocab_parallel_cross_entropy",
     "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding", "ParallelLayerNorm",
-    "dense_linear", "dense_linear_params", "make_generator", "tp_replicated", "shard_state_dict", "gather_state_dict",
+    "dense_linear", "dense_linear_params", "make_generator", "tp_replicated", "partition_dim",
+    "shard_state_dict", "gather_state_dict",
     "SEQ_DIM", "copy_to_tp_region", "reduce_from_tp_region", "scatter_to_tp_region", "gather_from_tp_region",
     "scatter_to_sequence_region", "gather_from_sequence_region", "reduce_scatter_to_sequence_region",
 ]

@@ -232,7 +232,8 @@ class ParallelLayerNorm(nn.Module):
         return F.layer_norm(x, (self.hidden,), w, b, self.eps)
 
 
-def _partition_dim(model: nn.Module, name: str) -> Optional[int]:
+def partition_dim(model: nn.Module, name: str) -> Optional[int]:
+    """The tensor dim along which parameter `name` of `model` is split over tp (None: replicated)."""
     owner_name, _, pname = name.rpartition(".")
     owner = model.get_submodule(owner_name) if owner_name else model
     return getattr(owner, "partition_dims", {}).get(pname)
@@ -240,7 +241,7 @@ def _partition_dim(model: nn.Module, name: str) -> Optional[int]:
 
 def shard_state_dict(model: nn.Module, dense: Dict[str, torch.Tensor], group) -> Dict[str, torch.Tensor]:
     """This rank's state dict of the tp-parallel `model` cut from a dense one (same keys)."""
-    return {k: (t if (d := _partition_dim(model, k)) is None else _split(t, d, group))
+    return {k: (t if (d := partition_dim(model, k)) is None else _split(t, d, group))
             for k, t in dense.items()}
 
 
@@ -250,5 +251,5 @@ def gather_state_dict(model: nn.Module, group, tensors: Optional[Dict[str, torch
     `tensors` defaults to model.state_dict(); pass e.g. {name: p.grad} to gather gradients.
     """
     tensors = model.state_dict() if tensors is None else tensors
-    return {k: (t if (d := _partition_dim(model, k)) is None else _gather(t, d, group))
+    return {k: (t if (d := partition_dim(model, k)) is None else _gather(t, d, group))
             for k, t in tensors.items()}

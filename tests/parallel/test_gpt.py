@@ -105,6 +105,17 @@ def _check_block(cfg, group, n):
         full = gather_state_dict(block, group, _grads(block))
         for name, g in _grads(dense).items():
             _close(f"{what} grad {name}", full[name], g)
+    _check_split_is_even(dense, block, n)
+
+
+def _check_split_is_even(dense, block, n):
+    """Every sharded parameter holds exactly 1/n of the dense one; the rest is replicated."""
+    from hcomm.parallel.tensor import partition_dim
+
+    for name, p in block.named_parameters():
+        want = dense.get_parameter(name).numel()
+        sharded = partition_dim(block, name) is not None
+        assert p.numel() * (n if sharded else 1) == want, (name, p.numel(), want, n)
 
 
 def _check_model(cfg, group, n):
@@ -131,6 +142,7 @@ def _check_model(cfg, group, n):
 
 
 def _gpt_tp(rank, world_size):
+    torch.set_num_threads(1)   # ranks share 2 cores: avoid oversubscription
     from hcomm.parallel.mesh import ParallelConfig, build_mesh
     from hcomm.parallel.models import GPTConfig
 

@@ -129,6 +129,7 @@ def _sum_over(group, rank):
 
 
 def _mesh_body(rank, world_size):
+    torch.set_num_threads(1)   # ranks share 2 cores: avoid oversubscription
     out = {}
     for dp, tp, pp in ((2, 2, 1), (1, 2, 2)):
         mesh = build_mesh(ParallelConfig(dp=dp, tp=tp, pp=pp))

@@ -131,6 +131,7 @@ def _bad_shapes(group, n):
 
 
 def _all_layers(rank, world_size):
+    torch.set_num_threads(1)   # ranks share 2 cores: avoid oversubscription
     from hcomm.parallel.mesh import ParallelConfig, build_mesh
 
     torch.set_default_dtype(torch.float64)
