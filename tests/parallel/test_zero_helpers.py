@@ -95,7 +95,7 @@ def assert_matches(full, ref_model, dtype, what):
 
 def equivalence_body(rank, world_size):
     """Stages 1-3 x fp32/bf16, five AdamW steps, against the unsharded reference."""
-    ref5 = reference_run(world_size, 5)[0]
+    ref5 = reference_run(world_size, 5)[0] if rank == 0 else None   # only rank 0 compares
     for stage in (1, 2, 3):
         for dtype in (torch.float32, torch.bfloat16):
             _, zopt, _ = zero_run(rank, world_size, stage, dtype, 5)
@@ -107,7 +107,7 @@ def equivalence_body(rank, world_size):
 
 def accumulation_clip_body(rank, world_size):
     """Two micro-steps per step and clipping by the global norm, every stage, fp32."""
-    ref, _, ref_norms = reference_run(world_size, 3, accum=2, clip=0.05)
+    ref, _, ref_norms = reference_run(world_size, 3, accum=2, clip=0.05)   # every rank checks its norms
     for stage in (1, 2, 3):
         _, zopt, norms = zero_run(rank, world_size, stage, torch.float32, 3, accum=2, clip=0.05)
         assert all(n > 0.05 for n in norms), f"clipping never engaged: norms {norms}"
@@ -121,7 +121,7 @@ def accumulation_clip_body(rank, world_size):
 
 def unit_granularity_body(rank, world_size):
     """Stage 3 with the root and coarser units (a class list), no overlap and no check."""
-    ref = reference_run(world_size, 3)[0]
+    ref = reference_run(world_size, 3)[0] if rank == 0 else None
     _, zopt, _ = zero_run(rank, world_size, 3, torch.float32, 3, units=(nn.Linear,), overlap=False,
                           check_control_flow=False)
     full = zopt.full_state_dict()
@@ -137,6 +137,12 @@ def save_body(rank, world_size, path):
     full = zopt.full_state_dict()
     if rank == 0:
         assert_matches(full, reference_run(world_size, 3)[0], torch.float32, "before save")
+    return True
+
+
+def reshard_bodies(rank, world_size, path, saved_world, stages):
+    for stage in stages:
+        load_body(rank, world_size, path, saved_world, stage)
     return True
 
 
