@@ -1,0 +1,197 @@
+"""Pipeline schedules, the checker, stage splitting and message encoding: no processes."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from hcomm.parallel.pipeline import (Action, Schedule, ScheduleError, build_schedule, check_schedule, gpipe,
+                                     interleaved_1f1b, one_f_one_b)
+from hcomm.parallel.pipeline.p2p import ACTIVATION, GRADIENT, Message, ProtocolError, decode_control, encode_control
+from hcomm.parallel.pipeline.runtime import PipelineRuntime, split_microbatches
+from hcomm.parallel.pipeline.schedules import with_comms
+from hcomm.parallel.pipeline.stage import StageChain, split_layers, stages_for_rank
+
+
+def _all_configs():
+    for p in range(1, 6):
+        for m in range(1, 10):
+            yield "gpipe", p, m, 1
+            yield "1f1b", p, m, 1
+            for v in (2, 3):
+                if m >= p and m % p == 0:
+                    yield "interleaved", p, m, v
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "interleaved"])
+def test_generated_schedules_are_deadlock_free_with_the_textbook_bubble(name):
+    for kind, p, m, v in _all_configs():
+        if kind != name:
+            continue
+        report = check_schedule(build_schedule(name, p, m, v))
+        ideal = ((p - 1) / v) / (m + (p - 1) / v)   # v = 1: (p-1)/(m+p-1)
+        assert report.bubble_fraction == pytest.approx(ideal, abs=1e-12), (name, p, m, v)
+        if name == "1f1b":
+            assert report.peak_in_flight == [min(p - r, m) for r in range(p)], (p, m)
+        if name == "gpipe":
+            assert report.peak_in_flight == [m] * p
+        if name == "interleaved":   # stage chunks, each 1/v of a rank's layers
+            assert max(report.peak_in_flight) <= v * p + 2 * (p - 1), (p, m, v, report.peak_in_flight)
+
+
+def test_report_names_the_schedule_and_prediction():
+    text = check_schedule(one_f_one_b(4, 8)).format()
+    assert "1f1b" in text and "deadlock-free" in text and "0.273" in text and "4 3 2 1" in text
+
+
+def _replace(sched: Schedule, rank: int, acts) -> Schedule:
+    lists = list(sched.actions)
+    lists[rank] = tuple(acts)
+    return Schedule(sched.name, sched.num_ranks, sched.num_stages, sched.num_microbatches, tuple(lists))
+
+
+def _swap_first_two(sched: Schedule, rank: int, op: str) -> Schedule:
+    acts = list(sched.actions[rank])
+    i, j = [k for k, a in enumerate(acts) if a.op == op][:2]
+    acts[i], acts[j] = acts[j], acts[i]
+    return _replace(sched, rank, acts)
+
+
+def test_checker_rejects_receives_in_the_wrong_order():
+    bad = _swap_first_two(one_f_one_b(3, 4), 2, "RECV_F")
+    with pytest.raises(ScheduleError, match=r"order mismatch on channel 1 -> 2: rank 1 action \d+ SEND_F\(mb=0.*"
+                                            r"meets rank 2 action 0 RECV_F\(mb=1"):
+        check_schedule(bad)
+
+
+def test_checker_rejects_a_deadlock_naming_rank_action_and_op():
+    # rank 0 waits for the gradient of mb 0 before it has sent mb 0's activation
+    F, B = (lambda mb: Action("F", mb, 0)), (lambda mb: Action("B", mb, 0))
+    rank0 = [F(0), Action("RECV_B", 0, 0, 1), F(1), Action("SEND_F", 0, 0, 1), Action("SEND_F", 1, 0, 1),
+             B(0), Action("RECV_B", 1, 0, 1), B(1)]
+    bad = _replace(gpipe(2, 2), 0, rank0)
+    with pytest.raises(ScheduleError) as err:
+        check_schedule(bad)
+    text = str(err.value)
+    assert "deadlocks" in text
+    assert "rank 0 action 1 RECV_B(mb=0, stage=0, peer=1) is unmatched" in text
+    assert "rank 1 action 0 RECV_F(mb=0, stage=1, peer=0) is unmatched" in text
+
+
+def test_checker_finds_the_deadlock_of_naive_comm_placement_in_interleaved():
+    """Placing each send right after its compute deadlocks interleaved 1F1B once m > p
+    (the looped rank p-1 -> 0 traffic); the real generator batches sends differently."""
+    good = interleaved_1f1b(2, 4, 2)
+    compute = [[a for a in acts if a.is_compute] for acts in good.actions]
+    naive = with_comms("naive", compute, 2, 4, 4)
+    with pytest.raises(ScheduleError, match="deadlocks"):
+        check_schedule(naive)
+    check_schedule(good)
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("drop_recv", r"rank 1 action \d+ B\(mb=1, stage=1\) runs before its output gradient was received"),
+    ("wrong_peer", r"rank 0 action 1 SEND_F\(mb=0, stage=0, peer=2\): neighbour stage 1 lives on rank 1"),
+    ("missing_b", r"rank 2 never runs B\(mb=3, stage=2\)"),
+    ("wrong_rank", r"rank 0 action 0 F\(mb=0, stage=1\): stage 1 lives on rank 1"),
+    ("repeat", r"rank 0 action 2 F\(mb=0, stage=0\) repeats rank 0 action 0"),
+    ("b_before_f", r"rank 2 action 1 B\(mb=0, stage=2\) runs before F\(mb=0, stage=2\) ran"),
+])
+def test_checker_rejects_planted_faults(fault, message):
+    sched = one_f_one_b(3, 4)
+    acts = list(sched.actions[{"drop_recv": 1, "missing_b": 2, "b_before_f": 2}.get(fault, 0)])
+    if fault == "drop_recv":
+        del acts[[k for k, a in enumerate(acts) if a.op == "RECV_B"][1]]
+    elif fault == "wrong_peer":
+        acts[1] = Action("SEND_F", 0, 0, 2)
+    elif fault == "missing_b":
+        acts = [a for a in acts if not (a.op == "B" and a.mb == 3)]
+    elif fault == "wrong_rank":
+        acts[0] = Action("F", 0, 1)
+    elif fault == "repeat":
+        acts[2] = acts[0]
+    elif fault == "b_before_f":
+        acts[1], acts[2] = acts[2], acts[1]
+    rank = {"drop_recv": 1, "missing_b": 2, "b_before_f": 2}.get(fault, 0)
+    with pytest.raises(ScheduleError, match=message):
+        check_schedule(_replace(sched, rank, acts))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: interleaved_1f1b(4, 3, 2), r"at least p micro-batches: m=3 < p=4"),
+    (lambda: interleaved_1f1b(4, 6, 2), r"m divisible by p: m=6 % p=4 = 2"),
+    (lambda: interleaved_1f1b(2, 4, 1), r"v >= 2"),
+    (lambda: gpipe(2, 4, 2), r"gpipe runs one stage per rank"),
+    (lambda: one_f_one_b(2, 4, 3), r"1f1b runs one stage per rank"),
+    (lambda: build_schedule("zb", 2, 4), r"unknown schedule 'zb'"),
+    (lambda: one_f_one_b(0, 4), r"p must be a positive int"),
+    (lambda: gpipe(2, 0), r"m must be a positive int"),
+])
+def test_impossible_schedules_raise_before_running(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_split_layers_even_uneven_and_errors():
+    layers = [nn.Linear(3, 3) for _ in range(6)]
+    stages = split_layers(nn.Sequential(*layers), 3)
+    assert [len(s.layers) for s in stages] == [2, 2, 2]
+    assert stages[1].layers[0] is layers[2]          # the same modules, not copies
+    assert [len(s.layers) for s in split_layers(layers, 2, sizes=[1, 5])] == [1, 5]
+    with pytest.raises(ValueError, match=r"6 layers cannot be split evenly into 4 stages \(6 % 4 = 2\)"):
+        split_layers(layers, 4)
+    with pytest.raises(ValueError, match=r"sum to 5, but there are 6 layers"):
+        split_layers(layers, 2, sizes=[2, 3])
+    with pytest.raises(TypeError, match="layer 1 is a str"):
+        split_layers([layers[0], "relu"], 2)
+    sched = interleaved_1f1b(2, 2, 3)
+    mine = stages_for_rank(split_layers(layers, 6), 1, sched)
+    assert sorted(mine) == [1, 3, 5]
+    with pytest.raises(ValueError, match=r"3 stage modules for a schedule of 6 stages"):
+        stages_for_rank(stages, 0, sched)
+
+
+def test_stage_chain_unpacks_tuples_like_the_pipeline():
+    class Two(nn.Module):
+        def forward(self, a, b):
+            return a + b, a * b
+
+    x, y = torch.randn(3), torch.randn(3)
+    out = StageChain([Two(), Two()])(x, y)
+    torch.testing.assert_close(out[0], (x + y) + x * y)
+
+
+def test_runtime_rejects_a_stage_set_that_does_not_match_the_schedule():
+    sched = interleaved_1f1b(2, 2, 2)
+    mods = {0: nn.Linear(2, 2), 1: nn.Linear(2, 2)}
+    with pytest.raises(ValueError, match=r"pp rank 0 must hold stages \[0, 2\] of 4"):
+        PipelineRuntime(mods, sched, None, pp_rank=0, pp_ranks=[0, 1])
+    with pytest.raises(ValueError, match=r"pp_ranks \[0, 1, 2\] has 3 ranks for a schedule of p=2"):
+        PipelineRuntime({0: mods[0], 2: mods[1]}, sched, None, pp_rank=0, pp_ranks=[0, 1, 2])
+    mesh = SimpleNamespace(cfg=SimpleNamespace(pp=2, vpp=1, dp=1))
+    with pytest.raises(ValueError, match=r"schedule has p=2, v=2 but the mesh has pp\(2\), vpp\(1\)"):
+        PipelineRuntime.from_mesh(mesh, {0: mods[0], 2: mods[1]}, sched, None)
+
+
+def test_split_microbatches():
+    x, idx = torch.randn(6, 4), torch.arange(6)
+    parts = split_microbatches((x, idx), 3, "inputs")
+    assert len(parts) == 3 and torch.equal(parts[1][1], torch.tensor([2, 3]))
+    assert torch.equal(split_microbatches(x, 2, "targets")[1], x[3:])
+    with pytest.raises(ValueError, match=r"inputs\[1\] has batch size 5, not divisible into m=2"):
+        split_microbatches((x, torch.arange(5)), 2, "inputs")
+
+
+def test_control_block_round_trip_and_errors():
+    tensors = (torch.randn(2, 3, dtype=torch.float64), torch.arange(5), torch.ones(4, 1, 2, dtype=torch.bfloat16))
+    ctrl = encode_control(Message(ACTIVATION, 3, 1, tensors), 64)
+    got = decode_control(ctrl, ACTIVATION, 3, 1, "cpu")
+    assert [(t.shape, t.dtype) for t in got.tensors] == [(t.shape, t.dtype) for t in tensors]
+    failed = decode_control(encode_control(Message(GRADIENT, 0, 2, None), 16), GRADIENT, 0, 2, "cpu")
+    assert failed.tensors is None
+    with pytest.raises(ProtocolError, match="expected activations of mb 4 from stage 1"):
+        decode_control(ctrl, ACTIVATION, 4, 1, "cpu")
+    with pytest.raises(ValueError, match=r"need 18 control words > header_words=16"):
+        encode_control(Message(ACTIVATION, 0, 0, tensors), 16)
+    with pytest.raises(TypeError, match="sends a list at position 0"):
+        encode_control(Message(ACTIVATION, 0, 0, ([1],)), 64)
