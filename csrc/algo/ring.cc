@@ -82,11 +82,11 @@ void allreduceRing(Links& l, const void* inv, void* outv, size_t count, size_t s
         size_t chunkIndex = it->begin / chunkElems;
         postStep(l, *it, in, out, static_cast<int>(chunkIndex % kInFlight));
       }
-      pending.push_back(it->send);
-      pending.push_back(it->recv);
+      for (const RequestPtr& q : {it->send, it->recv})
+        if (!finished(q)) pending.push_back(q);  // waitAny must wait for a new completion
       ++it;
     }
-    if (!active.empty()) l.waitAny(pending);
+    if (!pending.empty()) l.waitAny(pending);
   }
 }
 

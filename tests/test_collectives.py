@@ -1,0 +1,188 @@
+"""Every collective against a numpy reference: world sizes 1-8, every dtype and op,
+counts 0, 1, odd and above a pipeline segment, every root, in place and out of place.
+Ranks run as threads here (fast); test_processes.py repeats the core over processes,
+where large messages take the cross-process single-copy path."""
+import numpy as np
+import pytest
+import torch
+
+from harness import run_comm
+from reference import (DTYPES, check, copy, empty_like, make, ops_for, premul, reduce_ref, zeros)
+
+WORLDS = [1, 2, 3, 4, 5, 6, 7, 8]
+ALGOS = ["ring", "tree", "halving_doubling"]
+BIG = 20011  # > the small segments set below, and odd
+
+
+@pytest.fixture(autouse=True)
+def small_segments(monkeypatch):
+    # Small pipeline segments so that modest counts cross many segment boundaries.
+    monkeypatch.setenv("HCOMM_RING_SEGMENT_BYTES", "4096")
+    monkeypatch.setenv("HCOMM_TREE_SEGMENT_BYTES", "4096")
+
+
+def _allreduce_cases():
+    for algo in ALGOS:
+        for dtype in DTYPES:
+            for op in ops_for(dtype):
+                yield algo, dtype, op, 1001
+        for count in (0, 1, 7, BIG):
+            for dtype, op in (("float32", "sum"), ("int64", "max"), ("bfloat16", "sum"), ("int8", "prod")):
+                yield algo, dtype, op, count
+
+
+def _allreduce_body(comm, seed):
+    n, r = comm.size, comm.rank
+    for i, (algo, dtype, op, count) in enumerate(_allreduce_cases()):
+        inputs = [make(dtype, count, q, seed + i, op) for q in range(n)]
+        expected = reduce_ref(inputs, op, dtype)
+        x = copy(inputs[r])
+        factor = premul(dtype) if op == "premul_sum" else None
+        what = f"allreduce {algo} {dtype} {op} count={count} rank {r}/{n}"
+        if i % 2:
+            comm.allreduce(x, op=op, algo=algo, factor=factor)
+            check(x, expected, dtype, n, what + " in place")
+        else:
+            out = empty_like(x)
+            comm.allreduce(x, out, op=op, algo=algo, factor=factor)
+            check(out, expected, dtype, n, what)
+            check(x, reduce_ref([inputs[r]], "max", dtype) if dtype != "bfloat16" else inputs[r].double().numpy(),
+                  dtype, 1, what + ": input modified")
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_allreduce(world):
+    run_comm(_allreduce_body, world, args=(world * 1000,))
+
+
+def _rooted_body(comm, seed):
+    n, r = comm.size, comm.rank
+    for i, (dtype, count) in enumerate([("float32", 1001), ("int32", BIG), ("bfloat16", 7), ("uint8", 0),
+                                        ("float64", 1)]):
+        for root in range(n):
+            s = seed + 100 * i + root
+            inputs = [make(dtype, count, q, s) for q in range(n)]
+            # reduce (sum and max)
+            for op in ("sum", "max"):
+                x = copy(inputs[r])
+                out = zeros(dtype, count)
+                comm.reduce(x, out, root=root, op=op)
+                if r == root:
+                    check(out, reduce_ref(inputs, op, dtype), dtype, n, f"reduce {dtype} {op} root {root}")
+            # broadcast in place and out of place
+            x = copy(inputs[r])
+            comm.broadcast(x, root=root)
+            check(x, reduce_ref([inputs[root]], "max", dtype) if dtype != "bfloat16" else inputs[root].double().numpy(),
+                  dtype, 1, f"broadcast {dtype} root {root}")
+            out = zeros(dtype, count)
+            comm.broadcast(inputs[r], root=root, out=out)
+            check(out, reduce_ref([inputs[root]], "max", dtype) if dtype != "bfloat16" else inputs[root].double().numpy(),
+                  dtype, 1, f"broadcast out-of-place {dtype} root {root}")
+            # gather / scatter
+            if dtype != "bfloat16":
+                g = np.zeros(count * n, dtype=dtype) if r == root else None
+                comm.gather(inputs[r], g, root=root)
+                if r == root:
+                    assert np.array_equal(g, np.concatenate(inputs)), f"gather {dtype} root {root}"
+                full = np.concatenate(inputs)
+                part = np.zeros(count, dtype=dtype)
+                comm.scatter(full if r == root else None, part, root=root)
+                assert np.array_equal(part, inputs[root][:0] if False else full[r * count:(r + 1) * count]), \
+                    f"scatter {dtype} root {root}"
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_rooted(world):
+    run_comm(_rooted_body, world, args=(world * 7,))
+
+
+def _gather_scatter_body(comm, seed):
+    n, r = comm.size, comm.rank
+    for i, (dtype, count) in enumerate([("float32", 1001), ("int64", BIG // 4), ("float16", 1), ("int8", 0)]):
+        inputs = [make(dtype, count, q, seed + i) for q in range(n)]
+        # allgather, out of place and in place
+        out = np.zeros(count * n, dtype=dtype)
+        comm.allgather(inputs[r], out)
+        assert np.array_equal(out, np.concatenate(inputs)), f"allgather {dtype} {count}"
+        out = np.zeros(count * n, dtype=dtype)
+        out[r * count:(r + 1) * count] = inputs[r]
+        comm.allgather(out[r * count:(r + 1) * count], out)
+        assert np.array_equal(out, np.concatenate(inputs)), f"allgather in place {dtype} {count}"
+        # reduce_scatter (sum and min), out of place and in place
+        big = [make(dtype, count * n, q, seed + 50 + i) for q in range(n)]
+        for op in ("sum", "min", "avg"):
+            expected = reduce_ref(big, op, dtype)[r * count:(r + 1) * count]
+            out = np.zeros(count, dtype=dtype)
+            comm.reduce_scatter(copy(big[r]), out, op=op)
+            check(out, expected, dtype, n, f"reduce_scatter {dtype} {op} {count}")
+            x = copy(big[r])
+            comm.reduce_scatter(x, x[r * count:(r + 1) * count], op=op)
+            check(x[r * count:(r + 1) * count], expected, dtype, n, f"reduce_scatter in place {dtype} {op}")
+        # v variants: uneven counts including zero
+        counts = [(count + 3 * q) % 11 for q in range(n)]
+        vin = [make(dtype, counts[q], q, seed + 70 + i) for q in range(n)]
+        out = np.zeros(sum(counts), dtype=dtype)
+        comm.allgatherv(vin[r], out, counts)
+        assert np.array_equal(out, np.concatenate(vin)), f"allgatherv {dtype} {counts}"
+        vbig = [make(dtype, sum(counts), q, seed + 90 + i) for q in range(n)]
+        out = np.zeros(counts[r], dtype=dtype)
+        comm.reduce_scatterv(vbig[r], out, counts, op="sum")
+        start = sum(counts[:r])
+        check(out, reduce_ref(vbig, "sum", dtype)[start:start + counts[r]], dtype, n, f"reduce_scatterv {counts}")
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_gather_scatter_family(world):
+    run_comm(_gather_scatter_body, world, args=(world * 13,))
+
+
+def _alltoall_body(comm, seed):
+    n, r = comm.size, comm.rank
+    for count in (0, 1, 5, 4099):
+        blocks = [[make("int32", count, 1000 * q + d, seed) for d in range(n)] for q in range(n)]
+        x = np.concatenate(blocks[r]) if count else np.zeros(0, np.int32)
+        out = np.zeros(count * n, dtype=np.int32)
+        comm.alltoall(x, out)
+        expected = np.concatenate([blocks[q][r] for q in range(n)]) if count else out
+        assert np.array_equal(out, expected), f"alltoall count {count}"
+        comm.alltoall(x, x)  # in place
+        assert np.array_equal(x, expected), f"alltoall in place count {count}"
+    # alltoallv: rank q sends (q + d) % 4 elements to rank d
+    send_counts = [(r + d) % 4 for d in range(n)]
+    recv_counts = [(q + r) % 4 for q in range(n)]
+    chunks = [np.full((r + d) % 4, 100 * r + d, np.int64) for d in range(n)]
+    out = np.zeros(sum(recv_counts), np.int64)
+    comm.alltoallv(np.concatenate(chunks), out, send_counts, recv_counts)
+    expected = np.concatenate([np.full((q + r) % 4, 100 * q + r, np.int64) for q in range(n)])
+    assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_alltoall(world):
+    run_comm(_alltoall_body, world, args=(world,))
+
+
+def _barrier_body(comm):
+    for _ in range(20):
+        comm.barrier()
+    return True
+
+
+@pytest.mark.parametrize("world", [1, 2, 5, 8])
+def test_barrier(world):
+    assert all(run_comm(_barrier_body, world))
+
+
+def test_torch_tensors_all_dtypes():
+    def body(comm):
+        n = comm.size
+        for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.uint8,
+                   torch.int32, torch.int64):
+            x = torch.arange(11, dtype=torch.int64).to(dt) + comm.rank
+            comm.allreduce(x)
+            expected = (torch.arange(11, dtype=torch.float64) * n + sum(range(n))).to(dt)
+            assert torch.equal(x, expected), (dt, x, expected)
+        s = torch.tensor(3.0) * (comm.rank + 1)  # 0-dim tensors reach backends too
+        comm.allreduce(s)
+        assert s.item() == 3.0 * n * (n + 1) / 2
+    run_comm(body, 3)
