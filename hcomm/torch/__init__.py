@@ -1,0 +1,40 @@
+"""torch.distributed backend "hcomm" (cpu).
+
+    import hcomm.torch
+    torch.distributed.init_process_group("hcomm")      # env://, tcp://, file://
+
+Importing registers the backend. Under mpirun, where neither torch's env:// variables
+(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) nor torchrun exist, the import fills them
+in from Open MPI's environment so the unchanged init_process_group("hcomm") call works:
+rank and size from OMPI_COMM_WORLD_*, and rank 0's address plus a free port handed to
+every rank by one mpi4py broadcast (an MPI collective: every rank must import
+hcomm.torch, which it does anyway to use the backend). Variables already set win.
+"""
+import torch.distributed as dist
+
+from .backend import ProcessGroupHcomm, create_hcomm
+from .mpi_env import adopt_mpi_environment
+
+__all__ = ["ProcessGroupHcomm", "monitored_barrier"]
+
+BACKEND_NAME = "hcomm"
+
+
+def monitored_barrier(group=None, timeout=None, wait_all_ranks=False):
+    """dist.monitored_barrier for hcomm groups.
+
+    torch 2.13's dist.monitored_barrier refuses every backend but Gloo before it reaches
+    the group, so hcomm groups are served here; other groups go to torch's."""
+    pg = group if group is not None else dist.distributed_c10d._get_default_group()
+    if isinstance(pg, ProcessGroupHcomm):
+        return pg.monitored_barrier(timeout, wait_all_ranks=wait_all_ranks)
+    return dist.monitored_barrier(group, timeout, wait_all_ranks)
+
+
+def _register():
+    if BACKEND_NAME.upper() not in dist.Backend._plugins:
+        dist.Backend.register_backend(BACKEND_NAME, create_hcomm, devices=["cpu"])
+
+
+_register()
+adopt_mpi_environment()

@@ -1,0 +1,107 @@
+"""c10d Work objects backed by torch futures that the core completes.
+
+Lifetime: an HcommWork owns the core Work handles (which own the buffers the core is
+writing) until the torch future is completed. The future is completed on the core's
+progress thread by the done-callback, so no Python thread waits per operation: a
+c10d caller that does `work.wait()` blocks in the future, one that chains
+`work.get_future().then(...)` (DDP comm hooks) runs its callback on the progress thread.
+
+A Python subclass of dist.Work is used rather than torch's future-wrapping work
+because the latter's wait() does not re-raise the future's error in torch 2.13, which
+would turn a timed-out collective into a silent success.
+"""
+import threading
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def _as_error(what, message):
+    return dist.DistBackendError(f"hcomm {what} failed: {message}")
+
+
+class HcommWork(dist.Work):
+    """One c10d call: one or more core works, then `finish` (copy-outs), then the future."""
+
+    def __init__(self, what, result, core_works=(), finish=None, source=None):
+        super().__init__()
+        self._what = what
+        self._fut = torch.futures.Future()
+        self._core = list(core_works)
+        self._source = source  # a core recv Work whose .source is the sender (any-source recv)
+        if not self._core:
+            self._complete(result, finish, None)
+            return
+        self._pending = len(self._core)
+        self._lock = threading.Lock()
+        self._first_error = None
+        for w in self._core:
+            w.add_done_callback(lambda err, r=result, f=finish: self._one_done(err, r, f))
+
+    # -- completion (progress thread) ------------------------------------------------
+    def _one_done(self, err, result, finish):
+        with self._lock:
+            self._pending -= 1
+            if err and self._first_error is None:
+                self._first_error = err
+            if self._pending:
+                return
+        self._complete(result, finish, self._first_error)
+
+    def _complete(self, result, finish, err):
+        if err is None and finish is not None:
+            try:
+                finish()
+            except Exception as e:  # noqa: BLE001 - handed to whoever waits
+                err = f"{type(e).__name__}: {e}"
+        if err is None:
+            self._fut.set_result(result)
+        else:
+            self._fut.set_exception(_as_error(self._what, err))
+
+    # -- the c10d Work interface -------------------------------------------------------
+    def wait(self, timeout=timedelta(0)):
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout or 0)
+        if seconds > 0 and not self._fut.done():
+            for w in self._core:
+                if not w.wait(seconds):
+                    raise _as_error(self._what, f"not completed within {seconds:g} s (Work.wait timeout)")
+        self._fut.wait()  # raises the operation's error
+        return True
+
+    def get_future(self):
+        return self._fut
+
+    def is_completed(self):
+        return self._fut.done()
+
+    def is_success(self):
+        return self._fut.done() and self.exception() is None
+
+    def exception(self):
+        if not self._fut.done():
+            return None
+        try:
+            self._fut.value()
+        except Exception as e:  # noqa: BLE001 - returned, not raised
+            return e
+        return None
+
+    def result(self):
+        self.wait()
+        return self._fut.value()
+
+    def synchronize(self):
+        self.wait()
+
+    def source_rank(self):
+        if self._source is None:
+            raise RuntimeError("source_rank() is only defined for a recv from any source")
+        self.wait()
+        return self._source.source
+
+    _source_rank = source_rank
+
+    def __repr__(self):
+        return f"<HcommWork {self._what} {'done' if self._fut.done() else 'pending'}>"
