@@ -57,8 +57,12 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, gro
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} "
                          f"must agree on all dims but the last")
     vocab = logits.size(-1) * group_size(group)
+    # out-of-range targets would silently count as "owned by no rank"; checked on the CPU only,
+    # where reading the extremes back does not stall an accelerator stream
     if target.device.type == "cpu" and target.numel() and (target.min() < 0 or target.max() >= vocab):
-        raise IndexError(f"targets must be in [0, {vocab}), got min {int(target.min())} max {int(target.max())}")
+        lo, hi = int(target.min()), int(target.max())
+        raise IndexError(f"targets must be in [0, {vocab}), got min {lo} max {hi}")
     if group_size(group) == 1:
-        return F.cross_entropy(_upcast(logits).flatten(0, -2), target.flatten(), reduction="none").view_as(target)
+        flat = F.cross_entropy(_upcast(logits).flatten(0, -2), target.flatten(), reduction="none")
+        return flat.view_as(target)
     return _VocabParallelCrossEntropy.apply(logits, target, group)

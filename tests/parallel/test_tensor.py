@@ -119,6 +119,28 @@ def _layernorm_sp(group):
     _close("sequence-parallel layernorm bias grad", par.bias.grad, dense.bias.grad)
 
 
+def _bf16_mlp_and_loss(group):
+    """Column -> row -> vocab-parallel loss with bf16 parameters and activations: the
+    dtype plumbing (fp32 softmax, bf16 gradients) against the float64 dense computation."""
+    from hcomm.parallel.tensor import (ColumnParallelLinear, RowParallelLinear, dense_linear,
+                                       vocab_parallel_cross_entropy)
+
+    fc1, fc2 = dense_linear(IN, OUT, seed=21), dense_linear(OUT, VOCAB, seed=22)
+    col = ColumnParallelLinear(IN, OUT, group=group, seed=21, dtype=torch.bfloat16)
+    row = RowParallelLinear(OUT, VOCAB, input_is_parallel=True, group=group, seed=22, dtype=torch.bfloat16)
+    head = ColumnParallelLinear(VOCAB, VOCAB, group=group, seed=23, dtype=torch.bfloat16)
+    x = _data(B, S, IN, seed=16)
+    target = torch.randint(0, VOCAB, (B, S), generator=torch.Generator().manual_seed(17))
+    logits = dense_linear(VOCAB, VOCAB, seed=23)(fc2(torch.relu(fc1(x))))
+    want = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+    shard = head(row(torch.relu(col(x.to(torch.bfloat16)))))
+    loss = vocab_parallel_cross_entropy(shard, target, group).mean()
+    assert shard.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    _close("bf16 loss", loss.double(), want, tol=2e-2)
+    loss.backward()
+    assert col.weight.grad.dtype == torch.bfloat16 and torch.isfinite(col.weight.grad).all()
+
+
 def _bad_shapes(group, n):
     from hcomm.parallel.tensor import ColumnParallelLinear, RowParallelLinear
 
@@ -146,6 +168,7 @@ def _all_layers(rank, world_size):
         _embedding(group, sp)
     _cross_entropy(group)
     _layernorm_sp(group)
+    _bf16_mlp_and_loss(group)
     _bad_shapes(group, world_size)
     return True
 
