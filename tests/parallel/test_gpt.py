@@ -124,13 +124,12 @@ def _check_model(cfg, group, n):
 
     ids, targets, _ = _inputs(3)
     dense = GPT(cfg, seed=9)
+    _check_state_dicts(GPT(cfg, group=group, seed=9), GPT(cfg, group=group, seed=10), dense, group)
     want = dense(ids, targets)
     want.backward()
     losses = []
     for sp in (False, True):
         model = GPT(cfg, group=group, sequence_parallel=sp, seed=9)
-        assert torch.equal(gather_state_dict(model, group)["layers.1.attn.qkv.weight"],
-                           dense.state_dict()["layers.1.attn.qkv.weight"]), "weights are not the dense shards"
         loss = model(ids, targets)
         _close(f"tp={n} sp={sp} loss", loss, want)
         losses.append(loss.detach())
@@ -139,6 +138,21 @@ def _check_model(cfg, group, n):
         for name, g in _grads(dense).items():
             _close(f"tp={n} sp={sp} grad {name}", full[name], g)
     _close(f"tp={n} sequence parallel vs plain tp loss", losses[1], losses[0])
+
+
+def _check_state_dicts(same_seed, other_seed, dense, group):
+    """Same seed -> exactly the dense shards; shard_state_dict moves any model onto them."""
+    from hcomm.parallel.tensor import gather_state_dict, shard_state_dict
+
+    want = dense.state_dict()
+    full = gather_state_dict(same_seed, group)
+    assert full.keys() == want.keys()
+    assert all(torch.equal(full[k], want[k]) for k in want), "weights are not the dense shards"
+    assert not torch.equal(other_seed.state_dict()["layers.1.mlp.fc1.weight"],
+                           same_seed.state_dict()["layers.1.mlp.fc1.weight"])
+    other_seed.load_state_dict(shard_state_dict(other_seed, want, group))
+    mine = same_seed.state_dict()
+    assert all(torch.equal(v, mine[k]) for k, v in other_seed.state_dict().items())
 
 
 def _gpt_tp(rank, world_size):
