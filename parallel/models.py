@@ -14,10 +14,13 @@ column-parallel inputs are gathered to the full sequence.
 
 Same seed, same weights: the layers draw their full dense weights from one generator in
 construction order, so GPT(cfg, group=tp_group, seed=s) holds exactly the shards of
-GPT(cfg, seed=s), its dense twin, and computes the same loss. There is no dropout:
-matching a dense twin would need per-region RNG streams (same within replicated regions,
-different across tp ranks inside sharded ones), which these tests do not need.
+GPT(cfg, seed=s), its dense twin, and computes the same loss. That holds with dropout
+too (cfg.dropout > 0, training mode): every dropout draws the dense tensor's mask from its
+own generator, seeded from `dropout_seed` alike on every tp rank, and keeps this rank's
+slice (see tensor/dropout.py). Use a different dropout_seed per dp rank if the replicas
+should not share masks.
 """
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,6 +30,7 @@ from torch import nn
 
 from .tensor.comm import check_divisible, group_rank, group_size
 from .tensor.cross_entropy import vocab_parallel_cross_entropy
+from .tensor.dropout import ShardedDropout
 from .tensor.layers import (ColumnParallelLinear, ParallelLayerNorm, RowParallelLinear, Seed,
                             VocabParallelEmbedding, make_generator, tp_replicated)
 
@@ -41,12 +45,23 @@ class GPTConfig:
     ffn_hidden: Optional[int] = None   # default 4 * hidden
     init_std: float = 0.02
     eps: float = 1e-5
+    dropout: float = 0.0       # embedding, attention-probability and residual dropout
 
     def __post_init__(self):
         if self.hidden % self.heads:
             raise ValueError(f"hidden({self.hidden}) is not divisible by heads({self.heads})")
         if self.ffn_hidden is None:
             object.__setattr__(self, "ffn_hidden", 4 * self.hidden)
+
+
+def _layer_dropout_seed(dropout_seed: int, layer: int) -> int:
+    # distinct seeds for the (at most 8) dropouts of each entry of GPT.layers
+    return dropout_seed * 1_000_003 + layer * 8
+
+
+def _residual_dropout(cfg: GPTConfig, group, sequence_parallel: bool, seed: int) -> ShardedDropout:
+    # the residual stream is replicated over tp, or sharded along the sequence with sp
+    return ShardedDropout(cfg.dropout, group, shard_dim=1 if sequence_parallel else None, seed=seed)
 
 
 class CausalSelfAttention(nn.Module):
@@ -56,7 +71,8 @@ class CausalSelfAttention(nn.Module):
     shard a column-parallel layer keeps holds q, k and v of whole heads.
     """
 
-    def __init__(self, cfg: GPTConfig, group=None, sequence_parallel=False, seed: Seed = 0):
+    def __init__(self, cfg: GPTConfig, group=None, sequence_parallel=False, seed: Seed = 0,
+                 dropout_seed: int = 0):
         super().__init__()
         self.local_heads = check_divisible("heads", cfg.heads, group)
         self.head_dim = cfg.hidden // cfg.heads
@@ -65,13 +81,26 @@ class CausalSelfAttention(nn.Module):
                                         sequence_parallel=sequence_parallel, seed=gen, init_std=cfg.init_std)
         self.proj = RowParallelLinear(cfg.hidden, cfg.hidden, input_is_parallel=True, group=group,
                                       sequence_parallel=sequence_parallel, seed=gen, init_std=cfg.init_std)
+        # attention probabilities [b, heads, s, s] are split over tp along the heads
+        self.attn_drop = ShardedDropout(cfg.dropout, group, shard_dim=1, seed=dropout_seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)                                   # [b, s, local_heads * 3 * head_dim]
         b, s, _ = qkv.shape
         q, k, v = qkv.view(b, s, self.local_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # [b, heads, s, head_dim]
+        if self.training and self.attn_drop.p > 0:
+            out = self._attend_with_dropout(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # [b, heads, s, head_dim]
         return self.proj(out.transpose(1, 2).reshape(b, s, self.local_heads * self.head_dim))
+
+    def _attend_with_dropout(self, q, k, v):
+        # written out because the fused kernel's dropout uses the global RNG, whose masks
+        # would differ from the dense twin's
+        s = q.size(-2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        future = torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1)
+        return self.attn_drop(scores.masked_fill(future, float("-inf")).softmax(-1)) @ v
 
 
 class MLP(nn.Module):
@@ -88,31 +117,36 @@ class MLP(nn.Module):
 
 
 class GPTBlock(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln1(x)), then + mlp(ln2(.))."""
+    """Pre-LayerNorm transformer block: x + drop(attn(ln1(x))), then + drop(mlp(ln2(.)))."""
 
-    def __init__(self, cfg: GPTConfig, group=None, sequence_parallel=False, seed: Seed = 0):
+    def __init__(self, cfg: GPTConfig, group=None, sequence_parallel=False, seed: Seed = 0,
+                 dropout_seed: int = 0):
         super().__init__()
         gen = make_generator(seed)
         self.ln1 = ParallelLayerNorm(cfg.hidden, group, sequence_parallel, cfg.eps)
-        self.attn = CausalSelfAttention(cfg, group, sequence_parallel, gen)
+        self.attn = CausalSelfAttention(cfg, group, sequence_parallel, gen, dropout_seed)
+        self.drop1 = _residual_dropout(cfg, group, sequence_parallel, dropout_seed + 1)
         self.ln2 = ParallelLayerNorm(cfg.hidden, group, sequence_parallel, cfg.eps)
         self.mlp = MLP(cfg, group, sequence_parallel, gen)
+        self.drop2 = _residual_dropout(cfg, group, sequence_parallel, dropout_seed + 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+        x = x + self.drop1(self.attn(self.ln1(x)))
+        return x + self.drop2(self.mlp(self.ln2(x)))
 
 
 class GPTEmbedding(nn.Module):
     """Token ids [b, s] -> hidden [b, s, h] (or [b, s / tp, h] with sequence_parallel)."""
 
-    def __init__(self, cfg: GPTConfig, group=None, sequence_parallel=False, seed: Seed = 0):
+    def __init__(self, cfg: GPTConfig, group=None, sequence_parallel=False, seed: Seed = 0,
+                 dropout_seed: int = 0):
         super().__init__()
         gen = make_generator(seed)
         self.cfg, self.group, self.sequence_parallel = cfg, group, sequence_parallel
         self.tok = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden, group, sequence_parallel, seed=gen,
                                           init_std=cfg.init_std)
         self.pos = nn.Parameter(torch.empty(cfg.seq_len, cfg.hidden).normal_(0.0, cfg.init_std, generator=gen))
+        self.drop = _residual_dropout(cfg, group, sequence_parallel, dropout_seed)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.dim() != 2 or ids.size(1) > self.cfg.seq_len:
@@ -120,7 +154,7 @@ class GPTEmbedding(nn.Module):
         h = self.tok(ids)
         start = group_rank(self.group) * h.size(1) if self.sequence_parallel else 0
         pos = tp_replicated(self.pos, self.group, self.sequence_parallel)  # each rank adds its slice
-        return h + pos[start:start + h.size(1)]
+        return self.drop(h + pos[start:start + h.size(1)])
 
 
 class GPTHead(nn.Module):
@@ -145,16 +179,19 @@ def gpt_loss(logits: torch.Tensor, targets: torch.Tensor, group=None) -> torch.T
 class GPT(nn.Module):
     """Embedding, n_layers blocks and the head, as `self.layers` (see module docstring).
 
-    group: the tp process group (None = dense). seed: int or shared torch.Generator.
+    group: the tp process group (None = dense). seed: int or shared torch.Generator for
+    the weights. dropout_seed: int seeding the dropout masks (used when cfg.dropout > 0).
     """
 
-    def __init__(self, cfg: GPTConfig, group=None, sequence_parallel: bool = False, seed: Seed = 0):
+    def __init__(self, cfg: GPTConfig, group=None, sequence_parallel: bool = False, seed: Seed = 0,
+                 dropout_seed: int = 0):
         super().__init__()
         gen = make_generator(seed)
         self.cfg, self.group, self.sequence_parallel = cfg, group, sequence_parallel
+        ds = [_layer_dropout_seed(dropout_seed, i) for i in range(cfg.n_layers + 1)]
         self.layers = nn.ModuleList(
-            [GPTEmbedding(cfg, group, sequence_parallel, gen)]
-            + [GPTBlock(cfg, group, sequence_parallel, gen) for _ in range(cfg.n_layers)]
+            [GPTEmbedding(cfg, group, sequence_parallel, gen, ds[0])]
+            + [GPTBlock(cfg, group, sequence_parallel, gen, ds[i + 1]) for i in range(cfg.n_layers)]
             + [GPTHead(cfg, group, sequence_parallel, gen)])
 
     def forward(self, ids: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 layers and the vocab-parallel loss. `group` is the tp group; None means dense (tp=1)."""
 from .comm import group_rank, group_size
 from .cross_entropy import vocab_parallel_cross_entropy
+from .dropout import ShardedDropout
 from .layers import (ColumnParallelLinear, ParallelLayerNorm, RowParallelLinear, VocabParallelEmbedding,
                      dense_linear, dense_linear_params, gather_state_dict, make_generator, partition_dim,
                      shard_state_dict, tp_replicated)
@@ -11,7 +12,7 @@ from .mappings import (SEQ_DIM, copy_to_tp_region, gather_from_sequence_region, 
 
 __all__ = [
     "group_rank", "group_size", "vocab_parallel_cross_entropy",
-    "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding", "ParallelLayerNorm",
+    "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding", "ParallelLayerNorm", "ShardedDropout",
     "dense_linear", "dense_linear_params", "make_generator", "tp_replicated", "partition_dim",
     "shard_state_dict", "gather_state_dict",
     "SEQ_DIM", "copy_to_tp_region", "reduce_from_tp_region", "scatter_to_tp_region", "gather_from_tp_region",

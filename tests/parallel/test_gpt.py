@@ -1,5 +1,6 @@
 """The small GPT: dense path against a hand-written reference, and tensor / sequence
 parallel versions against the dense twin on 2 and 4 gloo ranks (float64)."""
+import dataclasses
 import math
 
 import pytest
@@ -68,6 +69,27 @@ def test_dense_block_matches_reference_and_is_causal():
         torch.set_default_dtype(torch.float32)
 
 
+def test_dropout_paths_without_processes():
+    """Eval mode ignores dropout; the written-out attention used for attention dropout
+    equals the fused kernel; training masks change the loss and advance per step."""
+    from hcomm.parallel.models import GPT, GPTConfig
+
+    ids, targets, _ = _inputs()
+    plain = GPT(GPTConfig(**CFG), seed=2)
+    dropped = GPT(GPTConfig(**CFG, dropout=0.3), seed=2)
+    plain.eval()
+    dropped.eval()
+    _close("eval ignores dropout", dropped(ids, targets), plain(ids, targets), tol=1e-6)
+    dropped.train()
+    first, second = dropped(ids, targets), dropped(ids, targets)
+    assert abs(first.item() - plain(ids, targets).item()) > 1e-4 and abs(first.item() - second.item()) > 1e-4
+    attn = GPT(GPTConfig(**CFG), seed=2).layers[1].attn
+    x = torch.randn(B, CFG["seq_len"], CFG["hidden"], generator=torch.Generator().manual_seed(1))
+    fused = attn(x)
+    attn.attn_drop.p = 1e-12   # takes the written-out path, drops nothing
+    _close("written-out attention", attn(x), fused, tol=1e-5)
+
+
 def test_config_errors():
     from hcomm.parallel.models import GPT, GPTConfig
 
@@ -118,26 +140,35 @@ def _check_split_is_even(dense, block, n):
         assert p.numel() * (n if sharded else 1) == want, (name, p.numel(), want, n)
 
 
-def _check_model(cfg, group, n):
+def _run_steps(model, steps):
+    """Loss of each of `steps` forward/backward passes (gradients accumulate)."""
+    losses = []
+    for step in range(steps):
+        ids, targets, _ = _inputs(3 + step)
+        loss = model(ids, targets)
+        loss.backward()
+        losses.append(loss.detach())
+    return losses
+
+
+def _check_model(cfg, group, n, steps=1):
+    """Loss and accumulated gradients of the tp and sp models equal the dense twin's.
+    With dropout, steps=2 also checks that the masks advance alike on every rank."""
     from hcomm.parallel.models import GPT
     from hcomm.parallel.tensor import gather_state_dict
 
-    ids, targets, _ = _inputs(3)
-    dense = GPT(cfg, seed=9)
-    _check_state_dicts(GPT(cfg, group=group, seed=9), GPT(cfg, group=group, seed=10), dense, group)
-    want = dense(ids, targets)
-    want.backward()
-    losses = []
+    dense = GPT(cfg, seed=9, dropout_seed=4)
+    if steps == 1:
+        _check_state_dicts(GPT(cfg, group=group, seed=9), GPT(cfg, group=group, seed=10), dense, group)
+    want = _run_steps(dense, steps)
+    what = f"tp={n} dropout={cfg.dropout}"
     for sp in (False, True):
-        model = GPT(cfg, group=group, sequence_parallel=sp, seed=9)
-        loss = model(ids, targets)
-        _close(f"tp={n} sp={sp} loss", loss, want)
-        losses.append(loss.detach())
-        loss.backward()
+        model = GPT(cfg, group=group, sequence_parallel=sp, seed=9, dropout_seed=4)
+        for step, (got, ref) in enumerate(zip(_run_steps(model, steps), want)):
+            _close(f"{what} sp={sp} loss of step {step}", got, ref)
         full = gather_state_dict(model, group, _grads(model))
         for name, g in _grads(dense).items():
-            _close(f"tp={n} sp={sp} grad {name}", full[name], g)
-    _close(f"tp={n} sequence parallel vs plain tp loss", losses[1], losses[0])
+            _close(f"{what} sp={sp} grad {name}", full[name], g)
 
 
 def _check_state_dicts(same_seed, other_seed, dense, group):
@@ -165,6 +196,7 @@ def _gpt_tp(rank, world_size):
     cfg = GPTConfig(**CFG)
     _check_block(cfg, group, world_size)
     _check_model(cfg, group, world_size)
+    _check_model(dataclasses.replace(cfg, dropout=0.25), group, world_size, steps=2)
     return True
 
 

@@ -199,3 +199,19 @@ def test_vocab_cross_entropy_dense_path():
            F.cross_entropy(logits, target, reduction="none"))
     with pytest.raises(ValueError, match="must agree"):
         vocab_parallel_cross_entropy(logits, target[:4], None)
+
+
+def test_sharded_dropout_without_processes():
+    from hcomm.parallel.tensor import ShardedDropout
+
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\), got 1.0"):
+        ShardedDropout(1.0)
+    drop, x = ShardedDropout(0.3, seed=5), torch.ones(200, 50)
+    state = drop.get_rng_state()
+    first = drop(x)
+    assert abs((first == 0).double().mean().item() - 0.3) < 0.02
+    assert torch.allclose(first[first != 0], torch.tensor(1 / 0.7))
+    assert not torch.equal(drop(x), first), "the generator must advance"
+    drop.set_rng_state(state)   # what activation recomputation does
+    assert torch.equal(drop(x), first)
+    assert torch.equal(drop.eval()(x), x)
