@@ -33,16 +33,18 @@ class ShardedDropout(nn.Module):
         self._generators: Dict[torch.device, torch.Generator] = {}
 
     def _generator(self, device: torch.device) -> torch.Generator:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         if device not in self._generators:
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[device]
 
-    def get_rng_state(self) -> Dict[torch.device, torch.Tensor]:
-        return {d: g.get_state() for d, g in self._generators.items()}
+    def get_rng_state(self, device="cpu") -> torch.Tensor:
+        """State of the generator that draws masks for tensors on `device`."""
+        return self._generator(torch.device(device)).get_state()
 
-    def set_rng_state(self, state: Dict[torch.device, torch.Tensor]) -> None:
-        for device, s in state.items():
-            self._generator(device).set_state(s)
+    def set_rng_state(self, state: torch.Tensor, device="cpu") -> None:
+        self._generator(torch.device(device)).set_state(state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
