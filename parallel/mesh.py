@@ -241,6 +241,18 @@ def rank_layout(cfg: ParallelConfig) -> Dict[str, List[List[int]]]:
     return layout
 
 
+def describe_layout(cfg: ParallelConfig) -> str:
+    """The layout as text, in the form of the module docstring's example (for logs)."""
+    ranks = range(cfg.world_size)
+    cs = [coords(cfg, r) for r in ranks]
+    lines = [f"{'rank:':<10}" + " ".join(f"{r:>2}" for r in ranks)]
+    lines += [f"{axis + '_rank:':<10}" + " ".join(f"{c[axis]:>2}" for c in cs) for axis in ("pp", "dp", "tp")]
+    layout = rank_layout(cfg)
+    lines.append("")
+    lines += [f"{axis} groups: " + " ".join(str(g) for g in layout[axis]) for axis in AXES]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ mesh
 
 @dataclass

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from harness import run_torch
-from hcomm.parallel.mesh import AXES, Mesh, ParallelConfig, build_mesh, coords, global_rank, rank_layout
+from hcomm.parallel import mesh as mesh_module
+from hcomm.parallel.mesh import (AXES, Mesh, ParallelConfig, build_mesh, coords, describe_layout, global_rank,
+                                 rank_layout)
 
 ISSUE_EXAMPLE = {"parallel_strategy": "MODEL_PARALLEL", "micro_batch_size": 1, "global_batch_size": 4096,
                  "pipeline_stages": 8, "tensor_parallel_size": 4, "zero_stage": 2}
@@ -14,6 +16,12 @@ def test_layout_of_the_docstring_example():
     assert layout == {"tp": [[0, 1], [2, 3], [4, 5], [6, 7]],
                       "dp": [[0, 2], [1, 3], [4, 6], [5, 7]],
                       "pp": [[0, 4], [1, 5], [2, 6], [3, 7]]}
+
+
+def test_docstring_example_is_what_describe_layout_prints():
+    doc_lines = [line.strip() for line in mesh_module.__doc__.splitlines()]
+    for line in describe_layout(ParallelConfig(dp=2, tp=2, pp=2)).splitlines():
+        assert not line or any(d.startswith(line) for d in doc_lines), line
 
 
 @pytest.mark.parametrize("dp,tp,pp", [(1, 1, 1), (3, 1, 1), (1, 4, 1), (1, 1, 5), (2, 3, 2), (3, 2, 4)])
