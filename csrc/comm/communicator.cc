@@ -204,18 +204,102 @@ void Communicator::runTask(const std::function<void()>& task) {
 }
 
 void Communicator::workerLoop() {
+  int idle = 0;
   while (true) {
     std::function<void()> task;
     {
       std::unique_lock<std::mutex> lock(qmu_);
-      qcv_.wait(lock, [&] { return (stopping_ && queue_.empty()) || (!queue_.empty() && !running_); });
-      if (queue_.empty()) return;
-      task = std::move(queue_.front());
-      queue_.pop_front();
-      running_ = true;
+      if (p2p_.empty())
+        qcv_.wait(lock, [&] { return (stopping_ && queue_.empty()) || (!queue_.empty() && !running_) || !p2p_.empty(); });
+      if (!queue_.empty() && !running_) {
+        task = std::move(queue_.front());
+        queue_.pop_front();
+        running_ = true;
+      } else if (stopping_ && queue_.empty() && p2p_.empty()) {
+        return;
+      }
     }
-    runTask(task);
+    if (task) {
+      runTask(task);
+      continue;
+    }
+    // Only point-to-point calls are pending: drive them, backing off like a wait does.
+    if (pollP2p()) {
+      idle = 0;
+    } else if (++idle < world_->policy.yields) {
+      std::this_thread::yield();
+    } else {
+      for (const Route& r : routes_) r.transport->sleepFor(200);
+    }
   }
+}
+
+WorkPtr Communicator::postP2p(CollectiveInfo info, RequestPtr req, void* buf, size_t nbytes, uint64_t tag) {
+  PendingP2p p;
+  p.work = std::make_shared<Work>();
+  p.req = std::move(req);
+  p.buf = buf;
+  p.nbytes = nbytes;
+  p.tag = tag;
+  p.info = info;
+  p.deadline = std::chrono::steady_clock::now() +
+               std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeoutSec_));
+  WorkPtr work = p.work;
+  {
+    std::lock_guard<std::mutex> lock(qmu_);
+    p2p_.push_back(std::move(p));
+    if (!worker_.joinable()) worker_ = std::thread([this] { workerLoop(); });
+  }
+  qcv_.notify_all();
+  return work;
+}
+
+bool Communicator::pollP2p() {
+  std::deque<PendingP2p> pending;
+  {
+    std::lock_guard<std::mutex> lock(qmu_);
+    pending.swap(p2p_);
+  }
+  for (const Route& r : routes_) r.transport->progress();
+  bool moved = false;
+  auto now = std::chrono::steady_clock::now();
+  std::deque<PendingP2p> still;
+  for (auto& p : pending) {
+    if (!p.req) {  // any-source receive: match the first peer with a message waiting
+      for (int peer = 0; peer < size_ && !p.req; ++peer) {
+        size_t n = 0;
+        if (routes_[peer].transport->probe(routes_[peer].peer, p.tag, &n)) {
+          if (n > p.nbytes) {
+            p.work->finish(describe(p.info, 0) + ": rank " + std::to_string(peer) + " sent " + std::to_string(n) +
+                           " bytes, more than the " + std::to_string(p.nbytes) + "-byte buffer");
+            moved = true;
+            break;
+          }
+          p.req = routes_[peer].transport->irecv(routes_[peer].peer, p.tag, p.buf, n, nullptr);
+          p.work->source = peer;
+          p.work->received = n;
+        }
+      }
+      if (p.work->isCompleted()) continue;
+    }
+    if (p.req && p.req->done.load(std::memory_order_acquire)) {
+      if (p.work->source < 0) {
+        p.work->source = p.info.root;
+        p.work->received = p.nbytes;
+      }
+      p.work->finish(p.req->error.empty() ? "" : describe(p.info, 0) + ": " + p.req->error);
+      moved = true;
+    } else if (now > p.deadline) {
+      p.work->finish(describe(p.info, 0) + ": timed out waiting for rank " +
+                     (p.info.root >= 0 ? std::to_string(p.info.root) : std::string("any")) + " (HCOMM_TIMEOUT)");
+      moved = true;
+    } else {
+      still.push_back(std::move(p));
+    }
+  }
+  std::lock_guard<std::mutex> lock(qmu_);
+  for (auto it = still.rbegin(); it != still.rend(); ++it) p2p_.push_front(std::move(*it));
+  return moved;
 }
 
 WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Body body, bool async) {
@@ -434,6 +518,11 @@ WorkPtr Communicator::send(const void* buf, size_t nbytes, int peer, int64_t tag
   checkRoot(peer, "peer");
   if (tag < 0 || tag > kMaxUserTag) throw Error("tag must be in [0, 2^31), got " + std::to_string(tag));
   CollectiveInfo info{"send", DataType::U8, nbytes, peer, "", ReduceOp::SUM};
+  if (async) {
+    const Route& r = routes_[peer];
+    return postP2p(info, r.transport->isend(r.peer, p2pTag(id_, tag), buf, nbytes), nullptr, nbytes,
+                   p2pTag(id_, tag));
+  }
   return submit(info, true, p2pTag(id_, tag), [=](Links& l, Work&) { l.send(peer, buf, nbytes); }, async);
 }
 
@@ -442,6 +531,11 @@ WorkPtr Communicator::recv(void* buf, size_t nbytes, int peer, int64_t tag, bool
   if (peer >= 0) checkRoot(peer, "peer");
   if (tag < 0 || tag > kMaxUserTag) throw Error("tag must be in [0, 2^31), got " + std::to_string(tag));
   CollectiveInfo info{"recv", DataType::U8, nbytes, peer, "", ReduceOp::SUM};
+  if (async) {
+    RequestPtr req;
+    if (peer >= 0) req = routes_[peer].transport->irecv(routes_[peer].peer, p2pTag(id_, tag), buf, nbytes, nullptr);
+    return postP2p(info, req, buf, nbytes, p2pTag(id_, tag));
+  }
   return submit(info, true, p2pTag(id_, tag), [=](Links& l, Work& w) {
     if (peer >= 0) {
       l.recv(peer, buf, nbytes);

@@ -116,7 +116,22 @@ class Communicator {
   uint32_t splits_ = 0;
   std::string lastAlgo_;
 
+  // Async point-to-point calls are posted at once (a queued send must not wait behind
+  // another send's receive) and completed by the progress thread as their requests finish.
+  struct PendingP2p {
+    WorkPtr work;
+    RequestPtr req;   // null for an any-source receive not yet matched
+    void* buf = nullptr;
+    size_t nbytes = 0;
+    uint64_t tag = 0;
+    std::chrono::steady_clock::time_point deadline;
+    CollectiveInfo info;
+  };
+  WorkPtr postP2p(CollectiveInfo info, RequestPtr req, void* buf, size_t nbytes, uint64_t tag);
+  bool pollP2p();  // true when anything completed
+
   // progress thread
+  std::deque<PendingP2p> p2p_;
   std::mutex qmu_;
   std::condition_variable qcv_;
   std::deque<std::function<void()>> queue_;

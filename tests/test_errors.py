@@ -1,0 +1,110 @@
+"""Bad input is refused before any byte moves, with a message naming what is wrong;
+faults only visible across ranks end in hcomm.Error within the timeout, never a hang."""
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import hcomm
+from harness import run_comm, run_ranks
+
+
+@pytest.fixture(scope="module")
+def solo():
+    comm = hcomm.init(rank=0, size=1)
+    yield comm
+    comm.close()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda c: c.allreduce(np.ones((4, 4))[:, 1]), "not C-contiguous"),
+    (lambda c: c.allreduce(np.ones(4), out=np.ones(4)[::2]), "not C-contiguous"),
+    (lambda c: c.allreduce(np.ones(4), out=np.frombuffer(b"x" * 32, dtype=np.float64)), "read-only"),
+    (lambda c: c.allreduce(np.ones(4, dtype=np.complex64)), "not supported"),
+    (lambda c: c.allreduce(np.ones(4), out=np.ones(5)), "4 elements, output 5"),
+    (lambda c: c.allreduce(np.ones(4), out=np.ones(4, np.float32)), "dtype"),
+    (lambda c: c.allreduce(np.ones(4), op="xor"), "unknown reduce op"),
+    (lambda c: c.allreduce(np.ones(4, bool), op="avg"), "not defined for bool"),
+    (lambda c: c.allreduce(np.ones(4), op="premul_sum"), "factor"),
+    (lambda c: c.allreduce(np.ones(4), algo="magic"), "unknown allreduce algorithm"),
+    (lambda c: c.allreduce([1, 2, 3]), "expected a numpy array"),
+    (lambda c: c.allreduce(torch.ones(4, 4).t()), "not contiguous"),
+    (lambda c: c.broadcast(np.ones(4), root=1), "root 1 is out of range"),
+    (lambda c: c.reduce(np.ones(4), root=-1), "root -1 is out of range"),
+    (lambda c: c.send(np.ones(4), 3), "peer 3 is out of range"),
+    (lambda c: c.send(np.ones(4), 0, tag=-1), "tag must be"),
+    (lambda c: c.allgather(np.ones(4), np.ones(5)), "expected size"),
+    (lambda c: c.reduce_scatter(np.ones(4), np.ones(3)), "expected size"),
+    (lambda c: c.allgatherv(np.ones(4), np.ones(4), [3]), "counts"),
+    (lambda c: c.alltoallv(np.ones(4), np.ones(4), [5], [4]), "reach element 5"),
+])
+def test_bad_input_is_refused(solo, call, match):
+    with pytest.raises(hcomm.InvalidArgument, match=match):
+        call(solo)
+    solo.barrier()  # still usable: nothing moved
+
+
+def test_errors_are_runtime_and_value_errors():
+    assert issubclass(hcomm.Error, RuntimeError)
+    assert issubclass(hcomm.InvalidArgument, hcomm.Error) and issubclass(hcomm.InvalidArgument, ValueError)
+
+
+def test_closed_communicator_raises():
+    comm = hcomm.init(rank=0, size=1)
+    comm.close()
+    with pytest.raises(hcomm.Error, match="closed"):
+        comm.allreduce(np.ones(2))
+
+
+def test_bad_init_arguments():
+    with pytest.raises(hcomm.InvalidArgument, match="out of range"):
+        hcomm.init(rank=3, size=2, unique_id="x")
+    with pytest.raises(hcomm.Error, match="malformed"):
+        hcomm.init(rank=0, size=2, unique_id="not-an-id", timeout=2)
+
+
+def _mismatch_body(comm):
+    # Rank 0 sends 1000 elements, rank 1 expects 999: a mismatch only visible across ranks.
+    x = np.ones(1000 if comm.rank == 0 else 999, np.float32)
+    t = time.monotonic()
+    with pytest.raises(hcomm.Error) as e:
+        comm.allreduce(x, algo="ring")
+    return time.monotonic() - t, str(e.value)
+
+
+def test_count_mismatch_errors_within_timeout(monkeypatch):
+    monkeypatch.setenv("HCOMM_TIMEOUT", "3")
+    results = run_comm(_mismatch_body, 2, timeout=30)
+    for elapsed, msg in results:
+        assert elapsed < 3 + 2, msg
+        assert "allreduce #" in msg and "rank" in msg, msg
+    assert any("size mismatch" in m or "timed out" in m for _, m in results)
+
+
+def _missing_rank_body(rank, size, uid):
+    comm = hcomm.init(rank=rank, size=size, unique_id=uid, timeout=3)
+    if rank == 1:
+        comm.close()  # never joins the collective
+        return "skipped"
+    t = time.monotonic()
+    try:
+        comm.allreduce(np.ones(10))
+    except hcomm.Error as e:
+        return time.monotonic() - t, str(e)
+    return "no error"
+
+
+def test_rank_that_never_arrives_names_it():
+    out = run_ranks(_missing_rank_body, 2, mode="process", args=(hcomm.get_unique_id(),), timeout=30)
+    elapsed, msg = out[0]
+    assert elapsed < 3 + 2
+    assert "timed out" in msg and "rank 1" in msg, msg
+
+
+def test_bootstrap_times_out_when_ranks_are_missing():
+    uid = hcomm.get_unique_id(timeout=2)
+    t = time.monotonic()
+    with pytest.raises(hcomm.Error, match="never joined|in time|timed out"):
+        hcomm.init(rank=0, size=2, unique_id=uid, timeout=2)
+    assert time.monotonic() - t < 6
