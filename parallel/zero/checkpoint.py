@@ -101,7 +101,7 @@ def _load_buffer(old, shard, rank):
     keys = old.sharded_keys(ref_b)
     ref_state = old.file(0)["buffers"][ref_b]["state"]
     master = torch.zeros(lay.shard_numel, dtype=torch.float32)
-    state = {k: torch.zeros(lay.shard_numel, dtype=ref_state[k].dtype) for k in keys}
+    state = {k: torch.zeros(lay.shard_numel, dtype=ref_state[k].dtype) for k in keys}   # cpu; moved on load
     for pc in lay.pieces(rank):
         for key, dst in [("master", master)] + list(state.items()):
             dst[pc.shard_lo:pc.shard_lo + pc.length] = old.read(pc.slot.name, pc.param_lo, pc.param_hi, key)
@@ -120,7 +120,8 @@ def load_sharded(zopt, path):
         master, state = _load_buffer(old, s, rank)
         s.master.copy_(master)
         if any(torch.is_tensor(v) and v.dim() == 1 for v in state.values()):
-            zopt.inner.state[s.master] = state
+            zopt.inner.state[s.master] = {k: (v.to(s.master.device) if torch.is_tensor(v) and v.dim() else v)
+                                          for k, v in state.items()}
     saved_groups = old.file(0)["param_groups"]
     if len(saved_groups) == len(zopt.inner.param_groups):
         for g, sg in zip(zopt.inner.param_groups, saved_groups):
@@ -137,11 +138,11 @@ def full_state_dict(zopt):
     comm = zopt.comm
     out = {}
     for s in zopt.engine.shards:
-        full = torch.empty(s.layout.padded_numel, dtype=torch.float32)
+        full = torch.empty(s.layout.padded_numel, dtype=torch.float32, device=s.master.device)
         comm.all_gather(full, s.master, async_op=False)
         if comm.rank == 0:
             for slot in s.layout.slots:
-                out[slot.name] = full[slot.offset:slot.offset + slot.numel].view(slot.shape).clone()
+                out[slot.name] = full[slot.offset:slot.offset + slot.numel].view(slot.shape).cpu().clone()
     if comm.rank != 0:
         return {}
     if zopt.module is None:

@@ -28,10 +28,11 @@ class _Done:
 
 
 class Collectives:
-    def __init__(self, group=None):
+    def __init__(self, group=None, device="cpu"):
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("hcomm.parallel.zero needs torch.distributed.init_process_group() first")
         self.group = group if group is not None else dist.group.WORLD
+        self.device = torch.device(device)   # where small tensors of our own live (nccl: cuda)
         self.rank = dist.get_rank(self.group)
         self.size = dist.get_world_size(self.group)
         if self.rank < 0:
@@ -80,13 +81,13 @@ class Collectives:
 
     def all_gather_ints(self, values):
         """Every rank's small int list, as a list per group rank (for consistency checks)."""
-        mine = torch.tensor(values, dtype=torch.int64)
+        mine = torch.tensor(values, dtype=torch.int64, device=self.device)
         if self.size == 1:
             return [mine.tolist()]
-        out = torch.empty(self.size * mine.numel(), dtype=torch.int64)
+        out = torch.empty(self.size * mine.numel(), dtype=torch.int64, device=self.device)
         self._count("check", out)
         _all_gather(out, mine, group=self.group)
-        return out.view(self.size, -1).tolist()
+        return out.view(self.size, -1).cpu().tolist()
 
     def reset_counters(self):
         self.bytes.clear()

@@ -51,6 +51,16 @@ def _named_groups(model_or_params):
     return None, [([(f"param.{i}", p) for i, p in enumerate(items) if p.requires_grad], {})]
 
 
+def _device_of(groups):
+    """The one device every trainable parameter is on (flat buffers are allocated there)."""
+    devices = {p.device for named, _ in groups for _, p in named}
+    if not devices:
+        raise ValueError("ZeroOptimizer got no trainable parameters (all have requires_grad=False)")
+    if len(devices) != 1:
+        raise ValueError(f"ZeRO needs every trainable parameter on one device, got {sorted(map(str, devices))}")
+    return devices.pop()
+
+
 def _validate(stage, mixed_precision, bucket_mb, clip_grad_norm):
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
@@ -88,7 +98,7 @@ class ZeroOptimizer:
         if stage == 3 and len(groups) != 1:
             raise ValueError("ZeRO stage 3 takes a single param group")
         self.stage, self.module = stage, module
-        self.comm = Collectives(group)
+        self.comm = Collectives(group, _device_of(groups))
         self.param_dtype = mixed_precision or torch.float32
         self.clip_grad_norm = clip_grad_norm
         self.bucket_bytes = int(bucket_mb * 2 ** 20)
@@ -145,7 +155,7 @@ class ZeroOptimizer:
 
     def _clip(self, shards):
         # Padding elements are zero, so the shard sums add up to the true squared norm.
-        sq = torch.zeros(1, dtype=torch.float64)
+        sq = torch.zeros(1, dtype=torch.float64, device=self.comm.device)
         for s in shards:
             sq += s.master.grad.double().pow(2).sum()
         total = self.comm.all_reduce(sq).sqrt().item()

@@ -9,7 +9,7 @@ import torch
 
 def flatten_params(params, layout, dtype):
     """A zero-padded flat tensor of the parameters' current values, in dtype."""
-    flat = torch.zeros(layout.padded_numel, dtype=dtype)
+    flat = torch.zeros(layout.padded_numel, dtype=dtype, device=params[0].device)
     for p, s in zip(params, layout.slots):
         flat[s.offset:s.offset + s.numel].copy_(p.detach().reshape(-1))
     return flat

@@ -92,13 +92,13 @@ class Stage12Engine:
         self.peak_comm_bytes = max(self.peak_comm_bytes, self.live_comm_bytes)
 
     def _new_flat_grad(self, bucket):
-        flat = torch.zeros(bucket.layout.padded_numel, dtype=self.param_dtype)
+        flat = torch.zeros(bucket.layout.padded_numel, dtype=self.param_dtype, device=self.comm.device)
         self._track(flat.numel() * flat.element_size())
         return flat
 
     def _issue(self, bucket, flat_grad):
         """Async reduce-scatter of one flat gradient; its shard is added in when it completes."""
-        out = torch.empty(bucket.layout.shard_numel, dtype=flat_grad.dtype)
+        out = torch.empty(bucket.layout.shard_numel, dtype=flat_grad.dtype, device=flat_grad.device)
         nbytes = flat_grad.numel() * flat_grad.element_size()
         work = self.comm.reduce_scatter(out, flat_grad, async_op=True)
 

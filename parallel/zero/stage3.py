@@ -65,7 +65,7 @@ class _Unit:
         # local: this rank's shard in the parameter dtype, the input of every all-gather
         self.local = master if param_dtype == torch.float32 else master.to(param_dtype)
         self.shard = ShardState(self.layout, comm.rank, master)
-        self.full = torch.empty(self.layout.padded_numel, dtype=param_dtype)
+        self.full = torch.empty(self.layout.padded_numel, dtype=param_dtype, device=comm.device)
         self.nbytes = self.full.numel() * self.full.element_size()
         for p, s in zip(self.params, self.layout.slots):
             p.data = self.full[s.offset:s.offset + s.numel].view(s.shape)
@@ -222,7 +222,7 @@ class Stage3Engine:
                 return
             self._start_backward()
             if u.flat_grad is None:
-                u.flat_grad = torch.zeros(u.layout.padded_numel, dtype=self.param_dtype)
+                u.flat_grad = torch.zeros(u.layout.padded_numel, dtype=self.param_dtype, device=self.comm.device)
                 self._track_comm(u.nbytes)
             u.flat_grad[slot.offset:slot.offset + slot.numel].copy_(p.grad.reshape(-1))
             p.grad = None
@@ -238,7 +238,7 @@ class Stage3Engine:
 
     def _reduce(self, u):
         flat, u.flat_grad, u.ready = u.flat_grad, None, 0
-        out = torch.empty(u.layout.shard_numel, dtype=flat.dtype)
+        out = torch.empty(u.layout.shard_numel, dtype=flat.dtype, device=flat.device)
         work = self.comm.reduce_scatter(out, flat, async_op=True)
 
         def done(flat=flat):               # holds flat until the collective is over

@@ -1,7 +1,9 @@
 """Rank bodies and helpers shared by the ZeRO tests (module level: spawned processes import them)."""
 import copy
+import os
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -93,23 +95,23 @@ def assert_matches(full, ref_model, dtype, what):
         assert err <= BF16_MEAN_ERR * moved, f"{what}: summed error {err:.3e} vs movement {moved:.3e}"
 
 
-def equivalence_body(rank, world_size):
+def equivalence_body(rank, world_size, group=None):
     """Stages 1-3 x fp32/bf16, five AdamW steps, against the unsharded reference."""
     ref5 = reference_run(world_size, 5)[0] if rank == 0 else None   # only rank 0 compares
     for stage in (1, 2, 3):
         for dtype in (torch.float32, torch.bfloat16):
-            _, zopt, _ = zero_run(rank, world_size, stage, dtype, 5)
+            _, zopt, _ = zero_run(rank, world_size, stage, dtype, 5, group=group)
             full = zopt.full_state_dict()
             if rank == 0:
                 assert_matches(full, ref5, dtype, f"stage {stage} {dtype} dp={world_size}")
     return True
 
 
-def accumulation_clip_body(rank, world_size):
+def accumulation_clip_body(rank, world_size, group=None):
     """Two micro-steps per step and clipping by the global norm, every stage, fp32."""
     ref, _, ref_norms = reference_run(world_size, 3, accum=2, clip=0.05)   # every rank checks its norms
     for stage in (1, 2, 3):
-        _, zopt, norms = zero_run(rank, world_size, stage, torch.float32, 3, accum=2, clip=0.05)
+        _, zopt, norms = zero_run(rank, world_size, stage, torch.float32, 3, accum=2, clip=0.05, group=group)
         assert all(n > 0.05 for n in norms), f"clipping never engaged: norms {norms}"
         # the norm also checks the gradient's scale, which AdamW itself cannot see
         torch.testing.assert_close(torch.tensor(norms), torch.tensor(ref_norms), rtol=1e-5, atol=0)
@@ -119,10 +121,10 @@ def accumulation_clip_body(rank, world_size):
     return True
 
 
-def unit_granularity_body(rank, world_size):
+def unit_granularity_body(rank, world_size, group=None):
     """Stage 3 with the root and coarser units (a class list), no overlap and no check."""
     ref = reference_run(world_size, 3)[0] if rank == 0 else None
-    _, zopt, _ = zero_run(rank, world_size, 3, torch.float32, 3, units=(nn.Linear,), overlap=False,
+    _, zopt, _ = zero_run(rank, world_size, 3, torch.float32, 3, group=group, units=(nn.Linear,), overlap=False,
                           check_control_flow=False)
     full = zopt.full_state_dict()
     if rank == 0:
@@ -137,12 +139,7 @@ def save_body(rank, world_size, path):
     full = zopt.full_state_dict()
     if rank == 0:
         assert_matches(full, reference_run(world_size, 3)[0], torch.float32, "before save")
-    return True
-
-
-def reshard_bodies(rank, world_size, path, saved_world, stages):
-    for stage in stages:
-        load_body(rank, world_size, path, saved_world, stage)
+        torch.save(full, os.path.join(path, "full.pt"))   # for the process-free reshard check
     return True
 
 
@@ -155,13 +152,13 @@ def load_body(rank, world_size, path, saved_world, stage):
     assert zopt.inner.param_groups[0]["lr"] == LR, "param group hyperparameters not restored"
     loaded = zopt.full_state_dict()
     # The reference saw saved_world ranks for 3 steps; both continue with world_size ranks.
-    ref_model, ref_opt, _ = reference_run(saved_world, 3)
     if rank == 0:
+        ref_model, ref_opt, _ = reference_run(saved_world, 3)
         assert_matches(loaded, ref_model, torch.float32, "right after load")
     zero_run(rank, world_size, stage, torch.float32, 2, start=3, zopt=zopt, model=model)
-    reference_run(world_size, 2, start=3, model=ref_model, opt=ref_opt)
     full = zopt.full_state_dict()
     if rank == 0:
+        reference_run(world_size, 2, start=3, model=ref_model, opt=ref_opt)
         assert_matches(full, ref_model, torch.float32, f"stage {stage} after resharding {saved_world}->{world_size}")
     return True
 
@@ -180,12 +177,12 @@ class Skipper(nn.Module):
         return x
 
 
-def divergent_body(rank, world_size):
+def divergent_body(rank, world_size, group=None):
     from hcomm.parallel.zero import ZeroControlFlowError
 
     torch.manual_seed(0)
     model = Skipper()
-    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=3, print_plan=False, lr=LR)
+    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=3, group=group, print_plan=False, lr=LR)
     model(torch.randn(2, 4), 0).sum().backward()   # one agreeing step first
     zopt.step()
     zopt.zero_grad()
@@ -196,15 +193,11 @@ def divergent_body(rank, world_size):
     raise AssertionError("divergent control flow was not detected")
 
 
-def copy_of(model):
-    return copy.deepcopy(model)
-
-
-def comm_and_memory_body(rank, world_size):
+def comm_and_memory_body(rank, world_size, group=None):
     """Collective bytes per step (2Ψ stages 1/2, 3Ψ + checks stage 3) and exact real bytes."""
     for stage in (1, 2, 3):
         for dtype in (torch.float32, torch.bfloat16):
-            model, zopt, _ = zero_run(rank, world_size, stage, dtype, 1)
+            model, zopt, _ = zero_run(rank, world_size, stage, dtype, 1, group=group)
             elem = torch.empty((), dtype=dtype).element_size()
             flat = sum(s.layout.padded_numel for s in zopt.shards) * elem   # Ψ plus padding
             zopt.comm.reset_counters()
@@ -263,4 +256,38 @@ def tp_composition_body(rank, world_size):
             for k in want:
                 torch.testing.assert_close(full[k], want[k], rtol=1e-4, atol=2e-5,
                                            msg=lambda m: f"stage {stage} tp rank {mesh.tp_rank} {k}: {m}")
+    return True
+
+
+# ---- jobs: one spawned world runs many cases (spawning dominates the test time) --------
+
+def stages_job(rank, world_size):
+    """dp = 1..world_size as sub-groups of one world: ranks [0, dp) run the cases with
+    group=that sub-group (which also tests passing a group that is not the world)."""
+    torch.set_num_threads(1)
+    extra = {2: [unit_granularity_body, accumulation_clip_body], 3: [comm_and_memory_body]}
+    groups = {dp: dist.new_group(list(range(dp))) for dp in range(1, world_size + 1)}   # collective
+    done = []
+    for dp, group in groups.items():
+        if rank < dp:
+            for body in [equivalence_body] + extra.get(dp, []):
+                body(rank, dp, group)
+            done.append(dp)
+    return done
+
+
+def extra_job(rank, world_size, path):
+    """On 4 ranks: save a stage-3 checkpoint, TP composition, then divergent control flow
+    on the sub-group {0, 1} (last: it leaves that group with an error on both ranks)."""
+    torch.set_num_threads(1)
+    pair = dist.new_group([0, 1])
+    save_body(rank, world_size, path)
+    tp_composition_body(rank, world_size)
+    return divergent_body(rank, 2, pair) if rank < 2 else None
+
+
+def reshard_job(rank, world_size, path, saved_world, stages):
+    torch.set_num_threads(1)
+    for stage in stages:
+        load_body(rank, world_size, path, saved_world, stage)
     return True

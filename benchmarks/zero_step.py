@@ -1,0 +1,136 @@
+"""ZeRO step time against torch FSDP2 (fully_shard) and DDP, same backend, model and data.
+
+    .venv/bin/python benchmarks/zero_step.py                      # 4 gloo ranks, bf16
+    .venv/bin/python benchmarks/zero_step.py --world 2 --dtype fp32 --steps 20
+    .venv/bin/python benchmarks/zero_step.py --backend nccl        # on GPUs (device cuda)
+
+One step = forward + backward + optimizer step + zero_grad (AdamW). Both sides use the
+same sharding granularity: FSDP2 wraps every Linear and the root; ZeRO stage 3 gets
+units=(nn.Linear,) (LayerNorms go to the root unit). Mixed precision: bf16 parameters
+and reduce-scatters with fp32 master/optimizer (FSDP2: MixedPrecisionPolicy(param_dtype=
+bf16, reduce_dtype=bf16)). Reported: the median over --steps timed steps after --warmup,
+with a barrier before each, on rank 0; ratio = time / FSDP2 time (< 1 is faster).
+"""
+import argparse
+import os
+import socket
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from hcomm.parallel.zero import ZeroOptimizer
+
+
+def make_model(hidden, layers, device):
+    torch.manual_seed(0)
+    mods = []
+    for _ in range(layers):
+        mods += [nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU()]
+    return nn.Sequential(*mods, nn.Linear(hidden, 10)).to(device)
+
+
+def fsdp2(model, dtype, world, device):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device, (world,))
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype) if dtype != torch.float32 \
+        else MixedPrecisionPolicy()
+    for m in model:
+        if isinstance(m, nn.Linear):
+            fully_shard(m, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def build(kind, args, world, device):
+    model = make_model(args.hidden, args.layers, device)
+    if kind == "fsdp2":
+        return fsdp2(model, args.torch_dtype, world, device)
+    if kind == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+        ddp = DistributedDataParallel(model)
+        return ddp, torch.optim.AdamW(ddp.parameters(), lr=1e-3)
+    stage = int(kind[-1])
+    mixed = None if args.torch_dtype == torch.float32 else args.torch_dtype
+    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, bucket_mb=args.bucket_mb, mixed_precision=mixed,
+                         units=(nn.Linear,) if stage == 3 else None, print_plan=False, lr=1e-3)
+    return model, zopt
+
+
+def time_steps(model, opt, args, rank, device):
+    times = []
+    for s in range(args.warmup + args.steps):
+        g = torch.Generator().manual_seed(s * 100 + rank)
+        x = torch.randn(args.batch, args.hidden, generator=g).to(device)
+        dist.barrier()
+        t0 = time.perf_counter()
+        model(x).float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if s >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def worker(rank, world, port, args, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    device = "cuda" if args.backend == "nccl" else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(args.backend, rank=rank, world_size=world)
+    try:
+        results = {}
+        for kind in args.kinds:
+            model, opt = build(kind, args, world, device)
+            results[kind] = time_steps(model, opt, args, rank, device)
+            del model, opt
+        if rank == 0:
+            out.put(results)
+    finally:
+        dist.destroy_process_group()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", type=int, default=4)
+    ap.add_argument("--backend", default="gloo")
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--bucket-mb", type=float, default=4.0)
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--kinds", nargs="+", default=["fsdp2", "ddp", "zero1", "zero2", "zero3"])
+    args = ap.parse_args()
+    args.torch_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if "fsdp2" not in args.kinds:
+        args.kinds.insert(0, "fsdp2")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(r, args.world, port, args, out)) for r in range(args.world)]
+    for p in procs:
+        p.start()
+    res = out.get()
+    for p in procs:
+        p.join()
+    n = sum(p.numel() for p in make_model(args.hidden, args.layers, "cpu").parameters())
+    print(f"\nstep time, N={args.world}, backend {args.backend}, {args.dtype}, Ψ={n:,}, batch {args.batch}, "
+          f"median of {args.steps} steps")
+    print(f"{'kind':>7} {'ms/step':>9} {'vs FSDP2':>9}")
+    for kind in args.kinds:
+        print(f"{kind:>7} {res[kind] * 1e3:>9.1f} {res[kind] / res['fsdp2']:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()
