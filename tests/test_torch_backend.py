@@ -296,6 +296,7 @@ def all_collectives(rank, n):
     return "ok"
 
 
-@pytest.mark.parametrize("world", [2, 3, 4])
-def test_every_collective(world):
-    assert run_torch(all_collectives, world, backend=BACKEND) == ["ok"] * world
+def test_every_collective_world3():
+    # worlds 2 and 4 run the same matrix in test_torch_backend_training.py, next to
+    # the training checks, to spawn fewer worlds
+    assert run_torch(all_collectives, 3, backend=BACKEND) == ["ok"] * 3
