@@ -131,6 +131,18 @@ void Links::waitAny(const std::vector<RequestPtr>& rs) {
   }
 }
 
+Links Links::sub(const std::vector<int>& ranks, int channelBase) const {
+  std::vector<Route> routes;
+  int me = -1;
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    routes.push_back(routes_.at(ranks[i]));
+    if (ranks[i] == rank_) me = static_cast<int>(i);
+  }
+  if (me < 0) throw Error("Links::sub: this rank is not in the subset");
+  return Links(me, static_cast<int>(ranks.size()), std::move(routes), tagBase_ + channelBase, dtype_, op_,
+               deadline_, policy_, describe_);
+}
+
 void Links::reduceLocal(void* dst, const void* a, const void* b, size_t bytes) const {
   reduce(dtype_, op_, dst, a, b, bytes / elemSize_);
 }

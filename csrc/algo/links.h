@@ -55,6 +55,10 @@ class Links {
 
   void send(int peer, const void* buf, size_t bytes, int channel = 0) { wait(isend(peer, buf, bytes, channel)); }
   void recv(int peer, void* buf, size_t bytes, int channel = 0) { wait(irecv(peer, buf, bytes, channel)); }
+  // A view of a subset of these ranks (given in this Links' numbering, this rank among
+  // them) as ranks 0..k-1, with its own channel range so that its messages never match
+  // the parent's: lets hierarchical algorithms reuse the flat ones on sub-groups.
+  Links sub(const std::vector<int>& ranks, int channelBase) const;
   // dst = a op b on this rank (bytes of the collective's dtype).
   void reduceLocal(void* dst, const void* a, const void* b, size_t bytes) const;
   // A buffer that lives until the collective ends.
