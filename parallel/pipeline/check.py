@@ -14,8 +14,8 @@ then simulates all ranks together under the strictest semantics a backend may ha
 If the simulation stops with ranks still waiting, the schedule would hang: the error
 names each stuck rank, its action index and the operation that found no partner.  While
 simulating, each action is given a time (forward cost per stage fwd_cost / v, backward
-bwd_cost / v, communication free), from which the predicted bubble fraction follows,
-and the number of stashed activations (F done, B not yet) is tracked per rank.
+bwd_cost / v, each message comm_cost, free by default), from which the predicted bubble
+fraction follows, and the number of stashed activations (F done, B not yet) is tracked per rank.
 """
 from collections import deque
 from dataclasses import dataclass, field
@@ -139,8 +139,9 @@ def _needs(act: Action, num_stages: int, local_prev: bool, local_next: bool):
 
 
 class _Simulator:
-    def __init__(self, sched: Schedule, fwd_cost: float, bwd_cost: float):
+    def __init__(self, sched: Schedule, fwd_cost: float, bwd_cost: float, comm_cost: float):
         self.sched = sched
+        self.comm_cost = comm_cost
         v = sched.virtual_stages
         self.cost = {"F": fwd_cost / v, "B": bwd_cost / v}
         self.ranks = [_RankState() for _ in range(sched.num_ranks)]
@@ -196,7 +197,7 @@ class _Simulator:
                         f"order mismatch on channel {chan[0]} -> {chan[1]}: "
                         f"{_where(send.rank, send.index, send.action)} meets "
                         f"{_where(recv.rank, recv.index, recv.action)}")
-                send.matched_at = recv.matched_at = max(send.time, recv.time)
+                send.matched_at = recv.matched_at = max(send.time, recv.time) + self.comm_cost
 
     def _finish_batch(self, rank: int) -> bool:
         state = self.ranks[rank]
@@ -256,11 +257,14 @@ class _Simulator:
                               [s.peak for s in self.ranks])
 
 
-def check_schedule(sched: Schedule, fwd_cost: float = 1.0, bwd_cost: float = 2.0) -> ScheduleReport:
+def check_schedule(sched: Schedule, fwd_cost: float = 1.0, bwd_cost: float = 2.0,
+                   comm_cost: float = 0.0) -> ScheduleReport:
     """Raise ScheduleError if sched is malformed or can deadlock; else predict its behaviour.
 
     fwd_cost / bwd_cost: time of one micro-batch through all of a rank's layers; each of
-    its v stages costs 1/v of that.
+    its v stages costs 1/v of that.  comm_cost: time from both sides posting a message
+    to its arrival (0: the schedule alone; a measured latency: what to expect on a
+    given machine).
     """
     _check_static(sched)
-    return _Simulator(sched, fwd_cost, bwd_cost).run()
+    return _Simulator(sched, fwd_cost, bwd_cost, comm_cost).run()

@@ -2,23 +2,31 @@
 
 A message is what crosses one stage boundary for one micro-batch: the activations going
 forward, or their gradients coming back, any number of tensors.  On the wire it is a
-fixed-size int64 *control block* followed by the tensors it announces:
+fixed-size int64 *control block* followed by the tensors:
 
     [MAGIC, status, kind, mb, stage, n, dtype_0, ndim_0, *shape_0, dtype_1, ndim_1, ...]
 
-kind is 0 (activations) or 1 (gradients); stage is the sender's stage.  Sending shapes
-and dtypes with every message (not only the first) costs one small extra transfer per
-boundary crossing and buys three things: shapes may change between micro-batches, the
-receiver checks that the message is the one its schedule promised (a desynchronised
-schedule fails loudly instead of reading garbage), and status = FAILED lets a rank that
-has no tensors to send (its stage raised) still keep its neighbours moving.
+kind is 0 (activations) or 1 (gradients); stage is the sender's stage.  The control
+block goes with every message: the receiver checks that it got the message its schedule
+promised (a desynchronised schedule fails loudly instead of reading garbage), and
+status = FAILED lets a rank whose stage raised keep its neighbours moving.
+
+Shapes and dtypes are learned from the first message: per (peer, kind, sender stage) and
+per step, the receiver of the first message waits for its control block before posting
+the tensor receives (two hops); once one good message has arrived both sides know the
+spec, and later messages post control and tensors together (one hop).  A later message
+whose shapes differ is an error (micro-batches are equal slices, so they only differ if
+the model does); a FAILED message on a known spec carries zeros of that spec, so the
+receives already posted still match.  The spec is forgotten at each step, so the batch
+size may change between steps.
 
 Exchange of a batch (a run of communication actions, see schedules.py), in rounds:
-  round 0  every send (control + tensors) and, per peer, the first control receive;
-  round k  each control that arrived lets its tensor receives be posted, together with
-           the next control receive from the same peer (one per peer at a time, so
-           messages on a channel are matched in order);
-  finally  wait for everything.
+  round 0  every send and, per peer, its receives in order: control + tensors for each
+           known spec, up to and including the control block of the first unknown one;
+  round k  each control block that arrived lets its tensor receives be posted, and that
+           peer's queue continues the same way (one unknown at a time, so messages on a
+           channel are matched in order);
+  finally  wait for everything, then check the control blocks of the known specs.
 A round waits only on control receives, which complete as soon as the peer has posted
 its matching send; sends are waited at the end.  So a batch finishes once every peer
 has reached its matching batch, with no dependency on a third rank: the rendezvous
@@ -45,47 +53,58 @@ class ProtocolError(RuntimeError):
     """A control block is not the one the schedule promised."""
 
 
+Spec = Tuple[Tuple[torch.dtype, Tuple[int, ...]], ...]
+
+
 @dataclass
 class Message:
     kind: int
     mb: int
     stage: int
-    tensors: Optional[Tuple[torch.Tensor, ...]]  # None: the sender failed
+    tensors: Optional[Tuple[torch.Tensor, ...]]  # None: the sender failed and sends no tensors
+    failed: bool = False                          # True with tensors: zeros standing in for a known spec
+
+
+def spec_of(tensors, stage: int) -> Spec:
+    spec = []
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"stage {stage} sends a {type(t).__name__} at position {i}; only tensors can cross stages")
+        if t.dtype not in DTYPES:
+            raise ValueError(f"stage {stage} output {i} has dtype {t.dtype}, which cannot cross stages")
+        spec.append((t.dtype, tuple(t.shape)))
+    return tuple(spec)
+
+
+def allocate(spec: Spec, device) -> Tuple[torch.Tensor, ...]:
+    return tuple(torch.zeros(shape, dtype=dtype, device=device) for dtype, shape in spec)
 
 
 def encode_control(msg: Message, words: int) -> torch.Tensor:
     """Control block of msg; raises ValueError if its tensors do not fit in `words`."""
-    body = []
-    for i, t in enumerate(msg.tensors or ()):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"stage {msg.stage} sends a {type(t).__name__} at position {i}; only tensors can cross stages")
-        if t.dtype not in DTYPES:
-            raise ValueError(f"stage {msg.stage} output {i} has dtype {t.dtype}, which cannot cross stages")
-        body += [DTYPES.index(t.dtype), t.dim(), *t.shape]
-    status = OK if msg.tensors is not None else FAILED
-    n = len(msg.tensors) if msg.tensors is not None else 0
-    head = [MAGIC, status, msg.kind, msg.mb, msg.stage, n]
+    tensors = msg.tensors or ()
+    body = [x for dtype, shape in spec_of(tensors, msg.stage) for x in (DTYPES.index(dtype), len(shape), *shape)]
+    status = FAILED if msg.failed or msg.tensors is None else OK
+    head = [MAGIC, status, msg.kind, msg.mb, msg.stage, len(tensors)]
     if len(head) + len(body) > words:
-        raise ValueError(f"stage {msg.stage} sends {n} tensors whose shapes need {len(head) + len(body)} "
+        raise ValueError(f"stage {msg.stage} sends {len(tensors)} tensors whose shapes need {len(head) + len(body)} "
                          f"control words > header_words={words}; raise header_words")
     return torch.tensor(head + body + [0] * (words - len(head) - len(body)), dtype=torch.int64)
 
 
-def decode_control(ctrl: torch.Tensor, kind: int, mb: int, stage: int, device) -> Message:
-    """Check ctrl is the expected message and allocate its tensors (None if the sender failed)."""
+def parse_control(ctrl: torch.Tensor, kind: int, mb: int, stage: int) -> Tuple[bool, Spec]:
+    """(failed, spec) of a control block, after checking it is the expected message."""
     w = ctrl.tolist()
     if w[0] != MAGIC or (w[2], w[3], w[4]) != (kind, mb, stage):
         what = "activations" if kind == ACTIVATION else "gradients"
         raise ProtocolError(f"expected {what} of mb {mb} from stage {stage}, got control block {w[:_FIXED]} "
                             f"(magic {MAGIC:#x}): do all ranks run the same schedule?")
-    if w[1] == FAILED:
-        return Message(kind, mb, stage, None)
-    tensors, pos = [], _FIXED
+    spec, pos = [], _FIXED
     for _ in range(w[5]):
-        dtype, ndim = DTYPES[w[pos]], w[pos + 1]
-        tensors.append(torch.empty(w[pos + 2:pos + 2 + ndim], dtype=dtype, device=device))
+        ndim = w[pos + 1]
+        spec.append((DTYPES[w[pos]], tuple(w[pos + 2:pos + 2 + ndim])))
         pos += 2 + ndim
-    return Message(kind, mb, stage, tuple(tensors))
+    return w[1] == FAILED, tuple(spec)
 
 
 @dataclass
@@ -101,6 +120,10 @@ class Recv:
     mb: int
     stage: int  # the sender's stage
 
+    @property
+    def key(self):
+        return ("recv", self.peer, self.kind, self.stage)
+
 
 class Exchanger:
     """Runs batches of sends/receives over one process group (see the module docstring)."""
@@ -109,63 +132,101 @@ class Exchanger:
         self.group = group
         self.words = header_words
         self.device = device
+        self.known: Dict[tuple, Spec] = {}   # specs learned this step, both directions
         # NCCL coalesces a batch into one work, which would make a round wait for its
         # sends; there each operation is posted on its own (still asynchronous).
         self.coalesces = dist.get_backend(group) == "nccl"
 
+    def reset(self):
+        """Forget learned specs (at the start of each step)."""
+        self.known.clear()
+
     def _post(self, ops: List[dist.P2POp]) -> list:
         if not ops:
             return []
-        if self.coalesces:
-            return [op.op(op.tensor, op.peer, op.group) for op in ops]
-        return dist.batch_isend_irecv(ops)
+        works = [op.op(op.tensor, op.peer, op.group) for op in ops] if self.coalesces else dist.batch_isend_irecv(ops)
+        if len(works) != len(ops):
+            raise RuntimeError(f"backend {dist.get_backend(self.group)} coalesced {len(ops)} p2p operations into "
+                               f"{len(works)} works; the pipeline needs one work per operation")
+        return works
 
     def _op(self, fn, tensor, peer):
         return dist.P2POp(fn, tensor, peer, self.group)
 
+    def _send_ops(self, sends: Sequence[Send]) -> list:
+        """Encode every send first (raising before anything is posted or learned)."""
+        ops, learned = [], {}
+        for s in sends:
+            msg, key = s.msg, ("send", s.peer, s.msg.kind, s.msg.stage)
+            known = learned.get(key, self.known.get(key))
+            if msg.tensors is not None and not msg.failed:
+                spec = spec_of(msg.tensors, msg.stage)
+                if known is not None and spec != known:
+                    raise ValueError(f"stage {msg.stage} changed the shapes it sends within a step: {known} -> {spec}")
+                learned.setdefault(key, spec)
+            elif known is not None:
+                msg = Message(msg.kind, msg.mb, msg.stage, allocate(known, self.device), failed=True)
+            ops.append(self._op(dist.isend, encode_control(msg, self.words).to(self.device), s.peer))
+            ops += [self._op(dist.isend, t.contiguous(), s.peer) for t in msg.tensors or ()]
+        self.known.update(learned)
+        return ops
+
     def exchange(self, sends: Sequence[Send], recvs: Sequence[Recv]) -> List[Message]:
         """Send all of sends, receive recvs (returned in the same order)."""
-        ops = []
-        for s in sends:
-            ops.append(self._op(dist.isend, encode_control(s.msg, self.words).to(self.device), s.peer))
-            ops += [self._op(dist.isend, t.contiguous(), s.peer) for t in s.msg.tensors or ()]
+        ops = self._send_ops(sends)
         queues: Dict[int, deque] = {}
         for i, r in enumerate(recvs):
             queues.setdefault(r.peer, deque()).append(i)
         results: List[Optional[Message]] = [None] * len(recvs)
-        pending, works = self._post_controls(queues, ops)
+        ctrls: Dict[int, torch.Tensor] = {}
+        pending, works = self._post_round(recvs, queues, ops, results, ctrls)
         while pending:
-            for work, _, _ in pending:
+            for work, _ in pending:
                 work.wait()
             ops = []
-            for _, i, ctrl in pending:
-                r = recvs[i]
-                results[i] = decode_control(ctrl, r.kind, r.mb, r.stage, self.device)
-                ops += [self._op(dist.irecv, t, r.peer) for t in results[i].tensors or ()]
-            pending, more = self._post_controls(queues, ops)
+            for _, i in pending:
+                ops += self._learn(recvs[i], ctrls.pop(i), results, i)
+            pending, more = self._post_round(recvs, queues, ops, results, ctrls)
             works += more
         for work in works:
             work.wait()
+        for i, ctrl in ctrls.items():  # messages whose spec was known: check what came
+            failed, spec = parse_control(ctrl, recvs[i].kind, recvs[i].mb, recvs[i].stage)
+            if spec != self.known[recvs[i].key]:
+                raise ProtocolError(f"stage {recvs[i].stage} sent shapes {spec}, expected {self.known[recvs[i].key]}")
+            results[i].failed = failed
         return results
 
-    def _post_controls(self, queues: Dict[int, deque], ops: list):
-        """Post ops plus the next control receive of each peer.
+    def _learn(self, r: Recv, ctrl: torch.Tensor, results: list, i: int) -> list:
+        """A first message's control block arrived: allocate and receive its tensors."""
+        failed, spec = parse_control(ctrl, r.kind, r.mb, r.stage)
+        if failed:
+            results[i] = Message(r.kind, r.mb, r.stage, None, failed=True)
+            return []
+        self.known[r.key] = spec
+        results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
+        return [self._op(dist.irecv, t, r.peer) for t in results[i].tensors]
 
-        Returns (control receives as (work, recv index, buffer), works of the other ops).
-        The two lists are disjoint: a gloo work must be waited exactly once (a second
-        wait on a finished receive blocks forever).
+    def _post_round(self, recvs, queues: Dict[int, deque], ops: list, results: list, ctrls: dict):
+        """Post ops and each peer's next receives (see the module docstring).
+
+        Returns ((work, index) of the control blocks to wait for, works of everything
+        else).  Each work is waited exactly once: a second wait on a finished gloo
+        receive blocks forever.
         """
-        controls = []
+        waits = []
         for peer, queue in queues.items():
-            if queue:
+            while queue:
                 i = queue.popleft()
-                ctrl = torch.empty(self.words, dtype=torch.int64, device=self.device)
-                controls.append((len(ops), i, ctrl))
-                ops.append(self._op(dist.irecv, ctrl, peer))
+                r = recvs[i]
+                ctrls[i] = torch.empty(self.words, dtype=torch.int64, device=self.device)
+                ops.append(self._op(dist.irecv, ctrls[i], peer))
+                spec = self.known.get(r.key)
+                if spec is None:
+                    waits.append((len(ops) - 1, i))
+                    break
+                results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
+                ops += [self._op(dist.irecv, t, peer) for t in results[i].tensors]
         works = self._post(ops)
-        if len(works) != len(ops):
-            raise RuntimeError(f"backend {dist.get_backend(self.group)} coalesced {len(ops)} p2p operations into "
-                               f"{len(works)} works; the pipeline needs one work per operation")
-        is_control = {k for k, _, _ in controls}
-        others = [w for k, w in enumerate(works) if k not in is_control]
-        return [(works[k], i, ctrl) for k, i, ctrl in controls], others
+        first = {k for k, _ in waits}
+        return [(works[k], i) for k, i in waits], [w for k, w in enumerate(works) if k not in first]

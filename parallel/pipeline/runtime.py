@@ -175,6 +175,7 @@ class PipelineRuntime:
         start = time.perf_counter()
         if self._exchanger is None:
             self._first_step()
+        self._exchanger.reset()
         st = self._begin(inputs, targets)
         acts = self.schedule.actions[self.pp_rank]
         i = 0
@@ -317,7 +318,7 @@ class PipelineRuntime:
     def _deliver(self, st: _Step, batch, msgs):
         recv_acts = [a for a in batch if a.op in ("RECV_F", "RECV_B")]
         for act, msg in zip(recv_acts, msgs):
-            if msg.tensors is None:
+            if msg.failed or msg.tensors is None:
                 st.poisoned = True  # the sender failed: stop computing, keep the schedule moving
             elif not st.poisoned:
                 if act.op == "RECV_F":

@@ -152,7 +152,8 @@ def _failure(pp_rank, p, where):
     rt = _runtime(mine, sched, pp_rank, list(range(p)))
     bomb = None
     if pp_rank == culprit and where != "loss":
-        bomb = rt.stages[pp_rank] = Bomb(rt.stages[pp_rank], where, mb=2)
+        # mb 0: the failure travels before any shape is known; mb 2: after (zero fillers)
+        bomb = rt.stages[pp_rank] = Bomb(rt.stages[pp_rank], where, mb=0 if where == "forward" else 2)
     calls = []
     if where == "loss" and pp_rank == culprit:
         def bad_loss(out, target):

@@ -1,0 +1,195 @@
+"""Pipeline bubble and activation memory, measured against the schedules' predictions.
+
+    python benchmarks/pipeline_bubble.py                 # p = 2 and 4, m = 4, 8, 16
+    python benchmarks/pipeline_bubble.py --p 4 --m 8 --fwd-ms 20 --bwd-ms 40 --steps 3
+
+Every stage *sleeps* for its cost (forward fwd_ms / v, backward bwd_ms / v per
+micro-batch) instead of computing: this machine runs the ranks as processes on a couple of
+shared cores, where real matmuls would measure CPU contention, not the schedule.  With
+sleeping stages the ranks do not compete, so the measured idle time is the schedule's
+bubble plus the real gloo message latency.
+
+Columns:
+  step_ms      wall time of one step (slowest rank), mean over --steps after a warm-up
+  bubble       measured: 1 - (time in F/B actions) / step time, mean over ranks
+  predicted    the checker's simulation of the schedule (communication free)
+  pred+lat     the same simulation with each message costing the one-way latency
+               measured at start-up (control block + small tensor, rank 0 <-> 1)
+  formula      (p-1)/(m+p-1), the 1F1B / GPipe textbook bubble
+  meas/form    bubble / formula
+  peak stash   most (micro-batch, stage) activations held for backward at once, per rank,
+               counted by the runtime (an interleaved stage is 1/v of a rank's layers)
+Then two summary lines: 1F1B's bubble against the formula (target: within 10 %), and the
+cut interleaving with v = 2 gives over 1F1B at the same p and m (target: >= 1.5x).
+"""
+import argparse
+import os
+import socket
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+WIDTH = 64  # activation features; small, so messages cost latency, not bandwidth
+
+
+class _Sleep(torch.autograd.Function):
+    """y = x * w, sleeping fwd_s in forward and bwd_s in backward."""
+
+    @staticmethod
+    def forward(ctx, x, w, fwd_s, bwd_s):
+        time.sleep(fwd_s)
+        ctx.bwd_s = bwd_s
+        ctx.save_for_backward(x, w)
+        return x * w
+
+    @staticmethod
+    def backward(ctx, g):
+        time.sleep(ctx.bwd_s)
+        x, w = ctx.saved_tensors
+        return g * w, (g * x).sum(0), None, None
+
+
+class SleepStage(nn.Module):
+    def __init__(self, fwd_s, bwd_s):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(WIDTH))
+        self.fwd_s, self.bwd_s = fwd_s, bwd_s
+
+    def forward(self, x):
+        return _Sleep.apply(x, self.w, self.fwd_s, self.bwd_s)
+
+
+def _latency(rank, p, n=60):
+    """One-way time of one pipeline message (control block + a small tensor), rank 0 <-> 1."""
+    from hcomm.parallel.pipeline.p2p import ACTIVATION, Exchanger, Message, Recv, Send
+
+    ex, x = Exchanger(None, 64, torch.device("cpu")), torch.randn(2, WIDTH)
+    ping, pong = Send(1 - rank, Message(ACTIVATION, 0, 0, (x,))), Recv(1 - rank, ACTIVATION, 0, 0)
+    start = 0.0
+    for i in range(n + 10 if rank < 2 else 0):
+        if i == 10:  # the first messages open gloo's connection; not timed
+            start = time.perf_counter()
+        for op in ((ping, pong) if rank == 0 else (pong, ping)):
+            ex.exchange([op], []) if isinstance(op, Send) else ex.exchange([], [op])
+    # specs are known after the first message: like a pipeline's steady state
+    one_way = torch.tensor([(time.perf_counter() - start) / (2 * n)], dtype=torch.float64)
+    dist.broadcast(one_way, 0)
+    return float(one_way)
+
+
+def _measure(rank, p, name, m, v, args, latency):
+    from hcomm.parallel.pipeline import build_schedule, check_schedule
+    from hcomm.parallel.pipeline.runtime import PipelineRuntime
+
+    sched = build_schedule(name, p, m, v)
+    f, b = args.fwd_ms / 1e3 / v, args.bwd_ms / 1e3 / v
+    stages = {s: SleepStage(f, b) for s in sched.stages_of(rank)}
+    rt = PipelineRuntime(stages, sched, lambda out, t: (out * out).mean(), pp_rank=rank, pp_ranks=list(range(p)))
+    x = torch.randn(m * 2, WIDTH)
+    rows = []
+    for i in range(args.steps + 1):
+        rt.step(x, None)
+        if i:  # step 0 is the warm-up (connections, schedule agreement)
+            rows.append([rt.stats.step_s, rt.stats.compute_s, rt.stats.peak_stashed])
+    mine = torch.tensor(rows, dtype=torch.float64).mean(0)
+    everyone = [torch.empty_like(mine) for _ in range(p)]
+    dist.all_gather(everyone, mine)
+    step_s = max(float(t[0]) for t in everyone)
+    bubble = sum(1 - float(t[1]) / step_s for t in everyone) / p
+    peaks = [int(t[2]) for t in everyone]
+    with_latency = check_schedule(sched, args.fwd_ms, args.bwd_ms, latency * 1e3).bubble_fraction
+    return dict(name=name, p=p, v=v, m=m, step_ms=step_s * 1e3, bubble=bubble, latency_ms=latency * 1e3,
+                predicted=rt.report.bubble_fraction, with_latency=with_latency, peaks=peaks)
+
+
+def _worker(rank, p, port, configs, args, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=p)
+    try:
+        latency = _latency(rank, p)
+        results = [_measure(rank, p, *cfg, args, latency) for cfg in configs]
+        if rank == 0:
+            out.put(results)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(p, configs, args):
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, p, port, configs, args, out)) for r in range(p)]
+    for proc in procs:
+        proc.start()
+    results = out.get(timeout=600)
+    for proc in procs:
+        proc.join(timeout=60)
+    return results
+
+
+def _table(results):
+    head = f"{'schedule':<12}{'p':>3}{'v':>3}{'m':>4}{'step_ms':>10}{'bubble':>9}{'predicted':>11}" \
+           f"{'pred+lat':>10}{'formula':>9}{'meas/form':>11}  peak stash per rank"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        formula = (r["p"] - 1) / (r["m"] + r["p"] - 1)
+        lines.append(f"{r['name']:<12}{r['p']:>3}{r['v']:>3}{r['m']:>4}{r['step_ms']:>10.1f}{r['bubble']:>9.3f}"
+                     f"{r['predicted']:>11.3f}{r['with_latency']:>10.3f}{formula:>9.3f}{r['bubble'] / formula:>11.2f}"
+                     f"  {r['peaks']}")
+    return "\n".join(lines)
+
+
+def _summary(results):
+    by = {(r["name"], r["p"], r["m"]): r for r in results}
+    lines = []
+    for (name, p, m), r in sorted(by.items()):
+        if name != "1f1b":
+            continue
+        formula = (p - 1) / (m + p - 1)
+        dev = r["bubble"] / formula - 1
+        inter = by.get(("interleaved", p, m))
+        cut = f"; interleaved v=2 bubble {inter['bubble']:.3f}, cut {r['bubble'] / inter['bubble']:.2f}x " \
+              f"[{'ok' if r['bubble'] / inter['bubble'] >= 1.5 else 'below 1.5x'}]" if inter else ""
+        peak_ok = "ok" if max(r["peaks"]) <= p else "EXCEEDS p"
+        lines.append(f"p={p} m={m:>2}: 1F1B bubble {r['bubble']:.3f} vs {formula:.3f} ({dev:+.1%} "
+                     f"[{'ok' if abs(dev) <= 0.10 else 'outside 10%'}]); peak stash {max(r['peaks'])} <= p={p} "
+                     f"[{peak_ok}]{cut}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--p", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--m", type=int, nargs="+", default=[4, 8, 16])
+    ap.add_argument("--fwd-ms", type=float, default=20.0, help="forward cost of one rank's layers per micro-batch")
+    ap.add_argument("--bwd-ms", type=float, default=40.0, help="backward cost of one rank's layers per micro-batch")
+    ap.add_argument("--steps", type=int, default=3)
+    args = ap.parse_args(argv)
+    results = []
+    for p in args.p:
+        configs = []
+        for m in args.m:
+            configs += [("gpipe", m, 1), ("1f1b", m, 1)]
+            if m >= p and m % p == 0:
+                configs.append(("interleaved", m, 2))
+        results += run(p, configs, args)
+    lat = ", ".join(f"p={p}: {r['latency_ms']:.2f} ms" for p, r in {r["p"]: r for r in results}.items())
+    print(f"sleep-based stages: forward {args.fwd_ms} ms + backward {args.bwd_ms} ms per micro-batch per rank "
+          f"(split over v chunks); gloo, {args.steps} timed steps after a warm-up; "
+          f"one-way message latency {lat}")
+    print(_table(results))
+    print(_summary(results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
