@@ -146,11 +146,16 @@ def _planter(count, spec):
     return tamper
 
 
+# Limit on each blocking call (init included) handed to hcomm and gloo: far above any
+# single call here, far below --timeout, so a hung collective fails with its own error.
+OP_TIMEOUT = 120
+
+
 def run_impl(name, world, spec, args):
     """Sweep one implementation on this rank; Unsupported becomes a skipped result."""
     progress = ProgressLine(f"{name} {spec.collective}", world.rank == 0 and (args.progress or sys.stderr.isatty()))
     try:
-        runner = open_runner(name, world, spec, args.timeout)
+        runner = open_runner(name, world, spec, min(args.timeout, OP_TIMEOUT))
     except Unsupported as e:
         return impl_result("skipped", str(e), launcher=world.launcher)
     try:

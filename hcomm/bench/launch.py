@@ -148,11 +148,23 @@ def _wait_all(procs, timeout):
     return False
 
 
+def _die_with_parent():
+    """In the child before exec: Linux sends SIGKILL when the parent dies, so ranks
+    never outlive a parent that was itself killed (a test timeout, ^C twice)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: _stop() still cleans up on every normal exit path
+
+
 def _start(cmd, env, stderr_path, inherit_stderr):
     err = None if inherit_stderr else open(stderr_path, "w")
     try:
         # own process group: a timeout can kill a rank and everything it started
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     finally:
         if err is not None:
             err.close()

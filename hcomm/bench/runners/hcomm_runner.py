@@ -33,35 +33,37 @@ class HcommRunner(Runner):
         else:
             self.comm = hcomm.init(timeout=timeout)
         self._hcomm = hcomm
-        self.red = {"op": spec.op, "algo": spec.algo}
-        self.mov = {"algo": spec.algo}
-
-    def supports_in_place(self):
-        # hcomm's alltoall has no documented in-place form
-        return super().supports_in_place() and self.spec.collective != "alltoall"
+        # --algo reaches the collectives that take one (allreduce, reduce, broadcast)
+        self.algo = spec.algo
 
     def _allreduce(self, s, r, ip):
-        self.comm.allreduce(r, **self.red) if ip else self.comm.allreduce(s, out=r, **self.red)
+        if ip:
+            self.comm.allreduce(r, op=self.spec.op, algo=self.algo)
+        else:
+            self.comm.allreduce(s, out=r, op=self.spec.op, algo=self.algo)
 
     def _reduce(self, s, r, ip):
         root = self.spec.root
         if ip:
-            self.comm.reduce(r, root=root, **self.red)
+            self.comm.reduce(r, root=root, op=self.spec.op, algo=self.algo)
         else:
-            self.comm.reduce(s, out=r, root=root, **self.red)
+            self.comm.reduce(s, out=r, root=root, op=self.spec.op, algo=self.algo)
 
     def _broadcast(self, s, r, ip):
         root = self.spec.root
-        self.comm.broadcast(r, root=root, **self.mov) if ip else self.comm.broadcast(s, out=r, root=root, **self.mov)
+        if ip:
+            self.comm.broadcast(r, root=root, algo=self.algo)
+        else:
+            self.comm.broadcast(s, out=r, root=root, algo=self.algo)
 
     def _allgather(self, s, r, ip):
-        self.comm.allgather(s, r, **self.mov)  # in place: s is r's rank-th block
+        self.comm.allgather(s, r)  # in place: s is r's rank-th block
 
     def _reduce_scatter(self, s, r, ip):
-        self.comm.reduce_scatter(s, r, **self.red)  # in place: r is s's rank-th block
+        self.comm.reduce_scatter(s, r, op=self.spec.op)  # in place: r is s's rank-th block
 
     def _alltoall(self, s, r, ip):
-        self.comm.alltoall(s, r, **self.mov)
+        self.comm.alltoall(s, r)  # in place (s is r): hcomm copies the input first
 
     def _sendrecv(self, s, r, ip):
         # Blocking send/recv: even ranks send first and odd ranks receive first, so a
