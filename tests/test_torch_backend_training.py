@@ -73,7 +73,7 @@ def check_ddp(rank, n):
                {"hook": averaging_hook, "gradient_as_bucket_view": True}):
         got = train_ddp(rank, n, **kw)
         for k, (a, b) in enumerate(zip(got, ref)):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"DDP {kw} param {k}: {m}")
+            close(a, b, f"DDP {kw} param {k}")
 
 
 # ---------------------------------------------------------------- FSDP2
@@ -92,7 +92,7 @@ def check_fsdp2(rank, n):
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
     for k, (p, r) in enumerate(zip(model.parameters(), ref)):
-        torch.testing.assert_close(p.full_tensor(), r, rtol=1e-5, atol=1e-6, msg=lambda m: f"FSDP2 param {k}: {m}")
+        close(p.full_tensor(), r, f"FSDP2 param {k}")
 
 
 # ---------------------------------------------------------------- async, timeout
