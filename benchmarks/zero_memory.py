@@ -11,6 +11,8 @@ For each stage x dtype it trains a few AdamW steps on N ranks, then reports on r
 - comm/Ψ: logical bytes of one step's reduce-scatters and all-gathers (buffer sizes,
   see hcomm/parallel/zero/comm.py) in units of Ψ x bytes per element: 2 for stages 1
   and 2, 3 for stage 3; the stage-3 control-flow checks are listed apart (bytes, calls);
+- storages: a second, independent count of the same model state: the distinct storages
+  behind parameters, gradients, shards and optimizer state (by storage pointer);
 - transient peaks: gathered parameter buffers and communication buckets.
 """
 import argparse
@@ -45,6 +47,21 @@ def train_steps(model, zopt, steps, rank, hidden, keep_grads=False):
             zopt.zero_grad()
 
 
+def storage_bytes(model, zopt):
+    """Independent count: distinct storages behind the model's parameters and gradients, the
+    shards (master, grad, stage-3 local copy) and the optimizer state, by storage pointer."""
+    tensors = [t for p in model.parameters() for t in (p, p.grad) if t is not None]
+    for s in zopt.shards:
+        tensors += [t for t in (s.master, s.grad) if t is not None]
+        tensors += [t for t in zopt.inner.state.get(s.master, {}).values() if torch.is_tensor(t)]
+    tensors += [u.local for u in getattr(zopt.engine, "units", [])]
+    seen = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
 def measure(rank, stage, dtype, args):
     model = make_model(args.hidden, args.layers)
     zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, bucket_mb=args.bucket_mb,
@@ -58,7 +75,7 @@ def measure(rank, stage, dtype, args):
     b = zopt.comm.bytes
     return {"stage": stage, "dtype": str(dtype).replace("torch.", ""), "psi": zopt.psi,
             "formula": plan.row("model state").formula, "formula_bytes": plan.model_state_formula,
-            "real": plan.model_state_real,
+            "real": plan.model_state_real, "storages": storage_bytes(model, zopt),
             "comm_psi": (b["reduce_scatter"] + b["all_gather"]) / (zopt.psi * elem),
             "check_bytes": b["check"], "check_calls": zopt.comm.calls["check"],
             "gathered": plan.row("gathered buffers").real_bytes, "buckets": plan.row("comm buckets").real_bytes,
@@ -79,11 +96,11 @@ def worker(rank, world, port, args, out):
 def print_table(rows, world):
     print(f"\nZeRO model state per rank, N={world}, Ψ={rows[0]['psi']:,} (gloo, CPU); bound = {BOUND} x formula")
     print(f"{'stage':>5} {'dtype':>9} {'formula':>12} {'formula B':>12} {'real B':>12} {'real/formula':>12} "
-          f"{'<= bound':>8} {'comm/Ψ':>7} {'check B (calls)':>16} {'gathered B':>11} {'buckets B':>10}")
+          f"{'<= bound':>8} {'storages B':>12} {'comm/Ψ':>7} {'check B (calls)':>16} {'gathered B':>11} {'buckets B':>10}")
     for r in rows:
         ratio = r["real"] / r["formula_bytes"]
         print(f"{r['stage']:>5} {r['dtype']:>9} {r['formula']:>12} {r['formula_bytes']:>12,.0f} {r['real']:>12,} "
-              f"{ratio:>12.3f} {str(ratio <= BOUND):>8} {r['comm_psi']:>7.3f} "
+              f"{ratio:>12.3f} {str(ratio <= BOUND):>8} {r['storages']:>12,} {r['comm_psi']:>7.3f} "
               f"{r['check_bytes']:>9,} ({r['check_calls']:>3}) {r['gathered']:>11,} {r['buckets']:>10,}")
 
 

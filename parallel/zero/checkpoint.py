@@ -32,7 +32,7 @@ def _shard_file(path, rank, world_size):
 def save_sharded(zopt, path):
     """Every rank writes its shard file; group rank 0 writes meta.json. Collective."""
     comm = zopt.comm
-    zopt.engine.finish_gradients()
+    zopt.engine.inflight.drain()   # outstanding reduce-scatters land in the (unsaved) grad shards
     os.makedirs(path, exist_ok=True)
     buffers = [{"master": s.master.detach().clone(),
                 "state": {k: (v.clone() if torch.is_tensor(v) else v)
@@ -146,7 +146,7 @@ def full_state_dict(zopt):
     if comm.rank != 0:
         return {}
     if zopt.module is None:
-        return out
+        return {n: out[n] for n in zopt.param_names}   # the order the parameters were given in
     # The module's keys and order; a tied parameter (two keys, one tensor) maps by identity.
     name_of = {id(p): n for n, p in zopt.module.named_parameters()}
     result = {}

@@ -28,10 +28,11 @@ ROWS = ("parameters", "gradients", "master weights", "optimizer state")
 TRANSIENT = ("gathered buffers", "comm buckets")
 
 
-def probe_state_bytes_per_element(optimizer_cls, optim_kwargs):
-    """Bytes of per-element state optimizer_cls keeps, found by one step on a 3-element tensor."""
-    p = torch.zeros(3, requires_grad=True)
-    p.grad = torch.ones(3)
+def probe_state_bytes_per_element(optimizer_cls, optim_kwargs, device="cpu"):
+    """Bytes of per-element state optimizer_cls keeps, found by one step on a 3-element tensor
+    on the parameters' device (some options, e.g. fused=True, exist only on some devices)."""
+    p = torch.zeros(3, requires_grad=True, device=device)
+    p.grad = torch.ones(3, device=device)
     opt = optimizer_cls([p], **optim_kwargs)
     opt.step()
     return sum(t.element_size() for t in opt.state[p].values() if torch.is_tensor(t) and t.numel() == 3)

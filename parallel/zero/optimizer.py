@@ -103,8 +103,9 @@ class ZeroOptimizer:
         self.clip_grad_norm = clip_grad_norm
         self.bucket_bytes = int(bucket_mb * 2 ** 20)
         self.psi = sum(p.numel() for named, _ in groups for _, p in named)
+        self.param_names = [n for named, _ in groups for n, _ in named]   # input order
         self.optimizer_cls = optimizer_cls
-        self.state_bytes_per_element = probe_state_bytes_per_element(optimizer_cls, optim_kwargs)
+        self.state_bytes_per_element = probe_state_bytes_per_element(optimizer_cls, optim_kwargs, self.comm.device)
         if mixed_precision is not None and module is not None:
             module.register_forward_pre_hook(self._cast_inputs, with_kwargs=True, prepend=True)
         if stage == 3:

@@ -163,6 +163,8 @@ class Stage12Engine:
         """Copy the updated master shards into the parameters of every rank (all-gather)."""
         works = []
         for b in self.buckets:
+            if self.stage == 1:
+                b.shard.grad = None   # rebuilt from p.grad at every step: free it in between
             mine = b.flat[b.lo:b.hi]
             if mine.data_ptr() != b.shard.master.data_ptr():
                 mine.copy_(b.shard.master)

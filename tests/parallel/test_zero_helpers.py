@@ -121,6 +121,33 @@ def accumulation_clip_body(rank, world_size, group=None):
     return True
 
 
+def _split_decay(model):
+    decay = [p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2]
+    rest = [p for n, p in model.named_parameters() if not (n.endswith("weight") and p.dim() == 2)]
+    return [{"params": decay, "weight_decay": WD}, {"params": rest, "weight_decay": 0.0, "lr": LR / 2}]
+
+
+def param_groups_body(rank, world_size, group=None):
+    """Stages 1 and 2 (no overlap) on two param groups (decay/no decay, different lr)."""
+    ref = make_model()
+    ref_groups = _split_decay(ref)
+    ref_opt = torch.optim.AdamW(ref_groups, lr=LR)
+    reference_run(world_size, 3, model=ref, opt=ref_opt)
+    ref_by_param = [p for g in ref_groups for p in g["params"]]
+    for stage, overlap in ((1, True), (2, False)):
+        model = make_model()
+        zopt = ZeroOptimizer(_split_decay(model), torch.optim.AdamW, stage=stage, group=group, bucket_mb=0.0005,
+                             overlap=overlap, print_plan=False, lr=LR)
+        zero_run(rank, world_size, stage, torch.float32, 3, zopt=zopt, model=model)
+        full = zopt.full_state_dict()
+        if rank == 0:
+            assert list(full) == [f"param.{i}" for i in range(len(ref_by_param))]
+            for i, want in enumerate(ref_by_param):
+                torch.testing.assert_close(full[f"param.{i}"], want.detach(), **TOL[torch.float32],
+                                           msg=lambda m: f"stage {stage} param group test param.{i}: {m}")
+    return True
+
+
 def unit_granularity_body(rank, world_size, group=None):
     """Stage 3 with the root and coarser units (a class list), no overlap and no check."""
     ref = reference_run(world_size, 3)[0] if rank == 0 else None
@@ -265,7 +292,7 @@ def stages_job(rank, world_size):
     """dp = 1..world_size as sub-groups of one world: ranks [0, dp) run the cases with
     group=that sub-group (which also tests passing a group that is not the world)."""
     torch.set_num_threads(1)
-    extra = {2: [unit_granularity_body, accumulation_clip_body], 3: [comm_and_memory_body]}
+    extra = {2: [unit_granularity_body, accumulation_clip_body], 3: [comm_and_memory_body, param_groups_body]}
     groups = {dp: dist.new_group(list(range(dp))) for dp in range(1, world_size + 1)}   # collective
     done = []
     for dp, group in groups.items():
