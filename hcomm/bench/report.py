@@ -1,5 +1,4 @@
 """Turning rows into nccl-tests' table, the JSON document, the comparison and a plot."""
-import math
 import sys
 
 SCHEMA = "hcomm-bench/1"
@@ -210,5 +209,3 @@ class ProgressLine:
             self.stream.flush()
 
 
-def is_finite_number(x):
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -87,7 +87,17 @@ class HcommRunner(Runner):
         return buf
 
     def info(self):
-        return {"version": getattr(self._hcomm, "__version__", None), "algo": self.spec.algo or "auto"}
+        try:
+            from importlib.metadata import version
+
+            ver = f"hcomm {version('hcomm')}"
+        except Exception:  # noqa: BLE001 - not installed as a distribution: no version to show
+            ver = "hcomm"
+        cfg = self._hcomm.build_config
+        info = {"version": ver, "algo": self.spec.algo or "auto", "build": cfg() if callable(cfg) else cfg}
+        if hasattr(self.comm, "transports"):
+            info["transports"] = list(self.comm.transports())
+        return info
 
     def close(self):
         self.comm.close()
