@@ -79,7 +79,7 @@ def test_count_mismatch_errors_within_timeout(monkeypatch):
     for elapsed, msg in results:
         assert elapsed < 3 + 2, msg
         assert "allreduce #" in msg and "rank" in msg, msg
-    assert any("size mismatch" in m or "timed out" in m for _, m in results)
+    assert any("mismatch" in m and "count 1000" in m and "count 999" in m for _, m in results), results
 
 
 def _missing_rank_body(rank, size, uid):
@@ -108,3 +108,26 @@ def test_bootstrap_times_out_when_ranks_are_missing():
     with pytest.raises(hcomm.Error, match="never joined|in time|timed out"):
         hcomm.init(rank=0, size=2, unique_id=uid, timeout=2)
     assert time.monotonic() - t < 6
+
+
+def _desync_body(comm):
+    x = np.ones(1024, np.float32)
+    comm.barrier()
+    try:  # the broadcast root only sends, so it may finish; the receiving side must raise
+        if comm.rank == 0:
+            comm.broadcast(x, root=0)
+        else:
+            comm.allreduce(x, algo="ring")
+    except hcomm.Error as e:
+        return str(e)
+    return ""
+
+
+def test_desync_names_both_collectives(monkeypatch):
+    monkeypatch.setenv("HCOMM_TIMEOUT", "3")
+    msgs = run_comm(_desync_body, 2, timeout=30)
+    assert msgs[1], "the rank that received a broadcast message inside its allreduce did not raise"
+    joined = "\n".join(msgs)
+    assert "collective mismatch" in joined, joined
+    assert "broadcast(float32, count 1024, root 0)" in joined and "allreduce(float32, sum, count 1024)" in joined, joined
+    assert "#1" in joined  # the call's sequence number (barrier was #0)

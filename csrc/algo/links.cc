@@ -8,10 +8,12 @@
 
 namespace hcomm {
 
-Links::Links(int rank, int size, std::vector<Route> routes, uint64_t tagBase, DataType dtype, ReduceOp op,
+Links::Links(int rank, int size, std::vector<Route> routes, uint64_t tagBase, uint64_t fingerprint, DataType dtype,
+             ReduceOp op,
              std::chrono::steady_clock::time_point deadline, WaitPolicy policy,
              std::function<std::string()> describe)
-    : rank_(rank), size_(size), routes_(std::move(routes)), tagBase_(tagBase), dtype_(dtype), op_(op),
+    : rank_(rank), size_(size), routes_(std::move(routes)), tagBase_(tagBase), fingerprint_(fingerprint),
+      dtype_(dtype), op_(op),
       elemSize_(dtypeSize(dtype)), deadline_(deadline), policy_(policy), describe_(std::move(describe)) {
   for (const Route& r : routes_)
     if (r.transport && std::find(transports_.begin(), transports_.end(), r.transport) == transports_.end())
@@ -20,12 +22,12 @@ Links::Links(int rank, int size, std::vector<Route> routes, uint64_t tagBase, Da
 
 RequestPtr Links::isend(int peer, const void* buf, size_t bytes, int channel) {
   const Route& r = routes_.at(peer);
-  return r.transport->isend(r.peer, tagBase_ + channel, buf, bytes);
+  return r.transport->isend(r.peer, tagBase_ + channel, buf, bytes, fingerprint_);
 }
 
 RequestPtr Links::irecv(int peer, void* buf, size_t bytes, int channel) {
   const Route& r = routes_.at(peer);
-  return r.transport->irecv(r.peer, tagBase_ + channel, buf, bytes, nullptr);
+  return r.transport->irecv(r.peer, tagBase_ + channel, buf, bytes, nullptr, fingerprint_);
 }
 
 RequestPtr Links::irecvReduce(int peer, void* dst, const void* src, size_t bytes, int channel) {
@@ -34,7 +36,7 @@ RequestPtr Links::irecvReduce(int peer, void* dst, const void* src, size_t bytes
   spec.src = src;
   spec.dtype = dtype_;
   spec.op = op_;
-  return r.transport->irecv(r.peer, tagBase_ + channel, dst, bytes, &spec);
+  return r.transport->irecv(r.peer, tagBase_ + channel, dst, bytes, &spec, fingerprint_);
 }
 
 int Links::recvAny(void* buf, size_t bytes, int channel, size_t* got) {
@@ -139,7 +141,8 @@ Links Links::sub(const std::vector<int>& ranks, int channelBase) const {
     if (ranks[i] == rank_) me = static_cast<int>(i);
   }
   if (me < 0) throw Error("Links::sub: this rank is not in the subset");
-  return Links(me, static_cast<int>(ranks.size()), std::move(routes), tagBase_ + channelBase, dtype_, op_,
+  return Links(me, static_cast<int>(ranks.size()), std::move(routes), tagBase_ + channelBase, fingerprint_,
+               dtype_, op_,
                deadline_, policy_, describe_);
 }
 

@@ -33,7 +33,9 @@ struct WaitPolicy {
 
 class Links {
  public:
-  Links(int rank, int size, std::vector<Route> routes, uint64_t tagBase, DataType dtype, ReduceOp op,
+  // fingerprint: the collective's signature, sent with and checked against every message.
+  Links(int rank, int size, std::vector<Route> routes, uint64_t tagBase, uint64_t fingerprint, DataType dtype,
+        ReduceOp op,
         std::chrono::steady_clock::time_point deadline, WaitPolicy policy, std::function<std::string()> describe);
 
   int rank() const { return rank_; }
@@ -74,6 +76,7 @@ class Links {
   std::vector<Route> routes_;
   std::vector<Transport*> transports_;  // distinct, for progress
   uint64_t tagBase_;
+  uint64_t fingerprint_;
   DataType dtype_;
   ReduceOp op_;
   size_t elemSize_;

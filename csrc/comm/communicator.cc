@@ -190,7 +190,10 @@ Links Communicator::makeLinks(uint64_t tagBase, const CollectiveInfo& info, uint
   ReduceOp op = info.reduceOp;
   if (op == ReduceOp::AVG || op == ReduceOp::PREMUL_SUM) op = ReduceOp::SUM;
   // Described lazily: only an error needs the words.
-  return Links(rank_, size_, routes_, tagBase, info.dtype, op, deadline, world_->policy,
+  uint64_t fp = info.kind == CollKind::NONE ? 0
+                : makeFingerprint(info.kind, info.dtype, info.reduceOp, info.root,
+                                  info.kind == CollKind::ALLTOALL ? 0 : info.count);  // alltoallv counts differ
+  return Links(rank_, size_, routes_, tagBase, fp, info.dtype, op, deadline, world_->policy,
                [this, info, seq] { return describe(info, seq); });
 }
 
@@ -370,7 +373,7 @@ void postscale(DataType dt, ReduceOp op, int n, void* out, size_t count) {
 WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
                                 const std::string& algo, bool async) {
   checkUsable();
-  CollectiveInfo info{"allreduce", dt, count, -1, chooseAllreduce(count * dtypeSize(dt), algo), op};
+  CollectiveInfo info{"allreduce", CollKind::ALLREDUCE, dt, count, -1, chooseAllreduce(count * dtypeSize(dt), algo), op};
   size_t seg = segmentBytes(info.algo == "tree" ? "HCOMM_TREE_SEGMENT_BYTES" : "HCOMM_RING_SEGMENT_BYTES",
                             info.algo == "tree" ? (512u << 10) : (4u << 20));
   int n = size_;
@@ -397,7 +400,7 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
   checkRoot(root, "root");
   if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial")
     throw Error("unknown reduce algorithm '" + algo + "' (binomial)");
-  CollectiveInfo info{"reduce", dt, count, root, "binomial", op};
+  CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, "binomial", op};
   size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
@@ -423,7 +426,7 @@ WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataTyp
   checkRoot(root, "root");
   if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial")
     throw Error("unknown broadcast algorithm '" + algo + "' (binomial)");
-  CollectiveInfo info{"broadcast", dt, count, root, "binomial", ReduceOp::SUM};
+  CollectiveInfo info{"broadcast", CollKind::BROADCAST, dt, count, root, "binomial", ReduceOp::SUM};
   size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
   int me = rank_, n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
@@ -438,7 +441,7 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   if (static_cast<int>(counts.size()) != size_)
     throw Error("allgatherv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
-  CollectiveInfo info{"allgather", dt, counts[rank_], -1, "ring", ReduceOp::SUM};
+  CollectiveInfo info{"allgather", CollKind::ALLGATHER, dt, total, -1, "ring", ReduceOp::SUM};
   int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
@@ -456,7 +459,7 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
   if (static_cast<int>(counts.size()) != size_)
     throw Error("reduce_scatterv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
-  CollectiveInfo info{"reduce_scatter", dt, counts[rank_], -1, "ring", op};
+  CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, "ring", op};
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
@@ -482,7 +485,7 @@ WorkPtr Communicator::alltoallv(const void* in, std::vector<size_t> sendCounts, 
   for (auto* v : {&sendCounts, &sendDispls, &recvCounts, &recvDispls})
     if (static_cast<int>(v->size()) != size_)
       throw Error("alltoallv: every count/displacement list needs " + std::to_string(size_) + " entries");
-  CollectiveInfo info{"alltoall", dt, std::accumulate(sendCounts.begin(), sendCounts.end(), size_t(0)), -1,
+  CollectiveInfo info{"alltoall", CollKind::ALLTOALL, dt, std::accumulate(sendCounts.begin(), sendCounts.end(), size_t(0)), -1,
                       "pairwise", ReduceOp::SUM};
   return submit(info, false, 0, [=](Links& l, Work&) {
     algo::alltoallvPairwise(l, in, sendCounts, sendDispls, out, recvCounts, recvDispls);
@@ -492,7 +495,7 @@ WorkPtr Communicator::alltoallv(const void* in, std::vector<size_t> sendCounts, 
 WorkPtr Communicator::gather(const void* in, void* out, size_t count, DataType dt, int root, bool async) {
   checkUsable();
   checkRoot(root, "root");
-  CollectiveInfo info{"gather", dt, count, root, "linear", ReduceOp::SUM};
+  CollectiveInfo info{"gather", CollKind::GATHER, dt, count, root, "linear", ReduceOp::SUM};
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count) algo::gatherLinear(l, in, out, count, root);
   }, async);
@@ -501,7 +504,7 @@ WorkPtr Communicator::gather(const void* in, void* out, size_t count, DataType d
 WorkPtr Communicator::scatter(const void* in, void* out, size_t count, DataType dt, int root, bool async) {
   checkUsable();
   checkRoot(root, "root");
-  CollectiveInfo info{"scatter", dt, count, root, "linear", ReduceOp::SUM};
+  CollectiveInfo info{"scatter", CollKind::SCATTER, dt, count, root, "linear", ReduceOp::SUM};
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count) algo::scatterLinear(l, in, out, count, root);
   }, async);
@@ -509,7 +512,7 @@ WorkPtr Communicator::scatter(const void* in, void* out, size_t count, DataType 
 
 WorkPtr Communicator::barrier(bool async) {
   checkUsable();
-  CollectiveInfo info{"barrier", DataType::U8, 0, -1, "dissemination", ReduceOp::SUM};
+  CollectiveInfo info{"barrier", CollKind::BARRIER, DataType::U8, 0, -1, "dissemination", ReduceOp::SUM};
   return submit(info, false, 0, [](Links& l, Work&) { algo::barrierDissemination(l); }, async);
 }
 
@@ -517,7 +520,7 @@ WorkPtr Communicator::send(const void* buf, size_t nbytes, int peer, int64_t tag
   checkUsable();
   checkRoot(peer, "peer");
   if (tag < 0 || tag > kMaxUserTag) throw Error("tag must be in [0, 2^31), got " + std::to_string(tag));
-  CollectiveInfo info{"send", DataType::U8, nbytes, peer, "", ReduceOp::SUM};
+  CollectiveInfo info{"send", CollKind::NONE, DataType::U8, nbytes, peer, "", ReduceOp::SUM};
   if (async) {
     const Route& r = routes_[peer];
     return postP2p(info, r.transport->isend(r.peer, p2pTag(id_, tag), buf, nbytes), nullptr, nbytes,
@@ -530,7 +533,7 @@ WorkPtr Communicator::recv(void* buf, size_t nbytes, int peer, int64_t tag, bool
   checkUsable();
   if (peer >= 0) checkRoot(peer, "peer");
   if (tag < 0 || tag > kMaxUserTag) throw Error("tag must be in [0, 2^31), got " + std::to_string(tag));
-  CollectiveInfo info{"recv", DataType::U8, nbytes, peer, "", ReduceOp::SUM};
+  CollectiveInfo info{"recv", CollKind::NONE, DataType::U8, nbytes, peer, "", ReduceOp::SUM};
   if (async) {
     RequestPtr req;
     if (peer >= 0) req = routes_[peer].transport->irecv(routes_[peer].peer, p2pTag(id_, tag), buf, nbytes, nullptr);

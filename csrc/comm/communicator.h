@@ -21,6 +21,7 @@
 
 #include "algo/links.h"
 #include "comm/work.h"
+#include "common/fingerprint.h"
 #include "common/types.h"
 
 namespace hcomm {
@@ -45,6 +46,7 @@ struct World {
 
 struct CollectiveInfo {  // names a call in errors and logs
   std::string op;
+  CollKind kind = CollKind::NONE;
   DataType dtype = DataType::U8;
   size_t count = 0;
   int root = -1;

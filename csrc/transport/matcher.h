@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/fingerprint.h"
 #include "reduce/reduce.h"
 #include "transport/transport.h"
 
@@ -47,6 +48,7 @@ struct Unexpected {
   int64_t pid = 0;
   uint64_t addr = 0;
   uint64_t seq = 0;
+  uint64_t fingerprint = 0;
   // Set when a receive matched this message while its payload was still arriving.
   std::unique_ptr<PostedRecv> bound;
 };
@@ -91,8 +93,16 @@ inline std::string sizeMismatch(int peer, uint64_t tag, size_t sent, size_t expe
          std::to_string(expected) + " bytes: the ranks called the collective with different counts";
 }
 
-inline RequestPtr makeRequest(int peer, uint64_t tag, size_t nbytes, bool isSend) {
+// Why a message (size, fingerprint) cannot land in receive r; empty when it can.
+inline std::string mismatch(int peer, uint64_t tag, size_t sent, uint64_t sentFp, const Request& r) {
+  if (sentFp && r.fingerprint && sentFp != r.fingerprint) return fingerprintMismatch(peer, sentFp, r.fingerprint);
+  if (sent != r.nbytes) return sizeMismatch(peer, tag, sent, r.nbytes);
+  return "";
+}
+
+inline RequestPtr makeRequest(int peer, uint64_t tag, size_t nbytes, bool isSend, uint64_t fingerprint = 0) {
   auto r = std::make_shared<Request>();
+  r->fingerprint = fingerprint;
   r->peer = peer;
   r->tag = tag;
   r->nbytes = nbytes;

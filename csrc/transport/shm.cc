@@ -42,7 +42,7 @@ struct ShmSlot {
   int64_t pid;      // rendezvous: sender process and buffer
   uint64_t addr;
   uint64_t seq;
-  char pad[64 - 7 * 8];
+  uint64_t fingerprint;  // the sender's collective signature
   char data[kSlotBytes];
 };
 
@@ -213,10 +213,10 @@ void ShmTransport::ring(ShmSegment* seg) {
   if (seg->sleepers.load(std::memory_order_seq_cst) != 0) futexWakeAll(&seg->bell);
 }
 
-RequestPtr ShmTransport::isend(int peer, uint64_t tag, const void* buf, size_t nbytes) {
+RequestPtr ShmTransport::isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   Peer& p = peerOf(peer);
-  RequestPtr req = makeRequest(peer, tag, nbytes, true);
+  RequestPtr req = makeRequest(peer, tag, nbytes, true, fingerprint);
   if (!aborted_.empty()) {
     complete(*req, aborted_);
     return req;
@@ -231,11 +231,12 @@ RequestPtr ShmTransport::isend(int peer, uint64_t tag, const void* buf, size_t n
   return req;
 }
 
-RequestPtr ShmTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce) {
+RequestPtr ShmTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
+                               uint64_t fingerprint) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   Peer& p = peerOf(peer);
   PostedRecv r;
-  r.req = makeRequest(peer, tag, nbytes, false);
+  r.req = makeRequest(peer, tag, nbytes, false, fingerprint);
   r.dst = static_cast<char*>(buf);
   r.nbytes = nbytes;
   if (reduce) {
@@ -252,8 +253,13 @@ RequestPtr ShmTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes,
     progressRecvs(p);
     return r.req;
   }
-  if (u->nbytes != nbytes) {
-    complete(*r.req, sizeMismatch(peer, tag, u->nbytes, nbytes));
+  std::string why = mismatch(peer, tag, u->nbytes, u->fingerprint, *r.req);
+  if (!why.empty()) {
+    if (u->rendezvous) {  // release the sender, who waits for our ack
+      p.in->acks[u->seq % kAcks].store(u->seq, std::memory_order_release);
+      ring(p.seg);
+    }
+    complete(*r.req, why);
   } else if (u->rendezvous) {
     pull(p, r, u->pid, u->addr, u->nbytes, u->seq);
   } else if (u->complete) {
@@ -275,6 +281,7 @@ bool ShmTransport::progressSends(Peer& p) {
     ShmSlot& s = p.out->slots[head % kSlots];
     s.tag = m.req->tag;
     s.total = m.req->nbytes;
+    s.fingerprint = m.req->fingerprint;
     if (m.rendezvous) {
       m.seq = p.nextSeq++;
       s.kind = kRendezvous;
@@ -339,10 +346,11 @@ void ShmTransport::handleSlot(Peer& p, const ShmSlot& s) {
   if (s.kind == kRendezvous) {
     PostedRecv r;
     if (p.match.takePosted(s.tag, &r)) {
-      if (r.nbytes != s.total) {
+      std::string why = mismatch(p.rank, s.tag, s.total, s.fingerprint, *r.req);
+      if (!why.empty()) {
         p.in->acks[s.seq % kAcks].store(s.seq, std::memory_order_release);  // release the sender
         ring(p.seg);
-        complete(*r.req, sizeMismatch(p.rank, s.tag, s.total, r.nbytes));
+        complete(*r.req, why);
       } else {
         pull(p, r, s.pid, s.addr, s.total, s.seq);
       }
@@ -354,6 +362,7 @@ void ShmTransport::handleSlot(Peer& p, const ShmSlot& s) {
       u->pid = s.pid;
       u->addr = s.addr;
       u->seq = s.seq;
+      u->fingerprint = s.fingerprint;
       u->complete = true;
       p.match.unexpected.push_back(u);
     }
@@ -361,8 +370,9 @@ void ShmTransport::handleSlot(Peer& p, const ShmSlot& s) {
   }
   if (s.offset == 0) {  // first chunk of a data message: find its receive
     p.inCurrent = p.match.takePosted(s.tag, &p.current);
-    if (p.inCurrent && p.current.nbytes != s.total) {
-      complete(*p.current.req, sizeMismatch(p.rank, s.tag, s.total, p.current.nbytes));
+    std::string why = p.inCurrent ? mismatch(p.rank, s.tag, s.total, s.fingerprint, *p.current.req) : "";
+    if (!why.empty()) {
+      complete(*p.current.req, why);
       p.inCurrent = false;
       p.current = PostedRecv();
       // The payload still has to be drained; keep it as an unmatched message.
@@ -371,6 +381,7 @@ void ShmTransport::handleSlot(Peer& p, const ShmSlot& s) {
       p.streaming = std::make_shared<Unexpected>();
       p.streaming->tag = s.tag;
       p.streaming->nbytes = s.total;
+      p.streaming->fingerprint = s.fingerprint;
       p.streaming->data.resize(s.total);
       p.match.unexpected.push_back(p.streaming);
     }

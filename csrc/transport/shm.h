@@ -36,8 +36,9 @@ class ShmTransport : public Transport {
   void unlinkOwn();
 
   const char* name() const override { return "shm"; }
-  RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes) override;
-  RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce) override;
+  RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint) override;
+  RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
+                   uint64_t fingerprint) override;
   bool progress() override;
   void sleepFor(int us) override;
   bool probe(int peer, uint64_t tag, size_t* nbytes) override;

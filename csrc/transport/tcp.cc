@@ -108,28 +108,29 @@ void TcpTransport::fail(Peer& p, const std::string& why) {
   p.inPayload = false;
 }
 
-RequestPtr TcpTransport::isend(int peer, uint64_t tag, const void* buf, size_t nbytes) {
+RequestPtr TcpTransport::isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   Peer& p = peerOf(peer);
-  RequestPtr req = makeRequest(peer, tag, nbytes, true);
+  RequestPtr req = makeRequest(peer, tag, nbytes, true, fingerprint);
   if (!aborted_.empty() || !p.broken.empty()) {
     complete(*req, aborted_.empty() ? p.broken : aborted_);
     return req;
   }
   OutMsg m;
   m.req = req;
-  m.hdr = {kMsgMagic, tag, nbytes};
+  m.hdr = {kMsgMagic, tag, nbytes, fingerprint};
   m.buf = static_cast<const char*>(buf);
   p.sending.push_back(m);
   flush(p);
   return req;
 }
 
-RequestPtr TcpTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce) {
+RequestPtr TcpTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
+                               uint64_t fingerprint) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   Peer& p = peerOf(peer);
   PostedRecv r;
-  r.req = makeRequest(peer, tag, nbytes, false);
+  r.req = makeRequest(peer, tag, nbytes, false, fingerprint);
   r.dst = static_cast<char*>(buf);
   r.nbytes = nbytes;
   if (reduce) {
@@ -144,8 +145,8 @@ RequestPtr TcpTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes,
   if (!u) {
     p.match.posted.push_back(r);
     drain(p);
-  } else if (u->nbytes != nbytes) {
-    complete(*r.req, sizeMismatch(peer, tag, u->nbytes, nbytes));
+  } else if (!mismatch(peer, tag, u->nbytes, u->fingerprint, *r.req).empty()) {
+    complete(*r.req, mismatch(peer, tag, u->nbytes, u->fingerprint, *r.req));
   } else if (u->complete) {
     r.deliver(0, u->data.data(), nbytes);
     complete(*r.req);
@@ -194,14 +195,16 @@ void TcpTransport::startPayload(Peer& p) {
   p.got = 0;
   p.staged = 0;
   p.toPosted = p.match.takePosted(p.hdr.tag, &p.current);
-  if (p.toPosted && p.current.nbytes != p.hdr.nbytes) {
-    complete(*p.current.req, sizeMismatch(p.rank, p.hdr.tag, p.hdr.nbytes, p.current.nbytes));
+  std::string why = p.toPosted ? mismatch(p.rank, p.hdr.tag, p.hdr.nbytes, p.hdr.fingerprint, *p.current.req) : "";
+  if (!why.empty()) {
+    complete(*p.current.req, why);
     p.toPosted = false;  // drain the payload into an unmatched message
   }
   if (!p.toPosted) {
     p.streaming = std::make_shared<Unexpected>();
     p.streaming->tag = p.hdr.tag;
     p.streaming->nbytes = p.hdr.nbytes;
+    p.streaming->fingerprint = p.hdr.fingerprint;
     p.streaming->data.resize(p.hdr.nbytes);
     p.match.unexpected.push_back(p.streaming);
   } else if (p.current.reducing && p.stage.size() < kStage) {

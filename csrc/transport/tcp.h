@@ -28,8 +28,9 @@ class TcpTransport : public Transport {
   void connect(const std::vector<int>& peers, const std::vector<std::string>& addrs);
 
   const char* name() const override { return "tcp"; }
-  RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes) override;
-  RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce) override;
+  RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint) override;
+  RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
+                   uint64_t fingerprint) override;
   bool progress() override;
   void sleepFor(int us) override;
   bool probe(int peer, uint64_t tag, size_t* nbytes) override;
@@ -40,6 +41,7 @@ class TcpTransport : public Transport {
     uint64_t magic;
     uint64_t tag;
     uint64_t nbytes;
+    uint64_t fingerprint;
   };
   struct OutMsg {
     RequestPtr req;

@@ -29,6 +29,7 @@ struct Request {
   uint64_t tag = 0;
   size_t nbytes = 0;
   bool isSend = false;
+  uint64_t fingerprint = 0;  // the collective's signature (common/fingerprint.h); 0: unchecked
   std::atomic<bool> done{false};
   std::string error;  // set before done when the operation failed
 
@@ -46,9 +47,11 @@ class Transport {
  public:
   virtual ~Transport() = default;
   virtual const char* name() const = 0;
-  virtual RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes) = 0;
-  virtual RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes,
-                           const ReduceSpec* reduce = nullptr) = 0;
+  // `fingerprint` travels with the message; a receive whose own fingerprint differs
+  // fails with both signatures (0 on either side: not compared).
+  virtual RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint = 0) = 0;
+  virtual RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce = nullptr,
+                           uint64_t fingerprint = 0) = 0;
   // Advances every outstanding operation; true when anything moved.
   virtual bool progress() = 0;
   // Blocks for at most `us` microseconds or until something may have arrived.

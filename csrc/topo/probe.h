@@ -1,0 +1,52 @@
+// What one rank can see of its own machine: the facts the topology is built from.
+//
+// Everything is read from /sys and /proc (the root is a parameter so tests can point
+// it at a fabricated tree) and, for GPUs, from NVML loaded with dlopen at run time:
+// a machine without libnvidia-ml simply reports no GPUs.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace hcomm {
+
+struct NicInfo {
+  std::string name;       // eth0
+  std::string mac;        // /sys/class/net/<name>/address
+  std::string ipv4;       // first IPv4 address (live probe only)
+  int speedMbps = 0;      // /sys/class/net/<name>/speed; 0 when unknown (virtual links)
+};
+
+struct GpuInfo {
+  int index = 0;
+  std::string name;
+  std::string busId;                    // PCI bus id, as NVML writes it
+  std::vector<std::string> nvlinkPeers; // bus ids at the far end of active NVLinks
+  bool nvswitch = false;                // some NVLink ends in an NVSwitch
+};
+
+struct RankProbe {
+  int rank = 0;
+  std::string hostname;
+  std::string hostId;     // identity that decides shared memory (topo/host.h)
+  std::string host;       // host label: the topology file's name, else the hostname
+  std::string rack;       // HCOMM_RACK or the topology file; empty: one rack
+  int numaNode = -1;      // node holding this process's first CPU; -1 unknown
+  std::vector<int> cpus;  // CPUs this process may run on
+  std::vector<NicInfo> nics;
+  std::vector<GpuInfo> gpus;
+};
+
+// Physical NICs under <sysRoot>/class/net (loopback skipped), sorted by name.
+std::vector<NicInfo> readNics(const std::string& sysRoot);
+// The NUMA node whose cpulist contains cpus[0]; -1 when there is no NUMA information.
+int numaNodeOf(const std::string& sysRoot, const std::vector<int>& cpus);
+// "0-3,8,10-11" -> {0,1,2,3,8,10,11}; throws Error on malformed text.
+std::vector<int> parseCpuList(const std::string& text);
+std::string formatCpuList(const std::vector<int>& cpus);
+// GPUs through NVML (dlopen'ed); empty without a driver.
+std::vector<GpuInfo> readGpus();
+
+// This process, live. hostId and host come from the caller (bootstrap decides them).
+RankProbe probeLocal(const std::string& sysRoot = "/sys");
+
+}  // namespace hcomm

@@ -1,0 +1,85 @@
+// The job's topology: every rank's probe, gathered at init, grouped into levels
+// (host, rack) joined by link classes, each with a fitted alpha (s) and beta (s/byte).
+//
+// Link classes, from fastest to slowest:
+//   shm   two ranks on one host (shared memory)
+//   tcp   two hosts in one rack
+//   rack  two racks
+//
+// A topology file (HCOMM_TOPO_FILE) describes hosts and racks so one machine can
+// simulate a cluster; HCOMM_TOPO_DUMP_FILE writes the detected topology in the same
+// format, so a dump can be loaded back:
+//   {"hosts": [{"name": "node0", "rack": "r0", "ranks": [0, 1]},
+//              {"name": "node1", "rack": "r1", "ranks": [2, 3]}],
+//    "links": {"tcp": {"alpha": 3e-5, "beta": 8e-9}},     # optional, seconds, s/byte
+//    "ranks": [{"rank": 0, "hostname": ..., "numa": 0, "cpus": "0-3", "nics": [...]}]}
+// Ranks the file does not place keep their detected host.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "topo/probe.h"
+
+namespace hcomm {
+
+// A small JSON value: enough to read and write topology files.
+struct Json {
+  enum Type { NUL, BOOL, NUM, STR, ARR, OBJ } type = NUL;
+  bool b = false;
+  double num = 0;
+  std::string str;
+  std::vector<Json> arr;
+  std::vector<std::pair<std::string, Json>> obj;
+
+  static Json parse(const std::string& text);  // throws Error with the offset
+  std::string dump() const;
+  const Json* find(const std::string& key) const;  // null when absent or not an object
+};
+
+enum class LinkClass : int { SHM = 0, TCP = 1, RACK = 2 };
+constexpr int kLinkClasses = 3;
+const char* linkClassName(LinkClass c);
+
+struct LinkCost {
+  double alpha = 0;   // seconds per message
+  double beta = 0;    // seconds per byte
+  std::string source; // "default", "nic speed", "file", "measured"
+};
+
+// Alpha/beta used when nothing is measured or HCOMM_DETERMINISTIC=1 (and no file
+// gives them): fixed, so the choice never depends on timing. The tcp beta comes from
+// the NIC speed when /sys reports one (nicMbps > 0).
+LinkCost defaultLinkCost(LinkClass c, int nicMbps);
+
+struct Topology {
+  std::vector<RankProbe> ranks;         // by world rank
+  std::vector<int> hostOf, rackOf;      // world rank -> index into hosts / racks
+  std::vector<std::string> hosts, racks;
+  LinkCost links[kLinkClasses];
+  std::string origin = "detected";      // or the topology file's path
+
+  int size() const { return static_cast<int>(ranks.size()); }
+  LinkClass between(int a, int b) const;
+  // Fills hostOf/rackOf/hosts/racks from each probe's host and rack labels, and the
+  // default link costs (file values, when given, are applied by the caller).
+  void index();
+  Json toJson() const;
+  static Topology fromJson(const Json& j);  // a dump (with "ranks") back into a topology
+};
+
+// What a topology file says about one rank: its host label and rack ("" when the
+// file does not place it), and the link costs it fixes.
+struct TopoFilePlacement {
+  std::string host, rack;
+};
+Json loadTopoFile(const std::string& path);  // throws Error naming the file
+TopoFilePlacement placementFor(const Json& file, int rank);
+// Applies the file's "links" section to `links` (source "file").
+void applyFileLinks(const Json& file, LinkCost* links);
+
+std::string probeToJson(const RankProbe& p);   // one rank's record, for the init gather
+RankProbe probeFromJson(const std::string& text);
+
+}  // namespace hcomm

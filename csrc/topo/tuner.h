@@ -1,0 +1,59 @@
+// The cost-model tuner: predicts each allreduce algorithm's time on a communicator
+// from the alpha-beta-gamma model and picks the smallest (NCCL's tuning.cc idea, with
+// the topology's link classes instead of fixed tables).
+//
+// Model: a step in which a set of ranks each send `b` bytes to a partner costs
+//   max over the transfers of  alpha(class) + b * beta(class) * load
+// where load counts the transfers that leave (or enter) the same host in that step:
+// a host's NIC is shared by every rank on it, which is exactly what hierarchical
+// allreduce saves (2 hosts x 2 ranks: flat ring puts 1.5 S through each NIC, the
+// hierarchical inter-host ring 1.0 S). Reductions cost gamma per byte; pipelined
+// algorithms overlap them with the wire. Each algorithm's step list follows the cost
+// comment at the top of its file (algo/*.cc).
+#pragma once
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "topo/topology.h"
+
+namespace hcomm {
+
+// The part of the topology a communicator's tuner needs: its ranks' hosts and racks
+// (dense indices) and the link costs.
+struct CommShape {
+  int n = 1;
+  std::vector<int> host, rack;
+  LinkCost links[kLinkClasses];
+
+  static CommShape of(const Topology& t, const std::vector<int>& worldRanks);
+  int hosts() const;
+  // Groups per level for hierarchical algorithms: level 0 host, level 1 rack (only
+  // when there are several racks). levels[k][r] is rank r's group at level k.
+  std::vector<std::vector<int>> levels() const;
+};
+
+struct Candidate {
+  std::string algo;        // ring, tree, halving_doubling, hierarchical
+  double seconds = 0;      // predicted
+  size_t segBytes = 0;     // chosen segment (0: the algorithm has none)
+  std::string inner;       // hierarchical: the flat algorithm among group leaders
+  size_t innerSegBytes = 0;
+  bool applicable = true;  // hierarchical on one host is just the flat algorithm
+};
+
+struct Decision {
+  std::vector<Candidate> candidates;
+  int chosen = 0;           // index into candidates
+  std::string why;          // "model", "HCOMM_ALGO", "requested"
+  const Candidate& choice() const { return candidates.at(chosen); }
+};
+
+const std::vector<std::string>& allreduceAlgorithms();
+double gammaSecondsPerByte();
+
+// Every candidate with its prediction; `forced` (an algorithm name, or "" / "auto")
+// overrides the model's pick. Throws Error naming the valid names for an unknown one.
+Decision tuneAllreduce(const CommShape& shape, size_t bytes, const std::string& forced, const std::string& why);
+
+}  // namespace hcomm
