@@ -333,3 +333,10 @@ def test_fmt_num_fits_its_width():
     for v in (0.0, 0.004, 3.14159, 123.4, 98765.4, 1.5e9):
         assert len(report.fmt_num(v, 8)) == 8
     assert report.fmt_num(None, 6).strip() == "N/A"
+
+
+def test_reference_rejects_bad_reductions():
+    with pytest.raises(ValueError, match="unknown op 'xor'"):
+        data.reduce_blocks([np.ones(3)], "xor", np.float32)
+    with pytest.raises(ValueError, match="at least one block"):
+        data.reduce_blocks([], "sum", np.float32)

@@ -66,28 +66,33 @@ def rank_input(seed, rank, lay, dtype, op):
 
 
 def reduce_blocks(blocks, op, dtype):
-    """numpy reference of an elementwise reduction over ranks' blocks.
+    """numpy reference of an elementwise reduction over ranks' blocks (any iterable, so
+    a generator keeps one rank's block in memory at a time).
 
     Floats accumulate in float64 and round once at the end; integers wrap in their
     own type, as C arithmetic does; avg of integers is the truncated quotient.
     """
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; choose one of {', '.join(OPS)}")
     dtype = np.dtype(dtype)
     acc_type = np.float64 if dtype.kind == "f" else (np.int64 if op == "avg" else dtype)
-    acc = blocks[0].astype(acc_type, copy=True)
-    for b in blocks[1:]:
-        b = b.astype(acc_type, copy=False)
-        if op in ("sum", "avg"):
+    acc, n = None, 0
+    for b in blocks:
+        n += 1
+        if acc is None:
+            acc = b.astype(acc_type, copy=True)
+        elif op in ("sum", "avg"):
             acc += b
         elif op == "prod":
             acc *= b
         elif op == "min":
             np.minimum(acc, b, out=acc)
-        elif op == "max":
-            np.maximum(acc, b, out=acc)
         else:
-            raise ValueError(f"unknown op {op!r}; choose one of {', '.join(OPS)}")
+            np.maximum(acc, b, out=acc)
+    if acc is None:
+        raise ValueError("reduce_blocks needs at least one block")
     if op == "avg":
-        acc = acc / len(blocks) if dtype.kind == "f" else np.trunc(acc / len(blocks))
+        acc = acc / n if dtype.kind == "f" else np.trunc(acc / n)
     return acc.astype(dtype)
 
 
@@ -100,13 +105,13 @@ def expected_output(lay, rank, nranks, *, seed, dtype, op, root):
         return block_input(seed, r, b, c if n is None else n, dtype, op)
 
     if coll == "allreduce" or (coll == "reduce" and rank == root):
-        return reduce_blocks([block(r) for r in range(nranks)], op, dtype)
+        return reduce_blocks((block(r) for r in range(nranks)), op, dtype)
     if coll == "broadcast":
         return block(root)
     if coll == "allgather":
         return np.concatenate([block(r) for r in range(nranks)])
     if coll == "reduce_scatter":
-        return reduce_blocks([block(r, rank) for r in range(nranks)], op, dtype)
+        return reduce_blocks((block(r, rank) for r in range(nranks)), op, dtype)
     if coll == "alltoall":
         return np.concatenate([block(r, rank) for r in range(nranks)])
     if coll == "sendrecv":
