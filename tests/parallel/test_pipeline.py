@@ -257,13 +257,41 @@ def _tp_pp(rank):
     torch.set_default_dtype(torch.float32)
 
 
+def _zero_pp(rank, stage):
+    """dp=2 x pp=2 with ZeRO-1/2 reducing the gradients: one SGD step equals the full batch's."""
+    from hcomm.parallel.mesh import ParallelConfig, build_mesh
+    from hcomm.parallel.pipeline import build_schedule
+    from hcomm.parallel.pipeline.runtime import PipelineRuntime
+    from hcomm.parallel.pipeline.stage import split_layers, stages_for_rank
+    from hcomm.parallel.zero import ZeroOptimizer
+
+    mesh = build_mesh(ParallelConfig(dp=2, pp=2, zero_stage=stage))
+    sched = build_schedule("1f1b", 2, 4)
+    x, ids, y = _data(16, seed=9)
+    ref, _ = _reference(x, ids, y)
+    half = slice(8 * mesh.dp_rank, 8 * (mesh.dp_rank + 1))
+    mine = [layer.float() for layer in _layers()]    # ZeRO keeps fp32 parameters
+    stages = stages_for_rank(split_layers(mine, 2), mesh.pp_rank, sched)
+    rt = PipelineRuntime.from_mesh(mesh, stages, sched, F.mse_loss, reduce_dp_grads=False)
+    zopt = ZeroOptimizer(nn.ModuleList(stages.values()), torch.optim.SGD, stage=stage, group=mesh.dp_group,
+                         lr=0.5, print_plan=False)
+    rt.step((x[half].float(), ids[half]), y[half].float())
+    zopt.step()
+    per = L // 2
+    for i in range(mesh.pp_rank * per, (mesh.pp_rank + 1) * per):
+        for pa, pb in zip(mine[i].parameters(), ref[i].parameters()):
+            torch.testing.assert_close(pa.detach(), (pb - 0.5 * pb.grad).detach().float(), rtol=1e-4, atol=1e-5)
+
+
 def _four_ranks(rank, world_size):
     peaks, _ = _pipeline_group(rank, world_size, ())
     _dp_pp(rank)
     _tp_pp(rank)
+    _zero_pp(rank, 1)
+    _zero_pp(rank, 2)
     return peaks, {}
 
 
-def test_four_stages_and_composition_with_dp_and_tp():
+def test_four_stages_and_composition_with_dp_tp_and_zero():
     results = run_torch(_four_ranks, 4)
     _check_peaks(results, 4)
