@@ -130,4 +130,4 @@ def test_desync_names_both_collectives(monkeypatch):
     joined = "\n".join(msgs)
     assert "collective mismatch" in joined, joined
     assert "broadcast(float32, count 1024, root 0)" in joined and "allreduce(float32, sum, count 1024)" in joined, joined
-    assert "#1" in joined  # the call's sequence number (barrier was #0)
+    assert "allreduce #2" in joined  # its sequence number: init's barrier #0, ours #1, this #2
