@@ -87,11 +87,28 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         except hcomm.Error as e:
             raise _as_error(what, e) from e
 
+    def _run(self, what, opts, start, result, finish=None):
+        """Issue start(async_op) for a single-call collective.
+
+        A caller that will wait at once (opts.asyncOp False: every torch.distributed call
+        without async_op=True) gets the core's blocking call and an already completed
+        Work: no future, no hop to the progress thread and back, which is most of the
+        per-call cost at small sizes. Others get a Work the progress thread completes."""
+        if opts is not None and not opts.asyncOp:
+            self._issue(what, lambda: start(False))
+            if finish is not None:
+                finish()
+            return HcommWork(what, result)
+        w = self._issue(what, lambda: start(True))
+        return HcommWork(what, result, [w], finish)
+
     def _single(self, tensors, what):
         if len(tensors) != 1:
             raise RuntimeError(f"hcomm {what}: takes a list of exactly one tensor per process, got {len(tensors)}")
-        check_cpu(tensors, what)
-        return tensors[0]
+        t = tensors[0]
+        if not t.is_cpu:
+            check_cpu(tensors, what)
+        return t
 
 
     def _group_rank(self, rank, what):
@@ -130,19 +147,23 @@ class ProcessGroupHcomm(dist.ProcessGroup):
     # ------------------------------------------------------------------ allreduce
     def _allreduce_piece(self, t, spec, what):
         """Allreduce one tensor in place (through a contiguous copy when it is not)."""
-        check_reducible(t, spec, what)
+        name = check_reducible(t, spec, what)
         st = Staged()
         buf = st.output(t).reshape(-1)
         if spec.fold is not None:
             works, folded = self._bitwise_gather(buf, spec.fold, what)
             return works, lambda: (buf.copy_(folded()), st.finish())
-        w = self._issue(what, lambda: self._comm.allreduce(buf, op=spec.name, factor=spec.factor, async_op=True))
+        w = self._issue(what, lambda: self._comm.allreduce(buf, op=name, factor=spec.factor, async_op=True))
         return [w], st.finish
 
     def allreduce(self, tensors, opts=None):
         what = "allreduce"
         spec = reduce_spec(_reduce_op(opts), what)
         t = self._single(tensors, what)
+        if spec.fold is None and t.is_contiguous():  # the hot path: DDP buckets, dist.all_reduce
+            name = check_reducible(t, spec, what)
+            return self._run(what, opts, lambda a: self._comm.allreduce(t, op=name, factor=spec.factor, async_op=a),
+                             tensors)
         return self._work(what, tensors, [self._allreduce_piece(t, spec, what)])
 
     def allreduce_coalesced(self, tensors, opts=None):
@@ -170,7 +191,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         spec = reduce_spec(_reduce_op(opts), what)
         t = self._single(tensors, what)
         root = self._group_rank(opts.rootRank, what)
-        check_reducible(t, spec, what)
+        name = check_reducible(t, spec, what)
         st = Staged()
         if spec.fold is not None:  # everyone folds; only the root keeps the result, as Gloo does
             buf = st.input(t).reshape(-1)
@@ -178,9 +199,8 @@ class ProcessGroupHcomm(dist.ProcessGroup):
             keep = (lambda: t.copy_(folded().view(t.shape))) if self._comm.rank == root else None
             return self._work(what, tensors, [(works, keep)])
         buf = (st.output(t) if self._comm.rank == root else st.input(t)).reshape(-1)
-        w = self._issue(what, lambda: self._comm.reduce(buf, root=root, op=spec.name, factor=spec.factor,
-                                                        async_op=True))
-        return self._work(what, tensors, [([w], st.finish)])
+        return self._run(what, opts, lambda a: self._comm.reduce(buf, root=root, op=name, factor=spec.factor,
+                                                                 async_op=a), tensors, st.finish)
 
     def broadcast(self, tensors, opts=None):
         what = "broadcast"
@@ -188,8 +208,8 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         root = self._group_rank(opts.rootRank if opts is not None else 0, what)
         st = Staged()
         buf = st.output(t)
-        w = self._issue(what, lambda: self._comm.broadcast(as_bytes(buf), root=root, async_op=True))
-        return self._work(what, tensors, [([w], st.finish)])
+        return self._run(what, opts, lambda a: self._comm.broadcast(as_bytes(buf), root=root, async_op=a),
+                         tensors, st.finish)
 
     # ------------------------------------------------------------------ allgather
     def allgather(self, output_tensors, input_tensors, opts=None):
@@ -223,7 +243,14 @@ class ProcessGroupHcomm(dist.ProcessGroup):
     def all_gather_single(self, output_tensor, input_tensor, opts=None):
         what = "all_gather_into_tensor"
         check_cpu([output_tensor, input_tensor], what)
-        return self._work(what, [output_tensor], [self._gather_tensor_piece(output_tensor, input_tensor, what)])
+        out, x = output_tensor, input_tensor
+        if out.is_contiguous() and x.is_contiguous() and out.dtype == x.dtype:
+            if out.numel() != x.numel() * self._comm.size:
+                raise RuntimeError(f"hcomm {what}: output has {out.numel()} elements, expected "
+                                   f"size({self._comm.size}) * input({x.numel()}) = {x.numel() * self._comm.size}")
+            return self._run(what, opts, lambda a: self._comm.allgather(as_bytes(x), as_bytes(out), async_op=a),
+                             [out])
+        return self._work(what, [out], [self._gather_tensor_piece(out, x, what)])
 
     _allgather_base = all_gather_single
 
@@ -254,14 +281,14 @@ class ProcessGroupHcomm(dist.ProcessGroup):
     # ------------------------------------------------------------------ reduce_scatter
     def _reduce_scatter_piece(self, src, out, counts, spec, what):
         """src: flat input holding every rank's block; out: this rank's block."""
-        check_reducible(out, spec, what)
+        name = check_reducible(out, spec, what)
         st = Staged()
         dst = st.output(out).reshape(-1)
         if spec.fold is not None:
             works, folded = self._bitwise_gather(src, spec.fold, what)
             start = sum(counts[:self._comm.rank])
             return works, lambda: (dst.copy_(folded()[start:start + dst.numel()]), st.finish())
-        w = self._issue(what, lambda: self._comm.reduce_scatterv(src, dst, counts, op=spec.name, factor=spec.factor,
+        w = self._issue(what, lambda: self._comm.reduce_scatterv(src, dst, counts, op=name, factor=spec.factor,
                                                                  async_op=True))
         return [w], st.finish
 
@@ -406,8 +433,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
 
     # ------------------------------------------------------------------ barriers
     def barrier(self, opts=None):
-        w = self._issue("barrier", lambda: self._comm.barrier(async_op=True))
-        return self._work("barrier", [], [([w], None)])
+        return self._run("barrier", opts, lambda a: self._comm.barrier(async_op=a), [])
 
     def monitored_barrier(self, timeout=None, wait_all_ranks=False):
         """Gloo's monitored barrier: rank 0 waits for every rank within `timeout` and names

@@ -29,7 +29,8 @@ assert {str(d).split(".")[1] for d in REDUCIBLE_DTYPES} <= set(ITEMSIZE)
 
 
 class ReduceSpec:
-    """One reduction as the core understands it: name (or a bitwise fold) and factor."""
+    """One reduction as the core understands it: a core op name and factor, or a
+    bitwise fold done locally. Immutable: the common ones are built once, below."""
 
     __slots__ = ("name", "factor", "fold")
 
@@ -37,50 +38,60 @@ class ReduceSpec:
         self.name, self.factor, self.fold = name, factor, fold
 
 
+# Indexed by RedOpType.value: a dict keyed by the pybind enum costs a slow __hash__ on
+# every call, and this sits on the per-call path.
+_SPECS = {k.value: ReduceSpec(v) for k, v in _CORE_OPS.items() if v != "premul_sum"}
+_SPECS.update({k.value: ReduceSpec(None, fold=f) for k, f in BITWISE_OPS.items()})
+_PREMUL = _RED.PREMUL_SUM.value
+
+
 def reduce_spec(reduce_op, what):
     """ReduceOp (or its RedOpType) -> ReduceSpec. Compared through `.op`: a ReduceOp that
     comes back from opts does not compare equal to the enum by itself in torch 2.13."""
     kind = getattr(reduce_op, "op", reduce_op)
-    if kind in BITWISE_OPS:
-        return ReduceSpec(None, fold=BITWISE_OPS[kind])
-    name = _CORE_OPS.get(kind)
-    if name is None:
+    spec = _SPECS.get(kind.value)
+    if spec is not None:
+        return spec
+    if kind.value != _PREMUL:
         raise RuntimeError(f"hcomm {what}: reduce op {reduce_op} is not supported")
-    factor = None
-    if name == "premul_sum":
-        factor = getattr(reduce_op, "factor", None)
-        if factor is None:
-            raise RuntimeError(f"hcomm {what}: PREMUL_SUM arrived without its factor")
-        factor = float(factor.item() if isinstance(factor, torch.Tensor) else factor)
-    return ReduceSpec(name, factor)
+    factor = getattr(reduce_op, "factor", None)
+    if factor is None:
+        raise RuntimeError(f"hcomm {what}: PREMUL_SUM arrived without its factor")
+    return ReduceSpec("premul_sum", float(factor.item() if isinstance(factor, torch.Tensor) else factor))
+
+
+# bool sum / prod are logical or / and, as in Gloo
+_BOOL_OPS = {"sum": "max", "prod": "min", "min": "min", "max": "max"}
 
 
 def check_reducible(tensor, spec, what):
-    if tensor.dtype not in REDUCIBLE_DTYPES:
-        raise RuntimeError(f"hcomm {what}: cannot reduce dtype {tensor.dtype} "
+    """Refuse what the core cannot reduce; return the core op name to use for `tensor`."""
+    dtype = tensor.dtype
+    if dtype not in REDUCIBLE_DTYPES:
+        raise RuntimeError(f"hcomm {what}: cannot reduce dtype {dtype} "
                            f"(supported: {', '.join(sorted(str(d) for d in REDUCIBLE_DTYPES))})")
-    if spec.fold is not None and tensor.is_floating_point():
-        raise RuntimeError(f"hcomm {what}: bitwise reduce ops need an integer or bool tensor, got {tensor.dtype}")
-    if tensor.dtype == torch.bool and spec.name in ("sum", "prod", "avg", "premul_sum"):
-        # bool sum / prod are logical or / and, as in Gloo
-        spec.name = {"sum": "max", "prod": "min"}.get(spec.name, spec.name)
-        if spec.name in ("avg", "premul_sum"):
+    if spec.fold is not None:
+        if tensor.is_floating_point():
+            raise RuntimeError(f"hcomm {what}: bitwise reduce ops need an integer or bool tensor, got {dtype}")
+        return None
+    if dtype == torch.bool:
+        name = _BOOL_OPS.get(spec.name)
+        if name is None:
             raise RuntimeError(f"hcomm {what}: op {spec.name} is not defined for bool tensors")
+        return name
+    return spec.name
 
 
 def check_cpu(tensors, what):
     for t in tensors:
-        if t.device.type != "cpu":
+        if not t.is_cpu:
             raise RuntimeError(f"hcomm {what}: tensor on {t.device}; the hcomm torch backend is registered "
                                "for cpu only in this build")
 
 
 def as_bytes(t):
     """A flat uint8 view of a contiguous tensor (0-dim and empty included)."""
-    flat = t.reshape(-1)
-    if flat.dtype == torch.bool:
-        return flat.view(torch.uint8)
-    return flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
+    return t.reshape(-1).view(torch.uint8)
 
 
 class Staged:

@@ -27,12 +27,16 @@ class HcommWork(dist.Work):
     def __init__(self, what, result, core_works=(), finish=None, source=None):
         super().__init__()
         self._what = what
-        self._fut = torch.futures.Future()
-        self._core = list(core_works)
+        self._core = core_works
         self._source = source  # a core recv Work whose .source is the sender (any-source recv)
-        if not self._core:
-            self._complete(result, finish, None)
+        if not core_works:
+            # Already done (a blocking call): the future is made only if someone asks.
+            if finish is not None:
+                finish()
+            self._fut = None
+            self._result = result
             return
+        self._fut = torch.futures.Future()
         self._pending = len(self._core)
         self._lock = threading.Lock()
         self._first_error = None
@@ -62,6 +66,8 @@ class HcommWork(dist.Work):
 
     # -- the c10d Work interface -------------------------------------------------------
     def wait(self, timeout=timedelta(0)):
+        if self._fut is None:
+            return True
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout or 0)
         if seconds > 0 and not self._fut.done():
             for w in self._core:
@@ -71,15 +77,20 @@ class HcommWork(dist.Work):
         return True
 
     def get_future(self):
+        if self._fut is None:
+            self._fut = torch.futures.Future()
+            self._fut.set_result(self._result)
         return self._fut
 
     def is_completed(self):
-        return self._fut.done()
+        return self._fut is None or self._fut.done()
 
     def is_success(self):
-        return self._fut.done() and self.exception() is None
+        return self.is_completed() and self.exception() is None
 
     def exception(self):
+        if self._fut is None:
+            return None
         if not self._fut.done():
             return None
         try:
@@ -90,7 +101,7 @@ class HcommWork(dist.Work):
 
     def result(self):
         self.wait()
-        return self._fut.value()
+        return self.get_future().value()
 
     def synchronize(self):
         self.wait()
@@ -104,4 +115,4 @@ class HcommWork(dist.Work):
     _source_rank = source_rank
 
     def __repr__(self):
-        return f"<HcommWork {self._what} {'done' if self._fut.done() else 'pending'}>"
+        return f"<HcommWork {self._what} {'done' if self.is_completed() else 'pending'}>"
