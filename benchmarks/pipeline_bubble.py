@@ -88,7 +88,8 @@ def _measure(rank, p, name, m, v, args, latency):
     sched = build_schedule(name, p, m, v)
     f, b = args.fwd_ms / 1e3 / v, args.bwd_ms / 1e3 / v
     stages = {s: SleepStage(f, b) for s in sched.stages_of(rank)}
-    rt = PipelineRuntime(stages, sched, lambda out, t: (out * out).mean(), pp_rank=rank, pp_ranks=list(range(p)))
+    rt = PipelineRuntime(stages, sched, lambda out, t: (out * out).mean(), pp_rank=rank, pp_ranks=list(range(p)),
+                         verbose=False)
     x = torch.randn(m * 2, WIDTH)
     rows = []
     for i in range(args.steps + 1):

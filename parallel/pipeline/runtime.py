@@ -79,13 +79,14 @@ def _as_tuple(x) -> tuple:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def _leaves(tensors: tuple) -> tuple:
-    """Inputs of a stage as autograd leaves, so each stage back-propagates on its own."""
-    return tuple(t.detach().requires_grad_(t.is_floating_point() or t.is_complex()) for t in tensors)
-
-
 def _differentiable(t: torch.Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
+
+
+def _leaves(tensors: tuple) -> tuple:
+    """Inputs of a stage as autograd leaves, so each stage back-propagates on its own
+    (B of stage s must not run into stage s-1's graph, which has its own B action)."""
+    return tuple(t.detach().requires_grad_(_differentiable(t)) for t in tensors)
 
 
 def split_microbatches(batch, m: int, what: str) -> list:
@@ -111,19 +112,24 @@ class PipelineRuntime:
     pp_ranks: global ranks of this pipeline, indexed by pp rank; pp_group: its process
         group (None: the default group, when the pipeline is the whole world).
     dp_group: if given, gradients are averaged over it after each step.
-    status_group: ranks that agree on success after each step (None: the whole world).
+    status_group: ranks that agree on success after each step (None: the whole world);
+        all of them call step() together.
+    check: prove the schedule deadlock-free first (check.py); verbose: pp rank 0 prints
+        the checker's report (predicted bubble, peak stashed activations per rank).
+    device: where received tensors are allocated (default cpu).
     """
 
     def __init__(self, stages: Dict[int, nn.Module], schedule: Schedule, loss_fn: Callable, *, pp_rank: int,
                  pp_ranks: List[int], pp_group=None, dp_group=None, status_group=None,
                  loss_reduction: str = "mean", header_words: int = 64, device=None, check: bool = True,
-                 verbose: bool = False):
+                 verbose: bool = True):
         self._validate(stages, schedule, pp_rank, pp_ranks, loss_reduction, header_words)
         self.stages, self.schedule, self.loss_fn = dict(stages), schedule, loss_fn
         self.pp_rank, self.pp_ranks, self.pp_group = pp_rank, list(pp_ranks), pp_group
         self.dp_group, self.status_group = dp_group, status_group
         self.loss_reduction, self.header_words = loss_reduction, header_words
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._check_status_group()
         self.report = check_schedule(schedule) if check else None
         if self.report is not None:
             log.info("%s", self.report.format())
@@ -147,6 +153,15 @@ class PipelineRuntime:
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if header_words < 16:
             raise ValueError(f"header_words must be >= 16, got {header_words}")
+
+    def _status_ranks(self) -> List[int]:
+        group = self.status_group
+        return dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+
+    def _check_status_group(self):
+        last = self.pp_ranks[self.schedule.stage_rank(self.schedule.num_stages - 1)]
+        if self.status_group is not None and last not in self._status_ranks():
+            raise ValueError(f"status_group must contain this pipeline's last-stage global rank {last}")
 
     @classmethod
     def from_mesh(cls, mesh, stages, schedule: Schedule, loss_fn: Callable, *, reduce_dp_grads: bool = True, **kw):
@@ -330,11 +345,10 @@ class PipelineRuntime:
 
     def _agree(self, st: _Step) -> float:
         """All ranks of the status group learn who failed and this pipeline's loss."""
-        group = self.status_group
-        ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
+        ranks = self._status_ranks()
         mine = torch.tensor([1.0 if st.error is not None else 0.0, st.loss], dtype=torch.float64, device=self.device)
         everyone = [torch.empty_like(mine) for _ in ranks]
-        dist.all_gather(everyone, mine, group=group)
+        dist.all_gather(everyone, mine, group=self.status_group)
         failed = [r for r, t in zip(ranks, everyone) if t[0] > 0]
         if failed:
             msg = f"pipeline step failed on global rank(s) {failed}"
@@ -344,8 +358,6 @@ class PipelineRuntime:
         if st.poisoned:  # a FAILED message without a failed rank would be a protocol bug
             raise PipelineError("pipeline step was poisoned but no rank reported a failure")
         last = self.pp_ranks[self.schedule.stage_rank(self.schedule.num_stages - 1)]
-        if last not in ranks:
-            raise ValueError(f"status_group must contain the last stage's global rank {last}")
         return float(everyone[ranks.index(last)][1])
 
 
