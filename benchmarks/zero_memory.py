@@ -96,7 +96,8 @@ def worker(rank, world, port, args, out):
 def print_table(rows, world):
     print(f"\nZeRO model state per rank, N={world}, Ψ={rows[0]['psi']:,} (gloo, CPU); bound = {BOUND} x formula")
     print(f"{'stage':>5} {'dtype':>9} {'formula':>12} {'formula B':>12} {'real B':>12} {'real/formula':>12} "
-          f"{'<= bound':>8} {'storages B':>12} {'comm/Ψ':>7} {'check B (calls)':>16} {'gathered B':>11} {'buckets B':>10}")
+          f"{'<= bound':>8} {'storages B':>12} {'comm/Ψ':>7} {'check B (calls)':>16} "
+          f"{'gathered B':>11} {'buckets B':>10}")
     for r in rows:
         ratio = r["real"] / r["formula_bytes"]
         print(f"{r['stage']:>5} {r['dtype']:>9} {r['formula']:>12} {r['formula_bytes']:>12,.0f} {r['real']:>12,} "

@@ -71,7 +71,6 @@ class _Unit:
             p.data = self.full[s.offset:s.offset + s.numel].view(s.shape)
             p.grad = None
         self.full.untyped_storage().resize_(0)
-        del full32
         self.work = None          # pending all-gather
         self.gathered = False     # storage holds the full parameters (or is being filled)
         self.flat_grad = None     # gradients of this backward, until reduce-scattered

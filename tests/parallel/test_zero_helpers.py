@@ -1,5 +1,4 @@
 """Rank bodies and helpers shared by the ZeRO tests (module level: spawned processes import them)."""
-import copy
 import os
 
 import torch
@@ -191,30 +190,32 @@ def load_body(rank, world_size, path, saved_world, stage):
 
 
 class Skipper(nn.Module):
-    """Rank 1 skips `blocks.1` in forward: divergent control flow."""
+    """Three blocks; forward(x, skip) leaves out blocks[skip] (skip=-1: none)."""
 
     def __init__(self):
         super().__init__()
         self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
 
-    def forward(self, x, rank):
+    def forward(self, x, skip=-1):
         for i, b in enumerate(self.blocks):
-            if not (rank == 1 and i == 1):
+            if i != skip:
                 x = b(x)
         return x
 
 
-def divergent_body(rank, world_size, group=None):
+def divergent_body(group_rank, group, skip):
+    """After one agreeing step, group rank 1 skips blocks[skip]: every rank must raise."""
     from hcomm.parallel.zero import ZeroControlFlowError
 
     torch.manual_seed(0)
     model = Skipper()
     zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=3, group=group, print_plan=False, lr=LR)
-    model(torch.randn(2, 4), 0).sum().backward()   # one agreeing step first
+    model(torch.randn(2, 4)).sum().backward()
     zopt.step()
     zopt.zero_grad()
     try:
-        model(torch.randn(2, 4), rank).sum().backward()
+        model(torch.randn(2, 4), skip if group_rank == 1 else -1).sum().backward()
+        zopt.step()
     except ZeroControlFlowError as e:
         return str(e)
     raise AssertionError("divergent control flow was not detected")
@@ -305,12 +306,14 @@ def stages_job(rank, world_size):
 
 def extra_job(rank, world_size, path):
     """On 4 ranks: save a stage-3 checkpoint, TP composition, then divergent control flow
-    on the sub-group {0, 1} (last: it leaves that group with an error on both ranks)."""
+    at the same time on the pairs {0, 1} (rank 1 skips the middle block) and {2, 3} (rank
+    3 skips the last block, so it meets the others' forward with its backward); last, as
+    it leaves those groups after an error."""
     torch.set_num_threads(1)
-    pair = dist.new_group([0, 1])
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
     save_body(rank, world_size, path)
     tp_composition_body(rank, world_size)
-    return divergent_body(rank, 2, pair) if rank < 2 else None
+    return divergent_body(rank % 2, pairs[rank // 2], skip=1 if rank < 2 else 2)
 
 
 def reshard_job(rank, world_size, path, saved_world, stages):
