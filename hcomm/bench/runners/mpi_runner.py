@@ -13,6 +13,8 @@ class MpiRunner(Runner):
 
     def __init__(self, world, spec, timeout):
         super().__init__(world, spec)
+        if world.launcher == "torchrun":  # importing mpi4py would only make a 1-rank singleton
+            raise Unsupported("the mpi peer needs mpirun: run hcomm-bench by hand (it starts mpirun) or under mpirun")
         try:
             from mpi4py import MPI
         except ImportError as e:
