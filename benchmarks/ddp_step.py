@@ -19,6 +19,7 @@ torch.distributed.all_reduce vs the raw hcomm Communicator behind the same group
 """
 import argparse
 import os
+import queue
 import socket
 import statistics
 import time
@@ -94,7 +95,7 @@ def worker(rank, args, backend, port, out):
         per_step = torch.tensor(times, dtype=torch.float64)
         dist.all_reduce(per_step, op=dist.ReduceOp.MAX)  # a step lasts as long as its slowest rank
         result["steps"] = per_step.tolist()
-        result["weights"] = weights if rank == 0 else None
+        result["weights"] = weights.numpy() if rank == 0 else None  # by value: the process exits next
     if backend == "hcomm" and not args.skip_overhead:
         row = {k: torch.tensor(v, dtype=torch.float64) for k, v in overhead(args).items()}
         for v in row.values():
@@ -112,11 +113,20 @@ def run(args, backend):
     procs = [ctx.Process(target=worker, args=(r, args, backend, port, out)) for r in range(args.ranks)]
     for p in procs:
         p.start()
-    result = out.get(timeout=1800)
-    for p in procs:
-        p.join(timeout=60)
-        if p.exitcode:
-            raise RuntimeError(f"{backend} rank exited with {p.exitcode}")
+    try:
+        while True:  # poll, so a rank that dies (import error, crash) ends the run
+            try:
+                result = out.get(timeout=1.0)
+                break
+            except queue.Empty:
+                dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"{backend}: ranks {dead} exited with {[procs[r].exitcode for r in dead]}")
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
     return result
 
 
@@ -152,7 +162,7 @@ def main():
               f"{len(steps['gloo'])} steps per backend")
         print(f"{'backend':>8} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} {'ratio':>6} {'max |dw|':>10}")
         base = statistics.median(steps["gloo"])
-        dw = (weights["hcomm"] - weights["gloo"]).abs().max().item()
+        dw = float(abs(weights["hcomm"] - weights["gloo"]).max())
         for backend in ("gloo", "hcomm"):
             s = sorted(steps[backend])
             med = statistics.median(s)

@@ -291,10 +291,74 @@ def check_barriers_and_errors(rank, n):
     assert torch.equal(w.get_future().value()[0], torch.full((3,), float(n)))
 
 
+def _same_calls(rank, n):
+    """(name, fn(group) -> outputs) for calls whose results Gloo gives too."""
+    x = data(rank, (SIZE,), seed=500)
+    rows = [rank + j + 1 for j in range(n)]
+    recv_rows = [j + rank + 1 for j in range(n)]
+
+    def a2a(g):
+        out = torch.empty(sum(recv_rows), 2)
+        dist.all_to_all_single(out, data(rank, (sum(rows), 2), seed=501), recv_rows, rows, group=g)
+        return out
+
+    def inplace(fn, **kw):
+        def call(g):
+            t = x.clone()
+            fn(t, group=g, **kw)
+            return t
+        return call
+
+    def reduced(g):  # non-root tensors are scratch space in Gloo: compare the root only
+        t = inplace(dist.reduce, dst=n - 1)(g)
+        return t if rank == n - 1 else torch.zeros(0)
+
+    def gathered(g):
+        out = [torch.empty(SIZE) for _ in range(n)] if rank == 0 else None
+        dist.gather(x, out, dst=0, group=g)
+        return torch.cat(out) if rank == 0 else torch.zeros(0)
+
+    def scattered(g):
+        out = torch.empty(4)
+        dist.scatter(out, [data(r, (4,), seed=502) for r in range(n)] if rank == n - 1 else None, src=n - 1, group=g)
+        return out
+
+    def tensor_gather(g):
+        out = torch.empty(n * SIZE)
+        dist.all_gather_into_tensor(out, x, group=g)
+        return out
+
+    def rs(g):
+        out = torch.empty(3)
+        dist.reduce_scatter_tensor(out, data(rank, (3 * n,), seed=503), op=dist.ReduceOp.MIN, group=g)
+        return out
+
+    def objects(g):
+        out = [None] * n
+        dist.all_gather_object(out, {"r": rank, "v": list(range(rank))}, group=g)
+        return torch.tensor([len(str(o)) for o in out])
+
+    return [("all_reduce sum", inplace(dist.all_reduce)),
+            ("all_reduce max", inplace(dist.all_reduce, op=dist.ReduceOp.MAX)),
+            ("reduce", reduced), ("broadcast", inplace(dist.broadcast, src=n - 1)),
+            ("all_gather_into_tensor", tensor_gather), ("reduce_scatter_tensor min", rs),
+            ("all_to_all_single uneven", a2a), ("gather", gathered), ("scatter", scattered),
+            ("all_gather_object", objects)]
+
+
+def check_same_as_gloo(rank, n):
+    """The same calls on identical inputs through a Gloo group of the same ranks."""
+    gloo = dist.new_group(list(range(n)), backend="gloo")
+    for name, call in _same_calls(rank, n):
+        mine, theirs = call(None), call(gloo)
+        close(mine, theirs, f"{name}: hcomm vs gloo")
+    dist.destroy_process_group(gloo)
+
+
 def all_collectives(rank, n):
     for check in (check_allreduce, check_allreduce_coalesced, check_reduce_broadcast, check_allgather,
                   check_reduce_scatter, check_alltoall, check_gather_scatter, check_point_to_point,
-                  check_objects, check_barriers_and_errors):
+                  check_objects, check_barriers_and_errors, check_same_as_gloo):
         check(rank, n)
     assert dist.get_backend() == "hcomm"
     return "ok"

@@ -1,8 +1,10 @@
 """ProcessGroupHcomm: a torch.distributed ProcessGroup on one hcomm Communicator.
 
-Every c10d entry point turns its tensor lists into one or a few core calls issued with
-async_op=True, and returns an HcommWork whose future the core's progress thread
-completes. Data movement travels as bytes (any dtype); reductions go through ops.py.
+Every c10d entry point turns its tensor lists into one or a few core calls and returns
+an HcommWork. Calls the caller will wait on at once (torch.distributed without
+async_op=True) use the core's blocking call; the rest are issued async and their Work's
+future is completed by the core's progress thread. Data movement travels as bytes (any
+dtype); reductions go through ops.py.
 
 torch 2.13 reaches these methods two ways: from Python (distributed_c10d calls
 `group.reduce(...)` etc. directly) and from C++ (DDP's reducer, _broadcast_coalesced)
@@ -109,7 +111,6 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         if not t.is_cpu:
             check_cpu(tensors, what)
         return t
-
 
     def _group_rank(self, rank, what):
         if not isinstance(rank, int) or not 0 <= rank < self._comm.size:
@@ -229,12 +230,15 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         w = self._issue(what, lambda: self._comm.allgatherv(src, flat, counts, async_op=True))
         return self._work(what, output_tensors, [([w], lambda: _bytes_into(flat, outs))])
 
-    def _gather_tensor_piece(self, out, x, what):
+    def _check_gather_tensor(self, out, x, what):
         if out.dtype != x.dtype:
             raise RuntimeError(f"hcomm {what}: output dtype {out.dtype} differs from input dtype {x.dtype}")
         if out.numel() != x.numel() * self._comm.size:
             raise RuntimeError(f"hcomm {what}: output has {out.numel()} elements, expected "
                                f"size({self._comm.size}) * input({x.numel()}) = {x.numel() * self._comm.size}")
+
+    def _gather_tensor_piece(self, out, x, what):
+        self._check_gather_tensor(out, x, what)
         st = Staged()
         dst, src = st.output(out), st.input(x)
         w = self._issue(what, lambda: self._comm.allgather(as_bytes(src), as_bytes(dst), async_op=True))
@@ -244,10 +248,8 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         what = "all_gather_into_tensor"
         check_cpu([output_tensor, input_tensor], what)
         out, x = output_tensor, input_tensor
-        if out.is_contiguous() and x.is_contiguous() and out.dtype == x.dtype:
-            if out.numel() != x.numel() * self._comm.size:
-                raise RuntimeError(f"hcomm {what}: output has {out.numel()} elements, expected "
-                                   f"size({self._comm.size}) * input({x.numel()}) = {x.numel() * self._comm.size}")
+        if out.is_contiguous() and x.is_contiguous():  # FSDP2's all-gathers: no staging
+            self._check_gather_tensor(out, x, what)
             return self._run(what, opts, lambda a: self._comm.allgather(as_bytes(x), as_bytes(out), async_op=a),
                              [out])
         return self._work(what, [out], [self._gather_tensor_piece(out, x, what)])
@@ -308,12 +310,15 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         src = torch.cat([b.reshape(-1) for b in blocks])
         return self._work(what, output_tensors, [self._reduce_scatter_piece(src, out, counts, spec, what)])
 
-    def _reduce_scatter_tensor_piece(self, out, x, spec, what):
+    def _check_reduce_scatter_tensor(self, out, x, what):
         if out.dtype != x.dtype:
             raise RuntimeError(f"hcomm {what}: output dtype {out.dtype} differs from input dtype {x.dtype}")
         if x.numel() != out.numel() * self._comm.size:
             raise RuntimeError(f"hcomm {what}: input has {x.numel()} elements, expected "
                                f"size({self._comm.size}) * output({out.numel()}) = {out.numel() * self._comm.size}")
+
+    def _reduce_scatter_tensor_piece(self, out, x, spec, what):
+        self._check_reduce_scatter_tensor(out, x, what)
         src = x.contiguous().reshape(-1)
         return self._reduce_scatter_piece(src, out, [out.numel()] * self._comm.size, spec, what)
 
@@ -321,8 +326,13 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         what = "reduce_scatter_tensor"
         spec = reduce_spec(_reduce_op(opts), what)
         check_cpu([output_tensor, input_tensor], what)
-        return self._work(what, [output_tensor], [self._reduce_scatter_tensor_piece(output_tensor, input_tensor,
-                                                                                    spec, what)])
+        out, x = output_tensor, input_tensor
+        if spec.fold is None and out.is_contiguous() and x.is_contiguous():  # FSDP2's gradients: no staging
+            self._check_reduce_scatter_tensor(out, x, what)
+            name = check_reducible(out, spec, what)
+            return self._run(what, opts, lambda a: self._comm.reduce_scatter(x, out, op=name, factor=spec.factor,
+                                                                             async_op=a), [out])
+        return self._work(what, [out], [self._reduce_scatter_tensor_piece(out, x, spec, what)])
 
     _reduce_scatter_base = reduce_scatter_single
 
