@@ -1,4 +1,19 @@
-"""Turning rows into nccl-tests' table, the JSON document, the comparison and a plot."""
+"""Turning rows into nccl-tests' table, the JSON document, the comparison and a plot.
+
+The JSON document (schema "hcomm-bench/1"; validate_document checks it):
+
+    {"schema", "collective", "datatype", "op", "root", "algo", "ranks", "iters",
+     "warmup_iters", "check", "seed", "primary", "command", "host", "start_time", "end_time",
+     "implementations": {name: {"status": "ok" | "skipped" | "failed", "note", "launcher",
+                                "info": {"version", ...}, "avg_bus_bw",
+                                "rows": [{"size", "count", "type", "redop", "root",
+                                          "out_of_place": {"time", "alg_bw", "bus_bw", "nwrong"} | null,
+                                          "in_place": {...} | null}]}},
+     "comparison": {peer: [{"size", "out_of_place", "in_place"}]}}
+
+time is in microseconds, bandwidths in GB/s (1e9 B/s), nwrong null when unchecked, and a
+comparison entry is peer time / primary time (null where either side has no number).
+"""
 import sys
 
 SCHEMA = "hcomm-bench/1"
