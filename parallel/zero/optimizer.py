@@ -108,21 +108,23 @@ class ZeroOptimizer:
         self.state_bytes_per_element = probe_state_bytes_per_element(optimizer_cls, optim_kwargs, self.comm.device)
         if mixed_precision is not None and module is not None:
             module.register_forward_pre_hook(self._cast_inputs, with_kwargs=True, prepend=True)
-        if stage == 3:
-            self.engine = Stage3Engine(module, groups[0][0], self.comm, self.param_dtype, units, overlap,
-                                       check_control_flow, sync_params)
-            group_of = [0] * len(self.engine.shards)
-        else:
-            self.engine = Stage12Engine([named for named, _ in groups], self.comm, stage, self.bucket_bytes,
-                                        self.param_dtype, overlap, sync_params)
-            group_of = [b.group_index for b in self.engine.buckets]
+        self.engine, group_of = self._build_engine(groups, units, overlap, check_control_flow, sync_params)
+        # One fp32 master shard per flat buffer, in the param group its parameters came from.
         self.inner = optimizer_cls(
             [{"params": [s.master for s, g in zip(self.engine.shards, group_of) if g == gi], **opts}
              for gi, (_, opts) in enumerate(groups)], **optim_kwargs)
-        self.plan_printed = False
         if print_plan and self.comm.rank == 0:
             print(self.memory_plan().format(), flush=True)
-            self.plan_printed = True
+
+    def _build_engine(self, groups, units, overlap, check_control_flow, sync_params):
+        """(engine, param-group index of each of its shards)."""
+        if self.stage == 3:
+            engine = Stage3Engine(self.module, groups[0][0], self.comm, self.param_dtype, units, overlap,
+                                  check_control_flow, sync_params)
+            return engine, [0] * len(engine.shards)
+        engine = Stage12Engine([named for named, _ in groups], self.comm, self.stage, self.bucket_bytes,
+                               self.param_dtype, overlap, sync_params)
+        return engine, [b.group_index for b in engine.buckets]
 
     @property
     def shards(self):

@@ -18,7 +18,7 @@ def test_stages_match_unsharded_adamw():
     """dp=1..4 (sub-groups of one 4-rank world) x stages 1-3 x fp32/bf16, five steps; plus
     at dp=2 coarse stage-3 units and gradient accumulation with clipping, at dp=3
     communication bytes per step, the real bytes of the memory plan and param groups."""
-    assert run_torch(h.stages_job, 4) == [[1, 2, 3, 4], [2, 3, 4], [3, 4], [4]]
+    assert run_torch(h.stages_job, 4, timeout=300) == [[1, 2, 3, 4], [2, 3, 4], [3, 4], [4]]
 
 
 # ---- sharding arithmetic, no processes -------------------------------------------------

@@ -17,7 +17,7 @@ def test_checkpoint_tp_and_divergent_control_flow(tmp_path):
     """One 4-rank world: save at dp=4 (stage 3), ZeRO x TP, divergent control flow; then
     load at dp=2 into stages 3 and 1: the loaded state and two more steps match the reference."""
     path = str(tmp_path / "ckpt")
-    msgs = run_torch(h.extra_job, 4, args=(path,))
+    msgs = run_torch(h.extra_job, 4, args=(path,), timeout=300)
     files = sorted(f for f in os.listdir(path) if f.startswith(("shard", "meta")))
     assert files == ["meta.json"] + [f"shard-{r:05d}-of-00004.pt" for r in range(4)], files
     for m in msgs[:2]:   # rank 1 skipped blocks.1: it is at blocks.2 while rank 0 is at blocks.1
@@ -27,7 +27,7 @@ def test_checkpoint_tp_and_divergent_control_flow(tmp_path):
     for m in msgs[2:]:   # rank 3 skipped the last block and went on to its backward
         assert "ranks [2] are at forward of module 'blocks.2'" in m, m
         assert "ranks [3] are at backward of module 'blocks.1'" in m, m
-    assert run_torch(h.reshard_job, 2, args=(path, 4, (3, 1))) == [True] * 2
+    assert run_torch(h.reshard_job, 2, args=(path, 4, (3, 1)), timeout=300) == [True] * 2
     _check_reshard_without_processes(path, new_world=3)
 
 
