@@ -19,7 +19,7 @@ Behaviour worth knowing:
   optimizer is built; `zopt.memory_plan()` measures again at any time.
 - Gradient accumulation: call backward several times, then step. Stage 1 reduces only
   at step; stages 2 and 3 reduce-scatter every backward and add into the shard.
-- Mixed precision: bf16/fp16 parameters and gradients (reductions too), fp32 master
+- Mixed precision: bf16 parameters and gradients (reductions too), fp32 master
   shard and optimizer state; floating forward inputs are cast to that dtype.
 - Stage 3 checks before every gather that all ranks run the same module and raises
   ZeroControlFlowError (naming module and ranks) instead of hanging; one tiny all-gather

@@ -25,7 +25,8 @@ from .memory import MemoryPlan, optimizer_state_bytes, probe_state_bytes_per_ele
 from .stage12 import Stage12Engine
 from .stage3 import Stage3Engine
 
-_MIXED = (torch.bfloat16, torch.float16)
+# fp16 would need loss scaling and overflow skipping, which this wrapper does not do.
+_MIXED = (torch.bfloat16,)
 
 
 def _named_groups(model_or_params):
@@ -65,7 +66,7 @@ def _validate(stage, mixed_precision, bucket_mb, clip_grad_norm):
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
     if mixed_precision is not None and mixed_precision not in _MIXED:
-        raise ValueError(f"mixed_precision must be None, torch.bfloat16 or torch.float16, got {mixed_precision!r}")
+        raise ValueError(f"mixed_precision must be None or torch.bfloat16, got {mixed_precision!r}")
     if not bucket_mb > 0:
         raise ValueError(f"bucket_mb must be > 0, got {bucket_mb!r}")
     if clip_grad_norm is not None and not clip_grad_norm > 0:
@@ -78,7 +79,7 @@ class ZeroOptimizer:
     stage:           1 optimizer state, 2 + gradients, 3 + parameters (see stage12.py, stage3.py)
     bucket_mb:       flat bucket size for stages 1/2 (stage 3 buckets by unit)
     overlap:         stage 2: reduce-scatter during backward; stage 3: prefetch the next unit
-    mixed_precision: None (fp32 everywhere) or torch.bfloat16 / torch.float16: parameters and
+    mixed_precision: None (fp32 everywhere) or torch.bfloat16: parameters and
                      gradients in that dtype, fp32 master shard and optimizer state; floating
                      forward inputs of the module are cast to it
     clip_grad_norm:  clip by the global L2 norm over all shards (one all-reduce of a scalar)

@@ -36,7 +36,7 @@ class ShardState:
             self.grad.add_(summed)
 
     def master_grad(self):
-        """fp32 gradient for the optimizer; a transient copy when parameters are bf16/fp16."""
+        """fp32 gradient for the optimizer; a transient copy when parameters are bf16."""
         if self.grad is None:
             return torch.zeros_like(self.master)
         return self.grad if self.grad.dtype == torch.float32 else self.grad.float()

@@ -64,7 +64,7 @@ def test_bad_arguments_raise_before_any_collective():
     with pytest.raises(ValueError, match="stage must be 1, 2 or 3, got 4"):
         ZeroOptimizer(model, torch.optim.AdamW, stage=4)
     with pytest.raises(ValueError, match="mixed_precision must be None"):
-        ZeroOptimizer(model, torch.optim.AdamW, stage=1, mixed_precision=torch.int8)
+        ZeroOptimizer(model, torch.optim.AdamW, stage=1, mixed_precision=torch.float16)
     with pytest.raises(ValueError, match="bucket_mb must be > 0"):
         ZeroOptimizer(model, torch.optim.AdamW, stage=2, bucket_mb=0)
     with pytest.raises(ValueError, match="clip_grad_norm must be None or > 0"):
