@@ -1,0 +1,95 @@
+// hcomm's own declarations of the parts of Huawei's HCCL and AscendCL (aclrt) C APIs
+// it calls, so hcomm builds without the CANN toolkit and loads libhccl.so and
+// libascendcl.so at run time (transport/hccl.cc). Values and signatures follow CANN's
+// public hccl.h / hccl_types.h / acl_rt.h; handles are opaque pointers there too.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace hcomm {
+namespace hccl {
+
+using Comm = void*;       // HcclComm
+using AclStream = void*;  // aclrtStream
+using AclError = int;     // aclError; 0 is ACL_SUCCESS
+
+constexpr size_t kRootInfoBytes = 4108;  // HCCL_ROOT_INFO_BYTES
+struct RootInfo {
+  char internal[kRootInfoBytes];
+};
+
+enum Result : int {
+  HCCL_SUCCESS = 0,
+  HCCL_E_PARA = 1,
+  HCCL_E_PTR = 2,
+  HCCL_E_MEMORY = 3,
+  HCCL_E_INTERNAL = 4,
+  HCCL_E_NOT_SUPPORT = 5,
+  HCCL_E_NOT_FOUND = 6,
+  HCCL_E_UNAVAIL = 7,
+  HCCL_E_SYSCALL = 8,
+  HCCL_E_TIMEOUT = 9,
+};
+
+enum ReduceOp : int { HCCL_REDUCE_SUM = 0, HCCL_REDUCE_PROD = 1, HCCL_REDUCE_MAX = 2, HCCL_REDUCE_MIN = 3 };
+
+enum DataType : int {
+  HCCL_DATA_TYPE_INT8 = 0,
+  HCCL_DATA_TYPE_INT16 = 1,
+  HCCL_DATA_TYPE_INT32 = 2,
+  HCCL_DATA_TYPE_FP16 = 3,
+  HCCL_DATA_TYPE_FP32 = 4,
+  HCCL_DATA_TYPE_INT64 = 5,
+  HCCL_DATA_TYPE_UINT64 = 6,
+  HCCL_DATA_TYPE_UINT8 = 7,
+  HCCL_DATA_TYPE_UINT16 = 8,
+  HCCL_DATA_TYPE_UINT32 = 9,
+  HCCL_DATA_TYPE_FP64 = 10,
+  HCCL_DATA_TYPE_BFP16 = 11,
+};
+
+// libhccl.so
+using GetRootInfoFn = Result (*)(RootInfo* rootInfo);
+using CommInitRootInfoFn = Result (*)(uint32_t nRanks, const RootInfo* rootInfo, uint32_t rank, Comm* comm);
+using AllReduceFn = Result (*)(void* sendBuf, void* recvBuf, uint64_t count, DataType dataType, ReduceOp op,
+                               Comm comm, AclStream stream);
+using BroadcastFn = Result (*)(void* buf, uint64_t count, DataType dataType, uint32_t root, Comm comm,
+                               AclStream stream);
+using AllGatherFn = Result (*)(void* sendBuf, void* recvBuf, uint64_t sendCount, DataType dataType, Comm comm,
+                               AclStream stream);
+using ReduceScatterFn = Result (*)(void* sendBuf, void* recvBuf, uint64_t recvCount, DataType dataType,
+                                   ReduceOp op, Comm comm, AclStream stream);
+using SendFn = Result (*)(void* sendBuf, uint64_t count, DataType dataType, uint32_t destRank, Comm comm,
+                          AclStream stream);
+using RecvFn = Result (*)(void* recvBuf, uint64_t count, DataType dataType, uint32_t srcRank, Comm comm,
+                          AclStream stream);
+using CommDestroyFn = Result (*)(Comm comm);
+
+#define HCOMM_HCCL_FUNCTIONS(X)                                                                        \
+  X(GetRootInfo) X(CommInitRootInfo) X(AllReduce) X(Broadcast) X(AllGather) X(ReduceScatter) X(Send) \
+  X(Recv) X(CommDestroy)
+
+// libascendcl.so
+using AclInitFn = AclError (*)(const char* configPath);
+using AclrtSetDeviceFn = AclError (*)(int32_t deviceId);
+using AclrtGetDeviceCountFn = AclError (*)(uint32_t* count);
+using AclrtCreateStreamFn = AclError (*)(AclStream* stream);
+using AclrtSynchronizeStreamFn = AclError (*)(AclStream stream);
+using AclrtDestroyStreamFn = AclError (*)(AclStream stream);
+
+#define HCOMM_ACL_FUNCTIONS(X)                                                                  \
+  X(aclInit, AclInit) X(aclrtSetDevice, AclrtSetDevice) X(aclrtGetDeviceCount, AclrtGetDeviceCount) \
+  X(aclrtCreateStream, AclrtCreateStream) X(aclrtSynchronizeStream, AclrtSynchronizeStream)         \
+  X(aclrtDestroyStream, AclrtDestroyStream)
+
+struct Api {
+#define HCOMM_HCCL_MEMBER(name) name##Fn name = nullptr;
+  HCOMM_HCCL_FUNCTIONS(HCOMM_HCCL_MEMBER)
+#undef HCOMM_HCCL_MEMBER
+#define HCOMM_ACL_MEMBER(symbol, name) name##Fn name = nullptr;
+  HCOMM_ACL_FUNCTIONS(HCOMM_ACL_MEMBER)
+#undef HCOMM_ACL_MEMBER
+};
+
+}  // namespace hccl
+}  // namespace hcomm

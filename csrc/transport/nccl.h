@@ -1,0 +1,185 @@
+// NCCL, loaded at run time: the library loader, a point-to-point Transport over
+// ncclSend/ncclRecv for device buffers, and NCCL's own collectives (the "native"
+// algorithm).
+//
+// Loading. libnccl.so.2 is opened with dlopen from, in order: HCOMM_NCCL_LIB, the
+// paths the caller passes (Python passes the nvidia-nccl wheel's lib/ folder, found
+// through importlib), then the system search path. The CUDA runtime calls go to the
+// runtime linked into hcomm when it was built with nvcc (HCOMM_WITH_CUDA), else to a
+// dlopen'ed libcudart (HCOMM_CUDART_LIB, libcudart.so.13, .12). Nothing here needs
+// nccl.h or cuda_runtime.h to build (transport/nccl_api.h declares what is used).
+//
+// The transport. NCCL matches a send with the receive the peer posted in the same
+// position, has no tags, and a posted receive blocks its stream (and every later op
+// of its communicator) until the peer sends. hcomm's Transport contract is MPI-like:
+// matching by (peer, tag), and a receive never holds up a send. So:
+//   - every ordered pair of ranks gets its own 2-rank communicator and stream, made by
+//     ncclCommSplit from the world communicator (2(n-1) splits at creation), so a
+//     receive from rank a never blocks a send to rank b nor a receive from rank c;
+//   - every message is a 32-byte header (magic, tag, bytes, fingerprint) and then the
+//     payload. A header receive is posted only while a receive from that peer is
+//     waiting (no kernel is left parked on an idle link, so cudaDeviceSynchronize in
+//     user code cannot hang on hcomm). The host reads the header, then posts the
+//     payload receive straight into the matching buffer, or into a staging buffer when
+//     the message came first ("unexpected"); a reducing receive stages the payload and
+//     runs the CUDA reduction kernel (needs HCOMM_WITH_CUDA).
+// The price is one header round per message: fine for the ring and tree algorithms'
+// large segments, which is what this path is for; small collectives go native.
+//
+// Stream semantics are torch's: waitFor(s) makes the transport's streams wait for work
+// already queued on the caller's stream s; signal(s) makes s wait for everything the
+// transport has queued. Device memory is never freed while the transport lives
+// (cudaFree synchronises the whole device); staging buffers are reused.
+#pragma once
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "transport/matcher.h"
+#include "transport/nccl_api.h"
+#include "transport/transport.h"
+
+namespace hcomm {
+
+struct NcclLibrary {
+  std::string path;  // the file that was opened
+  int version = 0;   // ncclGetVersion: 22703 for 2.27.3
+  nccl::Api api;
+};
+
+// Opens libnccl once per process (the first success is kept; a failure is retried on
+// the next call). Throws Error listing every path tried and why it failed.
+const NcclLibrary& loadNccl(const std::vector<std::string>& candidates = {});
+std::string ncclVersionString(int version);  // "2.27.3"
+// A fresh ncclUniqueId (128 bytes), made by rank 0 and handed to every rank.
+std::string ncclNewUniqueId(const std::vector<std::string>& candidates = {});
+
+struct CudaRuntime {
+  std::string origin;  // "linked into hcomm (CUDA 13.0)" or the opened file
+  cuda::Api api;
+};
+// The CUDA runtime, resolved once. Throws Error naming what is missing.
+const CudaRuntime& loadCudaRuntime();
+// Devices visible to the runtime; 0 with the runtime's reason when there are none
+// (no driver, no device, or no runtime at all).
+int cudaDeviceCount(std::string* why);
+
+class NcclTransport : public Transport {
+ public:
+  // Every rank of `size` calls together; uniqueId is ncclNewUniqueId() from one rank.
+  NcclTransport(int rank, int size, const std::string& uniqueId, int device, double timeoutSec,
+                const std::vector<std::string>& libCandidates = {});
+  ~NcclTransport() override;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  int device() const { return device_; }
+  int ncclVersion() const { return lib_->version; }
+
+  // NCCL's own collectives on `stream` (null: the transport's collective stream).
+  // AVG and PREMUL_SUM as the core defines them; bool reduces as logical or / and.
+  void allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul, void* stream);
+  void reduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul, int root,
+              void* stream);
+  void broadcast(const void* in, void* out, size_t count, DataType dt, int root, void* stream);
+  void allgather(const void* in, void* out, size_t sendCount, DataType dt, void* stream);
+  void reduceScatter(const void* in, void* out, size_t recvCount, DataType dt, ReduceOp op, double premul,
+                     void* stream);
+
+  void waitFor(void* stream);
+  void signal(void* stream);
+  // Blocks until `stream` (null: every transport stream) is idle; on timeout or an
+  // asynchronous NCCL error, aborts the transport and throws.
+  void synchronize(void* stream, double timeoutSec);
+
+  const char* name() const override { return "nccl"; }
+  RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint) override;
+  RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
+                   uint64_t fingerprint) override;
+  bool progress() override;
+  void sleepFor(int us) override;
+  bool probe(int peer, uint64_t tag, size_t* nbytes) override;
+  void abort(const std::string& why) override;
+
+ private:
+  struct Header {
+    uint64_t magic, tag, nbytes, fingerprint;
+  };
+  struct Slot {  // one header, in pinned host memory and on the device
+    char* host = nullptr;
+    char* dev = nullptr;
+  };
+  struct Stage {  // a reusable device staging buffer
+    char* dev = nullptr;
+    size_t cap = 0;
+  };
+  struct Inflight {  // queued GPU work; `event` marks its end on the link's stream
+    cuda::Event event = nullptr;
+    RequestPtr req;  // completed when the event is reached (null: nothing to complete)
+    Slot slot;
+    Stage stage;
+  };
+  struct Staged {  // a message whose payload arrived before its receive was posted
+    Header hdr;
+    Stage stage;
+  };
+  struct Peer {
+    int rank = -1;
+    nccl::Comm outComm = nullptr, inComm = nullptr;  // this rank -> peer, peer -> this rank
+    int outPeer = 0, inPeer = 0;                     // the peer's rank inside each pair comm
+    cuda::Stream outStream = nullptr, inStream = nullptr;
+    std::deque<PostedRecv> posted;
+    std::deque<Staged> unexpected;
+    std::deque<Inflight> sending, receiving;
+    bool headerPosted = false;
+    Slot headerSlot;
+    cuda::Event headerEvent = nullptr;
+  };
+
+  void createPairComms();
+  Peer& peerOf(int rank);
+  void postHeaderRecv(Peer& p);
+  void onHeader(Peer& p);
+  void deliverStaged(Peer& p, PostedRecv& r, const Staged& s);
+  void receivePayload(Peer& p, PostedRecv* r, const Header& h);
+  bool pollQueue(std::deque<Inflight>& q);
+  void checkAsyncErrors();
+  void failAll(const std::string& why);
+  void enqueueReduce(const ReduceSpec& spec, void* dst, const void* staged, size_t nbytes, cuda::Stream s);
+  void setDevice() const;
+  void nc(nccl::Result r, const char* what, nccl::Comm comm = nullptr) const;
+  void cu(cuda::Error e, const char* what) const;
+
+  Slot takeSlot();
+  Stage takeStage(size_t bytes);
+  cuda::Event takeEvent();
+  void recycle(Inflight& f);
+
+  // The NCCL reduction op for (dt, op), creating a premul-sum op when needed
+  // (`custom` says so: destroy it after the call).
+  nccl::RedOp redOp(DataType dt, ReduceOp op, double premul, bool* custom);
+  nccl::Stream collStream(void* stream) const;
+  // For ops NCCL cannot do directly: scaled copy before / divide after (CUDA kernels).
+  const void* preScale(DataType dt, ReduceOp op, double premul, const void* in, void* out, size_t count,
+                       nccl::Stream s);
+  void postDivide(DataType dt, ReduceOp op, void* out, size_t count, nccl::Stream s);
+
+  const NcclLibrary* lib_;
+  const CudaRuntime* rt_;
+  int rank_, size_, device_;
+  double timeoutSec_;
+  nccl::Comm world_ = nullptr;
+  cuda::Stream collStream_ = nullptr;
+  std::vector<Peer> peers_;  // by rank; peers_[rank_] unused
+  std::recursive_mutex mu_;
+  std::string aborted_;
+  // pools: handed out and taken back, freed only by the destructor
+  std::vector<Slot> freeSlots_;
+  std::vector<Stage> freeStages_;
+  std::vector<cuda::Event> freeEvents_, allEvents_;
+  std::vector<void*> hostBlocks_, devBlocks_;
+};
+
+}  // namespace hcomm
