@@ -145,6 +145,8 @@ class ZeroOptimizer:
         """Finish the gradient reduction, clip, update the master shards, publish parameters.
 
         Returns the global gradient norm (before clipping) when clip_grad_norm is set.
+        A flat buffer no backward reached is skipped (like a torch parameter whose .grad is
+        None); a parameter without gradient inside a reached buffer counts as zero.
         """
         self.engine.finish_gradients()
         shards = self.engine.shards
@@ -161,12 +163,14 @@ class ZeroOptimizer:
         # Padding elements are zero, so the shard sums add up to the true squared norm.
         sq = torch.zeros(1, dtype=torch.float64, device=self.comm.device)
         for s in shards:
-            sq += s.master.grad.double().pow(2).sum()
+            if s.master.grad is not None:
+                sq += s.master.grad.double().pow(2).sum()
         total = self.comm.all_reduce(sq).sqrt().item()
         coef = self.clip_grad_norm / (total + 1e-6)
         if coef < 1.0:
             for s in shards:
-                s.master.grad.mul_(coef)
+                if s.master.grad is not None:
+                    s.master.grad.mul_(coef)
         return total
 
     def zero_grad(self, set_to_none=True):

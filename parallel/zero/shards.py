@@ -36,7 +36,9 @@ class ShardState:
             self.grad.add_(summed)
 
     def master_grad(self):
-        """fp32 gradient for the optimizer; a transient copy when parameters are bf16."""
+        """fp32 gradient for the optimizer (a transient copy when parameters are bf16), or
+        None when no backward reached this buffer: the optimizer then skips it, as torch
+        skips parameters whose .grad is None."""
         if self.grad is None:
-            return torch.zeros_like(self.master)
+            return None
         return self.grad if self.grad.dtype == torch.float32 else self.grad.float()

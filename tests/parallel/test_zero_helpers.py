@@ -155,6 +155,9 @@ def unit_granularity_body(rank, world_size, group=None):
     full = zopt.full_state_dict()
     if rank == 0:
         assert_matches(full, ref, torch.float32, "stage 3 units=(Linear,)")
+    zopt.step()   # no backward since zero_grad: skipped, as torch skips .grad None
+    again = zopt.full_state_dict()
+    assert all(torch.equal(again[k], full[k]) for k in full), "a step without gradients changed parameters"
     return True
 
 
