@@ -1,0 +1,314 @@
+"""NCCL and HCCL loaders, no GPU needed.
+
+- NCCL: version and unique id from a real libnccl.so.2 (the nvidia-nccl wheel or
+  HCOMM_NCCL_LIB; skipped where there is none: CI does not download the 305 MB wheel),
+  and a clear error naming every path tried where it is missing.
+- hcomm's own NCCL and CUDA runtime declarations (csrc/transport/nccl_api.h) compiled
+  next to the real nccl.h / cuda_runtime_api.h: every enumerator, size and function type.
+- HCCL: absent here, so the error must name the library and the paths tried; a fake
+  libascendcl/libhccl pair built by the test drives the loader and HcclComm end to end
+  on host memory, and a library lacking a symbol is reported by name.
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import hcomm
+import hcomm.gpu as gpu
+from hcomm import _C
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CXX = shutil.which("g++") or shutil.which("c++")
+
+
+def _nccl_lib():
+    env = os.environ.get("HCOMM_NCCL_LIB")
+    if env and os.path.exists(env):
+        return env
+    found = gpu.nccl_library_candidates()
+    return found[0] if found else None
+
+
+def _nccl_header():
+    env = os.environ.get("HCOMM_NCCL_INCLUDE")
+    if env and os.path.exists(os.path.join(env, "nccl.h")):
+        return env
+    lib = _nccl_lib()
+    if lib:
+        inc = os.path.join(os.path.dirname(os.path.dirname(lib)), "include")
+        if os.path.exists(os.path.join(inc, "nccl.h")):
+            return inc
+    return None
+
+
+def _cuda_include():
+    nvcc = shutil.which("nvcc")
+    guesses = [os.environ.get("CUDA_HOME"), "/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    if nvcc:
+        guesses.insert(1, os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for g in guesses:
+        if g and os.path.exists(os.path.join(g, "include", "cuda_runtime_api.h")):
+            return os.path.join(g, "include")
+    return None
+
+
+def _run(code, env=None, timeout=60):
+    full = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=full, timeout=timeout)
+
+
+# ---------------------------------------------------------------- NCCL, real library
+
+needs_nccl = pytest.mark.skipif(_nccl_lib() is None, reason="no libnccl.so.2 (pip install nvidia-nccl-cu13 or set "
+                                                             "HCOMM_NCCL_LIB)")
+
+
+@needs_nccl
+def test_nccl_version_from_the_library():
+    code, text, path = _C.nccl_version([_nccl_lib()])
+    assert os.path.exists(path)
+    assert code >= 21800, f"NCCL {text} is older than 2.18 (ncclCommSplit)"
+    major, minor, patch = (int(x) for x in text.split("."))
+    assert code == major * 10000 + minor * 100 + patch
+
+
+@needs_nccl
+def test_nccl_unique_id():
+    a = _C.nccl_unique_id([_nccl_lib()])
+    b = gpu.nccl_unique_id() if gpu.nccl_library_candidates() else _C.nccl_unique_id([_nccl_lib()])
+    assert isinstance(a, bytes) and len(a) == 128
+    assert a != b, "two unique ids must differ"
+
+
+@needs_nccl
+def test_nccl_comm_without_a_device_fails_clearly():
+    if _C.cuda_report()["device_count"]:
+        pytest.skip("a device exists here; tests/test_gpu_device.py covers NcclComm")
+    uid = _C.nccl_unique_id([_nccl_lib()])
+    with pytest.raises(hcomm.Error, match="CUDA|cuda"):
+        _C.NcclComm(0, 1, uid, 0, 5.0, [_nccl_lib()])
+
+
+def test_nccl_missing_names_every_path_tried():
+    # A fresh process, so no library is loaded yet; HCOMM_NCCL_LIB points nowhere.
+    out = _run("""
+        import hcomm
+        from hcomm import _C
+        try:
+            print("LOADED", _C.nccl_version([])[2])
+        except hcomm.Error as e:
+            print("ERROR", e)
+    """, env={"HCOMM_NCCL_LIB": "/nonexistent/libnccl.so.2"})
+    assert out.returncode == 0, out.stderr
+    if out.stdout.startswith("LOADED"):
+        pytest.skip("a system libnccl.so.2 exists: " + out.stdout)
+    assert "/nonexistent/libnccl.so.2" in out.stdout
+    assert "libnccl.so.2" in out.stdout and "HCOMM_NCCL_LIB" in out.stdout
+
+
+def test_nccl_unique_id_rejects_bad_bytes():
+    with pytest.raises(hcomm.InvalidArgument, match="128 bytes"):
+        gpu.NcclComm(0, 1, b"short", 0)
+
+
+# ---------------------------------------------------------------- declarations
+
+# Maps both sides' types onto one vocabulary, then compares function types exactly.
+_NORMALIZE = r"""
+#include <type_traits>
+#include "transport/nccl_api.h"
+template <class T> struct N { using type = T; };
+template <class T> struct N<T*> { using type = typename N<T>::type*; };
+template <class T> struct N<const T> { using type = const typename N<T>::type; };
+template <class R, class... A> struct N<R (*)(A...)> { using type = typename N<R>::type (*)(typename N<A>::type...); };
+#define SAME_KIND(ours, theirs) struct K_##ours {}; \
+  template <> struct N<ours> { using type = K_##ours; }; template <> struct N<theirs> { using type = K_##ours; };
+#define SAME_FN(ours, theirs) static_assert(std::is_same<typename N<ours>::type, \
+  typename N<decltype(&theirs)>::type>::value, #theirs ": hcomm's declaration differs from the header");
+"""
+
+_NCCL_CHECK = r"""
+#include <nccl.h>
+namespace n = hcomm::nccl;
+using NResult = n::Result; using NType = n::DataType; using NOp = n::RedOp; using NRes = n::ScalarResidence;
+using NId = n::UniqueId; using NConfig = n::Config;
+SAME_KIND(NResult, ncclResult_t) SAME_KIND(NType, ncclDataType_t) SAME_KIND(NOp, ncclRedOp_t)
+SAME_KIND(NRes, ncclScalarResidence_t) SAME_KIND(NId, ncclUniqueId) SAME_KIND(NConfig, ncclConfig_t)
+#define CHECK_NCCL(name) SAME_FN(n::name##Fn, ::nccl##name)
+HCOMM_NCCL_FUNCTIONS(CHECK_NCCL)
+static_assert(sizeof(n::UniqueId) == sizeof(ncclUniqueId) && n::kUniqueIdBytes == NCCL_UNIQUE_ID_BYTES, "id");
+static_assert(n::kSplitNoColor == NCCL_SPLIT_NOCOLOR, "nocolor");
+#define V(x) static_assert(int(n::x) == int(::x), #x);
+V(ncclSuccess) V(ncclUnhandledCudaError) V(ncclSystemError) V(ncclInternalError) V(ncclInvalidArgument)
+V(ncclInvalidUsage) V(ncclRemoteError) V(ncclInProgress)
+V(ncclInt8) V(ncclUint8) V(ncclInt32) V(ncclUint32) V(ncclInt64) V(ncclUint64) V(ncclFloat16) V(ncclFloat32)
+V(ncclFloat64) V(ncclBfloat16) V(ncclSum) V(ncclProd) V(ncclMax) V(ncclMin) V(ncclAvg)
+V(ncclScalarDevice) V(ncclScalarHostImmediate)
+static_assert(std::is_same<n::Comm, ncclComm_t>::value && std::is_same<n::Stream, cudaStream_t>::value, "handles");
+int main() { return 0; }
+"""
+
+_CUDA_CHECK = r"""
+#include <cuda_runtime_api.h>
+namespace c = hcomm::cuda;
+using CError = c::Error; using CKind = c::MemcpyKind;
+SAME_KIND(CError, cudaError_t) SAME_KIND(CKind, cudaMemcpyKind)
+#define CHECK_CUDA(name) SAME_FN(c::name##Fn, ::cuda##name)
+HCOMM_CUDART_FUNCTIONS(CHECK_CUDA)
+#define V(x) static_assert(int(c::x) == int(::x), #x);
+V(cudaSuccess) V(cudaErrorNotReady) V(cudaMemcpyHostToHost) V(cudaMemcpyHostToDevice) V(cudaMemcpyDeviceToHost)
+V(cudaMemcpyDeviceToDevice) V(cudaMemcpyDefault)
+static_assert(c::kStreamNonBlocking == cudaStreamNonBlocking && c::kEventDisableTiming == cudaEventDisableTiming &&
+              c::kHostAllocDefault == cudaHostAllocDefault, "flags");
+static_assert(std::is_same<c::Stream, cudaStream_t>::value && std::is_same<c::Event, cudaEvent_t>::value, "handles");
+int main() { return 0; }
+"""
+
+
+def _compile(tmp_path, body, includes):
+    if CXX is None:
+        pytest.skip("no C++ compiler")
+    src = tmp_path / "check.cc"
+    src.write_text(_NORMALIZE + body)
+    cmd = [CXX, "-std=c++17", "-fsyntax-only", "-I", os.path.join(ROOT, "csrc")]
+    for inc in includes:
+        cmd += ["-I", inc]
+    done = subprocess.run(cmd + [str(src)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_cuda_runtime_declarations_match_the_toolkit(tmp_path):
+    inc = _cuda_include()
+    if inc is None:
+        pytest.skip("no CUDA toolkit headers (cuda_runtime_api.h)")
+    _compile(tmp_path, _CUDA_CHECK, [inc])
+
+
+def test_nccl_declarations_match_the_wheel_header(tmp_path):
+    nccl_inc, cuda_inc = _nccl_header(), _cuda_include()
+    if nccl_inc is None or cuda_inc is None:
+        pytest.skip("needs the nvidia-nccl wheel's nccl.h (or HCOMM_NCCL_INCLUDE) and the CUDA headers")
+    _compile(tmp_path, _NCCL_CHECK, [nccl_inc, cuda_inc])
+
+
+def test_the_declaration_check_catches_a_difference(tmp_path):
+    """The checker itself: a wrong signature must fail to compile."""
+    inc = _cuda_include()
+    if inc is None:
+        pytest.skip("no CUDA toolkit headers")
+    wrong = _CUDA_CHECK.replace("int main()", "SAME_FN(c::FreeFn, ::cudaMalloc)\nint main()")
+    with pytest.raises(AssertionError, match="cudaMalloc"):
+        _compile(tmp_path, wrong, [inc])
+
+
+# ---------------------------------------------------------------- HCCL
+
+def test_hccl_absent_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HCOMM_ASCENDCL_LIB", "/nonexistent/libascendcl.so")
+    ok, why = _C.hccl_available()
+    if ok:
+        pytest.skip("a real CANN stack is installed here")
+    assert "libascendcl.so" in why and "/nonexistent/libascendcl.so" in why and "tried" in why
+    with pytest.raises(hcomm.Error, match="HCCL is not available.*libascendcl.so"):
+        _C.hccl_root_info()
+    with pytest.raises(hcomm.Error, match="HCCL is not available"):
+        _C.HcclComm(0, 1, b"\0" * 4108, 0)
+    assert gpu.availability()["hccl"]["available"] is False
+
+
+_FAKE_ACL = r"""
+#include <stdint.h>
+int aclInit(const char* p) { (void)p; return 0; }
+int aclrtSetDevice(int32_t d) { return d == 0 ? 0 : 107001; }
+int aclrtGetDeviceCount(uint32_t* n) { *n = 1; return 0; }
+int aclrtCreateStream(void** s) { static int stream; *s = &stream; return 0; }
+int aclrtSynchronizeStream(void* s) { (void)s; return 0; }
+int aclrtDestroyStream(void* s) { (void)s; return 0; }
+"""
+
+# One rank, host memory: enough to drive hcomm's loader and HcclComm for real.
+_FAKE_HCCL = r"""
+#include <stdint.h>
+#include <string.h>
+static size_t esize(int t) { static const size_t s[] = {1, 2, 4, 2, 4, 8, 8, 1, 2, 4, 8, 2}; return t < 12 ? s[t] : 0; }
+int HcclGetRootInfo(char* info) { memset(info, 7, 4108); return 0; }
+int HcclCommInitRootInfo(uint32_t n, const char* info, uint32_t r, void** comm) {
+  if (n != 1 || r != 0 || info[0] != 7) return 1;
+  static int c; *comm = &c; return 0;
+}
+int HcclAllReduce(void* s, void* d, uint64_t n, int t, int op, void* c, void* st) {
+  (void)op; (void)c; (void)st; if (s != d) memcpy(d, s, n * esize(t)); return 0; }
+int HcclBroadcast(void* b, uint64_t n, int t, uint32_t root, void* c, void* st) {
+  (void)b; (void)n; (void)t; (void)c; (void)st; return root == 0 ? 0 : 1; }
+int HcclAllGather(void* s, void* d, uint64_t n, int t, void* c, void* st) {
+  (void)c; (void)st; memcpy(d, s, n * esize(t)); return 0; }
+int HcclReduceScatter(void* s, void* d, uint64_t n, int t, int op, void* c, void* st) {
+  (void)op; (void)c; (void)st; memcpy(d, s, n * esize(t)); return 0; }
+int HcclRecv(void* b, uint64_t n, int t, uint32_t p, void* c, void* st) {
+  (void)b; (void)n; (void)t; (void)p; (void)c; (void)st; return 5; }
+int HcclCommDestroy(void* c) { (void)c; return 0; }
+#ifndef NO_SEND
+int HcclSend(void* b, uint64_t n, int t, uint32_t p, void* c, void* st) {
+  (void)b; (void)n; (void)t; (void)p; (void)c; (void)st; return 5; }
+#endif
+"""
+
+
+def _fake_libs(tmp_path, *extra):
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler for the fake HCCL")
+    paths = {}
+    for name, src in (("libascendcl.so", _FAKE_ACL), ("libhccl.so", _FAKE_HCCL)):
+        (tmp_path / (name + ".c")).write_text(src)
+        out = tmp_path / name
+        subprocess.run([cc, "-shared", "-fPIC", *extra, "-o", str(out), str(tmp_path / (name + ".c"))], check=True)
+        paths[name] = str(out)
+    return {"HCOMM_ASCENDCL_LIB": paths["libascendcl.so"], "HCOMM_HCCL_LIB": paths["libhccl.so"]}
+
+
+def test_hccl_loader_and_comm_against_a_fake_library(tmp_path):
+    out = _run("""
+        import numpy as np, hcomm
+        from hcomm import _C
+        ok, why = _C.hccl_available()
+        assert ok, why
+        info = _C.hccl_root_info()
+        assert len(info) == 4108
+        comm = _C.HcclComm(0, 1, info, 0)
+        x = np.arange(7, dtype=np.float32); y = np.zeros_like(x)
+        comm.allreduce(x.ctypes.data, y.ctypes.data, 7, "float32", "sum", 0)
+        assert (y == x).all()
+        g = np.zeros(7, dtype=np.int64)
+        comm.allgather(np.arange(7).ctypes.data, g.ctypes.data, 7, "int64", 0)
+        assert (g == np.arange(7)).all()
+        comm.synchronize()
+        for bad, words in ((lambda: comm.allreduce(x.ctypes.data, y.ctypes.data, 7, "float32", "avg", 0), "avg"),
+                           (lambda: comm.send(x.ctypes.data, 7, "float32", 0, 0), "not a peer"),
+                           (lambda: comm.recv(x.ctypes.data, 7, "float32", 3, 0), "not a peer"),
+                           (lambda: _C.HcclComm(0, 1, b"x", 0), "4108 bytes"),
+                           (lambda: _C.HcclComm(0, 1, info, 1), "aclrtSetDevice failed with aclError 107001")):
+            try:
+                bad()
+            except hcomm.Error as e:
+                assert words in str(e), str(e)
+            else:
+                raise AssertionError("no error for " + words)
+        print("OK")
+    """, env=_fake_libs(tmp_path))
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
+
+
+def test_hccl_library_lacking_a_function_is_named(tmp_path):
+    out = _run("""
+        from hcomm import _C
+        print(_C.hccl_available())
+    """, env=_fake_libs(tmp_path, "-DNO_SEND"))
+    assert out.returncode == 0, out.stderr
+    assert "False" in out.stdout and "HcclSend" in out.stdout and "not usable" in out.stdout, out.stdout
