@@ -117,7 +117,11 @@ def check_timeout(rank, n):
     late = dist.new_group(list(range(n)), timeout=timedelta(seconds=3))
     if rank == 0:
         with pytest.raises(RuntimeError, match="hcomm allreduce failed"):
-            dist.all_reduce(torch.ones(5), group=late)
+            dist.all_reduce(torch.ones(5), group=late)  # blocking call
+        work = dist.all_reduce(torch.ones(5), group=late, async_op=True)  # future failed by the progress thread
+        with pytest.raises(RuntimeError, match="hcomm allreduce failed"):
+            work.wait()
+        assert work.is_completed() and work.exception() is not None
     quiet = dist.new_group(list(range(n)), timeout=timedelta(seconds=3))
     if rank == 0:
         with pytest.raises(RuntimeError, match="rank 1 failed to pass monitored_barrier"):

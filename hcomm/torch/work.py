@@ -54,6 +54,9 @@ class HcommWork(dist.Work):
         self._complete(result, finish, self._first_error)
 
     def _complete(self, result, finish, err):
+        # The core works (and the callbacks they hold, which hold self) are no longer
+        # needed: dropping them here breaks that cycle and frees the staging buffers.
+        self._core = ()
         if err is None and finish is not None:
             try:
                 finish()
@@ -71,7 +74,11 @@ class HcommWork(dist.Work):
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout or 0)
         if seconds > 0 and not self._fut.done():
             for w in self._core:
-                if not w.wait(seconds):
+                try:
+                    done = w.wait(seconds)
+                except Exception:  # noqa: BLE001 - the same error reaches the future, raised below
+                    done = True
+                if not done:
                     raise _as_error(self._what, f"not completed within {seconds:g} s (Work.wait timeout)")
         self._fut.wait()  # raises the operation's error
         return True
