@@ -92,6 +92,17 @@ class Communicator:
     def closed(self):
         return self._c.closed
 
+    def flight_record(self):
+        """The last calls of this communicator (HCOMM_FLIGHT_RECORDER_SIZE of them): seq, op,
+        dtype, count, root, algo, state (queued/started/completed/failed), timestamps, error."""
+        import json
+
+        return json.loads(self._c.flight_record_json())
+
+    def dump_flight_record(self, directory):
+        """Write the flight record as JSON into `directory`; returns the file's path."""
+        return self._c.dump_flight_record(str(directory))
+
     def transports(self):
         """The transport to each rank ('shm' or 'tcp')."""
         return self._c.transports()

@@ -6,6 +6,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <signal.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -77,6 +79,19 @@ void futexWait(std::atomic<uint32_t>* word, uint32_t expected, int us) {
 
 void futexWakeAll(std::atomic<uint32_t>* word) {
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+}
+
+// A process that exited but was not reaped yet (a zombie) counts as dead.
+bool processAlive(int64_t pid) {
+  if (kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) return false;
+  std::string path = "/proc/" + std::to_string(pid) + "/stat", stat;
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return true;  // cannot tell: assume alive, the timeout still applies
+  char buf[512] = {0};
+  size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  const char* close = static_cast<const char*>(memrchr(buf, ')', n));  // state follows "(comm) "
+  return !(close && close + 2 < buf + n && (close[2] == 'Z' || close[2] == 'X'));
 }
 
 // Reads `len` bytes at `addr` of process `pid` into `dst`.
@@ -437,7 +452,31 @@ bool ShmTransport::progress() {
   return moved;
 }
 
+void ShmTransport::failDeadPeers() {
+  // A peer process that died never answers: fail what waits on it now rather than at
+  // the timeout. Checked at most every 100 ms, and only while sleeping.
+  auto now = std::chrono::steady_clock::now();
+  if (now - lastLivenessCheck_ < std::chrono::milliseconds(100)) return;
+  lastLivenessCheck_ = now;
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  for (auto& kv : peers_) {
+    Peer& p = kv.second;
+    bool waiting = !p.sending.empty() || !p.awaiting.empty() || !p.match.posted.empty() || p.inCurrent;
+    if (!waiting || p.seg->pid == getpid() || processAlive(p.seg->pid)) continue;
+    std::string why = "rank " + std::to_string(p.rank) + " (pid " + std::to_string(p.seg->pid) + ") has exited";
+    for (auto& m : p.sending) complete(*m.req, why);
+    for (auto& m : p.awaiting) complete(*m.req, why);
+    for (auto& r : p.match.posted) complete(*r.req, why);
+    if (p.inCurrent) complete(*p.current.req, why);
+    p.sending.clear();
+    p.awaiting.clear();
+    p.match.posted.clear();
+    p.inCurrent = false;
+  }
+}
+
 void ShmTransport::sleepFor(int us) {
+  failDeadPeers();
   uint32_t v = mine_->bell.load(std::memory_order_seq_cst);
   mine_->sleepers.fetch_add(1, std::memory_order_seq_cst);
   // Anything that changed between the caller's last progress() and the bell read above

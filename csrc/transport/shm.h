@@ -9,6 +9,7 @@
 // through the slots (two copies, pipelined). Waiting ranks sleep on a futex in their
 // own segment ("doorbell") that senders ring.
 #pragma once
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -77,6 +78,7 @@ class ShmTransport : public Transport {
   void handleSlot(Peer& p, const struct ShmSlot& slot);
   void pull(Peer& p, const PostedRecv& r, int64_t pid, uint64_t addr, size_t nbytes, uint64_t seq);
   void ring(ShmSegment* seg);
+  void failDeadPeers();
 
   int rank_;
   std::vector<int> localRanks_;
@@ -89,6 +91,7 @@ class ShmTransport : public Transport {
   std::vector<char> scratch_;  // staging for reductions out of a peer's memory
   std::recursive_mutex mu_;
   std::string aborted_;
+  std::chrono::steady_clock::time_point lastLivenessCheck_;
 };
 
 }  // namespace hcomm

@@ -1,0 +1,45 @@
+// Flight recorder: the last N calls of a communicator (HCOMM_FLIGHT_RECORDER_SIZE,
+// default 2000) with their signature, algorithm, state and timestamps, so that after a
+// hang or an error each rank can say what it was doing. Dumped as JSON on error (into
+// HCOMM_DEBUG_DUMP_DIR) and on demand (comm.flight_record(), SIGUSR1 from Python).
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+
+namespace hcomm {
+
+struct FlightEntry {
+  uint64_t seq = 0;
+  std::string op, dtype, algo, state, error;
+  uint64_t count = 0;
+  int root = -1;
+  double queued = 0, started = 0, ended = 0;  // seconds since the recorder was made
+};
+
+class FlightRecorder {
+ public:
+  explicit FlightRecorder(size_t capacity);
+  // Returns the entry's id for the updates below.
+  uint64_t record(uint64_t seq, const std::string& op, const std::string& dtype, uint64_t count, int root,
+                  const std::string& algo);
+  void started(uint64_t id);
+  void ended(uint64_t id, const std::string& error);
+  std::string json(int rank, int size, uint32_t commId);
+  // Writes json() to <dir>/hcomm_flight_<comm>_rank<r>.json; returns the path ("" on failure).
+  std::string dump(const std::string& dir, int rank, int size, uint32_t commId);
+
+ private:
+  FlightEntry* find(uint64_t id);
+  double now() const;
+
+  size_t capacity_;
+  uint64_t next_ = 0;      // id of the next entry; entries_ holds ids [next_ - size, next_)
+  std::deque<FlightEntry> entries_;
+  std::chrono::steady_clock::time_point t0_;
+  std::mutex mu_;
+};
+
+}  // namespace hcomm

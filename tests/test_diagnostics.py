@@ -1,0 +1,99 @@
+"""Flight recorder, dumps on error and on SIGUSR1, dead peers, HCOMM_DEBUG logging."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import hcomm
+from harness import run_comm, run_ranks
+
+
+def _record_body(comm):
+    comm.allreduce(np.ones(100, np.float32), algo="ring")
+    comm.broadcast(np.ones(7, np.int64), root=comm.size - 1)
+    w = comm.allreduce(np.ones(3), algo="halving_doubling", async_op=True)
+    w.wait()
+    return comm.flight_record()
+
+
+def test_flight_record_lists_calls_in_order():
+    rec = run_comm(_record_body, 3)[1]
+    entries = rec["entries"]
+    assert rec["rank"] == 1 and rec["size"] == 3
+    ops = [(e["op"], e["dtype"], e["count"], e["root"], e["algo"], e["state"]) for e in entries]
+    assert ops[-3:] == [("allreduce", "float32", 100, -1, "ring", "completed"),
+                        ("broadcast", "int64", 7, 2, "binomial", "completed"),
+                        ("allreduce", "float64", 3, -1, "halving_doubling", "completed")]
+    seqs = [e["seq"] for e in entries if e["op"] not in ("send", "recv")]  # point to point has no seq
+    assert seqs == sorted(seqs)
+    assert all(e["ended"] >= e["started"] >= e["queued"] for e in entries)
+
+
+def test_flight_recorder_is_bounded(monkeypatch):
+    monkeypatch.setenv("HCOMM_FLIGHT_RECORDER_SIZE", "5")
+    comm = hcomm.init(rank=0, size=1)
+    for _ in range(20):
+        comm.barrier()
+    entries = comm.flight_record()["entries"]
+    comm.close()
+    assert len(entries) == 5 and entries[-1]["seq"] == 20
+
+
+def _dump_on_error_body(rank, size, uid, directory):
+    os.environ["HCOMM_DEBUG_DUMP_DIR"] = directory
+    comm = hcomm.init(rank=rank, size=size, unique_id=uid, timeout=2)
+    comm.allreduce(np.ones(4))
+    if rank == 0:
+        os.kill(os.getpid(), signal.SIGUSR1)  # dump on demand
+        time.sleep(0.2)
+        try:
+            comm.allreduce(np.ones(4))  # rank 1 never comes: times out
+        except hcomm.Error as e:
+            return str(e)
+    else:
+        time.sleep(4)
+    return ""
+
+
+def test_dump_on_error_and_on_sigusr1(tmp_path):
+    out = run_ranks(_dump_on_error_body, 2, mode="process", args=(hcomm.get_unique_id(), str(tmp_path)), timeout=60)
+    assert "flight record:" in out[0] and "timed out" in out[0], out[0]
+    files = sorted(os.listdir(tmp_path))
+    assert files == ["hcomm_flight_1_rank0.json"], files
+    rec = json.loads((tmp_path / files[0]).read_text())
+    assert rec["entries"][-1]["state"] == "failed" and "timed out" in rec["entries"][-1]["error"]
+
+
+def _dead_peer_body(rank, size, uid):
+    comm = hcomm.init(rank=rank, size=size, unique_id=uid, timeout=60)
+    comm.barrier()
+    if rank == 1:
+        return "exits"  # the process ends here, in the middle of rank 0's allreduce
+    t = time.monotonic()
+    try:
+        comm.allreduce(np.ones(1 << 16), algo="ring")
+    except hcomm.Error as e:
+        return time.monotonic() - t, str(e)
+    return None
+
+
+@pytest.mark.parametrize("transport_env", [None, "tcp"])
+def test_dead_peer_is_named_long_before_the_timeout(transport_env):
+    env = [{"HCOMM_HOST_ID": f"h{r}"} for r in range(2)] if transport_env == "tcp" else None
+    out = run_ranks(_dead_peer_body, 2, mode="process", args=(hcomm.get_unique_id(),), env=env, timeout=60)
+    elapsed, msg = out[0]
+    assert elapsed < 5, (elapsed, msg)
+    assert "rank 1" in msg, msg
+
+
+def test_debug_logging_prefixes_rank():
+    code = ("import hcomm, numpy as np; c = hcomm.init(rank=0, size=1); c.allreduce(np.ones(2)); c.close()")
+    env = dict(os.environ, HCOMM_DEBUG="TRACE")
+    err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stderr
+    assert "[hcomm rank 0] init: 1 ranks" in err, err
+    assert "[hcomm rank 0] start allreduce #1" in err and "[hcomm rank 0] end allreduce #1" in err, err
