@@ -4,6 +4,7 @@
 // of AVG and PREMUL_SUM (so the op here is SUM, PROD, MIN or MAX).
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <vector>
 
 #include "algo/links.h"
@@ -15,6 +16,11 @@ namespace algo {
 void allreduceRing(Links& l, const void* in, void* out, size_t count, size_t segBytes);
 void allreduceTree(Links& l, const void* in, void* out, size_t count, size_t segBytes);
 void allreduceHalvingDoubling(Links& l, const void* in, void* out, size_t count);
+// hierarchical: levels[k][r] is rank r's group at level k (0 innermost, e.g. host then
+// rack); `top` is the flat allreduce run among one rank per group at the top.
+using FlatAllreduce = std::function<void(Links&, const void* in, void* out, size_t count)>;
+void allreduceHierarchical(Links& l, const void* in, void* out, size_t count,
+                           const std::vector<std::vector<int>>& levels, const FlatAllreduce& top);
 
 // ring reduce-scatter / allgather with per-rank counts (the v variants)
 void reduceScattervRing(Links& l, const void* in, void* out, const std::vector<size_t>& counts);

@@ -69,9 +69,8 @@ void level(Links& l, const void* in, void* out, size_t count, const std::vector<
   }
   Grouping g = groupBy(levels[depth], l.rank());
   const std::vector<int>& group = g.groups[g.mine];
-  if (g.groups.size() == 1 || group.size() == 1 && g.smallest == 1 &&
-      std::all_of(g.groups.begin(), g.groups.end(), [](const std::vector<int>& x) { return x.size() == 1; }))
-    return level(l, in, out, count, levels, depth + 1, top);  // this level splits nothing
+  bool singletons = g.groups.size() == static_cast<size_t>(l.size());
+  if (g.groups.size() == 1 || singletons) return level(l, in, out, count, levels, depth + 1, top);  // splits nothing
 
   size_t k = g.smallest, es = l.elemSize();
   Blocks blocks{count, k};

@@ -1,10 +1,13 @@
 #include "topo/topology.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 
+#include "common/param.h"
 #include "common/types.h"
 
 namespace hcomm {
@@ -351,8 +354,21 @@ Json Topology::toJson() const {
 Topology Topology::fromJson(const Json& j) {
   Topology t;
   const Json* rs = j.find("ranks");
-  if (!rs || rs->type != Json::ARR) throw Error("topology JSON: no \"ranks\" list");
-  for (const Json& x : rs->arr) t.ranks.push_back(probeFrom(x));
+  if (rs && rs->type == Json::ARR) {
+    for (const Json& x : rs->arr) t.ranks.push_back(probeFrom(x));
+  } else {  // a described topology: ranks are what "hosts" lists
+    int n = 0;
+    if (const Json* hosts = j.find("hosts"))
+      for (const Json& h : hosts->arr)
+        if (const Json* members = h.find("ranks"))
+          for (const Json& r : members->arr) n = std::max(n, static_cast<int>(r.num) + 1);
+    if (n == 0) throw Error("topology JSON: neither a \"ranks\" list nor hosts with ranks");
+    t.ranks.resize(n);
+    for (int r = 0; r < n; ++r) {
+      t.ranks[r].rank = r;
+      t.ranks[r].hostname = t.ranks[r].host = "unplaced" + std::to_string(r);
+    }
+  }
   for (size_t r = 0; r < t.ranks.size(); ++r) {
     TopoFilePlacement place = placementFor(j, static_cast<int>(r));
     if (!place.host.empty()) {
@@ -412,6 +428,119 @@ void applyFileLinks(const Json& file, LinkCost* links) {
     if (src == "measured") src = "file";  // a dump loaded back: fixed numbers now
     links[c] = {getNum(*x, "alpha", links[c].alpha), getNum(*x, "beta", links[c].beta), src == "default" ? "default" : "file"};
   }
+}
+
+}  // namespace hcomm
+
+// ---------------------------------------------------------------- building at init
+
+namespace hcomm {
+
+bool deterministicMode() { return envInt("HCOMM_DETERMINISTIC", 0) != 0; }
+
+namespace {
+
+std::vector<std::string> allgatherStrings(const InitChannel& ch, const std::string& mine) {
+  std::vector<int64_t> lens(ch.size);
+  int64_t myLen = static_cast<int64_t>(mine.size());
+  ch.allgatherBytes(&myLen, lens.data(), std::vector<size_t>(ch.size, sizeof(int64_t)));
+  std::vector<size_t> counts(lens.begin(), lens.end());
+  size_t total = 0;
+  for (size_t c : counts) total += c;
+  std::string all(total, '\0');
+  ch.allgatherBytes(mine.data(), &all[0], counts);
+  std::vector<std::string> out;
+  size_t off = 0;
+  for (size_t c : counts) {
+    out.push_back(all.substr(off, c));
+    off += c;
+  }
+  return out;
+}
+
+// The fastest of `iters` ping-pong round trips of n bytes (a leads, b echoes): the
+// minimum filters out the scheduler noise of an oversubscribed machine.
+double pingPong(const InitChannel& ch, int a, int b, size_t n, int iters) {
+  std::vector<char> buf(std::max<size_t>(n, 1));
+  bool lead = ch.rank == a;
+  int peer = lead ? b : a;
+  auto once = [&] {
+    if (lead) {
+      ch.send(peer, buf.data(), n);
+      ch.recv(peer, buf.data(), n);
+    } else {
+      ch.recv(peer, buf.data(), n);
+      ch.send(peer, buf.data(), n);
+    }
+  };
+  once();  // warm-up: connection setup, page faults
+  double best = 1e30;
+  for (int i = 0; i < iters; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    once();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+}  // namespace
+
+void measureLinks(Topology& t, const InitChannel& ch) {
+  // Small messages give alpha (half a round trip), 1 MiB ones beta: about 50 ms per
+  // class on a 1 Gbit/s link, far less on shared memory, so the whole probe stays < 1 s.
+  constexpr size_t kLarge = 1 << 20;
+  std::vector<double> fit(2 * kLinkClasses, 0.0);
+  for (int c = 0; c < kLinkClasses; ++c) {
+    int a = -1, b = -1;  // the first pair of this class in rank order
+    for (int x = 0; x < t.size() && a < 0; ++x)
+      for (int y = x + 1; y < t.size(); ++y)
+        if (t.between(x, y) == static_cast<LinkClass>(c)) {
+          a = x;
+          b = y;
+          break;
+        }
+    if (a < 0 || (ch.rank != a && ch.rank != b)) continue;
+    double small = pingPong(ch, a, b, 8, 12), large = pingPong(ch, a, b, kLarge, 4);
+    if (ch.rank != a) continue;
+    fit[2 * c] = small / 2;
+    fit[2 * c + 1] = std::max(1e-12, (large - small) / 2 / kLarge);
+  }
+  ch.maxAll(fit.data(), fit.size());  // every rank adopts the same numbers: same choices
+  for (int c = 0; c < kLinkClasses; ++c)
+    if (fit[2 * c] > 0) t.links[c] = {fit[2 * c], fit[2 * c + 1], "measured"};
+}
+
+std::shared_ptr<Topology> buildTopology(const InitChannel& ch, const std::string& hostId, const Json* file,
+                                        const std::string& filePath) {
+  RankProbe me = probeLocal();
+  me.rank = ch.rank;
+  me.hostId = hostId;
+  me.rack = envStr("HCOMM_RACK");
+  if (file) {
+    TopoFilePlacement place = placementFor(*file, ch.rank);
+    if (!place.host.empty()) {
+      me.host = place.host;
+      me.rack = place.rack;
+    }
+  }
+  auto t = std::make_shared<Topology>();
+  if (ch.size == 1) {
+    t->ranks = {me};
+  } else {
+    for (const std::string& rec : allgatherStrings(ch, probeToJson(me))) t->ranks.push_back(probeFromJson(rec));
+  }
+  if (file) t->origin = filePath;
+  t->index();
+  bool probe = envInt("HCOMM_PROBE", 1) != 0 && !deterministicMode() && ch.size > 1;
+  if (probe) measureLinks(*t, ch);
+  if (file) applyFileLinks(*file, t->links);
+  std::string dump = envStr("HCOMM_TOPO_DUMP_FILE");
+  if (!dump.empty() && ch.rank == 0) {
+    std::ofstream f(dump);
+    if (!f) throw Error("HCOMM_TOPO_DUMP_FILE: cannot write '" + dump + "'");
+    f << t->toJson().dump() << "\n";
+  }
+  return t;
 }
 
 }  // namespace hcomm

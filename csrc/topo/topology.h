@@ -15,6 +15,7 @@
 //    "ranks": [{"rank": 0, "hostname": ..., "numa": 0, "cpus": "0-3", "nics": [...]}]}
 // Ranks the file does not place keep their detected host.
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -81,5 +82,29 @@ void applyFileLinks(const Json& file, LinkCost* links);
 
 std::string probeToJson(const RankProbe& p);   // one rank's record, for the init gather
 RankProbe probeFromJson(const std::string& text);
+
+// What building the topology needs from the communicator being created (blocking
+// calls every rank makes in the same order), so this layer stays below comm/.
+struct InitChannel {
+  int rank = 0, size = 1;
+  // allgatherv of raw bytes: counts[r] bytes from rank r, concatenated in rank order.
+  std::function<void(const void* in, void* out, const std::vector<size_t>& counts)> allgatherBytes;
+  std::function<void(int peer, void* buf, size_t n)> send, recv;
+  std::function<void(double* v, size_t n)> maxAll;  // element-wise max over ranks, in place
+};
+
+// At init: probes this rank, gathers every rank's probe, indexes hosts and racks,
+// runs the micro-probe (unless HCOMM_PROBE=0 or HCOMM_DETERMINISTIC=1), applies the
+// topology file's link costs, and writes HCOMM_TOPO_DUMP_FILE on rank 0.
+// hostId: the identity bootstrap used (the file's host when it places this rank).
+std::shared_ptr<Topology> buildTopology(const InitChannel& ch, const std::string& hostId, const Json* file,
+                                        const std::string& filePath);
+
+// Fits alpha and beta of every link class present with a few ping-pongs between one
+// pair of ranks per class (every rank calls; the others only join the agreement).
+void measureLinks(Topology& t, const InitChannel& ch);
+
+// HCOMM_DETERMINISTIC=1: choices from fixed constants only, never from timing.
+bool deterministicMode();
 
 }  // namespace hcomm

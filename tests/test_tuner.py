@@ -1,0 +1,112 @@
+"""Tuner decisions on described topologies, without processes."""
+import pytest
+
+import hcomm
+from hcomm.topology import ALLREDUCE_ALGOS
+
+GBIT = 8e-9  # s/byte of a 1 Gbit/s link
+
+
+def hosts(*sizes, rack_of=None, tcp_beta=GBIT):
+    """A described topology: hosts of the given sizes, ranks numbered host by host."""
+    out, r = [], 0
+    for h, n in enumerate(sizes):
+        out.append({"name": f"h{h}", "rack": rack_of(h) if rack_of else "", "ranks": list(range(r, r + n))})
+        r += n
+    return {"hosts": out, "links": {"shm": {"alpha": 2e-6, "beta": 1 / 8e9},
+                                     "tcp": {"alpha": 5e-5, "beta": tcp_beta},
+                                     "rack": {"alpha": 8e-5, "beta": 2 * tcp_beta}}}
+
+
+SIZES = [8, 4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20]
+
+
+def test_every_candidate_is_listed_with_a_prediction():
+    e = hcomm.explain("allreduce", 64 << 20, topology=hosts(2, 2))
+    assert [c.algo for c in e.candidates] == list(ALLREDUCE_ALGOS)
+    assert all(c.seconds > 0 for c in e.candidates)
+    assert e.why == "model" and e.world == 4 and e.hosts == 2
+    assert e.chosen == min(e.candidates, key=lambda c: c.seconds).algo
+
+
+def test_hierarchical_wins_large_messages_across_hosts():
+    e = hcomm.explain("allreduce", 64 << 20, topology=hosts(2, 2))
+    assert e.chosen == "hierarchical"
+    # the NIC carries 1.0 S instead of the flat ring's 1.5 S
+    ratio = e.candidate("ring").seconds / e.candidate("hierarchical").seconds
+    assert 1.3 < ratio < 1.55
+
+
+def test_latency_bound_sizes_pick_a_flat_algorithm():
+    assert hcomm.explain("allreduce", 8, topology=hosts(2, 2)).chosen in ("halving_doubling", "tree")
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_one_host_always_flat(n):
+    e = hcomm.explain("allreduce", n, topology=hosts(4))
+    assert e.chosen != "hierarchical"
+    assert not e.candidate("hierarchical").applicable
+
+
+def test_one_rank_per_host_is_flat_too():
+    e = hcomm.explain("allreduce", 64 << 20, topology=hosts(1, 1, 1, 1))
+    assert e.chosen != "hierarchical" and not e.candidate("hierarchical").applicable
+
+
+def test_two_levels_of_racks():
+    topo = hosts(2, 2, 2, 2, rack_of=lambda h: f"r{h // 2}")
+    e = hcomm.explain("allreduce", 64 << 20, topology=topo)
+    assert e.chosen == "hierarchical"
+    assert e.candidate("hierarchical").inner in ("ring", "tree", "halving_doubling")
+
+
+def test_uneven_hosts_are_modelled():
+    e = hcomm.explain("allreduce", 64 << 20, topology=hosts(3, 1))
+    assert e.candidate("hierarchical").applicable
+    assert all(c.seconds > 0 for c in e.candidates)
+
+
+def test_segment_sizes_are_chosen():
+    small, big = (hcomm.explain("allreduce", n, topology=hosts(4)) for n in (64 << 10, 64 << 20))
+    assert big.candidate("tree").seg_bytes > 0 and big.candidate("ring").seg_bytes > 0
+    assert small.candidate("halving_doubling").seg_bytes == 0
+
+
+def test_faster_network_moves_the_crossover():
+    slow = hcomm.explain("allreduce", 1 << 20, topology=hosts(2, 2, tcp_beta=GBIT))
+    fast = hcomm.explain("allreduce", 1 << 20, topology=hosts(2, 2, tcp_beta=GBIT / 100))
+    assert slow.candidate("ring").seconds > fast.candidate("ring").seconds
+
+
+def test_subset_of_ranks():
+    e = hcomm.explain("allreduce", 64 << 20, topology=hosts(2, 2), ranks=[0, 1])
+    assert e.world == 2 and e.hosts == 1 and e.chosen != "hierarchical"
+
+
+def test_requested_algorithm_overrides_the_model():
+    e = hcomm.explain("allreduce", 8, topology=hosts(2, 2), algo="ring")
+    assert e.chosen == "ring" and e.why == "requested"
+
+
+def test_table_marks_the_choice_once():
+    text = str(hcomm.explain("allreduce", 64 << 20, topology=hosts(2, 2)))
+    assert text.count("<- chosen") == 1
+    assert "hierarchical" in text.splitlines()[0]
+    for algo in ALLREDUCE_ALGOS:
+        assert algo in text
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(collective="broadcast", nbytes=8, topology=hosts(2)), "single algorithm"),
+    (dict(collective="allreduce", nbytes=8), "exactly one of"),
+    (dict(collective="allreduce", nbytes=8, topology=hosts(2), algo="bogus"), "unknown allreduce algorithm"),
+    (dict(collective="allreduce", nbytes=8, topology=hosts(2), measure=True), "needs comm"),
+])
+def test_explain_rejects_bad_arguments(kwargs, words):
+    with pytest.raises(hcomm.InvalidArgument, match=words):
+        hcomm.explain(**kwargs)
+
+
+def test_subset_rank_out_of_range():
+    with pytest.raises(hcomm.Error, match="not in the topology"):
+        hcomm.explain("allreduce", 8, topology=hosts(2), ranks=[0, 5])
