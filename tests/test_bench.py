@@ -340,3 +340,17 @@ def test_reference_rejects_bad_reductions():
         data.reduce_blocks([np.ones(3)], "xor", np.float32)
     with pytest.raises(ValueError, match="at least one block"):
         data.reduce_blocks([], "sum", np.float32)
+
+
+def test_algo_flag():
+    assert cli.parse_args(["broadcast", "--algo", "binomial"]).algo == "binomial"
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--algo", "Ring;rm"])
+
+
+def test_hcomm_runner_refuses_an_algo_its_call_does_not_take():
+    from hcomm.bench.runners import Unsupported, open_runner
+
+    spec = _spec("allgather", algo="ring")
+    with pytest.raises(Unsupported, match="hcomm's allgather takes no algorithm"):
+        open_runner("hcomm", launch.World(0, 1, "test"), spec, 10)

@@ -26,7 +26,6 @@ from .report import SCHEMA, ProgressLine, comparison, format_report, impl_result
 from .runners import IMPLEMENTATIONS, Unsupported, hcomm_missing, open_runner
 from .sweep import Spec, run_sweep
 
-ALGOS = ("auto", "ring", "tree", "halving_doubling")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -59,6 +58,13 @@ def _dtype(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _algo(text):
+    if not re.fullmatch(r"[a-z][a-z_]*", text):
+        raise argparse.ArgumentTypeError(f"bad --algo {text!r}: an algorithm name such as ring, tree, "
+                                         "halving_doubling, binomial, or auto")
+    return text
+
+
 def _impl_list(text):
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in IMPLEMENTATIONS]
@@ -85,7 +91,9 @@ def build_parser():
     p.add_argument("-d", "--datatype", type=_dtype, default="float", help="int8 uint8 int32 int64 half float double")
     p.add_argument("-o", "--op", choices=OPS, default="sum", help="reduction (default sum)")
     p.add_argument("-r", "--root", type=_non_negative, default=0, help="root of broadcast / reduce (default 0)")
-    p.add_argument("--algo", choices=ALGOS, default="auto", help="hcomm's algorithm (default: its tuner's choice)")
+    p.add_argument("--algo", type=_algo, default="auto",
+                   help="hcomm's algorithm: allreduce ring, tree, halving_doubling; reduce and broadcast "
+                        "binomial, tree, native (default auto: its tuner's choice)")
     p.add_argument("--ranks", type=_positive, help="local ranks to spawn when no launcher started us (default 2)")
     p.add_argument("--impl", choices=IMPLEMENTATIONS, default="hcomm", help="implementation measured first (default hcomm)")
     p.add_argument("--compare", type=_impl_list, default=[], help="peers on the same sizes, e.g. gloo,mpi")

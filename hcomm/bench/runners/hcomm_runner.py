@@ -15,11 +15,18 @@ def hcomm_missing():
     return None
 
 
+# the collectives whose hcomm call takes algo=; the core names the algorithms it knows
+ALGO_COLLECTIVES = ("allreduce", "reduce", "broadcast")
+
+
 class HcommRunner(Runner):
     name = "hcomm"
 
     def __init__(self, world, spec, timeout):
         super().__init__(world, spec)
+        if spec.algo and spec.collective not in ALGO_COLLECTIVES:
+            raise Unsupported(f"hcomm's {spec.collective} takes no algorithm; --algo applies to "
+                              f"{', '.join(ALGO_COLLECTIVES)}")
         reason = hcomm_missing()
         if reason:
             raise Unsupported(reason)
