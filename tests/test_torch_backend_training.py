@@ -116,12 +116,13 @@ def check_timeout(rank, n):
 
     late = dist.new_group(list(range(n)), timeout=timedelta(seconds=3))
     if rank == 0:
-        with pytest.raises(RuntimeError, match="hcomm allreduce failed"):
-            dist.all_reduce(torch.ones(5), group=late)  # blocking call
         work = dist.all_reduce(torch.ones(5), group=late, async_op=True)  # future failed by the progress thread
         with pytest.raises(RuntimeError, match="hcomm allreduce failed"):
             work.wait()
         assert work.is_completed() and work.exception() is not None
+        # the core aborts a communicator after an error: later calls fail at once
+        with pytest.raises(RuntimeError, match="hcomm allreduce failed"):
+            dist.all_reduce(torch.ones(5), group=late)
     quiet = dist.new_group(list(range(n)), timeout=timedelta(seconds=3))
     if rank == 0:
         with pytest.raises(RuntimeError, match="rank 1 failed to pass monitored_barrier"):
@@ -157,6 +158,9 @@ def check_mesh_dtensor(rank, n):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Partial, Replicate, Shard, distribute_tensor
 
+    flat = init_device_mesh("cpu", (n,), mesh_dim_names=("world",))
+    replicated = distribute_tensor(data(0, (n, 5), seed=399), flat, [Shard(0)]).full_tensor()
+    assert torch.equal(replicated, data(0, (n, 5), seed=399)), "1-D mesh Shard(0) -> full"
     mesh = init_device_mesh("cpu", (2, n // 2), mesh_dim_names=("dp", "tp"))
     xs = [data(r, (7,), seed=400) for r in range(n)]
     for axis in ("dp", "tp"):
