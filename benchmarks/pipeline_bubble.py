@@ -24,6 +24,7 @@ cut interleaving with v = 2 gives over 1F1B at the same p and m (target: >= 1.5x
 """
 import argparse
 import os
+import queue
 import socket
 import sys
 import time
@@ -126,16 +127,26 @@ def _free_port():
 
 
 def run(p, configs, args):
+    """Spawn p ranks, run the configs, return rank 0's results; fail fast if a rank dies."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     port = _free_port()
     procs = [ctx.Process(target=_worker, args=(r, p, port, configs, args, out)) for r in range(p)]
     for proc in procs:
         proc.start()
-    results = out.get(timeout=600)
-    for proc in procs:
-        proc.join(timeout=60)
-    return results
+    try:
+        while True:
+            try:
+                return out.get(timeout=1.0)
+            except queue.Empty:
+                dead = [r for r, proc in enumerate(procs) if proc.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"benchmark ranks {dead} exited with an error (see their output above)")
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
 
 
 def _table(results):
