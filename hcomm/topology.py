@@ -226,3 +226,154 @@ def format_tree(topo):
         gbs = 1e-9 / c["beta"] if c["beta"] > 0 else float("inf")
         lines.append(f"  {name:<6}{_human_time(c['alpha']):>12}{gbs:>14.3f}  {c['source']}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- simulated cluster
+
+class NetnsCluster:
+    """N network namespaces standing in for N hosts, for tests and benchmarks.
+
+    Layout: a hub namespace holds a bridge; host h is namespace <prefix>h with one veth
+    (v<h>, address 10.<net>.0.<h+1>/24) whose far end sits on the hub's bridge. Each
+    direction of every host link is rate-limited with tc tbf (this kernel has no
+    netem, so no delay). Ranks started in a namespace see a different network namespace
+    and so a different host identity (topo/host.h): they talk tcp to other hosts and
+    shared memory inside their own. Traffic stays between these namespaces.
+
+        with NetnsCluster(2, rate="1gbit") as c:
+            procs = [c.popen(h, [sys.executable, "worker.py"]) for h in (0, 0, 1, 1)]
+
+    Everything is torn down on exit, also after a failure half-way through setup.
+    Needs root and iproute2: see NetnsCluster.unavailable()."""
+
+    def __init__(self, hosts, rate="1gbit", net=231, prefix=None):
+        if not isinstance(hosts, int) or hosts < 1:
+            raise InvalidArgument(f"hosts must be a positive int, got {hosts!r}")
+        if not 0 <= int(net) <= 255:
+            raise InvalidArgument(f"net must be in 0..255 (the second octet of 10.x.0.0/24), got {net!r}")
+        self.hosts, self.rate, self.net = hosts, rate, int(net)
+        self.prefix = prefix or f"hc{os.getpid() % 100000}"
+        self._created = []   # namespaces, deleted in reverse order
+
+    @staticmethod
+    def unavailable():
+        """Why a cluster cannot be built here (None when it can)."""
+        import shutil
+
+        if os.geteuid() != 0:
+            return "network namespaces need root"
+        for tool in ("ip", "tc"):
+            if shutil.which(tool) is None:
+                return f"'{tool}' (iproute2) is not installed"
+        return None
+
+    def namespace(self, h):
+        return f"{self.prefix}h{h}"
+
+    def address(self, h):
+        return f"10.{self.net}.0.{h + 1}"
+
+    def interface(self, h):
+        return f"v{h}"
+
+    def _run(self, *argv, ns=None):
+        import subprocess
+
+        cmd = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+
+    def _shape(self, ns, dev):
+        # burst: a few MTU-sized frames at this rate; latency bounds the queue.
+        self._run("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rate, "burst", "128kb",
+                  "latency", "100ms", ns=ns)
+
+    def __enter__(self):
+        reason = self.unavailable()
+        if reason:
+            raise RuntimeError(f"cannot build a namespace cluster: {reason}")
+        try:
+            hub = f"{self.prefix}hub"
+            self._add_namespace(hub)
+            self._run("ip", "link", "add", "br0", "type", "bridge", ns=hub)
+            self._run("ip", "link", "set", "br0", "up", ns=hub)
+            for h in range(self.hosts):
+                self._add_host(h, hub)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _add_namespace(self, ns):
+        self._run("ip", "netns", "add", ns)
+        self._created.append(ns)
+        self._run("ip", "link", "set", "lo", "up", ns=ns)
+
+    def _add_host(self, h, hub):
+        ns, dev, port = self.namespace(h), self.interface(h), f"p{h}"
+        self._add_namespace(ns)
+        self._run("ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns", hub)
+        self._run("ip", "addr", "add", f"{self.address(h)}/24", "dev", dev, ns=ns)
+        self._run("ip", "link", "set", dev, "up", ns=ns)
+        self._run("ip", "link", "set", port, "master", "br0", ns=hub)
+        self._run("ip", "link", "set", port, "up", ns=hub)
+        self._shape(ns, dev)     # host -> network
+        self._shape(hub, port)   # network -> host
+
+    def popen(self, h, argv, env=None, **kwargs):
+        """Start argv inside host h's namespace."""
+        import subprocess
+
+        return subprocess.Popen(["ip", "netns", "exec", self.namespace(h)] + list(argv), env=env, **kwargs)
+
+    def close(self):
+        import subprocess
+
+        while self._created:  # hosts first, the hub last; deleting a namespace frees its veths
+            ns = self._created.pop()
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def launch(self, ranks_per_host, argv, env=None, port=None):
+        """Start `ranks_per_host` copies of argv in every host namespace, with the
+        torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+        MASTER_ADDR = host 0, MASTER_PORT) set; returns the Popen objects by rank."""
+        import subprocess
+
+        port = port or 29500 + os.getpid() % 1000
+        size = self.hosts * ranks_per_host
+        procs = []
+        for r in range(size):
+            h = r // ranks_per_host
+            e = dict(os.environ if env is None else env)
+            e.update(RANK=str(r), WORLD_SIZE=str(size), LOCAL_RANK=str(r % ranks_per_host),
+                     LOCAL_WORLD_SIZE=str(ranks_per_host), MASTER_ADDR=self.address(0), MASTER_PORT=str(port),
+                     HCOMM_NETNS_HOST=str(h), GLOO_SOCKET_IFNAME=self.interface(h))
+            procs.append(self.popen(h, argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return procs
+
+
+def wait_all(procs, timeout):
+    """(returncode, stdout, stderr) of every process; kills them all past `timeout` s."""
+    import subprocess
+
+    deadline = time.monotonic() + timeout
+    out = []
+    try:
+        for p in procs:
+            try:
+                so, se = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                so, se = p.communicate()
+                se += f"\n(killed after {timeout:.0f} s)"
+            out.append((p.returncode, so, se))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return out

@@ -486,9 +486,9 @@ double pingPong(const InitChannel& ch, int a, int b, size_t n, int iters) {
 }  // namespace
 
 void measureLinks(Topology& t, const InitChannel& ch) {
-  // Small messages give alpha (half a round trip), 1 MiB ones beta: about 50 ms per
+  // Small messages give alpha (half a round trip), 2 MiB ones beta: about 150 ms per
   // class on a 1 Gbit/s link, far less on shared memory, so the whole probe stays < 1 s.
-  constexpr size_t kLarge = 1 << 20;
+  constexpr size_t kLarge = 2 << 20;
   std::vector<double> fit(2 * kLinkClasses, 0.0);
   for (int c = 0; c < kLinkClasses; ++c) {
     int a = -1, b = -1;  // the first pair of this class in rank order
@@ -500,10 +500,14 @@ void measureLinks(Topology& t, const InitChannel& ch) {
           break;
         }
     if (a < 0 || (ch.rank != a && ch.rank != b)) continue;
-    double small = pingPong(ch, a, b, 8, 12), large = pingPong(ch, a, b, kLarge, 4);
+    double small = pingPong(ch, a, b, 8, 12), large = pingPong(ch, a, b, kLarge, 3);
     if (ch.rank != a) continue;
     fit[2 * c] = small / 2;
-    fit[2 * c + 1] = std::max(1e-12, (large - small) / 2 / kLarge);
+    // On an oversubscribed machine the small round trip is mostly scheduler wake-ups,
+    // and subtracting it can leave almost nothing: never let beta fall below a quarter
+    // of the plain time per byte of the large message.
+    double perByte = large / 2 / kLarge;
+    fit[2 * c + 1] = std::max((large - small) / 2 / kLarge, perByte / 4);
   }
   ch.maxAll(fit.data(), fit.size());  // every rank adopts the same numbers: same choices
   for (int c = 0; c < kLinkClasses; ++c)

@@ -1,0 +1,77 @@
+"""Ranks in separate network namespaces count as separate hosts: they talk tcp over
+rate-limited veth links (tc tbf), shared memory inside their namespace, and the
+hierarchical allreduce is right there. Root and iproute2 only; skipped otherwise."""
+import json
+import os
+import sys
+
+import pytest
+
+from hcomm.topology import NetnsCluster, wait_all
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+pytestmark = pytest.mark.skipif(NetnsCluster.unavailable() is not None,
+                                reason=f"no namespace cluster: {NetnsCluster.unavailable()}")
+
+# Runs in every rank (python -c): init from the torchrun-style environment the cluster
+# sets, check the transports, allreduce against numpy, print one JSON line.
+WORKER = r"""
+import json, os, sys
+import numpy as np
+sys.path.insert(0, {here!r})
+import hcomm
+from reference import check, make, reduce_ref
+
+comm = hcomm.init(timeout=60)
+host = int(os.environ["HCOMM_NETNS_HOST"])
+per = int(os.environ["LOCAL_WORLD_SIZE"])
+expect = ["shm" if q // per == host else "tcp" for q in range(comm.size)]
+assert comm.transports() == expect, (comm.transports(), expect)
+results = {{}}
+for algo in ("hierarchical", "ring", "auto"):
+    for count in (1, 1001, 262147):
+        inputs = [make("float32", count, q, count) for q in range(comm.size)]
+        x = inputs[comm.rank].copy()
+        comm._c.allreduce(x.ctypes.data, x.ctypes.data, count, "float32", "sum", 1.0, algo, False)
+        check(x, reduce_ref(inputs, "sum", "float32"), "float32", comm.size, algo)
+    results[algo] = comm._c.last_algorithm()
+topo = hcomm.topology.topology(comm)
+comm.barrier()
+comm.close()
+print(json.dumps({{"rank": comm.rank, "algos": results, "hosts": len(topo["hosts"]),
+                  "links": {{k: v["source"] for k, v in topo["links"].items()}}}}))
+"""
+
+
+def test_namespaces_are_hosts_and_hierarchical_is_right():
+    code = WORKER.format(here=HERE)
+    with NetnsCluster(2, rate="1gbit") as cluster:
+        namespaces = [cluster.namespace(h) for h in range(2)]
+        results = wait_all(cluster.launch(2, [sys.executable, "-c", code]), timeout=90)
+    failed = [f"rank {r}: rc {rc}\n{se}" for r, (rc, so, se) in enumerate(results) if rc]
+    assert not failed, "\n".join(failed)
+    reports = [json.loads(so.strip().splitlines()[-1]) for _, so, _ in results]
+    for rep in reports:
+        assert rep["hosts"] == 2
+        assert rep["algos"]["hierarchical"] == "hierarchical"
+        assert rep["links"]["tcp"] == "measured" and rep["links"]["shm"] == "measured"
+    # torn down, namespaces included
+    listed = os.popen("ip netns list").read()
+    assert not any(ns in listed for ns in namespaces)
+
+
+def test_cluster_is_torn_down_after_a_failure():
+    cluster = NetnsCluster(2, rate="1gbit")
+    with pytest.raises(RuntimeError, match="boom"):
+        with cluster:
+            raise RuntimeError("boom")
+    listed = os.popen("ip netns list").read()
+    assert cluster.prefix not in listed
+
+
+def test_half_built_cluster_is_torn_down():
+    cluster = NetnsCluster(2, rate="not-a-rate")  # tc rejects the rate after the namespaces exist
+    with pytest.raises(RuntimeError, match="tc"):
+        cluster.__enter__()
+    assert cluster.prefix not in os.popen("ip netns list").read()
