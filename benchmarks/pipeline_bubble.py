@@ -1,13 +1,15 @@
 """Pipeline bubble and activation memory, measured against the schedules' predictions.
 
-    python benchmarks/pipeline_bubble.py                 # p = 2 and 4, m = 4, 8, 16
-    python benchmarks/pipeline_bubble.py --p 4 --m 8 --fwd-ms 20 --bwd-ms 40 --steps 3
+    python benchmarks/pipeline_bubble.py                 # p = 2 and 4, m = 4 and 8 (about 5 min)
+    python benchmarks/pipeline_bubble.py --p 4 --m 8 16 --fwd-ms 50 --bwd-ms 100 --steps 3
 
 Every stage *sleeps* for its cost (forward fwd_ms / v, backward bwd_ms / v per
 micro-batch) instead of computing: this machine runs the ranks as processes on a couple of
 shared cores, where real matmuls would measure CPU contention, not the schedule.  With
 sleeping stages the ranks do not compete, so the measured idle time is the schedule's
-bubble plus the real gloo message latency.
+bubble plus the real gloo message latency.  Stage costs are long (150 + 300 ms per
+micro-batch by default) because on a loaded 2-core machine one message takes milliseconds;
+the pred+lat column shows how much of the measured bubble that latency explains.
 
 Columns:
   step_ms      wall time of one step (slowest rank), mean over --steps after a warm-up
@@ -182,10 +184,10 @@ def _summary(results):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--p", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--m", type=int, nargs="+", default=[4, 8, 16])
-    ap.add_argument("--fwd-ms", type=float, default=20.0, help="forward cost of one rank's layers per micro-batch")
-    ap.add_argument("--bwd-ms", type=float, default=40.0, help="backward cost of one rank's layers per micro-batch")
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--m", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--fwd-ms", type=float, default=150.0, help="forward cost of one rank's layers per micro-batch")
+    ap.add_argument("--bwd-ms", type=float, default=300.0, help="backward cost of one rank's layers per micro-batch")
+    ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args(argv)
     results = []
     for p in args.p:

@@ -177,10 +177,25 @@ def _failure(pp_rank, p, where):
     return str(err.value)
 
 
+def _mismatch(pp_rank, p):
+    """Ranks that built different schedules are stopped at the first step, all of them."""
+    from hcomm.parallel.pipeline import build_schedule
+    from hcomm.parallel.pipeline.runtime import PipelineError
+
+    sched = build_schedule("1f1b", p, 3 if pp_rank == 0 else 4)
+    rt = _runtime(_layers(), sched, pp_rank, list(range(p)), verbose=False)
+    x, ids, y = _data(12)
+    with pytest.raises(PipelineError, match=r"pipeline ranks disagree on the schedule: global rank \d has"):
+        rt.step((x, ids), y)
+    return "schedule mismatch raised"
+
+
 def _pipeline_group(rank, world_size, failures):
     peaks = {cfg: _equivalence(rank, world_size, *cfg, steps=2 if i == 0 else 1)
              for i, cfg in enumerate(CONFIGS[world_size])}
-    errors = {where: _failure(rank, world_size, where) for where in failures}
+    errors = {where: _failure(rank, world_size, where) for where in failures if where != "mismatch"}
+    if "mismatch" in failures:
+        errors["mismatch"] = _mismatch(rank, world_size)
     return peaks, errors
 
 
@@ -193,12 +208,13 @@ def _check_peaks(results, p):
             assert peaks == [m] * p
 
 
-@pytest.mark.parametrize("p, failures", [(2, ("forward", "backward")), (3, ("forward", "loss"))])
+@pytest.mark.parametrize("p, failures", [(2, ("forward", "backward", "mismatch")), (3, ("forward", "loss"))])
 def test_pipeline_matches_unpipelined_and_failures_reach_every_rank(p, failures):
     results = run_torch(_pipeline_group, p, args=(failures,))
     _check_peaks(results, p)
     for where in failures:
-        assert all("failed on global rank(s)" in r[1][where] for r in results)
+        want = "schedule mismatch raised" if where == "mismatch" else "failed on global rank(s)"
+        assert all(want in r[1][where] for r in results)
 
 
 # ------------------------------------------------------- composition, 4 ranks
