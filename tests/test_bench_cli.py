@@ -56,7 +56,7 @@ def test_gloo_sweep_with_mpi_comparison(tmp_path):
     doc = load(out, proc)
     assert (doc["collective"], doc["ranks"], doc["primary"]) == ("allreduce", 2, "gloo")
     check_rows(doc["implementations"]["gloo"], "allreduce", 2, [1024, 8192, 65536])
-    assert "# Avg bus bandwidth" in proc.stdout and "size(B)" not in proc.stderr
+    assert "# Avg bus bandwidth" in proc.stdout and "\r" not in proc.stderr  # no progress line off a tty
     assert open(png, "rb").read(4) == b"\x89PNG"
     if HAVE_MPI:
         check_rows(doc["implementations"]["mpi"], "allreduce", 2, [1024, 8192, 65536])
@@ -138,3 +138,25 @@ def test_hcomm_with_both_peers(tmp_path):
     doc = load(out, proc)
     check_rows(doc["implementations"]["hcomm"], "allreduce", 2, [4096, 65536])
     assert set(doc["comparison"]) == ({"gloo", "mpi"} if HAVE_MPI else {"gloo"})
+
+
+@needs_hcomm
+def test_progress_line_when_stderr_is_a_terminal():
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "hcomm.bench", "allreduce", "--ranks", "2", "-b", "1K",
+                             "-e", "16K", "-f", "4", *FAST], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closes when the last writer exits
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0
+    assert b"hcomm allreduce: size 16384 B (3/3)" in seen
