@@ -88,7 +88,8 @@ def _check_action(sched: Schedule, rank: int, index: int, act: Action):
     if not (0 <= act.mb < m and 0 <= act.stage < num_stages):
         raise ScheduleError(f"{_where(rank, index, act)}: mb must be in [0, {m}) and stage in [0, {num_stages})")
     if sched.stage_rank(act.stage) != rank:
-        raise ScheduleError(f"{_where(rank, index, act)}: stage {act.stage} lives on rank {sched.stage_rank(act.stage)}")
+        raise ScheduleError(f"{_where(rank, index, act)}: stage {act.stage} lives on rank "
+                            f"{sched.stage_rank(act.stage)}")
     if act.is_compute:
         return
     other = act.stage + (1 if act.op in ("SEND_F", "RECV_B") else -1)
@@ -191,8 +192,9 @@ class _Simulator:
             recvs = self.recvs.get(chan)
             while sends and recvs:
                 send, recv = sends.popleft(), recvs.popleft()
-                expect = ("RECV_F", send.action.stage + 1) if send.action.op == "SEND_F" else ("RECV_B", send.action.stage - 1)
-                if (recv.action.op, recv.action.stage, recv.action.mb) != expect + (send.action.mb,):
+                sent = send.action
+                expect = ("RECV_F", sent.stage + 1) if sent.op == "SEND_F" else ("RECV_B", sent.stage - 1)
+                if (recv.action.op, recv.action.stage, recv.action.mb) != expect + (sent.mb,):
                     raise ScheduleError(
                         f"order mismatch on channel {chan[0]} -> {chan[1]}: "
                         f"{_where(send.rank, send.index, send.action)} meets "

@@ -302,7 +302,8 @@ class PipelineRuntime:
         """Back-propagate one gradient per differentiable output (others carry none)."""
         diff = [o for o in outs if isinstance(o, torch.Tensor) and _differentiable(o)]
         if len(diff) != len(grads):
-            raise ValueError(f"stage {stage} has {len(diff)} differentiable outputs but received {len(grads)} gradients")
+            raise ValueError(f"stage {stage} has {len(diff)} differentiable outputs but received "
+                             f"{len(grads)} gradients")
         pairs = [(o, g) for o, g in zip(diff, grads) if o.requires_grad]
         if pairs:
             torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])

@@ -37,7 +37,8 @@ def _as_layer_list(layers) -> List[nn.Module]:
     if isinstance(layers, (nn.Sequential, nn.ModuleList, list, tuple)):
         out = list(layers)
     else:
-        raise TypeError(f"layers must be an nn.Sequential, nn.ModuleList or list of modules, got {type(layers).__name__}")
+        raise TypeError(f"layers must be an nn.Sequential, nn.ModuleList or list of modules, "
+                        f"got {type(layers).__name__}")
     for i, layer in enumerate(out):
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer {i} is a {type(layer).__name__}, not an nn.Module")
