@@ -11,9 +11,9 @@ See schedules.py for the vocabulary (p, v, m, stage placement, actions).
 from .check import ScheduleError, ScheduleReport, check_schedule
 from .runtime import PipelineError, PipelineRuntime, StepStats, split_microbatches
 from .schedules import (Action, Schedule, build_schedule, check_interleaved, gpipe, interleaved_1f1b,
-                        one_f_one_b)
+                        one_f_one_b, schedule_for_config)
 from .stage import StageChain, split_layers, stages_for_rank
 
 __all__ = ["Action", "PipelineError", "PipelineRuntime", "Schedule", "ScheduleError", "ScheduleReport",
            "StageChain", "StepStats", "build_schedule", "check_interleaved", "check_schedule", "gpipe",
-           "interleaved_1f1b", "one_f_one_b", "split_layers", "split_microbatches", "stages_for_rank"]
+           "interleaved_1f1b", "one_f_one_b", "schedule_for_config", "split_layers", "split_microbatches", "stages_for_rank"]

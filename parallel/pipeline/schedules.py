@@ -227,6 +227,16 @@ def interleaved_1f1b(p: int, m: int, v: int = 2) -> Schedule:
     return with_comms("interleaved", compute, p, p * v, m, syncs)
 
 
+def schedule_for_config(cfg, name: Optional[str] = None) -> Schedule:
+    """The schedule of a ParallelConfig (parallel/mesh.py): p = pp, v = vpp, and
+    m = grad_accum_steps (micro-batches of micro_batch_size per dp rank and step).
+
+    name defaults to 'interleaved' when vpp > 1, else '1f1b'.
+    """
+    name = name or ("interleaved" if cfg.vpp > 1 else "1f1b")
+    return build_schedule(name, cfg.pp, cfg.grad_accum_steps, cfg.vpp)
+
+
 def build_schedule(name: str, p: int, m: int, v: int = 1) -> Schedule:
     """Schedule by name: 'gpipe', '1f1b' or 'interleaved' (interleaved needs v >= 2)."""
     builders = {"gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved_1f1b}

@@ -133,6 +133,18 @@ def test_impossible_schedules_raise_before_running(call, message):
         call()
 
 
+def test_schedule_from_a_parallel_config():
+    from hcomm.parallel.mesh import ParallelConfig
+    from hcomm.parallel.pipeline import schedule_for_config
+
+    cfg = ParallelConfig(dp=2, pp=4, vpp=2, micro_batch_size=3, global_batch_size=48)
+    sched = schedule_for_config(cfg)
+    assert (sched.name, sched.num_ranks, sched.virtual_stages, sched.num_microbatches) == ("interleaved", 4, 2, 8)
+    assert schedule_for_config(ParallelConfig(dp=1, pp=3, global_batch_size=5)).name == "1f1b"
+    with pytest.raises(ValueError, match=r"m=6 % p=4 = 2"):
+        schedule_for_config(ParallelConfig(dp=1, pp=4, vpp=2, global_batch_size=6))
+
+
 def test_split_layers_even_uneven_and_errors():
     layers = [nn.Linear(3, 3) for _ in range(6)]
     stages = split_layers(nn.Sequential(*layers), 3)
