@@ -1,12 +1,25 @@
 """Pipeline parallelism: schedules as data, checked before they run, and a runtime.
 
-    sched = build_schedule("1f1b", p=4, m=8)          # per-rank action lists
-    report = check_schedule(sched)                     # raises ScheduleError on deadlock
-    stages = split_layers(model_layers, sched.num_stages)
-    pipe = PipelineRuntime.from_mesh(mesh, stages_for_rank(stages, mesh.pp_rank, sched), sched, loss_fn)
-    loss = pipe.step(inputs, targets)                  # grads accumulated like the full model
+    from hcomm.parallel.mesh import ParallelConfig, build_mesh
+    from hcomm.parallel.pipeline import PipelineRuntime, schedule_for_config, split_layers, stages_for_rank
 
-See schedules.py for the vocabulary (p, v, m, stage placement, actions).
+    mesh = build_mesh(cfg)                                   # pp x dp x tp groups
+    sched = schedule_for_config(cfg)                         # 1F1B, or interleaved when vpp > 1
+    stages = split_layers(model.layers, sched.num_stages)    # cut evenly (or sizes=[...])
+    pipe = PipelineRuntime.from_mesh(mesh, stages_for_rank(stages, mesh.pp_rank, sched), sched, loss_fn)
+    loss = pipe.step(inputs, targets)                        # grads as the unpipelined model's
+
+Files:
+    schedules.py  vocabulary (p, v, m, stage placement), actions, GPipe / 1F1B / interleaved
+    check.py      deadlock / order proof by simulating every rank; predicted bubble and
+                  peak stashed activations (printed by the runtime before the first step)
+    stage.py      cutting a list of layers into stages; which stages a pp rank holds
+    p2p.py        messages (control block + tensors) and the exchange of one batch
+    runtime.py    executing one rank's actions; failures raised on every rank; dp averaging
+
+Composition: tensor-parallel layers may sit inside stages (each tp rank runs the same
+schedule against its tp twin in the next stage); gradients are averaged over the dp group
+after the step, or left to ZeRO-1/2 with ``reduce_dp_grads=False``.
 """
 from .check import ScheduleError, ScheduleReport, check_schedule
 from .runtime import PipelineError, PipelineRuntime, StepStats, split_microbatches
@@ -16,4 +29,5 @@ from .stage import StageChain, split_layers, stages_for_rank
 
 __all__ = ["Action", "PipelineError", "PipelineRuntime", "Schedule", "ScheduleError", "ScheduleReport",
            "StageChain", "StepStats", "build_schedule", "check_interleaved", "check_schedule", "gpipe",
-           "interleaved_1f1b", "one_f_one_b", "schedule_for_config", "split_layers", "split_microbatches", "stages_for_rank"]
+           "interleaved_1f1b", "one_f_one_b", "schedule_for_config", "split_layers", "split_microbatches",
+           "stages_for_rank"]
