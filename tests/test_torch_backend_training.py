@@ -76,6 +76,34 @@ def check_ddp(rank, n):
             close(a, b, f"DDP {kw} param {k}")
 
 
+def powersgd_params(rank, n, group):
+    """torch's PowerSGD hook: its .then() callbacks block on nested all_reduces.
+
+    One bucket: with several, the hook of bucket i+1 (autograd thread) and the nested
+    all_reduce of bucket i (a completion thread) race for the next collective slot on
+    any CPU backend, Gloo included, and ranks may disagree on the order."""
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(make_model(), process_group=group)
+    state = powersgd.PowerSGDState(process_group=group, matrix_approximation_rank=1, start_powerSGD_iter=2)
+    model.register_comm_hook(state, powersgd.powerSGD_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in batches(n):
+        x, y = step[rank]
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    return [p.detach() for p in model.module.parameters()]
+
+
+def check_powersgd_same_as_gloo(rank, n):
+    gloo = dist.new_group(list(range(n)), backend="gloo")
+    for k, (a, b) in enumerate(zip(powersgd_params(rank, n, None), powersgd_params(rank, n, gloo))):
+        close(a, b, f"PowerSGD hcomm vs gloo param {k}")
+    dist.destroy_process_group(gloo)
+
+
 # ---------------------------------------------------------------- FSDP2
 def check_fsdp2(rank, n):
     from torch.distributed.fsdp import fully_shard
@@ -132,7 +160,7 @@ def check_timeout(rank, n):
 
 def world2_training(rank, n):
     all_collectives(rank, n)
-    for check in (check_ddp, check_fsdp2, check_async_overlap, check_timeout):
+    for check in (check_ddp, check_powersgd_same_as_gloo, check_fsdp2, check_async_overlap, check_timeout):
         check(rank, n)
     return "ok"
 

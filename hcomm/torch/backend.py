@@ -13,6 +13,7 @@ reduce_scatter, all_to_all_single, the coalesced variants and send/recv. The oth
 (reduce, gather, scatter, all_gather_single, reduce_scatter_single, recv_anysource,
 alltoall, allgather_coalesced) are reached from Python only, so they are plain methods.
 """
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import torch
@@ -24,6 +25,9 @@ from .ops import Staged, as_bytes, check_cpu, check_reducible, reduce_spec
 from .work import HcommWork, _as_error
 
 UID_KEY = "hcomm_uid"
+# Completion threads per group, made only when all are busy: bounds how deeply .then()
+# callbacks may nest blocking waits on further collectives (see work.py).
+COMPLETION_THREADS = 16
 
 
 class ProcessGroupHcomm(dist.ProcessGroup):
@@ -35,6 +39,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         self._timeout = timeout
         self._group_name = ""
         self._group_desc = ""
+        self._completions = ThreadPoolExecutor(COMPLETION_THREADS, thread_name_prefix="hcomm-complete")
 
     # ------------------------------------------------------------------ identity
     def getBackendName(self):
@@ -72,6 +77,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
     def shutdown(self):
         if not self._comm.closed:
             self._comm.close()
+        self._completions.shutdown(wait=False)
 
     def abort(self):
         self.shutdown()
@@ -102,7 +108,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
                 finish()
             return HcommWork(what, result)
         w = self._issue(what, lambda: start(True))
-        return HcommWork(what, result, [w], finish)
+        return HcommWork(what, result, [w], finish, completions=self._completions)
 
     def _single(self, tensors, what):
         if len(tensors) != 1:
@@ -120,15 +126,14 @@ class ProcessGroupHcomm(dist.ProcessGroup):
     # Internal builders return a piece: (core works, finish) where finish runs on the
     # progress thread after the works succeed (copy-outs, folds) and before the future
     # completes. _work() joins pieces into the one HcommWork a c10d call returns.
-    @staticmethod
-    def _work(what, result, pieces):
+    def _work(self, what, result, pieces):
         works, finishes = [], []
         for w, f in pieces:
             works += w
             if f is not None:
                 finishes.append(f)
         finish = (lambda: [f() for f in finishes]) if finishes else None
-        return HcommWork(what, result, works, finish)
+        return HcommWork(what, result, works, finish, completions=self._completions)
 
     def _bitwise_gather(self, flat, fold, what):
         """BAND / BOR / BXOR, which the core lacks: allgather everyone's flat tensor and fold
@@ -439,7 +444,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         st = Staged()
         buf = as_bytes(st.output(t))
         w = self._issue(what, lambda: self._comm.recv(buf, peer, tag=tag, async_op=True))
-        return HcommWork(what, tensors, [w], st.finish, source=w)
+        return HcommWork(what, tensors, [w], st.finish, source=w, completions=self._completions)
 
     # ------------------------------------------------------------------ barriers
     def barrier(self, opts=None):

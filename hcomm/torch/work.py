@@ -1,10 +1,15 @@
 """c10d Work objects backed by torch futures that the core completes.
 
 Lifetime: an HcommWork owns the core Work handles (which own the buffers the core is
-writing) until the torch future is completed. The future is completed on the core's
-progress thread by the done-callback, so no Python thread waits per operation: a
-c10d caller that does `work.wait()` blocks in the future, one that chains
-`work.get_future().then(...)` (DDP comm hooks) runs its callback on the progress thread.
+writing) until its torch future is completed.
+
+Which thread completes the future: the core's progress thread calls our done-callback,
+which hands the completion to the group's small completion pool (threads made only
+when all are busy; no thread per operation). Completing the future runs its .then()
+callbacks inline, and those are user code that may block on another collective: torch's
+own PowerSGD hook waits on a nested all_reduce inside .then(). Run on the progress
+thread, that wait would stop the very thread that must finish the nested op (a
+deadlock); on the pool it is just a busy worker, and the next completion gets another.
 
 A Python subclass of dist.Work is used rather than torch's future-wrapping work
 because the latter's wait() does not re-raise the future's error in torch 2.13, which
@@ -24,7 +29,7 @@ def _as_error(what, message):
 class HcommWork(dist.Work):
     """One c10d call: one or more core works, then `finish` (copy-outs), then the future."""
 
-    def __init__(self, what, result, core_works=(), finish=None, source=None):
+    def __init__(self, what, result, core_works=(), finish=None, source=None, completions=None):
         super().__init__()
         self._what = what
         self._core = core_works
@@ -37,6 +42,7 @@ class HcommWork(dist.Work):
             self._result = result
             return
         self._fut = torch.futures.Future()
+        self._completions = completions  # an Executor; None completes on the core's thread
         self._pending = len(self._core)
         self._lock = threading.Lock()
         self._first_error = None
@@ -51,7 +57,14 @@ class HcommWork(dist.Work):
                 self._first_error = err
             if self._pending:
                 return
-        self._complete(result, finish, self._first_error)
+        done = lambda: self._complete(result, finish, self._first_error)  # noqa: E731
+        if self._completions is None:
+            done()
+            return
+        try:
+            self._completions.submit(done)
+        except RuntimeError:  # the pool is shut down (group destroyed): finish here
+            done()
 
     def _complete(self, result, finish, err):
         # The core works (and the callbacks they hold, which hold self) are no longer
