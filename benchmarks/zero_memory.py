@@ -84,7 +84,9 @@ def measure(rank, stage, dtype, args):
 
 def worker(rank, world, port, args, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if args.backend == "hcomm":
+        import hcomm.torch  # noqa: F401 - registers the backend
+    dist.init_process_group(args.backend, rank=rank, world_size=world)
     try:
         rows = [measure(rank, stage, dtype, args) for dtype in args.dtypes for stage in args.stages]
         if rank == 0:
@@ -93,8 +95,8 @@ def worker(rank, world, port, args, out):
         dist.destroy_process_group()
 
 
-def print_table(rows, world):
-    print(f"\nZeRO model state per rank, N={world}, Ψ={rows[0]['psi']:,} (gloo, CPU); bound = {BOUND} x formula")
+def print_table(rows, world, backend):
+    print(f"\nZeRO model state per rank, N={world}, Ψ={rows[0]['psi']:,} ({backend}, CPU); bound = {BOUND} x formula")
     print(f"{'stage':>5} {'dtype':>9} {'formula':>12} {'formula B':>12} {'real B':>12} {'real/formula':>12} "
           f"{'<= bound':>8} {'storages B':>12} {'comm/Ψ':>7} {'check B (calls)':>16} "
           f"{'gathered B':>11} {'buckets B':>10}")
@@ -108,6 +110,7 @@ def print_table(rows, world):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", type=int, default=4)
+    ap.add_argument("--backend", default="gloo", help="gloo or hcomm (CPU)")
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--bucket-mb", type=float, default=1.0)
@@ -128,7 +131,7 @@ def main():
     for p in procs:
         p.join()
     print(rows[-1]["plan"])
-    print_table(rows, args.world)
+    print_table(rows, args.world, args.backend)
 
 
 if __name__ == "__main__":

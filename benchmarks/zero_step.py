@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/zero_step.py                      # 4 gloo ranks, bf16
     .venv/bin/python benchmarks/zero_step.py --world 2 --dtype fp32 --steps 20
+    .venv/bin/python benchmarks/zero_step.py --backend hcomm       # hcomm's torch backend
     .venv/bin/python benchmarks/zero_step.py --backend nccl        # on GPUs (device cuda)
 
 One step = forward + backward + optimizer step + zero_grad (AdamW). Both sides use the
 same sharding granularity: FSDP2 wraps every Linear and the root; ZeRO stage 3 gets
 units=(nn.Linear,) (LayerNorms go to the root unit). Mixed precision: bf16 parameters
 and reduce-scatters with fp32 master/optimizer (FSDP2: MixedPrecisionPolicy(param_dtype=
-bf16, reduce_dtype=bf16)). Reported: the median over --steps timed steps after --warmup,
+bf16, reduce_dtype=bf16)). zero3-nocheck is stage 3 without the per-module control-flow
+check (one tiny all-gather per unit per pass; see stage3.py). Reported: the median over --steps timed steps after --warmup,
 with a barrier before each, on rank 0; ratio = time / FSDP2 time (< 1 is faster).
 """
 import argparse
@@ -55,10 +57,11 @@ def build(kind, args, world, device):
         from torch.nn.parallel import DistributedDataParallel
         ddp = DistributedDataParallel(model)
         return ddp, torch.optim.AdamW(ddp.parameters(), lr=1e-3)
-    stage = int(kind[-1])
+    stage = int(kind[4])   # zero1, zero2, zero3, zero3-nocheck
     mixed = None if args.torch_dtype == torch.float32 else args.torch_dtype
     zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, bucket_mb=args.bucket_mb, mixed_precision=mixed,
-                         units=(nn.Linear,) if stage == 3 else None, print_plan=False, lr=1e-3)
+                         units=(nn.Linear,) if stage == 3 else None, check_control_flow=kind != "zero3-nocheck",
+                         print_plan=False, lr=1e-3)
     return model, zopt
 
 
@@ -84,6 +87,8 @@ def worker(rank, world, port, args, out):
     device = "cuda" if args.backend == "nccl" else "cpu"
     if device == "cuda":
         torch.cuda.set_device(rank)
+    if args.backend == "hcomm":
+        import hcomm.torch  # noqa: F401 - registers the backend
     dist.init_process_group(args.backend, rank=rank, world_size=world)
     try:
         results = {}
@@ -108,7 +113,7 @@ def main():
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--kinds", nargs="+", default=["fsdp2", "ddp", "zero1", "zero2", "zero3"])
+    ap.add_argument("--kinds", nargs="+", default=["fsdp2", "ddp", "zero1", "zero2", "zero3", "zero3-nocheck"])
     args = ap.parse_args()
     args.torch_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     if "fsdp2" not in args.kinds:
@@ -127,9 +132,9 @@ def main():
     n = sum(p.numel() for p in make_model(args.hidden, args.layers, "cpu").parameters())
     print(f"\nstep time, N={args.world}, backend {args.backend}, {args.dtype}, Ψ={n:,}, batch {args.batch}, "
           f"median of {args.steps} steps")
-    print(f"{'kind':>7} {'ms/step':>9} {'vs FSDP2':>9}")
+    print(f"{'kind':>13} {'ms/step':>9} {'vs FSDP2':>9}")
     for kind in args.kinds:
-        print(f"{kind:>7} {res[kind] * 1e3:>9.1f} {res[kind] / res['fsdp2']:>9.2f}")
+        print(f"{kind:>13} {res[kind] * 1e3:>9.1f} {res[kind] / res['fsdp2']:>9.2f}")
 
 
 if __name__ == "__main__":
