@@ -26,7 +26,8 @@ pair up wrongly and hang or corrupt. So before each use (forward and backward) e
 rank all-gathers three integers (unit index, phase, position in this pass) and raises
 ZeroControlFlowError naming the module and the ranks on any mismatch. Cost: one tiny,
 latency-bound collective per unit per forward and per backward (2 x units per step,
-24 x N bytes each); `check_control_flow=False` turns it off.
+24 x N bytes each), so it grows with the number of units: coarser units (units=(Block,))
+cut it, `check_control_flow=False` removes it (benchmarks/zero_step.py: zero3-nocheck).
 
 Not supported: a parameter used outside its unit's forward (e.g. a weight tied across
 two units), and reading module parameters between steps (they are sharded: use
