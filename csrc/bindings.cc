@@ -8,6 +8,9 @@
 #include "comm/communicator.h"
 #include "reduce/reduce.h"
 #include "topo/host.h"
+#include "topo/probe.h"
+#include "topo/topology.h"
+#include "topo/tuner.h"
 
 namespace py = pybind11;
 using namespace hcomm;
@@ -122,4 +125,53 @@ PYBIND11_MODULE(_C, m) {
       .def("recv", [](Communicator& c, uintptr_t buf, size_t nbytes, int peer, int64_t tag, bool async) {
         return c.recv(mptr(buf), nbytes, peer, tag, async);
       }, Release());
+
+  // ---- topology and tuner (topo/): JSON strings and plain dicts; hcomm/topology.py wraps them.
+  auto decisionDict = [](const Decision& d) {
+    py::list cands;
+    for (const Candidate& c : d.candidates) {
+      py::dict x;
+      x["algo"] = c.algo;
+      x["seconds"] = c.seconds;
+      x["seg_bytes"] = c.segBytes;
+      x["inner"] = c.inner;
+      x["inner_seg_bytes"] = c.innerSegBytes;
+      x["applicable"] = c.applicable;
+      cands.append(x);
+    }
+    py::dict out;
+    out["candidates"] = cands;
+    out["chosen"] = d.choice().algo;
+    out["why"] = d.why;
+    return out;
+  };
+  m.def("_comm_explain_allreduce", [decisionDict](Communicator& c, size_t nbytes, const std::string& algo) {
+    return decisionDict(c.planAllreduce(nbytes, algo));
+  });
+  m.def("_comm_topology_json", [](Communicator& c) {
+    auto t = c.topology();
+    if (!t) throw Error("communicator is closed");
+    return t->toJson().dump();
+  });
+  m.def("_explain_allreduce_on", [decisionDict](const std::string& topologyJson, size_t nbytes, const std::string& algo,
+                                                std::vector<int> ranks) {
+    Topology t = Topology::fromJson(Json::parse(topologyJson));
+    if (ranks.empty())
+      for (int r = 0; r < t.size(); ++r) ranks.push_back(r);
+    for (int r : ranks)
+      if (r < 0 || r >= t.size())
+        throw Error("rank " + std::to_string(r) + " is not in the topology (" + std::to_string(t.size()) + " ranks)");
+    return decisionDict(tuneAllreduce(CommShape::of(t, ranks), nbytes, algo, "requested"));
+  });
+  m.def("_topology_from_json", [](const std::string& text) { return Topology::fromJson(Json::parse(text)).toJson().dump(); });
+  m.def("_probe_local", [] { return probeToJson(probeLocal()); });
+  m.def("_probe_sys", [](const std::string& sysRoot, const std::vector<int>& cpus) {
+    RankProbe p;
+    p.nics = readNics(sysRoot);
+    p.numaNode = numaNodeOf(sysRoot, cpus);
+    p.cpus = cpus;
+    return probeToJson(p);
+  });
+  m.def("_parse_cpu_list", &parseCpuList);
+  m.def("_deterministic", &deterministicMode);
 }

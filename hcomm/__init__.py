@@ -11,8 +11,9 @@ from ._C import Error
 from ._errors import InvalidArgument
 from .comm import Communicator, Work
 from .launch import detect_rank_size, exchange_unique_id, local_rank
+from .topology import explain
 
-__all__ = ["Communicator", "Error", "InvalidArgument", "Work", "build_config", "get_unique_id", "init"]
+__all__ = ["Communicator", "Error", "InvalidArgument", "Work", "build_config", "explain", "get_unique_id", "init"]
 
 build_config = _C.build_config
 

@@ -13,6 +13,8 @@
 #include "common/param.h"
 #include "reduce/reduce.h"
 #include "topo/host.h"
+#include "topo/topology.h"
+#include "topo/tuner.h"
 #include "transport/shm.h"
 #include "transport/socket.h"
 #include "transport/tcp.h"
@@ -84,6 +86,15 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   UniqueId id;
   std::vector<std::string> records;
   std::string myHost = hostIdentity();
+  // A topology file may place this rank on a simulated host: then that host decides
+  // shared memory vs tcp, so one machine can stand in for a cluster.
+  std::string topoPath = envStr("HCOMM_TOPO_FILE");
+  Json topoFile;
+  if (!topoPath.empty()) {
+    topoFile = loadTopoFile(topoPath);
+    TopoFilePlacement place = placementFor(topoFile, rank);
+    if (!place.host.empty()) myHost = "file:" + place.host;
+  }
   std::unique_ptr<TcpTransport> tcp;
   if (size == 1) {
     id.token = randomToken();
@@ -116,6 +127,18 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   std::shared_ptr<Communicator> comm(new Communicator(world, all, 1, timeoutSec));
   comm->barrier(false);    // every peer has mapped our segment once it has talked to us
   world->shm->unlinkOwn();
+  InitChannel ch;  // the topology is gathered over the new communicator itself
+  ch.rank = rank;
+  ch.size = size;
+  ch.allgatherBytes = [&](const void* in, void* out, const std::vector<size_t>& counts) {
+    comm->allgatherv(in, out, counts, DataType::U8, false);
+  };
+  ch.send = [&](int peer, void* buf, size_t n) { comm->send(buf, n, peer, kMaxUserTag, false); };
+  ch.recv = [&](int peer, void* buf, size_t n) { comm->recv(buf, n, peer, kMaxUserTag, false); };
+  ch.maxAll = [&](double* v, size_t n) {
+    comm->allreduce(v, v, n, DataType::F64, ReduceOp::MAX, 1.0, "halving_doubling", false);
+  };
+  world->topology = buildTopology(ch, myHost, topoPath.empty() ? nullptr : &topoFile, topoPath);
   return comm;
 }
 
@@ -348,11 +371,22 @@ WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Bo
 // ---------------------------------------------------------------- collectives
 
 std::string Communicator::chooseAllreduce(size_t bytes, const std::string& requested) const {
-  std::string algo = requested.empty() || requested == "auto" ? algoFromEnv("allreduce") : requested;
-  if (algo.empty() || algo == "auto") algo = bytes < (256u << 10) ? "halving_doubling" : "ring";
-  if (algo != "ring" && algo != "tree" && algo != "halving_doubling")
-    throw Error("unknown allreduce algorithm '" + algo + "' (ring, tree, halving_doubling)");
-  return algo;
+  return planAllreduce(bytes, requested).choice().algo;
+}
+
+Decision Communicator::planAllreduce(size_t bytes, const std::string& requested) const {
+  bool asked = !requested.empty() && requested != "auto";
+  std::string forced = asked ? requested : algoFromEnv("allreduce");
+  if (!world_) throw Error("communicator is closed");
+  if (!world_->topology) {  // during create, before the topology exists: only explicit requests
+    if (!asked) throw Error("allreduce during init needs an explicit algorithm");
+    Decision d;
+    d.candidates = {Candidate{requested}};
+    d.why = "requested";
+    return d;
+  }
+  return tuneAllreduce(CommShape::of(*world_->topology, worldRanks_), bytes, forced,
+                       asked ? "requested" : "HCOMM_ALGO");
 }
 
 namespace {
@@ -373,9 +407,23 @@ void postscale(DataType dt, ReduceOp op, int n, void* out, size_t count) {
 WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
                                 const std::string& algo, bool async) {
   checkUsable();
-  CollectiveInfo info{"allreduce", CollKind::ALLREDUCE, dt, count, -1, chooseAllreduce(count * dtypeSize(dt), algo), op};
-  size_t seg = segmentBytes(info.algo == "tree" ? "HCOMM_TREE_SEGMENT_BYTES" : "HCOMM_RING_SEGMENT_BYTES",
-                            info.algo == "tree" ? (512u << 10) : (4u << 20));
+  Decision plan = planAllreduce(count * dtypeSize(dt), algo);
+  const Candidate& pick = plan.choice();
+  CollectiveInfo info{"allreduce", CollKind::ALLREDUCE, dt, count, -1, pick.algo, op};
+  // The tuner picks segment sizes; HCOMM_{RING,TREE}_SEGMENT_BYTES still override them.
+  auto flat = [](const std::string& a, size_t tuned) -> algo::FlatAllreduce {
+    size_t seg = segmentBytes(a == "tree" ? "HCOMM_TREE_SEGMENT_BYTES" : "HCOMM_RING_SEGMENT_BYTES",
+                              tuned ? tuned : (a == "tree" ? (512u << 10) : (4u << 20)));
+    return [a, seg](Links& l, const void* i, void* o, size_t c) {
+      if (a == "ring") algo::allreduceRing(l, i, o, c, seg);
+      else if (a == "tree") algo::allreduceTree(l, i, o, c, seg);
+      else algo::allreduceHalvingDoubling(l, i, o, c);
+    };
+  };
+  bool hier = pick.algo == "hierarchical";
+  algo::FlatAllreduce run = flat(hier ? pick.inner : pick.algo, hier ? pick.innerSegBytes : pick.segBytes);
+  std::vector<std::vector<int>> levels;
+  if (hier) levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
@@ -383,12 +431,10 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
     if (op == ReduceOp::PREMUL_SUM) prescale(dt, op, premul, src, out, count);  // scaled copy into out
     if (n == 1) {
       if (src != out) std::memcpy(out, src, count * dtypeSize(dt));
-    } else if (info.algo == "ring") {
-      algo::allreduceRing(l, src, out, count, seg);
-    } else if (info.algo == "tree") {
-      algo::allreduceTree(l, src, out, count, seg);
+    } else if (hier) {
+      algo::allreduceHierarchical(l, src, out, count, levels, run);
     } else {
-      algo::allreduceHalvingDoubling(l, src, out, count);
+      run(l, src, out, count);
     }
     postscale(dt, op, n, out, count);
   }, async);

@@ -23,6 +23,7 @@
 #include "comm/work.h"
 #include "common/fingerprint.h"
 #include "common/types.h"
+#include "topo/tuner.h"
 
 namespace hcomm {
 
@@ -35,6 +36,7 @@ struct World {
   int rank = 0, size = 1;
   std::string token;
   std::vector<std::string> hostIds;
+  std::shared_ptr<const Topology> topology;  // gathered at init (topo/topology.h)
   std::shared_ptr<ShmTransport> shm;
   std::shared_ptr<TcpTransport> tcp;
   WaitPolicy policy;
@@ -95,6 +97,9 @@ class Communicator {
 
   // The algorithm the size rule (or HCOMM_ALGO, or `requested`) picks.
   std::string chooseAllreduce(size_t bytes, const std::string& requested) const;
+  // The tuner's table for this communicator: every candidate, its predicted time, the choice.
+  Decision planAllreduce(size_t bytes, const std::string& requested) const;
+  std::shared_ptr<const Topology> topology() const { return world_ ? world_->topology : nullptr; }
 
  private:
   Communicator(std::shared_ptr<World> world, std::vector<int> worldRanks, uint32_t id, double timeoutSec);
