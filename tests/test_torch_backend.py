@@ -11,6 +11,7 @@ import torch.distributed as dist
 from harness import run_torch
 
 BACKEND = "hcomm"
+JOB_TIMEOUT = 300  # seconds for a whole spawned world: generous, CI machines are shared
 SIZE = 37  # odd on purpose
 
 
@@ -367,4 +368,4 @@ def all_collectives(rank, n):
 def test_every_collective_world3():
     # worlds 2 and 4 run the same matrix in test_torch_backend_training.py, next to
     # the training checks, to spawn fewer worlds
-    assert run_torch(all_collectives, 3, backend=BACKEND) == ["ok"] * 3
+    assert run_torch(all_collectives, 3, backend=BACKEND, timeout=JOB_TIMEOUT) == ["ok"] * 3

@@ -48,14 +48,14 @@ def _init_methods_body(rank, n, port, path):
 
 
 def test_tcp_and_file_init_methods(tmp_path):
-    assert run_ranks(_init_methods_body, 2, mode="process", start_method="spawn",
+    assert run_ranks(_init_methods_body, 2, mode="process", start_method="spawn", timeout=300,
                      args=(free_port(), str(tmp_path / "rendezvous"))) == ["ok", "ok"]
 
 
 def _launch(cmd, tmp_path, env):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    proc = subprocess.run(cmd + [str(script)], env=env, capture_output=True, text=True, timeout=180,
+    proc = subprocess.run(cmd + [str(script)], env=env, capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from harness import run_torch
-from test_torch_backend import all_collectives, close, data, fold
+from test_torch_backend import JOB_TIMEOUT, all_collectives, close, data, fold
 
 BACKEND = "hcomm"
 STEPS = 5
@@ -219,8 +219,8 @@ def world4_groups(rank, n):
 
 
 def test_training_world2():
-    assert run_torch(world2_training, 2, backend=BACKEND) == ["ok"] * 2
+    assert run_torch(world2_training, 2, backend=BACKEND, timeout=JOB_TIMEOUT) == ["ok"] * 2
 
 
 def test_groups_mesh_dtensor_world4():
-    assert run_torch(world4_groups, 4, backend=BACKEND) == ["ok"] * 4
+    assert run_torch(world4_groups, 4, backend=BACKEND, timeout=JOB_TIMEOUT) == ["ok"] * 4
