@@ -238,17 +238,23 @@ def train_parallel(config: dict, log):
     log(describe_layout(pcfg))
     trainer = Trainer(config, pcfg, mesh)
     tokens = pcfg.global_batch_size * config["model"]["seq_len"]
-    losses = []
+    losses, seconds = [], []
     for step in range(config["train"]["steps"]):
         t0 = time.perf_counter()
         losses.append(trainer.step(step))
-        dt = time.perf_counter() - t0
-        log(f"step {step + 1:>4}  loss {losses[-1]:.5f}  tokens/s {tokens / dt:>9,.0f}  {dt * 1e3:7.1f} ms")
+        seconds.append(time.perf_counter() - t0)
+        log(f"step {step + 1:>4}  loss {losses[-1]:.5f}  tokens/s {tokens / seconds[-1]:>9,.0f}  "
+            f"{seconds[-1] * 1e3:7.1f} ms")
     rows = [None] * world
     dist.all_gather_object(rows, trainer.memory())
     if mesh.rank == 0:
         print_memory(rows, mesh)
-    return losses, pcfg
+    timed = seconds[1:] or seconds            # the first step is warm-up (groups, buffers)
+    steady = sorted(timed)[len(timed) // 2]   # median: robust to a shared machine's hiccups
+    log(f"\ntokens/s {tokens / steady:,.0f} (median step {steady * 1e3:.1f} ms, first step left out)")
+    return {"losses": losses, "step_seconds": seconds, "tokens_per_s": tokens / steady,
+            "layout": {"dp": pcfg.dp, "tp": pcfg.tp, "pp": pcfg.pp, "zero_stage": pcfg.zero_stage},
+            "peak_rss_bytes": [m["peak RSS"] for m in rows]}
 
 
 def compare(losses, ref, rtol):
@@ -298,15 +304,15 @@ def main(argv=None) -> int:
     rank = dist.get_rank()
     log = print if rank == 0 else (lambda *a, **k: None)
     try:
-        losses, _ = train_parallel(config, lambda msg: log(msg, flush=True))
+        result = train_parallel(config, lambda msg: log(msg, flush=True))
         ok = True
         if args.check and rank == 0:
             print("\nsingle-process run (dense model, same seed and batches):", flush=True)
-            ref = train_single(config, log=lambda msg: None)
-            ok = compare(losses, ref, args.rtol)
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump({"losses": losses, "reference": ref, "ok": ok, "rtol": args.rtol}, f)
+            result["reference"] = train_single(config, log=lambda msg: None)
+            ok = compare(result["losses"], result["reference"], args.rtol)
+        if args.json and rank == 0:
+            with open(args.json, "w") as f:
+                json.dump({**result, "backend": args.backend, "check": args.check, "ok": ok, "rtol": args.rtol}, f)
         verdict = torch.tensor([0 if ok else 1])
         dist.broadcast(verdict, 0)       # every rank exits with rank 0's verdict
         return int(verdict.item())
