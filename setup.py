@@ -56,9 +56,9 @@ CUDA_ARCHS = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=comput
 
 
 def _cuda_objects(build_temp, home):
-    """Compile each .cu whose object is older than it (or than any csrc header)."""
+    """Compile each .cu whose object is older than it (or than a header it may include)."""
     nvcc = shutil.which("nvcc") or os.path.join(home, "bin", "nvcc")
-    headers = glob.glob("csrc/**/*.h", recursive=True)
+    headers = glob.glob("csrc/common/*.h") + glob.glob("csrc/reduce/*.h")  # what the .cu files include
     newest_header = max((os.path.getmtime(h) for h in headers), default=0)
     objects = []
     for cu in sorted(glob.glob("csrc/**/*.cu", recursive=True)):

@@ -40,6 +40,10 @@ class DeviceAlgo {
     if (op == ReduceOp::AVG || op == ReduceOp::PREMUL_SUM)
       throw Error("nccl " + algo + " allreduce: " + opName(op) + " runs natively only (algo='native')");
     int n = t_->size(), r = t_->rank();
+    if (n == 1) {  // nothing to exchange; NCCL copies in to out on the stream
+      t_->allreduce(in, out, count, dt, op, 1.0, stream);
+      return;
+    }
     std::vector<Route> routes(n);
     for (int p = 0; p < n; ++p) routes[p] = Route{t_.get(), p};
     uint64_t seq = seq_++;
@@ -56,10 +60,40 @@ class DeviceAlgo {
     if (algo == "ring") algo::allreduceRing(l, in, out, count, seg);
     else if (algo == "tree") algo::allreduceTree(l, in, out, count, seg);
     else throw Error("unknown device allreduce algorithm '" + algo + "' (native, ring, tree)");
-    t_->signal(stream);
+    // Links waited for every request, and a request completes when the GPU has reached
+    // its event: the result is in place, the caller's stream needs no extra wait.
+  }
+
+  // Point to point over the transport, after the caller's stream's earlier work; blocks
+  // the host until the GPU has finished it (or the timeout), so later work is ordered.
+  void send(const void* buf, size_t nbytes, int peer, int64_t tag, void* stream) {
+    t_->waitFor(stream);
+    finish(t_->isend(peer, userTag(tag), buf, nbytes, 0));
+  }
+  void recv(void* buf, size_t nbytes, int peer, int64_t tag, void* stream) {
+    t_->waitFor(stream);
+    finish(t_->irecv(peer, userTag(tag), buf, nbytes, nullptr, 0));
   }
 
  private:
+  static uint64_t userTag(int64_t tag) {  // [62] user space, below the algorithms' [63]
+    if (tag < 0 || tag >= (1ll << 40)) throw Error("nccl send/recv: tag must be in [0, 2^40), got " + std::to_string(tag));
+    return (1ull << 62) | (uint64_t(tag) << 8);
+  }
+  void finish(const RequestPtr& r) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutSec_);
+    while (!r->done.load(std::memory_order_acquire)) {
+      if (!t_->progress()) t_->sleepFor(50);
+      if (std::chrono::steady_clock::now() > deadline && !r->done.load(std::memory_order_acquire)) {
+        std::string why = std::string(r->isSend ? "send to" : "receive from") + " rank " + std::to_string(r->peer) +
+                          " timed out after " + std::to_string(timeoutSec_) + " s";
+        t_->abort("nccl: " + why);
+        throw TimeoutError("nccl: " + why);
+      }
+    }
+    if (!r->error.empty()) throw Error(r->error);
+  }
+
   std::shared_ptr<NcclTransport> t_;
   double timeoutSec_;
   uint64_t seq_ = 0;
@@ -225,6 +259,12 @@ void bindNccl(py::module_& m) {
         c.transport->reduceScatter(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul,
                                    mptr(stream));
       }, Release())
+      .def("send", [](NcclComm& c, uintptr_t buf, size_t nbytes, int peer, int64_t tag, uintptr_t stream) {
+        c.algos.send(cptr(buf), nbytes, peer, tag, mptr(stream));
+      }, py::arg("buf"), py::arg("nbytes"), py::arg("peer"), py::arg("tag") = 0, py::arg("stream") = 0, Release())
+      .def("recv", [](NcclComm& c, uintptr_t buf, size_t nbytes, int peer, int64_t tag, uintptr_t stream) {
+        c.algos.recv(mptr(buf), nbytes, peer, tag, mptr(stream));
+      }, py::arg("buf"), py::arg("nbytes"), py::arg("peer"), py::arg("tag") = 0, py::arg("stream") = 0, Release())
       .def("synchronize", [](NcclComm& c, uintptr_t stream) { c.transport->synchronize(mptr(stream), c.timeout); },
            py::arg("stream") = 0, Release())
       .def("abort", [](NcclComm& c, const std::string& why) { c.transport->abort(why); },

@@ -43,7 +43,7 @@ std::string openFirst(const std::vector<std::string>& candidates, const char* wh
     void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!h) {
       const char* err = dlerror();
-      tried += "\n  " + path + ": " + (err ? err : "cannot open");
+      tried += "\n  " + (err ? std::string(err) : path + ": cannot open");  // dlerror names the path
       continue;
     }
     std::string missing = resolve(h);
@@ -123,7 +123,25 @@ std::string ncclNewUniqueId(const std::vector<std::string>& candidates) {
 
 namespace {
 
+std::unique_ptr<CudaRuntime> openCudaRuntime(const std::vector<std::string>& candidates) {
+  auto rt = std::make_unique<CudaRuntime>();
+  rt->origin = openFirst(candidates, "the CUDA runtime (libcudart; set HCOMM_CUDART_LIB)",
+                         [&](void* h) -> std::string {
+#define HCOMM_CUDART_RESOLVE(name)                                                \
+  rt->api.name = reinterpret_cast<cuda::name##Fn>(dlsym(h, "cuda" #name));        \
+  if (!rt->api.name) return "cuda" #name;
+                           HCOMM_CUDART_FUNCTIONS(HCOMM_CUDART_RESOLVE)
+#undef HCOMM_CUDART_RESOLVE
+                           return "";
+                         });
+  return rt;
+}
+
 std::unique_ptr<CudaRuntime> resolveCudaRuntime() {
+  // HCOMM_CUDART_LIB wins even over the linked runtime: it lets the transport run on
+  // another runtime (tests drive it with a host-memory fake on machines with no GPU).
+  std::string forced = envStr("HCOMM_CUDART_LIB");
+  if (!forced.empty()) return openCudaRuntime({forced});
   auto rt = std::make_unique<CudaRuntime>();
 #if HCOMM_WITH_CUDA
   // The runtime linked statically into hcomm: one runtime in the process, shared with
@@ -137,20 +155,10 @@ std::unique_ptr<CudaRuntime> resolveCudaRuntime() {
   if (!missing.empty()) throw Error("hcomm's linked CUDA runtime lacks:" + missing);
   int v = hcommCudaBuildVersion();
   rt->origin = "linked into hcomm (CUDA " + std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10) + ")";
-#else
-  auto candidates = libraryCandidates("HCOMM_CUDART_LIB", {},
-                                      {"libcudart.so.13", "libcudart.so.12", "libcudart.so"});
-  rt->origin = openFirst(candidates, "the CUDA runtime (libcudart; set HCOMM_CUDART_LIB)",
-                         [&](void* h) -> std::string {
-#define HCOMM_CUDART_RESOLVE(name)                                                \
-  rt->api.name = reinterpret_cast<cuda::name##Fn>(dlsym(h, "cuda" #name));        \
-  if (!rt->api.name) return "cuda" #name;
-                           HCOMM_CUDART_FUNCTIONS(HCOMM_CUDART_RESOLVE)
-#undef HCOMM_CUDART_RESOLVE
-                           return "";
-                         });
-#endif
   return rt;
+#else
+  return openCudaRuntime({"libcudart.so.13", "libcudart.so.12", "libcudart.so"});
+#endif
 }
 
 }  // namespace
@@ -260,6 +268,9 @@ NcclTransport::~NcclTransport() {
   }
   if (collStream_) rt_->api.StreamDestroy(collStream_);
   for (cuda::Event e : allEvents_) rt_->api.EventDestroy(e);
+  for (Peer& p : peers_)
+    for (const Staged& s : p.unexpected)
+      if (s.stage.dev) freeStages_.push_back(s.stage);
   for (const Stage& s : freeStages_) rt_->api.Free(s.dev);
   for (void* b : devBlocks_) rt_->api.Free(b);
   for (void* b : hostBlocks_) rt_->api.FreeHost(b);
@@ -615,10 +626,13 @@ void NcclTransport::signal(void* stream) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   setDevice();
   auto s = static_cast<cuda::Stream>(stream);
+  // Only streams with matched work: an inbound stream may hold a header receive parked
+  // for a message not yet sent, and the caller's stream must never wait on that.
   std::vector<cuda::Stream> ours{collStream_};
-  for (Peer& p : peers_)
-    for (cuda::Stream x : {p.outStream, p.inStream})
-      if (x) ours.push_back(x);
+  for (Peer& p : peers_) {
+    if (!p.sending.empty()) ours.push_back(p.outStream);
+    if (!p.receiving.empty()) ours.push_back(p.inStream);
+  }
   for (cuda::Stream x : ours) {
     cuda::Event e = takeEvent();
     cu(rt_->api.EventRecord(e, x), "cudaEventRecord");

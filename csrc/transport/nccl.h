@@ -4,9 +4,9 @@
 //
 // Loading. libnccl.so.2 is opened with dlopen from, in order: HCOMM_NCCL_LIB, the
 // paths the caller passes (Python passes the nvidia-nccl wheel's lib/ folder, found
-// through importlib), then the system search path. The CUDA runtime calls go to the
-// runtime linked into hcomm when it was built with nvcc (HCOMM_WITH_CUDA), else to a
-// dlopen'ed libcudart (HCOMM_CUDART_LIB, libcudart.so.13, .12). Nothing here needs
+// through importlib), then the system search path. The CUDA runtime calls go to
+// HCOMM_CUDART_LIB when set, else to the runtime linked into hcomm when it was built
+// with nvcc (HCOMM_WITH_CUDA), else to a dlopen'ed libcudart.so.13 / .12. Nothing here needs
 // nccl.h or cuda_runtime.h to build (transport/nccl_api.h declares what is used).
 //
 // The transport. NCCL matches a send with the receive the peer posted in the same
@@ -27,8 +27,8 @@
 // large segments, which is what this path is for; small collectives go native.
 //
 // Stream semantics are torch's: waitFor(s) makes the transport's streams wait for work
-// already queued on the caller's stream s; signal(s) makes s wait for everything the
-// transport has queued. Device memory is never freed while the transport lives
+// already queued on the caller's stream s; signal(s) makes s wait for the transport's
+// matched work in flight (never for a header receive parked on an idle link). Device memory is never freed while the transport lives
 // (cudaFree synchronises the whole device); staging buffers are reused.
 #pragma once
 #include <deque>
