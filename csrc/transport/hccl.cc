@@ -37,7 +37,7 @@ void* openFirst(const std::vector<std::string>& paths, const char* what, std::st
       return h;
     }
     const char* err = dlerror();
-    *tried += "\n  " + p + ": " + (err ? err : "cannot open");
+    *tried += "\n  " + (err ? std::string(err) : p + ": cannot open");  // dlerror names the path
   }
   *tried = std::string(what) + " not found; tried:" + *tried;
   return nullptr;
