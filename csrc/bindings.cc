@@ -15,6 +15,8 @@
 namespace py = pybind11;
 using namespace hcomm;
 
+void bindGpu(py::module_& m);  // bindings_gpu.cc: NCCL/HCCL loaders, CUDA kernels (each guarded inside)
+
 namespace {
 
 const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
@@ -42,6 +44,7 @@ std::function<void(const std::string&)> pyCallback(py::function fn) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "hcomm compiled core";
   py::register_exception<Error>(m, "Error", PyExc_RuntimeError);
+  bindGpu(m);
 
   m.def("build_config", [] {
     py::dict d;
