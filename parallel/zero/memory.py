@@ -104,15 +104,22 @@ class MemoryPlan:
         lines = [self.header,
                  f"  {'row':<17}{'formula':>14}{'formula bytes':>16}{'real bytes':>16}{'real/formula':>14}"]
         for r in self.rows:
-            ratio = f"{r.real_bytes / r.formula_bytes:.3f}" if r.formula_bytes else "-"
-            mark = "*" if r.planned else " "
             if r.name == "model state":
                 lines.append("  " + "-" * 77)
-            lines.append(f"  {r.name:<17}{r.formula:>14}{r.formula_bytes:>16,.0f}{r.real_bytes:>15,}{mark}{ratio:>14}")
+            lines.append(_format_row(r))
         if any(r.planned for r in self.rows):
             lines.append("  * allocated lazily (first backward / first step): the exact size it will have")
         lines.append("  gathered buffers and comm buckets are transient peaks so far, not model state")
         return "\n".join(lines)
+
+
+def _format_row(r):
+    if r.name in TRANSIENT and r.real_bytes == 0 and r.formula_bytes:
+        real, ratio = f"{'not run yet':>15} ", "-"   # a peak: nothing measured before a step
+    else:
+        ratio = f"{r.real_bytes / r.formula_bytes:.3f}" if r.formula_bytes else "-"
+        real = f"{r.real_bytes:>15,}{'*' if r.planned else ' '}"
+    return f"  {r.name:<17}{r.formula:>14}{r.formula_bytes:>16,.0f}{real}{ratio:>14}"
 
 
 def _term(c, sharded):
