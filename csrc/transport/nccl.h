@@ -24,7 +24,10 @@
 //     the message came first ("unexpected"); a reducing receive stages the payload and
 //     runs the CUDA reduction kernel (needs HCOMM_WITH_CUDA).
 // The price is one header round per message: fine for the ring and tree algorithms'
-// large segments, which is what this path is for; small collectives go native.
+// large segments, which is what this path is for; small collectives go native. Each
+// pair communicator holds NCCL buffers of its own (2(n-1) per rank), and a parked
+// receive kernel must run beside other kernels: with CUDA_DEVICE_MAX_CONNECTIONS=1
+// (one hardware queue) the GPU may serialise them and this transport can stall.
 //
 // Stream semantics are torch's: waitFor(s) makes the transport's streams wait for work
 // already queued on the caller's stream s; signal(s) makes s wait for the transport's
