@@ -1,0 +1,47 @@
+// MPI: a point-to-point transport over MPI_Isend / MPI_Irecv, and the MPI communicators
+// the "native" algorithm (algo/native_mpi.h) hands whole collectives to.
+//
+// Joining MPI. A rank joins when HCOMM_MPI=1, or when something asks for MPI
+// (HCOMM_TRANSPORT names mpi, HCOMM_ALGO names native), or by default (HCOMM_MPI=auto)
+// when launched by mpirun / srun with MPI or when MPI is already initialised (mpi4py);
+// HCOMM_MPI=0 never joins. MPI is initialised once per process with MPI_Init_thread
+// asking for MPI_THREAD_MULTIPLE, unless someone already did (then hcomm never
+// finalises it); with less than MULTIPLE granted every MPI call hcomm makes is
+// serialised. Each rank puts its MPI identity in its bootstrap record; the job's MPI
+// communicator (MPI_Comm_create_group over the members, ordered by hcomm rank, so a
+// torch sub-group works too) exists only when every rank has one in the same MPI job.
+//
+// Which links use it (HCOMM_TRANSPORT, comma-separated, the last word per level wins):
+//   mpi              every peer over MPI
+//   inter:mpi        peers on other hosts over MPI, shared memory within a host
+//   intra:mpi        peers on this host over MPI (tests), tcp between hosts
+//   shm, tcp, auto   the defaults (intra:shm, inter:tcp)
+//
+// Files that include this header need no <mpi.h>: the MPI objects are opaque here and
+// defined in transport/mpi_impl.h. Built without MPI (HCOMM_WITH_MPI=0), every rank's
+// identity is "-", and asking for MPI raises an Error that says so.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "transport/transport.h"
+
+namespace hcomm {
+
+class MpiComm;
+using MpiCommPtr = std::shared_ptr<MpiComm>;
+
+// This rank's MPI identity for the bootstrap record ("rank/size@job"), or "-" when it
+// does not join MPI. required: MPI was asked for, so failing to join raises.
+std::string mpiIdentity(bool required);
+// The MPI communicator of the ranks whose identities are given (by hcomm rank), or
+// nullptr when some rank has none or they are not one MPI job (an Error if required).
+// Collective over those ranks.
+MpiCommPtr mpiCommFor(const std::vector<std::string>& identities, bool required);
+// MPI_Comm_split of `parent` (collective over it): nullptr for a negative color.
+MpiCommPtr mpiSplit(const MpiComm& parent, int color, int key);
+// The transport over a duplicate of `comm` (collective over it); peer = rank in comm.
+std::shared_ptr<Transport> makeMpiTransport(const MpiCommPtr& comm, double timeoutSec);
+
+}  // namespace hcomm
