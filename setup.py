@@ -78,6 +78,9 @@ class BuildExt(build_ext):
     def build_extensions(self):
         if with_cuda:
             _, home = _cuda_home()
+            if home is None:
+                raise RuntimeError("HCOMM_WITH_CUDA=1 but no CUDA toolkit with lib64/libcudart_static.a was found "
+                                   "(set CUDA_HOME, or HCOMM_WITH_CUDA=0)")
             lib = os.path.join(home, "lib64")
             for ext_ in self.extensions:
                 ext_.extra_objects = _cuda_objects(self.build_temp, home) + [os.path.join(lib, "libcudart_static.a")]
