@@ -46,7 +46,9 @@ def _matrix_body(comm, hosts, counts):
                 check(x, reduce_ref(inputs, op, dtype), dtype, comm.size, f"{dtype} {op} n={count}")
     expect = ["shm" if hosts[q] == hosts[comm.rank] else "tcp" for q in range(comm.size)]
     assert comm.transports() == expect
-    return comm._c.last_algorithm()
+    algo = comm._c.last_algorithm()
+    _settle(comm)
+    return algo
 
 
 def _hosts_of(sizes):
@@ -68,6 +70,7 @@ def _big_body(comm, count):
     x = copy(inputs[comm.rank])
     _allreduce(comm, x, "sum", "hierarchical")
     check(x, reduce_ref(inputs, "sum", "float32"), "float32", comm.size)
+    _settle(comm)
     return True
 
 
@@ -87,6 +90,7 @@ def _auto_body(comm):
     x = np.ones(1 << 16, np.float32)  # 256 KiB: whatever the tuner picks must be right
     comm.allreduce(x)
     assert np.all(x == comm.size)
+    _settle(comm)
     return e64.chosen, e8.chosen, comm._c.choose_allreduce(64 << 20, "")
 
 
@@ -102,11 +106,24 @@ def test_tuner_picks_hierarchical_across_hosts_and_flat_on_one(tmp_path, monkeyp
 
 
 def _settle(comm):
-    """A rank that closes right after init can tear down a tcp link whose last message a
-    slower peer has not received yet: meet once more before closing."""
-    comm.barrier()
-    x = np.zeros(1)
-    comm.allreduce(x, algo="ring")
+    """Meet before closing so that no rank closes a tcp link while a slower peer still has
+    to receive a message already sent on it (the transport then reports the peer gone).
+    Race-free by construction: rank 0 posts the receives of the last messages first, and
+    closes only after every other rank has received everything it will ever receive."""
+    one, buf = np.ones(1, np.uint8), np.zeros(1, np.uint8)
+    arrive, go, done = 7001, 7002, 7003
+    if comm.rank == 0:
+        pending = [comm.recv(np.zeros(1, np.uint8), peer=r, tag=done, async_op=True) for r in range(1, comm.size)]
+        for r in range(1, comm.size):
+            comm.recv(buf, peer=r, tag=arrive)
+        for r in range(1, comm.size):
+            comm.send(one, peer=r, tag=go)
+        for w in pending:
+            w.wait()
+    else:
+        comm.send(one, peer=0, tag=arrive)
+        comm.recv(buf, peer=0, tag=go)
+        comm.send(one, peer=0, tag=done)
 
 
 def _env_override_body(comm):
@@ -127,7 +144,9 @@ def _bits_body(comm):
     y = make("float32", 1000, comm.rank, 6)
     comm.allreduce(x)
     comm.allreduce(y)
-    return x.tobytes() + y.tobytes(), comm._c.last_algorithm()
+    out = x.tobytes() + y.tobytes(), comm._c.last_algorithm()
+    _settle(comm)
+    return out
 
 
 def test_deterministic_mode_gives_the_same_bits_every_run(tmp_path, monkeypatch):
@@ -142,6 +161,7 @@ def test_deterministic_mode_gives_the_same_bits_every_run(tmp_path, monkeypatch)
 
 def _explain_measure_body(comm):
     e = hcomm.explain("allreduce", 4096, comm=comm, measure=True, iters=1)
+    _settle(comm)
     return str(e), [c.measured for c in e.candidates]
 
 

@@ -112,3 +112,25 @@ def test_parse_size(text, n):
 def test_parse_size_rejects_garbage():
     with pytest.raises(hcomm.InvalidArgument, match="cannot read size"):
         topology.parse_size("64Q")
+
+
+def test_cli_prints_tree_and_explain_as_json():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "hcomm.topo_cli", "--np", "2", "--hosts", "2", "--json",
+                        "--explain", "allreduce", "64M"], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "HCOMM_DETERMINISTIC": "1"})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["topology"]["hosts"]) == 2
+    assert out["explain"]["nbytes"] == 64 << 20
+    assert {c["algo"] for c in out["explain"]["candidates"]} == set(topology.ALLREDUCE_ALGOS)
+    assert out["explain"]["chosen"] in topology.ALLREDUCE_ALGOS
+
+
+def test_cli_netns_needs_a_command():
+    from hcomm import topo_cli
+
+    with pytest.raises(SystemExit, match="command"):
+        topo_cli.main(["netns", "--hosts", "2"])

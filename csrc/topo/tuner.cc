@@ -235,4 +235,19 @@ Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forc
   return d;
 }
 
+Decision Tuner::allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
+                          const std::string& why) const {
+  Key key{worldRanks, bytes, forced, why};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = cache_.find(key);
+    if (it != cache_.end()) return it->second;
+  }
+  Decision d = tuneAllreduce(CommShape::of(*topology_, worldRanks), bytes, forced, why);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cache_.size() >= 4096) cache_.clear();  // many distinct sizes: start over rather than grow
+  cache_.emplace(std::move(key), d);
+  return d;
+}
+
 }  // namespace hcomm

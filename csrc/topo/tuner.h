@@ -12,7 +12,11 @@
 // comment at the top of its file (algo/*.cc).
 #pragma once
 #include <cstddef>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "topo/topology.h"
@@ -55,5 +59,21 @@ double gammaSecondsPerByte();
 // Every candidate with its prediction; `forced` (an algorithm name, or "" / "auto")
 // overrides the model's pick. Throws Error naming the valid names for an unknown one.
 Decision tuneAllreduce(const CommShape& shape, size_t bytes, const std::string& forced, const std::string& why);
+
+// The tuner of one job: decisions cached per (communicator ranks, bytes, forced name), so
+// the model runs once per message size and a small collective pays a map lookup.
+class Tuner {
+ public:
+  explicit Tuner(std::shared_ptr<const Topology> topology) : topology_(std::move(topology)) {}
+  const Topology& topology() const { return *topology_; }
+  Decision allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
+                     const std::string& why) const;
+
+ private:
+  using Key = std::tuple<std::vector<int>, size_t, std::string, std::string>;
+  std::shared_ptr<const Topology> topology_;
+  mutable std::mutex mu_;
+  mutable std::map<Key, Decision> cache_;
+};
 
 }  // namespace hcomm
