@@ -140,6 +140,14 @@ def train_single(config: dict, log=print):
 
 # ------------------------------------------------------------------ parallel run
 
+def balanced_sizes(layers: int, stages: int):
+    """Layers per stage, as even as possible (the first stages take the remainder)."""
+    if layers < stages:
+        raise ValueError(f"{layers} layers (embedding + n_layers blocks + head) cannot fill {stages} "
+                         f"pipeline stages (pipeline_stages * virtual_pipeline_stages); raise model.n_layers")
+    return [layers // stages + (1 if i < layers % stages else 0) for i in range(stages)]
+
+
 class Trainer:
     """This rank's share of the model (its pipeline stages, tp-sharded), the pipeline
     runtime and the optimizer, all built from the ParallelConfig's mesh."""
@@ -155,7 +163,8 @@ class Trainer:
         # shards equal the dense model's, then keeps only its own stages.
         model = GPT(gpt_config(config), group=mesh.tp_group, sequence_parallel=pcfg.sequence_parallel,
                     seed=config["train"]["seed"])
-        all_stages = split_layers(model.layers, self.schedule.num_stages)
+        all_stages = split_layers(model.layers, self.schedule.num_stages,
+                                  balanced_sizes(len(model.layers), self.schedule.num_stages))
         self.stages = stages_for_rank(all_stages, mesh.pp_rank, self.schedule)
         del model, all_stages
         tp_group = mesh.tp_group
