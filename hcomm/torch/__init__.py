@@ -9,6 +9,16 @@ in from Open MPI's environment so the unchanged init_process_group("hcomm") call
 rank and size from OMPI_COMM_WORLD_*, and rank 0's address plus a free port handed to
 every rank by one mpi4py broadcast (an MPI collective: every rank must import
 hcomm.torch, which it does anyway to use the backend). Variables already set win.
+
+Differences from Gloo a user may meet:
+- dist.monitored_barrier() refuses every backend but Gloo inside torch 2.13, before the
+  group is reached; use hcomm.torch.monitored_barrier(group, timeout, wait_all_ranks).
+- ReduceOp.BAND / BOR / BXOR run as an allgather plus a local fold (exact, more bytes).
+- all_gather with uneven output sizes and alltoall / allgather_coalesced with mixed
+  dtypes work (Gloo refuses some of them).
+- A per-op opts.timeout is not used; the group's timeout (init_process_group /
+  new_group, or ProcessGroupHcomm.set_timeout) bounds every operation. After an error
+  the core aborts that communicator: later calls on the group fail at once.
 """
 import torch.distributed as dist
 
