@@ -80,6 +80,16 @@ struct PeerMatch {
     return nullptr;
   }
 
+  // A new receive meets the messages that came before it. Returns true when the receive
+  // is dealt with: completed (with data or an error) or bound to a message still
+  // arriving. Returns false with *rendezvous set when it matched a rendezvous descriptor
+  // (the transport pulls the payload), and false with it null when nothing matched (the
+  // receive now waits in `posted`).
+  bool matchEarly(int peer, const PostedRecv& r, UnexpectedPtr* rendezvous);
+
+  // Fails every receive waiting on this peer (posted, or bound to a partial message).
+  void failWaiting(const std::string& why);
+
   const Unexpected* peekUnexpected(uint64_t tag) const {
     for (const auto& u : unexpected)
       if (u->tag == tag && !u->bound) return u.get();
@@ -98,6 +108,37 @@ inline std::string mismatch(int peer, uint64_t tag, size_t sent, uint64_t sentFp
   if (sentFp && r.fingerprint && sentFp != r.fingerprint) return fingerprintMismatch(peer, sentFp, r.fingerprint);
   if (sent != r.nbytes) return sizeMismatch(peer, tag, sent, r.nbytes);
   return "";
+}
+
+inline bool PeerMatch::matchEarly(int peer, const PostedRecv& r, UnexpectedPtr* rendezvous) {
+  *rendezvous = nullptr;
+  UnexpectedPtr u = takeUnexpected(r.req->tag);
+  if (!u) {
+    posted.push_back(r);
+    return false;
+  }
+  if (u->rendezvous) {
+    *rendezvous = u;
+    return false;
+  }
+  std::string why = mismatch(peer, r.req->tag, u->nbytes, u->fingerprint, *r.req);
+  if (!why.empty()) {
+    complete(*r.req, why);
+  } else if (u->complete) {
+    r.deliver(0, u->data.data(), u->nbytes);
+    complete(*r.req);
+  } else {  // still arriving: finish when its last byte lands
+    u->bound.reset(new PostedRecv(r));
+    unexpected.push_front(u);
+  }
+  return true;
+}
+
+inline void PeerMatch::failWaiting(const std::string& why) {
+  for (auto& r : posted) complete(*r.req, why);
+  for (auto& u : unexpected)
+    if (u->bound) complete(*u->bound->req, why);
+  posted.clear();
 }
 
 inline RequestPtr makeRequest(int peer, uint64_t tag, size_t nbytes, bool isSend, uint64_t fingerprint = 0) {

@@ -262,27 +262,19 @@ RequestPtr ShmTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes,
     complete(*r.req, aborted_);
     return r.req;
   }
-  UnexpectedPtr u = p.match.takeUnexpected(tag);
-  if (!u) {
-    p.match.posted.push_back(r);
+  UnexpectedPtr u;
+  if (p.match.matchEarly(peer, r, &u)) return r.req;
+  if (!u) {  // posted: maybe its message is in the queue already
     progressRecvs(p);
     return r.req;
   }
   std::string why = mismatch(peer, tag, u->nbytes, u->fingerprint, *r.req);
-  if (!why.empty()) {
-    if (u->rendezvous) {  // release the sender, who waits for our ack
-      p.in->acks[u->seq % kAcks].store(u->seq, std::memory_order_release);
-      ring(p.seg);
-    }
-    complete(*r.req, why);
-  } else if (u->rendezvous) {
+  if (why.empty()) {
     pull(p, r, u->pid, u->addr, u->nbytes, u->seq);
-  } else if (u->complete) {
-    r.deliver(0, u->data.data(), u->nbytes);
-    complete(*r.req);
-  } else {  // still streaming in: finish when the last chunk lands
-    u->bound.reset(new PostedRecv(r));
-    p.match.unexpected.push_front(u);
+  } else {  // release the sender, who waits for our ack, then fail
+    p.in->acks[u->seq % kAcks].store(u->seq, std::memory_order_release);
+    ring(p.seg);
+    complete(*r.req, why);
   }
   return r.req;
 }
@@ -463,16 +455,18 @@ void ShmTransport::failDeadPeers() {
     Peer& p = kv.second;
     bool waiting = !p.sending.empty() || !p.awaiting.empty() || !p.match.posted.empty() || p.inCurrent;
     if (!waiting || p.seg->pid == getpid() || processAlive(p.seg->pid)) continue;
-    std::string why = "rank " + std::to_string(p.rank) + " (pid " + std::to_string(p.seg->pid) + ") has exited";
-    for (auto& m : p.sending) complete(*m.req, why);
-    for (auto& m : p.awaiting) complete(*m.req, why);
-    for (auto& r : p.match.posted) complete(*r.req, why);
-    if (p.inCurrent) complete(*p.current.req, why);
-    p.sending.clear();
-    p.awaiting.clear();
-    p.match.posted.clear();
-    p.inCurrent = false;
+    failPeer(p, "rank " + std::to_string(p.rank) + " (pid " + std::to_string(p.seg->pid) + ") has exited");
   }
+}
+
+void ShmTransport::failPeer(Peer& p, const std::string& why) {
+  for (auto& m : p.sending) complete(*m.req, why);
+  for (auto& m : p.awaiting) complete(*m.req, why);
+  if (p.inCurrent) complete(*p.current.req, why);
+  p.match.failWaiting(why);
+  p.sending.clear();
+  p.awaiting.clear();
+  p.inCurrent = false;
 }
 
 void ShmTransport::sleepFor(int us) {
@@ -497,19 +491,7 @@ bool ShmTransport::probe(int peer, uint64_t tag, size_t* nbytes) {
 void ShmTransport::abort(const std::string& why) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   aborted_ = why;
-  for (auto& kv : peers_) {
-    Peer& p = kv.second;
-    for (auto& m : p.sending) complete(*m.req, why);
-    for (auto& m : p.awaiting) complete(*m.req, why);
-    for (auto& r : p.match.posted) complete(*r.req, why);
-    if (p.inCurrent) complete(*p.current.req, why);
-    for (auto& u : p.match.unexpected)
-      if (u->bound) complete(*u->bound->req, why);
-    p.sending.clear();
-    p.awaiting.clear();
-    p.match.posted.clear();
-    p.inCurrent = false;
-  }
+  for (auto& kv : peers_) failPeer(kv.second, why);
 }
 
 }  // namespace hcomm

@@ -79,6 +79,7 @@ class ShmTransport : public Transport {
   void pull(Peer& p, const PostedRecv& r, int64_t pid, uint64_t addr, size_t nbytes, uint64_t seq);
   void ring(ShmSegment* seg);
   void failDeadPeers();
+  void failPeer(Peer& p, const std::string& why);  // every request waiting on p fails
 
   int rank_;
   std::vector<int> localRanks_;

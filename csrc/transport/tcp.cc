@@ -100,11 +100,7 @@ TcpTransport::Peer& TcpTransport::peerOf(int rank) {
 
 void TcpTransport::fail(Peer& p, const std::string& why) {
   p.broken = "connection to rank " + std::to_string(p.rank) + " failed: " + why;
-  for (auto& m : p.sending) complete(*m.req, p.broken);
-  for (auto& r : p.match.posted) complete(*r.req, p.broken);
-  if (p.inPayload && p.toPosted) complete(*p.current.req, p.broken);
-  p.sending.clear();
-  p.match.posted.clear();
+  failWaiting(p, p.broken);
   p.inPayload = false;
 }
 
@@ -141,19 +137,8 @@ RequestPtr TcpTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes,
     complete(*r.req, aborted_.empty() ? p.broken : aborted_);
     return r.req;
   }
-  UnexpectedPtr u = p.match.takeUnexpected(tag);
-  if (!u) {
-    p.match.posted.push_back(r);
-    drain(p);
-  } else if (!mismatch(peer, tag, u->nbytes, u->fingerprint, *r.req).empty()) {
-    complete(*r.req, mismatch(peer, tag, u->nbytes, u->fingerprint, *r.req));
-  } else if (u->complete) {
-    r.deliver(0, u->data.data(), nbytes);
-    complete(*r.req);
-  } else {
-    u->bound.reset(new PostedRecv(r));
-    p.match.unexpected.push_front(u);
-  }
+  UnexpectedPtr rendezvous;  // never set: TCP messages carry their payload
+  if (!p.match.matchEarly(peer, r, &rendezvous)) drain(p);
   return r.req;
 }
 
@@ -320,16 +305,14 @@ bool TcpTransport::probe(int peer, uint64_t tag, size_t* nbytes) {
 void TcpTransport::abort(const std::string& why) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   aborted_ = why;
-  for (auto& kv : peers_) {
-    Peer& p = kv.second;
-    for (auto& m : p.sending) complete(*m.req, why);
-    for (auto& r : p.match.posted) complete(*r.req, why);
-    if (p.inPayload && p.toPosted) complete(*p.current.req, why);
-    for (auto& u : p.match.unexpected)
-      if (u->bound) complete(*u->bound->req, why);
-    p.sending.clear();
-    p.match.posted.clear();
-  }
+  for (auto& kv : peers_) failWaiting(kv.second, why);
+}
+
+void TcpTransport::failWaiting(Peer& p, const std::string& why) {
+  for (auto& m : p.sending) complete(*m.req, why);
+  if (p.inPayload && p.toPosted) complete(*p.current.req, why);
+  p.match.failWaiting(why);
+  p.sending.clear();
 }
 
 }  // namespace hcomm

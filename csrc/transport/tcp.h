@@ -73,6 +73,7 @@ class TcpTransport : public Transport {
   void startPayload(Peer& p);
   void finishPayload(Peer& p);
   void fail(Peer& p, const std::string& why);
+  void failWaiting(Peer& p, const std::string& why);  // every request on p fails
   void acceptPeers(const std::vector<int>& from, Clock::time_point deadline);
 
   int rank_;
