@@ -145,15 +145,20 @@ def run_sweep(runner, spec, rank, nranks, progress=None, tamper=None):
     for i, lay in enumerate(lays):
         if progress is not None:
             progress(i, len(lays), lay)
-        local = {m: measure(runner, spec, lay, rank, nranks, m, tamper) for m in modes}
-        slowest = runner.reduce_floats([local[m][0] for m in modes], "max")
-        wrongs = runner.reduce_floats([local[m][1] or 0 for m in modes], "sum")
-        row = {"size": lay.size_bytes, "count": lay.count, "type": spec.dtype,
-               "redop": redop_for(spec.collective, spec.op),
-               "root": spec.root if spec.collective in ROOTED else -1,
-               "out_of_place": None, "in_place": None}
-        for k, m in enumerate(modes):
-            wrong = None if local[m][1] is None else wrongs[k]
-            row["in_place" if m else "out_of_place"] = _mode_result(lay, nranks, float(slowest[k]), wrong)
-        rows.append(row)
+        local = [measure(runner, spec, lay, rank, nranks, m, tamper) for m in modes]
+        slowest = runner.reduce_floats([t for t, _ in local], "max")
+        wrongs = runner.reduce_floats([w or 0 for _, w in local], "sum")
+        rows.append(_row(spec, lay, nranks, {m: (float(slowest[k]), None if local[k][1] is None else wrongs[k])
+                                             for k, m in enumerate(modes)}))
     return rows
+
+
+def _row(spec, lay, nranks, by_mode):
+    """One table row from {in_place: (slowest median seconds, total wrong or None)}."""
+    row = {"size": lay.size_bytes, "count": lay.count, "type": spec.dtype,
+           "redop": redop_for(spec.collective, spec.op),
+           "root": spec.root if spec.collective in ROOTED else -1,
+           "out_of_place": None, "in_place": None}
+    for in_place, (seconds, wrong) in by_mode.items():
+        row["in_place" if in_place else "out_of_place"] = _mode_result(lay, nranks, seconds, wrong)
+    return row
