@@ -50,20 +50,22 @@ def launch(args):
     sys.exit(subprocess.call(cmd, env=env))
 
 
-def _timed(fn, world, iters):
-    """Median seconds of fn() over iters runs (after two warm-ups); every run starts on
-    all ranks together and counts until the slowest rank is done."""
+def _timed(fns, world, iters):
+    """Median seconds of each fn() over iters runs (after two warm-ups). The functions
+    take turns, so a burst of load elsewhere on the machine hits them alike; every run
+    starts on all ranks together and counts until the slowest rank is done."""
     from mpi4py import MPI
 
-    times = []
+    times = [[] for _ in fns]
     for i in range(iters + 2):
-        world.Barrier()
-        t = time.perf_counter()
-        fn()
-        dt = world.allreduce(time.perf_counter() - t, op=MPI.MAX)
-        if i >= 2:
-            times.append(dt)
-    return float(np.median(times))
+        for k, fn in enumerate(fns):
+            world.Barrier()
+            t = time.perf_counter()
+            fn()
+            dt = world.allreduce(time.perf_counter() - t, op=MPI.MAX)
+            if i >= 2:
+                times[k].append(dt)
+    return [float(np.median(t)) for t in times]
 
 
 def _with_algo_env(value, fn):
@@ -95,9 +97,9 @@ def worker(args):
     for nbytes in (_parse_size(s) for s in args.sizes.split(",")):
         x = np.ones(nbytes // 4, np.float32)
         y = np.empty_like(x)
-        ring = _timed(lambda: comm.allreduce(x, y, algo="ring"), world, args.iters)
-        native = _with_algo_env("native", lambda: _timed(lambda: comm.allreduce(x, y), world, args.iters))
-        mpi = _timed(lambda: world.Allreduce(x, y), world, args.iters)
+        ring, native, mpi = _timed([lambda: comm.allreduce(x, y, algo="ring"),
+                                    lambda: _with_algo_env("native", lambda: comm.allreduce(x, y)),
+                                    lambda: world.Allreduce(x, y)], world, args.iters)
         pick = comm._c.choose_allreduce(nbytes, "")
         faster = "ring" if ring <= native else "native"
         verdict = "faster" if pick == faster else f"not the faster ({faster})" if pick in ("ring", "native") else ""

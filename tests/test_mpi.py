@@ -275,8 +275,25 @@ def job_collectives():
     _rooted(comm, seed=22)
     _gathers(comm, seed=23)
     _split(comm, ["native"], seed=25)
+    os.environ["HCOMM_ALGO"] = ""
+    _native_size_rule(comm)
     comm.close()
     print(f"rank {r}/{n} collectives ok", flush=True)
+
+
+def _native_size_rule(comm):
+    """HCOMM_NATIVE_BYTES: the tuner hands allreduce to MPI inside the range only."""
+    os.environ["HCOMM_NATIVE_BYTES"] = "4K-64K"
+    try:
+        for count, want_native in ((1023, False), (1024, True), (16383, True), (16384, False)):
+            x = np.full(count, comm.rank + 1, np.float32)
+            comm.allreduce(x)
+            np.testing.assert_array_equal(x, comm.size * (comm.size + 1) / 2, f"size rule, count {count}")
+            ran = comm._c.last_algorithm()
+            assert (ran == "native") == want_native, f"{count * 4} bytes ran {ran}"
+        assert comm._c.choose_allreduce(1 << 20, "ring") == "ring"  # a request still wins
+    finally:
+        os.environ["HCOMM_NATIVE_BYTES"] = ""
 
 
 def _check_transports(comm, hosts):

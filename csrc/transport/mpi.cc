@@ -19,7 +19,7 @@ namespace {
 
 constexpr int kHeaderTag = 0;
 constexpr int kCreateGroupTag = 0x68636d;  // MPI_Comm_create_group's own traffic
-constexpr size_t kPiece = size_t(1) << 30;  // MPI counts are ints: larger payloads go in pieces
+constexpr size_t kSlots = 2;  // staged pieces in flight per reducing receive
 
 // MPI's "inoutvec = invec op inoutvec", by hcomm's kernels, for types MPI lacks.
 template <DataType D, ReduceOp O>
@@ -218,6 +218,9 @@ MpiTransport::MpiTransport(const MpiComm& comm, double timeoutSec) : timeoutSec_
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
   tagUb_ = rt.tagUb();
+  // MPI counts are ints, so a piece stays below 2 GiB.
+  piece_ = static_cast<size_t>(std::min<int64_t>(std::max<int64_t>(envInt("HCOMM_MPI_PIECE_BYTES", 512 << 10), 4096),
+                                                 int64_t(1) << 30));
   match_.resize(static_cast<size_t>(size_));
   sendSeq_.assign(static_cast<size_t>(size_), 0);
   mpiCheck(MPI_Irecv(&inHdr_, sizeof(Header), MPI_BYTE, MPI_ANY_SOURCE, kHeaderTag, comm_, &hdrReq_), "MPI_Irecv");
@@ -268,9 +271,9 @@ RequestPtr MpiTransport::isend(int peer, uint64_t tag, const void* buf, size_t n
   op->mpi.push_back(MPI_REQUEST_NULL);
   mpiCheck(MPI_Isend(&op->hdr, sizeof(Header), MPI_BYTE, peer, kHeaderTag, comm_, &op->mpi.back()), "MPI_Isend");
   const char* p = static_cast<const char*>(buf);
-  for (size_t off = 0; off < nbytes; off += kPiece) {
+  for (size_t off = 0; off < nbytes; off += piece_) {
     op->mpi.push_back(MPI_REQUEST_NULL);
-    int len = static_cast<int>(std::min(kPiece, nbytes - off));
+    int len = static_cast<int>(std::min(piece_, nbytes - off));
     mpiCheck(MPI_Isend(p + off, len, MPI_BYTE, peer, dataTag(op->hdr.seq), comm_, &op->mpi.back()), "MPI_Isend");
   }
   ops_.push_back(std::move(op));
@@ -313,18 +316,63 @@ void MpiTransport::postPayload(int peer, const Header& h, PostedRecv r, bool dra
   std::unique_ptr<Op> op(new Op);
   op->req = drain ? nullptr : r.req;
   op->recv = r;
-  char* dst = r.dst;
-  if (drain || r.reducing) {
-    op->stage.reset(new char[h.nbytes]);
-    dst = op->stage.get();
-  }
-  auto g = MpiRuntime::instance().guard();
-  for (size_t off = 0; off < h.nbytes; off += kPiece) {
-    op->mpi.push_back(MPI_REQUEST_NULL);
-    int len = static_cast<int>(std::min(kPiece, static_cast<size_t>(h.nbytes) - off));
-    mpiCheck(MPI_Irecv(dst + off, len, MPI_BYTE, peer, dataTag(h.seq), comm_, &op->mpi.back()), "MPI_Irecv");
+  op->recv.nbytes = h.nbytes;
+  op->peer = peer;
+  op->hdr = h;
+  op->pieces = (h.nbytes + piece_ - 1) / piece_;
+  op->staged = drain || r.reducing;
+  if (op->staged) {
+    size_t slots = std::min(kSlots, op->pieces);
+    op->stage.reset(new char[slots * piece_]);
+    op->mpi.assign(slots, MPI_REQUEST_NULL);
+    op->slotPiece.assign(slots, 0);
+    for (size_t s = 0; s < slots; ++s) postPiece(*op, s);
+  } else {
+    auto g = MpiRuntime::instance().guard();
+    for (size_t off = 0; off < h.nbytes; off += piece_) {
+      op->mpi.push_back(MPI_REQUEST_NULL);
+      int len = static_cast<int>(std::min(piece_, static_cast<size_t>(h.nbytes) - off));
+      mpiCheck(MPI_Irecv(r.dst + off, len, MPI_BYTE, peer, dataTag(h.seq), comm_, &op->mpi.back()), "MPI_Irecv");
+    }
   }
   ops_.push_back(std::move(op));
+}
+
+// Posts the next piece of a staged receive into `slot`.
+void MpiTransport::postPiece(Op& op, size_t slot) {
+  size_t k = op.posted++, off = k * piece_;
+  int len = static_cast<int>(std::min(piece_, op.recv.nbytes - off));
+  op.slotPiece[slot] = k;
+  auto g = MpiRuntime::instance().guard();
+  mpiCheck(MPI_Irecv(op.stage.get() + slot * piece_, len, MPI_BYTE, op.peer, dataTag(op.hdr.seq), comm_,
+                     &op.mpi[slot]),
+           "MPI_Irecv");
+}
+
+// Combines each landed piece into dst and reuses its slot for the next; true when done.
+bool MpiTransport::finishStaged(Op& op) {
+  bool live = !op.req || !op.req->done.load(std::memory_order_acquire);  // aborted: only reap
+  for (size_t s = 0; s < op.mpi.size(); ++s) {
+    if (op.mpi[s] == MPI_REQUEST_NULL) continue;
+    int flag = 0, rc;
+    {
+      auto g = MpiRuntime::instance().guard();
+      rc = MPI_Test(&op.mpi[s], &flag, MPI_STATUS_IGNORE);
+    }
+    if (rc != MPI_SUCCESS && op.req && live) {
+      complete(*op.req, "MPI failed a transfer from rank " + std::to_string(op.peer));
+      live = false;
+    }
+    if (!flag && rc == MPI_SUCCESS) continue;
+    ++op.landed;
+    size_t off = op.slotPiece[s] * piece_;
+    if (live && op.req) op.recv.deliver(off, op.stage.get() + s * piece_, std::min(piece_, op.recv.nbytes - off));
+    if (live && op.posted < op.pieces) postPiece(op, s);
+  }
+  for (MPI_Request& r : op.mpi)
+    if (r != MPI_REQUEST_NULL) return false;
+  if (live && op.req) complete(*op.req);
+  return true;
 }
 
 void MpiTransport::onHeader(int peer, const Header& h) {
@@ -365,6 +413,7 @@ bool MpiTransport::pollHeaders() {
 }
 
 bool MpiTransport::finish(Op& op) {
+  if (op.staged) return finishStaged(op);
   int flag = 0;
   int rc;
   {
@@ -381,7 +430,6 @@ bool MpiTransport::finish(Op& op) {
                           std::string(msg, static_cast<size_t>(len)));
     return true;
   }
-  if (!op.req->isSend && op.recv.reducing) op.recv.deliver(0, op.stage.get(), op.recv.nbytes);
   complete(*op.req);
   return true;
 }

@@ -75,8 +75,11 @@ class MpiComm {
 // then the payload on an MPI tag made from the sequence number. Headers are matched to
 // receives by the shared matcher, as TCP's are; a payload stays inside MPI (its eager
 // buffer, or the sender's memory under rendezvous) until its receive is posted, so an
-// early message costs no copy here. A reducing receive lands in a staging buffer that
-// is combined into dst with hcomm::reduce when it completes.
+// early message costs no copy here. Payloads travel as pieces of HCOMM_MPI_PIECE_BYTES
+// (one MPI message each, same tag, so matched in order). A plain receive posts every
+// piece straight into dst; a reducing receive keeps two pieces in flight into two
+// cache-sized staging slots and combines each into dst with hcomm::reduce as it lands
+// (staging a whole multi-MiB segment would go through DRAM twice).
 class MpiTransport : public Transport {
  public:
   MpiTransport(const MpiComm& comm, double timeoutSec);  // duplicates comm
@@ -98,14 +101,21 @@ class MpiTransport : public Transport {
   // One hcomm request in flight: a send (header + payload pieces) or a payload receive.
   struct Op {
     RequestPtr req;  // null: draining a payload nobody may receive (after a mismatch)
-    std::vector<MPI_Request> mpi;
-    Header hdr{};                  // a send's header, alive until MPI is done with it
-    PostedRecv recv;               // a receive's destination (and reduction)
-    std::unique_ptr<char[]> stage;  // reducing receives and drains land here first
+    std::vector<MPI_Request> mpi;   // sends, plain receives: all pieces; staged: one per slot
+    Header hdr{};                   // a send's header, alive until MPI is done with it
+    PostedRecv recv;                // a receive's destination (and reduction)
+    // staged receives (reducing, or draining): pieces go through slots of stage
+    bool staged = false;
+    int peer = -1;
+    size_t pieces = 0, posted = 0, landed = 0;
+    std::vector<size_t> slotPiece;  // the piece each slot holds
+    std::unique_ptr<char[]> stage;
   };
 
   int dataTag(uint64_t seq) const { return 1 + static_cast<int>(seq % static_cast<uint64_t>(tagUb_ - 1)); }
   void postPayload(int peer, const Header& h, PostedRecv r, bool drain);
+  void postPiece(Op& op, size_t slot);
+  bool finishStaged(Op& op);
   void onHeader(int peer, const Header& h);
   bool pollHeaders();
   bool finish(Op& op);  // true when op is done (its request completed unless aborted)
@@ -115,6 +125,7 @@ class MpiTransport : public Transport {
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
   int tagUb_ = 32767;
+  size_t piece_;  // HCOMM_MPI_PIECE_BYTES: every rank must use the same
   double timeoutSec_;
   std::vector<PeerMatch> match_;   // by peer
   std::vector<uint64_t> sendSeq_;  // by peer
