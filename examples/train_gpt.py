@@ -172,14 +172,17 @@ class Trainer:
             mesh, self.stages, self.schedule, lambda out, t: gpt_loss(out, t, tp_group),
             reduce_dp_grads=pcfg.zero_stage == 0, verbose=mesh.rank == 0)
         self.module = nn.ModuleList(self.stages[s] for s in sorted(self.stages))
-        self.zopt, self.opt = None, None
-        if pcfg.zero_stage:
-            from hcomm.parallel.zero import ZeroOptimizer
-            t = config["train"]
-            self.zopt = ZeroOptimizer(self.module, torch.optim.AdamW, stage=pcfg.zero_stage, group=mesh.dp_group,
-                                      print_plan=False, lr=t["lr"], weight_decay=t["weight_decay"])
-        else:
-            self.opt = _adamw(self.module.parameters(), config)
+        self.zopt = self._zero() if pcfg.zero_stage else None
+        self.opt = self.zopt if self.zopt is not None else _adamw(self.module.parameters(), config)
+
+    def _zero(self):
+        """AdamW sharded over the dp group; it also reduces the gradients over dp, which
+        is why the pipeline runtime was told not to (reduce_dp_grads=False)."""
+        from hcomm.parallel.zero import ZeroOptimizer
+
+        t = self.config["train"]
+        return ZeroOptimizer(self.module, torch.optim.AdamW, stage=self.pcfg.zero_stage, group=self.mesh.dp_group,
+                             print_plan=False, lr=t["lr"], weight_decay=t["weight_decay"])
 
     def my_slice(self, tensor):
         """This dp rank's contiguous share of the global batch."""
@@ -192,9 +195,8 @@ class Trainer:
         ids, targets = self.my_slice(ids), self.my_slice(targets)
         loss = self.pipe.step(ids if self.mesh.is_first_stage else None,
                               targets if self.mesh.is_last_stage else None)
-        opt = self.zopt or self.opt
-        opt.step()
-        opt.zero_grad()
+        self.opt.step()
+        self.opt.zero_grad()
         if self.pcfg.dp == 1:
             return loss
         total = torch.tensor([loss], dtype=torch.float64)   # each dp rank's pipeline saw its own slice
