@@ -88,6 +88,11 @@ def test_ddp_training_under_mpirun_4_ranks():
     _mpirun(4, "ddp", HCOMM_TRANSPORT="inter:mpi", HCOMM_SIM_HOSTS="2")
 
 
+def test_mismatched_collective_over_mpi_raises():
+    _require_mpi()
+    _mpirun(2, "mismatch", HCOMM_TRANSPORT="mpi")
+
+
 def test_native_without_mpi_raises_clearly(monkeypatch):
     import hcomm
 
@@ -281,6 +286,24 @@ def job_collectives():
     print(f"rank {r}/{n} collectives ok", flush=True)
 
 
+def job_mismatch():
+    """Ranks that disagree on a collective's count get an hcomm.Error naming it, within
+    the timeout, over the MPI transport (the size/signature travels in the header)."""
+    import hcomm
+
+    comm = hcomm.init()
+    comm.timeout = 5
+    x = np.ones(5 + 1000 * comm.rank, np.float32)
+    with_error = None
+    try:
+        comm.allreduce(x, algo="ring")
+    except hcomm.Error as e:
+        with_error = str(e)
+    assert with_error is not None, "a mismatched allreduce succeeded"
+    assert "allreduce" in with_error and ("mismatch" in with_error or "timed out" in with_error), with_error
+    print(f"rank {comm.rank}/{comm.size} mismatch ok: {with_error[:160]}", flush=True)
+
+
 def _native_size_rule(comm):
     """HCOMM_NATIVE_BYTES: the tuner hands allreduce to MPI inside the range only."""
     os.environ["HCOMM_NATIVE_BYTES"] = "4K-64K"
@@ -376,4 +399,4 @@ def _ddp_reference(n):
 
 
 if __name__ == "__main__":
-    {"collectives": job_collectives, "ddp": job_ddp}[sys.argv[1]]()
+    {"collectives": job_collectives, "ddp": job_ddp, "mismatch": job_mismatch}[sys.argv[1]]()

@@ -6,8 +6,10 @@
 // when launched by mpirun / srun with MPI or when MPI is already initialised (mpi4py);
 // HCOMM_MPI=0 never joins. MPI is initialised once per process with MPI_Init_thread
 // asking for MPI_THREAD_MULTIPLE, unless someone already did (then hcomm never
-// finalises it); with less than MULTIPLE granted every MPI call hcomm makes is
-// serialised. Each rank puts its MPI identity in its bootstrap record; the job's MPI
+// finalises it; when hcomm did, it finalises at process exit, as mpirun requires). With
+// less than MULTIPLE granted every MPI call hcomm makes is serialised by one lock (what
+// SERIALIZED asks; FUNNELED is treated alike, since hcomm's progress thread calls MPI
+// too). Each rank puts its MPI identity in its bootstrap record; the job's MPI
 // communicator (MPI_Comm_create_group over the members, ordered by hcomm rank, so a
 // torch sub-group works too) exists only when every rank has one in the same MPI job.
 //
@@ -15,7 +17,10 @@
 //   mpi              every peer over MPI
 //   inter:mpi        peers on other hosts over MPI, shared memory within a host
 //   intra:mpi        peers on this host over MPI (tests), tcp between hosts
-//   shm, tcp, auto   the defaults (intra:shm, inter:tcp)
+//   intra:shm, inter:tcp, auto   the defaults
+// Other knobs: HCOMM_MPI_PIECE_BYTES (512 KiB: the size of one MPI message of a payload;
+// the same on every rank) and HCOMM_NATIVE_BYTES (comm/communicator.cc: the sizes at
+// which the tuner hands allreduce to MPI unasked).
 //
 // Files that include this header need no <mpi.h>: the MPI objects are opaque here and
 // defined in transport/mpi_impl.h. Built without MPI (HCOMM_WITH_MPI=0), every rank's
