@@ -179,15 +179,16 @@ def report(hc, gloo, mpi, n):
     extra = {r["bytes"]: r for r in (gloo or {}).get("rows", [])}
     extra_mpi = {r["bytes"]: r for r in (mpi or {}).get("rows", [])}
     head = (f"{'size':>9} " + " ".join(f"{a[:9]:>9}" for a in ALGOS) + f" {'auto':>9} {'auto algo':>17}"
-            f" {'auto/best':>9} {'hier/ring':>9} {'gloo':>9} {'mpi':>9} {'hier/gloo':>9} {'hier/mpi':>9}")
+            f" {'best forced':>17} {'auto/best':>9} {'hier/ring':>9} {'gloo':>9} {'mpi':>9} {'hier/gloo':>9} {'hier/mpi':>9}")
     print("time per allreduce in ms (slowest rank); ratios are busbw ratios (>1: first is faster)")
     print(head)
     for r in rows:
-        best = min(r[a] for a in ALGOS)
+        best_algo = min(ALGOS, key=lambda a: r[a])
+        best = r[best_algo]
         g = extra.get(r["bytes"], {}).get("gloo")
         m = extra_mpi.get(r["bytes"], {}).get("mpi")
         line = (f"{human_bytes(r['bytes']):>9} " + " ".join(_fmt_time(r[a]) for a in ALGOS) +
-                f" {_fmt_time(r['auto'])} {r['auto_algo']:>17} {best / r['auto']:9.2f}"
+                f" {_fmt_time(r['auto'])} {r['auto_algo']:>17} {best_algo:>17} {best / r['auto']:9.2f}"
                 f" {r['ring'] / r['hierarchical']:9.2f} {_fmt_time(g)} {_fmt_time(m)}"
                 f" {(g / r['hierarchical']) if g else float('nan'):9.2f}"
                 f" {(m / r['hierarchical']) if m else float('nan'):9.2f}")
