@@ -134,3 +134,9 @@ def test_cli_netns_needs_a_command():
 
     with pytest.raises(SystemExit, match="command"):
         topo_cli.main(["netns", "--hosts", "2"])
+
+
+def test_garbled_numa_node_is_skipped(fake_sys):
+    _write(fake_sys / "devices/system/node/node0/cpulist", "garbage\n")
+    assert topology.probe_sys(fake_sys, [5])["numa"] == 1
+    assert topology.probe_sys(fake_sys, [0])["numa"] == -1

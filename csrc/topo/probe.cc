@@ -182,7 +182,12 @@ int numaNodeOf(const std::string& sysRoot, const std::vector<int>& cpus) {
   std::string base = sysRoot + "/devices/system/node/";
   for (const std::string& entry : listDir(base)) {
     if (entry.rfind("node", 0) != 0 || entry.size() == 4 || !isdigit(entry[4])) continue;
-    std::vector<int> list = parseCpuList(readFirstLine(base + entry + "/cpulist"));
+    std::vector<int> list;
+    try {
+      list = parseCpuList(readFirstLine(base + entry + "/cpulist"));
+    } catch (const Error&) {
+      continue;  // an unreadable node says nothing; the probe must not fail init
+    }
     if (std::find(list.begin(), list.end(), cpus[0]) != list.end()) return std::stoi(entry.substr(4));
   }
   return -1;
