@@ -139,6 +139,7 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
     comm->allreduce(v, v, n, DataType::F64, ReduceOp::MAX, 1.0, "halving_doubling", false);
   };
   world->topology = buildTopology(ch, myHost, topoPath.empty() ? nullptr : &topoFile, topoPath);
+  world->tuner = std::make_shared<Tuner>(world->topology);
   return comm;
 }
 
@@ -378,15 +379,14 @@ Decision Communicator::planAllreduce(size_t bytes, const std::string& requested)
   bool asked = !requested.empty() && requested != "auto";
   std::string forced = asked ? requested : algoFromEnv("allreduce");
   if (!world_) throw Error("communicator is closed");
-  if (!world_->topology) {  // during create, before the topology exists: only explicit requests
+  if (!world_->tuner) {  // during create, before the topology exists: only explicit requests
     if (!asked) throw Error("allreduce during init needs an explicit algorithm");
     Decision d;
     d.candidates = {Candidate{requested}};
     d.why = "requested";
     return d;
   }
-  return tuneAllreduce(CommShape::of(*world_->topology, worldRanks_), bytes, forced,
-                       asked ? "requested" : "HCOMM_ALGO");
+  return world_->tuner->allreduce(worldRanks_, bytes, forced, asked ? "requested" : "HCOMM_ALGO");
 }
 
 namespace {

@@ -37,6 +37,7 @@ struct World {
   std::string token;
   std::vector<std::string> hostIds;
   std::shared_ptr<const Topology> topology;  // gathered at init (topo/topology.h)
+  std::shared_ptr<const Tuner> tuner;        // over `topology`, caches its decisions
   std::shared_ptr<ShmTransport> shm;
   std::shared_ptr<TcpTransport> tcp;
   WaitPolicy policy;
