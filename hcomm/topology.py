@@ -88,12 +88,13 @@ class Explanation:
         lines = [f"{self.collective} {human_bytes(self.nbytes)} on {self.world} ranks, {self.hosts} host(s): "
                  f"{self.chosen} ({self.why})"]
         measured = any(c.measured is not None for c in self.candidates)
-        head = f"  {'algorithm':<18}{'predicted':>12}{'segment':>10}" + (f"{'measured':>12}" if measured else "")
+        width = max(len(c.algo) + (len(c.inner) + 2 if c.inner else 0) for c in self.candidates) + 2
+        head = f"  {'algorithm':<{width}}{'predicted':>12}{'segment':>10}" + (f"{'measured':>12}" if measured else "")
         lines.append(head)
         for c in self.candidates:
             algo = c.algo + (f"({c.inner})" if c.inner else "")
             seg = human_bytes(c.seg_bytes or c.inner_seg_bytes) if (c.seg_bytes or c.inner_seg_bytes) else "-"
-            row = f"  {algo:<18}{_human_time(c.seconds):>12}{seg:>10}"
+            row = f"  {algo:<{width}}{_human_time(c.seconds):>12}{seg:>10}"
             if measured:
                 row += f"{_human_time(c.measured):>12}"
             if c.algo == self.chosen:
