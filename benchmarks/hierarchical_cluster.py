@@ -11,9 +11,9 @@ one, hierarchical against flat ring, and Gloo / Open MPI on the same links. The 
 targets (2 x 2, 1 Gbit/s): hierarchical >= 1.4x ring busbw at 64 MiB; auto within 10 %
 of the best forced algorithm at every size; >= 1.3x Gloo and Open MPI at 64 MiB.
 
-Open MPI runs under one mpirun whose ranks each enter their host's namespace
-(`ip netns exec`), with the tcp BTL only: its shared-memory BTL would see one node and
-bypass the shaped links.
+Open MPI runs as on a cluster: a host file of the namespaces' addresses and an rsh
+agent that starts each orted inside its namespace; tcp BTL only (its shared-memory BTL
+crashes across namespaces here), so MPI's intra-host traffic is tcp over loopback.
 """
 import argparse
 import json
@@ -155,14 +155,40 @@ def run_in_cluster(cluster, per_host, kind, sizes, timeout):
     return _last_json(wait_all(cluster.launch(per_host, argv, env=env), timeout), kind)
 
 
+AGENT = """#!/bin/sh
+# rsh agent for mpirun: "agent [options] HOST COMMAND..." runs COMMAND in HOST's namespace,
+# with a session directory of its own (every "host" here shares one /tmp and hostname).
+while [ $# -gt 0 ]; do case "$1" in -*) shift;; *) break;; esac; done
+host="$1"; shift
+ns=$(cat {dir}/map.$host)
+mkdir -p {dir}/tmp.$ns
+exec ip netns exec "$ns" env TMPDIR={dir}/tmp.$ns sh -c "$*"
+"""
+
+
 def run_mpi(cluster, per_host, sizes, timeout):
-    """One mpirun; each rank's wrapper enters its host's namespace before exec'ing python."""
+    """Open MPI as on a real cluster: a host file lists the namespaces' addresses and an
+    rsh agent starts one orted inside each namespace; the tcp BTL carries every byte
+    (its shared-memory BTL crashes across namespaces here, so intra-host is tcp too)."""
+    import tempfile
+
     n = cluster.hosts * per_host
-    wrapper = (f'h=$((OMPI_COMM_WORLD_RANK / {per_host})); exec ip netns exec {cluster.prefix}h$h '
-               f'{sys.executable} {os.path.abspath(__file__)} --worker mpi --sizes {",".join(map(str, sizes))}')
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(n), "--mca", "btl", "tcp,self",
-           "--mca", "btl_tcp_if_include", f"10.{cluster.net}.0.0/24", "sh", "-c", wrapper]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
+    with tempfile.TemporaryDirectory(prefix="hcomm-mpi-") as d:
+        agent = os.path.join(d, "agent.sh")
+        with open(agent, "w") as f:
+            f.write(AGENT.format(dir=d))
+        os.chmod(agent, 0o755)
+        with open(os.path.join(d, "hosts"), "w") as f:
+            for h in range(cluster.hosts):
+                f.write(f"{cluster.address(h)} slots={per_host}\n")
+                with open(os.path.join(d, f"map.{cluster.address(h)}"), "w") as m:
+                    m.write(cluster.namespace(h))
+        subnet = f"10.{cluster.net}.0.0/24"
+        cmd = ["mpirun", "--allow-run-as-root", "--hostfile", os.path.join(d, "hosts"), "-np", str(n),
+               "--mca", "plm_rsh_agent", agent, "--mca", "oob_tcp_if_include", subnet,
+               "--mca", "btl_tcp_if_include", subnet, "--mca", "btl", "self,tcp", "-x", "PYTHONPATH",
+               sys.executable, os.path.abspath(__file__), "--worker", "mpi", "--sizes", ",".join(map(str, sizes))]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
     if r.returncode:
         raise RuntimeError(f"mpirun exited with {r.returncode}\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -238,7 +264,7 @@ def main(argv=None):
     n = args.hosts * args.ranks_per_host
     print(f"{args.hosts} hosts x {args.ranks_per_host} ranks, links {args.rate} (tc tbf), "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
-    with NetnsCluster(args.hosts, rate=args.rate) as cluster:
+    with NetnsCluster(args.hosts, rate=args.rate, root_link=args.mpi) as cluster:
         hc = run_in_cluster(cluster, args.ranks_per_host, "hcomm", sizes, args.timeout)
         gloo = _optional("gloo", args.gloo, lambda: run_in_cluster(cluster, args.ranks_per_host, "gloo", sizes,
                                                                    args.timeout))

@@ -247,12 +247,15 @@ class NetnsCluster:
     Everything is torn down on exit, also after a failure half-way through setup.
     Needs root and iproute2: see NetnsCluster.unavailable()."""
 
-    def __init__(self, hosts, rate="1gbit", net=231, prefix=None):
+    def __init__(self, hosts, rate="1gbit", net=231, prefix=None, root_link=False):
         if not isinstance(hosts, int) or hosts < 1:
             raise InvalidArgument(f"hosts must be a positive int, got {hosts!r}")
         if not 0 <= int(net) <= 255:
             raise InvalidArgument(f"net must be in 0..255 (the second octet of 10.x.0.0/24), got {net!r}")
         self.hosts, self.rate, self.net = hosts, rate, int(net)
+        # root_link: the calling namespace joins the bridge too (unshaped, at .254), for
+        # launchers whose daemons must call home (mpirun's rsh-started orteds).
+        self.root_link = root_link
         self.prefix = prefix or f"hc{os.getpid() % 100000}"
         self._created = []   # namespaces, deleted in reverse order
 
@@ -301,6 +304,8 @@ class NetnsCluster:
             self._run("ip", "link", "set", "br0", "up", ns=hub)
             for h in range(self.hosts):
                 self._add_host(h, hub)
+            if self.root_link:
+                self._add_root_link(hub)
         except BaseException:
             self.close()
             raise
@@ -321,6 +326,19 @@ class NetnsCluster:
         self._run("ip", "link", "set", port, "up", ns=hub)
         self._shape(ns, dev)     # host -> network
         self._shape(hub, port)   # network -> host
+
+    @property
+    def root_address(self):
+        return f"10.{self.net}.0.254"
+
+    def _add_root_link(self, hub):
+        # The hub end lives in the hub namespace, so deleting the hub removes the pair.
+        dev = f"{self.prefix}r"
+        self._run("ip", "link", "add", dev, "type", "veth", "peer", "name", "pr", "netns", hub)
+        self._run("ip", "addr", "add", f"{self.root_address}/24", "dev", dev)
+        self._run("ip", "link", "set", dev, "up")
+        self._run("ip", "link", "set", "pr", "master", "br0", ns=hub)
+        self._run("ip", "link", "set", "pr", "up", ns=hub)
 
     def popen(self, h, argv, env=None, **kwargs):
         """Start argv inside host h's namespace."""
