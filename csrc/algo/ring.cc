@@ -61,7 +61,9 @@ void allreduceRing(Links& l, const void* inv, void* outv, size_t count, size_t s
   size_t next = 0, finishedChunks = 0;
   const int lastStep = 2 * (n - 1);
   while (finishedChunks < nChunks) {
-    while (active.size() < kInFlight && next < nChunks) {
+    // Chunk k+kInFlight reuses chunk k's channel, so it may start only once chunk k has
+    // finished here: every rank then posts each channel's messages in chunk order.
+    while (next < nChunks && (active.empty() || next < active.front().begin / chunkElems + kInFlight)) {
       RingChunk c;
       c.begin = next * chunkElems;
       c.blocks = Blocks{std::min(chunkElems, count - c.begin), static_cast<size_t>(n)};
