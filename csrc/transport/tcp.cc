@@ -133,9 +133,18 @@ RequestPtr TcpTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes,
     r.reducing = true;
     r.spec = *reduce;
   }
-  if (!aborted_.empty() || !p.broken.empty()) {
-    complete(*r.req, aborted_.empty() ? p.broken : aborted_);
+  if (!aborted_.empty()) {
+    complete(*r.req, aborted_);
     return r.req;
+  }
+  if (!p.broken.empty()) {
+    // A message that fully arrived before the peer closed can still be received (a
+    // peer may send its last message and exit before we ask for it).
+    const Unexpected* u = p.match.peekUnexpected(tag);
+    if (!u || !u->complete) {
+      complete(*r.req, p.broken);
+      return r.req;
+    }
   }
   UnexpectedPtr rendezvous;  // never set: TCP messages carry their payload
   if (!p.match.matchEarly(peer, r, &rendezvous)) drain(p);
