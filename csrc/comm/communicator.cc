@@ -3,18 +3,23 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdint>
 #include <cstring>
 #include <numeric>
 #include <sstream>
 #include <thread>
 
 #include "algo/algorithms.h"
+#include "algo/native_mpi.h"
 #include "comm/bootstrap.h"
+#include "common/log.h"
 #include "common/param.h"
 #include "reduce/reduce.h"
 #include "topo/host.h"
 #include "topo/topology.h"
 #include "topo/tuner.h"
+#include "transport/mpi.h"
 #include "transport/shm.h"
 #include "transport/socket.h"
 #include "transport/tcp.h"
@@ -68,9 +73,103 @@ std::string algoFromEnv(const std::string& collective) {
   return any;
 }
 
+// HCOMM_TRANSPORT (documented in transport/mpi.h): which levels go over MPI.
+void transportChoice(World& w) {
+  std::istringstream in(envStr("HCOMM_TRANSPORT", "auto"));
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    auto colon = item.find(':');
+    std::string level = colon == std::string::npos ? "" : item.substr(0, colon);
+    std::string value = colon == std::string::npos ? item : item.substr(colon + 1);
+    bool mpi = value == "mpi";
+    bool known = mpi || value == "auto" || (level == "intra" && value == "shm") || (level == "inter" && value == "tcp");
+    if (!known || (level != "" && level != "intra" && level != "inter"))
+      throw Error("HCOMM_TRANSPORT: unknown setting '" + item + "' (mpi, inter:mpi, intra:mpi, intra:shm, " +
+                  "inter:tcp, auto)");
+    if (level != "inter") w.mpiIntra = mpi;
+    if (level != "intra") w.mpiInter = mpi;
+  }
+}
+
+// Something asked for MPI, so failing to join it is an error rather than a fallback.
+bool mpiRequired(const World& w) {
+  return w.mpiIntra || w.mpiInter || envStr("HCOMM_MPI") == "1" ||
+         envStr("HCOMM_ALGO").find("native") != std::string::npos;
+}
+
+void requireMpi(const std::shared_ptr<MpiComm>& c, const std::string& collective) {
+  if (!c)
+    throw Error(collective + " with algorithm 'native' needs MPI: launch with mpirun (every rank in one MPI job) "
+                "and leave HCOMM_MPI unset or 1");
+}
+
+// What a native body needs, captured by value; empty (false) when the call is not native.
+struct NativeCall {
+  std::shared_ptr<MpiComm> comm;
+  double timeoutSec = 0;
+  WaitPolicy policy;
+  std::string what;
+  explicit operator bool() const { return comm != nullptr; }
+  NativeWait wait() const {  // the deadline runs from when the call starts, as Links' does
+    auto d = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeoutSec));
+    return NativeWait{std::chrono::steady_clock::now() + d, policy, what};
+  }
+};
+
+NativeCall nativeCall(bool native, const std::shared_ptr<MpiComm>& c, const std::string& collective, double timeout,
+                      const WaitPolicy& policy, const std::string& what) {
+  if (!native) return NativeCall();
+  requireMpi(c, collective);
+  return NativeCall{c, timeout, policy, what};
+}
+
+// HCOMM_NATIVE_BYTES="lo-hi" (K/M/G suffixes, either end may be empty): the message
+// sizes at which the tuner hands allreduce to MPI when nothing is forced. Unset: never,
+// because measured here (benchmarks/mpi_transport.py, 2 simulated hosts over MPI) hcomm's
+// ring over the MPI transport was as fast as MPI's allreduce or faster from 64 KiB to
+// 64 MiB; a site whose MPI offloads collectives to the fabric sets it.
+bool nativeBySize(size_t bytes) {
+  std::string spec = envStr("HCOMM_NATIVE_BYTES");
+  if (spec.empty()) return false;
+  auto parse = [&](std::string v, size_t dflt) -> size_t {
+    if (v.empty()) return dflt;
+    size_t unit = 1;
+    char last = static_cast<char>(std::toupper(static_cast<unsigned char>(v.back())));
+    if (last == 'K' || last == 'M' || last == 'G') {
+      unit = last == 'K' ? (1u << 10) : last == 'M' ? (1u << 20) : (size_t(1) << 30);
+      v.pop_back();
+    }
+    try {
+      return static_cast<size_t>(std::stod(v) * static_cast<double>(unit));
+    } catch (const std::exception&) {
+      throw Error("HCOMM_NATIVE_BYTES: '" + spec + "' is not a range like 8M-1G or 64K-");
+    }
+  };
+  auto dash = spec.find('-');
+  if (dash == std::string::npos) throw Error("HCOMM_NATIVE_BYTES: '" + spec + "' is not a range like 8M-1G or 64K-");
+  return bytes >= parse(spec.substr(0, dash), 0) && bytes < parse(spec.substr(dash + 1), SIZE_MAX);
+}
+
+// "native" when asked for by name or, with no request, by HCOMM_ALGO.
+bool wantsNative(const std::string& requested, const std::string& collective) {
+  if (!requested.empty() && requested != "auto") return requested == "native";
+  return algoFromEnv(collective) == "native";
+}
+
 }  // namespace
 
 World::~World() = default;
+
+// After a failure some requests may still point into the caller's buffers: fail them all
+// (as NCCL aborts a communicator) so no byte lands in memory the caller got back.
+void abortWorld(World& w, const std::string& why) {
+  std::lock_guard<std::mutex> lock(w.abortMu);
+  if (!w.abortReason.empty()) return;
+  w.abortReason = why;
+  w.shm->abort(why);
+  if (w.tcp) w.tcp->abort(why);
+  if (w.mpi) w.mpi->abort(why);
+}
 
 // ---------------------------------------------------------------- creation
 
@@ -96,35 +195,45 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
     if (!place.host.empty()) myHost = "file:" + place.host;
   }
   std::unique_ptr<TcpTransport> tcp;
+  transportChoice(*world);
   if (size == 1) {
     id.token = randomToken();
-    records = {myHost + "\n" + std::to_string(getpid()) + "\n-"};
+    records = {myHost + "\n" + std::to_string(getpid()) + "\n-\n" + mpiIdentity(mpiRequired(*world))};
   } else {
     id = UniqueId::parse(uniqueId);
     tcp.reset(new TcpTransport(rank, chooseLocalIp(id.host), id.token, timeoutSec));
-    std::string record = myHost + "\n" + std::to_string(getpid()) + "\n" + tcp->address();
+    std::string record = myHost + "\n" + std::to_string(getpid()) + "\n" + tcp->address() + "\n" +
+                         mpiIdentity(mpiRequired(*world));
     records = rendezvous(id, rank, size, record, timeoutSec);
   }
   world->token = id.token;
   std::vector<int> local, remote;
-  std::vector<std::string> addrs(size);
+  std::vector<std::string> addrs(size), mpiIds(size);
   for (int r = 0; r < size; ++r) {
     auto fields = splitLines(records[r]);
-    if (fields.size() != 3) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
+    if (fields.size() != 4) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
     world->hostIds.push_back(fields[0]);
     addrs[r] = fields[2];
+    mpiIds[r] = fields[3];
     (fields[0] == myHost ? local : remote).push_back(r);
   }
   world->policy = waitPolicy(static_cast<int>(local.size()));
   world->shm = std::make_shared<ShmTransport>(rank, local, "/hcomm_" + id.token.substr(0, 16), timeoutSec);
   world->shm->connect();
-  if (!remote.empty()) {
+  world->mpiComm = mpiCommFor(mpiIds, mpiRequired(*world));
+  if (size > 1 && (world->mpiIntra || world->mpiInter)) world->mpi = makeMpiTransport(world->mpiComm, timeoutSec);
+  if (!remote.empty() && !world->mpiInter) {
     tcp->connect(remote, addrs);
     world->tcp.reset(tcp.release());
   }
+  logLine(LogLevel::INFO, rank, "init: " + std::to_string(size) + " ranks, " + std::to_string(local.size()) +
+                                     " on this host (" + (world->mpiIntra ? "mpi" : "shm") + "), " +
+                                     std::to_string(remote.size()) + " remote (" + (world->mpiInter ? "mpi" : "tcp") +
+                                     "), simd " + simdName(simdLevel()));
   std::vector<int> all(size);
   std::iota(all.begin(), all.end(), 0);
   std::shared_ptr<Communicator> comm(new Communicator(world, all, 1, timeoutSec));
+  comm->mpi_ = world->mpiComm;
   comm->barrier(false);    // every peer has mapped our segment once it has talked to us
   world->shm->unlinkOwn();
   InitChannel ch;  // the topology is gathered over the new communicator itself
@@ -146,14 +255,17 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
 Communicator::Communicator(std::shared_ptr<World> world, std::vector<int> worldRanks, uint32_t id, double timeoutSec)
     : world_(std::move(world)), worldRanks_(std::move(worldRanks)), id_(id), timeoutSec_(timeoutSec) {
   size_ = static_cast<int>(worldRanks_.size());
+  flight_ = std::make_shared<FlightRecorder>(static_cast<size_t>(envInt("HCOMM_FLIGHT_RECORDER_SIZE", 2000)));
   auto me = std::find(worldRanks_.begin(), worldRanks_.end(), world_->rank);
   rank_ = static_cast<int>(me - worldRanks_.begin());
   const std::string& myHost = world_->hostIds[world_->rank];
   for (int w : worldRanks_) {
     Route r;
     r.peer = w;
-    r.transport = world_->hostIds[w] == myHost ? static_cast<Transport*>(world_->shm.get())
-                                               : static_cast<Transport*>(world_->tcp.get());
+    bool local = world_->hostIds[w] == myHost;
+    if (world_->mpi && (local ? world_->mpiIntra : world_->mpiInter)) r.transport = world_->mpi.get();
+    else if (local) r.transport = world_->shm.get();
+    else r.transport = world_->tcp.get();
     routes_.push_back(r);
   }
 }
@@ -269,6 +381,8 @@ WorkPtr Communicator::postP2p(CollectiveInfo info, RequestPtr req, void* buf, si
   p.nbytes = nbytes;
   p.tag = tag;
   p.info = info;
+  p.flightId = flight_->record(0, info.op, "uint8", nbytes, info.root, "async");
+  flight_->started(p.flightId);
   p.deadline = std::chrono::steady_clock::now() +
                std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeoutSec_));
   WorkPtr work = p.work;
@@ -315,10 +429,14 @@ bool Communicator::pollP2p() {
         p.work->received = p.nbytes;
       }
       p.work->finish(p.req->error.empty() ? "" : describe(p.info, 0) + ": " + p.req->error);
+      flight_->ended(p.flightId, p.req->error);
       moved = true;
     } else if (now > p.deadline) {
-      p.work->finish(describe(p.info, 0) + ": timed out waiting for rank " +
-                     (p.info.root >= 0 ? std::to_string(p.info.root) : std::string("any")) + " (HCOMM_TIMEOUT)");
+      std::string why = describe(p.info, 0) + ": timed out waiting for rank " +
+                        (p.info.root >= 0 ? std::to_string(p.info.root) : std::string("any")) + " (HCOMM_TIMEOUT)";
+      abortWorld(*world_, why);
+      p.work->finish(why);
+      flight_->ended(p.flightId, why);
       moved = true;
     } else {
       still.push_back(std::move(p));
@@ -336,20 +454,28 @@ WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Bo
   lastAlgo_ = info.algo;
   auto work = std::make_shared<Work>();
   std::shared_ptr<World> world = world_;
-  auto task = [this, work, world, info, seq, tagBase, body]() {
+  std::shared_ptr<FlightRecorder> flight = flight_;
+  uint64_t flightId = flight->record(seq, info.op, dtypeName(info.dtype), info.count, info.root, info.algo);
+  auto task = [this, work, world, flight, flightId, info, seq, tagBase, body]() {
     std::string error;
+    flight->started(flightId);
+    if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world->rank, "start " + describe(info, seq));
     try {
       Links links = makeLinks(tagBase, info, seq);
       body(links, *work);
     } catch (const std::exception& e) {
       error = e.what();
-      std::lock_guard<std::mutex> lock(world->abortMu);
-      if (world->abortReason.empty()) {
-        world->abortReason = error;
-        world->shm->abort(error);
-        if (world->tcp) world->tcp->abort(error);
+      logLine(LogLevel::INFO, world->rank, "error: " + error);
+      std::string dir = envStr("HCOMM_DEBUG_DUMP_DIR");
+      flight->ended(flightId, error);
+      if (!dir.empty()) {
+        std::string path = flight->dump(dir, rank_, size_, id_);
+        if (!path.empty()) error += " (flight record: " + path + ")";
       }
+      abortWorld(*world, error);
     }
+    flight->ended(flightId, error);
+    if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world->rank, "end " + describe(info, seq));
     work->finish(error);
   };
   std::unique_lock<std::mutex> lock(qmu_);
@@ -379,6 +505,13 @@ Decision Communicator::planAllreduce(size_t bytes, const std::string& requested)
   bool asked = !requested.empty() && requested != "auto";
   std::string forced = asked ? requested : algoFromEnv("allreduce");
   if (!world_) throw Error("communicator is closed");
+  if (forced == "native") {  // MPI's own allreduce (algo/native_mpi.h)
+    requireMpi(mpi_, "allreduce");
+    Decision d;
+    d.candidates = {Candidate{"native"}};
+    d.why = asked ? "requested" : "HCOMM_ALGO";
+    return d;
+  }
   if (!world_->tuner) {  // during create, before the topology exists: only explicit requests
     if (!asked) throw Error("allreduce during init needs an explicit algorithm");
     Decision d;
@@ -386,7 +519,13 @@ Decision Communicator::planAllreduce(size_t bytes, const std::string& requested)
     d.why = "requested";
     return d;
   }
-  return world_->tuner->allreduce(worldRanks_, bytes, forced, asked ? "requested" : "HCOMM_ALGO");
+  Decision d = world_->tuner->allreduce(worldRanks_, bytes, forced, asked ? "requested" : "HCOMM_ALGO");
+  if ((forced.empty() || forced == "auto") && mpi_ && size_ > 1 && nativeBySize(bytes)) {  // the site's size rule for MPI's own
+    d.candidates.push_back(Candidate{"native"});
+    d.chosen = static_cast<int>(d.candidates.size()) - 1;
+    d.why = "HCOMM_NATIVE_BYTES";
+  }
+  return d;
 }
 
 namespace {
@@ -425,12 +564,16 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
   std::vector<std::vector<int>> levels;
   if (hier) levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int n = size_;
+  NativeCall nat = nativeCall(pick.algo == "native", mpi_, "allreduce", timeoutSec_, world_->policy,
+                              describe(info, nextSeq_));
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(dt, op, premul, src, out, count);  // scaled copy into out
     if (n == 1) {
       if (src != out) std::memcpy(out, src, count * dtypeSize(dt));
+    } else if (nat) {
+      algo::allreduceNative(*nat.comm, src, out, count, dt, l.op(), nat.wait());
     } else if (hier) {
       algo::allreduceHierarchical(l, src, out, count, levels, run);
     } else {
@@ -444,9 +587,11 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
                              int root, const std::string& algo, bool async) {
   checkUsable();
   checkRoot(root, "root");
-  if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial")
-    throw Error("unknown reduce algorithm '" + algo + "' (binomial)");
-  CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, "binomial", op};
+  if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial" && algo != "native")
+    throw Error("unknown reduce algorithm '" + algo + "' (binomial, native)");
+  bool native = wantsNative(algo, "reduce");
+  CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, native ? "native" : "binomial", op};
+  NativeCall nat = nativeCall(native, mpi_, "reduce", timeoutSec_, world_->policy, describe(info, nextSeq_));
   size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
@@ -459,6 +604,8 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
     }
     if (n == 1) {
       if (src != out) std::memcpy(out, src, count * dtypeSize(dt));
+    } else if (nat) {
+      algo::reduceNative(*nat.comm, src, out, count, dt, l.op(), root, nat.wait());
     } else {
       algo::reduceBinomial(l, src, out, count, root, seg);
     }
@@ -470,15 +617,19 @@ WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataTyp
                                 const std::string& algo, bool async) {
   checkUsable();
   checkRoot(root, "root");
-  if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial")
-    throw Error("unknown broadcast algorithm '" + algo + "' (binomial)");
-  CollectiveInfo info{"broadcast", CollKind::BROADCAST, dt, count, root, "binomial", ReduceOp::SUM};
+  if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial" && algo != "native")
+    throw Error("unknown broadcast algorithm '" + algo + "' (binomial, native)");
+  bool native = wantsNative(algo, "broadcast");
+  CollectiveInfo info{"broadcast", CollKind::BROADCAST, dt, count, root, native ? "native" : "binomial",
+                      ReduceOp::SUM};
+  NativeCall nat = nativeCall(native, mpi_, "broadcast", timeoutSec_, world_->policy, describe(info, nextSeq_));
   size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
   int me = rank_, n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
     if (me == root && in && in != out) std::memcpy(out, in, count * dtypeSize(dt));
-    if (n > 1) algo::broadcastBinomial(l, out, count, root, seg);
+    if (n > 1 && nat) algo::broadcastNative(*nat.comm, out, count, dt, root, nat.wait());
+    else if (n > 1) algo::broadcastBinomial(l, out, count, root, seg);
   }, async);
 }
 
@@ -487,7 +638,9 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   if (static_cast<int>(counts.size()) != size_)
     throw Error("allgatherv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
-  CollectiveInfo info{"allgather", CollKind::ALLGATHER, dt, total, -1, "ring", ReduceOp::SUM};
+  bool native = wantsNative("", "allgather");
+  CollectiveInfo info{"allgather", CollKind::ALLGATHER, dt, total, -1, native ? "native" : "ring", ReduceOp::SUM};
+  NativeCall nat = nativeCall(native, mpi_, "allgather", timeoutSec_, world_->policy, describe(info, nextSeq_));
   int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
@@ -495,7 +648,8 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
       if (in != out) std::memcpy(out, in, total * dtypeSize(dt));
       return;
     }
-    algo::allgathervRing(l, in, out, counts);
+    if (nat) algo::allgathervNative(*nat.comm, in, out, counts, dt, nat.wait());
+    else algo::allgathervRing(l, in, out, counts);
   }, async);
 }
 
@@ -505,7 +659,9 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
   if (static_cast<int>(counts.size()) != size_)
     throw Error("reduce_scatterv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
-  CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, "ring", op};
+  bool native = wantsNative("", "reduce_scatter");
+  CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, native ? "native" : "ring", op};
+  NativeCall nat = nativeCall(native, mpi_, "reduce_scatter", timeoutSec_, world_->policy, describe(info, nextSeq_));
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
@@ -517,6 +673,8 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
     }
     if (n == 1) {
       if (src != out) std::memmove(out, src, total * dtypeSize(dt));
+    } else if (nat) {
+      algo::reduceScattervNative(*nat.comm, src, out, counts, dt, l.op(), nat.wait());
     } else {
       algo::reduceScattervRing(l, src, out, counts);
     }
@@ -558,8 +716,14 @@ WorkPtr Communicator::scatter(const void* in, void* out, size_t count, DataType 
 
 WorkPtr Communicator::barrier(bool async) {
   checkUsable();
-  CollectiveInfo info{"barrier", CollKind::BARRIER, DataType::U8, 0, -1, "dissemination", ReduceOp::SUM};
-  return submit(info, false, 0, [](Links& l, Work&) { algo::barrierDissemination(l); }, async);
+  bool native = wantsNative("", "barrier");
+  CollectiveInfo info{"barrier", CollKind::BARRIER, DataType::U8, 0, -1, native ? "native" : "dissemination",
+                      ReduceOp::SUM};
+  NativeCall nat = nativeCall(native, mpi_, "barrier", timeoutSec_, world_->policy, describe(info, nextSeq_));
+  return submit(info, false, 0, [nat](Links& l, Work&) {
+    if (nat) algo::barrierNative(*nat.comm, nat.wait());
+    else algo::barrierDissemination(l);
+  }, async);
 }
 
 WorkPtr Communicator::send(const void* buf, size_t nbytes, int peer, int64_t tag, bool async) {
@@ -604,6 +768,8 @@ std::shared_ptr<Communicator> Communicator::split(int color, int key) {
   std::vector<int64_t> all(3 * size_);
   allgatherv(mine, all.data(), std::vector<size_t>(size_, 3), DataType::I64, false);
   uint32_t splitNo = ++splits_;
+  // MPI_Comm_split is collective over this communicator, so opted-out ranks call it too.
+  std::shared_ptr<MpiComm> mpiChild = mpi_ ? mpiSplit(*mpi_, color, key) : nullptr;
   if (color < 0) return nullptr;
   std::vector<std::pair<std::pair<int64_t, int64_t>, int>> members;
   for (int r = 0; r < size_; ++r)
@@ -616,7 +782,9 @@ std::shared_ptr<Communicator> Communicator::split(int color, int key) {
   uint64_t h = (uint64_t(id_) * 1000003u) ^ (uint64_t(splitNo) * 7919u) ^ (uint64_t(color) * 104729u);
   h ^= h >> 13;
   uint32_t id = static_cast<uint32_t>((h * 0x9E3779B97F4A7C15ull) >> 40) | 2u;
-  return std::shared_ptr<Communicator>(new Communicator(world_, worldRanks, id & 0xffffff, timeoutSec_));
+  std::shared_ptr<Communicator> child(new Communicator(world_, worldRanks, id & 0xffffff, timeoutSec_));
+  child->mpi_ = mpiChild;
+  return child;
 }
 
 }  // namespace hcomm

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "algo/links.h"
+#include "comm/flight_recorder.h"
 #include "comm/work.h"
 #include "common/fingerprint.h"
 #include "common/types.h"
@@ -29,6 +30,7 @@ namespace hcomm {
 
 class ShmTransport;
 class TcpTransport;
+class MpiComm;  // transport/mpi.h
 
 // The transports and the identity of every rank of the job that made them; shared by a
 // communicator and everything split from it.
@@ -40,6 +42,11 @@ struct World {
   std::shared_ptr<const Tuner> tuner;        // over `topology`, caches its decisions
   std::shared_ptr<ShmTransport> shm;
   std::shared_ptr<TcpTransport> tcp;
+  // MPI (transport/mpi.h): the job's MPI communicator when every rank joined MPI, and
+  // the mpi transport for the links HCOMM_TRANSPORT puts on it (intra / inter host).
+  std::shared_ptr<MpiComm> mpiComm;
+  std::shared_ptr<Transport> mpi;
+  bool mpiIntra = false, mpiInter = false;
   WaitPolicy policy;
   double timeoutSec = 300;
   std::mutex abortMu;
@@ -72,6 +79,9 @@ class Communicator {
   // "shm" or "tcp" for each rank of this communicator.
   std::vector<std::string> transports() const;
   std::string lastAlgorithm() const { return lastAlgo_; }
+  std::string flightRecordJson() { return flight_->json(rank_, size_, id_); }
+  // Writes the flight record into `dir`; returns the file's path.
+  std::string dumpFlightRecord(const std::string& dir) { return flight_->dump(dir, rank_, size_, id_); }
 
   // Every rank calls; ranks with equal color form a new communicator ordered by
   // (key, rank). A negative color opts out and gets nullptr.
@@ -116,6 +126,7 @@ class Communicator {
   std::shared_ptr<World> world_;
   std::vector<int> worldRanks_;  // communicator rank -> world rank
   std::vector<Route> routes_;
+  std::shared_ptr<MpiComm> mpi_;  // mirrors this communicator in MPI, for algo "native"; may be null
   int rank_ = 0, size_ = 1;
   uint32_t id_ = 0;
   double timeoutSec_ = 300;
@@ -123,6 +134,7 @@ class Communicator {
   uint64_t nextSeq_ = 0;
   uint32_t splits_ = 0;
   std::string lastAlgo_;
+  std::shared_ptr<FlightRecorder> flight_;
 
   // Async point-to-point calls are posted at once (a queued send must not wait behind
   // another send's receive) and completed by the progress thread as their requests finish.
@@ -134,6 +146,7 @@ class Communicator {
     uint64_t tag = 0;
     std::chrono::steady_clock::time_point deadline;
     CollectiveInfo info;
+    uint64_t flightId = 0;
   };
   WorkPtr postP2p(CollectiveInfo info, RequestPtr req, void* buf, size_t nbytes, uint64_t tag);
   bool pollP2p();  // true when anything completed
