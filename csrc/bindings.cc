@@ -1,6 +1,7 @@
 // hcomm._C: marshalling only. Python (hcomm/) turns arrays into (pointer, count, dtype)
 // and validates them; every call that may block releases the GIL.
 #include <pybind11/functional.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -58,6 +59,8 @@ PYBIND11_MODULE(_C, m) {
     return startRootAt(host, port, token, timeout).str();
   });
   m.def("random_token", &randomToken);
+  // The data pointer of a numpy array, without building __array_interface__'s dict.
+  m.def("ndarray_ptr", [](py::array a) { return reinterpret_cast<uintptr_t>(a.data()); });
   m.def("host_identity", &hostIdentity);
   m.def("simd_level", [] { return std::string(simdName(simdLevel())); });
   m.def("_local_reduce", [](const std::string& level, const std::string& dt, const std::string& op, uintptr_t dst,
@@ -86,6 +89,8 @@ PYBIND11_MODULE(_C, m) {
       .def("world_ranks", &Communicator::worldRanks)
       .def("transports", &Communicator::transports)
       .def("last_algorithm", &Communicator::lastAlgorithm)
+      .def("flight_record_json", &Communicator::flightRecordJson)
+      .def("dump_flight_record", &Communicator::dumpFlightRecord)
       .def("choose_allreduce", &Communicator::chooseAllreduce)
       .def("split", &Communicator::split, Release())
       .def("close", &Communicator::close, Release())

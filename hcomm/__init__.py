@@ -45,4 +45,9 @@ def init(rank=None, size=None, unique_id=None, timeout=None):
         raise InvalidArgument(f"rank {rank!r} is out of range for size {size}")
     if unique_id is None:
         unique_id = exchange_unique_id(rank, size, timeout)
-    return Communicator(_C.Communicator.create(rank, size, unique_id or "", timeout))
+    comm = Communicator(_C.Communicator.create(rank, size, unique_id or "", timeout))
+    if os.environ.get("HCOMM_DEBUG_DUMP_DIR"):
+        from .debug import install_dump_on_signal
+
+        install_dump_on_signal(comm)
+    return comm

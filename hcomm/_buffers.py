@@ -2,10 +2,9 @@
 buffer protocol. No copies are made; an array hcomm cannot use as it is is refused with
 an error that says why.
 """
-from dataclasses import dataclass
-
 import numpy as np
 
+from . import _C
 from ._errors import InvalidArgument
 
 _NUMPY_DTYPES = {
@@ -17,16 +16,23 @@ _TORCH_DTYPES = {
     "torch.float64": "float64", "torch.int8": "int8", "torch.uint8": "uint8", "torch.int32": "int32",
     "torch.int64": "int64", "torch.bool": "bool",
 }
+# Keyed by numpy's dtype objects: x.dtype.name builds a string on every call (microseconds).
+_NUMPY_BY_DTYPE = {np.dtype(k): v for k, v in _NUMPY_DTYPES.items()}
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1,
             "int32": 4, "int64": 8, "bool": 1}
 
 
-@dataclass(frozen=True)
 class Buffer:
-    ptr: int
-    count: int      # elements
-    dtype: str
-    obj: object     # the caller's array, kept alive while hcomm uses it
+    """(pointer, element count, dtype name) of an array, and the array itself, kept alive
+    while hcomm uses it. A plain slotted class: this runs on every call."""
+
+    __slots__ = ("ptr", "count", "dtype", "obj")
+
+    def __init__(self, ptr, count, dtype, obj):
+        self.ptr = ptr
+        self.count = count
+        self.dtype = dtype
+        self.obj = obj
 
     @property
     def nbytes(self):
@@ -42,7 +48,7 @@ def _from_torch(x, name, writable):
     if dtype is None:
         raise InvalidArgument(f"{name}: dtype {x.dtype} is not supported by hcomm "
                               f"(supported: {', '.join(sorted(set(_TORCH_DTYPES.values())))})")
-    if x.device.type != "cpu":
+    if not x.is_cpu:
         raise InvalidArgument(f"{name}: tensor is on {x.device}; this build of hcomm moves host memory only")
     if not x.is_contiguous():
         raise InvalidArgument(f"{name}: tensor is not contiguous (shape {tuple(x.shape)}, "
@@ -51,16 +57,17 @@ def _from_torch(x, name, writable):
 
 
 def _from_numpy(x, name, writable):
-    dtype = _NUMPY_DTYPES.get(x.dtype.name)
+    dtype = _NUMPY_BY_DTYPE.get(x.dtype)
     if dtype is None:
         raise InvalidArgument(f"{name}: dtype {x.dtype} is not supported by hcomm "
                               f"(supported: {', '.join(sorted(_NUMPY_DTYPES))}; bfloat16 through torch)")
-    if not x.flags.c_contiguous:
+    flags = x.flags
+    if not flags.c_contiguous:
         raise InvalidArgument(f"{name}: array is not C-contiguous (shape {x.shape}, strides {x.strides}); "
                               "use np.ascontiguousarray first")
-    if writable and not x.flags.writeable:
+    if writable and not flags.writeable:
         raise InvalidArgument(f"{name}: array is read-only but hcomm must write into it")
-    return Buffer(x.__array_interface__["data"][0], x.size, dtype, x)
+    return Buffer(_C.ndarray_ptr(x), x.size, dtype, x)  # __array_interface__ costs microseconds
 
 
 def as_buffer(x, name="tensor", writable=False):

@@ -8,7 +8,7 @@ from ._buffers import ITEMSIZE, as_buffer
 from ._errors import InvalidArgument
 
 _OPS = ("sum", "prod", "min", "max", "avg", "premul_sum")
-_ALLREDUCE_ALGOS = (None, "auto", "ring", "tree", "halving_doubling")
+_ALLREDUCE_ALGOS = (None, "auto", "ring", "tree", "halving_doubling", "hierarchical", "native")
 
 
 def _op_name(op):
@@ -104,7 +104,7 @@ class Communicator:
         return self._c.dump_flight_record(str(directory))
 
     def transports(self):
-        """The transport to each rank ('shm' or 'tcp')."""
+        """The transport to each rank ('shm', 'tcp' or 'mpi')."""
         return self._c.transports()
 
     def __repr__(self):
@@ -140,8 +140,8 @@ class Communicator:
         """Reduce x over all ranks; the result lands in out (or in x when out is None)."""
         op = _op_name(op)
         if algo not in _ALLREDUCE_ALGOS:
-            raise InvalidArgument(f"unknown allreduce algorithm {algo!r} "
-                                  f"(ring, tree, halving_doubling, or None for automatic)")
+            raise InvalidArgument(f"unknown allreduce algorithm {algo!r} (ring, tree, halving_doubling, "
+                                  f"hierarchical, native, or None for automatic)")
         src = as_buffer(x, "input", writable=out is None)
         dst = as_buffer(out, "output", writable=True) if out is not None else src
         _same_dtype(src, dst, "allreduce")

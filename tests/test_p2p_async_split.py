@@ -115,3 +115,45 @@ def _split_body(comm):
 @pytest.mark.parametrize("world", [1, 4, 5])
 def test_split(world):
     assert all(run_comm(_split_body, world))
+
+
+def _p2p_timeout_body(comm):
+    import time
+
+    import hcomm
+
+    comm.timeout = 1.0
+    buf = np.zeros(10)
+    out = {}
+    if comm.rank == 0:
+        w = comm.recv(buf, 1, tag=5, async_op=True)  # rank 1 never sends
+        out["early"] = w.wait(timeout=0.05)          # False: not done yet, no exception
+        t = time.monotonic()
+        with pytest.raises(hcomm.Error, match="timed out"):
+            w.wait()
+        out["async_s"] = time.monotonic() - t
+        # the timeout aborted the communicator: later calls say so instead of hanging
+        with pytest.raises(hcomm.Error, match="aborted after an earlier error"):
+            comm.recv(buf, 1, tag=6)
+    return out
+
+
+def _blocking_timeout_body(comm):
+    import time
+
+    import hcomm
+
+    comm.timeout = 1.0
+    if comm.rank == 0:
+        t = time.monotonic()
+        with pytest.raises(hcomm.Error, match="timed out waiting for receive from rank 1"):
+            comm.recv(np.zeros(10), 1, tag=6)
+        return time.monotonic() - t
+    return 0.0
+
+
+def test_point_to_point_timeouts():
+    out = run_comm(_p2p_timeout_body, 2, timeout=60)[0]
+    assert out["early"] is False
+    assert out["async_s"] < 3, out
+    assert run_comm(_blocking_timeout_body, 2, timeout=60)[0] < 3
