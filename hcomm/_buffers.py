@@ -72,6 +72,8 @@ def _from_numpy(x, name, writable):
 
 def as_buffer(x, name="tensor", writable=False):
     """Describe `x` for the core; `writable` for outputs (and in-place inputs)."""
+    if type(x) is np.ndarray:  # the common case first: every call pays for this function
+        return _from_numpy(x, name, writable)
     if x is None:
         raise InvalidArgument(f"{name} is required")
     if _is_torch(x):

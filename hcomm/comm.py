@@ -11,7 +11,13 @@ _OPS = ("sum", "prod", "min", "max", "avg", "premul_sum")
 _ALLREDUCE_ALGOS = (None, "auto", "ring", "tree", "halving_doubling", "hierarchical", "native")
 
 
+_OP_FAST = {name: name for name in _OPS}  # the usual spelling skips the normalising below
+
+
 def _op_name(op):
+    fast = _OP_FAST.get(op) if isinstance(op, str) else None
+    if fast is not None:
+        return fast
     name = getattr(op, "name", op)  # accepts enums with .name too
     name = str(name).lower()
     if name not in _OPS:
