@@ -155,5 +155,6 @@ def _blocking_timeout_body(comm):
 def test_point_to_point_timeouts():
     out = run_comm(_p2p_timeout_body, 2, timeout=60)[0]
     assert out["early"] is False
-    assert out["async_s"] < 3, out
-    assert run_comm(_blocking_timeout_body, 2, timeout=60)[0] < 3
+    # the error comes within timeout (1 s) + 2 s; a loaded CI machine gets 2 s of slack more
+    assert out["async_s"] < 5, out
+    assert run_comm(_blocking_timeout_body, 2, timeout=60)[0] < 5
