@@ -158,3 +158,37 @@ def test_point_to_point_timeouts():
     # the error comes within timeout (1 s) + 2 s; a loaded CI machine gets 2 s of slack more
     assert out["async_s"] < 5, out
     assert run_comm(_blocking_timeout_body, 2, timeout=60)[0] < 5
+
+
+def test_last_reference_dropped_in_a_completion_callback():
+    """A callback on the progress thread that drops the last reference to its
+    communicator must not make the destructor join the thread it runs on."""
+    import gc
+
+    import hcomm
+
+    for _ in range(20):
+        holder = [hcomm.init(rank=0, size=1)]
+        buf = np.zeros(4)
+        w = holder[0].recv(buf, 0, tag=1, async_op=True)
+        w.add_done_callback(lambda err: holder.clear())
+        holder[0].send(np.ones(4), 0, tag=1)  # completes the receive on the progress thread
+        assert w.wait(timeout=30)
+        assert np.all(buf == 1)
+        del w
+        gc.collect()
+    with pytest.raises(hcomm.Error, match="progress thread"):
+        c = hcomm.init(rank=0, size=1)
+        errors = []
+        w = c.recv(np.zeros(1), 0, tag=2, async_op=True)
+
+        def close_inside(err):
+            try:
+                c.close()
+            except hcomm.Error as e:
+                errors.append(e)
+        w.add_done_callback(close_inside)
+        c.send(np.ones(1), 0, tag=2)
+        w.wait(timeout=30)
+        c.close()
+        raise errors[0] if errors else AssertionError("close() inside a callback did not raise")

@@ -232,7 +232,7 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
                                      "), simd " + simdName(simdLevel()));
   std::vector<int> all(size);
   std::iota(all.begin(), all.end(), 0);
-  std::shared_ptr<Communicator> comm(new Communicator(world, all, 1, timeoutSec));
+  std::shared_ptr<Communicator> comm = own(new Communicator(world, all, 1, timeoutSec));
   comm->mpi_ = world->mpiComm;
   comm->barrier(false);    // every peer has mapped our segment once it has talked to us
   world->shm->unlinkOwn();
@@ -283,8 +283,24 @@ std::vector<std::string> Communicator::transports() const {
   return out;
 }
 
+std::shared_ptr<Communicator> Communicator::own(Communicator* c) {
+  // The last reference can be dropped on the communicator's own progress thread (a
+  // completion callback releasing it); the destructor joins that thread, so it must run
+  // on another one.
+  return std::shared_ptr<Communicator>(c, [](Communicator* p) {
+    if (p->onWorkerThread()) std::thread([p] { delete p; }).detach();
+    else delete p;
+  });
+}
+
+bool Communicator::onWorkerThread() const {
+  return worker_.joinable() && worker_.get_id() == std::this_thread::get_id();
+}
+
 void Communicator::close() {
   if (closed_) return;
+  if (onWorkerThread())
+    throw Error("close() cannot run on the communicator's progress thread (inside a completion callback)");
   {
     std::lock_guard<std::mutex> lock(qmu_);
     stopping_ = true;
@@ -782,7 +798,7 @@ std::shared_ptr<Communicator> Communicator::split(int color, int key) {
   uint64_t h = (uint64_t(id_) * 1000003u) ^ (uint64_t(splitNo) * 7919u) ^ (uint64_t(color) * 104729u);
   h ^= h >> 13;
   uint32_t id = static_cast<uint32_t>((h * 0x9E3779B97F4A7C15ull) >> 40) | 2u;
-  std::shared_ptr<Communicator> child(new Communicator(world_, worldRanks, id & 0xffffff, timeoutSec_));
+  std::shared_ptr<Communicator> child = own(new Communicator(world_, worldRanks, id & 0xffffff, timeoutSec_));
   child->mpi_ = mpiChild;
   return child;
 }

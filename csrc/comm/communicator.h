@@ -114,6 +114,9 @@ class Communicator {
 
  private:
   Communicator(std::shared_ptr<World> world, std::vector<int> worldRanks, uint32_t id, double timeoutSec);
+  // Wraps a new communicator so that it is never destroyed on its own progress thread.
+  static std::shared_ptr<Communicator> own(Communicator* c);
+  bool onWorkerThread() const;
   using Body = std::function<void(Links&, Work&)>;
   WorkPtr submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Body body, bool async);
   void runTask(const std::function<void()>& task);
