@@ -36,6 +36,10 @@ struct PostedRecv {
   }
 };
 
+// A receive as every transport's irecv records it.
+inline PostedRecv postedRecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
+                             uint64_t fingerprint);
+
 // A message that arrived before its receive was posted.
 struct Unexpected {
   uint64_t tag = 0;
@@ -148,6 +152,19 @@ inline RequestPtr makeRequest(int peer, uint64_t tag, size_t nbytes, bool isSend
   r->tag = tag;
   r->nbytes = nbytes;
   r->isSend = isSend;
+  return r;
+}
+
+inline PostedRecv postedRecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
+                             uint64_t fingerprint) {
+  PostedRecv r;
+  r.req = makeRequest(peer, tag, nbytes, false, fingerprint);
+  r.dst = static_cast<char*>(buf);
+  r.nbytes = nbytes;
+  if (reduce) {
+    r.reducing = true;
+    r.spec = *reduce;
+  }
   return r;
 }
 

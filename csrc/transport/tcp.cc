@@ -125,14 +125,7 @@ RequestPtr TcpTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes,
                                uint64_t fingerprint) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   Peer& p = peerOf(peer);
-  PostedRecv r;
-  r.req = makeRequest(peer, tag, nbytes, false, fingerprint);
-  r.dst = static_cast<char*>(buf);
-  r.nbytes = nbytes;
-  if (reduce) {
-    r.reducing = true;
-    r.spec = *reduce;
-  }
+  PostedRecv r = postedRecv(peer, tag, buf, nbytes, reduce, fingerprint);
   if (!aborted_.empty()) {
     complete(*r.req, aborted_);
     return r.req;
