@@ -6,26 +6,39 @@ fixed-size int64 *control block* followed by the tensors:
 
     [MAGIC, status, kind, mb, stage, n, dtype_0, ndim_0, *shape_0, dtype_1, ndim_1, ...]
 
+status is OK, FAILED (the sender's step failed; the tensors, if any, are zeros) or
+RESHAPED (the spec differs from the guess the receiver posted, see below).
+
 kind is 0 (activations) or 1 (gradients); stage is the sender's stage.  The control
 block goes with every message: the receiver checks that it got the message its schedule
 promised (a desynchronised schedule fails loudly instead of reading garbage), and
 status = FAILED lets a rank whose stage raised keep its neighbours moving.
 
-Shapes and dtypes are learned from the first message: per (peer, kind, sender stage) and
-per step, the receiver of the first message waits for its control block before posting
-the tensor receives (two hops); once one good message has arrived both sides know the
-spec, and later messages post control and tensors together (one hop).  A later message
-whose shapes differ is an error (micro-batches are equal slices, so they only differ if
-the model does); a FAILED message on a known spec carries zeros of that spec, so the
-receives already posted still match.  The spec is forgotten at each step, so the batch
-size may change between steps.
+Shapes and dtypes are learned from the first message.  Per (peer, kind, sender stage), the
+receiver of the first message ever waits for its control block before posting the tensor
+receives (two hops); once one good message has arrived both sides know the spec, and
+later messages post control and tensors together (one hop).  A later message of the same
+step whose shapes differ is an error (micro-batches are equal slices, so they only differ
+if the model does); a FAILED message on a known spec carries zeros of that spec, so the
+receives already posted still match.
+
+A step starts from the previous step's specs as *guesses* (steady state: every message
+is one hop, the first ones of a step included).  The receiver posts a guessed message's
+tensors with its control block, and only waits for that control block before posting
+the next message from the same peer.  A sender whose tensors do not match the guess (the
+batch size changed between steps) sends status RESHAPED with the new spec, zeros of the
+guessed spec that fill the receives already posted, then the real tensors, which the
+receiver posts once it has read RESHAPED; the spec is then known for the rest of the
+step.  Sender and receiver hold the same guesses, because both learn a spec from the same
+(first good) message of each step.
 
 Exchange of a batch (a run of communication actions, see schedules.py), in rounds:
   round 0  every send and, per peer, its receives in order: control + tensors for each
-           known spec, up to and including the control block of the first unknown one;
-  round k  each control block that arrived lets its tensor receives be posted, and that
-           peer's queue continues the same way (one unknown at a time, so messages on a
-           channel are matched in order);
+           known spec, up to and including the first message whose spec is only
+           guessed (control + guessed tensors) or unknown (control alone);
+  round k  each control block that arrived confirms its guess or lets its (real) tensor
+           receives be posted, and that peer's queue continues the same way (one
+           unconfirmed message at a time, so messages on a channel match in order);
   finally  wait for everything, then check the control blocks of the known specs.
 A round waits only on control receives, which complete as soon as the peer has posted
 its matching send; sends are waited at the end.  So a batch finishes once every peer
@@ -40,7 +53,7 @@ import torch
 import torch.distributed as dist
 
 MAGIC = 0x5050_0001
-OK, FAILED = 0, 1
+OK, FAILED, RESHAPED = 0, 1, 2
 ACTIVATION, GRADIENT = 0, 1
 _FIXED = 6  # magic, status, kind, mb, stage, n
 
@@ -80,11 +93,11 @@ def allocate(spec: Spec, device) -> Tuple[torch.Tensor, ...]:
     return tuple(torch.zeros(shape, dtype=dtype, device=device) for dtype, shape in spec)
 
 
-def encode_control(msg: Message, words: int) -> torch.Tensor:
+def encode_control(msg: Message, words: int, reshaped: bool = False) -> torch.Tensor:
     """Control block of msg; raises ValueError if its tensors do not fit in `words`."""
     tensors = msg.tensors or ()
     body = [x for dtype, shape in spec_of(tensors, msg.stage) for x in (DTYPES.index(dtype), len(shape), *shape)]
-    status = FAILED if msg.failed or msg.tensors is None else OK
+    status = FAILED if msg.failed or msg.tensors is None else RESHAPED if reshaped else OK
     head = [MAGIC, status, msg.kind, msg.mb, msg.stage, len(tensors)]
     if len(head) + len(body) > words:
         raise ValueError(f"stage {msg.stage} sends {len(tensors)} tensors whose shapes need {len(head) + len(body)} "
@@ -92,10 +105,10 @@ def encode_control(msg: Message, words: int) -> torch.Tensor:
     return torch.tensor(head + body + [0] * (words - len(head) - len(body)), dtype=torch.int64)
 
 
-def parse_control(ctrl: torch.Tensor, kind: int, mb: int, stage: int) -> Tuple[bool, Spec]:
-    """(failed, spec) of a control block, after checking it is the expected message."""
+def parse_control(ctrl: torch.Tensor, kind: int, mb: int, stage: int) -> Tuple[int, Spec]:
+    """(status, spec) of a control block, after checking it is the expected message."""
     w = ctrl.tolist()
-    if w[0] != MAGIC or (w[2], w[3], w[4]) != (kind, mb, stage):
+    if w[0] != MAGIC or (w[2], w[3], w[4]) != (kind, mb, stage) or w[1] not in (OK, FAILED, RESHAPED):
         what = "activations" if kind == ACTIVATION else "gradients"
         raise ProtocolError(f"expected {what} of mb {mb} from stage {stage}, got control block {w[:_FIXED]} "
                             f"(magic {MAGIC:#x}): do all ranks run the same schedule?")
@@ -104,7 +117,7 @@ def parse_control(ctrl: torch.Tensor, kind: int, mb: int, stage: int) -> Tuple[b
         ndim = w[pos + 1]
         spec.append((DTYPES[w[pos]], tuple(w[pos + 2:pos + 2 + ndim])))
         pos += 2 + ndim
-    return w[1] == FAILED, tuple(spec)
+    return w[1], tuple(spec)
 
 
 @dataclass
@@ -132,13 +145,15 @@ class Exchanger:
         self.group = group
         self.words = header_words
         self.device = device
-        self.known: Dict[tuple, Spec] = {}   # specs learned this step, both directions
+        self.known: Dict[tuple, Spec] = {}    # specs confirmed this step, both directions
+        self.guess: Dict[tuple, Spec] = {}    # specs of earlier steps, until confirmed
         # NCCL coalesces a batch into one work, which would make a round wait for its
         # sends; there each operation is posted on its own (still asynchronous).
         self.coalesces = dist.get_backend(group) == "nccl"
 
     def reset(self):
-        """Forget learned specs (at the start of each step)."""
+        """Start a step: what this step confirmed becomes the next one's guesses."""
+        self.guess.update(self.known)
         self.known.clear()
 
     def _post(self, ops: List[dist.P2POp]) -> list:
@@ -159,14 +174,19 @@ class Exchanger:
         for s in sends:
             msg, key = s.msg, ("send", s.peer, s.msg.kind, s.msg.stage)
             known = learned.get(key, self.known.get(key))
+            posted = known if known is not None else self.guess.get(key)  # what the receiver posts
+            reshaped = False
             if msg.tensors is not None and not msg.failed:
                 spec = spec_of(msg.tensors, msg.stage)
                 if known is not None and spec != known:
                     raise ValueError(f"stage {msg.stage} changed the shapes it sends within a step: {known} -> {spec}")
                 learned.setdefault(key, spec)
-            elif known is not None:
-                msg = Message(msg.kind, msg.mb, msg.stage, allocate(known, self.device), failed=True)
-            ops.append(self._op(dist.isend, encode_control(msg, self.words).to(self.device), s.peer))
+                reshaped = posted is not None and spec != posted
+            elif posted is not None:
+                msg = Message(msg.kind, msg.mb, msg.stage, allocate(posted, self.device), failed=True)
+            ops.append(self._op(dist.isend, encode_control(msg, self.words, reshaped).to(self.device), s.peer))
+            if reshaped:  # fill the receives posted for the guess, then the real tensors
+                ops += [self._op(dist.isend, t, s.peer) for t in allocate(posted, self.device)]
             ops += [self._op(dist.isend, t.contiguous(), s.peer) for t in msg.tensors or ()]
         self.known.update(learned)
         return ops
@@ -191,18 +211,29 @@ class Exchanger:
         for work in works:
             work.wait()
         for i, ctrl in ctrls.items():  # messages whose spec was known: check what came
-            failed, spec = parse_control(ctrl, recvs[i].kind, recvs[i].mb, recvs[i].stage)
-            if spec != self.known[recvs[i].key]:
+            status, spec = parse_control(ctrl, recvs[i].kind, recvs[i].mb, recvs[i].stage)
+            if status == RESHAPED or spec != self.known[recvs[i].key]:
                 raise ProtocolError(f"stage {recvs[i].stage} sent shapes {spec}, expected {self.known[recvs[i].key]}")
-            results[i].failed = failed
+            results[i].failed = status == FAILED
         return results
 
     def _learn(self, r: Recv, ctrl: torch.Tensor, results: list, i: int) -> list:
-        """A first message's control block arrived: allocate and receive its tensors."""
-        failed, spec = parse_control(ctrl, r.kind, r.mb, r.stage)
-        if failed:
-            results[i] = Message(r.kind, r.mb, r.stage, None, failed=True)
+        """The control block of an unconfirmed message arrived: confirm the guess whose
+        tensors were posted with it, or allocate and receive the tensors it announces."""
+        status, spec = parse_control(ctrl, r.kind, r.mb, r.stage)
+        guessed = results[i]
+        if status == FAILED:
+            results[i] = Message(r.kind, r.mb, r.stage, guessed.tensors if guessed else None, failed=True)
             return []
+        if guessed is not None and status == OK:
+            if spec != self.guess[r.key]:
+                raise ProtocolError(f"stage {r.stage} sent shapes {spec} without RESHAPED; "
+                                    f"expected {self.guess[r.key]}")
+            self.known[r.key] = spec
+            return []
+        if (guessed is not None) != (status == RESHAPED):
+            raise ProtocolError(f"stage {r.stage} sent RESHAPED for a spec this rank did not guess"
+                                if guessed is None else f"stage {r.stage} sent status {status} for a guessed spec")
         self.known[r.key] = spec
         results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
         return [self._op(dist.irecv, t, r.peer) for t in results[i].tensors]
@@ -224,6 +255,10 @@ class Exchanger:
                 spec = self.known.get(r.key)
                 if spec is None:
                     waits.append((len(ops) - 1, i))
+                    spec = self.guess.get(r.key)
+                    if spec is not None:  # post the guessed tensors now; RESHAPED replaces them
+                        results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
+                        ops += [self._op(dist.irecv, t, peer) for t in results[i].tensors]
                     break
                 results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
                 ops += [self._op(dist.irecv, t, peer) for t in results[i].tensors]

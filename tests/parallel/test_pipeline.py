@@ -177,6 +177,39 @@ def _failure(pp_rank, p, where):
     return str(err.value)
 
 
+def _changing_batch(pp_rank, p):
+    """Steps reuse the previous step's boundary shapes as guesses: a batch size that changes
+    between steps (RESHAPED), also in a step that fails, still gives the reference result."""
+    from hcomm.parallel.pipeline import build_schedule
+    from hcomm.parallel.pipeline.runtime import PipelineError
+
+    m = p
+    sched = build_schedule("interleaved", p, m, 2)
+    mine = _layers()
+    rt = _runtime(mine, sched, pp_rank, list(range(p)), verbose=False)
+    culprit = p // 2
+    bomb = None
+    if pp_rank == culprit:
+        bomb = rt.stages[culprit] = Bomb(rt.stages[culprit], "forward", mb=0)
+        bomb.armed = False
+    # (batch size, stage `culprit` raises in forward of mb 0): guesses confirmed, then
+    # reshaped, failed on old guesses with new shapes upstream, reshaped after the failure
+    for b, fail in ((3 * m, False), (3 * m, False), (2 * m, False), (3 * m, True), (3 * m, False), (m, False)):
+        x, ids, y = _data(b, seed=b)
+        for prm in rt.parameters():
+            prm.grad = None
+        if bomb is not None:
+            bomb.armed, bomb.calls = fail, 0
+        if fail:
+            with pytest.raises(PipelineError, match=rf"failed on global rank\(s\) \[{culprit}\]"):
+                rt.step((x, ids), y)
+            continue
+        ref, ref_loss = _reference(x, ids, y)
+        assert rt.step((x, ids), y) == pytest.approx(ref_loss, rel=1e-12), b
+        _check_grads(mine, ref, sched, pp_rank)
+    return "batch size changes ok"
+
+
 def _mismatch(pp_rank, p):
     """Ranks that built different schedules are stopped at the first step, all of them."""
     from hcomm.parallel.pipeline import build_schedule
@@ -194,6 +227,7 @@ def _pipeline_group(rank, world_size, failures):
     peaks = {cfg: _equivalence(rank, world_size, *cfg, steps=2 if i == 0 else 1)
              for i, cfg in enumerate(CONFIGS[world_size])}
     errors = {where: _failure(rank, world_size, where) for where in failures if where != "mismatch"}
+    errors["changing batch"] = _changing_batch(rank, world_size)
     if "mismatch" in failures:
         errors["mismatch"] = _mismatch(rank, world_size)
     return peaks, errors
@@ -215,6 +249,7 @@ def test_pipeline_matches_unpipelined_and_failures_reach_every_rank(p, failures)
     for where in failures:
         want = "schedule mismatch raised" if where == "mismatch" else "failed on global rank(s)"
         assert all(want in r[1][where] for r in results)
+    assert all(r[1]["changing batch"] == "batch size changes ok" for r in results)
 
 
 # ------------------------------------------------------- composition, 4 ranks
@@ -300,14 +335,15 @@ def _zero_pp(rank, stage):
 
 
 def _four_ranks(rank, world_size):
-    peaks, _ = _pipeline_group(rank, world_size, ())
+    peaks, errors = _pipeline_group(rank, world_size, ())
     _dp_pp(rank)
     _tp_pp(rank)
     _zero_pp(rank, 1)
     _zero_pp(rank, 2)
-    return peaks, {}
+    return peaks, errors
 
 
 def test_four_stages_and_composition_with_dp_tp_and_zero():
     results = run_torch(_four_ranks, 4)
     _check_peaks(results, 4)
+    assert all(r[1]["changing batch"] == "batch size changes ok" for r in results)

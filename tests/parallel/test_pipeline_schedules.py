@@ -7,8 +7,8 @@ import torch.nn as nn
 
 from hcomm.parallel.pipeline import (Action, Schedule, ScheduleError, build_schedule, check_schedule, gpipe,
                                      interleaved_1f1b, one_f_one_b)
-from hcomm.parallel.pipeline.p2p import (ACTIVATION, GRADIENT, Message, ProtocolError, encode_control,
-                                          parse_control)
+from hcomm.parallel.pipeline.p2p import (ACTIVATION, FAILED, GRADIENT, OK, RESHAPED, Message, ProtocolError,
+                                          encode_control, parse_control)
 from hcomm.parallel.pipeline.runtime import PipelineRuntime, split_microbatches
 from hcomm.parallel.pipeline.schedules import with_comms
 from hcomm.parallel.pipeline.stage import StageChain, split_layers, stages_for_rank
@@ -198,10 +198,17 @@ def test_split_microbatches():
 def test_control_block_round_trip_and_errors():
     tensors = (torch.randn(2, 3, dtype=torch.float64), torch.arange(5), torch.ones(4, 1, 2, dtype=torch.bfloat16))
     ctrl = encode_control(Message(ACTIVATION, 3, 1, tensors), 64)
-    failed, spec = parse_control(ctrl, ACTIVATION, 3, 1)
-    assert not failed and spec == tuple((t.dtype, tuple(t.shape)) for t in tensors)
-    assert parse_control(encode_control(Message(GRADIENT, 0, 2, None), 16), GRADIENT, 0, 2) == (True, ())
-    assert parse_control(encode_control(Message(GRADIENT, 0, 2, tensors[:1], failed=True), 16), GRADIENT, 0, 2)[0]
+    status, spec = parse_control(ctrl, ACTIVATION, 3, 1)
+    assert status == OK and spec == tuple((t.dtype, tuple(t.shape)) for t in tensors)
+    assert parse_control(encode_control(Message(GRADIENT, 0, 2, None), 16), GRADIENT, 0, 2) == (FAILED, ())
+    failed = encode_control(Message(GRADIENT, 0, 2, tensors[:1], failed=True), 16)
+    assert parse_control(failed, GRADIENT, 0, 2)[0] == FAILED
+    reshaped = encode_control(Message(ACTIVATION, 3, 1, tensors), 64, reshaped=True)
+    assert parse_control(reshaped, ACTIVATION, 3, 1) == (RESHAPED, spec)
+    unknown = failed.clone()
+    unknown[1] = 7   # status word
+    with pytest.raises(ProtocolError, match="expected gradients of mb 0 from stage 2"):
+        parse_control(unknown, GRADIENT, 0, 2)
     with pytest.raises(ProtocolError, match="expected activations of mb 4 from stage 1"):
         parse_control(ctrl, ACTIVATION, 4, 1)
     with pytest.raises(ValueError, match=r"need 18 control words > header_words=16"):
