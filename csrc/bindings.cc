@@ -24,6 +24,10 @@ const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
 void* mptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
 using Release = py::call_guard<py::gil_scoped_release>;
 
+// A blocking call returns None rather than its finished Work: wrapping a C++ object for
+// Python costs about as much as a small collective's own bookkeeping.
+WorkPtr asyncOnly(WorkPtr w, bool async) { return async ? std::move(w) : nullptr; }
+
 // A Python callable that may be destroyed on the progress thread: take the GIL to drop it.
 std::function<void(const std::string&)> pyCallback(py::function fn) {
   auto holder = std::shared_ptr<py::function>(new py::function(std::move(fn)), [](py::function* f) {
@@ -96,39 +100,39 @@ PYBIND11_MODULE(_C, m) {
       .def("close", &Communicator::close, Release())
       .def("allreduce", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt,
                            const std::string& op, double premul, const std::string& algo, bool async) {
-        return c.allreduce(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul, algo, async);
+        return asyncOnly(c.allreduce(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul, algo, async), async);
       }, Release())
       .def("reduce", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt,
                         const std::string& op, double premul, int root, const std::string& algo, bool async) {
-        return c.reduce(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul, root, algo, async);
+        return asyncOnly(c.reduce(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul, root, algo, async), async);
       }, Release())
       .def("broadcast", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt, int root,
                            const std::string& algo, bool async) {
-        return c.broadcast(cptr(in), mptr(out), n, parseDataType(dt), root, algo, async);
+        return asyncOnly(c.broadcast(cptr(in), mptr(out), n, parseDataType(dt), root, algo, async), async);
       }, Release())
       .def("allgatherv", [](Communicator& c, uintptr_t in, uintptr_t out, std::vector<size_t> counts,
-                            const std::string& dt, bool async) {
-        return c.allgatherv(cptr(in), mptr(out), std::move(counts), parseDataType(dt), async);
+                            const std::string& dt, const std::string& algo, bool async) {
+        return asyncOnly(c.allgatherv(cptr(in), mptr(out), std::move(counts), parseDataType(dt), async, algo), async);
       }, Release())
       .def("reduce_scatterv", [](Communicator& c, uintptr_t in, uintptr_t out, std::vector<size_t> counts,
                                  const std::string& dt, const std::string& op, double premul, bool async) {
-        return c.reduceScatterv(cptr(in), mptr(out), std::move(counts), parseDataType(dt), parseReduceOp(op),
-                                premul, async);
+        return asyncOnly(c.reduceScatterv(cptr(in), mptr(out), std::move(counts), parseDataType(dt), parseReduceOp(op),
+                                premul, async), async);
       }, Release())
       .def("alltoallv", [](Communicator& c, uintptr_t in, std::vector<size_t> sc, std::vector<size_t> sd,
                            uintptr_t out, std::vector<size_t> rc, std::vector<size_t> rd, const std::string& dt,
                            bool async) {
-        return c.alltoallv(cptr(in), sc, sd, mptr(out), rc, rd, parseDataType(dt), async);
+        return asyncOnly(c.alltoallv(cptr(in), sc, sd, mptr(out), rc, rd, parseDataType(dt), async), async);
       }, Release())
       .def("gather", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt, int root,
-                        bool async) { return c.gather(cptr(in), mptr(out), n, parseDataType(dt), root, async); },
+                        bool async) { return asyncOnly(c.gather(cptr(in), mptr(out), n, parseDataType(dt), root, async), async); },
            Release())
       .def("scatter", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt, int root,
-                         bool async) { return c.scatter(cptr(in), mptr(out), n, parseDataType(dt), root, async); },
+                         bool async) { return asyncOnly(c.scatter(cptr(in), mptr(out), n, parseDataType(dt), root, async), async); },
            Release())
-      .def("barrier", &Communicator::barrier, Release())
+      .def("barrier", [](Communicator& c, bool async) { return asyncOnly(c.barrier(async), async); }, Release())
       .def("send", [](Communicator& c, uintptr_t buf, size_t nbytes, int peer, int64_t tag, bool async) {
-        return c.send(cptr(buf), nbytes, peer, tag, async);
+        return asyncOnly(c.send(cptr(buf), nbytes, peer, tag, async), async);
       }, Release())
       .def("recv", [](Communicator& c, uintptr_t buf, size_t nbytes, int peer, int64_t tag, bool async) {
         return c.recv(mptr(buf), nbytes, peer, tag, async);
@@ -156,6 +160,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("_comm_explain_allreduce", [decisionDict](Communicator& c, size_t nbytes, const std::string& algo) {
     return decisionDict(c.planAllreduce(nbytes, algo));
   });
+  m.def("_comm_explain", [decisionDict](Communicator& c, const std::string& collective, size_t nbytes,
+                                        const std::string& algo, int root) {
+    if (collective == "broadcast") return decisionDict(c.planBroadcast(nbytes, root, algo));
+    if (collective == "allgather") return decisionDict(c.planAllgather(nbytes, algo));
+    return decisionDict(c.planAllreduce(nbytes, algo));
+  });
   m.def("_comm_topology_json", [](Communicator& c) {
     auto t = c.topology();
     if (!t) throw Error("communicator is closed");
@@ -170,6 +180,19 @@ PYBIND11_MODULE(_C, m) {
       if (r < 0 || r >= t.size())
         throw Error("rank " + std::to_string(r) + " is not in the topology (" + std::to_string(t.size()) + " ranks)");
     return decisionDict(tuneAllreduce(CommShape::of(t, ranks), nbytes, algo, "requested"));
+  });
+  m.def("_explain_on", [decisionDict](const std::string& topologyJson, const std::string& collective, size_t nbytes,
+                                      const std::string& algo, std::vector<int> ranks, int root) {
+    Topology t = Topology::fromJson(Json::parse(topologyJson));
+    if (ranks.empty())
+      for (int r = 0; r < t.size(); ++r) ranks.push_back(r);
+    for (int r : ranks)
+      if (r < 0 || r >= t.size())
+        throw Error("rank " + std::to_string(r) + " is not in the topology (" + std::to_string(t.size()) + " ranks)");
+    CommShape shape = CommShape::of(t, ranks);
+    if (collective == "broadcast") return decisionDict(tuneBroadcast(shape, nbytes, root, algo, "requested"));
+    if (collective == "allgather") return decisionDict(tuneAllgather(shape, nbytes, algo, "requested"));
+    return decisionDict(tuneAllreduce(shape, nbytes, algo, "requested"));
   });
   m.def("_topology_from_json", [](const std::string& text) { return Topology::fromJson(Json::parse(text)).toJson().dump(); });
   m.def("_probe_local", [] { return probeToJson(probeLocal()); });

@@ -44,8 +44,8 @@ class DeviceAlgo {
       t_->allreduce(in, out, count, dt, op, 1.0, stream);
       return;
     }
-    std::vector<Route> routes(n);
-    for (int p = 0; p < n; ++p) routes[p] = Route{t_.get(), p};
+    auto routes = std::make_shared<std::vector<Route>>(n);
+    for (int p = 0; p < n; ++p) (*routes)[p] = Route{t_.get(), p};
     uint64_t seq = seq_++;
     auto deadline = std::chrono::steady_clock::now() +
                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(

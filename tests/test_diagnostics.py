@@ -97,3 +97,32 @@ def test_debug_logging_prefixes_rank():
     err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stderr
     assert "[hcomm rank 0] init: 1 ranks" in err, err
     assert "[hcomm rank 0] start allreduce #1" in err and "[hcomm rank 0] end allreduce #1" in err, err
+
+
+def _straggler_body(rank, size, uid):
+    comm = hcomm.init(rank=rank, size=size, unique_id=uid, timeout=2)
+    comm.allreduce(np.ones(8))
+    comm.broadcast(np.ones(8), root=1)
+    last = comm.flight_record()["entries"][-1]["seq"]
+    if rank == size - 1:
+        time.sleep(4)  # never joins the allreduce the others start
+        return last, ""
+    try:
+        comm.allreduce(np.ones(8))
+    except hcomm.Error as e:
+        return last, str(e)
+    return last, "no error"
+
+
+def test_timeout_says_which_rank_did_not_reach_which_call():
+    """On a timeout the ranks compare progress: the error names the rank that never
+    entered the call, the call it did finish last, and the ranks waiting beside it."""
+    out = run_ranks(_straggler_body, 4, mode="process", args=(hcomm.get_unique_id(),), timeout=60)
+    last = out[0][0]
+    assert all(o[0] == last for o in out)
+    want = f"rank 3 did not reach #{last + 1} (its last was broadcast #{last}, finished)"
+    for rank in range(3):
+        msg = out[rank][1]
+        assert "timed out" in msg and want in msg, msg
+        others = ",".join(str(r) for r in range(3) if r != rank)
+        assert f"ranks {others} reached #{last + 1} too" in msg, msg

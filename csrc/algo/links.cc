@@ -8,30 +8,39 @@
 
 namespace hcomm {
 
-Links::Links(int rank, int size, std::vector<Route> routes, uint64_t tagBase, uint64_t fingerprint, DataType dtype,
-             ReduceOp op,
-             std::chrono::steady_clock::time_point deadline, WaitPolicy policy,
-             std::function<std::string()> describe)
+Links::Links(int rank, int size, std::shared_ptr<const std::vector<Route>> routes, uint64_t tagBase,
+             uint64_t fingerprint, DataType dtype, ReduceOp op, std::chrono::steady_clock::time_point deadline,
+             WaitPolicy policy, std::function<std::string()> describe)
     : rank_(rank), size_(size), routes_(std::move(routes)), tagBase_(tagBase), fingerprint_(fingerprint),
       dtype_(dtype), op_(op),
       elemSize_(dtypeSize(dtype)), deadline_(deadline), policy_(policy), describe_(std::move(describe)) {
-  for (const Route& r : routes_)
-    if (r.transport && std::find(transports_.begin(), transports_.end(), r.transport) == transports_.end())
-      transports_.push_back(r.transport);
+  for (const Route& r : *routes_) {
+    if (!r.transport || std::find(transports_.begin(), transports_.begin() + nTransports_, r.transport) !=
+                            transports_.begin() + nTransports_)
+      continue;
+    if (nTransports_ == static_cast<int>(transports_.size())) throw Error("Links: more transports than expected");
+    transports_[nTransports_++] = r.transport;
+  }
+}
+
+const Route& Links::route(int peer) const {
+  if (peer < 0 || peer >= size_)
+    throw Error("Links: rank " + std::to_string(peer) + " is out of range for " + std::to_string(size_) + " ranks");
+  return (*routes_)[peer];
 }
 
 RequestPtr Links::isend(int peer, const void* buf, size_t bytes, int channel) {
-  const Route& r = routes_.at(peer);
+  const Route& r = route(peer);
   return r.transport->isend(r.peer, tagBase_ + channel, buf, bytes, fingerprint_);
 }
 
 RequestPtr Links::irecv(int peer, void* buf, size_t bytes, int channel) {
-  const Route& r = routes_.at(peer);
+  const Route& r = route(peer);
   return r.transport->irecv(r.peer, tagBase_ + channel, buf, bytes, nullptr, fingerprint_);
 }
 
 RequestPtr Links::irecvReduce(int peer, void* dst, const void* src, size_t bytes, int channel) {
-  const Route& r = routes_.at(peer);
+  const Route& r = route(peer);
   ReduceSpec spec;
   spec.src = src;
   spec.dtype = dtype_;
@@ -44,41 +53,42 @@ int Links::recvAny(void* buf, size_t bytes, int channel, size_t* got) {
   while (true) {
     for (int p = 0; p < size_; ++p) {
       size_t n = 0;
-      if (routes_[p].transport->probe(routes_[p].peer, tagBase_ + channel, &n)) {
+      const Route& r = route(p);
+      if (r.transport->probe(r.peer, tagBase_ + channel, &n)) {
         if (n > bytes)
           throw Error("recv from any source: rank " + std::to_string(p) + " sent " + std::to_string(n) +
                       " bytes, more than the " + std::to_string(bytes) + "-byte buffer");
         if (got) *got = n;
-        wait(routes_[p].transport->irecv(routes_[p].peer, tagBase_ + channel, buf, n, nullptr));
+        wait(r.transport->irecv(r.peer, tagBase_ + channel, buf, n, nullptr));
         return p;
       }
     }
-    if (!poll()) backoff(idle, {});
+    if (!poll()) backoff(idle, nullptr, 0);
   }
 }
 
 bool Links::poll() {
   bool moved = false;
-  for (Transport* t : transports_) moved |= t->progress();
+  for (int i = 0; i < nTransports_; ++i) moved |= transports_[i]->progress();
   return moved;
 }
 
-void Links::backoff(int& idle, const std::vector<RequestPtr>& rs) {
+void Links::backoff(int& idle, const RequestPtr* rs, size_t n) {
   ++idle;
   if (idle < policy_.spins) {
 #if defined(__x86_64__)
     __builtin_ia32_pause();
 #endif
-    if ((idle & 1023) == 0 && std::chrono::steady_clock::now() > deadline_) timeout(rs);
+    if ((idle & 1023) == 0 && std::chrono::steady_clock::now() > deadline_) timeout(rs, n);
     return;
   }
-  if (std::chrono::steady_clock::now() > deadline_) timeout(rs);
+  if (std::chrono::steady_clock::now() > deadline_) timeout(rs, n);
   if (idle < policy_.spins + policy_.yields) {
     sched_yield();
     return;
   }
-  int us = std::max(1, policy_.sleepUs / static_cast<int>(transports_.size()));
-  for (Transport* t : transports_) t->sleepFor(us);
+  int us = std::max(1, policy_.sleepUs / std::max(1, nTransports_));
+  for (int i = 0; i < nTransports_; ++i) transports_[i]->sleepFor(us);
 }
 
 void Links::check(const RequestPtr& r) const {
@@ -87,10 +97,11 @@ void Links::check(const RequestPtr& r) const {
                 std::to_string(r->peer) + " failed: " + r->error);
 }
 
-void Links::timeout(const std::vector<RequestPtr>& rs) const {
+void Links::timeout(const RequestPtr* rs, size_t n) const {
   std::string waiting;
-  for (const auto& r : rs) {
-    if (r->done.load(std::memory_order_acquire)) continue;
+  for (size_t i = 0; i < n; ++i) {
+    const RequestPtr& r = rs[i];
+    if (!r || r->done.load(std::memory_order_acquire)) continue;
     waiting += (waiting.empty() ? "" : ", ") + std::string(r->isSend ? "send to " : "receive from ") +
                "rank " + std::to_string(r->peer);
   }
@@ -98,20 +109,21 @@ void Links::timeout(const std::vector<RequestPtr>& rs) const {
                      " (HCOMM_TIMEOUT)");
 }
 
-void Links::wait(const RequestPtr& r) { waitAll({r}); }
+void Links::wait(const RequestPtr& r) { waitAll(&r, 1); }
 
-void Links::waitAll(const std::vector<RequestPtr>& rs) {
+void Links::waitAll(const RequestPtr* rs, size_t n) {
   int idle = 0;
   while (true) {
     bool all = true;
-    for (const auto& r : rs) {
+    for (size_t i = 0; i < n; ++i) {
+      const RequestPtr& r = rs[i];
       if (!r) continue;
       if (r->done.load(std::memory_order_acquire)) check(r);  // a failure ends the wait at once
       else all = false;
     }
     if (all) return;
     if (poll()) idle = 0;
-    else backoff(idle, rs);
+    else backoff(idle, rs, n);
   }
 }
 
@@ -129,15 +141,15 @@ void Links::waitAny(const std::vector<RequestPtr>& rs) {
     }
     if (any || !pending) return;
     if (poll()) idle = 0;
-    else backoff(idle, rs);
+    else backoff(idle, rs.data(), rs.size());
   }
 }
 
 Links Links::sub(const std::vector<int>& ranks, int channelBase) const {
-  std::vector<Route> routes;
+  auto routes = std::make_shared<std::vector<Route>>();
   int me = -1;
   for (size_t i = 0; i < ranks.size(); ++i) {
-    routes.push_back(routes_.at(ranks[i]));
+    routes->push_back(route(ranks[i]));
     if (ranks[i] == rank_) me = static_cast<int>(i);
   }
   if (me < 0) throw Error("Links::sub: this rank is not in the subset");

@@ -9,8 +9,10 @@
 // chunks of a pipelined ring). Waiting spins, then yields, then sleeps in the transport;
 // every wait honours the collective's deadline and names the ranks not heard from.
 #pragma once
+#include <array>
 #include <chrono>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,9 +36,10 @@ struct WaitPolicy {
 class Links {
  public:
   // fingerprint: the collective's signature, sent with and checked against every message.
-  Links(int rank, int size, std::vector<Route> routes, uint64_t tagBase, uint64_t fingerprint, DataType dtype,
-        ReduceOp op,
-        std::chrono::steady_clock::time_point deadline, WaitPolicy policy, std::function<std::string()> describe);
+  // routes[r]: how to reach rank r; shared, because a Links is made for every call.
+  Links(int rank, int size, std::shared_ptr<const std::vector<Route>> routes, uint64_t tagBase, uint64_t fingerprint,
+        DataType dtype, ReduceOp op, std::chrono::steady_clock::time_point deadline, WaitPolicy policy,
+        std::function<std::string()> describe);
 
   int rank() const { return rank_; }
   int size() const { return size_; }
@@ -51,7 +54,8 @@ class Links {
   int recvAny(void* buf, size_t bytes, int channel, size_t* got);
 
   void wait(const RequestPtr& r);
-  void waitAll(const std::vector<RequestPtr>& rs);
+  void waitAll(const std::vector<RequestPtr>& rs) { waitAll(rs.data(), rs.size()); }
+  void waitAll(std::initializer_list<RequestPtr> rs) { waitAll(rs.begin(), rs.size()); }  // no allocation
   // Returns once at least one of `rs` is done (or all are empty).
   void waitAny(const std::vector<RequestPtr>& rs);
 
@@ -68,13 +72,16 @@ class Links {
 
  private:
   bool poll();           // progress every transport once
-  void backoff(int& idle, const std::vector<RequestPtr>& rs);
+  void waitAll(const RequestPtr* rs, size_t n);
+  void backoff(int& idle, const RequestPtr* rs, size_t n);
   void check(const RequestPtr& r) const;
-  [[noreturn]] void timeout(const std::vector<RequestPtr>& rs) const;
+  [[noreturn]] void timeout(const RequestPtr* rs, size_t n) const;
+  const Route& route(int peer) const;
 
   int rank_, size_;
-  std::vector<Route> routes_;
-  std::vector<Transport*> transports_;  // distinct, for progress
+  std::shared_ptr<const std::vector<Route>> routes_;
+  std::array<Transport*, 4> transports_{};  // distinct, for progress (shm, tcp, mpi, a device one)
+  int nTransports_ = 0;
   uint64_t tagBase_;
   uint64_t fingerprint_;
   DataType dtype_;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <sstream>
@@ -116,11 +117,13 @@ struct NativeCall {
   }
 };
 
+// `what()` names the call in errors; only evaluated for a native call.
+template <class Describe>
 NativeCall nativeCall(bool native, const std::shared_ptr<MpiComm>& c, const std::string& collective, double timeout,
-                      const WaitPolicy& policy, const std::string& what) {
+                      const WaitPolicy& policy, const Describe& what) {
   if (!native) return NativeCall();
   requireMpi(c, collective);
-  return NativeCall{c, timeout, policy, what};
+  return NativeCall{c, timeout, policy, what()};
 }
 
 // HCOMM_NATIVE_BYTES="lo-hi" (K/M/G suffixes, either end may be empty): the message
@@ -268,6 +271,8 @@ Communicator::Communicator(std::shared_ptr<World> world, std::vector<int> worldR
     else r.transport = world_->tcp.get();
     routes_.push_back(r);
   }
+  linkRoutes_ = std::make_shared<const std::vector<Route>>(routes_);
+  boardSlot_ = world_->shm->claimBoardSlot(id_);
 }
 
 Communicator::~Communicator() {
@@ -308,6 +313,7 @@ void Communicator::close() {
   qcv_.notify_all();
   if (worker_.joinable()) worker_.join();  // runs what was queued first
   closed_ = true;
+  world_->shm->releaseBoardSlot(boardSlot_);
   routes_.clear();
   world_.reset();
 }
@@ -336,26 +342,60 @@ std::string Communicator::describe(const CollectiveInfo& info, uint64_t seq) con
   return s.str();
 }
 
-Links Communicator::makeLinks(uint64_t tagBase, const CollectiveInfo& info, uint64_t seq) {
-  auto deadline = std::chrono::steady_clock::now() +
-                  std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeoutSec_));
-  ReduceOp op = info.reduceOp;
-  if (op == ReduceOp::AVG || op == ReduceOp::PREMUL_SUM) op = ReduceOp::SUM;
-  // Described lazily: only an error needs the words.
-  uint64_t fp = info.kind == CollKind::NONE ? 0
-                : makeFingerprint(info.kind, info.dtype, info.reduceOp, info.root,
-                                  info.kind == CollKind::ALLTOALL ? 0 : info.count);  // alltoallv counts differ
-  return Links(rank_, size_, routes_, tagBase, fp, info.dtype, op, deadline, world_->policy,
-               [this, info, seq] { return describe(info, seq); });
+void Communicator::waitTurn() {
+  std::unique_lock<std::mutex> lock(qmu_);
+  qcv_.wait(lock, [&] { return queue_.empty() && !running_; });
+  running_ = true;
 }
 
-void Communicator::runTask(const std::function<void()>& task) {
-  task();
+void Communicator::endTurn() {
   {
     std::lock_guard<std::mutex> lock(qmu_);
     running_ = false;
   }
   qcv_.notify_all();
+}
+
+std::string Communicator::progressReport(uint64_t seq) const {
+  // Seq numbers are shown as users count calls (#seq); `entered`/`finished` hold seq + 1.
+  std::vector<std::string> behind, inside, ahead, unseen;
+  for (int r = 0; r < size_; ++r) {
+    if (r == rank_) continue;
+    ShmTransport::BoardEntry e;
+    if (!world_->shm->peerProgress(routes_[r].peer, id_, &e) || !e.found) {
+      unseen.push_back(std::to_string(r));
+      continue;
+    }
+    std::string who = "rank " + std::to_string(r);
+    if (e.entered == 0) {
+      behind.push_back(who + " did not reach #" + std::to_string(seq) + " (it has made no collective call yet)");
+    } else if (e.entered - 1 < seq) {
+      uint64_t last = e.entered - 1;
+      behind.push_back(who + " did not reach #" + std::to_string(seq) + " (its last was " +
+                       collKindName(static_cast<CollKind>(e.kind)) + " #" + std::to_string(last) + ", " +
+                       (e.finished == e.entered ? "finished" : "still running") + ")");
+    } else if (e.entered - 1 == seq) {
+      inside.push_back(std::to_string(r));
+    } else {
+      ahead.push_back(who + " is already at " + std::string(collKindName(static_cast<CollKind>(e.kind))) + " #" +
+                      std::to_string(e.entered - 1));
+    }
+  }
+  std::string out;
+  auto add = [&](const std::string& part) { out += (out.empty() ? "" : "; ") + part; };
+  for (const auto& b : behind) add(b);
+  for (const auto& a : ahead) add(a);
+  if (!inside.empty()) {
+    std::string list;
+    for (const auto& r : inside) list += (list.empty() ? "" : ",") + r;
+    add("rank" + std::string(inside.size() > 1 ? "s " : " ") + list + " reached #" + std::to_string(seq) + " too");
+  }
+  if (!unseen.empty()) {
+    std::string list;
+    for (const auto& r : unseen) list += (list.empty() ? "" : ",") + r;
+    add("rank" + std::string(unseen.size() > 1 ? "s " : " ") + list + " on other hosts (progress not visible)");
+  }
+  return out.empty() ? "" : " [progress: " + out + "]";
 }
 
 void Communicator::workerLoop() {
@@ -375,7 +415,8 @@ void Communicator::workerLoop() {
       }
     }
     if (task) {
-      runTask(task);
+      task();
+      endTurn();
       continue;
     }
     // Only point-to-point calls are pending: drive them, backing off like a wait does.
@@ -397,9 +438,10 @@ WorkPtr Communicator::postP2p(CollectiveInfo info, RequestPtr req, void* buf, si
   p.nbytes = nbytes;
   p.tag = tag;
   p.info = info;
-  p.flightId = flight_->record(0, info.op, "uint8", nbytes, info.root, "async");
-  flight_->started(p.flightId);
-  p.deadline = std::chrono::steady_clock::now() +
+  auto now = std::chrono::steady_clock::now();
+  p.flightId = flight_->record(0, info.op, "uint8", nbytes, info.root, "async", now);
+  flight_->started(p.flightId, now);
+  p.deadline = now +
                std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeoutSec_));
   WorkPtr work = p.work;
   {
@@ -463,50 +505,76 @@ bool Communicator::pollP2p() {
   return moved;
 }
 
-WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Body body, bool async) {
+template <class Body>
+void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t tagBase, uint64_t flightId, Body& body,
+                           Work& work, std::chrono::steady_clock::time_point start) {
+  World& world = *world_;
+  std::string error;
+  flight_->started(flightId, start);
+  bool collective = info.kind != CollKind::NONE;
+  if (collective) world.shm->noteStarted(boardSlot_, seq, static_cast<int>(info.kind));
+  if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world.rank, "start " + describe(info, seq));
+  try {
+    ReduceOp op = info.reduceOp;
+    if (op == ReduceOp::AVG || op == ReduceOp::PREMUL_SUM) op = ReduceOp::SUM;
+    uint64_t fp = !collective ? 0
+                  : makeFingerprint(info.kind, info.dtype, info.reduceOp, info.root,
+                                    info.kind == CollKind::ALLTOALL ? 0 : info.count);  // alltoallv counts differ
+    auto deadline = start +
+                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                        std::chrono::duration<double>(timeoutSec_));
+    auto what = [&] { return describe(info, seq); };  // only an error needs the words
+    Links links(rank_, size_, linkRoutes_, tagBase, fp, info.dtype, op, deadline, world.policy,
+                [&what] { return what(); });
+    body(links, work);
+  } catch (const TimeoutError& e) {
+    error = e.what() + (collective ? progressReport(seq) : std::string());
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  if (!error.empty()) {
+    logLine(LogLevel::INFO, world.rank, "error: " + error);
+    flight_->ended(flightId, error);
+    std::string dir = envStr("HCOMM_DEBUG_DUMP_DIR");
+    if (!dir.empty()) {
+      std::string path = flight_->dump(dir, rank_, size_, id_);
+      if (!path.empty()) error += " (flight record: " + path + ")";
+    }
+    abortWorld(world, error);
+  }
+  flight_->ended(flightId, error);
+  if (collective) world.shm->noteEnded(boardSlot_, seq);
+  if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world.rank, "end " + describe(info, seq));
+  work.finish(error);
+}
+
+template <class Body>
+WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Body&& body, bool async) {
   checkUsable();
   uint64_t seq = p2p ? 0 : nextSeq_++;
   if (!p2p) tagBase = collTag(id_, seq);
   lastAlgo_ = info.algo;
   auto work = std::make_shared<Work>();
-  std::shared_ptr<World> world = world_;
-  std::shared_ptr<FlightRecorder> flight = flight_;
-  uint64_t flightId = flight->record(seq, info.op, dtypeName(info.dtype), info.count, info.root, info.algo);
-  auto task = [this, work, world, flight, flightId, info, seq, tagBase, body]() {
-    std::string error;
-    flight->started(flightId);
-    if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world->rank, "start " + describe(info, seq));
-    try {
-      Links links = makeLinks(tagBase, info, seq);
-      body(links, *work);
-    } catch (const std::exception& e) {
-      error = e.what();
-      logLine(LogLevel::INFO, world->rank, "error: " + error);
-      std::string dir = envStr("HCOMM_DEBUG_DUMP_DIR");
-      flight->ended(flightId, error);
-      if (!dir.empty()) {
-        std::string path = flight->dump(dir, rank_, size_, id_);
-        if (!path.empty()) error += " (flight record: " + path + ")";
-      }
-      abortWorld(*world, error);
-    }
-    flight->ended(flightId, error);
-    if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world->rank, "end " + describe(info, seq));
-    work->finish(error);
-  };
-  std::unique_lock<std::mutex> lock(qmu_);
+  auto now = std::chrono::steady_clock::now();
+  uint64_t flightId = flight_->record(seq, info.op, dtypeName(info.dtype), info.count, info.root, info.algo, now);
   if (async) {
-    if (!worker_.joinable()) worker_ = std::thread([this] { workerLoop(); });
-    queue_.push_back(task);
-    lock.unlock();
+    // The task keeps the world alive: the communicator may be closed while it is queued.
+    std::function<void()> task = [this, work, flightId, info = std::move(info), seq, tagBase,
+                                  body = std::forward<Body>(body)]() mutable {
+      execute(info, seq, tagBase, flightId, body, *work, std::chrono::steady_clock::now());
+    };
+    {
+      std::lock_guard<std::mutex> lock(qmu_);
+      if (!worker_.joinable()) worker_ = std::thread([this] { workerLoop(); });
+      queue_.push_back(std::move(task));
+    }
     qcv_.notify_all();
     return work;
   }
   // Blocking: run here, after whatever was queued before (call order is tag order).
-  qcv_.wait(lock, [&] { return queue_.empty() && !running_; });
-  running_ = true;
-  lock.unlock();
-  runTask(task);
+  waitTurn();
+  execute(info, seq, tagBase, flightId, body, *work, now);
+  endTurn();
   work->wait(-1);  // rethrows the failure
   return work;
 }
@@ -559,30 +627,75 @@ void postscale(DataType dt, ReduceOp op, int n, void* out, size_t count) {
 
 }  // namespace
 
+Candidate Communicator::pickAllreduce(size_t bytes, const std::string& requested) const {
+  // HCOMM_ALGO (and HCOMM_NATIVE_BYTES under MPI) are read at every call, as documented;
+  // the model's choice per size is remembered while they stay the same. Explicit
+  // requests are rare in hot loops and take the full path.
+  const char* env = std::getenv("HCOMM_ALGO");
+  const char* native = mpi_ ? std::getenv("HCOMM_NATIVE_BYTES") : nullptr;
+  bool cacheable = (requested.empty() || requested == "auto") && world_ && world_->tuner;
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(planMu_);
+    if (planEnv_ != (env ? env : "") || planNative_ != (native ? native : "")) {
+      plans_.clear();
+      planEnv_ = env ? env : "";
+      planNative_ = native ? native : "";
+    }
+    auto it = plans_.find(bytes);
+    if (it != plans_.end()) return it->second;
+  }
+  Candidate pick = planAllreduce(bytes, requested).choice();
+  // The tuner picks segment sizes; HCOMM_{RING,TREE}_SEGMENT_BYTES still override them.
+  auto seg = [](const std::string& algo, size_t tuned) -> size_t {
+    if (algo == "tree") return segmentBytes("HCOMM_TREE_SEGMENT_BYTES", tuned ? tuned : (512u << 10));
+    if (algo == "ring") return segmentBytes("HCOMM_RING_SEGMENT_BYTES", tuned ? tuned : (4u << 20));
+    return tuned;
+  };
+  pick.segBytes = seg(pick.algo, pick.segBytes);
+  pick.innerSegBytes = seg(pick.inner, pick.innerSegBytes);
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(planMu_);
+    if (plans_.size() >= 1024) plans_.clear();  // many distinct sizes: start over rather than grow
+    plans_.emplace(bytes, pick);
+  }
+  return pick;
+}
+
+namespace {
+
+// One flat allreduce algorithm with its segment size.
+struct FlatChoice {
+  enum Kind { RING, TREE, HALVING_DOUBLING } kind = RING;
+  size_t seg = 0;
+
+  static FlatChoice of(const std::string& algo, size_t seg) {
+    FlatChoice f;
+    f.kind = algo == "ring" ? RING : algo == "tree" ? TREE : HALVING_DOUBLING;
+    f.seg = seg;
+    return f;
+  }
+  void operator()(Links& l, const void* in, void* out, size_t count) const {
+    if (kind == RING) algo::allreduceRing(l, in, out, count, seg);
+    else if (kind == TREE) algo::allreduceTree(l, in, out, count, seg);
+    else algo::allreduceHalvingDoubling(l, in, out, count);
+  }
+};
+
+}  // namespace
+
 WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
                                 const std::string& algo, bool async) {
   checkUsable();
-  Decision plan = planAllreduce(count * dtypeSize(dt), algo);
-  const Candidate& pick = plan.choice();
+  Candidate pick = pickAllreduce(count * dtypeSize(dt), algo);
   CollectiveInfo info{"allreduce", CollKind::ALLREDUCE, dt, count, -1, pick.algo, op};
-  // The tuner picks segment sizes; HCOMM_{RING,TREE}_SEGMENT_BYTES still override them.
-  auto flat = [](const std::string& a, size_t tuned) -> algo::FlatAllreduce {
-    size_t seg = segmentBytes(a == "tree" ? "HCOMM_TREE_SEGMENT_BYTES" : "HCOMM_RING_SEGMENT_BYTES",
-                              tuned ? tuned : (a == "tree" ? (512u << 10) : (4u << 20)));
-    return [a, seg](Links& l, const void* i, void* o, size_t c) {
-      if (a == "ring") algo::allreduceRing(l, i, o, c, seg);
-      else if (a == "tree") algo::allreduceTree(l, i, o, c, seg);
-      else algo::allreduceHalvingDoubling(l, i, o, c);
-    };
-  };
   bool hier = pick.algo == "hierarchical";
-  algo::FlatAllreduce run = flat(hier ? pick.inner : pick.algo, hier ? pick.innerSegBytes : pick.segBytes);
+  FlatChoice run = FlatChoice::of(hier ? pick.inner : pick.algo, hier ? pick.innerSegBytes : pick.segBytes);
   std::vector<std::vector<int>> levels;
   if (hier) levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int n = size_;
   NativeCall nat = nativeCall(pick.algo == "native", mpi_, "allreduce", timeoutSec_, world_->policy,
-                              describe(info, nextSeq_));
-  return submit(info, false, 0, [=](Links& l, Work&) {
+                              [&] { return describe(info, nextSeq_); });
+  return submit(info, false, 0, [=, levels = std::move(levels)](Links& l, Work&) {
     if (count == 0) return;
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(dt, op, premul, src, out, count);  // scaled copy into out
@@ -607,7 +720,7 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
     throw Error("unknown reduce algorithm '" + algo + "' (binomial, native)");
   bool native = wantsNative(algo, "reduce");
   CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, native ? "native" : "binomial", op};
-  NativeCall nat = nativeCall(native, mpi_, "reduce", timeoutSec_, world_->policy, describe(info, nextSeq_));
+  NativeCall nat = nativeCall(native, mpi_, "reduce", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
   size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
@@ -629,34 +742,109 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
   }, async);
 }
 
+namespace {
+
+// HCOMM_ALGO for a collective with a choice: its own entry ("broadcast:tree"), else a
+// bare name when the collective has that algorithm (HCOMM_ALGO=ring leaves broadcast to
+// the tuner) or it is "native".
+std::string forcedByEnv(const std::string& collective, const std::vector<std::string>& names) {
+  std::string spec = envStr("HCOMM_ALGO");
+  if (spec.find(collective + ":") != std::string::npos) return algoFromEnv(collective);
+  std::string any = algoFromEnv(collective);
+  bool known = any == "native" || any == "auto" || std::find(names.begin(), names.end(), any) != names.end();
+  return known ? any : "";
+}
+
+// The plan of a collective the tuner chooses for: MPI's own when forced ("native"),
+// an explicit request before the tuner exists (init), else the tuner's decision.
+Decision planWith(const std::string& collective, const std::vector<std::string>& names, const std::string& requested,
+                  const std::shared_ptr<MpiComm>& mpi, bool tunerReady,
+                  const std::function<Decision(const std::string& forced, const std::string& why)>& tune) {
+  bool asked = !requested.empty() && requested != "auto";
+  std::string forced = asked ? requested : forcedByEnv(collective, names);
+  std::string why = asked ? "requested" : "HCOMM_ALGO";
+  if (forced == "native") {
+    requireMpi(mpi, collective);
+    Decision d;
+    d.candidates = {Candidate{"native"}};
+    d.why = why;
+    return d;
+  }
+  if (!tunerReady) {  // during create, before the topology exists: the flat algorithm
+    Decision d;
+    d.candidates = {Candidate{names[0]}};
+    d.why = "init";
+    return d;
+  }
+  Decision d = tune(forced, why);
+  if (mpi) {  // listed, chosen only when forced: the model has no cost for MPI's own algorithms
+    Candidate nat{"native"};
+    nat.applicable = false;
+    d.candidates.push_back(nat);
+  }
+  return d;
+}
+
+}  // namespace
+
+Decision Communicator::planBroadcast(size_t bytes, int root, const std::string& requested) const {
+  if (!world_) throw Error("communicator is closed");
+  if (root < 0 || root >= size_)
+    throw Error("broadcast root " + std::to_string(root) + " is out of range for size " + std::to_string(size_));
+  return planWith("broadcast", broadcastAlgorithms(), requested, mpi_, world_->tuner != nullptr,
+                  [&](const std::string& forced, const std::string& why) {
+                    return world_->tuner->broadcast(worldRanks_, bytes, root, forced, why);
+                  });
+}
+
+Decision Communicator::planAllgather(size_t bytes, const std::string& requested) const {
+  if (!world_) throw Error("communicator is closed");
+  return planWith("allgather", allgatherAlgorithms(), requested, mpi_, world_->tuner != nullptr,
+                  [&](const std::string& forced, const std::string& why) {
+                    return world_->tuner->allgather(worldRanks_, bytes, forced, why);
+                  });
+}
+
 WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataType dt, int root,
                                 const std::string& algo, bool async) {
   checkUsable();
   checkRoot(root, "root");
-  if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial" && algo != "native")
-    throw Error("unknown broadcast algorithm '" + algo + "' (binomial, native)");
-  bool native = wantsNative(algo, "broadcast");
-  CollectiveInfo info{"broadcast", CollKind::BROADCAST, dt, count, root, native ? "native" : "binomial",
-                      ReduceOp::SUM};
-  NativeCall nat = nativeCall(native, mpi_, "broadcast", timeoutSec_, world_->policy, describe(info, nextSeq_));
-  size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
+  Decision plan = planBroadcast(count * dtypeSize(dt), root, algo);
+  std::string pick = plan.choice().algo;
+  CollectiveInfo info{"broadcast", CollKind::BROADCAST, dt, count, root, pick, ReduceOp::SUM};
+  NativeCall nat = nativeCall(pick == "native", mpi_, "broadcast", timeoutSec_, world_->policy,
+                              [&] { return describe(info, nextSeq_); });
+  // The tuner picks the segment; HCOMM_TREE_SEGMENT_BYTES still overrides it.
+  size_t tuned = plan.choice().segBytes;
+  size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", tuned ? tuned : (512u << 10));
+  std::vector<std::vector<int>> levels;
+  if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int me = rank_, n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
     if (me == root && in && in != out) std::memcpy(out, in, count * dtypeSize(dt));
-    if (n > 1 && nat) algo::broadcastNative(*nat.comm, out, count, dt, root, nat.wait());
-    else if (n > 1) algo::broadcastBinomial(l, out, count, root, seg);
+    if (n == 1) return;
+    if (nat) algo::broadcastNative(*nat.comm, out, count, dt, root, nat.wait());
+    else if (!levels.empty()) algo::broadcastHierarchical(l, out, count, root, levels, seg);
+    else algo::broadcastBinomial(l, out, count, root, seg);
   }, async);
 }
 
-WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> counts, DataType dt, bool async) {
+WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> counts, DataType dt, bool async,
+                                 const std::string& algo) {
   checkUsable();
   if (static_cast<int>(counts.size()) != size_)
     throw Error("allgatherv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
-  bool native = wantsNative("", "allgather");
-  CollectiveInfo info{"allgather", CollKind::ALLGATHER, dt, total, -1, native ? "native" : "ring", ReduceOp::SUM};
-  NativeCall nat = nativeCall(native, mpi_, "allgather", timeoutSec_, world_->policy, describe(info, nextSeq_));
+  Decision plan = planAllgather(total * dtypeSize(dt), algo);
+  std::string pick = plan.choice().algo;
+  CollectiveInfo info{"allgather", CollKind::ALLGATHER, dt, total, -1, pick, ReduceOp::SUM};
+  NativeCall nat = nativeCall(pick == "native", mpi_, "allgather", timeoutSec_, world_->policy,
+                              [&] { return describe(info, nextSeq_); });
+  size_t tuned = plan.choice().segBytes;
+  size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", tuned ? tuned : (512u << 10));
+  std::vector<std::vector<int>> levels;
+  if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
@@ -665,6 +853,7 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
       return;
     }
     if (nat) algo::allgathervNative(*nat.comm, in, out, counts, dt, nat.wait());
+    else if (!levels.empty()) algo::allgathervHierarchical(l, in, out, counts, levels, seg);
     else algo::allgathervRing(l, in, out, counts);
   }, async);
 }
@@ -677,7 +866,7 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
   bool native = wantsNative("", "reduce_scatter");
   CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, native ? "native" : "ring", op};
-  NativeCall nat = nativeCall(native, mpi_, "reduce_scatter", timeoutSec_, world_->policy, describe(info, nextSeq_));
+  NativeCall nat = nativeCall(native, mpi_, "reduce_scatter", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
@@ -735,7 +924,7 @@ WorkPtr Communicator::barrier(bool async) {
   bool native = wantsNative("", "barrier");
   CollectiveInfo info{"barrier", CollKind::BARRIER, DataType::U8, 0, -1, native ? "native" : "dissemination",
                       ReduceOp::SUM};
-  NativeCall nat = nativeCall(native, mpi_, "barrier", timeoutSec_, world_->policy, describe(info, nextSeq_));
+  NativeCall nat = nativeCall(native, mpi_, "barrier", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
   return submit(info, false, 0, [nat](Links& l, Work&) {
     if (nat) algo::barrierNative(*nat.comm, nat.wait());
     else algo::barrierDissemination(l);

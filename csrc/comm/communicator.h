@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <unordered_map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -94,7 +95,9 @@ class Communicator {
                  const std::string& algo, bool async);
   WorkPtr broadcast(const void* in, void* out, size_t count, DataType dt, int root, const std::string& algo,
                     bool async);
-  WorkPtr allgatherv(const void* in, void* out, std::vector<size_t> counts, DataType dt, bool async);
+  // algo: "" / "auto" (the tuner), "ring", "hierarchical" or "native".
+  WorkPtr allgatherv(const void* in, void* out, std::vector<size_t> counts, DataType dt, bool async,
+                     const std::string& algo = "");
   WorkPtr reduceScatterv(const void* in, void* out, std::vector<size_t> counts, DataType dt, ReduceOp op,
                          double premul, bool async);
   WorkPtr alltoallv(const void* in, std::vector<size_t> sendCounts, std::vector<size_t> sendDispls, void* out,
@@ -110,6 +113,10 @@ class Communicator {
   std::string chooseAllreduce(size_t bytes, const std::string& requested) const;
   // The tuner's table for this communicator: every candidate, its predicted time, the choice.
   Decision planAllreduce(size_t bytes, const std::string& requested) const;
+  // The same for broadcast (binomial, hierarchical, native) and allgather(v) (ring,
+  // hierarchical, native); bytes is the whole message (allgather: the gathered total).
+  Decision planBroadcast(size_t bytes, int root, const std::string& requested) const;
+  Decision planAllgather(size_t bytes, const std::string& requested) const;
   std::shared_ptr<const Topology> topology() const { return world_ ? world_->topology : nullptr; }
 
  private:
@@ -117,18 +124,31 @@ class Communicator {
   // Wraps a new communicator so that it is never destroyed on its own progress thread.
   static std::shared_ptr<Communicator> own(Communicator* c);
   bool onWorkerThread() const;
-  using Body = std::function<void(Links&, Work&)>;
-  WorkPtr submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Body body, bool async);
-  void runTask(const std::function<void()>& task);
+  // Runs body(Links&, Work&) as call number `seq` (or as point-to-point): here when
+  // blocking, after whatever was queued before; on the progress thread when async.
+  // A template so that a blocking call builds no std::function.
+  template <class Body>
+  WorkPtr submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Body&& body, bool async);
+  template <class Body>
+  void execute(const CollectiveInfo& info, uint64_t seq, uint64_t tagBase, uint64_t flightId, Body& body,
+               Work& work, std::chrono::steady_clock::time_point start);
+  void waitTurn();  // blocks until nothing queued or running, then marks a call running
+  void endTurn();
   void workerLoop();
-  Links makeLinks(uint64_t tagBase, const CollectiveInfo& info, uint64_t seq);
   std::string describe(const CollectiveInfo& info, uint64_t seq) const;
+  // After a timeout: how far every rank this one can see got on this communicator
+  // ("rank 2 did not reach #17: its last was broadcast #16, completed").
+  std::string progressReport(uint64_t seq) const;
+  // The allreduce algorithm for `bytes`: planAllreduce's choice, remembered per size.
+  Candidate pickAllreduce(size_t bytes, const std::string& requested) const;
   void checkUsable() const;
   void checkRoot(int root, const char* what) const;
 
   std::shared_ptr<World> world_;
   std::vector<int> worldRanks_;  // communicator rank -> world rank
   std::vector<Route> routes_;
+  std::shared_ptr<const std::vector<Route>> linkRoutes_;  // the same, shared with every Links
+  int boardSlot_ = -1;  // this communicator's entry on the shm progress board
   std::shared_ptr<MpiComm> mpi_;  // mirrors this communicator in MPI, for algo "native"; may be null
   int rank_ = 0, size_ = 1;
   uint32_t id_ = 0;
@@ -138,6 +158,11 @@ class Communicator {
   uint32_t splits_ = 0;
   std::string lastAlgo_;
   std::shared_ptr<FlightRecorder> flight_;
+  // pickAllreduce's memory: bytes -> choice, valid while HCOMM_ALGO and
+  // HCOMM_NATIVE_BYTES keep the values below.
+  mutable std::mutex planMu_;
+  mutable std::unordered_map<size_t, Candidate> plans_;
+  mutable std::string planEnv_, planNative_;
 
   // Async point-to-point calls are posted at once (a queued send must not wait behind
   // another send's receive) and completed by the progress thread as their requests finish.

@@ -1,5 +1,6 @@
 #include "comm/flight_recorder.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 
@@ -17,16 +18,15 @@ std::string quoted(const std::string& s) {
 }
 }  // namespace
 
-FlightRecorder::FlightRecorder(size_t capacity) : capacity_(capacity), t0_(std::chrono::steady_clock::now()) {}
-
-double FlightRecorder::now() const {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-}
+FlightRecorder::FlightRecorder(size_t capacity)
+    : capacity_(std::max<size_t>(1, capacity)), t0_(std::chrono::steady_clock::now()) {}
 
 uint64_t FlightRecorder::record(uint64_t seq, const std::string& op, const std::string& dtype, uint64_t count,
-                                int root, const std::string& algo) {
+                                int root, const std::string& algo, Clock::time_point when) {
+  double t = since(when);
   std::lock_guard<std::mutex> lock(mu_);
-  FlightEntry e;
+  if (entries_.size() < capacity_) entries_.emplace_back();
+  FlightEntry& e = entries_[next_ % capacity_];
   e.seq = seq;
   e.op = op;
   e.dtype = dtype;
@@ -34,31 +34,33 @@ uint64_t FlightRecorder::record(uint64_t seq, const std::string& op, const std::
   e.root = root;
   e.algo = algo;
   e.state = "queued";
-  e.queued = now();
-  entries_.push_back(e);
-  if (entries_.size() > capacity_) entries_.pop_front();
+  e.error.clear();
+  e.queued = t;
+  e.started = e.ended = 0;
   return next_++;
 }
 
 FlightEntry* FlightRecorder::find(uint64_t id) {
   uint64_t first = next_ - entries_.size();
-  return id >= first && id < next_ ? &entries_[id - first] : nullptr;
+  return id >= first && id < next_ ? &entries_[id % capacity_] : nullptr;
 }
 
-void FlightRecorder::started(uint64_t id) {
+void FlightRecorder::started(uint64_t id, Clock::time_point when) {
+  double t = since(when);
   std::lock_guard<std::mutex> lock(mu_);
   if (FlightEntry* e = find(id)) {
     e->state = "started";
-    e->started = now();
+    e->started = t;
   }
 }
 
 void FlightRecorder::ended(uint64_t id, const std::string& error) {
+  double t = since(Clock::now());
   std::lock_guard<std::mutex> lock(mu_);
   if (FlightEntry* e = find(id)) {
     e->state = error.empty() ? "completed" : "failed";
     e->error = error;
-    e->ended = now();
+    e->ended = t;
   }
 }
 
@@ -66,9 +68,10 @@ std::string FlightRecorder::json(int rank, int size, uint32_t commId) {
   std::lock_guard<std::mutex> lock(mu_);
   std::ostringstream s;
   s << "{\"rank\": " << rank << ", \"size\": " << size << ", \"communicator\": " << commId << ", \"entries\": [";
-  for (size_t i = 0; i < entries_.size(); ++i) {
-    const FlightEntry& e = entries_[i];
-    s << (i ? ", " : "") << "{\"seq\": " << e.seq << ", \"op\": " << quoted(e.op) << ", \"dtype\": " << quoted(e.dtype)
+  for (uint64_t id = next_ - entries_.size(); id < next_; ++id) {  // oldest first
+    const FlightEntry& e = entries_[id % capacity_];
+    bool first = id == next_ - entries_.size();
+    s << (first ? "" : ", ") << "{\"seq\": " << e.seq << ", \"op\": " << quoted(e.op) << ", \"dtype\": " << quoted(e.dtype)
       << ", \"count\": " << e.count << ", \"root\": " << e.root << ", \"algo\": " << quoted(e.algo)
       << ", \"state\": " << quoted(e.state) << ", \"queued\": " << e.queued << ", \"started\": " << e.started
       << ", \"ended\": " << e.ended << ", \"error\": " << quoted(e.error) << "}";

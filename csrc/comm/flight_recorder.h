@@ -5,15 +5,16 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace hcomm {
 
 struct FlightEntry {
   uint64_t seq = 0;
-  std::string op, dtype, algo, state, error;
+  std::string op, dtype, algo, error;
+  const char* state = "queued";
   uint64_t count = 0;
   int root = -1;
   double queued = 0, started = 0, ended = 0;  // seconds since the recorder was made
@@ -22,10 +23,12 @@ struct FlightEntry {
 class FlightRecorder {
  public:
   explicit FlightRecorder(size_t capacity);
-  // Returns the entry's id for the updates below.
+  using Clock = std::chrono::steady_clock;
+  // Returns the entry's id for the updates below. Callers pass the time they already
+  // read: a clock read costs more than the rest of recording a small call.
   uint64_t record(uint64_t seq, const std::string& op, const std::string& dtype, uint64_t count, int root,
-                  const std::string& algo);
-  void started(uint64_t id);
+                  const std::string& algo, Clock::time_point when);
+  void started(uint64_t id, Clock::time_point when);
   void ended(uint64_t id, const std::string& error);
   std::string json(int rank, int size, uint32_t commId);
   // Writes json() to <dir>/hcomm_flight_<comm>_rank<r>.json; returns the path ("" on failure).
@@ -33,11 +36,13 @@ class FlightRecorder {
 
  private:
   FlightEntry* find(uint64_t id);
-  double now() const;
+  double since(Clock::time_point t) const { return std::chrono::duration<double>(t - t0_).count(); }
 
   size_t capacity_;
-  uint64_t next_ = 0;      // id of the next entry; entries_ holds ids [next_ - size, next_)
-  std::deque<FlightEntry> entries_;
+  uint64_t next_ = 0;  // id of the next entry; the ring holds ids [next_ - size, next_)
+  // A ring overwritten in place: once every slot has been used, recording a call
+  // allocates nothing (the strings keep their capacity), which small collectives feel.
+  std::vector<FlightEntry> entries_;
   std::chrono::steady_clock::time_point t0_;
   std::mutex mu_;
 };

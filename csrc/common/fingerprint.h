@@ -14,6 +14,7 @@ namespace hcomm {
 enum class CollKind : int { NONE, ALLREDUCE, REDUCE, BROADCAST, ALLGATHER, REDUCE_SCATTER, ALLTOALL, GATHER,
                             SCATTER, BARRIER };
 
+const char* collKindName(CollKind kind);  // "allreduce", ...; "point-to-point" for NONE
 uint64_t makeFingerprint(CollKind kind, DataType dt, ReduceOp op, int root, uint64_t count);
 std::string describeFingerprint(uint64_t fp);  // "allreduce(float32, sum, count 1024)"
 

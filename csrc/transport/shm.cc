@@ -55,6 +55,16 @@ struct alignas(64) ShmQueue {
   ShmSlot slots[kSlots];
 };
 
+constexpr int kBoardSlots = 64;  // communicators one rank can publish progress for
+constexpr uint64_t kClosed = 1ull << 63;  // the communicator was closed: slot reusable, still readable
+
+// One communicator's progress on the segment's owner (see ShmTransport::noteStarted).
+struct alignas(64) ShmProgress {
+  std::atomic<uint64_t> comm;     // communicator id + 1, | kClosed once closed; 0: never used
+  std::atomic<uint64_t> started;  // (seq + 1) << 8 | kind of the last collective entered; 0: none
+  std::atomic<uint64_t> ended;    // seq + 1 of the last collective finished; 0: none
+};
+
 struct alignas(64) ShmSegment {
   std::atomic<uint64_t> magic;
   int64_t pid;
@@ -63,6 +73,7 @@ struct alignas(64) ShmSegment {
   alignas(64) std::atomic<uint32_t> bell;      // bumped by anyone who changed my queues
   alignas(64) std::atomic<uint32_t> sleepers;  // threads of mine in futex wait
   alignas(64) uint8_t canRead[256];            // canRead[i]: I can read local rank i's memory
+  ShmProgress board[kBoardSlots];              // written by the owner only
   ShmQueue queues[1];                          // nLocal of them, by sender's local index
 };
 
@@ -485,6 +496,61 @@ void ShmTransport::abort(const std::string& why) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   aborted_ = why;
   for (auto& kv : peers_) failPeer(kv.second, why);
+}
+
+// ---------------------------------------------------------------- progress board
+
+int ShmTransport::claimBoardSlot(uint32_t comm) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  // An unused slot, else a closed communicator's: a closed entry stays readable as long
+  // as possible, since ranks that time out together close at different moments.
+  int slot = -1;
+  for (int i = 0; i < kBoardSlots; ++i) {
+    uint64_t c = mine_->board[i].comm.load(std::memory_order_relaxed);
+    if (c == 0) {
+      slot = i;
+      break;
+    }
+    if ((c & kClosed) && slot < 0) slot = i;
+  }
+  if (slot >= 0) {
+    ShmProgress& e = mine_->board[slot];
+    e.comm.store(0, std::memory_order_release);
+    e.started.store(0, std::memory_order_relaxed);
+    e.ended.store(0, std::memory_order_relaxed);
+    e.comm.store(uint64_t(comm) + 1, std::memory_order_release);
+  }
+  return slot;
+}
+
+void ShmTransport::releaseBoardSlot(int slot) {
+  if (slot >= 0 && slot < kBoardSlots) mine_->board[slot].comm.fetch_or(kClosed, std::memory_order_release);
+}
+
+void ShmTransport::noteStarted(int slot, uint64_t seq, int kind) {
+  if (slot >= 0) mine_->board[slot].started.store((seq + 1) << 8 | uint64_t(kind & 0xff), std::memory_order_release);
+}
+
+void ShmTransport::noteEnded(int slot, uint64_t seq) {
+  if (slot >= 0) mine_->board[slot].ended.store(seq + 1, std::memory_order_release);
+}
+
+bool ShmTransport::peerProgress(int rank, uint32_t comm, BoardEntry* out) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  auto it = peers_.find(rank);
+  if (it == peers_.end() || !it->second.seg) return false;
+  *out = BoardEntry();
+  for (const ShmProgress& e : it->second.seg->board) {
+    uint64_t c = e.comm.load(std::memory_order_acquire);
+    if ((c & ~kClosed) != uint64_t(comm) + 1 || (out->found && (c & kClosed))) continue;  // an open entry wins
+    uint64_t started = e.started.load(std::memory_order_acquire);
+    uint64_t ended = e.ended.load(std::memory_order_acquire);
+    out->entered = started >> 8;
+    out->kind = static_cast<int>(started & 0xff);
+    out->finished = ended;
+    out->found = true;
+  }
+  return true;
 }
 
 }  // namespace hcomm
