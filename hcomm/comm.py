@@ -9,6 +9,14 @@ from ._errors import InvalidArgument
 
 _OPS = ("sum", "prod", "min", "max", "avg", "premul_sum")
 _ALLREDUCE_ALGOS = (None, "auto", "ring", "tree", "halving_doubling", "hierarchical", "native")
+_BROADCAST_ALGOS = (None, "auto", "binomial", "tree", "hierarchical", "native")  # tree: the binomial tree
+_ALLGATHER_ALGOS = (None, "auto", "ring", "hierarchical", "native")
+
+
+def _check_algo(collective, algo, known):
+    if algo not in known:
+        names = ", ".join(a for a in known if a not in (None, "auto"))
+        raise InvalidArgument(f"unknown {collective} algorithm {algo!r} ({names}, or None for automatic)")
 
 
 _OP_FAST = {name: name for name in _OPS}  # the usual spelling skips the normalising below
@@ -175,8 +183,10 @@ class Communicator:
         return self._finish(w, dst.obj, (src, dst), async_op)
 
     def broadcast(self, x, root=0, out=None, algo=None, async_op=False):
-        """Copy root's x to every rank: into x, or into out when given (then x matters on root only)."""
+        """Copy root's x to every rank: into x, or into out when given (then x matters on root only).
+        algo: None (the tuner), "binomial" / "tree", "hierarchical" or "native"."""
         self._check_root(root)
+        _check_algo("broadcast", algo, _BROADCAST_ALGOS)
         if out is None:
             buf = as_buffer(x, "tensor", writable=True)
             src = buf
@@ -189,20 +199,23 @@ class Communicator:
         w = self._c.broadcast(src.ptr, buf.ptr, buf.count, buf.dtype, root, algo or "", async_op)
         return self._finish(w, buf.obj, (src, buf), async_op)
 
-    def allgather(self, x, out, async_op=False):
+    def allgather(self, x, out, async_op=False, algo=None):
         """Concatenate every rank's x, in rank order, into out (size * x.size elements).
-        In place when x is out's block for this rank."""
+        In place when x is out's block for this rank. algo: None (the tuner), "ring",
+        "hierarchical" or "native"."""
+        _check_algo("allgather", algo, _ALLGATHER_ALGOS)
         src = as_buffer(x, "input")
         dst = as_buffer(out, "output", writable=True)
         _same_dtype(src, dst, "allgather")
         if dst.count != src.count * self.size:
             raise InvalidArgument(f"allgather: output has {dst.count} elements, expected "
                                   f"size({self.size}) * input({src.count}) = {src.count * self.size}")
-        w = self._c.allgatherv(src.ptr, dst.ptr, [src.count] * self.size, src.dtype, async_op)
+        w = self._c.allgatherv(src.ptr, dst.ptr, [src.count] * self.size, src.dtype, algo or "", async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def allgatherv(self, x, out, counts, async_op=False):
+    def allgatherv(self, x, out, counts, async_op=False, algo=None):
         """allgather with per-rank element counts."""
+        _check_algo("allgatherv", algo, _ALLGATHER_ALGOS)
         counts = self._counts(counts, "counts")
         src = as_buffer(x, "input")
         dst = as_buffer(out, "output", writable=True)
@@ -212,7 +225,7 @@ class Communicator:
                                   f"= {counts[self.rank]}")
         if dst.count != sum(counts):
             raise InvalidArgument(f"allgatherv: output has {dst.count} elements, sum(counts) = {sum(counts)}")
-        w = self._c.allgatherv(src.ptr, dst.ptr, counts, src.dtype, async_op)
+        w = self._c.allgatherv(src.ptr, dst.ptr, counts, src.dtype, algo or "", async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
     def reduce_scatter(self, x, out, op="sum", async_op=False, factor=None):

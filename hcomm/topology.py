@@ -20,9 +20,13 @@ from dataclasses import dataclass, replace
 from . import _C
 from ._errors import InvalidArgument
 
-# Collectives the tuner chooses for; the others have one algorithm each.
-TUNED = ("allreduce",)
+# Collectives the tuner chooses for, with the algorithms it models (plus "native", MPI's
+# own, listed on a communicator launched under MPI); the others have one algorithm each.
 ALLREDUCE_ALGOS = ("ring", "tree", "halving_doubling", "hierarchical")
+BROADCAST_ALGOS = ("binomial", "hierarchical")  # "tree" is accepted for binomial
+ALLGATHER_ALGOS = ("ring", "hierarchical")
+ALGOS = {"allreduce": ALLREDUCE_ALGOS, "broadcast": BROADCAST_ALGOS, "allgather": ALLGATHER_ALGOS}
+TUNED = tuple(ALGOS)
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
           "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
@@ -99,6 +103,8 @@ class Explanation:
                 row += f"{_human_time(c.measured):>12}"
             if c.algo == self.chosen:
                 row += "   <- chosen"
+            elif c.algo == "native":
+                row += "   (MPI's own: not modelled, used when forced)"
             elif not c.applicable:
                 row += "   (one level: same as flat)"
             lines.append(row)
@@ -136,40 +142,53 @@ def topology(comm):
     return json.loads(_C._comm_topology_json(comm._c))
 
 
-def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None, measure=False, iters=3):
-    """The tuner's table for `collective` of `nbytes`: every candidate with its predicted
-    time, the choice marked. From a communicator (comm=) or a described topology
-    (topology= dict / JSON / path, optionally a subset of its ranks). measure=True (with
-    comm, every rank calls) times each candidate too."""
+def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None, measure=False, iters=3, root=0):
+    """The tuner's table for `collective` (allreduce, broadcast, allgather) of `nbytes`
+    (allgather: the gathered total): every candidate with its predicted time, the choice
+    marked. From a communicator (comm=) or a described topology (topology= dict / JSON /
+    path, optionally a subset of its ranks). root: the broadcast's root. measure=True
+    (with comm, every rank calls) times each candidate too."""
     _check_collective(collective)
     nbytes = parse_size(nbytes)
     if (comm is None) == (topology is None):
         raise InvalidArgument("explain needs exactly one of comm= or topology=")
-    if algo is not None and algo not in ("auto",) + ALLREDUCE_ALGOS:
-        raise InvalidArgument(f"unknown allreduce algorithm {algo!r} ({', '.join(ALLREDUCE_ALGOS)}, auto)")
+    names = ALGOS[collective] + (("tree",) if collective == "broadcast" else ())
+    if algo is not None and algo not in ("auto", "native") + names:
+        raise InvalidArgument(f"unknown {collective} algorithm {algo!r} ({', '.join(ALGOS[collective])}, auto)")
     if comm is not None:
-        d = _C._comm_explain_allreduce(comm._c, nbytes, algo or "")
+        d = _C._comm_explain(comm._c, collective, nbytes, algo or "", int(root))
         topo = globals()["topology"](comm)
         members = [topo["ranks"][w] for w in comm._c.world_ranks()]
         hosts = len({m["host_id"] or m["host"] for m in members})
         out = _explanation(collective, nbytes, d, comm.size, hosts)
-        return _measured(comm, out, iters) if measure else out
+        return _measured(comm, out, iters, root) if measure else out
     if measure:
         raise InvalidArgument("explain(measure=True) needs comm=")
     topo = load(topology)
     ranks = list(range(len(topo["ranks"]))) if ranks is None else [int(r) for r in ranks]
-    d = _C._explain_allreduce_on(json.dumps(topo), nbytes, algo or "", ranks)
+    d = _C._explain_on(json.dumps(topo), collective, nbytes, algo or "", ranks, int(root))
     hosts = len({topo["ranks"][r]["host_id"] or topo["ranks"][r]["host"] for r in ranks})
     return _explanation(collective, nbytes, d, len(ranks), hosts)
 
 
-def time_allreduce(comm, nbytes, algo, iters=3):
-    """Median seconds of an allreduce of nbytes (float32) with `algo` forced, the slowest
-    rank's view (every rank calls)."""
+def time_collective(comm, collective, nbytes, algo, iters=3, root=0):
+    """Median seconds of `collective` of nbytes (float32; allgather: the gathered total)
+    with `algo` forced, the slowest rank's view (every rank calls)."""
     import numpy as np
 
-    x = np.ones(max(1, nbytes // 4), np.float32)
-    call = lambda: comm._c.allreduce(x.ctypes.data, x.ctypes.data, x.size, "float32", "sum", 1.0, algo, False)  # noqa: E731
+    if collective == "allgather":
+        x = np.ones(max(1, nbytes // 4 // comm.size), np.float32)
+        out = np.empty(x.size * comm.size, np.float32)
+        call = lambda: comm._c.allgatherv(x.ctypes.data, out.ctypes.data, [x.size] * comm.size,  # noqa: E731
+                                          "float32", algo, False)
+    else:
+        x = np.ones(max(1, nbytes // 4), np.float32)
+        if collective == "broadcast":
+            call = lambda: comm._c.broadcast(x.ctypes.data, x.ctypes.data, x.size, "float32", root,  # noqa: E731
+                                             algo, False)
+        else:
+            call = lambda: comm._c.allreduce(x.ctypes.data, x.ctypes.data, x.size, "float32", "sum",  # noqa: E731
+                                             1.0, algo, False)
     call()  # warm-up (connections, page faults)
     times = []
     for _ in range(iters):
@@ -182,8 +201,15 @@ def time_allreduce(comm, nbytes, algo, iters=3):
     return float(mine[0])
 
 
-def _measured(comm, explanation, iters):
-    cands = tuple(replace(c, measured=time_allreduce(comm, explanation.nbytes, c.algo, iters))
+def time_allreduce(comm, nbytes, algo, iters=3):
+    """Median seconds of an allreduce of nbytes (float32) with `algo` forced, the slowest
+    rank's view (every rank calls)."""
+    return time_collective(comm, "allreduce", nbytes, algo, iters)
+
+
+def _measured(comm, explanation, iters, root=0):
+    cands = tuple(replace(c, measured=time_collective(comm, explanation.collective, explanation.nbytes, c.algo,
+                                                      iters, root))
                   for c in explanation.candidates)
     return replace(explanation, candidates=cands)
 

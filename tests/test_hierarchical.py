@@ -1,10 +1,11 @@
-"""Hierarchical allreduce on simulated hosts (a topology file places ranks on hosts and
+"""Hierarchical allreduce, broadcast and allgather(v) on simulated hosts (a topology file places ranks on hosts and
 racks, so ranks of one host talk shm and the others tcp) against numpy, the tuner on a
 real communicator, deterministic bits, topology dumps and the micro-probe switch."""
 import json
 
 import numpy as np
 import pytest
+import torch
 
 import hcomm
 from harness import run_comm
@@ -144,7 +145,12 @@ def _bits_body(comm):
     y = make("float32", 1000, comm.rank, 6)
     comm.allreduce(x)
     comm.allreduce(y)
-    out = x.tobytes() + y.tobytes(), comm._c.last_algorithm()
+    algo = comm._c.last_algorithm()
+    b = make("float32", 100_001, 2, 7) if comm.rank == 2 else np.zeros(100_001, np.float32)
+    comm.broadcast(b, root=2)
+    g = np.empty(3001 * comm.size, np.float32)
+    comm.allgather(make("float32", 3001, comm.rank, 8), g)
+    out = x.tobytes() + y.tobytes() + b.tobytes() + g.tobytes(), algo
     _settle(comm)
     return out
 
@@ -199,3 +205,151 @@ def test_micro_probe_measures_the_links_in_use(tmp_path, monkeypatch):
     assert topo["links"]["tcp"]["source"] == "measured"
     assert topo["links"]["rack"]["source"] == "default"     # no second rack
     assert all(topo["links"][k]["alpha"] > 0 and topo["links"][k]["beta"] > 0 for k in ("shm", "tcp"))
+
+
+# ---------------------------------------------------------------- broadcast, allgather(v)
+
+def _raw(x):
+    """The bits of x as a flat numpy array (bfloat16 tensors viewed as int16)."""
+    if isinstance(x, torch.Tensor):
+        return (x.view(torch.int16) if x.dtype == torch.bfloat16 else x).numpy().reshape(-1)
+    return np.asarray(x).reshape(-1)
+
+
+def _empty(dtype, n):
+    return torch.zeros(n, dtype=torch.bfloat16) if dtype == "bfloat16" else np.zeros(n, dtype)
+
+
+def _bcast_gather_body(comm, counts, roots, algo):
+    seed = 1000
+    for dtype in DTYPES:
+        for count in counts:
+            for root in roots:
+                seed += 1
+                want = make(dtype, count, root, seed)
+                x = copy(want) if comm.rank == root else _empty(dtype, count)
+                comm.broadcast(x, root=root, algo=algo)
+                assert np.array_equal(_raw(x), _raw(want)), f"broadcast {dtype} n={count} root={root}"
+            seed += 1
+            parts = [make(dtype, count, q, seed) for q in range(comm.size)]
+            out = _empty(dtype, count * comm.size)
+            comm.allgather(parts[comm.rank], out, algo=algo)
+            assert np.array_equal(_raw(out), np.concatenate([_raw(p) for p in parts])), f"allgather {dtype} n={count}"
+            # allgatherv: unequal counts, zeros included; in place (input is out's block)
+            vc = [(q * 3 + count) % 5 for q in range(comm.size)]
+            vparts = [make(dtype, vc[q], q, seed + 1) for q in range(comm.size)]
+            out = _empty(dtype, sum(vc))
+            start = sum(vc[:comm.rank])
+            out[start:start + vc[comm.rank]] = vparts[comm.rank]
+            comm.allgatherv(out[start:start + vc[comm.rank]], out, vc, algo=algo)
+            assert np.array_equal(_raw(out), np.concatenate([_raw(p) for p in vparts])), f"allgatherv {dtype} {vc}"
+    algos = comm._c.last_algorithm()
+    _settle(comm)
+    return algos
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_hierarchical_broadcast_allgather_match_numpy(layout, tmp_path, monkeypatch):
+    sizes = LAYOUTS[layout]
+    n = sum(sizes)
+    monkeypatch.setenv("HCOMM_TOPO_FILE", topo_file(tmp_path, sizes))
+    monkeypatch.setenv("HCOMM_PROBE", "0")
+    counts = [0, 1, 7, 1001] if n <= 4 else [5, 1001]
+    roots = list(range(n)) if n <= 4 else [0, n - 1, sizes[0]]  # every root; else first, last, host 1's first
+    assert run_comm(_bcast_gather_body, n, args=(counts, roots, "hierarchical")) == ["hierarchical"] * n
+
+
+def _big_bcast_gather_body(comm, count):
+    want = make("float32", count, 1, 9)
+    x = want.copy() if comm.rank == 1 else np.zeros(count, np.float32)
+    comm.broadcast(x, root=1, algo="hierarchical")
+    parts = [make("float64", count // 7 + q, q, 10) for q in range(comm.size)]
+    out = np.empty(sum(p.size for p in parts))
+    comm.allgatherv(parts[comm.rank], out, [p.size for p in parts], algo="hierarchical")
+    _settle(comm)
+    return np.array_equal(x, want) and np.array_equal(out, np.concatenate(parts))
+
+
+def test_hierarchical_broadcast_allgather_racks_segments_and_interleaved_hosts(tmp_path, monkeypatch):
+    # many pipelined segments; two levels (racks) with remainders; then hosts whose ranks
+    # interleave (host of rank r = r % 2), so group blocks are not contiguous in rank order
+    monkeypatch.setenv("HCOMM_TREE_SEGMENT_BYTES", "65536")
+    monkeypatch.setenv("HCOMM_PROBE", "0")
+    monkeypatch.setenv("HCOMM_TOPO_FILE", topo_file(tmp_path, [2, 1, 1], racks=["r0", "r0", "r1"]))
+    assert all(run_comm(_big_bcast_gather_body, 4, args=(300_007,)))
+    path = tmp_path / "interleaved.json"
+    path.write_text(json.dumps({"hosts": [{"name": "a", "ranks": [0, 2, 4]}, {"name": "b", "ranks": [1, 3]}]}))
+    monkeypatch.setenv("HCOMM_TOPO_FILE", str(path))
+    assert all(run_comm(_big_bcast_gather_body, 5, args=(100_003,)))
+
+
+def _explain_bcast_gather_body(comm):
+    out = []
+    for collective in ("broadcast", "allgather"):
+        e = hcomm.explain(collective, 64 << 20, comm=comm, root=1)
+        out.append((e.chosen, e.why))
+    _settle(comm)
+    return out
+
+
+@pytest.mark.parametrize("spec, expect", [
+    ("allreduce:ring;broadcast:tree;allgather:hierarchical", [("binomial", "HCOMM_ALGO"), ("hierarchical", "HCOMM_ALGO")]),
+    ("broadcast:hierarchical;allgather:ring", [("hierarchical", "HCOMM_ALGO"), ("ring", "HCOMM_ALGO")]),
+    ("ring", [(None, "model"), ("ring", "HCOMM_ALGO")]),   # bare: only where the collective has it
+    ("allreduce:tree", [(None, "model"), (None, "model")]),
+])
+def test_hcomm_algo_grammar_for_broadcast_and_allgather(spec, expect, tmp_path, monkeypatch):
+    monkeypatch.setenv("HCOMM_TOPO_FILE", topo_file(tmp_path, [3, 3]))
+    monkeypatch.setenv("HCOMM_DETERMINISTIC", "1")
+    monkeypatch.setenv("HCOMM_ALGO", spec)
+    for got in run_comm(_explain_bcast_gather_body, 6):
+        for (chosen, why), (want_chosen, want_why) in zip(got, expect):
+            assert why == want_why and chosen == (want_chosen or chosen)
+
+
+def _forced_runs_body(comm):
+    x = np.arange(10, dtype=np.float32) if comm.rank == 0 else np.zeros(10, np.float32)
+    comm.broadcast(x, root=0)
+    b = comm._c.last_algorithm()
+    out = np.empty(2 * comm.size, np.int32)
+    comm.allgather(np.full(2, comm.rank, np.int32), out)
+    g = comm._c.last_algorithm()
+    ok = np.array_equal(x, np.arange(10)) and np.array_equal(out, np.repeat(np.arange(comm.size), 2))
+    _settle(comm)
+    return b, g, ok
+
+
+def test_hcomm_algo_forces_the_algorithm_that_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("HCOMM_TOPO_FILE", topo_file(tmp_path, [2, 2]))
+    monkeypatch.setenv("HCOMM_PROBE", "0")
+    monkeypatch.setenv("HCOMM_ALGO", "broadcast:hierarchical;allgather:hierarchical")
+    assert run_comm(_forced_runs_body, 4) == [("hierarchical", "hierarchical", True)] * 4
+    monkeypatch.setenv("HCOMM_ALGO", "broadcast:tree;allgather:ring")
+    assert run_comm(_forced_runs_body, 4) == [("binomial", "ring", True)] * 4
+
+
+def _bad_env_body(comm):
+    try:
+        comm.broadcast(np.zeros(4, np.float32), root=0)
+    except hcomm.Error as e:
+        return str(e)
+    return ""
+
+
+def test_hcomm_algo_unknown_broadcast_name_raises(tmp_path, monkeypatch):
+    monkeypatch.setenv("HCOMM_TOPO_FILE", topo_file(tmp_path, [1, 1]))
+    monkeypatch.setenv("HCOMM_PROBE", "0")
+    monkeypatch.setenv("HCOMM_ALGO", "broadcast:ring")
+    assert all("unknown broadcast algorithm 'ring'" in m for m in run_comm(_bad_env_body, 2))
+
+
+def test_python_algo_argument_is_checked():
+    with pytest.raises(hcomm.InvalidArgument, match="unknown allgather algorithm"):
+        hcomm.Communicator.allgather(None, np.zeros(1), np.zeros(1), algo="tree")
+    with pytest.raises(hcomm.InvalidArgument, match="unknown broadcast algorithm"):
+        hcomm.Communicator.broadcast(_NoRootCheck(), np.zeros(1), algo="ring")
+
+
+class _NoRootCheck:
+    def _check_root(self, root):
+        pass

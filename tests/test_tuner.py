@@ -2,7 +2,7 @@
 import pytest
 
 import hcomm
-from hcomm.topology import ALLREDUCE_ALGOS
+from hcomm.topology import ALLGATHER_ALGOS, ALLREDUCE_ALGOS, BROADCAST_ALGOS
 
 GBIT = 8e-9  # s/byte of a 1 Gbit/s link
 
@@ -97,7 +97,9 @@ def test_table_marks_the_choice_once():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(collective="broadcast", nbytes=8, topology=hosts(2)), "single algorithm"),
+    (dict(collective="gather", nbytes=8, topology=hosts(2)), "single algorithm"),
+    (dict(collective="broadcast", nbytes=8, topology=hosts(2), algo="ring"), "unknown broadcast algorithm"),
+    (dict(collective="allgather", nbytes=8, topology=hosts(2), algo="tree"), "unknown allgather algorithm"),
     (dict(collective="allreduce", nbytes=8), "exactly one of"),
     (dict(collective="allreduce", nbytes=8, topology=hosts(2), algo="bogus"), "unknown allreduce algorithm"),
     (dict(collective="allreduce", nbytes=8, topology=hosts(2), measure=True), "needs comm"),
@@ -110,3 +112,69 @@ def test_explain_rejects_bad_arguments(kwargs, words):
 def test_subset_rank_out_of_range():
     with pytest.raises(hcomm.Error, match="not in the topology"):
         hcomm.explain("allreduce", 8, topology=hosts(2), ranks=[0, 5])
+
+
+# ---------------------------------------------------------------- broadcast, allgather
+
+@pytest.mark.parametrize("collective, names", [("broadcast", BROADCAST_ALGOS), ("allgather", ALLGATHER_ALGOS)])
+def test_broadcast_and_allgather_list_their_candidates(collective, names):
+    e = hcomm.explain(collective, 64 << 20, topology=hosts(3, 3))
+    assert [c.algo for c in e.candidates] == list(names)
+    assert all(c.seconds > 0 for c in e.candidates)
+    assert e.why == "model" and str(e).count("<- chosen") == 1
+
+
+@pytest.mark.parametrize("root", [0, 1, 4])
+def test_hierarchical_broadcast_wins_large_messages_across_hosts(root):
+    # 2 hosts x 3 ranks: a flat binomial tree sends several hops of one round through a NIC
+    e = hcomm.explain("broadcast", 64 << 20, topology=hosts(3, 3), root=root)
+    assert e.chosen == "hierarchical"
+    assert e.candidate("binomial").seconds > 1.5 * e.candidate("hierarchical").seconds
+
+
+def test_broadcast_root_changes_the_flat_tree():
+    # 2 x 2: from rank 0 the binomial tree crosses hosts once (it is the hierarchical
+    # tree); from rank 1 it crosses three times
+    at0 = hcomm.explain("broadcast", 64 << 20, topology=hosts(2, 2), root=0)
+    at1 = hcomm.explain("broadcast", 64 << 20, topology=hosts(2, 2), root=1)
+    assert at0.candidate("binomial").seconds < at1.candidate("binomial").seconds
+    assert at1.chosen == "hierarchical"
+
+
+@pytest.mark.parametrize("layout", [(2, 2), (3, 3), (2, 2, 2), (3, 1)])
+def test_hierarchical_allgather_wins_large_messages_across_hosts(layout):
+    e = hcomm.explain("allgather", 64 << 20, topology=hosts(*layout))
+    assert e.chosen == "hierarchical"
+    # the NIC carries (h-1)/h * S instead of (n-1)/n * S: 1.5x less for 2 x 2, 1.25x for 3 x 2
+    assert e.candidate("ring").seconds > 1.1 * e.candidate("hierarchical").seconds
+
+
+@pytest.mark.parametrize("collective", ["broadcast", "allgather"])
+@pytest.mark.parametrize("n", SIZES)
+def test_broadcast_allgather_on_one_host_or_one_rank_per_host_are_flat(collective, n):
+    for topo in (hosts(4), hosts(1, 1, 1, 1)):
+        e = hcomm.explain(collective, n, topology=topo)
+        assert e.chosen != "hierarchical" and not e.candidate("hierarchical").applicable
+
+
+def test_broadcast_segment_is_chosen():
+    e = hcomm.explain("broadcast", 64 << 20, topology=hosts(2, 2))
+    assert all(c.seg_bytes > 0 for c in e.candidates)
+
+
+@pytest.mark.parametrize("collective, algo, chosen", [
+    ("broadcast", "tree", "binomial"), ("broadcast", "binomial", "binomial"), ("allgather", "ring", "ring"),
+    ("broadcast", "hierarchical", "hierarchical"), ("allgather", "hierarchical", "hierarchical")])
+def test_requested_broadcast_allgather_override(collective, algo, chosen):
+    e = hcomm.explain(collective, 8 if chosen == "hierarchical" else 64 << 20, topology=hosts(3, 3), algo=algo)
+    assert e.chosen == chosen and e.why == "requested"
+
+
+def test_racks_for_broadcast_and_allgather():
+    topo = hosts(2, 2, 2, 2, rack_of=lambda h: f"r{h // 2}")
+    e = hcomm.explain("broadcast", 64 << 20, topology=topo, root=3)
+    assert e.chosen == "hierarchical" and e.candidate("hierarchical").applicable
+    # Gathering into rack leaders and broadcasting the whole result back over tcp costs
+    # more than a ring that crosses each rack boundary once: the model says so.
+    e = hcomm.explain("allgather", 64 << 20, topology=topo)
+    assert e.candidate("hierarchical").applicable and e.chosen == "ring"

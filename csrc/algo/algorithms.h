@@ -28,6 +28,14 @@ void allgathervRing(Links& l, const void* in, void* out, const std::vector<size_
 
 // rooted, binomial trees pipelined in segments
 void broadcastBinomial(Links& l, void* buf, size_t count, int root, size_t segBytes);
+
+// hierarchical broadcast and allgather(v) over the same levels as allreduceHierarchical:
+// binomial among group leaders level by level, then binomial inside each group (segBytes
+// its segment); allgather gathers into the leaders and rings among them at the top.
+void broadcastHierarchical(Links& l, void* buf, size_t count, int root, const std::vector<std::vector<int>>& levels,
+                           size_t segBytes);
+void allgathervHierarchical(Links& l, const void* in, void* out, const std::vector<size_t>& counts,
+                            const std::vector<std::vector<int>>& levels, size_t segBytes);
 void reduceBinomial(Links& l, const void* in, void* out, size_t count, int root, size_t segBytes);
 
 // linear (root talks to every rank directly)

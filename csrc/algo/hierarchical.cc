@@ -15,9 +15,29 @@
 // so a host's NIC carries 2(h-1)/h * S instead of the flat ring's 2(n-1)/n * S:
 // 1.5x less for 2 hosts x 2 ranks. Wins for large messages across hosts with several
 // ranks per host; a flat algorithm wins on one host and for latency-bound sizes.
+//
+// Broadcast, same levels: the root's group leader is the root itself, every other
+// group's leader is its lowest rank. The leaders broadcast among themselves one level
+// up (recursively; binomial at the top), then each group broadcasts from its leader
+// (binomial, pipelined in segments).
+//   T = T_binomial(h leaders, S) across + T_binomial(g, S) inside
+// Only ceil(log2 h) hops cross hosts and each host's NIC takes S in once; a flat
+// binomial tree can put several hops of one round through the same NIC.
+//
+// Allgather(v), same levels: each group gathers its ranks' blocks into its leader
+// (packed in group order), the leaders allgather the packed group blocks one level up
+// (recursively; ring at the top), each leader unpacks into rank order and broadcasts
+// the whole result inside its group.
+//   T = (g-1)*alpha_in + (g-1)/g * S_grp * beta_in            gather inside
+//     + (h-1)*(alpha_x + S/h * beta_x)                           ring across leaders
+//     + (ceil(log2 g) + k - 1) * (alpha_in + S/k * beta_in)     broadcast inside
+// A host's NIC carries (h-1)/h * S instead of the flat ring's (n-1)/n * S, and only one
+// rank per host drives it: wins for large messages across hosts with several ranks
+// per host. Unequal groups need nothing special (the counts are per rank).
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <numeric>
 
 #include "algo/algorithms.h"
 
@@ -108,6 +128,143 @@ void allreduceHierarchical(Links& l, const void* in, void* out, size_t count,
       throw Error("hierarchical allreduce: a level lists " + std::to_string(lv.size()) + " ranks for a group of " +
                   std::to_string(l.size()));
   level(l, in, out, count, levels, 0, top);
+}
+
+namespace {
+
+constexpr int kGatherChannel = 8;
+constexpr int kBroadcastChannel = 16;
+
+// Skips levels that split nothing (one group, or every rank alone).
+size_t firstSplitting(const std::vector<std::vector<int>>& levels, size_t depth, int me, Grouping* out) {
+  for (; depth < levels.size(); ++depth) {
+    *out = groupBy(levels[depth], me);
+    if (out->groups.size() > 1 && out->groups.size() < levels[depth].size()) break;
+  }
+  return depth;
+}
+
+// levels[d] restricted to `members` (ranks of the current Links), for the Links of those members.
+std::vector<std::vector<int>> upperLevels(const std::vector<std::vector<int>>& levels, size_t from,
+                                          const std::vector<int>& members) {
+  std::vector<std::vector<int>> upper;
+  for (size_t d = from; d < levels.size(); ++d) {
+    upper.emplace_back();
+    for (int p : members) upper.back().push_back(levels[d][p]);
+  }
+  return upper;
+}
+
+void broadcastLevel(Links& l, void* buf, size_t count, int root, const std::vector<std::vector<int>>& levels,
+                    size_t depth, size_t segBytes) {
+  Grouping g;
+  depth = firstSplitting(levels, depth, l.rank(), &g);
+  if (depth == levels.size()) {
+    if (l.size() > 1) broadcastBinomial(l, buf, count, root, segBytes);
+    return;
+  }
+  std::vector<int> leaders;
+  int rootGroup = 0;
+  for (size_t i = 0; i < g.groups.size(); ++i) {
+    const auto& grp = g.groups[i];
+    bool hasRoot = std::find(grp.begin(), grp.end(), root) != grp.end();
+    leaders.push_back(hasRoot ? root : grp[0]);
+    if (hasRoot) rootGroup = static_cast<int>(i);
+  }
+  const std::vector<int>& group = g.groups[g.mine];
+  int leader = leaders[g.mine];
+  if (l.rank() == leader) {
+    Links across = l.sub(leaders, kLevelStride);
+    broadcastLevel(across, buf, count, rootGroup, upperLevels(levels, depth + 1, leaders), 0, segBytes);
+  }
+  if (group.size() > 1) {
+    Links inside = l.sub(group, kBroadcastChannel);
+    int localLeader = static_cast<int>(std::find(group.begin(), group.end(), leader) - group.begin());
+    broadcastBinomial(inside, buf, count, localLeader, segBytes);
+  }
+}
+
+void allgatherLevel(Links& l, const void* in, void* outv, const std::vector<size_t>& counts,
+                    const std::vector<std::vector<int>>& levels, size_t depth, size_t segBytes) {
+  char* out = static_cast<char*>(outv);
+  size_t es = l.elemSize();
+  int n = l.size(), me = l.rank();
+  std::vector<size_t> displ(n + 1, 0);
+  for (int r = 0; r < n; ++r) displ[r + 1] = displ[r] + counts[r];
+  Grouping g;
+  depth = firstSplitting(levels, depth, me, &g);
+  if (depth == levels.size()) {
+    allgathervRing(l, in, out, counts);
+    return;
+  }
+  const std::vector<int>& group = g.groups[g.mine];
+  std::vector<size_t> groupCounts;  // elements per group, the upper level's per-rank counts
+  std::vector<size_t> packedAt(g.groups.size() + 1, 0);
+  for (size_t i = 0; i < g.groups.size(); ++i) {
+    size_t c = 0;
+    for (int r : g.groups[i]) c += counts[r];
+    groupCounts.push_back(c);
+    packedAt[i + 1] = packedAt[i] + c;
+  }
+  if (g.local != 0) {  // a member: hand the block to the leader, get everything back
+    Links inside = l.sub(group, kGatherChannel);
+    if (counts[me]) inside.send(0, in, counts[me] * es);
+  } else {
+    // Leader: the group's blocks packed in group order (its own first) in a scratch
+    // buffer laid out as the upper level's output, so the upper level works in place.
+    std::vector<char> packed(packedAt.back() * es);
+    char* mine = packed.data() + packedAt[g.mine] * es;
+    std::vector<RequestPtr> recvs;
+    if (group.size() > 1) {
+      Links inside = l.sub(group, kGatherChannel);
+      size_t off = counts[me];
+      for (size_t i = 1; i < group.size(); ++i) {
+        size_t c = counts[group[i]];
+        if (c) recvs.push_back(inside.irecv(static_cast<int>(i), mine + off * es, c * es));
+        off += c;
+      }
+      if (counts[me]) std::memcpy(mine, in, counts[me] * es);
+      inside.waitAll(recvs);
+    } else if (counts[me]) {
+      std::memcpy(mine, in, counts[me] * es);
+    }
+    std::vector<int> leaders;
+    for (const auto& grp : g.groups) leaders.push_back(grp[0]);
+    Links across = l.sub(leaders, kLevelStride);
+    allgatherLevel(across, mine, packed.data(), groupCounts, upperLevels(levels, depth + 1, leaders), 0, segBytes);
+    for (size_t i = 0; i < g.groups.size(); ++i) {  // unpack into rank order
+      size_t off = packedAt[i];
+      for (int r : g.groups[i]) {
+        if (counts[r] && !(r == me && in == out + displ[r] * es))
+          std::memcpy(out + displ[r] * es, packed.data() + off * es, counts[r] * es);
+        off += counts[r];
+      }
+    }
+  }
+  if (group.size() > 1) {
+    Links inside = l.sub(group, kBroadcastChannel);
+    broadcastBinomial(inside, out, displ[n], 0, segBytes);
+  }
+}
+
+}  // namespace
+
+void broadcastHierarchical(Links& l, void* buf, size_t count, int root, const std::vector<std::vector<int>>& levels,
+                           size_t segBytes) {
+  for (const auto& lv : levels)
+    if (static_cast<int>(lv.size()) != l.size())
+      throw Error("hierarchical broadcast: a level lists " + std::to_string(lv.size()) + " ranks for a group of " +
+                  std::to_string(l.size()));
+  broadcastLevel(l, buf, count, root, levels, 0, segBytes);
+}
+
+void allgathervHierarchical(Links& l, const void* in, void* out, const std::vector<size_t>& counts,
+                            const std::vector<std::vector<int>>& levels, size_t segBytes) {
+  for (const auto& lv : levels)
+    if (static_cast<int>(lv.size()) != l.size())
+      throw Error("hierarchical allgather: a level lists " + std::to_string(lv.size()) + " ranks for a group of " +
+                  std::to_string(l.size()));
+  allgatherLevel(l, in, out, counts, levels, 0, segBytes);
 }
 
 }  // namespace algo

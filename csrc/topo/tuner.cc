@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <map>
 
@@ -178,6 +179,149 @@ Candidate hierarchicalModel(const CommShape& s, const std::vector<std::vector<in
   return up;
 }
 
+// ---------------------------------------------------------------- broadcast, allgather
+
+// Members of `members` grouped by levels[depth] (first appearance order), or the first
+// level at or after depth that splits them (returns levels.size() when none does).
+size_t splitAt(const std::vector<std::vector<int>>& levels, const std::vector<int>& members, size_t depth,
+               std::vector<std::vector<int>>* groups) {
+  for (; depth < levels.size(); ++depth) {
+    groups->clear();
+    std::map<int, size_t> index;
+    for (int r : members) {
+      auto it = index.emplace(levels[depth][r], groups->size());
+      if (it.second) groups->emplace_back();
+      (*groups)[it.first->second].push_back(r);
+    }
+    if (groups->size() > 1 && groups->size() < members.size()) return depth;
+  }
+  return depth;
+}
+
+// binomial.cc's tree over net.members (index 0..m-1), rooted at index `root`, pipelined
+// in segments of `seg`: the first segment reaches the deepest leaf after the path's
+// hops; the others follow at the pace of the busiest sender or host NIC (a node sends
+// every segment to each of its children; a host's NIC carries every crossing hop).
+double binomialSeconds(const Net& net, double bytes, int root, double seg) {
+  int m = net.size();
+  if (m <= 1 || bytes <= 0) return 0;
+  const CommShape& s = net.s;
+  std::vector<int> parent(m, -1);
+  for (int v = 1; v < m; ++v) parent[(v + root) % m] = ((v - (v & -v)) + root) % m;
+  double segBytes = std::min(seg, bytes), k = std::max(1.0, std::ceil(bytes / segBytes));
+  std::vector<double> pathTime(m, 0), nodeBytes(m, 0);
+  std::map<int, double> hostOut, hostIn;
+  double alphaMax = 0, path = 0;
+  auto cost = [&](int a, int b) { return s.links[static_cast<int>(classOf(s, net.members[a], net.members[b]))]; };
+  for (int v = 1; v < m; ++v) {  // v in tree order: a parent's v is below its children's
+    int r = (v + root) % m, p = parent[r];
+    LinkCost c = cost(p, r);
+    pathTime[r] = pathTime[p] + c.alpha + segBytes * c.beta * net.share;
+    path = std::max(path, pathTime[r]);
+    alphaMax = std::max(alphaMax, c.alpha);
+    int hp = s.host[net.members[p]], hr = s.host[net.members[r]];
+    if (hp != hr) {
+      hostOut[hp] += c.beta * net.share;
+      hostIn[hr] += c.beta * net.share;
+    } else {
+      nodeBytes[p] += c.beta;
+    }
+  }
+  double perSeg = 0;
+  for (double b : nodeBytes) perSeg = std::max(perSeg, b);
+  for (auto& h : hostOut) perSeg = std::max(perSeg, h.second);
+  for (auto& h : hostIn) perSeg = std::max(perSeg, h.second);
+  return path + (k - 1) * (alphaMax + segBytes * perSeg);
+}
+
+// hierarchical.cc's broadcast: leaders (the root in its group) broadcast level by level,
+// then every group from its leader; the slowest group sets the inside time.
+double hierarchicalBroadcastSeconds(const CommShape& s, const std::vector<std::vector<int>>& levels,
+                                    const std::vector<int>& members, size_t depth, double bytes, int root,
+                                    double seg) {
+  std::vector<std::vector<int>> groups;
+  depth = splitAt(levels, members, depth, &groups);
+  if (depth == levels.size()) return binomialSeconds(Net{s, members, 1}, bytes, root, seg);
+  std::vector<int> leaders;
+  int rootGroup = 0;
+  double inside = 0;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    auto pos = std::find(groups[i].begin(), groups[i].end(), members[root]);
+    bool hasRoot = pos != groups[i].end();
+    leaders.push_back(hasRoot ? *pos : groups[i][0]);
+    if (hasRoot) rootGroup = static_cast<int>(i);
+    int local = hasRoot ? static_cast<int>(pos - groups[i].begin()) : 0;
+    inside = std::max(inside, binomialSeconds(Net{s, groups[i], 1}, bytes, local, seg));
+  }
+  return hierarchicalBroadcastSeconds(s, levels, leaders, depth + 1, bytes, rootGroup, seg) + inside;
+}
+
+// ring.cc's allgatherv: n-1 steps, each rank passing one block to its right neighbour.
+double ringAllgatherSeconds(const Net& net, double bytes) {
+  int m = net.size();
+  std::vector<std::pair<int, int>> edges;
+  for (int i = 0; i < m; ++i) edges.push_back({i, (i + 1) % m});
+  StepCost st = step(net, edges);
+  return (m - 1) * (st.alpha + bytes / m * st.perByte);
+}
+
+// hierarchical.cc's allgatherv: gather into each group's leader, leaders allgather one
+// level up (ring at the top), the leader unpacks (one local copy) and broadcasts inside.
+double hierarchicalAllgatherSeconds(const CommShape& s, const std::vector<std::vector<int>>& levels,
+                                    const std::vector<int>& members, size_t depth, double bytes, double seg) {
+  std::vector<std::vector<int>> groups;
+  depth = splitAt(levels, members, depth, &groups);
+  if (depth == levels.size()) return ringAllgatherSeconds(Net{s, members, 1}, bytes);
+  std::vector<int> leaders;
+  double gather = 0, inside = 0, m = static_cast<double>(members.size());
+  for (const auto& g : groups) {  // the leader receives every member's block (shm at the host level)
+    leaders.push_back(g[0]);
+    for (size_t i = 1; i < g.size(); ++i) {
+      const LinkCost& c = s.links[static_cast<int>(classOf(s, g[0], g[i]))];
+      gather = std::max(gather, c.alpha + (g.size() - 1) * bytes / m * c.beta);
+    }
+    inside = std::max(inside, binomialSeconds(Net{s, g, 1}, bytes, 0, seg));
+  }
+  double unpack = bytes * s.links[static_cast<int>(LinkClass::SHM)].beta;  // one local copy
+  return gather + hierarchicalAllgatherSeconds(s, levels, leaders, depth + 1, bytes, seg) + unpack + inside;
+}
+
+// The best segment of treeSegments() for a pipelined tree cost.
+Candidate bestSegment(const std::string& name, const std::function<double(double)>& seconds) {
+  Candidate best{name, std::numeric_limits<double>::infinity(), treeSegments().back()};
+  for (size_t seg : treeSegments()) {
+    double t = seconds(static_cast<double>(seg));
+    if (t < best.seconds) {
+      best.seconds = t;
+      best.segBytes = seg;
+    }
+  }
+  return best;
+}
+
+void checkForced(const std::string& collective, const std::vector<std::string>& names, const std::string& forced) {
+  if (forced.empty() || forced == "auto" || std::find(names.begin(), names.end(), forced) != names.end()) return;
+  std::string list;
+  for (const auto& n : names) list += n + ", ";
+  throw Error("unknown " + collective + " algorithm '" + forced + "' (" + list + "auto)");
+}
+
+// The smallest applicable prediction, unless `forced` names a candidate.
+void choose(Decision& d, const std::string& forced, const std::string& why) {
+  d.chosen = 0;
+  for (size_t i = 1; i < d.candidates.size(); ++i)
+    if (d.candidates[i].applicable && d.candidates[i].seconds < d.candidates[d.chosen].seconds)
+      d.chosen = static_cast<int>(i);
+  d.why = "model";
+  if (forced.empty() || forced == "auto") return;
+  for (size_t i = 0; i < d.candidates.size(); ++i)
+    if (d.candidates[i].algo == forced) d.chosen = static_cast<int>(i);
+  d.why = why;
+}
+
+// One level (a single host, or one rank per host): hierarchical is the flat algorithm.
+bool hierarchyApplies(const CommShape& s) { return s.hosts() > 1 && s.hosts() < s.n; }
+
 }  // namespace
 
 const std::vector<std::string>& allreduceAlgorithms() {
@@ -235,19 +379,81 @@ Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forc
   return d;
 }
 
-Decision Tuner::allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
-                          const std::string& why) const {
-  Key key{worldRanks, bytes, forced, why};
+const std::vector<std::string>& broadcastAlgorithms() {
+  static const std::vector<std::string> v = {"binomial", "hierarchical"};
+  return v;
+}
+
+const std::vector<std::string>& allgatherAlgorithms() {
+  static const std::vector<std::string> v = {"ring", "hierarchical"};
+  return v;
+}
+
+Decision tuneBroadcast(const CommShape& s, size_t bytes, int root, const std::string& requested,
+                       const std::string& why) {
+  std::string forced = requested == "tree" ? "binomial" : requested;
+  checkForced("broadcast", broadcastAlgorithms(), forced);
+  if (root < 0 || root >= s.n) throw Error("broadcast root " + std::to_string(root) + " is not among " +
+                                           std::to_string(s.n) + " ranks");
+  std::vector<int> all(s.n);
+  for (int r = 0; r < s.n; ++r) all[r] = r;
+  double b = static_cast<double>(bytes);
+  auto levels = s.levels();
+  Decision d;
+  d.candidates = {bestSegment("binomial", [&](double seg) { return binomialSeconds(Net{s, all, 1}, b, root, seg); }),
+                  bestSegment("hierarchical", [&](double seg) {
+                    return hierarchicalBroadcastSeconds(s, levels, all, 0, b, root, seg);
+                  })};
+  d.candidates[1].applicable = hierarchyApplies(s);
+  choose(d, forced, why);
+  return d;
+}
+
+Decision tuneAllgather(const CommShape& s, size_t bytes, const std::string& forced, const std::string& why) {
+  checkForced("allgather", allgatherAlgorithms(), forced);
+  std::vector<int> all(s.n);
+  for (int r = 0; r < s.n; ++r) all[r] = r;
+  double b = static_cast<double>(bytes);
+  auto levels = s.levels();
+  Decision d;
+  d.candidates = {Candidate{"ring", ringAllgatherSeconds(Net{s, all, 1}, b), 0},
+                  bestSegment("hierarchical", [&](double seg) {
+                    return hierarchicalAllgatherSeconds(s, levels, all, 0, b, seg);
+                  })};
+  d.candidates[1].applicable = hierarchyApplies(s);
+  choose(d, forced, why);
+  return d;
+}
+
+Decision Tuner::cached(Key key, const std::function<Decision(const CommShape&)>& tune) const {
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = cache_.find(key);
     if (it != cache_.end()) return it->second;
   }
-  Decision d = tuneAllreduce(CommShape::of(*topology_, worldRanks), bytes, forced, why);
+  Decision d = tune(CommShape::of(*topology_, std::get<1>(key)));
   std::lock_guard<std::mutex> lock(mu_);
   if (cache_.size() >= 4096) cache_.clear();  // many distinct sizes: start over rather than grow
   cache_.emplace(std::move(key), d);
   return d;
+}
+
+Decision Tuner::broadcast(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
+                          const std::string& why) const {
+  return cached(Key{"broadcast", worldRanks, bytes, root, forced, why},
+                [&](const CommShape& s) { return tuneBroadcast(s, bytes, root, forced, why); });
+}
+
+Decision Tuner::allgather(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
+                          const std::string& why) const {
+  return cached(Key{"allgather", worldRanks, bytes, -1, forced, why},
+                [&](const CommShape& s) { return tuneAllgather(s, bytes, forced, why); });
+}
+
+Decision Tuner::allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
+                          const std::string& why) const {
+  return cached(Key{"allreduce", worldRanks, bytes, -1, forced, why},
+                [&](const CommShape& s) { return tuneAllreduce(s, bytes, forced, why); });
 }
 
 }  // namespace hcomm

@@ -12,6 +12,7 @@
 // comment at the top of its file (algo/*.cc).
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -54,11 +55,18 @@ struct Decision {
 };
 
 const std::vector<std::string>& allreduceAlgorithms();
+const std::vector<std::string>& broadcastAlgorithms();  // binomial ("tree" is accepted for it), hierarchical
+const std::vector<std::string>& allgatherAlgorithms();  // ring, hierarchical
 double gammaSecondsPerByte();
 
 // Every candidate with its prediction; `forced` (an algorithm name, or "" / "auto")
 // overrides the model's pick. Throws Error naming the valid names for an unknown one.
 Decision tuneAllreduce(const CommShape& shape, size_t bytes, const std::string& forced, const std::string& why);
+// root: a rank of `shape` (the flat binomial tree's shape depends on where it sits).
+Decision tuneBroadcast(const CommShape& shape, size_t bytes, int root, const std::string& forced,
+                       const std::string& why);
+// bytes: the gathered total (allgatherv with unequal counts is modelled as equal blocks).
+Decision tuneAllgather(const CommShape& shape, size_t bytes, const std::string& forced, const std::string& why);
 
 // The tuner of one job: decisions cached per (communicator ranks, bytes, forced name), so
 // the model runs once per message size and a small collective pays a map lookup.
@@ -68,9 +76,15 @@ class Tuner {
   const Topology& topology() const { return *topology_; }
   Decision allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
                      const std::string& why) const;
+  Decision broadcast(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
+                     const std::string& why) const;
+  Decision allgather(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
+                     const std::string& why) const;
 
  private:
-  using Key = std::tuple<std::vector<int>, size_t, std::string, std::string>;
+  // (collective, ranks, bytes, root, forced, why)
+  using Key = std::tuple<std::string, std::vector<int>, size_t, int, std::string, std::string>;
+  Decision cached(Key key, const std::function<Decision(const CommShape&)>& tune) const;
   std::shared_ptr<const Topology> topology_;
   mutable std::mutex mu_;
   mutable std::map<Key, Decision> cache_;
