@@ -1,7 +1,11 @@
 #include "comm/bootstrap.h"
 
+#include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -44,31 +48,72 @@ std::string recvString(int fd, Clock::time_point deadline, uint32_t maxLen) {
   return s;
 }
 
+// A connection the root has accepted but not yet heard a whole hello + record from.
+struct Pending {
+  int fd;
+  Clock::time_point deadline;  // dropped when this passes before the record is complete
+  Hello hello;
+  size_t got = 0;  // bytes of hello, then of hello + record, received so far
+  std::string record;
+};
+
+int pollMs(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count() + 1;
+  return left < 0 ? 0 : static_cast<int>(std::min<long long>(left, 1000));
+}
+
+// Reads what has arrived on p. Returns false when the connection is to be dropped:
+// closed, a socket error, or a hello without the job token / with absurd fields.
+// Nothing read here is interpreted beyond the fixed Hello fields and a byte string.
+bool readPending(Pending& p, const std::string& token) {
+  for (;;) {
+    char* dst;
+    size_t want;
+    if (p.got < sizeof(Hello)) {
+      dst = reinterpret_cast<char*>(&p.hello) + p.got;
+      want = sizeof(Hello) - p.got;
+    } else {
+      size_t have = p.got - sizeof(Hello);
+      if (have == p.record.size()) return true;  // complete
+      dst = &p.record[have];
+      want = p.record.size() - have;
+    }
+    ssize_t r = ::recv(p.fd, dst, want, MSG_DONTWAIT);
+    if (r == 0) return false;
+    if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    p.got += static_cast<size_t>(r);
+    if (p.got == sizeof(Hello)) {
+      const Hello& h = p.hello;
+      if (h.magic != kHelloMagic || std::string(h.token, 32) != token || h.recordLen > kMaxRecord ||
+          h.size <= 0 || h.size > (1 << 20))
+        return false;
+      p.record.assign(h.recordLen, '\0');
+    }
+  }
+}
+
+bool complete(const Pending& p) { return p.got >= sizeof(Hello) && p.got - sizeof(Hello) == p.record.size(); }
+
 // Serves one rendezvous: collects `size` ranks' records and sends them all back.
-// Connections without the token, with a bad header or that stall are dropped.
+// Every accepted connection is served at once through poll(), so a stranger that
+// connects and stalls (or trickles a partial header) costs the job nothing: it is
+// dropped when its own deadline passes, while the ranks behind it are heard. Without
+// the token, with a bad header, or past its deadline, a connection is closed unread.
 void serveRoot(int listenFd, std::string token, double timeoutSec) {
+  constexpr double kHelloSec = 10.0;   // a rank sends its hello right after connecting
+  constexpr size_t kMaxPending = 512;  // a flood of strangers drops its oldest first
   auto deadline = after(timeoutSec);
+  setNonBlocking(listenFd);
   int size = -1;
   std::vector<int> fds;
   std::vector<std::string> records;
+  std::vector<Pending> pending;
   std::string error;
   int have = 0;
-  while (size < 0 || have < size) {
-    int fd = acceptBefore(listenFd, deadline);
-    if (fd < 0) break;
-    Hello h;
-    std::string record;
-    try {
-      recvAll(fd, &h, sizeof h, std::min(deadline, after(2.0)));
-      if (h.magic != kHelloMagic || std::string(h.token, 32) != token || h.recordLen > kMaxRecord ||
-          h.size <= 0 || h.size > (1 << 20))
-        throw Error("bad hello");
-      record.resize(h.recordLen);
-      recvAll(fd, &record[0], h.recordLen, std::min(deadline, after(2.0)));
-    } catch (const Error&) {
-      close(fd);
-      continue;
-    }
+  auto drop = [](Pending& p) { close(p.fd); p.fd = -1; };
+  // A complete hello from a rank that knows the token: joins, or is told why not.
+  auto join = [&](Pending& p) {
+    const Hello& h = p.hello;
     if (size < 0) {
       size = h.size;
       fds.assign(size, -1);
@@ -79,15 +124,50 @@ void serveRoot(int listenFd, std::string token, double timeoutSec) {
                             ? "rank " + std::to_string(h.rank) + " says the world has " + std::to_string(h.size) +
                                   " ranks but others say " + std::to_string(size)
                             : "rank " + std::to_string(h.rank) + " is out of range or joined twice";
-      try { sendString(fd, "E" + why, after(1.0)); } catch (const Error&) {}
-      close(fd);
+      try { sendString(p.fd, "E" + why, after(1.0)); } catch (const Error&) {}
+      drop(p);
       if (h.size != size) error = why;
-      continue;
+      return;
     }
-    fds[h.rank] = fd;
-    records[h.rank] = record;
+    fds[h.rank] = p.fd;
+    records[h.rank] = std::move(p.record);
+    p.fd = -1;  // owned by fds now
     ++have;
+  };
+  while ((size < 0 || have < size) && Clock::now() < deadline) {
+    std::vector<pollfd> polled{{listenFd, POLLIN, 0}};
+    auto wake = deadline;
+    for (const auto& p : pending) {
+      polled.push_back({p.fd, POLLIN, 0});
+      wake = std::min(wake, p.deadline);
+    }
+    int n = poll(polled.data(), polled.size(), pollMs(wake));
+    if (n < 0 && errno != EINTR) break;
+    auto now = Clock::now();
+    for (size_t i = 1; i < polled.size(); ++i) {
+      Pending& p = pending[i - 1];
+      if (polled[i].revents && !readPending(p, token)) drop(p);
+      else if (complete(p)) join(p);
+      else if (now >= p.deadline) drop(p);
+    }
+    pending.erase(std::remove_if(pending.begin(), pending.end(), [](const Pending& p) { return p.fd < 0; }),
+                  pending.end());
+    if (polled[0].revents) {
+      for (;;) {
+        int fd = accept4(listenFd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd < 0) break;  // EAGAIN: none left (or the peer already gave up)
+        if (pending.size() >= kMaxPending) {
+          close(pending.front().fd);
+          pending.erase(pending.begin());
+        }
+        Pending p;
+        p.fd = fd;
+        p.deadline = std::min(deadline, after(kHelloSec));
+        pending.push_back(std::move(p));
+      }
+    }
   }
+  for (auto& p : pending) close(p.fd);
   if (error.empty() && (size < 0 || have < size)) {
     std::string missing;
     for (int r = 0; r < size; ++r)
