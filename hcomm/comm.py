@@ -4,6 +4,9 @@ Every check here runs on the calling rank before any byte moves; mismatches only
 across ranks (different counts on different ranks) are caught by the core and end in an
 hcomm.Error within the timeout.
 """
+import math
+import operator
+
 from ._buffers import ITEMSIZE, as_buffer
 from ._errors import InvalidArgument
 
@@ -100,7 +103,10 @@ class Communicator:
 
     @timeout.setter
     def timeout(self, seconds):
-        self._c.timeout = float(seconds)
+        seconds = float(seconds)
+        if not (0 < seconds < math.inf):  # also refuses nan: a deadline must be a real time
+            raise InvalidArgument(f"timeout must be a positive, finite number of seconds, got {seconds!r}")
+        self._c.timeout = seconds
 
     @property
     def closed(self):
@@ -136,7 +142,8 @@ class Communicator:
     def split(self, color, key=None):
         """Every rank calls; equal colors form a new communicator ordered by (key, rank).
         A negative color opts out and returns None."""
-        core = self._c.split(int(color), self.rank if key is None else int(key))
+        # operator.index: ints (numpy's too), never a float or a string silently truncated
+        core = self._c.split(_int(color, "color"), self.rank if key is None else _int(key, "key"))
         return Communicator(core) if core is not None else None
 
     # ------------------------------------------------------------- helpers
@@ -353,7 +360,7 @@ class Communicator:
 
     # ------------------------------------------------------------- checks
     def _counts(self, counts, what):
-        counts = [int(c) for c in counts]
+        counts = [_int(c, what) for c in counts]
         if len(counts) != self.size:
             raise InvalidArgument(f"{what}: {len(counts)} entries for {self.size} ranks")
         if any(c < 0 for c in counts):
@@ -367,10 +374,19 @@ class Communicator:
                 out.append(acc)
                 acc += c
             return out
-        displs = [int(d) for d in displs]
+        displs = [_int(d, what) for d in displs]
         if len(displs) != self.size or any(d < 0 for d in displs):
             raise InvalidArgument(f"{what}: need {self.size} non-negative entries, got {displs}")
         return displs
+
+
+def _int(value, what):
+    """An integer argument: ints and integer scalars pass, 2.5 or "2" are refused (int()
+    would truncate or parse them)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidArgument(f"{what}: expected an integer, got {value!r}") from None
 
 
 def _bytes_view(buf):
