@@ -28,6 +28,56 @@ using Release = py::call_guard<py::gil_scoped_release>;
 // Python costs about as much as a small collective's own bookkeeping.
 WorkPtr asyncOnly(WorkPtr w, bool async) { return async ? std::move(w) : nullptr; }
 
+// A C-contiguous numpy array of a dtype hcomm supports, in native byte order (and
+// writable when asked): its element type, data and count. False for anything else.
+bool plainArray(py::handle h, bool writable, DataType* dt, void** data, size_t* count) {
+  if (!py::isinstance<py::array>(h)) return false;
+  auto a = py::reinterpret_borrow<py::array>(h);
+  if (!(a.flags() & py::array::c_style) || (writable && !a.writeable())) return false;
+  py::dtype d = a.dtype();
+  if (d.byteorder() == '>') return false;
+  char kind = d.kind();
+  py::ssize_t size = d.itemsize();
+  if (kind == 'f' && size == 2) *dt = DataType::F16;
+  else if (kind == 'f' && size == 4) *dt = DataType::F32;
+  else if (kind == 'f' && size == 8) *dt = DataType::F64;
+  else if (kind == 'i' && size == 1) *dt = DataType::I8;
+  else if (kind == 'i' && size == 4) *dt = DataType::I32;
+  else if (kind == 'i' && size == 8) *dt = DataType::I64;
+  else if (kind == 'u' && size == 1) *dt = DataType::U8;
+  else if (kind == 'b' && size == 1) *dt = DataType::BOOL;
+  else return false;
+  *data = const_cast<void*>(a.data());
+  *count = static_cast<size_t>(a.size());
+  return true;
+}
+
+// The most common call, a blocking allreduce of numpy arrays with a plain op and the
+// automatic algorithm, checked and run without building a Python object (about a
+// microsecond less per call than hcomm/comm.py's path). False, having done nothing,
+// for anything else: the caller then takes the Python path, which validates everything
+// and names what is wrong.
+bool allreduceArrays(Communicator& c, py::handle x, py::handle out, py::handle op) {
+  DataType dt, outDt;
+  void *src, *dst;
+  size_t n, outN;
+  if (!plainArray(x, out.is_none(), &dt, &src, &n)) return false;
+  if (out.is_none()) dst = src;
+  else if (!plainArray(out, true, &outDt, &dst, &outN) || outDt != dt || outN != n) return false;
+  if (!py::isinstance<py::str>(op)) return false;
+  std::string name = op.cast<std::string>();
+  ReduceOp rop;
+  if (name == "sum") rop = ReduceOp::SUM;
+  else if (name == "max") rop = ReduceOp::MAX;
+  else if (name == "min") rop = ReduceOp::MIN;
+  else if (name == "prod") rop = ReduceOp::PROD;
+  else if (name == "avg" && dt != DataType::BOOL) rop = ReduceOp::AVG;
+  else return false;
+  py::gil_scoped_release release;
+  c.allreduce(src, dst, n, dt, rop, 1.0, "", false);
+  return true;
+}
+
 // A Python callable that may be destroyed on the progress thread: take the GIL to drop it.
 std::function<void(const std::string&)> pyCallback(py::function fn) {
   auto holder = std::shared_ptr<py::function>(new py::function(std::move(fn)), [](py::function* f) {
@@ -102,6 +152,7 @@ PYBIND11_MODULE(_C, m) {
       .def("choose_allreduce", &Communicator::chooseAllreduce)
       .def("split", &Communicator::split, Release())
       .def("close", &Communicator::close, Release())
+      .def("allreduce_arrays", &allreduceArrays)
       .def("allreduce", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt,
                            const std::string& op, double premul, const std::string& algo, bool async) {
         return asyncOnly(c.allreduce(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul, algo, async), async);

@@ -159,6 +159,8 @@ class Communicator:
     # ------------------------------------------------------------- collectives
     def allreduce(self, x, out=None, op="sum", algo=None, async_op=False, factor=None):
         """Reduce x over all ranks; the result lands in out (or in x when out is None)."""
+        if algo is None and not async_op and factor is None and self._c.allreduce_arrays(x, out, op):
+            return x if out is None else out  # numpy arrays, plain op: checked and run by the core
         op = _op_name(op)
         if algo not in _ALLREDUCE_ALGOS:
             raise InvalidArgument(f"unknown allreduce algorithm {algo!r} (ring, tree, halving_doubling, "

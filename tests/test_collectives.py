@@ -186,3 +186,46 @@ def test_torch_tensors_all_dtypes():
         comm.allreduce(s)
         assert s.item() == 3.0 * n * (n + 1) / 2
     run_comm(body, 3)
+
+
+def _fast_path_body(comm):
+    """Blocking numpy allreduce with a plain op runs through the core's array fast path;
+    everything it does not take falls back to the Python path and its errors."""
+    import hcomm
+
+    done = 0
+    for dtype in ("float16", "float32", "float64", "int8", "uint8", "int32", "int64", "bool"):
+        for op in ops_for(dtype):
+            if op == "premul_sum":
+                continue
+            for count in (0, 1, 1001):
+                inputs = [make(dtype, count, q, 17, op) for q in range(comm.size)]
+                want = reduce_ref(inputs, op, dtype)
+                x = copy(inputs[comm.rank])
+                comm.allreduce(x, op=op)
+                check(x, want, dtype, comm.size, f"in place {dtype} {op}")
+                out = np.empty_like(x)
+                comm.allreduce(copy(inputs[comm.rank]), out=out, op=op)
+                check(out, want, dtype, comm.size, f"out of place {dtype} {op}")
+                done += 1
+    bad = [
+        (lambda: comm.allreduce(np.ones(4, np.float32)[::2]), "not C-contiguous"),
+        (lambda: comm.allreduce(np.ones(4, ">f4")), "not supported"),
+        (lambda: comm.allreduce(np.ones(4), out=np.ones(4, np.float32)), "differs"),
+        (lambda: comm.allreduce(np.ones(4), out=np.ones(5)), "elements"),
+        (lambda: comm.allreduce(np.ones(4, bool), op="avg"), "bool"),
+        (lambda: comm.allreduce(np.ones(4), op="xor"), "unknown reduce op"),
+    ]
+    ro = np.ones(4)
+    ro.flags.writeable = False
+    bad.append((lambda: comm.allreduce(ro), "read-only"))
+    for call, words in bad:
+        with pytest.raises(hcomm.InvalidArgument, match=words):
+            call()
+    return done
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_numpy_fast_path_matches_reference(world):
+    counts = run_comm(_fast_path_body, world)
+    assert len(set(counts)) == 1 and counts[0] > 0
