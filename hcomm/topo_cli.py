@@ -3,6 +3,7 @@ reasoning; or run a command on a simulated cluster of network namespaces.
 
     hcomm-topo                                     # this machine, one rank
     hcomm-topo --np 4 --hosts 2 --explain allreduce 64M --measure
+    hcomm-topo --np 6 --hosts 2 --explain broadcast 64M --root 4   # also: allgather (the gathered total)
     HCOMM_TOPO_FILE=cluster.json hcomm-topo --np 4 --json
     mpirun -np 8 hcomm-topo --explain allreduce 1M # under a launcher: the job's own ranks
     hcomm-topo netns --hosts 2 --ranks-per-host 2 --rate 1gbit -- python train.py
@@ -23,7 +24,9 @@ from . import topology as topo_mod
 def _parser():
     p = argparse.ArgumentParser(prog="hcomm-topo", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print JSON instead of the tree")
-    p.add_argument("--explain", nargs=2, metavar=("COLLECTIVE", "SIZE"), help="e.g. allreduce 64M")
+    p.add_argument("--explain", nargs=2, metavar=("COLLECTIVE", "SIZE"),
+                   help="allreduce, broadcast or allgather and a size, e.g. broadcast 64M")
+    p.add_argument("--root", type=int, default=0, help="the broadcast's root for --explain")
     p.add_argument("--measure", action="store_true", help="time every candidate beside its prediction")
     p.add_argument("--iters", type=int, default=3, help="timed repetitions per candidate (median)")
     p.add_argument("--np", type=int, default=1, help="local ranks to start when not under a launcher")
@@ -49,7 +52,7 @@ def report(comm, args):
     if args.explain:
         collective, size = args.explain
         explanation = topo_mod.explain(collective, topo_mod.parse_size(size), comm=comm, measure=args.measure,
-                                       iters=args.iters)
+                                       iters=args.iters, root=args.root)
     if comm.rank != 0:
         return None
     if args.json:
