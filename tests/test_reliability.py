@@ -23,7 +23,7 @@ import torch
 
 import hcomm
 import reference
-from harness import run_comm, run_ranks
+from harness import run_comm
 
 # ----------------------------------------------------------------------------- kill
 
@@ -119,7 +119,7 @@ def _kill_trial(trial, size, tmp_path, tcp):
 
 
 def test_killed_rank_every_survivor_raises_in_time(tmp_path):
-    trials, worst, direct, total, worst_close, exits = 50, 0.0, 0, 0, 0.0, []
+    trials, worst, direct, total, worst_close = 50, 0.0, 0, 0, 0.0
     started = time.monotonic()
     for trial in range(trials):
         tcp = trial % 5 == 4  # every fifth trial over tcp between two simulated hosts
