@@ -221,6 +221,7 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
     (fields[0] == myHost ? local : remote).push_back(r);
   }
   world->policy = waitPolicy(static_cast<int>(local.size()));
+  world->backgroundPolicy = waitPolicy(2 * static_cast<int>(local.size()));
   world->shm = std::make_shared<ShmTransport>(rank, local, "/hcomm_" + id.token.substr(0, 16), timeoutSec);
   world->shm->connect();
   world->mpiComm = mpiCommFor(mpiIds, mpiRequired(*world));
@@ -422,7 +423,7 @@ void Communicator::workerLoop() {
     // Only point-to-point calls are pending: drive them, backing off like a wait does.
     if (pollP2p()) {
       idle = 0;
-    } else if (++idle < world_->policy.yields) {
+    } else if (++idle < world_->backgroundPolicy.yields) {
       std::this_thread::yield();
     } else {
       for (const Route& r : routes_) r.transport->sleepFor(200);
@@ -524,7 +525,8 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                         std::chrono::duration<double>(timeoutSec_));
     auto what = [&] { return describe(info, seq); };  // only an error needs the words
-    Links links(rank_, size_, linkRoutes_, tagBase, fp, info.dtype, op, deadline, world.policy,
+    const WaitPolicy& policy = onWorkerThread() ? world.backgroundPolicy : world.policy;
+    Links links(rank_, size_, linkRoutes_, tagBase, fp, info.dtype, op, deadline, policy,
                 [&what] { return what(); });
     body(links, work);
   } catch (const TimeoutError& e) {

@@ -49,6 +49,10 @@ struct World {
   std::shared_ptr<Transport> mpi;
   bool mpiIntra = false, mpiInter = false;
   WaitPolicy policy;
+  // For calls run on a progress thread (async): the caller's thread is computing
+  // meanwhile, so every rank keeps two threads busy and a long spin would take the core
+  // that computation needs (DDP's backward).
+  WaitPolicy backgroundPolicy;
   double timeoutSec = 300;
   std::mutex abortMu;
   std::string abortReason;

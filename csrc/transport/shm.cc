@@ -74,6 +74,10 @@ struct alignas(64) ShmSegment {
   alignas(64) std::atomic<uint32_t> sleepers;  // threads of mine in futex wait
   alignas(64) uint8_t canRead[256];            // canRead[i]: I can read local rank i's memory
   ShmProgress board[kBoardSlots];              // written by the owner only
+  // Why the owner aborted (set once, then `failed`): a rank waiting on it fails at once
+  // with the first cause instead of timing out or blaming the rank that merely gave up.
+  alignas(64) std::atomic<uint32_t> failed;
+  char failure[448];
   ShmQueue queues[1];                          // nLocal of them, by sender's local index
 };
 
@@ -451,8 +455,9 @@ bool ShmTransport::progress() {
 }
 
 void ShmTransport::failDeadPeers() {
-  // A peer process that died never answers: fail what waits on it now rather than at
-  // the timeout. Checked at most every 100 ms, and only while sleeping.
+  // A peer process that died, or that aborted after an error, never answers: fail what
+  // waits on it now rather than at the timeout, naming the first cause. Checked at most
+  // every 100 ms, and only while sleeping.
   auto now = std::chrono::steady_clock::now();
   if (now - lastLivenessCheck_ < std::chrono::milliseconds(100)) return;
   lastLivenessCheck_ = now;
@@ -460,8 +465,14 @@ void ShmTransport::failDeadPeers() {
   for (auto& kv : peers_) {
     Peer& p = kv.second;
     bool waiting = !p.sending.empty() || !p.awaiting.empty() || !p.match.posted.empty() || p.inCurrent;
-    if (!waiting || p.seg->pid == getpid() || processAlive(p.seg->pid)) continue;
-    failPeer(p, "rank " + std::to_string(p.rank) + " (pid " + std::to_string(p.seg->pid) + ") has exited");
+    if (!waiting || p.seg == mine_) continue;
+    std::string cause;
+    if (p.seg->failed.load(std::memory_order_acquire)) cause = std::string(p.seg->failure, strnlen(p.seg->failure, sizeof p.seg->failure));
+    if (!cause.empty()) {
+      failPeer(p, "rank " + std::to_string(p.rank) + " gave up after an error: " + cause);
+    } else if (p.seg->pid != getpid() && !processAlive(p.seg->pid)) {
+      failPeer(p, "rank " + std::to_string(p.rank) + " (pid " + std::to_string(p.seg->pid) + ") has exited");
+    }
   }
 }
 
@@ -496,6 +507,14 @@ bool ShmTransport::probe(int peer, uint64_t tag, size_t* nbytes) {
 
 void ShmTransport::abort(const std::string& why) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (mine_ && mine_->failed.load(std::memory_order_relaxed) == 0) {
+    size_t n = std::min(why.size(), sizeof(mine_->failure) - 1);
+    std::memcpy(mine_->failure, why.data(), n);
+    mine_->failure[n] = '\0';
+    mine_->failed.store(1, std::memory_order_release);
+    for (auto& kv : peers_)
+      if (kv.second.seg && kv.second.seg != mine_) ring(kv.second.seg);  // sleepers look again
+  }
   aborted_ = why;
   for (auto& kv : peers_) failPeer(kv.second, why);
 }
