@@ -5,7 +5,6 @@
 #include <functional>
 #include <limits>
 #include <map>
-#include <set>
 
 #include "common/param.h"
 #include "common/types.h"
@@ -34,17 +33,6 @@ LinkClass classOf(const CommShape& s, int a, int b) {
   return s.rack[a] == s.rack[b] ? LinkClass::TCP : LinkClass::RACK;
 }
 
-// Whether the ranks' Links mixes transports (some pair shares a host, some does not),
-// and so what a step's wait costs on top of alpha when ranks sleep (CommShape::lateWake).
-double wakePenalty(const Net& net) {
-  if (!net.s.oversubscribed || net.size() < 3) return 0;
-  std::map<int, int> perHost;
-  for (int m : net.members) ++perHost[net.s.host[m]];
-  bool shared = false;
-  for (auto& h : perHost) shared |= h.second > 1;
-  return shared && perHost.size() > 1 ? net.s.lateWake : 0;
-}
-
 StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
   std::map<int, int> out, in;  // crossing transfers per host
   for (auto e : edges) {
@@ -63,7 +51,6 @@ StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
     c.alpha = std::max(c.alpha, l.alpha);
     c.perByte = std::max(c.perByte, l.beta * load);
   }
-  c.alpha += wakePenalty(net);
   return c;
 }
 
@@ -224,12 +211,11 @@ double binomialSeconds(const Net& net, double bytes, int root, double seg) {
   double segBytes = std::min(seg, bytes), k = std::max(1.0, std::ceil(bytes / segBytes));
   std::vector<double> pathTime(m, 0), nodeBytes(m, 0);
   std::map<int, double> hostOut, hostIn;
-  double alphaMax = 0, path = 0, late = wakePenalty(net);
+  double alphaMax = 0, path = 0;
   auto cost = [&](int a, int b) { return s.links[static_cast<int>(classOf(s, net.members[a], net.members[b]))]; };
   for (int v = 1; v < m; ++v) {  // v in tree order: a parent's v is below its children's
     int r = (v + root) % m, p = parent[r];
     LinkCost c = cost(p, r);
-    c.alpha += late;
     pathTime[r] = pathTime[p] + c.alpha + segBytes * c.beta * net.share;
     path = std::max(path, pathTime[r]);
     alphaMax = std::max(alphaMax, c.alpha);
@@ -357,22 +343,6 @@ CommShape CommShape::of(const Topology& t, const std::vector<int>& worldRanks) {
     s.rack.push_back(r.emplace(t.rackOf.at(w), static_cast<int>(r.size())).first->second);
   }
   for (int c = 0; c < kLinkClasses; ++c) s.links[c] = t.links[c];
-  // Every rank of the job on a machine competes for its CPUs, members of this
-  // communicator or not. Unknown hostnames or CPU sets (described topologies) count as
-  // not oversubscribed.
-  std::map<std::string, std::pair<int, std::set<int>>> machines;  // hostname -> (ranks, CPUs)
-  for (const RankProbe& p : t.ranks) {
-    if (p.hostname.empty() || p.cpus.empty()) continue;
-    auto& m = machines[p.hostname];
-    ++m.first;
-    m.second.insert(p.cpus.begin(), p.cpus.end());
-  }
-  for (int w : worldRanks) {
-    auto it = machines.find(t.ranks.at(w).hostname);
-    if (it != machines.end() && it->second.first > static_cast<int>(it->second.second.size())) s.oversubscribed = true;
-  }
-  double sleep = static_cast<double>(envInt("HCOMM_SLEEP_US", 1000)) * 1e-6;  // links.cc's backoff round
-  s.lateWake = sleep / 2 + std::max(1e-3, sleep / 2);
   return s;
 }
 
