@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <set>
 
 namespace hcomm {
 
@@ -30,6 +31,32 @@ Hello makeHello(int rank, const std::string& token) {
   std::strncpy(h.token, token.c_str(), sizeof h.token);
   return h;
 }
+
+// A connection accepted on the listener whose hello has not all arrived.
+struct PendingHello {
+  int fd;
+  Clock::time_point deadline;  // dropped when this passes before the hello is whole
+  Hello hello;
+  size_t got = 0;  // bytes of hello received so far
+};
+
+int pollMs(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count() + 1;
+  return left < 0 ? 0 : static_cast<int>(std::min<long long>(left, 1000));
+}
+
+// Reads what has arrived of p's hello. Returns false when the connection is to be
+// dropped (closed or a socket error). Never reads past the hello: the bytes after it
+// are the peer's first messages, which progress() reads.
+bool readHello(PendingHello& p) {
+  while (p.got < sizeof(Hello)) {
+    ssize_t r = ::recv(p.fd, reinterpret_cast<char*>(&p.hello) + p.got, sizeof(Hello) - p.got, MSG_DONTWAIT);
+    if (r == 0) return false;
+    if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    p.got += static_cast<size_t>(r);
+  }
+  return true;
+}
 }  // namespace
 
 TcpTransport::TcpTransport(int rank, const std::string& bindIp, const std::string& token, double timeoutSec)
@@ -46,32 +73,77 @@ TcpTransport::~TcpTransport() {
 std::string TcpTransport::address() const { return ip_ + ":" + std::to_string(port_); }
 
 void TcpTransport::acceptPeers(const std::vector<int>& from, Clock::time_point deadline) {
-  size_t want = from.size(), have = 0;
-  while (have < want) {
-    int fd = acceptBefore(listenFd_, deadline);
-    if (fd < 0) {
-      std::string missing;
-      for (int r : from)
-        if (peers_[r].fd < 0) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
-      throw TimeoutError("tcp transport: ranks [" + missing + "] never connected to rank " + std::to_string(rank_));
+  constexpr double kHelloSec = 10.0;   // a rank sends its hello right after connecting
+  constexpr size_t kMaxPending = 512;  // a flood of strangers drops its oldest first
+  std::set<int> waiting(from.begin(), from.end());
+  std::vector<PendingHello> pending;
+  std::string failure;
+  setNonBlocking(listenFd_);
+  auto drop = [](PendingHello& p) { close(p.fd); p.fd = -1; };
+  // A whole hello arrived: the connection becomes rank h.rank's, or is closed unanswered.
+  auto admit = [&](PendingHello& p) {
+    const Hello& h = p.hello;
+    if (h.magic != kHelloMagic || std::string(h.token, strnlen(h.token, sizeof h.token)) != token_ ||
+        !waiting.count(h.rank)) {  // out of range, not a peer over tcp, or already connected
+      drop(p);
+      return;
     }
-    Hello h;
-    // A stranger or a stalled connection gets at most two seconds, then is dropped.
-    try {
-      recvAll(fd, &h, sizeof h, std::min(deadline, Clock::now() + std::chrono::seconds(2)));
-    } catch (const Error&) {
-      close(fd);
-      continue;
+    peers_[h.rank].fd = p.fd;
+    p.fd = -1;  // owned by peers_ now
+    waiting.erase(h.rank);
+  };
+  while (!waiting.empty() && Clock::now() < deadline) {
+    std::vector<pollfd> polled{{listenFd_, POLLIN, 0}};
+    auto wake = deadline;
+    for (const auto& p : pending) {
+      polled.push_back({p.fd, POLLIN, 0});
+      wake = std::min(wake, p.deadline);
     }
-    bool known = std::find(from.begin(), from.end(), h.rank) != from.end();
-    if (h.magic != kHelloMagic || std::string(h.token, strnlen(h.token, sizeof h.token)) != token_ || !known ||
-        peers_[h.rank].fd >= 0) {
-      close(fd);
-      continue;
+    if (poll(polled.data(), polled.size(), pollMs(wake)) < 0 && errno != EINTR) {
+      failure = std::string("poll: ") + strerror(errno);
+      break;
     }
-    peers_[h.rank].fd = fd;
-    ++have;
+    auto now = Clock::now();
+    for (size_t i = 1; i < polled.size(); ++i) {
+      PendingHello& p = pending[i - 1];
+      if (polled[i].revents && !readHello(p)) drop(p);
+      else if (p.got == sizeof(Hello)) admit(p);
+      else if (now >= p.deadline) drop(p);
+    }
+    pending.erase(std::remove_if(pending.begin(), pending.end(), [](const PendingHello& p) { return p.fd < 0; }),
+                  pending.end());
+    if (!polled[0].revents) continue;
+    for (;;) {
+      int fd = accept4(listenFd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) {
+        // Out of descriptors: make room by dropping the oldest stranger, else the
+        // listener stays readable and this loop spins until deadlines free some.
+        if ((errno == EMFILE || errno == ENFILE) && !pending.empty()) {
+          close(pending.front().fd);
+          pending.erase(pending.begin());
+          continue;
+        }
+        break;  // EAGAIN: none left (or the peer already gave up)
+      }
+      if (pending.size() >= kMaxPending) {
+        close(pending.front().fd);
+        pending.erase(pending.begin());
+      }
+      tuneSocket(fd);
+      PendingHello p;
+      p.fd = fd;
+      p.deadline = std::min(deadline, Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                          std::chrono::duration<double>(kHelloSec)));
+      pending.push_back(p);
+    }
   }
+  for (auto& p : pending) close(p.fd);
+  if (waiting.empty()) return;
+  std::string missing;
+  for (int r : waiting) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+  std::string what = "tcp transport: ranks [" + missing + "] never connected to rank " + std::to_string(rank_);
+  if (!failure.empty()) throw Error(what + " (" + failure + ")");
+  throw TimeoutError(what);
 }
 
 void TcpTransport::connect(const std::vector<int>& peers, const std::vector<std::string>& addrs) {
@@ -89,6 +161,10 @@ void TcpTransport::connect(const std::vector<int>& peers, const std::vector<std:
   }
   acceptPeers(higher, deadline);
   for (auto& kv : peers_) setNonBlocking(kv.second.fd);
+  // Every peer is in: nothing is accepted again, and a connection arriving from now on
+  // is refused by the kernel instead of waiting unread in the backlog.
+  close(listenFd_);
+  listenFd_ = -1;
 }
 
 TcpTransport::Peer& TcpTransport::peerOf(int rank) {

@@ -1,10 +1,13 @@
 // TCP transport for ranks on different hosts.
 //
 // One connection per peer pair: the higher rank connects to the lower rank's listener
-// and presents the job token; anything else that connects is dropped. Messages are a
-// 24-byte header (magic, tag, length) and the payload, written with non-blocking
-// sockets by progress(); a receive that reduces stages the payload through a small
-// buffer and combines it as it lands.
+// and presents the job token and its rank. The listener serves every connection at
+// once (poll), each with its own deadline for its hello, so a stranger that connects
+// and stalls costs the job nothing; without the token, or with a rank that is not an
+// expected peer, a connection is closed unanswered. Once every peer is in, the
+// listener is closed. Messages are a 32-byte header (magic, tag, length, fingerprint)
+// and the payload, written with non-blocking sockets by progress(); a receive that
+// reduces stages the payload through a small buffer and combines it as it lands.
 #pragma once
 #include <deque>
 #include <map>
@@ -74,6 +77,7 @@ class TcpTransport : public Transport {
   void finishPayload(Peer& p);
   void fail(Peer& p, const std::string& why);
   void failWaiting(Peer& p, const std::string& why);  // every request on p fails
+  // Accepts until every rank in `from` has presented itself; throws naming the rest.
   void acceptPeers(const std::vector<int>& from, Clock::time_point deadline);
 
   int rank_;
