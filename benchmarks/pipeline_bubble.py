@@ -78,6 +78,7 @@ def _latency(rank, p, n=60):
             start = time.perf_counter()
         for op in ((ping, pong) if rank == 0 else (pong, ping)):
             ex.exchange([op], []) if isinstance(op, Send) else ex.exchange([], [op])
+    ex.flush()
     # specs are known after the first message: like a pipeline's steady state
     one_way = torch.tensor([(time.perf_counter() - start) / (2 * n)], dtype=torch.float64)
     dist.broadcast(one_way, 0)

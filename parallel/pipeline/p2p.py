@@ -39,11 +39,20 @@ Exchange of a batch (a run of communication actions, see schedules.py), in round
   round k  each control block that arrived confirms its guess or lets its (real) tensor
            receives be posted, and that peer's queue continues the same way (one
            unconfirmed message at a time, so messages on a channel match in order);
-  finally  wait for everything, then check the control blocks of the known specs.
+  finally  wait for every receive, then check the control blocks of the known specs.
 A round waits only on control receives, which complete as soon as the peer has posted
-its matching send; sends are waited at the end.  So a batch finishes once every peer
-has reached its matching batch, with no dependency on a third rank: the rendezvous
-model the checker proves deadlock-free.
+its matching send.  So a batch finishes once every peer has reached its matching batch,
+with no dependency on a third rank: the rendezvous model the checker proves
+deadlock-free.  Two things start earlier or end later than that model, and neither adds
+a wait to it, so neither can add a deadlock:
+  * the sends of a batch are waited at the end of the *next* batch (or by flush() at the
+    end of the step), so a rank computes while its last sends drain;
+  * exchange(..., then=next_recvs) posts round 0 of the next batch's receives as soon
+    as this batch is done, before the compute between the two: a peer that finishes
+    first finds its receive posted and its message lands during our compute.  Channel
+    order is kept (this batch's receives are all posted first).  Not on NCCL, where an
+    individually posted receive occupies the communicator's stream until it matches
+    and would hold back our own sends behind it.
 """
 from collections import deque
 from dataclasses import dataclass
@@ -147,14 +156,20 @@ class Exchanger:
         self.device = device
         self.known: Dict[tuple, Spec] = {}    # specs confirmed this step, both directions
         self.guess: Dict[tuple, Spec] = {}    # specs of earlier steps, until confirmed
+        self._sends: list = []                # works of the last batch's sends, not yet waited
+        self._early: Optional[_Inbox] = None  # the next batch's receives, posted early
         # NCCL coalesces a batch into one work, which would make a round wait for its
         # sends; there each operation is posted on its own (still asynchronous).
         self.coalesces = dist.get_backend(group) == "nccl"
 
     def reset(self):
-        """Start a step: what this step confirmed becomes the next one's guesses."""
+        """Start a step: what this step confirmed becomes the next one's guesses.
+
+        Works left over (only after an exception escaped exchange(), when the traffic
+        with the peers is out of step anyway) are dropped, not waited."""
         self.guess.update(self.known)
         self.known.clear()
+        self._sends, self._early = [], None
 
     def _post(self, ops: List[dist.P2POp]) -> list:
         if not ops:
@@ -191,31 +206,43 @@ class Exchanger:
         self.known.update(learned)
         return ops
 
-    def exchange(self, sends: Sequence[Send], recvs: Sequence[Recv]) -> List[Message]:
-        """Send all of sends, receive recvs (returned in the same order)."""
+    def exchange(self, sends: Sequence[Send], recvs: Sequence[Recv], then: Sequence[Recv] = ()) -> List[Message]:
+        """Send all of sends, receive recvs (returned in the same order); then post
+        round 0 of `then`, the next batch's receives (see the module docstring)."""
         ops = self._send_ops(sends)
-        queues: Dict[int, deque] = {}
-        for i, r in enumerate(recvs):
-            queues.setdefault(r.peer, deque()).append(i)
-        results: List[Optional[Message]] = [None] * len(recvs)
-        ctrls: Dict[int, torch.Tensor] = {}
-        pending, works = self._post_round(recvs, queues, ops, results, ctrls)
-        while pending:
+        inbox, self._early = self._early, None
+        if inbox is None:
+            inbox = _Inbox(recvs)
+        elif inbox.recvs != list(recvs):
+            raise RuntimeError(f"receives posted early for {inbox.recvs} but the batch receives {list(recvs)}")
+        sent, self._sends = self._sends, self._post(ops)
+        self._post_round(inbox, [])
+        while inbox.pending:
+            pending, inbox.pending = inbox.pending, []
             for work, _ in pending:
                 work.wait()
             ops = []
             for _, i in pending:
-                ops += self._learn(recvs[i], ctrls.pop(i), results, i)
-            pending, more = self._post_round(recvs, queues, ops, results, ctrls)
-            works += more
-        for work in works:
+                ops += self._learn(inbox.recvs[i], inbox.ctrls.pop(i), inbox.results, i)
+            self._post_round(inbox, ops)
+        for work in sent + inbox.works:
             work.wait()
-        for i, ctrl in ctrls.items():  # messages whose spec was known: check what came
-            status, spec = parse_control(ctrl, recvs[i].kind, recvs[i].mb, recvs[i].stage)
-            if status == RESHAPED or spec != self.known[recvs[i].key]:
-                raise ProtocolError(f"stage {recvs[i].stage} sent shapes {spec}, expected {self.known[recvs[i].key]}")
-            results[i].failed = status == FAILED
-        return results
+        for i, ctrl in inbox.ctrls.items():  # messages whose spec was known: check what came
+            r = inbox.recvs[i]
+            status, spec = parse_control(ctrl, r.kind, r.mb, r.stage)
+            if status == RESHAPED or spec != self.known[r.key]:
+                raise ProtocolError(f"stage {r.stage} sent shapes {spec}, expected {self.known[r.key]}")
+            inbox.results[i].failed = status == FAILED
+        if then and not self.coalesces:
+            self._early = _Inbox(then)
+            self._post_round(self._early, [])
+        return inbox.results
+
+    def flush(self):
+        """Wait for the sends still in flight (the last batch's); call at the end of a step."""
+        sent, self._sends = self._sends, []
+        for work in sent:
+            work.wait()
 
     def _learn(self, r: Recv, ctrl: torch.Tensor, results: list, i: int) -> list:
         """The control block of an unconfirmed message arrived: confirm the guess whose
@@ -238,30 +265,43 @@ class Exchanger:
         results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
         return [self._op(dist.irecv, t, r.peer) for t in results[i].tensors]
 
-    def _post_round(self, recvs, queues: Dict[int, deque], ops: list, results: list, ctrls: dict):
-        """Post ops and each peer's next receives (see the module docstring).
-
-        Returns ((work, index) of the control blocks to wait for, works of everything
-        else).  Each work is waited exactly once: a second wait on a finished gloo
-        receive blocks forever.
-        """
+    def _post_round(self, inbox: "_Inbox", ops: list):
+        """Post ops and each peer's next receives (see the module docstring), adding the
+        control blocks to wait for to inbox.pending and everything else to inbox.works.
+        Each work is waited exactly once: a second wait on a finished gloo receive
+        blocks forever."""
         waits = []
-        for peer, queue in queues.items():
+        for peer, queue in inbox.queues.items():
             while queue:
                 i = queue.popleft()
-                r = recvs[i]
-                ctrls[i] = torch.empty(self.words, dtype=torch.int64, device=self.device)
-                ops.append(self._op(dist.irecv, ctrls[i], peer))
+                r = inbox.recvs[i]
+                inbox.ctrls[i] = torch.empty(self.words, dtype=torch.int64, device=self.device)
+                ops.append(self._op(dist.irecv, inbox.ctrls[i], peer))
                 spec = self.known.get(r.key)
                 if spec is None:
                     waits.append((len(ops) - 1, i))
                     spec = self.guess.get(r.key)
                     if spec is not None:  # post the guessed tensors now; RESHAPED replaces them
-                        results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
-                        ops += [self._op(dist.irecv, t, peer) for t in results[i].tensors]
+                        inbox.results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
+                        ops += [self._op(dist.irecv, t, peer) for t in inbox.results[i].tensors]
                     break
-                results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
-                ops += [self._op(dist.irecv, t, peer) for t in results[i].tensors]
+                inbox.results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
+                ops += [self._op(dist.irecv, t, peer) for t in inbox.results[i].tensors]
         works = self._post(ops)
         first = {k for k, _ in waits}
-        return [(works[k], i) for k, i in waits], [w for k, w in enumerate(works) if k not in first]
+        inbox.pending += [(works[k], i) for k, i in waits]
+        inbox.works += [w for k, w in enumerate(works) if k not in first]
+
+
+class _Inbox:
+    """The receiving half of one batch while it is being exchanged."""
+
+    def __init__(self, recvs: Sequence[Recv]):
+        self.recvs = list(recvs)
+        self.queues: Dict[int, deque] = {}   # per peer: indices into recvs not yet posted
+        for i, r in enumerate(self.recvs):
+            self.queues.setdefault(r.peer, deque()).append(i)
+        self.results: List[Optional[Message]] = [None] * len(self.recvs)
+        self.ctrls: Dict[int, torch.Tensor] = {}  # control blocks posted, not yet read
+        self.pending: list = []               # (work, index) of control blocks to wait for
+        self.works: list = []                 # every other receive posted

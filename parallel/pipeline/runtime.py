@@ -12,7 +12,8 @@ One step (``PipelineRuntime.step``):
   2. walk this rank's actions: F runs a stage (the last stage adds loss / m, so the
      accumulated gradients equal those of the unpipelined model on the whole batch),
      B back-propagates the gradient received for the stage's outputs, and each run of
-     communication actions is exchanged as one batch (p2p.py);
+     communication actions is exchanged as one batch (p2p.py), whose end posts the
+     next batch's receives before the compute in between;
   3. all ranks of the status group (default: the whole world) all_gather
      [failed, loss]; this returns the loss of this pipeline to all its ranks and is how
      a failure anywhere becomes an error everywhere (below);
@@ -30,6 +31,7 @@ step are partial: zero them before the next step.  What this cannot catch: a ran
 dies, or a stage stuck inside a tensor-parallel collective its failed tp peer never
 joined; those are left to the backend's timeout (init_process_group(timeout=...)).
 """
+import itertools
 import logging
 import time
 import zlib
@@ -137,6 +139,7 @@ class PipelineRuntime:
                 print(self.report.format(), flush=True)
         self.stats = StepStats()
         self._exchanger = None
+        self._plan = None
 
     @staticmethod
     def _validate(stages, schedule, pp_rank, pp_ranks, loss_reduction, header_words):
@@ -192,17 +195,12 @@ class PipelineRuntime:
             self._first_step()
         self._exchanger.reset()
         st = self._begin(inputs, targets)
-        acts = self.schedule.actions[self.pp_rank]
-        i = 0
-        while i < len(acts):
-            j = i + 1
-            if acts[i].is_compute:
-                self._compute(st, acts[i])
+        for item in self._plan:
+            if isinstance(item, Action):
+                self._compute(st, item)
             else:
-                while j < len(acts) and not acts[j].is_compute:
-                    j += 1
-                self._exchange(st, acts[i:j])
-            i = j
+                self._exchange(st, *item)
+        self._exchanger.flush()
         loss = self._agree(st)
         if self.dp_group is not None:
             _average_grads(list(self.parameters()), self.dp_group)
@@ -226,7 +224,26 @@ class PipelineRuntime:
             if not torch.equal(theirs, mine):
                 raise PipelineError(f"pipeline ranks disagree on the schedule: global rank {rank} has "
                                     f"(p, S, m, header_words, crc) = {theirs.tolist()}, this rank {mine.tolist()}")
+        self._plan = self._make_plan()
         self._exchanger = Exchanger(self.pp_group, self.header_words, self.device)
+
+    def _make_plan(self) -> list:
+        """This rank's actions, each run of communication actions as one batch:
+        (actions, their receives, the next batch's receives, posted when this one ends)."""
+        plan = []
+        for is_compute, run in itertools.groupby(self.schedule.actions[self.pp_rank], key=lambda a: a.is_compute):
+            plan += list(run) if is_compute else [list(run)]
+        batches = [k for k, item in enumerate(plan) if isinstance(item, list)]
+        recvs = [[self._recv_of(a) for a in plan[k] if a.op.startswith("RECV")] for k in batches]
+        for n, k in enumerate(batches):
+            plan[k] = (plan[k], recvs[n], recvs[n + 1] if n + 1 < len(recvs) else [])
+        return plan
+
+    def _recv_of(self, act: Action) -> Recv:
+        peer = self.pp_ranks[act.peer]
+        if act.op == "RECV_F":
+            return Recv(peer, ACTIVATION, act.mb, act.stage - 1)
+        return Recv(peer, GRADIENT, act.mb, act.stage + 1)
 
     def _begin(self, inputs, targets) -> _Step:
         st = _Step(inputs=None, targets=None)
@@ -310,24 +327,19 @@ class PipelineRuntime:
 
     # ------------------------------------------------------------ communication
 
-    def _exchange(self, st: _Step, batch):
-        sends, recvs = [], []
+    def _exchange(self, st: _Step, batch, recvs, then):
+        sends = []
         for act in batch:
-            peer = self.pp_ranks[act.peer]
             if act.op in ("SEND_F", "SEND_B"):
                 kind = ACTIVATION if act.op == "SEND_F" else GRADIENT
                 tensors = None if st.poisoned else st.outbox.pop((act.op[-1], act.mb, act.stage))
-                sends.append(Send(peer, Message(kind, act.mb, act.stage, tensors)))
-            elif act.op == "RECV_F":
-                recvs.append(Recv(peer, ACTIVATION, act.mb, act.stage - 1))
-            else:
-                recvs.append(Recv(peer, GRADIENT, act.mb, act.stage + 1))
+                sends.append(Send(self.pp_ranks[act.peer], Message(kind, act.mb, act.stage, tensors)))
         try:
-            msgs = self._exchanger.exchange(sends, recvs)
+            msgs = self._exchanger.exchange(sends, recvs, then)
         except (ValueError, TypeError) as exc:  # a message that cannot be encoded: nothing was posted
             self._fail(st, exc)
             sends = [Send(s.peer, Message(s.msg.kind, s.msg.mb, s.msg.stage, None)) for s in sends]
-            msgs = self._exchanger.exchange(sends, recvs)
+            msgs = self._exchanger.exchange(sends, recvs, then)
         st.stats.messages_sent += len(sends)
         self._deliver(st, batch, msgs)
 
