@@ -174,7 +174,15 @@ def test_racks_for_broadcast_and_allgather():
     topo = hosts(2, 2, 2, 2, rack_of=lambda h: f"r{h // 2}")
     e = hcomm.explain("broadcast", 64 << 20, topology=topo, root=3)
     assert e.chosen == "hierarchical" and e.candidate("hierarchical").applicable
-    # Gathering into rack leaders and broadcasting the whole result back over tcp costs
-    # more than a ring that crosses each rack boundary once: the model says so.
+    # hosts: gather into host leaders; racks: peer rings among them; both candidates modelled
     e = hcomm.explain("allgather", 64 << 20, topology=topo)
-    assert e.candidate("hierarchical").applicable and e.chosen == "ring"
+    assert e.candidate("hierarchical").applicable
+    assert e.chosen == min(e.candidates, key=lambda c: c.seconds).algo
+
+
+def test_allgather_peer_rings_beat_the_ring_on_fast_networks_too():
+    # 10 Gbit/s between hosts: the peer rings move no more shm bytes than the flat ring
+    e = hcomm.explain("allgather", 64 << 20, topology=hosts(3, 3, tcp_beta=GBIT / 10))
+    assert e.chosen == "hierarchical" and e.candidate("hierarchical").seg_bytes == 0
+    # unequal groups (3+1) keep the leader scheme, still modelled
+    assert hcomm.explain("allgather", 64 << 20, topology=hosts(3, 1)).candidate("hierarchical").seg_bytes > 0

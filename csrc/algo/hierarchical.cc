@@ -24,16 +24,21 @@
 // Only ceil(log2 h) hops cross hosts and each host's NIC takes S in once; a flat
 // binomial tree can put several hops of one round through the same NIC.
 //
-// Allgather(v), same levels: each group gathers its ranks' blocks into its leader
-// (packed in group order), the leaders allgather the packed group blocks one level up
-// (recursively; ring at the top), each leader unpacks into rank order and broadcasts
-// the whole result inside its group.
+// Allgather(v), same levels. Equal groups and a single level that splits (hosts, no
+// racks): rank i of every group rings with rank i of the others (g rings of h ranks at
+// once, each rank's block straight into place), then each group rings inside, every
+// step passing the h blocks a member collected.
+//   T = (h-1)*(alpha_x + S/n * g * beta_x)    g rings share each host's NIC
+//     + (g-1)*(h*alpha_in + S/g * beta_in)     ring inside
+// Otherwise (unequal groups such as 3+1, or racks above hosts): each group gathers its
+// ranks' blocks into its leader (packed in group order), the leaders allgather the
+// packed group blocks one level up (recursively; ring at the top), each leader unpacks
+// into rank order and broadcasts the whole result inside its group.
 //   T = (g-1)*alpha_in + (g-1)/g * S_grp * beta_in            gather inside
 //     + (h-1)*(alpha_x + S/h * beta_x)                           ring across leaders
-//     + (ceil(log2 g) + k - 1) * (alpha_in + S/k * beta_in)     broadcast inside
-// A host's NIC carries (h-1)/h * S instead of the flat ring's (n-1)/n * S, and only one
-// rank per host drives it: wins for large messages across hosts with several ranks
-// per host. Unequal groups need nothing special (the counts are per rank).
+//     + S * beta_in + (ceil(log2 g) + k - 1) * (alpha_in + S/k * beta_in)  unpack, broadcast
+// Either way a host's NIC carries (h-1)/h * S instead of the flat ring's (n-1)/n * S:
+// wins for large messages across hosts with several ranks per host.
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -184,6 +189,37 @@ void broadcastLevel(Links& l, void* buf, size_t count, int root, const std::vect
   }
 }
 
+struct Range {
+  size_t off, bytes;
+};
+
+// Ring allgather in which rank r's part is the byte ranges parts[r] of out (already in
+// place on rank r); both ends post a step's ranges in the same order.
+void ringRanges(Links& l, char* out, const std::vector<std::vector<Range>>& parts) {
+  int n = l.size(), r = l.rank();
+  int right = (r + 1) % n, left = (r + n - 1) % n;
+  std::vector<RequestPtr> reqs;
+  for (int s = 0; s < n - 1; ++s) {
+    reqs.clear();
+    for (const Range& x : parts[(r - s + n) % n])
+      if (x.bytes) reqs.push_back(l.isend(right, out + x.off, x.bytes));
+    for (const Range& x : parts[(r - s - 1 + 2 * n) % n])
+      if (x.bytes) reqs.push_back(l.irecv(left, out + x.off, x.bytes));
+    l.waitAll(reqs);
+  }
+}
+
+// The peer-ring scheme applies: equal groups, and no level above splits one rank per group.
+bool peerRings(const Grouping& g, const std::vector<std::vector<int>>& levels, size_t depth) {
+  for (const auto& grp : g.groups)
+    if (grp.size() != g.groups[0].size()) return false;
+  std::vector<int> firsts;
+  for (const auto& grp : g.groups) firsts.push_back(grp[0]);
+  auto upper = upperLevels(levels, depth + 1, firsts);
+  Grouping ignored;
+  return firstSplitting(upper, 0, 0, &ignored) == upper.size();
+}
+
 void allgatherLevel(Links& l, const void* in, void* outv, const std::vector<size_t>& counts,
                     const std::vector<std::vector<int>>& levels, size_t depth, size_t segBytes) {
   char* out = static_cast<char*>(outv);
@@ -198,6 +234,22 @@ void allgatherLevel(Links& l, const void* in, void* outv, const std::vector<size
     return;
   }
   const std::vector<int>& group = g.groups[g.mine];
+  auto range = [&](int r) { return Range{displ[r] * es, counts[r] * es}; };
+  if (peerRings(g, levels, depth)) {
+    if (counts[me] && in != out + displ[me] * es) std::memcpy(out + displ[me] * es, in, counts[me] * es);
+    std::vector<int> peers;
+    std::vector<std::vector<Range>> across, inside(group.size());
+    for (const auto& grp : g.groups) {
+      peers.push_back(grp[g.local]);
+      across.push_back({range(grp[g.local])});
+      for (size_t i = 0; i < grp.size(); ++i) inside[i].push_back(range(grp[i]));
+    }
+    Links peersLinks = l.sub(peers, kLevelStride);
+    ringRanges(peersLinks, out, across);
+    Links groupLinks = l.sub(group, kGatherChannel);
+    ringRanges(groupLinks, out, inside);
+    return;
+  }
   std::vector<size_t> groupCounts;  // elements per group, the upper level's per-rank counts
   std::vector<size_t> packedAt(g.groups.size() + 1, 0);
   for (size_t i = 0; i < g.groups.size(); ++i) {

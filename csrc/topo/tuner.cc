@@ -272,6 +272,21 @@ double hierarchicalAllgatherSeconds(const CommShape& s, const std::vector<std::v
   std::vector<std::vector<int>> groups;
   depth = splitAt(levels, members, depth, &groups);
   if (depth == levels.size()) return ringAllgatherSeconds(Net{s, members, 1}, bytes);
+  bool equal = true;
+  for (const auto& g : groups) equal &= g.size() == groups[0].size();
+  std::vector<int> firsts;
+  for (const auto& g : groups) firsts.push_back(g[0]);
+  std::vector<std::vector<int>> upper;
+  if (equal && splitAt(levels, firsts, depth + 1, &upper) == levels.size()) {
+    // Peer rings: rank i of every group rings with its peers (the g rings share each
+    // NIC), then a ring inside each group passes h blocks a step.
+    double h = static_cast<double>(groups.size()), g = static_cast<double>(groups[0].size());
+    double across = ringAllgatherSeconds(Net{s, firsts, static_cast<int>(g)}, bytes / g);
+    std::vector<std::pair<int, int>> ring;
+    for (int i = 0; i < static_cast<int>(g); ++i) ring.push_back({i, (i + 1) % static_cast<int>(g)});
+    StepCost st = step(Net{s, groups[0], 1}, ring);
+    return across + (g - 1) * (h * st.alpha + bytes / g * st.perByte);
+  }
   std::vector<int> leaders;
   double gather = 0, inside = 0, m = static_cast<double>(members.size());
   for (const auto& g : groups) {  // the leader receives every member's block (shm at the host level)
@@ -289,13 +304,16 @@ double hierarchicalAllgatherSeconds(const CommShape& s, const std::vector<std::v
 // The best segment of treeSegments() for a pipelined tree cost.
 Candidate bestSegment(const std::string& name, const std::function<double(double)>& seconds) {
   Candidate best{name, std::numeric_limits<double>::infinity(), treeSegments().back()};
+  bool matters = false;  // no segment changes the time: the algorithm uses none
   for (size_t seg : treeSegments()) {
     double t = seconds(static_cast<double>(seg));
+    matters |= best.seconds != std::numeric_limits<double>::infinity() && t != best.seconds;
     if (t < best.seconds) {
       best.seconds = t;
       best.segBytes = seg;
     }
   }
+  if (!matters) best.segBytes = 0;
   return best;
 }
 
