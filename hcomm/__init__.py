@@ -10,6 +10,7 @@ from . import _C
 from ._C import Error
 from ._errors import InvalidArgument
 from .comm import Communicator, Work
+from .comm import timeout_seconds as _timeout_seconds
 from .launch import detect_rank_size, exchange_unique_id, local_rank
 from .topology import explain
 
@@ -33,8 +34,9 @@ def init(rank=None, size=None, unique_id=None, timeout=None):
 
     With no arguments, rank, size and the rendezvous come from the launcher (torchrun,
     mpirun, Slurm). Explicitly: init(rank=r, size=n, unique_id=get_unique_id() from one
-    process, passed to all)."""
-    timeout = default_timeout() if timeout is None else float(timeout)
+    process, passed to all). timeout: seconds every blocking wait may take (a positive,
+    finite number; default HCOMM_TIMEOUT), checked before anything else is done."""
+    timeout = _timeout_seconds(default_timeout(), "HCOMM_TIMEOUT") if timeout is None else _timeout_seconds(timeout)
     if (rank is None) != (size is None):
         raise InvalidArgument("pass both rank and size, or neither")
     if rank is None:

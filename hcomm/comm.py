@@ -5,6 +5,7 @@ across ranks (different counts on different ranks) are caught by the core and en
 hcomm.Error within the timeout.
 """
 import math
+import numbers
 import operator
 
 from ._buffers import ITEMSIZE, as_buffer
@@ -103,10 +104,7 @@ class Communicator:
 
     @timeout.setter
     def timeout(self, seconds):
-        seconds = float(seconds)
-        if not (0 < seconds < math.inf):  # also refuses nan: a deadline must be a real time
-            raise InvalidArgument(f"timeout must be a positive, finite number of seconds, got {seconds!r}")
-        self._c.timeout = seconds
+        self._c.timeout = timeout_seconds(seconds)
 
     @property
     def closed(self):
@@ -148,8 +146,14 @@ class Communicator:
 
     # ------------------------------------------------------------- helpers
     def _check_root(self, root, what="root"):
-        if not isinstance(root, int) or not 0 <= root < self.size:
-            raise InvalidArgument(f"{what} {root!r} is out of range for a communicator of {self.size} ranks")
+        """The rank `root` names, as an int: ints and integer scalars (np.int64) pass, a
+        bool or a non-integer is refused, and so is a rank outside the communicator."""
+        if isinstance(root, bool):
+            raise InvalidArgument(f"{what} must be an integer rank, got {root!r}")
+        rank = _int(root, what)
+        if not 0 <= rank < self.size:
+            raise InvalidArgument(f"{what} {rank} is out of range for a communicator of {self.size} ranks")
+        return rank
 
     def _finish(self, work, result, keep, async_op):
         if async_op:
@@ -178,7 +182,7 @@ class Communicator:
     def reduce(self, x, out=None, root=0, op="sum", algo=None, async_op=False, factor=None):
         """Reduce x over all ranks into out on root (into x on root when out is None)."""
         op = _op_name(op)
-        self._check_root(root)
+        root = self._check_root(root)
         src = as_buffer(x, "input", writable=out is None and self.rank == root)
         dst = src
         if self.rank == root and out is not None:
@@ -194,7 +198,7 @@ class Communicator:
     def broadcast(self, x, root=0, out=None, algo=None, async_op=False):
         """Copy root's x to every rank: into x, or into out when given (then x matters on root only).
         algo: None (the tuner), "binomial" / "tree", "hierarchical" or "native"."""
-        self._check_root(root)
+        root = self._check_root(root)
         _check_algo("broadcast", algo, _BROADCAST_ALGOS)
         if out is None:
             buf = as_buffer(x, "tensor", writable=True)
@@ -307,7 +311,7 @@ class Communicator:
 
     def gather(self, x, out=None, root=0, async_op=False):
         """Concatenate every rank's x into out on root (size * x.size elements)."""
-        self._check_root(root)
+        root = self._check_root(root)
         src = as_buffer(x, "input")
         dst = src
         if self.rank == root:
@@ -321,7 +325,7 @@ class Communicator:
 
     def scatter(self, x, out, root=0, async_op=False):
         """Root's x (size * out.size elements) is cut into blocks; rank i gets block i in out."""
-        self._check_root(root)
+        root = self._check_root(root)
         dst = as_buffer(out, "output", writable=True)
         src = dst
         if self.rank == root:
@@ -343,7 +347,7 @@ class Communicator:
             raise InvalidArgument(f"tag must be an int in [0, 2**31), got {tag!r}")
 
     def send(self, x, peer, tag=0, async_op=False):
-        self._check_root(peer, "peer")
+        peer = self._check_root(peer, "peer")
         self._check_tag(tag)
         buf = as_buffer(x, "tensor")
         w = self._c.send(buf.ptr, buf.nbytes, peer, tag, async_op)
@@ -352,7 +356,7 @@ class Communicator:
     def recv(self, x, peer=None, tag=0, async_op=False):
         """Receive into x from peer (any rank when peer is None); returns the sender's rank."""
         if peer is not None:
-            self._check_root(peer, "peer")
+            peer = self._check_root(peer, "peer")
         self._check_tag(tag)
         buf = as_buffer(x, "tensor", writable=True)
         w = self._c.recv(buf.ptr, buf.nbytes, -1 if peer is None else peer, tag, async_op)
@@ -380,6 +384,15 @@ class Communicator:
         if len(displs) != self.size or any(d < 0 for d in displs):
             raise InvalidArgument(f"{what}: need {self.size} non-negative entries, got {displs}")
         return displs
+
+
+def timeout_seconds(value, what="timeout"):
+    """A timeout in seconds as a float: a positive, finite real number (numpy's too).
+    nan, inf, bools and strings are refused: a deadline must be a real time."""
+    seconds = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    if not 0 < seconds < math.inf:
+        raise InvalidArgument(f"{what} must be a positive, finite number of seconds, got {value!r}")
+    return seconds
 
 
 def _int(value, what):

@@ -65,6 +65,54 @@ def test_bad_init_arguments():
         hcomm.init(rank=0, size=2, unique_id="not-an-id", timeout=2)
 
 
+@pytest.mark.parametrize("root", [np.int64(0), np.int32(0), np.uint8(0)])
+def test_numpy_integer_roots_are_accepted(solo, root):
+    x = np.arange(4.0)
+    solo.broadcast(x, root=root)
+    solo.reduce(x, root=root)
+    out = np.zeros(4)
+    solo.gather(x, out, root=root)
+    solo.scatter(x, out, root=root)
+    np.testing.assert_array_equal(out, np.arange(4.0))
+
+
+@pytest.mark.parametrize("root, match", [
+    (np.int64(1), "root 1 is out of range for a communicator of 1 ranks"),
+    (np.int64(-1), "root -1 is out of range"),
+    (True, "root must be an integer rank, got True"),
+    (np.bool_(False), "root: expected an integer, got "),
+    (0.0, "root: expected an integer, got 0.0"),
+    ("0", "root: expected an integer, got '0'"),
+])
+def test_bad_roots_are_refused(solo, root, match):
+    with pytest.raises(hcomm.InvalidArgument, match=re.escape(match)):
+        solo.broadcast(np.ones(4), root=root)
+    with pytest.raises(hcomm.InvalidArgument, match=re.escape(match.replace("root", "peer"))):
+        solo.send(np.ones(4), root)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, 0.0, float("nan"), float("inf"), -float("inf"), True, "5", [3], b"1"])
+def test_bad_init_timeout_is_refused_first(timeout):
+    # named, and refused before the other arguments are looked at or any socket is opened
+    why = re.escape(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    with pytest.raises(hcomm.InvalidArgument, match=why):
+        hcomm.init(rank=0, size=2, unique_id="not-an-id", timeout=timeout)
+    with pytest.raises(hcomm.InvalidArgument, match=why):
+        hcomm.init(rank=0, timeout=timeout)
+
+
+def test_bad_hcomm_timeout_is_named(monkeypatch):
+    monkeypatch.setenv("HCOMM_TIMEOUT", "0")
+    with pytest.raises(hcomm.InvalidArgument, match="HCOMM_TIMEOUT must be a positive, finite number of seconds, got 0.0"):
+        hcomm.init(rank=0, size=1)
+
+
+@pytest.mark.parametrize("timeout", [7, 2.5, np.float32(7.0), np.int64(3)])
+def test_init_timeout_accepts_numbers(timeout):
+    with hcomm.init(rank=0, size=1, timeout=timeout) as comm:
+        assert comm.timeout == pytest.approx(float(timeout))
+
+
 def _mismatch_body(comm):
     # Rank 0 sends 1000 elements, rank 1 expects 999: a mismatch only visible across ranks.
     x = np.ones(1000 if comm.rank == 0 else 999, np.float32)
