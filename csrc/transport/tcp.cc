@@ -14,6 +14,10 @@ namespace hcomm {
 
 namespace {
 constexpr uint64_t kMsgMagic = 0x68636f6d6d544d31ull;  // "hcommTM1"
+// An abort notice: the payload is why the sender gave up (at most kMaxNotice bytes), so
+// a rank waiting on it fails with the first cause rather than "connection closed".
+constexpr uint64_t kAbortMagic = 0x68636f6d6d544142ull;  // "hcommTAB"
+constexpr size_t kMaxNotice = 448;
 constexpr uint32_t kHelloMagic = 0x68634f4b;
 constexpr size_t kStage = 256 << 10;
 
@@ -257,7 +261,8 @@ void TcpTransport::startPayload(Peer& p) {
   p.inPayload = true;
   p.got = 0;
   p.staged = 0;
-  p.toPosted = p.match.takePosted(p.hdr.tag, &p.current);
+  bool notice = p.hdr.magic == kAbortMagic;
+  p.toPosted = !notice && p.match.takePosted(p.hdr.tag, &p.current);
   std::string why = p.toPosted ? mismatch(p.rank, p.hdr.tag, p.hdr.nbytes, p.hdr.fingerprint, *p.current.req) : "";
   if (!why.empty()) {
     complete(*p.current.req, why);
@@ -269,7 +274,7 @@ void TcpTransport::startPayload(Peer& p) {
     p.streaming->nbytes = p.hdr.nbytes;
     p.streaming->fingerprint = p.hdr.fingerprint;
     p.streaming->data.resize(p.hdr.nbytes);
-    p.match.unexpected.push_back(p.streaming);
+    if (!notice) p.match.unexpected.push_back(p.streaming);
   } else if (p.current.reducing && p.stage.size() < kStage) {
     p.stage.resize(kStage);
   }
@@ -278,6 +283,12 @@ void TcpTransport::startPayload(Peer& p) {
 void TcpTransport::finishPayload(Peer& p) {
   p.inPayload = false;
   p.hdrGot = 0;
+  if (p.hdr.magic == kAbortMagic) {
+    std::string cause(p.streaming->data.begin(), p.streaming->data.end());
+    p.streaming.reset();
+    fail(p, "rank " + std::to_string(p.rank) + " gave up after an error: " + cause);
+    return;
+  }
   if (p.toPosted) {
     complete(*p.current.req);
     p.current = PostedRecv();
@@ -323,7 +334,7 @@ bool TcpTransport::drain(Peer& p) {
     if (!p.inPayload) {
       p.hdrGot += static_cast<size_t>(r);
       if (p.hdrGot < sizeof(Header)) continue;
-      if (p.hdr.magic != kMsgMagic) {
+      if (p.hdr.magic != kMsgMagic && !(p.hdr.magic == kAbortMagic && p.hdr.nbytes <= kMaxNotice)) {
         fail(p, "garbage on the connection (bad message header)");
         return true;
       }
@@ -382,8 +393,26 @@ bool TcpTransport::probe(int peer, uint64_t tag, size_t* nbytes) {
 
 void TcpTransport::abort(const std::string& why) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
+  bool first = aborted_.empty();
   aborted_ = why;
-  for (auto& kv : peers_) failWaiting(kv.second, why);
+  for (auto& kv : peers_) {
+    Peer& p = kv.second;
+    bool midMessage = !p.sending.empty() && p.sending.front().sent > 0;
+    failWaiting(p, why);
+    if (first && p.fd >= 0 && p.broken.empty()) tellAbort(p, why, midMessage);
+  }
+}
+
+void TcpTransport::tellAbort(Peer& p, const std::string& why, bool midMessage) {
+  // Best effort, never blocking: the notice goes out only on a clean message boundary;
+  // otherwise (or if it does not fit in the socket buffer) the connection is shut down,
+  // which the peer sees at once as a closed connection.
+  std::string text = why.substr(0, kMaxNotice);
+  Header h{kAbortMagic, 0, text.size(), 0};
+  std::string frame(reinterpret_cast<const char*>(&h), sizeof h);
+  frame += text;
+  ssize_t n = midMessage ? -1 : ::send(p.fd, frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n != static_cast<ssize_t>(frame.size())) shutdown(p.fd, SHUT_RDWR);
 }
 
 void TcpTransport::failWaiting(Peer& p, const std::string& why) {

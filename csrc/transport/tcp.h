@@ -77,6 +77,7 @@ class TcpTransport : public Transport {
   void finishPayload(Peer& p);
   void fail(Peer& p, const std::string& why);
   void failWaiting(Peer& p, const std::string& why);  // every request on p fails
+  void tellAbort(Peer& p, const std::string& why, bool midMessage);
   // Accepts until every rank in `from` has presented itself; throws naming the rest.
   void acceptPeers(const std::vector<int>& from, Clock::time_point deadline);
 
