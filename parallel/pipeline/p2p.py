@@ -158,9 +158,13 @@ class Exchanger:
         self.guess: Dict[tuple, Spec] = {}    # specs of earlier steps, until confirmed
         self._sends: list = []                # works of the last batch's sends, not yet waited
         self._early: Optional[_Inbox] = None  # the next batch's receives, posted early
-        # NCCL coalesces a batch into one work, which would make a round wait for its
-        # sends; there each operation is posted on its own (still asynchronous).
-        self.coalesces = dist.get_backend(group) == "nccl"
+        # Every operation is posted on its own, straight on the process group (not through
+        # batch_isend_irecv, which NCCL coalesces into one work that would make a round
+        # wait for its sends, nor through the isend/irecv wrappers, whose checks and
+        # group lookups cost more than the posting itself on small messages).
+        self.pg = group if group is not None else dist.group.WORLD
+        self._group_rank: Dict[int, int] = {}  # global rank -> rank in self.pg
+        self.early_recvs = dist.get_backend(group) != "nccl"
 
     def reset(self):
         """Start a step: what this step confirmed becomes the next one's guesses.
@@ -171,17 +175,17 @@ class Exchanger:
         self.known.clear()
         self._sends, self._early = [], None
 
-    def _post(self, ops: List[dist.P2POp]) -> list:
-        if not ops:
-            return []
-        works = [op.op(op.tensor, op.peer, op.group) for op in ops] if self.coalesces else dist.batch_isend_irecv(ops)
-        if len(works) != len(ops):
-            raise RuntimeError(f"backend {dist.get_backend(self.group)} coalesced {len(ops)} p2p operations into "
-                               f"{len(works)} works; the pipeline needs one work per operation")
+    def _post(self, ops: List[Tuple[bool, torch.Tensor, int]]) -> list:
+        """Post (is_send, tensor, global peer rank) operations; one work each."""
+        works = []
+        for is_send, tensor, peer in ops:
+            rank = self._group_rank.get(peer)
+            if rank is None:
+                rank = self._group_rank[peer] = dist.get_group_rank(self.pg, peer)
+            if tensor.is_complex():  # as dist.isend does: the backends move real views
+                tensor = torch.view_as_real(tensor)
+            works.append((self.pg.send if is_send else self.pg.recv)([tensor], rank, 0))
         return works
-
-    def _op(self, fn, tensor, peer):
-        return dist.P2POp(fn, tensor, peer, self.group)
 
     def _send_ops(self, sends: Sequence[Send]) -> list:
         """Encode every send first (raising before anything is posted or learned)."""
@@ -199,10 +203,10 @@ class Exchanger:
                 reshaped = posted is not None and spec != posted
             elif posted is not None:
                 msg = Message(msg.kind, msg.mb, msg.stage, allocate(posted, self.device), failed=True)
-            ops.append(self._op(dist.isend, encode_control(msg, self.words, reshaped).to(self.device), s.peer))
+            ops.append((True, encode_control(msg, self.words, reshaped).to(self.device), s.peer))
             if reshaped:  # fill the receives posted for the guess, then the real tensors
-                ops += [self._op(dist.isend, t, s.peer) for t in allocate(posted, self.device)]
-            ops += [self._op(dist.isend, t.contiguous(), s.peer) for t in msg.tensors or ()]
+                ops += [(True, t, s.peer) for t in allocate(posted, self.device)]
+            ops += [(True, t.contiguous(), s.peer) for t in msg.tensors or ()]
         self.known.update(learned)
         return ops
 
@@ -233,7 +237,7 @@ class Exchanger:
             if status == RESHAPED or spec != self.known[r.key]:
                 raise ProtocolError(f"stage {r.stage} sent shapes {spec}, expected {self.known[r.key]}")
             inbox.results[i].failed = status == FAILED
-        if then and not self.coalesces:
+        if then and self.early_recvs:
             self._early = _Inbox(then)
             self._post_round(self._early, [])
         return inbox.results
@@ -263,7 +267,7 @@ class Exchanger:
                                 if guessed is None else f"stage {r.stage} sent status {status} for a guessed spec")
         self.known[r.key] = spec
         results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
-        return [self._op(dist.irecv, t, r.peer) for t in results[i].tensors]
+        return [(False, t, r.peer) for t in results[i].tensors]
 
     def _post_round(self, inbox: "_Inbox", ops: list):
         """Post ops and each peer's next receives (see the module docstring), adding the
@@ -276,17 +280,17 @@ class Exchanger:
                 i = queue.popleft()
                 r = inbox.recvs[i]
                 inbox.ctrls[i] = torch.empty(self.words, dtype=torch.int64, device=self.device)
-                ops.append(self._op(dist.irecv, inbox.ctrls[i], peer))
+                ops.append((False, inbox.ctrls[i], peer))
                 spec = self.known.get(r.key)
                 if spec is None:
                     waits.append((len(ops) - 1, i))
                     spec = self.guess.get(r.key)
                     if spec is not None:  # post the guessed tensors now; RESHAPED replaces them
                         inbox.results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
-                        ops += [self._op(dist.irecv, t, peer) for t in inbox.results[i].tensors]
+                        ops += [(False, t, peer) for t in inbox.results[i].tensors]
                     break
                 inbox.results[i] = Message(r.kind, r.mb, r.stage, allocate(spec, self.device))
-                ops += [self._op(dist.irecv, t, peer) for t in inbox.results[i].tensors]
+                ops += [(False, t, peer) for t in inbox.results[i].tensors]
         works = self._post(ops)
         first = {k for k, _ in waits}
         inbox.pending += [(works[k], i) for k, i in waits]

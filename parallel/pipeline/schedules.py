@@ -18,11 +18,12 @@ Actions (``Action(op, mb, stage, peer)``; ``peer`` is a pp rank, only for commun
     SEND_B(mb, s, q)    send the gradient of stage s's input to stage s-1 on pp rank q
     RECV_B(mb, s, q)    receive the gradient of stage s's output from stage s+1 on pp rank q
 
-A run of consecutive communication actions is one *batch*: the runtime posts it with one
-``batch_isend_irecv`` and waits for all of it before the next compute action.  The
-checker (check.py) models exactly that, with the strictest semantics any backend has (a
-send completes only once its receive is posted, messages on one channel match in order),
-so a schedule it accepts runs on NCCL as well as on buffered CPU transports.
+A run of consecutive communication actions is one *batch*: the runtime posts it at once
+and waits for all of it before the next compute action.  The checker (check.py) models
+exactly that, with the strictest semantics any backend has (a send completes only once
+its receive is posted, messages on one channel match in order), so a schedule it accepts
+runs on NCCL as well as on buffered CPU transports.  (The runtime may post receives
+earlier and wait for sends later than that, which only removes waits: p2p.py.)
 
 The generators below only choose the order of F and B on each rank; ``with_comms`` then
 places communication the same way for every schedule: the batch between two compute
