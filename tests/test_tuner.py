@@ -186,3 +186,47 @@ def test_allgather_peer_rings_beat_the_ring_on_fast_networks_too():
     assert e.chosen == "hierarchical" and e.candidate("hierarchical").seg_bytes == 0
     # unequal groups (3+1) keep the leader scheme, still modelled
     assert hcomm.explain("allgather", 64 << 20, topology=hosts(3, 1)).candidate("hierarchical").seg_bytes > 0
+
+
+# ---------------------------------------------------------------- oversubscribed machines
+
+def one_machine(sizes, cpus, tcp_beta=1 / 0.11e9):
+    """Simulated hosts that all live on one machine ("box") with `cpus` CPUs, as the
+    network-namespace cluster does: the probe records say so (hostname, CPU set)."""
+    topo = hosts(*sizes, tcp_beta=tcp_beta)
+    topo["links"]["tcp"]["alpha"] = 1.1e-5      # what the micro-probe measured there
+    n = sum(sizes)
+    host_of = [h["name"] for h in topo["hosts"] for _ in h["ranks"]]
+    topo["ranks"] = [{"rank": r, "hostname": "box", "host": host_of[r], "cpus": f"0-{cpus - 1}"} for r in range(n)]
+    return topo
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_oversubscribed_machine_prefers_single_transport_phases(n):
+    # 2 namespaces x 2 ranks on a 2-CPU machine: ranks sleep while waiting, and a flat
+    # algorithm's Links mixes shm and tcp (a sleep there wakes late); every phase of the
+    # hierarchical one waits on one transport. Measured (benchmarks/hierarchical_cluster.py):
+    # hierarchical fastest from 8 B to 1 MiB in most runs, halving-doubling 1.3-2.5x slower
+    # at 8 B - 64 KiB (one run of seven the other way round).
+    e = hcomm.explain("allreduce", n, topology=one_machine([2, 2], cpus=2))
+    assert e.chosen == "hierarchical"
+
+
+def test_enough_cpus_keeps_the_latency_choice():
+    e = hcomm.explain("allreduce", 8, topology=one_machine([2, 2], cpus=8))
+    assert e.chosen != "hierarchical"
+    assert e.candidate("halving_doubling").seconds < 1e-4
+
+
+def test_late_wake_is_charged_per_step_of_flat_algorithms_only():
+    busy = hcomm.explain("allreduce", 8, topology=one_machine([2, 2], cpus=2))
+    idle = hcomm.explain("allreduce", 8, topology=one_machine([2, 2], cpus=8))
+    assert busy.candidate("ring").seconds - idle.candidate("ring").seconds > 3e-3   # 6 steps of 0.75 ms
+    assert busy.candidate("hierarchical").seconds == pytest.approx(idle.candidate("hierarchical").seconds)
+    # one host only: every Links is shm alone, nothing to charge
+    one = hcomm.explain("allreduce", 8, topology=one_machine([4], cpus=2))
+    assert one.candidate("ring").seconds < 1e-3
+    # a broadcast tree's ranks wait once, idle: not charged either
+    b_busy = hcomm.explain("broadcast", 8, topology=one_machine([2, 2], cpus=2), root=1)
+    b_idle = hcomm.explain("broadcast", 8, topology=one_machine([2, 2], cpus=8), root=1)
+    assert b_busy.candidate("binomial").seconds == pytest.approx(b_idle.candidate("binomial").seconds)
