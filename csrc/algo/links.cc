@@ -87,8 +87,11 @@ void Links::backoff(int& idle, const RequestPtr* rs, size_t n) {
     sched_yield();
     return;
   }
-  int us = std::max(1, policy_.sleepUs / std::max(1, nTransports_));
-  for (int i = 0; i < nTransports_; ++i) transports_[i]->sleepFor(us);
+  // A sleep in one transport is deaf to the others (a futex wait does not see a socket,
+  // a poll does not see the futex), so with several the sleeps are cut short: a message
+  // on shm is noticed within 100 us while this rank also waits on tcp.
+  int us = nTransports_ > 1 ? std::min(100, policy_.sleepUs) : policy_.sleepUs;
+  for (int i = 0; i < nTransports_; ++i) transports_[i]->sleepFor(std::max(1, us));
 }
 
 void Links::check(const RequestPtr& r) const {

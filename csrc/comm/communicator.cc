@@ -45,11 +45,11 @@ std::vector<std::string> splitLines(const std::string& s) {
   return out;
 }
 
-WaitPolicy waitPolicy(int ranksOnHost) {
+WaitPolicy waitPolicy(int ranksOnMachine) {
   // More ranks than cores: a spinning rank steals the core its peer needs, so yield
   // almost at once. Otherwise spin a while: a wake-up from sleep costs microseconds.
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  bool oversubscribed = ranksOnHost > static_cast<int>(cores);
+  bool oversubscribed = ranksOnMachine > static_cast<int>(cores);
   WaitPolicy p;
   p.spins = static_cast<int>(envInt("HCOMM_SPIN_ITERS", oversubscribed ? 16 : 20000));
   p.yields = static_cast<int>(envInt("HCOMM_YIELD_ITERS", oversubscribed ? 5000 : 200));
@@ -201,27 +201,30 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   transportChoice(*world);
   if (size == 1) {
     id.token = randomToken();
-    records = {myHost + "\n" + std::to_string(getpid()) + "\n-\n" + mpiIdentity(mpiRequired(*world))};
+    records = {myHost + "\n" + std::to_string(getpid()) + "\n-\n" + mpiIdentity(mpiRequired(*world)) + "\n" +
+               machineIdentity()};
   } else {
     id = UniqueId::parse(uniqueId);
     tcp.reset(new TcpTransport(rank, chooseLocalIp(id.host), id.token, timeoutSec));
     std::string record = myHost + "\n" + std::to_string(getpid()) + "\n" + tcp->address() + "\n" +
-                         mpiIdentity(mpiRequired(*world));
+                         mpiIdentity(mpiRequired(*world)) + "\n" + machineIdentity();
     records = rendezvous(id, rank, size, record, timeoutSec);
   }
   world->token = id.token;
   std::vector<int> local, remote;
   std::vector<std::string> addrs(size), mpiIds(size);
+  int onMachine = 0;  // ranks sharing this machine's CPUs (simulated hosts included)
   for (int r = 0; r < size; ++r) {
     auto fields = splitLines(records[r]);
-    if (fields.size() != 4) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
+    if (fields.size() != 5) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
+    if (fields[4] == machineIdentity()) ++onMachine;
     world->hostIds.push_back(fields[0]);
     addrs[r] = fields[2];
     mpiIds[r] = fields[3];
     (fields[0] == myHost ? local : remote).push_back(r);
   }
-  world->policy = waitPolicy(static_cast<int>(local.size()));
-  world->backgroundPolicy = waitPolicy(2 * static_cast<int>(local.size()));
+  world->policy = waitPolicy(onMachine);
+  world->backgroundPolicy = waitPolicy(2 * onMachine);
   world->shm = std::make_shared<ShmTransport>(rank, local, "/hcomm_" + id.token.substr(0, 16), timeoutSec);
   world->shm->connect();
   world->mpiComm = mpiCommFor(mpiIds, mpiRequired(*world));

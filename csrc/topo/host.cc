@@ -24,6 +24,8 @@ std::string hostName() {
   return buf;
 }
 
+std::string machineIdentity() { return firstLine("/proc/sys/kernel/random/boot_id"); }
+
 std::string hostIdentity() {
   std::string forced = envStr("HCOMM_HOST_ID");
   if (!forced.empty()) return forced;

@@ -6,6 +6,9 @@
 
 namespace hcomm {
 
+// The kernel this process runs on (its boot id): ranks with the same one share CPUs,
+// whatever host a topology file or HCOMM_HOST_ID says they simulate.
+std::string machineIdentity();
 std::string hostIdentity();  // HCOMM_HOST_ID overrides (for tests and odd containers)
 std::string hostName();
 

@@ -379,7 +379,8 @@ void TcpTransport::sleepFor(int us) {
     usleep(static_cast<useconds_t>(us));
     return;
   }
-  poll(fds.data(), fds.size(), std::max(1, us / 1000));
+  struct timespec ts = {us / 1000000, (us % 1000000) * 1000};  // microseconds, not poll's milliseconds
+  ppoll(fds.data(), fds.size(), &ts, nullptr);
 }
 
 bool TcpTransport::probe(int peer, uint64_t tag, size_t* nbytes) {
