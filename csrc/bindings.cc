@@ -117,10 +117,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("ndarray_ptr", [](py::array a) { return reinterpret_cast<uintptr_t>(a.data()); });
   m.def("host_identity", &hostIdentity);
   m.def("simd_level", [] { return std::string(simdName(simdLevel())); });
-  m.def("_local_reduce_streaming", [](const std::string& dt, const std::string& op, uintptr_t dst, uintptr_t a,
-                                      uintptr_t b, size_t count) {
-    reduceStreaming(parseDataType(dt), parseReduceOp(op), mptr(dst), cptr(a), cptr(b), count);
-  });
   m.def("_local_reduce", [](const std::string& level, const std::string& dt, const std::string& op, uintptr_t dst,
                             uintptr_t a, uintptr_t b, size_t count) {
     SimdLevel lv = level == "avx512" ? SimdLevel::AVX512 : level == "avx2" ? SimdLevel::AVX2 : SimdLevel::GENERIC;

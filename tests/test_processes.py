@@ -48,15 +48,6 @@ def test_shared_memory_processes(world):
     assert all(run_ranks(_body, world, mode="process", args=(hcomm.get_unique_id(), "shm")))
 
 
-def test_shared_memory_streaming_reductions():
-    """Every single-copy reduction written with streaming stores (normally only messages
-    of 4 MiB and more), at odd sizes and 3 ranks."""
-    import hcomm
-
-    env = {"HCOMM_SHM_STREAM_BYTES": "1"}
-    assert all(run_ranks(_body, 3, mode="process", args=(hcomm.get_unique_id(), "shm"), env=env))
-
-
 @pytest.mark.parametrize("world", [2, 3])
 def test_tcp_between_simulated_hosts(world):
     import hcomm

@@ -1,10 +1,7 @@
 // Run-time choice of the SIMD level for the reduction kernels.
 #include "reduce/reduce.h"
 
-#include <emmintrin.h>
-
 #include <algorithm>
-#include <cstdint>
 
 #include "common/param.h"
 
@@ -54,38 +51,6 @@ void reduceAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, const void* 
 
 void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t n) {
   reduceAt(simdLevel(), dt, op, dst, a, b, n);
-}
-
-namespace {
-
-// Copies whole 16-byte units with SSE2 streaming stores (every x86-64 has them);
-// `dst` must be 16-byte aligned.
-void streamCopy(char* dst, const char* src, size_t bytes) {
-  for (size_t i = 0; i < bytes; i += 16)
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-}
-
-}  // namespace
-
-void reduceStreaming(DataType dt, ReduceOp op, void* dstv, const void* av, const void* bv, size_t n) {
-  // Reduce a block into an L1-resident buffer with the normal kernel, then stream it out:
-  // one extra pass through L1 buys never reading dst's lines from memory.
-  size_t es = dtypeSize(dt);
-  char* dst = static_cast<char*>(dstv);
-  const char* a = static_cast<const char*>(av);
-  const char* b = static_cast<const char*>(bv);
-  size_t head = std::min(n, ((16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16) / es);
-  if ((reinterpret_cast<uintptr_t>(dst) + head * es) % 16 != 0) return reduce(dt, op, dst, a, b, n);  // odd alignment
-  reduce(dt, op, dst, a, b, head);
-  constexpr size_t kBlock = 8 << 10;
-  alignas(64) char tmp[kBlock];
-  size_t per = kBlock / es, i = head;
-  for (; i + per <= n; i += per) {
-    reduce(dt, op, tmp, a + i * es, b + i * es, per);
-    streamCopy(dst + i * es, tmp, kBlock);
-  }
-  _mm_sfence();  // streaming stores are weakly ordered: publish them before anyone is told
-  reduce(dt, op, dst + i * es, a + i * es, b + i * es, n - i);
 }
 
 void scale(DataType dt, void* dst, const void* src, size_t n, double factor) {

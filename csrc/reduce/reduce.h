@@ -14,10 +14,6 @@ enum class SimdLevel : int { GENERIC = 0, AVX2 = 1, AVX512 = 2 };
 // dst[i] = a[i] op b[i]; dst may alias a or b. op is SUM, PROD, MIN or MAX
 // (AVG and PREMUL_SUM are SUM plus a scale the collectives apply).
 void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t count);
-// The same result as reduce(), written with streaming (non-temporal) stores: for
-// outputs far larger than the caches, where a normal store first reads the line it is
-// about to overwrite. Element-wise identical to reduce().
-void reduceStreaming(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t count);
 // dst[i] = src[i] * factor (floating) or src[i] * (integer)factor; dst may alias src.
 void scale(DataType dt, void* dst, const void* src, size_t count, double factor);
 // dst[i] = src[i] / divisor, the post-step of AVG (integer division truncates).

@@ -23,18 +23,16 @@ struct PostedRecv {
   bool reducing = false;
   ReduceSpec spec;
 
-  // Copies or reduces `len` payload bytes that belong at `offset` of the message;
-  // `streaming`: the result goes straight to memory (reduceStreaming), for messages far
-  // larger than the caches.
-  void deliver(size_t offset, const void* data, size_t len, bool streaming = false) const {
+  // Copies or reduces `len` payload bytes that belong at `offset` of the message.
+  void deliver(size_t offset, const void* data, size_t len) const {
     if (len == 0) return;
     if (!reducing) {
       std::memcpy(dst + offset, data, len);
       return;
     }
     size_t es = dtypeSize(spec.dtype);
-    (streaming ? reduceStreaming : reduce)(spec.dtype, spec.op, dst + offset,
-                                           static_cast<const char*>(spec.src) + offset, data, len / es);
+    reduce(spec.dtype, spec.op, dst + offset, static_cast<const char*>(spec.src) + offset, data,
+           len / es);
   }
 };
 

@@ -133,8 +133,7 @@ bool cmaRead(int64_t pid, uint64_t addr, void* dst, size_t len, std::string* err
 }  // namespace
 
 ShmTransport::ShmTransport(int rank, std::vector<int> localRanks, std::string prefix, double timeoutSec)
-    : rank_(rank), localRanks_(std::move(localRanks)), prefix_(std::move(prefix)), timeoutSec_(timeoutSec),
-      streamBytes_(static_cast<size_t>(envInt("HCOMM_SHM_STREAM_BYTES", 4 << 20))) {
+    : rank_(rank), localRanks_(std::move(localRanks)), prefix_(std::move(prefix)), timeoutSec_(timeoutSec) {
   if (localRanks_.size() > 256) throw Error("shm transport: more than 256 ranks on one host");
   // Let peers of any ancestry read our memory (Yama ptrace_scope=1 would refuse them).
   prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
@@ -347,11 +346,10 @@ void ShmTransport::pull(Peer& p, const PostedRecv& r, int64_t pid, uint64_t addr
     // peer's bytes from cache: one trip through DRAM for the remote data.
     constexpr size_t kChunk = 256 << 10;
     if (scratch_.size() < kChunk) scratch_.resize(kChunk);
-    bool streaming = nbytes >= streamBytes_;
     for (size_t off = 0; ok && off < nbytes; off += kChunk) {
       size_t len = std::min(kChunk, nbytes - off);
       ok = cmaRead(pid, addr + off, scratch_.data(), len, &err);
-      if (ok) r.deliver(off, scratch_.data(), len, streaming);
+      if (ok) r.deliver(off, scratch_.data(), len);
     }
   }
   p.in->acks[seq % kAcks].store(seq, std::memory_order_release);

@@ -107,8 +107,6 @@ class ShmTransport : public Transport {
   std::string mineName_;
   std::map<int, Peer> peers_;
   std::vector<char> scratch_;  // staging for reductions out of a peer's memory
-  // Reductions of messages this large write with streaming stores (HCOMM_SHM_STREAM_BYTES).
-  size_t streamBytes_;
   std::recursive_mutex mu_;
   std::string aborted_;
   std::chrono::steady_clock::time_point lastLivenessCheck_;
