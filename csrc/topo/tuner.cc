@@ -27,6 +27,9 @@ struct Net {
 // time = alpha + bytes * perByte.
 struct StepCost {
   double alpha = 0, perByte = 0;
+  // Some edge is shared memory, where the receiving rank's own CPU copies (single-copy
+  // pull): its reduction cannot overlap the transfer the way it overlaps a NIC's.
+  bool cpuCopies = false;
 };
 
 LinkClass classOf(const CommShape& s, int a, int b) {
@@ -64,6 +67,7 @@ StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
     int load = k == LinkClass::SHM ? 1 : std::max(out[net.s.host[a]], in[net.s.host[b]]) * net.share;
     c.alpha = std::max(c.alpha, l.alpha);
     c.perByte = std::max(c.perByte, l.beta * load);
+    c.cpuCopies |= k == LinkClass::SHM;
   }
   c.alpha += wakePenalty(net);
   return c;
@@ -78,7 +82,8 @@ const std::vector<size_t>& treeSegments() {
   return v;
 }
 
-// Pipelined work overlaps the wire (B) with reductions (G) once several chunks are in flight.
+// Pipelined work overlaps the wire (B) with reductions (G) once several chunks are in
+// flight, when something else (a NIC, the kernel's socket path) moves the bytes.
 double overlap(double b, double g, double inFlight) { return std::max(b, g) + std::min(b, g) / std::max(1.0, inFlight); }
 
 Candidate ringModel(const Net& net, double bytes) {
@@ -92,7 +97,7 @@ Candidate ringModel(const Net& net, double bytes) {
     double lat = 2.0 * (m - 1) * std::ceil(chunks / 4) * st.alpha;  // 4 chunks travel at once (ring.cc)
     double wire = 2.0 * (m - 1) / m * bytes * st.perByte;
     double red = double(m - 1) / m * bytes * gammaSecondsPerByte();
-    double t = lat + overlap(wire, red, std::min(chunks, 4.0));
+    double t = lat + (st.cpuCopies ? wire + red : overlap(wire, red, std::min(chunks, 4.0)));
     if (t < best.seconds) {
       best.seconds = t;
       best.segBytes = seg;
@@ -390,10 +395,10 @@ CommShape CommShape::of(const Topology& t, const std::vector<int>& worldRanks) {
     auto it = machines.find(t.ranks.at(w).hostname);
     if (it != machines.end() && it->second.first > static_cast<int>(it->second.second.size())) s.oversubscribed = true;
   }
-  // links.cc's backoff round: the shm futex for half of HCOMM_SLEEP_US, then a tcp poll
-  // of at least 1 ms; an arrival on the other transport lands anywhere in it: half on average.
-  double sleep = static_cast<double>(envInt("HCOMM_SLEEP_US", 1000)) * 1e-6;
-  s.lateWake = (sleep / 2 + std::max(1e-3, sleep / 2)) / 2;
+  // links.cc's backoff round with two transports: a sleep slice of at most 100 us in each;
+  // an arrival on the other transport lands anywhere in the round: half of it on average.
+  double slice = std::min(100e-6, static_cast<double>(envInt("HCOMM_SLEEP_US", 1000)) * 1e-6);
+  s.lateWake = 2 * slice / 2;
   return s;
 }
 

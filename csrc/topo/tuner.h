@@ -34,9 +34,8 @@ struct CommShape {
   // it has CPUs (namespaces or a topology file can put several simulated hosts on one):
   // when every rank sends and receives in a step, waits outlast the spin and sleep, and a
   // sleep in a Links that mixes shm and tcp wakes late, by `lateWake` on average
-  // (algo/links.cc sleeps in one transport at a time: the shm futex for half of
-  // HCOMM_SLEEP_US, then a tcp poll of at least 1 ms, each deaf to the other's
-  // arrivals). Flat ring/tree/halving-doubling steps across hosts pay it; the phases of a
+  // (algo/links.cc sleeps in one transport at a time, each deaf to the other's arrivals,
+  // in slices of at most 100 us when there are two). Flat ring/tree/halving-doubling steps across hosts pay it; the phases of a
   // hierarchical algorithm each wait on a single transport.
   bool oversubscribed = false;
   double lateWake = 0;
