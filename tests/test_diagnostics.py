@@ -124,5 +124,53 @@ def test_timeout_says_which_rank_did_not_reach_which_call():
     for rank in range(3):
         msg = out[rank][1]
         assert "timed out" in msg and want in msg, msg
+        _reached_too(msg, rank, last + 1)
+
+
+def _reached_too(msg, rank, seq):
+    """A rank that timed out itself lists the others that reached the call; one that a
+    faster rank's abort reached first carries that rank's report instead."""
+    if "gave up after an error" not in msg:
         others = ",".join(str(r) for r in range(3) if r != rank)
-        assert f"ranks {others} reached #{last + 1} too" in msg, msg
+        assert f"ranks {others} reached #{seq} too" in msg, msg
+
+
+def _remote_straggler_body(rank, size, uid, straggler_waits_in_hcomm):
+    comm = hcomm.init(rank=rank, size=size, unique_id=uid, timeout=2)
+    assert set(comm.transports()) == {"tcp", "shm"}  # every other rank is on another host
+    comm.allreduce(np.ones(8))
+    comm.broadcast(np.ones(8), root=1)
+    last = comm.flight_record()["entries"][-1]["seq"]
+    if rank == size - 1:
+        if straggler_waits_in_hcomm:  # inside hcomm, but in another call: answers queries
+            comm.timeout = 6
+            try:
+                comm.recv(np.zeros(1), peer=0, tag=5)
+            except hcomm.Error:
+                pass
+        else:  # busy outside hcomm: cannot answer
+            time.sleep(4)
+        return last, ""
+    try:
+        comm.allreduce(np.ones(8))
+    except hcomm.Error as e:
+        return last, str(e)
+    return last, "no error"
+
+
+@pytest.mark.parametrize("straggler_waits_in_hcomm", [True, False])
+def test_timeout_progress_reaches_ranks_on_other_hosts(straggler_waits_in_hcomm):
+    """Over tcp the ranks that are inside hcomm answer a progress query after a timeout;
+    one that is not is named as not answering."""
+    envs = [{"HCOMM_HOST_ID": f"progress-host{r}"} for r in range(4)]
+    out = run_ranks(_remote_straggler_body, 4, mode="process", env=envs,
+                    args=(hcomm.get_unique_id(), straggler_waits_in_hcomm), timeout=60)
+    last = out[0][0]
+    for rank in range(3):
+        msg = out[rank][1]
+        assert "timed out" in msg, msg
+        if straggler_waits_in_hcomm:
+            assert f"rank 3 did not reach #{last + 1} (its last was broadcast #{last}, finished)" in msg, msg
+        else:
+            assert "rank 3 on other hosts did not answer (not inside an hcomm call)" in msg, msg
+        _reached_too(msg, rank, last + 1)

@@ -232,6 +232,12 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   if (!remote.empty() && !world->mpiInter) {
     tcp->connect(remote, addrs);
     world->tcp.reset(tcp.release());
+    // Peers on other hosts ask how far this rank got after a timeout (progressReport).
+    std::weak_ptr<ShmTransport> shm = world->shm;
+    world->tcp->setProgressSource([shm, rank](uint32_t c, CallProgress* out) {
+      auto s = shm.lock();
+      return s && s->peerProgress(rank, c, out) && out->found;
+    });
   }
   logLine(LogLevel::INFO, rank, "init: " + std::to_string(size) + " ranks, " + std::to_string(local.size()) +
                                      " on this host (" + (world->mpiIntra ? "mpi" : "shm") + "), " +
@@ -360,13 +366,47 @@ void Communicator::endTurn() {
   qcv_.notify_all();
 }
 
-std::string Communicator::progressReport(uint64_t seq) const {
-  // Seq numbers are shown as users count calls (#seq); `entered`/`finished` hold seq + 1.
-  std::vector<std::string> behind, inside, ahead, unseen;
+std::vector<CallProgress> Communicator::gatherProgress(std::vector<char>* asked) const {
+  // Same host: read each rank's progress board, no help needed from it. Other hosts
+  // (tcp): ask, and give the ranks that are inside hcomm (they progress tcp while they
+  // wait) up to a second to answer.
+  std::vector<CallProgress> seen(size_);
+  asked->assign(size_, 0);
+  bool anyTcp = false;
   for (int r = 0; r < size_; ++r) {
     if (r == rank_) continue;
-    ShmTransport::BoardEntry e;
-    if (!world_->shm->peerProgress(routes_[r].peer, id_, &e) || !e.found) {
+    if (routes_[r].transport == world_->shm.get()) world_->shm->peerProgress(routes_[r].peer, id_, &seen[r]);
+    else if (world_->tcp && routes_[r].transport == world_->tcp.get()) anyTcp = (*asked)[r] = 1;
+  }
+  if (!anyTcp) return seen;
+  world_->tcp->query(id_);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  for (bool all = false; !all && std::chrono::steady_clock::now() < deadline;) {
+    world_->tcp->progress();
+    all = true;
+    for (int r = 0; r < size_; ++r) {
+      if ((*asked)[r] != 1) continue;
+      if (world_->tcp->answer(routes_[r].peer, id_, &seen[r])) (*asked)[r] = 2;
+      else all = false;
+    }
+    if (!all) world_->tcp->sleepFor(500);
+  }
+  return seen;
+}
+
+std::string Communicator::progressReport(uint64_t seq) const {
+  // Seq numbers are shown as users count calls (#seq); `entered`/`finished` hold seq + 1.
+  std::vector<char> asked;  // 1: asked over tcp, no answer; 2: answered
+  std::vector<CallProgress> seen = gatherProgress(&asked);
+  std::vector<std::string> behind, inside, ahead, unseen, silent;
+  for (int r = 0; r < size_; ++r) {
+    if (r == rank_) continue;
+    const CallProgress& e = seen[r];
+    if (asked[r] == 1) {
+      silent.push_back(std::to_string(r));
+      continue;
+    }
+    if (!e.found) {
       unseen.push_back(std::to_string(r));
       continue;
     }
@@ -387,18 +427,16 @@ std::string Communicator::progressReport(uint64_t seq) const {
   }
   std::string out;
   auto add = [&](const std::string& part) { out += (out.empty() ? "" : "; ") + part; };
+  auto listed = [](const std::vector<std::string>& ranks) {
+    std::string list;
+    for (const auto& r : ranks) list += (list.empty() ? "" : ",") + r;
+    return "rank" + std::string(ranks.size() > 1 ? "s " : " ") + list;
+  };
   for (const auto& b : behind) add(b);
   for (const auto& a : ahead) add(a);
-  if (!inside.empty()) {
-    std::string list;
-    for (const auto& r : inside) list += (list.empty() ? "" : ",") + r;
-    add("rank" + std::string(inside.size() > 1 ? "s " : " ") + list + " reached #" + std::to_string(seq) + " too");
-  }
-  if (!unseen.empty()) {
-    std::string list;
-    for (const auto& r : unseen) list += (list.empty() ? "" : ",") + r;
-    add("rank" + std::string(unseen.size() > 1 ? "s " : " ") + list + " on other hosts (progress not visible)");
-  }
+  if (!inside.empty()) add(listed(inside) + " reached #" + std::to_string(seq) + " too");
+  if (!silent.empty()) add(listed(silent) + " on other hosts did not answer (not inside an hcomm call)");
+  if (!unseen.empty()) add(listed(unseen) + ": progress not visible");
   return out.empty() ? "" : " [progress: " + out + "]";
 }
 

@@ -143,6 +143,9 @@ class Communicator {
   // After a timeout: how far every rank this one can see got on this communicator
   // ("rank 2 did not reach #17: its last was broadcast #16, completed").
   std::string progressReport(uint64_t seq) const;
+  // Every rank's progress on this communicator as far as this rank can learn it;
+  // (*asked)[r]: 1 when rank r was asked over tcp and did not answer, 2 when it did.
+  std::vector<CallProgress> gatherProgress(std::vector<char>* asked) const;
   // The allreduce algorithm for `bytes`: planAllreduce's choice, remembered per size.
   Candidate pickAllreduce(size_t bytes, const std::string& requested) const;
   void checkUsable() const;

@@ -554,11 +554,11 @@ void ShmTransport::noteEnded(int slot, uint64_t seq) {
   if (slot >= 0) mine_->board[slot].ended.store(seq + 1, std::memory_order_release);
 }
 
-bool ShmTransport::peerProgress(int rank, uint32_t comm, BoardEntry* out) {
+bool ShmTransport::peerProgress(int rank, uint32_t comm, CallProgress* out) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   auto it = peers_.find(rank);
   if (it == peers_.end() || !it->second.seg) return false;
-  *out = BoardEntry();
+  *out = CallProgress();
   for (const ShmProgress& e : it->second.seg->board) {
     uint64_t c = e.comm.load(std::memory_order_acquire);
     if ((c & ~kClosed) != uint64_t(comm) + 1 || (out->found && (c & kClosed))) continue;  // an open entry wins

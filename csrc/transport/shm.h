@@ -50,18 +50,12 @@ class ShmTransport : public Transport {
   // last collective it entered and the last it finished, so that after a timeout a rank
   // can see how far each other rank of its host got without that rank's help (it may be
   // stuck outside hcomm, or dead). noteStarted/noteEnded are one store each.
-  struct BoardEntry {
-    bool found = false;     // the rank has published progress for this communicator
-    uint64_t entered = 0;   // seq + 1 of the last collective entered (0: none yet)
-    int kind = 0;           // its CollKind
-    uint64_t finished = 0;  // seq + 1 of the last collective finished (0: none yet)
-  };
   int claimBoardSlot(uint32_t comm);  // -1 when all slots are taken (then nothing is published)
   void releaseBoardSlot(int slot);
   void noteStarted(int slot, uint64_t seq, int kind);
   void noteEnded(int slot, uint64_t seq);
   // False when `rank` is not on this host.
-  bool peerProgress(int rank, uint32_t comm, BoardEntry* out);
+  bool peerProgress(int rank, uint32_t comm, CallProgress* out);
 
  private:
   struct OutMsg {

@@ -18,6 +18,13 @@ constexpr uint64_t kMsgMagic = 0x68636f6d6d544d31ull;  // "hcommTM1"
 // a rank waiting on it fails with the first cause rather than "connection closed".
 constexpr uint64_t kAbortMagic = 0x68636f6d6d544142ull;  // "hcommTAB"
 constexpr size_t kMaxNotice = 448;
+// Header-only progress frames (no payload), both carrying the sender's own progress on
+// one communicator: finished << 24 | comm in `tag`, kind << 56 | entered in `fingerprint`
+// (entered and finished are seq + 1: 40 and 48 bits are plenty; all ones: no progress).
+// A query also asks for an answer. Because a query tells where its sender is, a rank
+// that times out, reports and leaves is still known to the ranks that report later.
+constexpr uint64_t kQueryMagic = 0x68636f6d6d545051ull;   // "hcommTPQ"
+constexpr uint64_t kAnswerMagic = 0x68636f6d6d545041ull;  // "hcommTPA"
 constexpr uint32_t kHelloMagic = 0x68634f4b;
 constexpr size_t kStage = 256 << 10;
 
@@ -334,6 +341,10 @@ bool TcpTransport::drain(Peer& p) {
     if (!p.inPayload) {
       p.hdrGot += static_cast<size_t>(r);
       if (p.hdrGot < sizeof(Header)) continue;
+      if (p.hdr.magic == kQueryMagic || p.hdr.magic == kAnswerMagic) {
+        handleControl(p);
+        continue;
+      }
       if (p.hdr.magic != kMsgMagic && !(p.hdr.magic == kAbortMagic && p.hdr.nbytes <= kMaxNotice)) {
         fail(p, "garbage on the connection (bad message header)");
         return true;
@@ -402,6 +413,56 @@ void TcpTransport::abort(const std::string& why) {
     failWaiting(p, why);
     if (first && p.fd >= 0 && p.broken.empty()) tellAbort(p, why, midMessage);
   }
+}
+
+void TcpTransport::setProgressSource(ProgressSource source) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  progressSource_ = std::move(source);
+}
+
+void TcpTransport::sendControl(Peer& p, uint64_t magic, uint64_t tag, uint64_t fingerprint) {
+  OutMsg m;
+  m.req = std::make_shared<Request>();
+  m.hdr = {magic, tag, 0, fingerprint};
+  m.buf = nullptr;
+  p.sending.push_back(m);  // behind whatever is queued: frames never interleave
+  flush(p);
+}
+
+void TcpTransport::sendProgress(Peer& p, uint64_t magic, uint32_t comm) {
+  CallProgress mine;
+  bool found = progressSource_ && progressSource_(comm, &mine);
+  uint64_t tag = (found ? mine.finished : 0) << 24 | (comm & 0xffffff);
+  uint64_t fp = found ? uint64_t(mine.kind & 0xff) << 56 | (mine.entered & ((1ull << 48) - 1)) : ~0ull;
+  sendControl(p, magic, tag, fp);
+}
+
+void TcpTransport::query(uint32_t comm) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  for (auto& kv : peers_)
+    if (kv.second.fd >= 0 && kv.second.broken.empty()) sendProgress(kv.second, kQueryMagic, comm);
+}
+
+bool TcpTransport::answer(int rank, uint32_t comm, CallProgress* out) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  auto it = answers_.find({rank, comm});
+  if (it == answers_.end()) return false;
+  *out = it->second;
+  return true;
+}
+
+void TcpTransport::handleControl(Peer& p) {
+  p.hdrGot = 0;
+  uint32_t comm = static_cast<uint32_t>(p.hdr.tag & 0xffffff);
+  if (p.hdr.magic == kQueryMagic) sendProgress(p, kAnswerMagic, comm);
+  CallProgress got;
+  got.found = p.hdr.fingerprint != ~0ull;
+  if (got.found) {
+    got.entered = p.hdr.fingerprint & ((1ull << 48) - 1);
+    got.kind = static_cast<int>(p.hdr.fingerprint >> 56);
+    got.finished = p.hdr.tag >> 24;
+  }
+  answers_[{p.rank, comm}] = got;
 }
 
 void TcpTransport::tellAbort(Peer& p, const std::string& why, bool midMessage) {

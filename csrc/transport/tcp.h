@@ -10,6 +10,7 @@
 // reduces stages the payload through a small buffer and combines it as it lands.
 #pragma once
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -38,6 +39,15 @@ class TcpTransport : public Transport {
   void sleepFor(int us) override;
   bool probe(int peer, uint64_t tag, size_t* nbytes) override;
   void abort(const std::string& why) override;
+
+  // Progress queries, for the report after a timeout: query() tells every connected peer
+  // how far this rank got on communicator `comm` (from `source`) and asks the same back;
+  // a peer inside hcomm (progressing this transport) answers at once; answer() says what
+  // `rank` last told about itself, in a query or an answer.
+  using ProgressSource = std::function<bool(uint32_t comm, CallProgress* out)>;
+  void setProgressSource(ProgressSource source);
+  void query(uint32_t comm);
+  bool answer(int rank, uint32_t comm, CallProgress* out);
 
  private:
   struct Header {
@@ -78,6 +88,9 @@ class TcpTransport : public Transport {
   void fail(Peer& p, const std::string& why);
   void failWaiting(Peer& p, const std::string& why);  // every request on p fails
   void tellAbort(Peer& p, const std::string& why, bool midMessage);
+  void sendControl(Peer& p, uint64_t magic, uint64_t tag, uint64_t fingerprint);  // a header-only frame
+  void sendProgress(Peer& p, uint64_t magic, uint32_t comm);  // a query or an answer with our progress
+  void handleControl(Peer& p);  // a query or an answer whose header just arrived
   // Accepts until every rank in `from` has presented itself; throws naming the rest.
   void acceptPeers(const std::vector<int>& from, Clock::time_point deadline);
 
@@ -90,6 +103,8 @@ class TcpTransport : public Transport {
   std::map<int, Peer> peers_;
   std::recursive_mutex mu_;
   std::string aborted_;
+  ProgressSource progressSource_;
+  std::map<std::pair<int, uint32_t>, CallProgress> answers_;  // (rank, communicator)
 };
 
 }  // namespace hcomm

@@ -37,6 +37,15 @@ struct Request {
 };
 using RequestPtr = std::shared_ptr<Request>;
 
+// How far a rank got on one communicator: the last collective it entered and the last it
+// finished (seq + 1; 0: none yet). Read after a timeout to say who did not reach what.
+struct CallProgress {
+  bool found = false;     // the rank has published progress for this communicator
+  uint64_t entered = 0;
+  int kind = 0;           // CollKind of the entered call
+  uint64_t finished = 0;
+};
+
 struct ReduceSpec {
   const void* src = nullptr;  // combined with the payload; may equal dst
   DataType dtype = DataType::F32;
