@@ -222,25 +222,24 @@ PYBIND11_MODULE(_C, m) {
     if (!t) throw Error("communicator is closed");
     return t->toJson().dump();
   });
-  m.def("_explain_allreduce_on", [decisionDict](const std::string& topologyJson, size_t nbytes, const std::string& algo,
-                                                std::vector<int> ranks) {
+  // A described topology and the ranks of the communicator to explain (all when empty).
+  auto shapeOf = [](const std::string& topologyJson, std::vector<int> ranks) {
     Topology t = Topology::fromJson(Json::parse(topologyJson));
     if (ranks.empty())
       for (int r = 0; r < t.size(); ++r) ranks.push_back(r);
     for (int r : ranks)
       if (r < 0 || r >= t.size())
         throw Error("rank " + std::to_string(r) + " is not in the topology (" + std::to_string(t.size()) + " ranks)");
-    return decisionDict(tuneAllreduce(CommShape::of(t, ranks), nbytes, algo, "requested"));
+    return CommShape::of(t, ranks);
+  };
+  m.def("_explain_allreduce_on", [decisionDict, shapeOf](const std::string& topologyJson, size_t nbytes,
+                                                         const std::string& algo, std::vector<int> ranks) {
+    return decisionDict(tuneAllreduce(shapeOf(topologyJson, std::move(ranks)), nbytes, algo, "requested"));
   });
-  m.def("_explain_on", [decisionDict](const std::string& topologyJson, const std::string& collective, size_t nbytes,
-                                      const std::string& algo, std::vector<int> ranks, int root) {
-    Topology t = Topology::fromJson(Json::parse(topologyJson));
-    if (ranks.empty())
-      for (int r = 0; r < t.size(); ++r) ranks.push_back(r);
-    for (int r : ranks)
-      if (r < 0 || r >= t.size())
-        throw Error("rank " + std::to_string(r) + " is not in the topology (" + std::to_string(t.size()) + " ranks)");
-    CommShape shape = CommShape::of(t, ranks);
+  m.def("_explain_on", [decisionDict, shapeOf](const std::string& topologyJson, const std::string& collective,
+                                               size_t nbytes, const std::string& algo, std::vector<int> ranks,
+                                               int root) {
+    CommShape shape = shapeOf(topologyJson, std::move(ranks));
     if (collective == "broadcast") return decisionDict(tuneBroadcast(shape, nbytes, root, algo, "requested"));
     if (collective == "allgather") return decisionDict(tuneAllgather(shape, nbytes, algo, "requested"));
     return decisionDict(tuneAllreduce(shape, nbytes, algo, "requested"));
