@@ -26,6 +26,13 @@ if ! "$VPY" -c "import torch, numpy, pytest, pybind11" >/dev/null 2>&1; then
   "$VPY" -m pip install -q --upgrade pip setuptools wheel
   "$VPY" -m pip install -q "torch==2.13.0" numpy pytest pybind11 matplotlib
 fi
+# The NCCL wheel (305 MB, no dependencies pulled): its libnccl.so.2 answers ncclGetVersion
+# and ncclGetUniqueId without a GPU, so the NCCL loader tests and the check of hcomm's NCCL
+# declarations against its nccl.h run on every machine. Optional: they skip without it.
+if ! "$VPY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('nvidia.nccl') is None)" \
+    >/dev/null 2>&1; then
+  "$VPY" -m pip install -q --no-deps nvidia-nccl-cu13 || echo "setup: nvidia-nccl-cu13 not installed; NCCL loader tests will skip"
+fi
 if command -v mpicc >/dev/null 2>&1 && ! "$VPY" -c "import mpi4py" >/dev/null 2>&1; then
   "$VPY" -m pip install -q mpi4py || echo "setup: mpi4py failed to build; MPI peers will skip"
 fi

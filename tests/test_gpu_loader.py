@@ -1,7 +1,7 @@
 """NCCL and HCCL loaders, no GPU needed.
 
 - NCCL: version and unique id from a real libnccl.so.2 (the nvidia-nccl wheel or
-  HCOMM_NCCL_LIB; skipped where there is none: CI does not download the 305 MB wheel),
+  HCOMM_NCCL_LIB; `make test` installs the wheel, skipped where there is none),
   and a clear error naming every path tried where it is missing.
 - hcomm's own NCCL and CUDA runtime declarations (csrc/transport/nccl_api.h) compiled
   next to the real nccl.h / cuda_runtime_api.h: every enumerator, size and function type.
