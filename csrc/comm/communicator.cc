@@ -670,13 +670,31 @@ void postscale(DataType dt, ReduceOp op, int n, void* out, size_t count) {
 
 }  // namespace
 
-Candidate Communicator::pickAllreduce(size_t bytes, const std::string& requested) const {
+namespace {
+
+// The segment a call uses: the tuner's, unless HCOMM_{RING,TREE}_SEGMENT_BYTES override
+// it (ring for the allreduce ring; tree for the allreduce tree and for broadcast and
+// allgather, whose trees and hierarchical phases are pipelined in tree segments).
+size_t resolvedSegment(CollKind kind, const std::string& algo, size_t tuned) {
+  if (kind == CollKind::ALLREDUCE && algo == "ring")
+    return segmentBytes("HCOMM_RING_SEGMENT_BYTES", tuned ? tuned : (4u << 20));
+  if (kind != CollKind::ALLREDUCE || algo == "tree")
+    return segmentBytes("HCOMM_TREE_SEGMENT_BYTES", tuned ? tuned : (512u << 10));
+  return tuned;
+}
+
+}  // namespace
+
+template <class Plan>
+Candidate Communicator::pick(CollKind kind, size_t bytes, int root, const std::string& requested,
+                             const Plan& plan) const {
   // HCOMM_ALGO (and HCOMM_NATIVE_BYTES under MPI) are read at every call, as documented;
-  // the model's choice per size is remembered while they stay the same. Explicit
-  // requests are rare in hot loops and take the full path.
+  // the model's choice per (collective, size, root) is remembered while they stay the
+  // same. Explicit requests are rare in hot loops and take the full path.
   const char* env = std::getenv("HCOMM_ALGO");
   const char* native = mpi_ ? std::getenv("HCOMM_NATIVE_BYTES") : nullptr;
   bool cacheable = (requested.empty() || requested == "auto") && world_ && world_->tuner;
+  auto key = std::make_tuple(static_cast<int>(kind), bytes, root);
   if (cacheable) {
     std::lock_guard<std::mutex> lock(planMu_);
     if (planEnv_ != (env ? env : "") || planNative_ != (native ? native : "")) {
@@ -684,24 +702,18 @@ Candidate Communicator::pickAllreduce(size_t bytes, const std::string& requested
       planEnv_ = env ? env : "";
       planNative_ = native ? native : "";
     }
-    auto it = plans_.find(bytes);
+    auto it = plans_.find(key);
     if (it != plans_.end()) return it->second;
   }
-  Candidate pick = planAllreduce(bytes, requested).choice();
-  // The tuner picks segment sizes; HCOMM_{RING,TREE}_SEGMENT_BYTES still override them.
-  auto seg = [](const std::string& algo, size_t tuned) -> size_t {
-    if (algo == "tree") return segmentBytes("HCOMM_TREE_SEGMENT_BYTES", tuned ? tuned : (512u << 10));
-    if (algo == "ring") return segmentBytes("HCOMM_RING_SEGMENT_BYTES", tuned ? tuned : (4u << 20));
-    return tuned;
-  };
-  pick.segBytes = seg(pick.algo, pick.segBytes);
-  pick.innerSegBytes = seg(pick.inner, pick.innerSegBytes);
+  Candidate c = plan().choice();
+  c.segBytes = resolvedSegment(kind, c.algo, c.segBytes);
+  if (kind == CollKind::ALLREDUCE && !c.inner.empty()) c.innerSegBytes = resolvedSegment(kind, c.inner, c.innerSegBytes);
   if (cacheable) {
     std::lock_guard<std::mutex> lock(planMu_);
     if (plans_.size() >= 1024) plans_.clear();  // many distinct sizes: start over rather than grow
-    plans_.emplace(bytes, pick);
+    plans_.emplace(key, c);
   }
-  return pick;
+  return c;
 }
 
 namespace {
@@ -729,7 +741,8 @@ struct FlatChoice {
 WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
                                 const std::string& algo, bool async) {
   checkUsable();
-  Candidate pick = pickAllreduce(count * dtypeSize(dt), algo);
+  size_t bytes = count * dtypeSize(dt);
+  Candidate pick = this->pick(CollKind::ALLREDUCE, bytes, -1, algo, [&] { return planAllreduce(bytes, algo); });
   CollectiveInfo info{"allreduce", CollKind::ALLREDUCE, dt, count, -1, pick.algo, op};
   bool hier = pick.algo == "hierarchical";
   FlatChoice run = FlatChoice::of(hier ? pick.inner : pick.algo, hier ? pick.innerSegBytes : pick.segBytes);
@@ -852,14 +865,13 @@ WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataTyp
                                 const std::string& algo, bool async) {
   checkUsable();
   checkRoot(root, "root");
-  Decision plan = planBroadcast(count * dtypeSize(dt), root, algo);
-  std::string pick = plan.choice().algo;
+  size_t bytes = count * dtypeSize(dt);
+  Candidate choice = this->pick(CollKind::BROADCAST, bytes, root, algo, [&] { return planBroadcast(bytes, root, algo); });
+  const std::string& pick = choice.algo;
   CollectiveInfo info{"broadcast", CollKind::BROADCAST, dt, count, root, pick, ReduceOp::SUM};
   NativeCall nat = nativeCall(pick == "native", mpi_, "broadcast", timeoutSec_, world_->policy,
                               [&] { return describe(info, nextSeq_); });
-  // The tuner picks the segment; HCOMM_TREE_SEGMENT_BYTES still overrides it.
-  size_t tuned = plan.choice().segBytes;
-  size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", tuned ? tuned : (512u << 10));
+  size_t seg = choice.segBytes;
   std::vector<std::vector<int>> levels;
   if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int me = rank_, n = size_;
@@ -879,13 +891,13 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   if (static_cast<int>(counts.size()) != size_)
     throw Error("allgatherv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
-  Decision plan = planAllgather(total * dtypeSize(dt), algo);
-  std::string pick = plan.choice().algo;
+  size_t bytes = total * dtypeSize(dt);
+  Candidate choice = this->pick(CollKind::ALLGATHER, bytes, -1, algo, [&] { return planAllgather(bytes, algo); });
+  const std::string& pick = choice.algo;
   CollectiveInfo info{"allgather", CollKind::ALLGATHER, dt, total, -1, pick, ReduceOp::SUM};
   NativeCall nat = nativeCall(pick == "native", mpi_, "allgather", timeoutSec_, world_->policy,
                               [&] { return describe(info, nextSeq_); });
-  size_t tuned = plan.choice().segBytes;
-  size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", tuned ? tuned : (512u << 10));
+  size_t seg = choice.segBytes;
   std::vector<std::vector<int>> levels;
   if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int n = size_;

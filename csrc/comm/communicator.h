@@ -13,11 +13,12 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
-#include <unordered_map>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "algo/links.h"
@@ -146,8 +147,10 @@ class Communicator {
   // Every rank's progress on this communicator as far as this rank can learn it;
   // (*asked)[r]: 1 when rank r was asked over tcp and did not answer, 2 when it did.
   std::vector<CallProgress> gatherProgress(std::vector<char>* asked) const;
-  // The allreduce algorithm for `bytes`: planAllreduce's choice, remembered per size.
-  Candidate pickAllreduce(size_t bytes, const std::string& requested) const;
+  // The algorithm for a call: plan()'s choice with its segment resolved, remembered per
+  // (collective, size, root).
+  template <class Plan>
+  Candidate pick(CollKind kind, size_t bytes, int root, const std::string& requested, const Plan& plan) const;
   void checkUsable() const;
   void checkRoot(int root, const char* what) const;
 
@@ -165,10 +168,10 @@ class Communicator {
   uint32_t splits_ = 0;
   std::string lastAlgo_;
   std::shared_ptr<FlightRecorder> flight_;
-  // pickAllreduce's memory: bytes -> choice, valid while HCOMM_ALGO and
+  // pick()'s memory: (collective, bytes, root) -> choice, valid while HCOMM_ALGO and
   // HCOMM_NATIVE_BYTES keep the values below.
   mutable std::mutex planMu_;
-  mutable std::unordered_map<size_t, Candidate> plans_;
+  mutable std::map<std::tuple<int, size_t, int>, Candidate> plans_;
   mutable std::string planEnv_, planNative_;
 
   // Async point-to-point calls are posted at once (a queued send must not wait behind
