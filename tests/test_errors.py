@@ -181,3 +181,44 @@ def test_desync_names_both_collectives(monkeypatch):
     assert "collective mismatch" in joined, joined
     assert "broadcast(float32, count 1024, root 0)" in joined and "allreduce(float32, sum, count 1024)" in joined, joined
     assert re.search(r"allreduce #\d+ \(", joined), joined  # names the call's sequence number
+
+
+def _desync_kind_body(comm, kind):
+    comm.barrier()
+    mine = comm.rank == 0
+    try:
+        if kind == "dtype":
+            comm.allreduce(np.ones(256, np.float32 if mine else np.float64), algo="ring")
+        elif kind == "root":
+            # With 2 ranks each one is a root and only sends: both calls finish, and the
+            # next call finds the other's message that its broadcast never received.
+            comm.broadcast(np.ones(256, np.float32), root=0 if mine else 1)
+            comm.barrier()
+        elif kind == "op":
+            comm.allreduce(np.ones(256, np.float32), op="sum" if mine else "max", algo="ring")
+        else:  # count
+            comm.allgather(np.ones(256 if mine else 255, np.float32), np.ones((256 if mine else 255) * 2, np.float32))
+    except hcomm.Error as e:
+        return str(e)
+    return ""
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("dtype", ["allreduce(float32, sum, count 256)", "allreduce(float64, sum, count 256)"]),
+    ("root", ["broadcast(float32, count 256, root 0)", "broadcast(float32, count 256, root 1)"]),
+    ("op", ["allreduce(float32, sum, count 256)", "allreduce(float32, max, count 256)"]),
+    ("count", ["allgather(float32, count 512)", "allgather(float32, count 510)"]),
+])
+def test_desync_in_dtype_root_op_and_count_names_both_signatures(monkeypatch, kind, words):
+    """Ranks that disagree on one field of the same collective fail at the first exchange
+    (well before the timeout) with both signatures."""
+    monkeypatch.setenv("HCOMM_TIMEOUT", "20")
+    t = time.monotonic()
+    msgs = run_comm(_desync_kind_body, 2, args=(kind,), timeout=60)
+    assert time.monotonic() - t < 15, msgs
+    joined = "\n".join(msgs)
+    assert "collective mismatch" in joined, joined
+    if kind == "root":  # found at the next call, by whichever rank's queue held the stray message
+        assert any(w in joined for w in words) and "finished without receiving" in joined, joined
+    else:
+        assert all(w in joined for w in words), joined

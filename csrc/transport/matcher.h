@@ -73,6 +73,13 @@ struct PeerMatch {
     return false;
   }
 
+  // The first message waiting unreceived with a tag in [lo, hi), or null.
+  const Unexpected* waitingIn(uint64_t lo, uint64_t hi) const {
+    for (const auto& u : unexpected)
+      if (u->tag >= lo && u->tag < hi && !u->bound) return u.get();
+    return nullptr;
+  }
+
   UnexpectedPtr takeUnexpected(uint64_t tag) {
     for (auto it = unexpected.begin(); it != unexpected.end(); ++it) {
       if ((*it)->tag == tag && !(*it)->bound) {

@@ -505,6 +505,17 @@ bool ShmTransport::probe(int peer, uint64_t tag, size_t* nbytes) {
   return u != nullptr;
 }
 
+bool ShmTransport::stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint64_t* fingerprint) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  Peer& p = peerOf(peer);
+  progressRecvs(p);  // what already sits in the queue counts
+  const Unexpected* u = p.match.waitingIn(lo, hi);
+  if (!u) return false;
+  *tag = u->tag;
+  *fingerprint = u->fingerprint;
+  return true;
+}
+
 void ShmTransport::abort(const std::string& why) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   if (mine_ && mine_->failed.load(std::memory_order_relaxed) == 0) {

@@ -43,6 +43,7 @@ class ShmTransport : public Transport {
   bool progress() override;
   void sleepFor(int us) override;
   bool probe(int peer, uint64_t tag, size_t* nbytes) override;
+  bool stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint64_t* fingerprint) override;
   void abort(const std::string& why) override;
   bool usesCma(int peer) const;
 

@@ -403,6 +403,17 @@ bool TcpTransport::probe(int peer, uint64_t tag, size_t* nbytes) {
   return u != nullptr;
 }
 
+bool TcpTransport::stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint64_t* fingerprint) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  Peer& p = peerOf(peer);
+  drain(p);  // what already sits in the socket counts
+  const Unexpected* u = p.match.waitingIn(lo, hi);
+  if (!u) return false;
+  *tag = u->tag;
+  *fingerprint = u->fingerprint;
+  return true;
+}
+
 void TcpTransport::abort(const std::string& why) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   bool first = aborted_.empty();

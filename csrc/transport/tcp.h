@@ -38,6 +38,7 @@ class TcpTransport : public Transport {
   bool progress() override;
   void sleepFor(int us) override;
   bool probe(int peer, uint64_t tag, size_t* nbytes) override;
+  bool stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint64_t* fingerprint) override;
   void abort(const std::string& why) override;
 
   // Progress queries, for the report after a timeout: query() tells every connected peer

@@ -69,6 +69,15 @@ class Transport {
   virtual bool probe(int peer, uint64_t tag, size_t* nbytes) = 0;
   // Fails every outstanding request with `why` (abort after an error or a timeout).
   virtual void abort(const std::string& why) = 0;
+  // A message from `peer` that arrived with a tag in [lo, hi) and was never received:
+  // sent for an earlier collective that this rank finished without asking for it, so the
+  // ranks disagreed about that call (e.g. each thought itself the broadcast root). Its
+  // tag and fingerprint in *tag / *fingerprint. False when none, or when the transport
+  // cannot tell.
+  virtual bool stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint64_t* fingerprint) {
+    (void)peer, (void)lo, (void)hi, (void)tag, (void)fingerprint;
+    return false;
+  }
 };
 
 // Completes a request, successfully when why is empty.
