@@ -354,9 +354,19 @@ void ShmTransport::pull(Peer& p, const PostedRecv& r, int64_t pid, uint64_t addr
       if (ok) r.deliver(off, scratch_.data(), len);
     }
   }
+  // A sender that aborted may already have handed its buffer back to its caller, so
+  // bytes pulled once its failure record is set are not to be trusted (and a failed
+  // read is explained by that first cause, not by process_vm_readv's EFAULT).
+  std::string cause = failureOf(p);
   p.in->acks[seq % kAcks].store(seq, std::memory_order_release);
   ring(p.seg);
-  complete(*r.req, ok ? "" : "shm receive from rank " + std::to_string(p.rank) + " failed: " + err);
+  if (!cause.empty()) complete(*r.req, "rank " + std::to_string(p.rank) + " gave up after an error: " + cause);
+  else complete(*r.req, ok ? "" : "shm receive from rank " + std::to_string(p.rank) + " failed: " + err);
+}
+
+std::string ShmTransport::failureOf(const Peer& p) const {
+  if (!p.seg || p.seg == mine_ || !p.seg->failed.load(std::memory_order_acquire)) return "";
+  return std::string(p.seg->failure, strnlen(p.seg->failure, sizeof p.seg->failure));
 }
 
 void ShmTransport::handleSlot(Peer& p, const ShmSlot& s) {
@@ -466,8 +476,7 @@ void ShmTransport::failDeadPeers() {
     Peer& p = kv.second;
     bool waiting = !p.sending.empty() || !p.awaiting.empty() || !p.match.posted.empty() || p.inCurrent;
     if (!waiting || p.seg == mine_) continue;
-    std::string cause;
-    if (p.seg->failed.load(std::memory_order_acquire)) cause = std::string(p.seg->failure, strnlen(p.seg->failure, sizeof p.seg->failure));
+    std::string cause = failureOf(p);
     if (!cause.empty()) {
       failPeer(p, "rank " + std::to_string(p.rank) + " gave up after an error: " + cause);
     } else if (p.seg->pid != getpid() && !processAlive(p.seg->pid)) {

@@ -92,6 +92,7 @@ class ShmTransport : public Transport {
   void ring(ShmSegment* seg);
   void failDeadPeers();
   void failPeer(Peer& p, const std::string& why);  // every request waiting on p fails
+  std::string failureOf(const Peer& p) const;      // why p aborted, "" if it has not
 
   int rank_;
   std::vector<int> localRanks_;

@@ -231,35 +231,41 @@ RequestPtr TcpTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes,
   return r.req;
 }
 
+bool TcpTransport::writeFront(Peer& p, bool* moved) {
+  OutMsg& m = p.sending.front();
+  size_t total = sizeof(Header) + m.hdr.nbytes;
+  struct iovec iov[2];
+  int n = 0;
+  if (m.sent < sizeof(Header)) {
+    iov[n++] = {reinterpret_cast<char*>(&m.hdr) + m.sent, sizeof(Header) - m.sent};
+    if (m.hdr.nbytes) iov[n++] = {const_cast<char*>(m.buf), m.hdr.nbytes};
+  } else {
+    size_t off = m.sent - sizeof(Header);
+    iov[n++] = {const_cast<char*>(m.buf) + off, m.hdr.nbytes - off};
+  }
+  struct msghdr mh;
+  std::memset(&mh, 0, sizeof mh);
+  mh.msg_iov = iov;
+  mh.msg_iovlen = n;
+  ssize_t w = sendmsg(p.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (w < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      fail(p, strerror(errno));
+      *moved = true;
+    }
+    return false;
+  }
+  *moved = true;
+  m.sent += static_cast<size_t>(w);
+  if (m.sent < total) return false;
+  complete(*m.req);
+  p.sending.pop_front();
+  return true;
+}
+
 bool TcpTransport::flush(Peer& p) {
   bool moved = false;
-  while (!p.sending.empty()) {
-    OutMsg& m = p.sending.front();
-    size_t total = sizeof(Header) + m.hdr.nbytes;
-    struct iovec iov[2];
-    int n = 0;
-    if (m.sent < sizeof(Header)) {
-      iov[n++] = {reinterpret_cast<char*>(&m.hdr) + m.sent, sizeof(Header) - m.sent};
-      if (m.hdr.nbytes) iov[n++] = {const_cast<char*>(m.buf), m.hdr.nbytes};
-    } else {
-      size_t off = m.sent - sizeof(Header);
-      iov[n++] = {const_cast<char*>(m.buf) + off, m.hdr.nbytes - off};
-    }
-    struct msghdr mh;
-    std::memset(&mh, 0, sizeof mh);
-    mh.msg_iov = iov;
-    mh.msg_iovlen = n;
-    ssize_t w = sendmsg(p.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
-      fail(p, strerror(errno));
-      return true;
-    }
-    moved = true;
-    m.sent += static_cast<size_t>(w);
-    if (m.sent < total) break;
-    complete(*m.req);
-    p.sending.pop_front();
+  while (!p.sending.empty() && p.broken.empty() && writeFront(p, &moved)) {
   }
   return moved;
 }
@@ -420,6 +426,7 @@ void TcpTransport::abort(const std::string& why) {
   aborted_ = why;
   for (auto& kv : peers_) {
     Peer& p = kv.second;
+    if (first) finishHalfSent(p);
     bool midMessage = !p.sending.empty() && p.sending.front().sent > 0;
     failWaiting(p, why);
     if (first && p.fd >= 0 && p.broken.empty()) tellAbort(p, why, midMessage);
@@ -474,6 +481,19 @@ void TcpTransport::handleControl(Peer& p) {
     got.finished = p.hdr.tag >> 24;
   }
   answers_[{p.rank, comm}] = got;
+}
+
+void TcpTransport::finishHalfSent(Peer& p) {
+  // A frame cut off in the middle would make the notice unreadable. Its buffer is still
+  // the caller's (this call has not returned), so its bytes are good: finish it if the
+  // peer takes them within a moment.
+  auto deadline = Clock::now() + std::chrono::milliseconds(200);
+  bool moved = false;
+  while (p.fd >= 0 && p.broken.empty() && !p.sending.empty() && p.sending.front().sent > 0 &&
+         !writeFront(p, &moved) && p.broken.empty() && Clock::now() < deadline) {
+    struct pollfd f = {p.fd, POLLOUT, 0};
+    poll(&f, 1, 10);
+  }
 }
 
 void TcpTransport::tellAbort(Peer& p, const std::string& why, bool midMessage) {

@@ -89,6 +89,8 @@ class TcpTransport : public Transport {
   void fail(Peer& p, const std::string& why);
   void failWaiting(Peer& p, const std::string& why);  // every request on p fails
   void tellAbort(Peer& p, const std::string& why, bool midMessage);
+  void finishHalfSent(Peer& p);  // before an abort notice: complete a frame cut off midway
+  bool writeFront(Peer& p, bool* moved);  // one write of the first queued frame; true when it is all out
   void sendControl(Peer& p, uint64_t magic, uint64_t tag, uint64_t fingerprint);  // a header-only frame
   void sendProgress(Peer& p, uint64_t magic, uint32_t comm);  // a query or an answer with our progress
   void handleControl(Peer& p);  // a query or an answer whose header just arrived
