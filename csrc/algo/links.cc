@@ -4,7 +4,6 @@
 
 #include <algorithm>
 
-#include "common/fingerprint.h"
 #include "reduce/reduce.h"
 
 namespace hcomm {
@@ -35,26 +34,13 @@ RequestPtr Links::isend(int peer, const void* buf, size_t bytes, int channel) {
   return r.transport->isend(r.peer, tagBase_ + channel, buf, bytes, fingerprint_);
 }
 
-void Links::checkStale(int peer, const Route& r) const {
-  // Tags: [63..40] communicator | [39] point to point | [38..8] call number | [7..0]
-  // channel. Earlier collectives of this communicator lie in [communicator, this call).
-  if (!fingerprint_) return;  // point to point: nothing to compare
-  uint64_t lo = tagBase_ & ~((1ull << 40) - 1), hi = tagBase_ & ~0xffull, tag = 0, fp = 0;
-  if (!r.transport->stale(r.peer, lo, hi, &tag, &fp)) return;
-  throw Error(describe_() + ": collective mismatch: rank " + std::to_string(peer) + " sent " +
-              describeFingerprint(fp) + " #" + std::to_string((tag >> 8) & 0x7fffffff) +
-              ", which this rank's call of that number finished without receiving (the ranks disagree about it)");
-}
-
 RequestPtr Links::irecv(int peer, void* buf, size_t bytes, int channel) {
   const Route& r = route(peer);
-  checkStale(peer, r);
   return r.transport->irecv(r.peer, tagBase_ + channel, buf, bytes, nullptr, fingerprint_);
 }
 
 RequestPtr Links::irecvReduce(int peer, void* dst, const void* src, size_t bytes, int channel) {
   const Route& r = route(peer);
-  checkStale(peer, r);
   ReduceSpec spec;
   spec.src = src;
   spec.dtype = dtype_;

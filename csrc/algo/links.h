@@ -77,7 +77,6 @@ class Links {
   void check(const RequestPtr& r) const;
   [[noreturn]] void timeout(const RequestPtr* rs, size_t n) const;
   const Route& route(int peer) const;
-  void checkStale(int peer, const Route& r) const;  // throws when an earlier call desynced
 
   int rank_, size_;
   std::shared_ptr<const std::vector<Route>> routes_;

@@ -366,6 +366,22 @@ void Communicator::endTurn() {
   qcv_.notify_all();
 }
 
+std::string Communicator::strayMessage(uint64_t tagBase) const {
+  // A message left unreceived by an earlier call of this communicator means the ranks
+  // disagreed about that call without any receive noticing (2 ranks that each thought
+  // themselves the broadcast root only send). Messages from one peer arrive in order, so
+  // by the end of a call that heard from that peer, such a message has been seen. Tags:
+  // [63..40] communicator | [39] point to point | [38..8] call | [7..0] channel.
+  uint64_t lo = tagBase & ~((1ull << 40) - 1), tag = 0, fp = 0;
+  for (int r = 0; r < size_; ++r) {
+    if (r == rank_ || !routes_[r].transport->stale(routes_[r].peer, lo, tagBase, &tag, &fp)) continue;
+    return "collective mismatch: rank " + std::to_string(r) + " sent " + describeFingerprint(fp) + " #" +
+           std::to_string((tag >> 8) & 0x7fffffff) +
+           ", which this rank's call of that number finished without receiving (the ranks disagree about it)";
+  }
+  return "";
+}
+
 std::vector<CallProgress> Communicator::gatherProgress(std::vector<char>* asked) const {
   // Same host: read each rank's progress board, no help needed from it. Other hosts
   // (tcp): ask, and give the ranks that are inside hcomm (they progress tcp while they
@@ -570,6 +586,8 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     Links links(rank_, size_, linkRoutes_, tagBase, fp, info.dtype, op, deadline, policy,
                 [&what] { return what(); });
     body(links, work);
+    std::string stray = collective ? strayMessage(tagBase) : "";
+    if (!stray.empty()) throw Error(what() + ": " + stray);
   } catch (const TimeoutError& e) {
     error = e.what() + (collective ? progressReport(seq) : std::string());
   } catch (const std::exception& e) {

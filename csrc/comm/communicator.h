@@ -144,6 +144,8 @@ class Communicator {
   // After a timeout: how far every rank this one can see got on this communicator
   // ("rank 2 did not reach #17: its last was broadcast #16, completed").
   std::string progressReport(uint64_t seq) const;
+  // The error when an earlier call desynced unnoticed (a message it left unreceived), or "".
+  std::string strayMessage(uint64_t tagBase) const;
   // Every rank's progress on this communicator as far as this rank can learn it;
   // (*asked)[r]: 1 when rank r was asked over tcp and did not answer, 2 when it did.
   std::vector<CallProgress> gatherProgress(std::vector<char>* asked) const;

@@ -411,9 +411,7 @@ bool TcpTransport::probe(int peer, uint64_t tag, size_t* nbytes) {
 
 bool TcpTransport::stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint64_t* fingerprint) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
-  Peer& p = peerOf(peer);
-  drain(p);  // what already sits in the socket counts
-  const Unexpected* u = p.match.waitingIn(lo, hi);
+  const Unexpected* u = peerOf(peer).match.waitingIn(lo, hi);
   if (!u) return false;
   *tag = u->tag;
   *fingerprint = u->fingerprint;
