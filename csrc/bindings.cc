@@ -65,14 +65,9 @@ bool allreduceArrays(Communicator& c, py::handle x, py::handle out, py::handle o
   if (out.is_none()) dst = src;
   else if (!plainArray(out, true, &outDt, &dst, &outN) || outDt != dt || outN != n) return false;
   if (!py::isinstance<py::str>(op)) return false;
-  std::string name = op.cast<std::string>();
   ReduceOp rop;
-  if (name == "sum") rop = ReduceOp::SUM;
-  else if (name == "max") rop = ReduceOp::MAX;
-  else if (name == "min") rop = ReduceOp::MIN;
-  else if (name == "prod") rop = ReduceOp::PROD;
-  else if (name == "avg" && dt != DataType::BOOL) rop = ReduceOp::AVG;
-  else return false;
+  if (!tryParseReduceOp(op.cast<std::string>(), &rop) || rop == ReduceOp::PREMUL_SUM) return false;  // needs a factor
+  if (rop == ReduceOp::AVG && dt == DataType::BOOL) return false;
   py::gil_scoped_release release;
   c.allreduce(src, dst, n, dt, rop, 1.0, "", false);
   return true;

@@ -199,15 +199,16 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   }
   std::unique_ptr<TcpTransport> tcp;
   transportChoice(*world);
+  std::string myMachine = machineIdentity();
   if (size == 1) {
     id.token = randomToken();
     records = {myHost + "\n" + std::to_string(getpid()) + "\n-\n" + mpiIdentity(mpiRequired(*world)) + "\n" +
-               machineIdentity()};
+               myMachine};
   } else {
     id = UniqueId::parse(uniqueId);
     tcp.reset(new TcpTransport(rank, chooseLocalIp(id.host), id.token, timeoutSec));
     std::string record = myHost + "\n" + std::to_string(getpid()) + "\n" + tcp->address() + "\n" +
-                         mpiIdentity(mpiRequired(*world)) + "\n" + machineIdentity();
+                         mpiIdentity(mpiRequired(*world)) + "\n" + myMachine;
     records = rendezvous(id, rank, size, record, timeoutSec);
   }
   world->token = id.token;
@@ -217,7 +218,7 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   for (int r = 0; r < size; ++r) {
     auto fields = splitLines(records[r]);
     if (fields.size() != 5) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
-    if (fields[4] == machineIdentity()) ++onMachine;
+    if (fields[4] == myMachine) ++onMachine;
     world->hostIds.push_back(fields[0]);
     addrs[r] = fields[2];
     mpiIds[r] = fields[3];
@@ -593,9 +594,9 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
   } catch (const std::exception& e) {
     error = e.what();
   }
+  flight_->ended(flightId, error);  // before a dump, so that the dump shows the error
   if (!error.empty()) {
     logLine(LogLevel::INFO, world.rank, "error: " + error);
-    flight_->ended(flightId, error);
     std::string dir = envStr("HCOMM_DEBUG_DUMP_DIR");
     if (!dir.empty()) {
       std::string path = flight_->dump(dir, rank_, size_, id_);
@@ -603,7 +604,6 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     }
     abortWorld(world, error);
   }
-  flight_->ended(flightId, error);
   if (collective) world.shm->noteEnded(boardSlot_, seq);
   if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world.rank, "end " + describe(info, seq));
   work.finish(error);
@@ -619,7 +619,7 @@ WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Bo
   auto now = std::chrono::steady_clock::now();
   uint64_t flightId = flight_->record(seq, info.op, dtypeName(info.dtype), info.count, info.root, info.algo, now);
   if (async) {
-    // The task keeps the world alive: the communicator may be closed while it is queued.
+    // close() runs what is queued before it drops the world, so the task may use members.
     std::function<void()> task = [this, work, flightId, info = std::move(info), seq, tagBase,
                                   body = std::forward<Body>(body)]() mutable {
       execute(info, seq, tagBase, flightId, body, *work, std::chrono::steady_clock::now());

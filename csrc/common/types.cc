@@ -30,9 +30,18 @@ DataType parseDataType(const std::string& s) {
               "int8, uint8, int32, int64, bool)");
 }
 
+bool tryParseReduceOp(const std::string& s, ReduceOp* op) {
+  for (int i = 0; i <= static_cast<int>(ReduceOp::PREMUL_SUM); ++i) {
+    if (s != opName(static_cast<ReduceOp>(i))) continue;
+    *op = static_cast<ReduceOp>(i);
+    return true;
+  }
+  return false;
+}
+
 ReduceOp parseReduceOp(const std::string& s) {
-  for (int i = 0; i <= static_cast<int>(ReduceOp::PREMUL_SUM); ++i)
-    if (s == opName(static_cast<ReduceOp>(i))) return static_cast<ReduceOp>(i);
+  ReduceOp op;
+  if (tryParseReduceOp(s, &op)) return op;
   throw Error("unknown reduce op '" + s + "' (supported: sum, prod, min, max, avg, premul_sum)");
 }
 

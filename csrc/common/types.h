@@ -15,6 +15,7 @@ const char* dtypeName(DataType dt);
 const char* opName(ReduceOp op);
 DataType parseDataType(const std::string& s);  // throws Error naming the bad value
 ReduceOp parseReduceOp(const std::string& s);
+bool tryParseReduceOp(const std::string& s, ReduceOp* op);  // false for an unknown name
 bool isFloating(DataType dt);
 
 // Every failure the core reports, with a message that names what went wrong.
