@@ -113,10 +113,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("host_identity", &hostIdentity);
   m.def("simd_level", [] { return std::string(simdName(simdLevel())); });
   m.def("_local_reduce", [](const std::string& level, const std::string& dt, const std::string& op, uintptr_t dst,
-                            uintptr_t a, uintptr_t b, size_t count) {
+                            uintptr_t a, uintptr_t b, size_t count, bool streamed) {
     SimdLevel lv = level == "avx512" ? SimdLevel::AVX512 : level == "avx2" ? SimdLevel::AVX2 : SimdLevel::GENERIC;
-    reduceAt(lv, parseDataType(dt), parseReduceOp(op), mptr(dst), cptr(a), cptr(b), count);
-  });
+    (streamed ? reduceStreamedAt : reduceAt)(lv, parseDataType(dt), parseReduceOp(op), mptr(dst), cptr(a), cptr(b),
+                                             count);
+  }, py::arg("level"), py::arg("dtype"), py::arg("op"), py::arg("dst"), py::arg("a"), py::arg("b"), py::arg("count"),
+     py::arg("streamed") = false);
 
   py::class_<Work, WorkPtr>(m, "Work")
       .def("wait", &Work::wait, py::arg("timeout") = -1.0, Release())

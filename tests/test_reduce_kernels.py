@@ -49,3 +49,36 @@ def test_float16_specials(level):
     out = np.empty_like(a)
     _C._local_reduce(level, "float16", "sum", _ptr(out), _ptr(a), _ptr(b), len(a))
     np.testing.assert_array_equal(out, a + b)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16", "int8", "uint8", "int32", "int64"])
+@pytest.mark.parametrize("op", ["sum", "max"])
+@pytest.mark.parametrize("shift", [0, 1, 3])
+def test_streamed_kernel_matches_plain(level, dtype, op, shift):
+    """Streaming stores (results that are not read again soon): unaligned heads, 4 KiB
+    blocks and tails, against numpy; torch for bfloat16, which numpy lacks."""
+    torch.manual_seed(5)
+    n = 3 * 4096 + 77
+    tdt = getattr(torch, dtype)
+    if tdt.is_floating_point:
+        a, b = torch.randn(n).to(tdt), torch.randn(n).to(tdt)
+    else:
+        lo = 0 if dtype == "uint8" else -100
+        a, b = torch.randint(lo, 100, (n,), dtype=tdt), torch.randint(lo, 100, (n,), dtype=tdt)
+    fn = {"sum": torch.add, "max": torch.maximum}[op]
+    expected = fn(a.float(), b.float()).to(tdt) if tdt in (torch.float16, torch.bfloat16) else fn(a, b)
+    out = torch.full((n + shift,), 7, dtype=tdt)[shift:]  # dst starts off 32-byte alignment
+    _C._local_reduce(level, dtype, op, _ptr(out), _ptr(a), _ptr(b), n, streamed=True)
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_streamed_kernel_on_a_dst_that_never_aligns(level):
+    """float64 at an odd 4-byte offset can never reach 32-byte alignment: plain stores."""
+    raw = np.zeros(8 * 1001 + 4, np.uint8)
+    out = raw[4:4 + 8 * 1001].view(np.float64)
+    rng = np.random.default_rng(9)
+    a, b = rng.standard_normal(1001), rng.standard_normal(1001)
+    _C._local_reduce(level, "float64", "sum", _ptr(out), _ptr(a), _ptr(b), 1001, streamed=True)
+    np.testing.assert_array_equal(out, a + b)

@@ -28,6 +28,15 @@ size_t largeBytes() {
   return v;
 }
 
+// From this many bytes a rank keeps at the first halving, its reduced block is written
+// with streaming stores (HCOMM_STREAM_BYTES): the allgather reads it back only after the
+// rest of the reduce-scatter has pushed it out of the cache anyway. Measured 2-rank out
+// of place: 4 MiB 0.49 -> 0.61 ms (worse), 16 MiB 2.53 -> 2.35 ms, 64 MiB ~6 % faster.
+size_t streamBytes() {
+  static const size_t v = static_cast<size_t>(envInt("HCOMM_STREAM_BYTES", 8 << 20));
+  return v;
+}
+
 void recursiveDoubling(Links& l, int vrank, int p, const char*& acc, char* out, size_t bytes,
                        const std::vector<int>& realRank) {
   char* tmp = l.scratch(bytes);
@@ -53,8 +62,10 @@ void rabenseifner(Links& l, int vrank, int p, const char*& acc, char* out, size_
     size_t keepLo = lower ? lo : mid, keepHi = lower ? mid : hi;
     size_t giveLo = lower ? mid : lo, giveHi = lower ? hi : mid;
     RequestPtr s = giveHi > giveLo ? l.isend(partner, acc + giveLo * es, (giveHi - giveLo) * es) : nullptr;
-    RequestPtr r = keepHi > keepLo ? l.irecvReduce(partner, out + keepLo * es, acc + keepLo * es,
-                                                  (keepHi - keepLo) * es) : nullptr;
+    size_t keepBytes = (keepHi - keepLo) * es;
+    RequestPtr r = keepHi > keepLo ? l.irecvReduce(partner, out + keepLo * es, acc + keepLo * es, keepBytes, 0,
+                                                  keepBytes >= streamBytes())
+                                   : nullptr;
     l.waitAll({s, r});
     kept.push_back({lo, hi});
     lo = keepLo;

@@ -39,12 +39,13 @@ RequestPtr Links::irecv(int peer, void* buf, size_t bytes, int channel) {
   return r.transport->irecv(r.peer, tagBase_ + channel, buf, bytes, nullptr, fingerprint_);
 }
 
-RequestPtr Links::irecvReduce(int peer, void* dst, const void* src, size_t bytes, int channel) {
+RequestPtr Links::irecvReduce(int peer, void* dst, const void* src, size_t bytes, int channel, bool streamed) {
   const Route& r = route(peer);
   ReduceSpec spec;
   spec.src = src;
   spec.dtype = dtype_;
   spec.op = op_;
+  spec.streamed = streamed;
   return r.transport->irecv(r.peer, tagBase_ + channel, dst, bytes, &spec, fingerprint_);
 }
 

@@ -49,7 +49,8 @@ class Links {
 
   RequestPtr isend(int peer, const void* buf, size_t bytes, int channel = 0);
   RequestPtr irecv(int peer, void* buf, size_t bytes, int channel = 0);
-  RequestPtr irecvReduce(int peer, void* dst, const void* src, size_t bytes, int channel = 0);
+  // streamed: dst is not read again before it would have left the cache (reduceStreamed).
+  RequestPtr irecvReduce(int peer, void* dst, const void* src, size_t bytes, int channel = 0, bool streamed = false);
   // Any-source receive: waits for a message with `channel` from any rank; returns it.
   int recvAny(void* buf, size_t bytes, int channel, size_t* got);
 

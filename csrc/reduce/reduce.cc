@@ -53,6 +53,21 @@ void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, s
   reduceAt(simdLevel(), dt, op, dst, a, b, n);
 }
 
+void reduceStreamedAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, const void* a, const void* b,
+                      size_t n) {
+  if (static_cast<int>(level) > static_cast<int>(simdLevel()))
+    throw Error(std::string("SIMD level ") + simdName(level) + " is not available on this CPU");
+  switch (level) {
+    case SimdLevel::AVX512: return kernels::avx512::reduceStreamed(dt, op, dst, a, b, n);
+    case SimdLevel::AVX2: return kernels::avx2::reduceStreamed(dt, op, dst, a, b, n);
+    default: return kernels::generic::reduce(dt, op, dst, a, b, n);
+  }
+}
+
+void reduceStreamed(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t n) {
+  reduceStreamedAt(simdLevel(), dt, op, dst, a, b, n);
+}
+
 void scale(DataType dt, void* dst, const void* src, size_t n, double factor) {
   switch (simdLevel()) {
     case SimdLevel::AVX512: return kernels::avx512::scale(dt, dst, src, n, factor);

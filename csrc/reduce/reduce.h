@@ -14,6 +14,9 @@ enum class SimdLevel : int { GENERIC = 0, AVX2 = 1, AVX512 = 2 };
 // dst[i] = a[i] op b[i]; dst may alias a or b. op is SUM, PROD, MIN or MAX
 // (AVG and PREMUL_SUM are SUM plus a scale the collectives apply).
 void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t count);
+// reduce() for an output that aliases neither input and will not be read again before
+// it leaves the cache: written with streaming stores where the CPU has AVX2.
+void reduceStreamed(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t count);
 // dst[i] = src[i] * factor (floating) or src[i] * (integer)factor; dst may alias src.
 void scale(DataType dt, void* dst, const void* src, size_t count, double factor);
 // dst[i] = src[i] / divisor, the post-step of AVG (integer division truncates).
@@ -24,12 +27,15 @@ const char* simdName(SimdLevel level);
 // The same kernels at an explicit level, for tests of every path.
 void reduceAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, const void* a,
               const void* b, size_t count);
+void reduceStreamedAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, const void* a, const void* b,
+                      size_t count);
 
 namespace kernels {
 // One definition per SIMD level, from kernels.inc compiled under a target pragma.
 #define HCOMM_DECLARE_KERNELS(ns)                                                             \
   namespace ns {                                                                              \
   void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t n); \
+  void reduceStreamed(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t n); \
   void scale(DataType dt, void* dst, const void* src, size_t n, double factor);             \
   void divide(DataType dt, void* dst, const void* src, size_t n, int64_t divisor);          \
   }

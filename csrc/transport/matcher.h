@@ -31,8 +31,11 @@ struct PostedRecv {
       return;
     }
     size_t es = dtypeSize(spec.dtype);
-    reduce(spec.dtype, spec.op, dst + offset, static_cast<const char*>(spec.src) + offset, data,
-           len / es);
+    const char* src = static_cast<const char*>(spec.src) + offset;
+    if (spec.streamed && src != dst + offset)
+      reduceStreamed(spec.dtype, spec.op, dst + offset, src, data, len / es);
+    else
+      reduce(spec.dtype, spec.op, dst + offset, src, data, len / es);
   }
 };
 

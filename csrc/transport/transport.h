@@ -50,6 +50,7 @@ struct ReduceSpec {
   const void* src = nullptr;  // combined with the payload; may equal dst
   DataType dtype = DataType::F32;
   ReduceOp op = ReduceOp::SUM;
+  bool streamed = false;  // the result is not read again soon: reduceStreamed (reduce.h)
 };
 
 class Transport {
