@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from harness import run_ranks
-from reference import check, copy, make, reduce_ref
+from reference import check, copy, empty_like, make, reduce_ref
 
 BIG = 300_007  # float32: 1.2 MB, far above the rendezvous threshold
 
@@ -79,3 +79,117 @@ def test_shm_without_cross_memory_attach():
     envs = [{"HCOMM_SHM_CMA": "0"}] * 2  # every byte streams through the shared slots
     results = run_ranks(_no_cma_body, 2, mode="process", args=(hcomm.get_unique_id(),), env=envs)
     assert results == [(3.0, 3.0), (3.0, 3.0)]
+
+
+# ---------------------------------------------------------------- large, repeated buffers
+# Sizes where halving-doubling's first reduced block (half the buffer) is at least
+# HCOMM_STREAM_BYTES (8 MiB): written with streaming stores out of place.
+LARGE = 4_718_609  # float32: 18.9 MB, odd
+
+
+def _large_body(rank, size, uid):
+    import hcomm
+
+    comm = hcomm.init(rank=rank, size=size, unique_id=uid, timeout=60)
+    try:
+        for dtype, op, count in (("float32", "sum", LARGE), ("int64", "max", LARGE // 2 + 3),
+                                 ("bfloat16", "sum", LARGE + 1)):
+            inputs = [make(dtype, count, q, 21, op) for q in range(size)]
+            expected = reduce_ref(inputs, op, dtype)
+            out = empty_like(inputs[rank])
+            comm.allreduce(inputs[rank], out, op=op, algo="halving_doubling")
+            check(out, expected, dtype, size, f"{dtype} {op} out of place")
+            x = copy(inputs[rank])
+            comm.allreduce(x, op=op, algo="halving_doubling")
+            check(x, expected, dtype, size, f"{dtype} {op} in place")
+        return True
+    finally:
+        comm.close()
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_large_out_of_place_streamed(world):
+    import hcomm
+
+    assert all(run_ranks(_large_body, world, mode="process", args=(hcomm.get_unique_id(),)))
+
+
+def _anon_huge_kb(addr):
+    """AnonHugePages of the mapping that holds `addr` (from /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "AnonHugePages:":
+                return int(line.split()[1])
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+def _repeated_torch_body(rank, size, uid):
+    """torch's allocator leaves large tensors on 4 KiB pages; a buffer sent again is
+    collapsed into huge pages (csrc/transport/hugepages.h). Data stays exact throughout."""
+    import torch
+
+    import hcomm
+
+    comm = hcomm.init(rank=rank, size=size, unique_id=uid, timeout=60)
+    try:
+        x = torch.empty(LARGE)
+        before = _anon_huge_kb(x.data_ptr())
+        for step in range(4):
+            inputs = [torch.from_numpy(make("float32", LARGE, q, 30 + step)) for q in range(size)]
+            x.copy_(inputs[rank])
+            comm.allreduce(x, algo="halving_doubling")
+            check(x, reduce_ref(inputs, "sum", "float32"), "float32", size, f"step {step}")
+        return before, _anon_huge_kb(x.data_ptr())
+    finally:
+        comm.close()
+
+
+def _collapse_supported():
+    """Whether this kernel can collapse anonymous memory into huge pages on request."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    m = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = (ctypes.c_char * len(m)).from_buffer(m)
+    start = (ctypes.addressof(buf) + (2 << 20) - 1) & ~((2 << 20) - 1)
+    ctypes.memset(start, 1, 2 << 20)
+    ok = libc.madvise(start, 2 << 20, 25) == 0  # MADV_COLLAPSE
+    del buf
+    m.close()
+    return ok
+
+
+def _thp_mode():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "never"
+
+
+def test_repeated_send_buffer_collapsed_into_huge_pages():
+    import hcomm
+
+    if _thp_mode() == "never" or not _collapse_supported():
+        pytest.skip("this kernel cannot collapse memory into huge pages (MADV_COLLAPSE, Linux 6.1+)")
+    results = run_ranks(_repeated_torch_body, 2, mode="process", args=(hcomm.get_unique_id(),))
+    for before, after in results:
+        assert before == 0 or _thp_mode() == "always", before  # torch's memory starts on 4 KiB pages
+        assert after >= 2048, f"{after} kB of huge pages after four sends of the same 19 MB tensor"
+
+
+def test_huge_page_advice_can_be_turned_off():
+    import hcomm
+
+    if _thp_mode() != "madvise":
+        pytest.skip(f"transparent huge pages are {_thp_mode()!r}: the control needs 'madvise'")
+    envs = [{"HCOMM_SHM_HUGEPAGE_BYTES": "0"}] * 2
+    results = run_ranks(_repeated_torch_body, 2, mode="process", args=(hcomm.get_unique_id(),), env=envs)
+    assert [after for _, after in results] == [0, 0]

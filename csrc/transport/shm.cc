@@ -133,7 +133,11 @@ bool cmaRead(int64_t pid, uint64_t addr, void* dst, size_t len, std::string* err
 }  // namespace
 
 ShmTransport::ShmTransport(int rank, std::vector<int> localRanks, std::string prefix, double timeoutSec)
-    : rank_(rank), localRanks_(std::move(localRanks)), prefix_(std::move(prefix)), timeoutSec_(timeoutSec) {
+    : rank_(rank),
+      localRanks_(std::move(localRanks)),
+      prefix_(std::move(prefix)),
+      timeoutSec_(timeoutSec),
+      hugePages_(static_cast<size_t>(std::max<int64_t>(0, envInt("HCOMM_SHM_HUGEPAGE_BYTES", 4 << 20)))) {
   if (localRanks_.size() > 256) throw Error("shm transport: more than 256 ranks on one host");
   // Let peers of any ancestry read our memory (Yama ptrace_scope=1 would refuse them).
   prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
@@ -256,6 +260,7 @@ RequestPtr ShmTransport::isend(int peer, uint64_t tag, const void* buf, size_t n
   m.buf = static_cast<const char*>(buf);
   static const size_t rndvBytes = static_cast<size_t>(envInt("HCOMM_SHM_RNDV_BYTES", 64 << 10));
   m.rendezvous = p.cma && nbytes >= rndvBytes;
+  if (m.rendezvous) hugePages_.sent(buf, nbytes);
   p.sending.push_back(m);
   progressSends(p);
   return req;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "transport/hugepages.h"
 #include "transport/matcher.h"
 #include "transport/transport.h"
 
@@ -103,6 +104,7 @@ class ShmTransport : public Transport {
   std::string mineName_;
   std::map<int, Peer> peers_;
   std::vector<char> scratch_;  // staging for reductions out of a peer's memory
+  HugePageAdvisor hugePages_;  // rendezvous send buffers (hugepages.h)
   std::recursive_mutex mu_;
   std::string aborted_;
   std::chrono::steady_clock::time_point lastLivenessCheck_;
