@@ -13,9 +13,12 @@ Columns:
   time / busbw  per implementation, out of place and in place (nccl-tests' columns;
                 Gloo has no out-of-place allreduce: its out of place adds a copy first)
   x MPI, x Gloo peer time / hcomm time: > 1 means hcomm is faster
-  of a+=b       busbw / the rate numpy's `a += b` runs through 64 MiB float32 arrays in
-                one process (array bytes per second): a 2-rank shared-memory allreduce
-                has to do at least that much reading and writing, so this is the ceiling
+  of bound      busbw / the memory-bandwidth bound of a 2-rank allreduce, as the issue
+                that set the target defines it: numpy's `a += b` over 64 MiB float32
+                arrays in one process moves 3 x 64 MiB; an ideal 2-rank allreduce moves
+                2.5 x 64 MiB per rank, so its bound busbw is 3/2.5 = 1.2 x the array
+                bytes per second of `a += b` (each rank on its own core: two concurrent
+                `a += b` processes each run about as fast as one alone on this machine)
 An implementation that cannot run shows its reason instead of numbers: nothing is guessed.
 With --repeat R every cell is the best (shortest time) of R whole runs, which filters
 out load from other processes on a shared machine; the load average is printed too.
@@ -32,6 +35,8 @@ import time
 import numpy as np
 
 IMPLS = ("hcomm", "mpi", "gloo")
+# `a += b` moves 3 bytes of memory traffic per array byte, an ideal 2-rank allreduce 2.5.
+BOUND_PER_ARRAY_RATE = 3 / 2.5
 LABELS = {"hcomm": "hcomm", "mpi": "Open MPI", "gloo": "Gloo"}
 
 
@@ -91,17 +96,18 @@ def fmt(value, spec):
 def table_rows(docs, bound):
     lines = []
     head = (f"{'ranks':>5} {'size':>7} {'mode':>4} |" + "".join(f" {LABELS[i] + ' us':>12} {'GB/s':>6} |" for i in IMPLS)
-            + f" {'x MPI':>6} {'x Gloo':>6} {'of a+=b':>7}")
+            + f" {'x MPI':>6} {'x Gloo':>6} {'of bound':>8}")
     lines += [head, "-" * len(head)]
     for (ranks, nbytes), runs in sorted(docs.items()):
         for mode, short in (("out_of_place", "oop"), ("in_place", "ip")):
             t = {i: cell(runs, i, mode, "time") for i in IMPLS}
             bw = {i: cell(runs, i, mode, "bus_bw") for i in IMPLS}
             ratio = {p: (t[p] / t["hcomm"] if t[p] and t["hcomm"] else None) for p in ("mpi", "gloo")}
-            of_bound = bw["hcomm"] / (bound / 1e9) if bw["hcomm"] is not None and nbytes >= (1 << 20) else None
+            of_bound = (bw["hcomm"] / (BOUND_PER_ARRAY_RATE * bound / 1e9)
+                        if bw["hcomm"] is not None and nbytes >= (1 << 20) and ranks == 2 else None)
             lines.append(f"{ranks:>5} {human(nbytes):>7} {short:>4} |"
                          + "".join(f" {fmt(t[i], '12.1f')} {fmt(bw[i], '6.2f')} |" for i in IMPLS)
-                         + f" {fmt(ratio['mpi'], '6.2f')} {fmt(ratio['gloo'], '6.2f')} {fmt(of_bound, '7.2f')}")
+                         + f" {fmt(ratio['mpi'], '6.2f')} {fmt(ratio['gloo'], '6.2f')} {fmt(of_bound, '8.2f')}")
     return lines
 
 
@@ -146,7 +152,8 @@ def main(argv=None):
     print(f"# core allreduce: float32 sum, {os.cpu_count()} cores, median per rank then max over ranks, "
           f"best of {args.repeat} run(s); load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"# numpy a += b, 64 MiB float32, one process: {bound / 1e9:.2f} GB/s of array "
-          f"({3 * bound / 1e9:.1f} GB/s memory traffic)")
+          f"({3 * bound / 1e9:.1f} GB/s memory traffic); 2-rank allreduce bound "
+          f"{BOUND_PER_ARRAY_RATE * bound / 1e9:.2f} GB/s busbw")
     for line in table_rows(docs, bound) + notes(docs):
         print(line)
     if args.json:

@@ -392,8 +392,12 @@ std::vector<CallProgress> Communicator::gatherProgress(std::vector<char>* asked)
   bool anyTcp = false;
   for (int r = 0; r < size_; ++r) {
     if (r == rank_) continue;
-    if (routes_[r].transport == world_->shm.get()) world_->shm->peerProgress(routes_[r].peer, id_, &seen[r]);
-    else if (world_->tcp && routes_[r].transport == world_->tcp.get()) anyTcp = (*asked)[r] = 1;
+    if (routes_[r].transport == world_->shm.get()) {
+      world_->shm->peerProgress(routes_[r].peer, id_, &seen[r]);
+    } else if (world_->tcp && routes_[r].transport == world_->tcp.get()) {
+      (*asked)[r] = 1;
+      anyTcp = true;
+    }
   }
   if (!anyTcp) return seen;
   world_->tcp->query(id_);
