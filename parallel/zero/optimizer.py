@@ -18,8 +18,10 @@ Param groups (a list of dicts) are supported for stages 1 and 2; stage 3 takes o
 Parameters with requires_grad=False are left alone (replicated, never updated).
 """
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
+from ..tensor import partition_dim
 from .comm import Collectives
 from .memory import MemoryPlan, optimizer_state_bytes, probe_state_bytes_per_element
 from .stage12 import Stage12Engine
@@ -50,6 +52,14 @@ def _named_groups(model_or_params):
     if not all(isinstance(p, torch.Tensor) for p in items):
         raise TypeError("model_or_params must be an nn.Module, an iterable of tensors or of param-group dicts")
     return None, [([(f"param.{i}", p) for i, p in enumerate(items) if p.requires_grad], {})]
+
+
+def _tp_duplicates(module, groups, tp_group):
+    """Names of the parameters this rank leaves out of the gradient norm: those replicated
+    over the tp group, on every tp rank but the first (they count once, there)."""
+    if tp_group is None or dist.get_rank(tp_group) == 0:
+        return frozenset()
+    return frozenset(n for named, _ in groups for n, _ in named if partition_dim(module, n) is None)
 
 
 def _device_of(groups):
@@ -83,6 +93,11 @@ class ZeroOptimizer:
                      gradients in that dtype, fp32 master shard and optimizer state; floating
                      forward inputs of the module are cast to it
     clip_grad_norm:  clip by the global L2 norm over all shards (one all-reduce of a scalar)
+    tp_group, pp_group: with clip_grad_norm, the tensor- and pipeline-parallel groups the
+                     model is split across: the norm is then summed over them too, as
+                     Megatron does, so every rank clips by the same, whole-model norm. A
+                     parameter that is not tp-sharded (its module's partition_dims says
+                     None, or has none) is the same on every tp rank and counts once.
     units:           stage 3 only: tuple of module classes, each instance one gather unit
     check_control_flow: stage 3 only: raise ZeroControlFlowError on divergent modules
     sync_params:     broadcast rank 0's initial parameters (as DDP does)
@@ -90,18 +105,23 @@ class ZeroOptimizer:
     """
 
     def __init__(self, model_or_params, optimizer_cls, stage, group=None, bucket_mb=25.0, overlap=True,
-                 mixed_precision=None, clip_grad_norm=None, units=None, check_control_flow=True,
-                 sync_params=True, print_plan=True, **optim_kwargs):
+                 mixed_precision=None, clip_grad_norm=None, tp_group=None, pp_group=None, units=None,
+                 check_control_flow=True, sync_params=True, print_plan=True, **optim_kwargs):
         _validate(stage, mixed_precision, bucket_mb, clip_grad_norm)
         module, groups = _named_groups(model_or_params)
         if stage == 3 and module is None:
             raise TypeError("ZeRO stage 3 needs the nn.Module (it gathers parameters in module hooks)")
+        if tp_group is not None and module is None:
+            raise TypeError("tp_group needs the nn.Module: which parameters are tp-sharded is read from its "
+                            "modules' partition_dims")
         if stage == 3 and len(groups) != 1:
             raise ValueError("ZeRO stage 3 takes a single param group")
         self.stage, self.module = stage, module
         self.comm = Collectives(group, _device_of(groups))
         self.param_dtype = mixed_precision or torch.float32
         self.clip_grad_norm = clip_grad_norm
+        self.norm_groups = [g for g in (tp_group, pp_group) if g is not None]
+        self.norm_skip = _tp_duplicates(module, groups, tp_group)
         self.bucket_bytes = int(bucket_mb * 2 ** 20)
         self.psi = sum(p.numel() for named, _ in groups for _, p in named)
         self.param_names = [n for named, _ in groups for n, _ in named]   # input order
@@ -163,9 +183,19 @@ class ZeroOptimizer:
         # Padding elements are zero, so the shard sums add up to the true squared norm.
         sq = torch.zeros(1, dtype=torch.float64, device=self.comm.device)
         for s in shards:
-            if s.master.grad is not None:
-                sq += s.master.grad.double().pow(2).sum()
-        total = self.comm.all_reduce(sq).sqrt().item()
+            g = s.master.grad
+            if g is None:
+                continue
+            if not self.norm_skip:
+                sq += g.double().pow(2).sum()
+                continue
+            for piece in s.layout.pieces(s.rank):
+                if piece.slot.name not in self.norm_skip:
+                    sq += g[piece.shard_lo:piece.shard_lo + piece.length].double().pow(2).sum()
+        self.comm.all_reduce(sq)
+        for group in self.norm_groups:
+            dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=group)
+        total = sq.sqrt().item()
         coef = self.clip_grad_norm / (total + 1e-6)
         if coef < 1.0:
             for s in shards:

@@ -308,8 +308,10 @@ def _tp_pp(rank):
     torch.set_default_dtype(torch.float32)
 
 
-def _zero_pp(rank, stage):
-    """dp=2 x pp=2 with ZeRO-1/2 reducing the gradients: one SGD step equals the full batch's."""
+def _zero_pp(rank, stage, clip=False):
+    """dp=2 x pp=2 with ZeRO-1/2 reducing the gradients: one SGD step equals the full batch's.
+    With clip: clipping over the pp group too, at a third of the whole model's gradient norm,
+    so every stage scales by the same factor as the single-process reference."""
     from hcomm.parallel.mesh import ParallelConfig, build_mesh
     from hcomm.parallel.pipeline import build_schedule
     from hcomm.parallel.pipeline.runtime import PipelineRuntime
@@ -324,14 +326,20 @@ def _zero_pp(rank, stage):
     mine = [layer.float() for layer in _layers()]    # ZeRO keeps fp32 parameters
     stages = stages_for_rank(split_layers(mine, 2), mesh.pp_rank, sched)
     rt = PipelineRuntime.from_mesh(mesh, stages, sched, F.mse_loss, reduce_dp_grads=False)
+    norm = torch.cat([p.grad.reshape(-1) for layer in ref for p in layer.parameters()]).double().norm().item()
+    kw = dict(clip_grad_norm=norm / 3, pp_group=mesh.pp_group) if clip else {}
     zopt = ZeroOptimizer(nn.ModuleList(stages.values()), torch.optim.SGD, stage=stage, group=mesh.dp_group,
-                         lr=0.5, print_plan=False)
+                         lr=0.5, print_plan=False, **kw)
     rt.step((x[half].float(), ids[half]), y[half].float())
-    zopt.step()
+    got = zopt.step()
+    coef = 1 / 3 if clip else 1.0
+    if clip:
+        assert got == pytest.approx(norm, rel=1e-5), f"pp rank {mesh.pp_rank} clipped by {got}, model norm {norm}"
     per = L // 2
     for i in range(mesh.pp_rank * per, (mesh.pp_rank + 1) * per):
         for pa, pb in zip(mine[i].parameters(), ref[i].parameters()):
-            torch.testing.assert_close(pa.detach(), (pb - 0.5 * pb.grad).detach().float(), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(pa.detach(), (pb - 0.5 * coef * pb.grad).detach().float(), rtol=1e-4,
+                                       atol=1e-5)
 
 
 def _four_ranks(rank, world_size):
@@ -340,6 +348,7 @@ def _four_ranks(rank, world_size):
     _tp_pp(rank)
     _zero_pp(rank, 1)
     _zero_pp(rank, 2)
+    _zero_pp(rank, 2, clip=True)
     return peaks, errors
 
 

@@ -1,6 +1,7 @@
 """Rank bodies and helpers shared by the ZeRO tests (module level: spawned processes import them)."""
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -290,6 +291,50 @@ def tp_composition_body(rank, world_size):
     return True
 
 
+def tp_clip_body(rank, world_size):
+    """dp=2 x tp=2 with clipping: the norm every rank clips by is the dense model's whole
+    gradient norm (summed over tp, replicated parameters once), and three AdamW steps
+    equal the dense model's with torch's clip_grad_norm_ (each tp rank checks its shards)."""
+    from hcomm.parallel.mesh import ParallelConfig, build_mesh
+    from hcomm.parallel.models import GPT, GPTConfig
+    from hcomm.parallel.tensor import shard_state_dict
+
+    mesh = build_mesh(ParallelConfig(dp=2, tp=2))
+    cfg = GPTConfig(**TP_CFG)
+
+    def data(step, dp_rank):
+        g = torch.Generator().manual_seed(100 * step + dp_rank)
+        return [torch.randint(0, cfg.vocab_size, (3, cfg.seq_len), generator=g) for _ in range(2)]
+
+    dense = GPT(cfg, seed=0)
+    dense_opt = torch.optim.AdamW(dense.parameters(), lr=LR, weight_decay=WD)
+    norms, clip = [], None
+    for step in range(3):
+        dense_opt.zero_grad()
+        for d in range(2):
+            (dense(*data(step, d)) / 2).backward()
+        if clip is None:  # well below the first norm, so that every step clips
+            clip = 0.3 * torch.nn.utils.get_total_norm([p.grad for p in dense.parameters()]).item()
+        norms.append(torch.nn.utils.clip_grad_norm_(dense.parameters(), clip).item())
+        dense_opt.step()
+    for stage in (1, 2, 3):
+        model = GPT(cfg, group=mesh.tp_group, seed=0)
+        zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, group=mesh.dp_group, bucket_mb=0.002,
+                             clip_grad_norm=clip, tp_group=mesh.tp_group, print_plan=False, lr=LR, weight_decay=WD)
+        for step in range(3):
+            model(*data(step, mesh.dp_rank)).backward()
+            got = zopt.step()
+            zopt.zero_grad()
+            assert got == pytest.approx(norms[step], rel=1e-5), f"stage {stage} step {step}: {got} != {norms[step]}"
+        full = zopt.full_state_dict()
+        if mesh.dp_rank == 0:
+            want = shard_state_dict(model, dense.state_dict(), mesh.tp_group)
+            for k in want:
+                torch.testing.assert_close(full[k], want[k], rtol=1e-4, atol=2e-5,
+                                           msg=lambda m: f"stage {stage} tp rank {mesh.tp_rank} {k}: {m}")
+    return True
+
+
 # ---- jobs: one spawned world runs many cases (spawning dominates the test time) --------
 
 def stages_job(rank, world_size):
@@ -316,6 +361,7 @@ def extra_job(rank, world_size, path):
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
     save_body(rank, world_size, path)
     tp_composition_body(rank, world_size)
+    tp_clip_body(rank, world_size)
     return divergent_body(rank % 2, pairs[rank // 2], skip=1 if rank < 2 else 2)
 
 
