@@ -39,7 +39,8 @@ Hello makeHello(int rank, const std::string& token) {
   std::memset(&h, 0, sizeof h);
   h.magic = kHelloMagic;
   h.rank = rank;
-  std::strncpy(h.token, token.c_str(), sizeof h.token);
+  // A fixed-width field, compared in full: no terminating NUL needed when it is full.
+  std::memcpy(h.token, token.data(), std::min(token.size(), sizeof h.token));
   return h;
 }
 
