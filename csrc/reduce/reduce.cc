@@ -38,15 +38,26 @@ const char* simdName(SimdLevel level) {
   }
 }
 
-void reduceAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, const void* a,
-              const void* b, size_t n) {
+namespace {
+
+using ReduceKernel = void (*)(DataType, ReduceOp, void*, const void*, const void*, size_t);
+
+// The kernel of `level`, plain or with streaming stores (generic code has no streaming
+// stores: its plain loop serves both).
+ReduceKernel reduceKernel(SimdLevel level, bool streamed) {
   if (static_cast<int>(level) > static_cast<int>(simdLevel()))
     throw Error(std::string("SIMD level ") + simdName(level) + " is not available on this CPU");
   switch (level) {
-    case SimdLevel::AVX512: return kernels::avx512::reduce(dt, op, dst, a, b, n);
-    case SimdLevel::AVX2: return kernels::avx2::reduce(dt, op, dst, a, b, n);
-    default: return kernels::generic::reduce(dt, op, dst, a, b, n);
+    case SimdLevel::AVX512: return streamed ? kernels::avx512::reduceStreamed : kernels::avx512::reduce;
+    case SimdLevel::AVX2: return streamed ? kernels::avx2::reduceStreamed : kernels::avx2::reduce;
+    default: return kernels::generic::reduce;
   }
+}
+
+}  // namespace
+
+void reduceAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t n) {
+  reduceKernel(level, false)(dt, op, dst, a, b, n);
 }
 
 void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t n) {
@@ -55,13 +66,7 @@ void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, s
 
 void reduceStreamedAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, const void* a, const void* b,
                       size_t n) {
-  if (static_cast<int>(level) > static_cast<int>(simdLevel()))
-    throw Error(std::string("SIMD level ") + simdName(level) + " is not available on this CPU");
-  switch (level) {
-    case SimdLevel::AVX512: return kernels::avx512::reduceStreamed(dt, op, dst, a, b, n);
-    case SimdLevel::AVX2: return kernels::avx2::reduceStreamed(dt, op, dst, a, b, n);
-    default: return kernels::generic::reduce(dt, op, dst, a, b, n);
-  }
+  reduceKernel(level, true)(dt, op, dst, a, b, n);
 }
 
 void reduceStreamed(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t n) {
