@@ -3,7 +3,6 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 
 #ifndef MADV_COLLAPSE
@@ -46,8 +45,10 @@ void HugePageAdvisor::sent(const void* buf, size_t bytes) {
   e.used = ++clock_;
   if (++e.seen < 2 || e.costly >= 2) return;  // once is no pattern; a churning buffer is left alone
   auto t0 = std::chrono::steady_clock::now();
-  if (madvise(reinterpret_cast<void*>(start), e.len, MADV_COLLAPSE) != 0 && errno == EINVAL) {
-    minBytes_ = 0;  // no MADV_COLLAPSE here (old kernel, or huge pages turned off)
+  if (madvise(reinterpret_cast<void*>(start), e.len, MADV_COLLAPSE) != 0) {
+    // Not for this buffer: shared or file memory, pinned pages, memory pressure, or a
+    // kernel without MADV_COLLAPSE (then every buffer ends here once, one syscall each).
+    e.costly = 2;
     return;
   }
   double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

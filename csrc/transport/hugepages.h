@@ -10,7 +10,8 @@
 // 6.1+; contents and addresses unchanged): a one-time copy, about 1 ms per MiB, that
 // every later send of it earns back. A buffer whose memory is replaced between sends
 // (freed and allocated again at the same address) would pay that copy each time: after
-// two later collapses that did real work, that buffer is left alone.
+// two later collapses that did real work, that buffer is left alone, as is one the
+// kernel refuses to collapse (shared or file-backed memory, pinned pages).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -35,7 +36,7 @@ class HugePageAdvisor {
   };
   Entry& entryFor(uintptr_t start, size_t len);
 
-  size_t minBytes_;
+  const size_t minBytes_;
   std::vector<Entry> entries_;
   uint64_t clock_ = 0;
 };
