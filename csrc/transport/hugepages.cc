@@ -14,6 +14,7 @@ namespace hcomm {
 namespace {
 constexpr uintptr_t kHuge = uintptr_t(2) << 20;
 constexpr size_t kEntries = 64;
+constexpr int kLeftAlone = 2;  // costly collapses after which a buffer is not advised again
 // A collapse over memory that is already huge walks the page tables only (measured
 // ~0.2 us per 2 MiB); one that copies takes milliseconds per 2 MiB.
 constexpr double kCheapSecondsPerHugePage = 20e-6;
@@ -43,12 +44,12 @@ void HugePageAdvisor::sent(const void* buf, size_t bytes) {
   if (end <= start) return;
   Entry& e = entryFor(start, end - start);
   e.used = ++clock_;
-  if (++e.seen < 2 || e.costly >= 2) return;  // once is no pattern; a churning buffer is left alone
+  if (++e.seen < 2 || e.costly >= kLeftAlone) return;  // once is no pattern; a churning buffer is left alone
   auto t0 = std::chrono::steady_clock::now();
   if (madvise(reinterpret_cast<void*>(start), e.len, MADV_COLLAPSE) != 0) {
     // Not for this buffer: shared or file memory, pinned pages, memory pressure, or a
     // kernel without MADV_COLLAPSE (then every buffer ends here once, one syscall each).
-    e.costly = 2;
+    e.costly = kLeftAlone;
     return;
   }
   double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
