@@ -14,6 +14,8 @@ rank's pipeline (pp stages, each a tp group) runs it as grad_accum_steps micro-b
 micro_batch_size with the 1F1B schedule (interleaved when virtual_pipeline_stages > 1);
 ZeRO (zero_stage 1-3) reduces the gradients over dp and steps AdamW on its shard
 (zero_stage 0: the pipeline averages gradients over dp and every rank steps AdamW).
+Gradients are clipped by the whole model's norm (train.clip_grad_norm): summed over
+dp shards, tp and pp ranks, as the dense model's torch.nn.utils.clip_grad_norm_ sees it.
 
 --check also trains the dense model (one process, same seed, same batches, full global
 batch per step) on rank 0 and compares the two loss curves: every step's loss must agree
@@ -41,7 +43,8 @@ CONFIG = {
     "sequence_parallel": False,
     # this script's sections (ignored by ParallelConfig)
     "model": {"vocab_size": 64, "seq_len": 32, "hidden": 64, "heads": 4, "n_layers": 4},
-    "train": {"steps": 20, "lr": 3e-3, "weight_decay": 0.01, "seed": 1234, "schedule": "1f1b"},
+    "train": {"steps": 20, "lr": 3e-3, "weight_decay": 0.01, "seed": 1234, "schedule": "1f1b",
+              "clip_grad_norm": 1.0},   # by the whole model's norm; None: no clipping
 }
 
 
@@ -130,6 +133,8 @@ def train_single(config: dict, log=print):
         ids, targets = batch(config, step)
         loss = model(ids, targets)
         loss.backward()
+        if config["train"].get("clip_grad_norm"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["train"]["clip_grad_norm"])
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
@@ -182,7 +187,8 @@ class Trainer:
 
         t = self.config["train"]
         return ZeroOptimizer(self.module, torch.optim.AdamW, stage=self.pcfg.zero_stage, group=self.mesh.dp_group,
-                             print_plan=False, lr=t["lr"], weight_decay=t["weight_decay"])
+                             clip_grad_norm=t.get("clip_grad_norm"), tp_group=self.mesh.tp_group,
+                             pp_group=self.mesh.pp_group, print_plan=False, lr=t["lr"], weight_decay=t["weight_decay"])
 
     def my_slice(self, tensor):
         """This dp rank's contiguous share of the global batch."""
@@ -195,6 +201,10 @@ class Trainer:
         ids, targets = self.my_slice(ids), self.my_slice(targets)
         loss = self.pipe.step(ids if self.mesh.is_first_stage else None,
                               targets if self.mesh.is_last_stage else None)
+        clip = self.config["train"].get("clip_grad_norm")
+        if clip and self.zopt is None:  # ZeroOptimizer clips inside step()
+            from hcomm.parallel.clip import clip_grad_norm_
+            clip_grad_norm_(self.module, clip, tp_group=self.mesh.tp_group, pp_group=self.mesh.pp_group)
         self.opt.step()
         self.opt.zero_grad()
         if self.pcfg.dp == 1:

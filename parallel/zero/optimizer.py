@@ -18,10 +18,9 @@ Param groups (a list of dicts) are supported for stages 1 and 2; stage 3 takes o
 Parameters with requires_grad=False are left alone (replicated, never updated).
 """
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
-from ..tensor import partition_dim
+from ..clip import sum_over, tp_duplicates
 from .comm import Collectives
 from .memory import MemoryPlan, optimizer_state_bytes, probe_state_bytes_per_element
 from .stage12 import Stage12Engine
@@ -52,14 +51,6 @@ def _named_groups(model_or_params):
     if not all(isinstance(p, torch.Tensor) for p in items):
         raise TypeError("model_or_params must be an nn.Module, an iterable of tensors or of param-group dicts")
     return None, [([(f"param.{i}", p) for i, p in enumerate(items) if p.requires_grad], {})]
-
-
-def _tp_duplicates(module, groups, tp_group):
-    """Names of the parameters this rank leaves out of the gradient norm: those replicated
-    over the tp group, on every tp rank but the first (they count once, there)."""
-    if tp_group is None or dist.get_rank(tp_group) == 0:
-        return frozenset()
-    return frozenset(n for named, _ in groups for n, _ in named if partition_dim(module, n) is None)
 
 
 def _device_of(groups):
@@ -120,8 +111,8 @@ class ZeroOptimizer:
         self.comm = Collectives(group, _device_of(groups))
         self.param_dtype = mixed_precision or torch.float32
         self.clip_grad_norm = clip_grad_norm
-        self.norm_groups = [g for g in (tp_group, pp_group) if g is not None]
-        self.norm_skip = _tp_duplicates(module, groups, tp_group)
+        self.norm_groups = (tp_group, pp_group)
+        self.norm_skip = tp_duplicates(module, [n for named, _ in groups for n, _ in named], tp_group)
         self.bucket_bytes = int(bucket_mb * 2 ** 20)
         self.psi = sum(p.numel() for named, _ in groups for _, p in named)
         self.param_names = [n for named, _ in groups for n, _ in named]   # input order
@@ -192,10 +183,7 @@ class ZeroOptimizer:
             for piece in s.layout.pieces(s.rank):
                 if piece.slot.name not in self.norm_skip:
                     sq += g[piece.shard_lo:piece.shard_lo + piece.length].double().pow(2).sum()
-        self.comm.all_reduce(sq)
-        for group in self.norm_groups:
-            dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=group)
-        total = sq.sqrt().item()
+        total = sum_over(self.comm.all_reduce(sq), self.norm_groups).sqrt().item()
         coef = self.clip_grad_norm / (total + 1e-6)
         if coef < 1.0:
             for s in shards:

@@ -305,7 +305,24 @@ def _tp_pp(rank):
             torch.testing.assert_close(prm.grad, want[name], rtol=1e-8, atol=1e-10, msg=lambda s: f"{name}: {s}")
         else:
             assert prm.grad is None, name
+    _clip_like_dense(model, dense, mesh, local)
     torch.set_default_dtype(torch.float32)
+
+
+def _clip_like_dense(model, dense, mesh, local):
+    """hcomm.parallel.clip_grad_norm_ over tp x pp: the dense model's norm on every rank, and
+    the clipped gradients equal the dense model's clipped by torch."""
+    from hcomm.parallel.clip import clip_grad_norm_
+    from hcomm.parallel.tensor.layers import shard_state_dict
+
+    max_norm = 0.3 * torch.nn.utils.get_total_norm([p.grad for p in dense.parameters()]).item()
+    want_norm = torch.nn.utils.clip_grad_norm_(dense.parameters(), max_norm).item()
+    got_norm = clip_grad_norm_(model, max_norm, tp_group=mesh.tp_group, pp_group=mesh.pp_group)
+    assert got_norm == pytest.approx(want_norm, rel=1e-10), (got_norm, want_norm)
+    want = shard_state_dict(model, {n: p.grad for n, p in dense.named_parameters()}, mesh.tp_group)
+    for name, prm in model.named_parameters():
+        if any(name.startswith(pre) for pre in local):
+            torch.testing.assert_close(prm.grad, want[name], rtol=1e-8, atol=1e-10, msg=lambda s: f"{name}: {s}")
 
 
 def _zero_pp(rank, stage, clip=False):
