@@ -6,7 +6,7 @@
 #include <chrono>
 
 #ifndef MADV_COLLAPSE
-#define MADV_COLLAPSE 25  // Linux 6.1; older kernels answer EINVAL and the advisor stops
+#define MADV_COLLAPSE 25  // Linux 6.1; older kernels refuse it, and each buffer is tried once
 #endif
 
 namespace hcomm {
