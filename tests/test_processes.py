@@ -132,17 +132,21 @@ def _anon_huge_kb(addr, nbytes):
 
 
 def _repeated_torch_body(rank, size, uid):
-    """torch's allocator leaves large tensors on 4 KiB pages; a buffer sent again is
-    collapsed into huge pages (csrc/transport/hugepages.h). A tensor in shared memory,
-    which the kernel will not collapse, comes first: it must not stop the advice for the
-    private one. Data stays exact throughout."""
+    """A tensor on 4 KiB pages (as torch's allocator leaves large tensors; here a fresh
+    private mapping, so that nothing inherited is huge already) sent again is collapsed
+    into huge pages (csrc/transport/hugepages.h). A tensor in shared memory, which the
+    kernel will not collapse, comes first: it must not stop the advice for the private
+    one. Data stays exact throughout."""
+    import mmap
+
     import torch
 
     import hcomm
 
     comm = hcomm.init(rank=rank, size=size, unique_id=uid, timeout=60)
     try:
-        shared, x = torch.empty(LARGE).share_memory_(), torch.empty(LARGE)
+        private = mmap.mmap(-1, LARGE * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        shared, x = torch.empty(LARGE).share_memory_(), torch.frombuffer(private, dtype=torch.float32)
         before = _anon_huge_kb(x.data_ptr(), LARGE * 4)
         for step in range(8):
             buf = shared if step < 3 else x
