@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 
 #ifndef MADV_COLLAPSE
@@ -47,9 +48,11 @@ void HugePageAdvisor::sent(const void* buf, size_t bytes) {
   if (++e.seen < 2 || e.costly >= kLeftAlone) return;  // once is no pattern; a churning buffer is left alone
   auto t0 = std::chrono::steady_clock::now();
   if (madvise(reinterpret_cast<void*>(start), e.len, MADV_COLLAPSE) != 0) {
-    // Not for this buffer: shared or file memory, pinned pages, memory pressure, or a
-    // kernel without MADV_COLLAPSE (then every buffer ends here once, one syscall each).
-    e.costly = kLeftAlone;
+    // EAGAIN: pages busy right now (another peer still reading this buffer) or memory
+    // short: tried again at a later send, at most twice. Anything else: not for this
+    // buffer (shared or file memory, or a kernel without MADV_COLLAPSE, where every
+    // buffer ends here once, one syscall each).
+    e.costly = errno == EAGAIN ? e.costly + 1 : kLeftAlone;
     return;
   }
   double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

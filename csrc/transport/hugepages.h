@@ -11,7 +11,8 @@
 // every later send of it earns back. A buffer whose memory is replaced between sends
 // (freed and allocated again at the same address) would pay that copy each time: after
 // two later collapses that did real work, that buffer is left alone, as is one the
-// kernel refuses to collapse (shared or file-backed memory, pinned pages).
+// kernel refuses to collapse (shared or file-backed memory) or finds busy twice (pages
+// pinned by another peer's read of the same buffer).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -31,7 +32,7 @@ class HugePageAdvisor {
     uintptr_t start = 0;  // the 2 MiB-aligned interior of the buffer
     size_t len = 0;
     int seen = 0;
-    int costly = 0;       // collapses after the first one that had to copy
+    int costly = 0;       // later collapses that had to copy, and refusals while busy
     uint64_t used = 0;    // for least-recently-used eviction
   };
   Entry& entryFor(uintptr_t start, size_t len);
