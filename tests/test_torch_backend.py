@@ -29,6 +29,8 @@ def close(actual, expected, what):
     """Floats within a dtype-sized tolerance, integers exactly. (torch.allclose rather
     than torch.testing: its first import costs seconds in every spawned rank.)"""
     expected = expected.to(actual.dtype)
+    if actual.is_complex():  # componentwise, as floats
+        actual, expected = torch.view_as_real(actual), torch.view_as_real(expected)
     if actual.dtype.is_floating_point:
         tol = {torch.bfloat16: 3e-2, torch.float16: 5e-3}.get(actual.dtype, 1e-5)
         ok = actual.shape == expected.shape and torch.allclose(actual.double(), expected.double(), rtol=tol, atol=tol)
@@ -205,6 +207,13 @@ def check_reduce_scatter(rank, n):
             dist.reduce_scatter_tensor(o, x.clone())
     for k, (o, m) in enumerate(zip(outs, (5, 3))):
         close(o, fold([x[k] for x in xs], dist.ReduceOp.SUM)[rank * m:(rank + 1) * m], f"coalesced rs[{k}]")
+    # complex: sums on the float view; ops that do not work componentwise are refused
+    # on every rank before any byte moves
+    with pytest.raises(RuntimeError, match="max is not defined for complex"):
+        dist.reduce_scatter_tensor(torch.empty(2, dtype=torch.complex64), torch.ones(2 * n, dtype=torch.complex64),
+                                   op=dist.ReduceOp.MAX)
+    with pytest.raises(RuntimeError, match="dtype torch.complex64 differs"):
+        dist.reduce_scatter_tensor(torch.empty(2, dtype=torch.complex64), torch.ones(4 * n))
 
 
 def check_alltoall(rank, n):
@@ -334,6 +343,24 @@ def _same_calls(rank, n):
         dist.reduce_scatter_tensor(out, data(rank, (3 * n,), seed=503), op=dist.ReduceOp.MIN, group=g)
         return out
 
+    def cplx(shape, seed):
+        return torch.complex(data(rank, shape, seed=seed), data(rank, shape, seed=seed + 1))
+
+    def complex_rs(g):  # complex sums run on the float view of the same memory
+        out = torch.empty(3, dtype=torch.complex64)
+        dist.reduce_scatter_tensor(out, cplx((3 * n,), 504), group=g)
+        return out
+
+    def complex_rs_list(g):
+        out = torch.empty(2, dtype=torch.complex64)
+        dist.reduce_scatter(out, [cplx((2,), 510 + 2 * b) for b in range(n)], group=g)
+        return out
+
+    def complex_reduce(g):
+        t = cplx((5,), 506)
+        dist.reduce(t, dst=0, group=g)
+        return t if rank == 0 else torch.zeros(0, dtype=t.dtype)
+
     def objects(g):
         out = [None] * n
         dist.all_gather_object(out, {"r": rank, "v": list(range(rank))}, group=g)
@@ -344,7 +371,8 @@ def _same_calls(rank, n):
             ("reduce", reduced), ("broadcast", inplace(dist.broadcast, src=n - 1)),
             ("all_gather_into_tensor", tensor_gather), ("reduce_scatter_tensor min", rs),
             ("all_to_all_single uneven", a2a), ("gather", gathered), ("scatter", scattered),
-            ("all_gather_object", objects)]
+            ("all_gather_object", objects), ("reduce_scatter_tensor complex", complex_rs),
+            ("reduce_scatter complex", complex_rs_list), ("reduce complex", complex_reduce)]
 
 
 def check_same_as_gloo(rank, n):

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 import hcomm
 
-from .ops import Staged, as_bytes, check_cpu, check_reducible, reduce_spec
+from .ops import Staged, as_bytes, check_cpu, check_reducible, real_view, reduce_spec
 from .work import HcommWork, _as_error
 
 UID_KEY = "hcomm_uid"
@@ -165,7 +165,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
     def allreduce(self, tensors, opts=None):
         what = "allreduce"
         spec = reduce_spec(_reduce_op(opts), what)
-        t = self._single(tensors, what)
+        t = real_view(self._single(tensors, what), spec, what)
         if spec.fold is None and t.is_contiguous():  # the hot path: DDP buckets, dist.all_reduce
             name = check_reducible(t, spec, what)
             return self._run(what, opts, lambda a: self._comm.allreduce(t, op=name, factor=spec.factor, async_op=a),
@@ -180,6 +180,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         check_cpu(tensors, what)
         by_dtype = {}
         for t in tensors:
+            t = real_view(t, spec, what)
             by_dtype.setdefault(t.dtype, []).append(t)
         pieces = []
         for group in by_dtype.values():
@@ -195,7 +196,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
     def reduce(self, tensors, opts=None):
         what = "reduce"
         spec = reduce_spec(_reduce_op(opts), what)
-        t = self._single(tensors, what)
+        t = real_view(self._single(tensors, what), spec, what)
         root = self._group_rank(opts.rootRank, what)
         name = check_reducible(t, spec, what)
         st = Staged()
@@ -308,6 +309,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
             raise RuntimeError(f"hcomm {what}: needs one input list of {self._comm.size} tensors")
         blocks = input_lists[0]
         _check_dtypes(blocks, out.dtype, what)
+        out, blocks = real_view(out, spec, what), [real_view(b, spec, what) for b in blocks]
         counts = [b.numel() for b in blocks]
         if counts[self._comm.rank] != out.numel():
             raise RuntimeError(f"hcomm {what}: input block {self._comm.rank} has {counts[self._comm.rank]} "
@@ -324,6 +326,7 @@ class ProcessGroupHcomm(dist.ProcessGroup):
 
     def _reduce_scatter_tensor_piece(self, out, x, spec, what):
         self._check_reduce_scatter_tensor(out, x, what)
+        out, x = real_view(out, spec, what), real_view(x, spec, what)
         src = x.contiguous().reshape(-1)
         return self._reduce_scatter_piece(src, out, [out.numel()] * self._comm.size, spec, what)
 
@@ -331,7 +334,8 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         what = "reduce_scatter_tensor"
         spec = reduce_spec(_reduce_op(opts), what)
         check_cpu([output_tensor, input_tensor], what)
-        out, x = output_tensor, input_tensor
+        self._check_reduce_scatter_tensor(output_tensor, input_tensor, what)
+        out, x = real_view(output_tensor, spec, what), real_view(input_tensor, spec, what)
         if spec.fold is None and out.is_contiguous() and x.is_contiguous():  # FSDP2's gradients: no staging
             self._check_reduce_scatter_tensor(out, x, what)
             name = check_reducible(out, spec, what)

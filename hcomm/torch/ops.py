@@ -60,6 +60,23 @@ def reduce_spec(reduce_op, what):
     return ReduceSpec("premul_sum", float(factor.item() if isinstance(factor, torch.Tensor) else factor))
 
 
+# Complex numbers add componentwise, so sums (and averages, real premultipliers) run on
+# the float view of the same memory, as Gloo accepts them; products and orderings do not
+# decompose that way and are refused.
+_COMPONENTWISE = {"sum", "avg", "premul_sum"}
+
+
+def real_view(tensor, spec, what):
+    """`tensor`, or for a complex one its float view (same memory, twice the elements)."""
+    if not tensor.is_complex():
+        return tensor
+    if spec.fold is not None or spec.name not in _COMPONENTWISE:
+        op = spec.name or "bitwise"
+        raise RuntimeError(f"hcomm {what}: reduce op {op} is not defined for complex tensors ({tensor.dtype}); "
+                           "only sum, avg and premul_sum are")
+    return torch.view_as_real(tensor)
+
+
 # bool sum / prod are logical or / and, as in Gloo
 _BOOL_OPS = {"sum": "max", "prod": "min", "min": "min", "max": "max"}
 
