@@ -15,7 +15,11 @@ Differences from Gloo a user may meet:
   group is reached; use hcomm.torch.monitored_barrier(group, timeout, wait_all_ranks).
 - ReduceOp.BAND / BOR / BXOR run as an allgather plus a local fold (exact, more bytes).
 - all_gather with uneven output sizes and alltoall / allgather_coalesced with mixed
-  dtypes work (Gloo refuses some of them).
+  dtypes work (Gloo refuses some of them), as do integer AVG and a 2-D output for
+  all_gather_into_tensor; scatter and send/recv honour non-contiguous tensors' strides
+  (Gloo's scatter copies their raw memory).
+- Complex tensors reduce with sum, avg and premul_sum (on their float view, as Gloo);
+  max, min, product and bitwise ops on them are refused with an error.
 - A per-op opts.timeout is not used; the group's timeout (init_process_group /
   new_group, or ProcessGroupHcomm.set_timeout) bounds every operation. After an error
   the core aborts that communicator: later calls on the group fail at once.
