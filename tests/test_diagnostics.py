@@ -99,13 +99,24 @@ def test_debug_logging_prefixes_rank():
     assert "[hcomm rank 0] start allreduce #1" in err and "[hcomm rank 0] end allreduce #1" in err, err
 
 
-def _straggler_body(rank, size, uid):
+def _straggler_body(rank, size, uid, straggler_waits_in_hcomm=False, transports=None):
+    """The last rank skips the third call: busy outside hcomm (sleeping), or inside hcomm
+    in another call, where it can still answer progress queries."""
     comm = hcomm.init(rank=rank, size=size, unique_id=uid, timeout=2)
+    if transports is not None:
+        assert set(comm.transports()) == transports
     comm.allreduce(np.ones(8))
     comm.broadcast(np.ones(8), root=1)
     last = comm.flight_record()["entries"][-1]["seq"]
     if rank == size - 1:
-        time.sleep(4)  # never joins the allreduce the others start
+        if straggler_waits_in_hcomm:
+            comm.timeout = 6
+            try:
+                comm.recv(np.zeros(1), peer=0, tag=5)
+            except hcomm.Error:
+                pass
+        else:
+            time.sleep(4)  # never joins the allreduce the others start
         return last, ""
     try:
         comm.allreduce(np.ones(8))
@@ -135,36 +146,13 @@ def _reached_too(msg, rank, seq):
         assert f"ranks {others} reached #{seq} too" in msg, msg
 
 
-def _remote_straggler_body(rank, size, uid, straggler_waits_in_hcomm):
-    comm = hcomm.init(rank=rank, size=size, unique_id=uid, timeout=2)
-    assert set(comm.transports()) == {"tcp", "shm"}  # every other rank is on another host
-    comm.allreduce(np.ones(8))
-    comm.broadcast(np.ones(8), root=1)
-    last = comm.flight_record()["entries"][-1]["seq"]
-    if rank == size - 1:
-        if straggler_waits_in_hcomm:  # inside hcomm, but in another call: answers queries
-            comm.timeout = 6
-            try:
-                comm.recv(np.zeros(1), peer=0, tag=5)
-            except hcomm.Error:
-                pass
-        else:  # busy outside hcomm: cannot answer
-            time.sleep(4)
-        return last, ""
-    try:
-        comm.allreduce(np.ones(8))
-    except hcomm.Error as e:
-        return last, str(e)
-    return last, "no error"
-
-
 @pytest.mark.parametrize("straggler_waits_in_hcomm", [True, False])
 def test_timeout_progress_reaches_ranks_on_other_hosts(straggler_waits_in_hcomm):
     """Over tcp the ranks that are inside hcomm answer a progress query after a timeout;
     one that is not is named as not answering."""
     envs = [{"HCOMM_HOST_ID": f"progress-host{r}"} for r in range(4)]
-    out = run_ranks(_remote_straggler_body, 4, mode="process", env=envs,
-                    args=(hcomm.get_unique_id(), straggler_waits_in_hcomm), timeout=60)
+    out = run_ranks(_straggler_body, 4, mode="process", env=envs,  # every other rank on another host
+                    args=(hcomm.get_unique_id(), straggler_waits_in_hcomm, {"tcp", "shm"}), timeout=60)
     last = out[0][0]
     for rank in range(3):
         msg = out[rank][1]
