@@ -83,7 +83,8 @@ def test_shm_without_cross_memory_attach():
 
 # ---------------------------------------------------------------- large, repeated buffers
 # Sizes where halving-doubling's first reduced block (half the buffer) is at least
-# HCOMM_STREAM_BYTES (8 MiB): written with streaming stores out of place.
+# HCOMM_STREAM_BYTES (8 MiB), so written with streaming stores out of place: the float32
+# and int64 cases (the plain and the blocked kernel); bfloat16 stays below, plain stores.
 LARGE = 4_718_609  # float32: 18.9 MB, odd
 
 

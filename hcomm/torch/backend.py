@@ -337,7 +337,6 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         self._check_reduce_scatter_tensor(output_tensor, input_tensor, what)
         out, x = real_view(output_tensor, spec, what), real_view(input_tensor, spec, what)
         if spec.fold is None and out.is_contiguous() and x.is_contiguous():  # FSDP2's gradients: no staging
-            self._check_reduce_scatter_tensor(out, x, what)
             name = check_reducible(out, spec, what)
             return self._run(what, opts, lambda a: self._comm.reduce_scatter(x, out, op=name, factor=spec.factor,
                                                                              async_op=a), [out])
