@@ -1,0 +1,269 @@
+// One entry point per collective: validate, pick the algorithm (planning.cc), and submit
+// a body that runs it on a Links (engine.h). AVG and PREMUL_SUM become SUM here, with a
+// scale before or after, so algorithms see SUM, PROD, MIN or MAX only.
+#include <cstring>
+#include <numeric>
+
+#include "algo/algorithms.h"
+#include "comm/engine.h"
+#include "comm/native_call.h"
+#include "reduce/reduce.h"
+#include "topo/policy.h"
+#include "topo/topology.h"
+
+namespace hcomm {
+
+namespace {
+
+// AVG and PREMUL_SUM are SUM with a scale before or after.
+void prescale(DataType dt, ReduceOp op, double premul, const void*& in, void* tmp, size_t count) {
+  if (op != ReduceOp::PREMUL_SUM) return;
+  scale(dt, tmp, in, count, premul);
+  in = tmp;
+}
+
+void postscale(DataType dt, ReduceOp op, int n, void* out, size_t count) {
+  if (op == ReduceOp::AVG) divide(dt, out, out, count, n);
+}
+
+}  // namespace
+
+template <class Plan>
+Candidate Communicator::pick(CollKind kind, size_t bytes, int root, const std::string& requested,
+                             const Plan& plan) const {
+  // HCOMM_ALGO (and HCOMM_NATIVE_BYTES under MPI) are read at every call, as documented;
+  // the model's choice per (collective, size, root) is remembered while they stay the
+  // same. Explicit requests are rare in hot loops and take the full path.
+  const char* env = std::getenv("HCOMM_ALGO");
+  const char* native = mpi_ ? std::getenv("HCOMM_NATIVE_BYTES") : nullptr;
+  bool cacheable = (requested.empty() || requested == "auto") && world_ && world_->tuner;
+  auto key = std::make_tuple(static_cast<int>(kind), bytes, root);
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(planMu_);
+    if (planEnv_ != (env ? env : "") || planNative_ != (native ? native : "")) {
+      plans_.clear();
+      planEnv_ = env ? env : "";
+      planNative_ = native ? native : "";
+    }
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return it->second;
+  }
+  Candidate c = plan().choice();
+  c.segBytes = resolvedSegment(kind, c.algo, c.segBytes);
+  if (kind == CollKind::ALLREDUCE && !c.inner.empty()) c.innerSegBytes = resolvedSegment(kind, c.inner, c.innerSegBytes);
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(planMu_);
+    if (plans_.size() >= 1024) plans_.clear();  // many distinct sizes: start over rather than grow
+    plans_.emplace(key, c);
+  }
+  return c;
+}
+
+namespace {
+
+// One flat allreduce algorithm with its segment size.
+struct FlatChoice {
+  enum Kind { RING, TREE, HALVING_DOUBLING } kind = RING;
+  size_t seg = 0;
+
+  static FlatChoice of(const std::string& algo, size_t seg) {
+    FlatChoice f;
+    f.kind = algo == "ring" ? RING : algo == "tree" ? TREE : HALVING_DOUBLING;
+    f.seg = seg;
+    return f;
+  }
+  void operator()(Links& l, const void* in, void* out, size_t count) const {
+    if (kind == RING) algo::allreduceRing(l, in, out, count, seg);
+    else if (kind == TREE) algo::allreduceTree(l, in, out, count, seg);
+    else algo::allreduceHalvingDoubling(l, in, out, count);
+  }
+};
+
+}  // namespace
+
+WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
+                                const std::string& algo, bool async) {
+  checkUsable();
+  size_t bytes = count * dtypeSize(dt);
+  Candidate pick = this->pick(CollKind::ALLREDUCE, bytes, -1, algo, [&] { return planAllreduce(bytes, algo); });
+  CollectiveInfo info{"allreduce", CollKind::ALLREDUCE, dt, count, -1, pick.algo, op};
+  bool hier = pick.algo == "hierarchical";
+  FlatChoice run = FlatChoice::of(hier ? pick.inner : pick.algo, hier ? pick.innerSegBytes : pick.segBytes);
+  std::vector<std::vector<int>> levels;
+  if (hier) levels = CommShape::of(*world_->topology, worldRanks_).levels();
+  int n = size_;
+  NativeCall nat = nativeCall(pick.algo == "native", mpi_, "allreduce", timeoutSec_, world_->policy,
+                              [&] { return describe(info, nextSeq_); });
+  return submit(info, false, 0, [=, levels = std::move(levels)](Links& l, Work&) {
+    if (count == 0) return;
+    const void* src = in;
+    if (op == ReduceOp::PREMUL_SUM) prescale(dt, op, premul, src, out, count);  // scaled copy into out
+    if (n == 1) {
+      if (src != out) std::memcpy(out, src, count * dtypeSize(dt));
+    } else if (nat) {
+      algo::allreduceNative(*nat.comm, src, out, count, dt, l.op(), nat.wait());
+    } else if (hier) {
+      algo::allreduceHierarchical(l, src, out, count, levels, run);
+    } else {
+      run(l, src, out, count);
+    }
+    postscale(dt, op, n, out, count);
+  }, async);
+}
+
+WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
+                             int root, const std::string& algo, bool async) {
+  checkUsable();
+  checkRoot(root, "root");
+  if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial" && algo != "native")
+    throw Error("unknown reduce algorithm '" + algo + "' (binomial, native)");
+  bool native = wantsNative(algo, "reduce");
+  CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, native ? "native" : "binomial", op};
+  NativeCall nat = nativeCall(native, mpi_, "reduce", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
+  size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
+  int n = size_, me = rank_;
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (count == 0) return;
+    const void* src = in;
+    std::vector<char> tmp;
+    if (op == ReduceOp::PREMUL_SUM) {
+      tmp.resize(count * dtypeSize(dt));
+      prescale(dt, op, premul, src, tmp.data(), count);
+    }
+    if (n == 1) {
+      if (src != out) std::memcpy(out, src, count * dtypeSize(dt));
+    } else if (nat) {
+      algo::reduceNative(*nat.comm, src, out, count, dt, l.op(), root, nat.wait());
+    } else {
+      algo::reduceBinomial(l, src, out, count, root, seg);
+    }
+    if (me == root) postscale(dt, op, n, out, count);
+  }, async);
+}
+
+WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataType dt, int root,
+                                const std::string& algo, bool async) {
+  checkUsable();
+  checkRoot(root, "root");
+  size_t bytes = count * dtypeSize(dt);
+  Candidate choice = this->pick(CollKind::BROADCAST, bytes, root, algo, [&] { return planBroadcast(bytes, root, algo); });
+  const std::string& pick = choice.algo;
+  CollectiveInfo info{"broadcast", CollKind::BROADCAST, dt, count, root, pick, ReduceOp::SUM};
+  NativeCall nat = nativeCall(pick == "native", mpi_, "broadcast", timeoutSec_, world_->policy,
+                              [&] { return describe(info, nextSeq_); });
+  size_t seg = choice.segBytes;
+  std::vector<std::vector<int>> levels;
+  if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
+  int me = rank_, n = size_;
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (count == 0) return;
+    if (me == root && in && in != out) std::memcpy(out, in, count * dtypeSize(dt));
+    if (n == 1) return;
+    if (nat) algo::broadcastNative(*nat.comm, out, count, dt, root, nat.wait());
+    else if (!levels.empty()) algo::broadcastHierarchical(l, out, count, root, levels, seg);
+    else algo::broadcastBinomial(l, out, count, root, seg);
+  }, async);
+}
+
+WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> counts, DataType dt, bool async,
+                                 const std::string& algo) {
+  checkUsable();
+  if (static_cast<int>(counts.size()) != size_)
+    throw Error("allgatherv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
+  size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
+  size_t bytes = total * dtypeSize(dt);
+  Candidate choice = this->pick(CollKind::ALLGATHER, bytes, -1, algo, [&] { return planAllgather(bytes, algo); });
+  const std::string& pick = choice.algo;
+  CollectiveInfo info{"allgather", CollKind::ALLGATHER, dt, total, -1, pick, ReduceOp::SUM};
+  NativeCall nat = nativeCall(pick == "native", mpi_, "allgather", timeoutSec_, world_->policy,
+                              [&] { return describe(info, nextSeq_); });
+  size_t seg = choice.segBytes;
+  std::vector<std::vector<int>> levels;
+  if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
+  int n = size_;
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (total == 0) return;
+    if (n == 1) {
+      if (in != out) std::memcpy(out, in, total * dtypeSize(dt));
+      return;
+    }
+    if (nat) algo::allgathervNative(*nat.comm, in, out, counts, dt, nat.wait());
+    else if (!levels.empty()) algo::allgathervHierarchical(l, in, out, counts, levels, seg);
+    else algo::allgathervRing(l, in, out, counts);
+  }, async);
+}
+
+WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size_t> counts, DataType dt, ReduceOp op,
+                                     double premul, bool async) {
+  checkUsable();
+  if (static_cast<int>(counts.size()) != size_)
+    throw Error("reduce_scatterv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
+  size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
+  bool native = wantsNative("", "reduce_scatter");
+  CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, native ? "native" : "ring", op};
+  NativeCall nat = nativeCall(native, mpi_, "reduce_scatter", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
+  int n = size_, me = rank_;
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (total == 0) return;
+    const void* src = in;
+    std::vector<char> tmp;
+    if (op == ReduceOp::PREMUL_SUM) {
+      tmp.resize(total * dtypeSize(dt));
+      prescale(dt, op, premul, src, tmp.data(), total);
+    }
+    if (n == 1) {
+      if (src != out) std::memmove(out, src, total * dtypeSize(dt));
+    } else if (nat) {
+      algo::reduceScattervNative(*nat.comm, src, out, counts, dt, l.op(), nat.wait());
+    } else {
+      algo::reduceScattervRing(l, src, out, counts);
+    }
+    postscale(dt, op, n, out, counts[me]);
+  }, async);
+}
+
+WorkPtr Communicator::alltoallv(const void* in, std::vector<size_t> sendCounts, std::vector<size_t> sendDispls,
+                                void* out, std::vector<size_t> recvCounts, std::vector<size_t> recvDispls,
+                                DataType dt, bool async) {
+  checkUsable();
+  for (auto* v : {&sendCounts, &sendDispls, &recvCounts, &recvDispls})
+    if (static_cast<int>(v->size()) != size_)
+      throw Error("alltoallv: every count/displacement list needs " + std::to_string(size_) + " entries");
+  CollectiveInfo info{"alltoall", CollKind::ALLTOALL, dt, std::accumulate(sendCounts.begin(), sendCounts.end(), size_t(0)), -1,
+                      "pairwise", ReduceOp::SUM};
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    algo::alltoallvPairwise(l, in, sendCounts, sendDispls, out, recvCounts, recvDispls);
+  }, async);
+}
+
+WorkPtr Communicator::gather(const void* in, void* out, size_t count, DataType dt, int root, bool async) {
+  checkUsable();
+  checkRoot(root, "root");
+  CollectiveInfo info{"gather", CollKind::GATHER, dt, count, root, "linear", ReduceOp::SUM};
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (count) algo::gatherLinear(l, in, out, count, root);
+  }, async);
+}
+
+WorkPtr Communicator::scatter(const void* in, void* out, size_t count, DataType dt, int root, bool async) {
+  checkUsable();
+  checkRoot(root, "root");
+  CollectiveInfo info{"scatter", CollKind::SCATTER, dt, count, root, "linear", ReduceOp::SUM};
+  return submit(info, false, 0, [=](Links& l, Work&) {
+    if (count) algo::scatterLinear(l, in, out, count, root);
+  }, async);
+}
+
+WorkPtr Communicator::barrier(bool async) {
+  checkUsable();
+  bool native = wantsNative("", "barrier");
+  CollectiveInfo info{"barrier", CollKind::BARRIER, DataType::U8, 0, -1, native ? "native" : "dissemination",
+                      ReduceOp::SUM};
+  NativeCall nat = nativeCall(native, mpi_, "barrier", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
+  return submit(info, false, 0, [nat](Links& l, Work&) {
+    if (nat) algo::barrierNative(*nat.comm, nat.wait());
+    else algo::barrierDissemination(l);
+  }, async);
+}
+
+}  // namespace hcomm

@@ -1,0 +1,103 @@
+// The execution engine's templates (engine.cc has the rest): a call becomes a Links for
+// its tag range and runs here when blocking or on the progress thread when async. In a
+// header because the collectives and point-to-point files instantiate them with their
+// own bodies (a blocking call builds no std::function).
+#pragma once
+#include <chrono>
+#include <cstdint>
+
+#include "comm/communicator.h"
+#include "common/log.h"
+#include "common/param.h"
+#include "transport/shm.h"
+
+namespace hcomm {
+
+// Tag layout: [63..40] communicator id | [39] point-to-point | [38..8] call number or
+// user tag | [7..0] channel.
+constexpr uint64_t kP2pBit = 1ull << 39;
+constexpr int64_t kMaxUserTag = (1ll << 31) - 1;
+
+inline uint64_t collTag(uint32_t id, uint64_t seq) { return (uint64_t(id) << 40) | ((seq & 0x7fffffffull) << 8); }
+inline uint64_t p2pTag(uint32_t id, int64_t tag) { return (uint64_t(id) << 40) | kP2pBit | (uint64_t(tag) << 8); }
+
+// Fails every request of the world after an error (communicator.cc).
+void abortWorld(World& w, const std::string& why);
+
+template <class Body>
+void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t tagBase, uint64_t flightId, Body& body,
+                           Work& work, std::chrono::steady_clock::time_point start) {
+  World& world = *world_;
+  std::string error;
+  flight_->started(flightId, start);
+  bool collective = info.kind != CollKind::NONE;
+  if (collective) world.shm->noteStarted(boardSlot_, seq, static_cast<int>(info.kind));
+  if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world.rank, "start " + describe(info, seq));
+  try {
+    ReduceOp op = info.reduceOp;
+    if (op == ReduceOp::AVG || op == ReduceOp::PREMUL_SUM) op = ReduceOp::SUM;
+    uint64_t fp = !collective ? 0
+                  : makeFingerprint(info.kind, info.dtype, info.reduceOp, info.root,
+                                    info.kind == CollKind::ALLTOALL ? 0 : info.count);  // alltoallv counts differ
+    auto deadline = start +
+                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                        std::chrono::duration<double>(timeoutSec_));
+    auto what = [&] { return describe(info, seq); };  // only an error needs the words
+    const WaitPolicy& policy = onWorkerThread() ? world.backgroundPolicy : world.policy;
+    Links links(rank_, size_, linkRoutes_, tagBase, fp, info.dtype, op, deadline, policy,
+                [&what] { return what(); });
+    body(links, work);
+    std::string stray = collective ? strayMessage(tagBase) : "";
+    if (!stray.empty()) throw Error(what() + ": " + stray);
+  } catch (const TimeoutError& e) {
+    error = e.what() + (collective ? progressReport(seq) : std::string());
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  flight_->ended(flightId, error);  // before a dump, so that the dump shows the error
+  if (!error.empty()) {
+    logLine(LogLevel::INFO, world.rank, "error: " + error);
+    std::string dir = envStr("HCOMM_DEBUG_DUMP_DIR");
+    if (!dir.empty()) {
+      std::string path = flight_->dump(dir, rank_, size_, id_);
+      if (!path.empty()) error += " (flight record: " + path + ")";
+    }
+    abortWorld(world, error);
+  }
+  if (collective) world.shm->noteEnded(boardSlot_, seq);
+  if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world.rank, "end " + describe(info, seq));
+  work.finish(error);
+}
+
+template <class Body>
+WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Body&& body, bool async) {
+  checkUsable();
+  uint64_t seq = p2p ? 0 : nextSeq_++;
+  if (!p2p) tagBase = collTag(id_, seq);
+  lastAlgo_ = info.algo;
+  auto work = std::make_shared<Work>();
+  auto now = std::chrono::steady_clock::now();
+  uint64_t flightId = flight_->record(seq, info.op, dtypeName(info.dtype), info.count, info.root, info.algo, now);
+  if (async) {
+    // close() runs what is queued before it drops the world, so the task may use members.
+    std::function<void()> task = [this, work, flightId, info = std::move(info), seq, tagBase,
+                                  body = std::forward<Body>(body)]() mutable {
+      execute(info, seq, tagBase, flightId, body, *work, std::chrono::steady_clock::now());
+    };
+    {
+      std::lock_guard<std::mutex> lock(qmu_);
+      if (!worker_.joinable()) worker_ = std::thread([this] { workerLoop(); });
+      queue_.push_back(std::move(task));
+    }
+    qcv_.notify_all();
+    return work;
+  }
+  // Blocking: run here, after whatever was queued before (call order is tag order).
+  waitTurn();
+  execute(info, seq, tagBase, flightId, body, *work, now);
+  endTurn();
+  work->wait(-1);  // rethrows the failure
+  return work;
+}
+
+}  // namespace hcomm

@@ -1,0 +1,86 @@
+#include "topo/policy.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdint>
+#include <sstream>
+
+#include "common/param.h"
+#include "common/types.h"
+
+namespace hcomm {
+
+size_t segmentBytes(const char* name, size_t dflt) { return static_cast<size_t>(envInt(name, static_cast<int64_t>(dflt))); }
+
+std::string algoFromEnv(const std::string& collective) {
+  std::string spec = envStr("HCOMM_ALGO");
+  if (spec.empty()) return "";
+  std::string any;
+  std::istringstream in(spec);
+  std::string item;
+  while (std::getline(in, item, ';')) {
+    auto colon = item.find(':');
+    if (colon == std::string::npos) any = item;
+    else if (item.substr(0, colon) == collective) return item.substr(colon + 1);
+  }
+  return any;
+}
+
+// HCOMM_NATIVE_BYTES="lo-hi" (K/M/G suffixes, either end may be empty): the message
+// sizes at which the tuner hands allreduce to MPI when nothing is forced. Unset: never,
+// because measured here (benchmarks/mpi_transport.py, 2 simulated hosts over MPI) hcomm's
+// ring over the MPI transport was as fast as MPI's allreduce or faster from 64 KiB to
+// 64 MiB; a site whose MPI offloads collectives to the fabric sets it.
+bool nativeBySize(size_t bytes) {
+  std::string spec = envStr("HCOMM_NATIVE_BYTES");
+  if (spec.empty()) return false;
+  auto parse = [&](std::string v, size_t dflt) -> size_t {
+    if (v.empty()) return dflt;
+    size_t unit = 1;
+    char last = static_cast<char>(std::toupper(static_cast<unsigned char>(v.back())));
+    if (last == 'K' || last == 'M' || last == 'G') {
+      unit = last == 'K' ? (1u << 10) : last == 'M' ? (1u << 20) : (size_t(1) << 30);
+      v.pop_back();
+    }
+    try {
+      return static_cast<size_t>(std::stod(v) * static_cast<double>(unit));
+    } catch (const std::exception&) {
+      throw Error("HCOMM_NATIVE_BYTES: '" + spec + "' is not a range like 8M-1G or 64K-");
+    }
+  };
+  auto dash = spec.find('-');
+  if (dash == std::string::npos) throw Error("HCOMM_NATIVE_BYTES: '" + spec + "' is not a range like 8M-1G or 64K-");
+  return bytes >= parse(spec.substr(0, dash), 0) && bytes < parse(spec.substr(dash + 1), SIZE_MAX);
+}
+
+// "native" when asked for by name or, with no request, by HCOMM_ALGO.
+bool wantsNative(const std::string& requested, const std::string& collective) {
+  if (!requested.empty() && requested != "auto") return requested == "native";
+  return algoFromEnv(collective) == "native";
+}
+
+// HCOMM_ALGO for a collective with a choice: its own entry ("broadcast:tree"), else a
+// bare name when the collective has that algorithm (HCOMM_ALGO=ring leaves broadcast to
+// the tuner) or it is "native".
+std::string forcedByEnv(const std::string& collective, const std::vector<std::string>& names) {
+  std::string spec = envStr("HCOMM_ALGO");
+  if (spec.find(collective + ":") != std::string::npos) return algoFromEnv(collective);
+  std::string any = algoFromEnv(collective);
+  bool known = any == "native" || any == "auto" || std::find(names.begin(), names.end(), any) != names.end();
+  return known ? any : "";
+}
+
+// The plan of a collective the tuner chooses for: MPI's own when forced ("native"),
+
+// Ring for the allreduce ring; tree for the allreduce tree and for broadcast and
+// allgather, whose trees and hierarchical phases are pipelined in tree segments.
+size_t resolvedSegment(CollKind kind, const std::string& algo, size_t tuned) {
+  if (kind == CollKind::ALLREDUCE && algo == "ring")
+    return segmentBytes("HCOMM_RING_SEGMENT_BYTES", tuned ? tuned : (4u << 20));
+  if (kind != CollKind::ALLREDUCE || algo == "tree")
+    return segmentBytes("HCOMM_TREE_SEGMENT_BYTES", tuned ? tuned : (512u << 10));
+  return tuned;
+}
+
+
+}  // namespace hcomm
