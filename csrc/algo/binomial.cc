@@ -72,7 +72,7 @@ void reduceBinomial(Links& l, const void* inv, void* outv, size_t count, int roo
       partial = acc + off;
     }
     if (b.parent >= 0) sends.push_back(l.isend(b.parent, partial, len));
-    else if (partial != acc + off) std::memcpy(acc + off, partial, len);
+    else if (partial != acc + off) l.copy(acc + off, partial, len);
   }
   l.waitAll(sends);
 }

@@ -116,7 +116,7 @@ void allreduceHalvingDoubling(Links& l, const void* inv, void* outv, size_t coun
     rabenseifner(l, vrank, p, acc, out, count, realRank);
   else
     recursiveDoubling(l, vrank, p, acc, out, bytes, realRank);
-  if (acc != out) std::memcpy(out, acc, bytes);
+  if (acc != out) l.copy(out, acc, bytes);
   if (r < 2 * rem) l.send(r - 1, out, bytes);
 }
 

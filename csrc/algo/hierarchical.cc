@@ -89,7 +89,7 @@ void level(Links& l, const void* in, void* out, size_t count, const std::vector<
            size_t depth, const FlatAllreduce& top) {
   if (depth == levels.size()) {
     if (l.size() > 1) top(l, in, out, count);
-    else if (in != out) std::memcpy(out, in, count * l.elemSize());
+    else if (in != out) l.copy(out, in, count * l.elemSize());
     return;
   }
   Grouping g = groupBy(levels[depth], l.rank());
@@ -107,7 +107,7 @@ void level(Links& l, const void* in, void* out, size_t count, const std::vector<
   char* mine = static_cast<char*>(out) + displ[g.local] * es;
   Links inside = l.sub(group, kReduceScatterChannel);
   if (group.size() > 1) reduceScattervRing(inside, in, mine, counts);
-  else std::memcpy(mine, static_cast<const char*>(in) + displ[g.local] * es, counts[g.local] * es);
+  else l.copy(mine, static_cast<const char*>(in) + displ[g.local] * es, counts[g.local] * es);
 
   if (static_cast<size_t>(g.local) < k && counts[g.local]) {
     std::vector<int> peers;  // block g.local's holders, one per group
@@ -236,7 +236,7 @@ void allgatherLevel(Links& l, const void* in, void* outv, const std::vector<size
   const std::vector<int>& group = g.groups[g.mine];
   auto range = [&](int r) { return Range{displ[r] * es, counts[r] * es}; };
   if (peerRings(g, levels, depth)) {
-    if (counts[me] && in != out + displ[me] * es) std::memcpy(out + displ[me] * es, in, counts[me] * es);
+    if (counts[me] && in != out + displ[me] * es) l.copy(out + displ[me] * es, in, counts[me] * es);
     std::vector<int> peers;
     std::vector<std::vector<Range>> across, inside(group.size());
     for (const auto& grp : g.groups) {
@@ -264,8 +264,8 @@ void allgatherLevel(Links& l, const void* in, void* outv, const std::vector<size
   } else {
     // Leader: the group's blocks packed in group order (its own first) in a scratch
     // buffer laid out as the upper level's output, so the upper level works in place.
-    std::vector<char> packed(packedAt.back() * es);
-    char* mine = packed.data() + packedAt[g.mine] * es;
+    char* packed = l.scratch(packedAt.back() * es);
+    char* mine = packed + packedAt[g.mine] * es;
     std::vector<RequestPtr> recvs;
     if (group.size() > 1) {
       Links inside = l.sub(group, kGatherChannel);
@@ -275,20 +275,20 @@ void allgatherLevel(Links& l, const void* in, void* outv, const std::vector<size
         if (c) recvs.push_back(inside.irecv(static_cast<int>(i), mine + off * es, c * es));
         off += c;
       }
-      if (counts[me]) std::memcpy(mine, in, counts[me] * es);
+      if (counts[me]) l.copy(mine, in, counts[me] * es);
       inside.waitAll(recvs);
     } else if (counts[me]) {
-      std::memcpy(mine, in, counts[me] * es);
+      l.copy(mine, in, counts[me] * es);
     }
     std::vector<int> leaders;
     for (const auto& grp : g.groups) leaders.push_back(grp[0]);
     Links across = l.sub(leaders, kLevelStride);
-    allgatherLevel(across, mine, packed.data(), groupCounts, upperLevels(levels, depth + 1, leaders), 0, segBytes);
+    allgatherLevel(across, mine, packed, groupCounts, upperLevels(levels, depth + 1, leaders), 0, segBytes);
     for (size_t i = 0; i < g.groups.size(); ++i) {  // unpack into rank order
       size_t off = packedAt[i];
       for (int r : g.groups[i]) {
         if (counts[r] && !(r == me && in == out + displ[r] * es))
-          std::memcpy(out + displ[r] * es, packed.data() + off * es, counts[r] * es);
+          l.copy(out + displ[r] * es, packed + off * es, counts[r] * es);
         off += counts[r];
       }
     }

@@ -22,7 +22,7 @@ void gatherLinear(Links& l, const void* in, void* outv, size_t count, int root) 
   std::vector<RequestPtr> recvs;
   for (int p = 0; p < l.size(); ++p)
     if (p != root) recvs.push_back(l.irecv(p, out + p * bytes, bytes));
-  if (in != out + root * bytes) std::memcpy(out + root * bytes, in, bytes);
+  if (in != out + root * bytes) l.copy(out + root * bytes, in, bytes);
   l.waitAll(recvs);
 }
 
@@ -36,7 +36,7 @@ void scatterLinear(Links& l, const void* inv, void* out, size_t count, int root)
   std::vector<RequestPtr> sends;
   for (int p = 0; p < l.size(); ++p)
     if (p != root) sends.push_back(l.isend(p, in + p * bytes, bytes));
-  if (out != in + root * bytes) std::memcpy(out, in + root * bytes, bytes);
+  if (out != in + root * bytes) l.copy(out, in + root * bytes, bytes);
   l.waitAll(sends);
 }
 

@@ -10,10 +10,11 @@ namespace hcomm {
 
 Links::Links(int rank, int size, std::shared_ptr<const std::vector<Route>> routes, uint64_t tagBase,
              uint64_t fingerprint, DataType dtype, ReduceOp op, std::chrono::steady_clock::time_point deadline,
-             WaitPolicy policy, std::function<std::string()> describe)
+             WaitPolicy policy, std::function<std::string()> describe, const Memory& memory)
     : rank_(rank), size_(size), routes_(std::move(routes)), tagBase_(tagBase), fingerprint_(fingerprint),
       dtype_(dtype), op_(op),
-      elemSize_(dtypeSize(dtype)), deadline_(deadline), policy_(policy), describe_(std::move(describe)) {
+      elemSize_(dtypeSize(dtype)), deadline_(deadline), policy_(policy), describe_(std::move(describe)),
+      mem_(&memory) {
   for (const Route& r : *routes_) {
     if (!r.transport || std::find(transports_.begin(), transports_.begin() + nTransports_, r.transport) !=
                             transports_.begin() + nTransports_)
@@ -46,6 +47,7 @@ RequestPtr Links::irecvReduce(int peer, void* dst, const void* src, size_t bytes
   spec.dtype = dtype_;
   spec.op = op_;
   spec.streamed = streamed;
+  spec.memory = mem_;
   return r.transport->irecv(r.peer, tagBase_ + channel, dst, bytes, &spec, fingerprint_);
 }
 
@@ -159,15 +161,15 @@ Links Links::sub(const std::vector<int>& ranks, int channelBase) const {
   if (me < 0) throw Error("Links::sub: this rank is not in the subset");
   return Links(me, static_cast<int>(ranks.size()), std::move(routes), tagBase_ + channelBase, fingerprint_,
                dtype_, op_,
-               deadline_, policy_, describe_);
+               deadline_, policy_, describe_, *mem_);
 }
 
 void Links::reduceLocal(void* dst, const void* a, const void* b, size_t bytes) const {
-  reduce(dtype_, op_, dst, a, b, bytes / elemSize_);
+  mem_->reduce(dtype_, op_, dst, a, b, bytes / elemSize_);
 }
 
 char* Links::scratch(size_t bytes) {
-  scratch_.emplace_back(new char[bytes ? bytes : 1]);
+  scratch_.push_back(mem_->alloc(bytes));
   return scratch_.back().get();
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/types.h"
+#include "reduce/memory.h"
 #include "transport/transport.h"
 
 namespace hcomm {
@@ -39,13 +40,16 @@ class Links {
   // routes[r]: how to reach rank r; shared, because a Links is made for every call.
   Links(int rank, int size, std::shared_ptr<const std::vector<Route>> routes, uint64_t tagBase, uint64_t fingerprint,
         DataType dtype, ReduceOp op, std::chrono::steady_clock::time_point deadline, WaitPolicy policy,
-        std::function<std::string()> describe);
+        std::function<std::string()> describe, const Memory& memory = hostMemory());
 
   int rank() const { return rank_; }
   int size() const { return size_; }
   DataType dtype() const { return dtype_; }
   ReduceOp op() const { return op_; }
   size_t elemSize() const { return elemSize_; }
+  // The memory the collective's buffers live in (host or a device); every local copy,
+  // reduction and scratch buffer goes through it.
+  const Memory& memory() const { return *mem_; }
 
   RequestPtr isend(int peer, const void* buf, size_t bytes, int channel = 0);
   RequestPtr irecv(int peer, void* buf, size_t bytes, int channel = 0);
@@ -68,7 +72,9 @@ class Links {
   Links sub(const std::vector<int>& ranks, int channelBase) const;
   // dst = a op b on this rank (bytes of the collective's dtype).
   void reduceLocal(void* dst, const void* a, const void* b, size_t bytes) const;
-  // A buffer that lives until the collective ends.
+  // dst = src on this rank (overlap allowed), in the collective's memory.
+  void copy(void* dst, const void* src, size_t bytes) const { mem_->copy(dst, src, bytes); }
+  // A buffer in the collective's memory that lives until the collective ends.
   char* scratch(size_t bytes);
 
  private:
@@ -91,7 +97,8 @@ class Links {
   std::chrono::steady_clock::time_point deadline_;
   WaitPolicy policy_;
   std::function<std::string()> describe_;
-  std::vector<std::unique_ptr<char[]>> scratch_;
+  const Memory* mem_;
+  std::vector<std::shared_ptr<char>> scratch_;
 };
 
 // Splits `count` elements into n near-equal blocks: block b starts at blockStart(b).

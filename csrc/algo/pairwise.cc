@@ -19,7 +19,7 @@ void alltoallvPairwise(Links& l, const void* inv, const std::vector<size_t>& sen
   char* out = static_cast<char*>(outv);
   int n = l.size(), r = l.rank();
   size_t es = l.elemSize();
-  if (recvCounts[r]) std::memcpy(out + recvDispls[r] * es, in + sendDispls[r] * es, recvCounts[r] * es);
+  if (recvCounts[r]) l.copy(out + recvDispls[r] * es, in + sendDispls[r] * es, recvCounts[r] * es);
   for (int k = 1; k < n; ++k) {
     int to = (r + k) % n, from = (r - k + n) % n;
     RequestPtr s = sendCounts[to] ? l.isend(to, in + sendDispls[to] * es, sendCounts[to] * es) : nullptr;

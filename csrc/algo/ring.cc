@@ -125,7 +125,7 @@ void allgathervRing(Links& l, const void* inv, void* outv, const std::vector<siz
   size_t es = l.elemSize();
   std::vector<size_t> displ(n + 1, 0);
   for (int b = 0; b < n; ++b) displ[b + 1] = displ[b] + counts[b];
-  if (inv != out + displ[r] * es && counts[r]) std::memcpy(out + displ[r] * es, inv, counts[r] * es);
+  if (inv != out + displ[r] * es && counts[r]) l.copy(out + displ[r] * es, inv, counts[r] * es);
   int right = (r + 1) % n, left = (r - 1 + n) % n;
   for (int s = 0; s < n - 1; ++s) {
     size_t sb = mod(r - s, n), rb = mod(r - s - 1, n);

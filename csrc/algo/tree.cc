@@ -50,7 +50,7 @@ void reduceUp(Links& l, const TreeNode& t, const char* in, char* out, Segment s,
   if (t.parent >= 0) {
     sends.push_back(l.isend(t.parent, acc, s.len, channel));
   } else if (acc != out + s.off) {
-    std::memcpy(out + s.off, acc, s.len);  // a root without children (n == 1)
+    l.copy(out + s.off, acc, s.len);  // a root without children (n == 1)
   }
 }
 

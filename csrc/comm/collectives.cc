@@ -16,14 +16,15 @@ namespace hcomm {
 namespace {
 
 // AVG and PREMUL_SUM are SUM with a scale before or after.
-void prescale(DataType dt, ReduceOp op, double premul, const void*& in, void* tmp, size_t count) {
+// Both run in the collective's memory (host or device), through its Links.
+void prescale(const Links& l, DataType dt, ReduceOp op, double premul, const void*& in, void* tmp, size_t count) {
   if (op != ReduceOp::PREMUL_SUM) return;
-  scale(dt, tmp, in, count, premul);
+  l.memory().scale(dt, tmp, in, count, premul);
   in = tmp;
 }
 
-void postscale(DataType dt, ReduceOp op, int n, void* out, size_t count) {
-  if (op == ReduceOp::AVG) divide(dt, out, out, count, n);
+void postscale(const Links& l, DataType dt, ReduceOp op, int n, void* out, size_t count) {
+  if (op == ReduceOp::AVG) l.memory().divide(dt, out, out, count, n);
 }
 
 }  // namespace
@@ -97,9 +98,9 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
   return submit(info, false, 0, [=, levels = std::move(levels)](Links& l, Work&) {
     if (count == 0) return;
     const void* src = in;
-    if (op == ReduceOp::PREMUL_SUM) prescale(dt, op, premul, src, out, count);  // scaled copy into out
+    if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, out, count);  // scaled copy into out
     if (n == 1) {
-      if (src != out) std::memcpy(out, src, count * dtypeSize(dt));
+      l.copy(out, src, count * dtypeSize(dt));
     } else if (nat) {
       algo::allreduceNative(*nat.comm, src, out, count, dt, l.op(), nat.wait());
     } else if (hier) {
@@ -107,7 +108,7 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
     } else {
       run(l, src, out, count);
     }
-    postscale(dt, op, n, out, count);
+    postscale(l, dt, op, n, out, count);
   }, async);
 }
 
@@ -125,19 +126,15 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
     const void* src = in;
-    std::vector<char> tmp;
-    if (op == ReduceOp::PREMUL_SUM) {
-      tmp.resize(count * dtypeSize(dt));
-      prescale(dt, op, premul, src, tmp.data(), count);
-    }
+    if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, l.scratch(count * dtypeSize(dt)), count);
     if (n == 1) {
-      if (src != out) std::memcpy(out, src, count * dtypeSize(dt));
+      l.copy(out, src, count * dtypeSize(dt));
     } else if (nat) {
       algo::reduceNative(*nat.comm, src, out, count, dt, l.op(), root, nat.wait());
     } else {
       algo::reduceBinomial(l, src, out, count, root, seg);
     }
-    if (me == root) postscale(dt, op, n, out, count);
+    if (me == root) postscale(l, dt, op, n, out, count);
   }, async);
 }
 
@@ -157,7 +154,7 @@ WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataTyp
   int me = rank_, n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
-    if (me == root && in && in != out) std::memcpy(out, in, count * dtypeSize(dt));
+    if (me == root && in) l.copy(out, in, count * dtypeSize(dt));
     if (n == 1) return;
     if (nat) algo::broadcastNative(*nat.comm, out, count, dt, root, nat.wait());
     else if (!levels.empty()) algo::broadcastHierarchical(l, out, count, root, levels, seg);
@@ -184,7 +181,7 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
     if (n == 1) {
-      if (in != out) std::memcpy(out, in, total * dtypeSize(dt));
+      l.copy(out, in, total * dtypeSize(dt));
       return;
     }
     if (nat) algo::allgathervNative(*nat.comm, in, out, counts, dt, nat.wait());
@@ -206,19 +203,15 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
     const void* src = in;
-    std::vector<char> tmp;
-    if (op == ReduceOp::PREMUL_SUM) {
-      tmp.resize(total * dtypeSize(dt));
-      prescale(dt, op, premul, src, tmp.data(), total);
-    }
+    if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, l.scratch(total * dtypeSize(dt)), total);
     if (n == 1) {
-      if (src != out) std::memmove(out, src, total * dtypeSize(dt));
+      l.copy(out, src, total * dtypeSize(dt));
     } else if (nat) {
       algo::reduceScattervNative(*nat.comm, src, out, counts, dt, l.op(), nat.wait());
     } else {
       algo::reduceScattervRing(l, src, out, counts);
     }
-    postscale(dt, op, n, out, counts[me]);
+    postscale(l, dt, op, n, out, counts[me]);
   }, async);
 }
 

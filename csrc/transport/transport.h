@@ -24,6 +24,8 @@
 
 namespace hcomm {
 
+class Memory;  // reduce/memory.h
+
 struct Request {
   int peer = -1;
   uint64_t tag = 0;
@@ -51,6 +53,8 @@ struct ReduceSpec {
   DataType dtype = DataType::F32;
   ReduceOp op = ReduceOp::SUM;
   bool streamed = false;  // the result is not read again soon: reduceStreamed (reduce.h)
+  // The memory src and dst live in (reduce/memory.h); null means host memory.
+  const Memory* memory = nullptr;
 };
 
 class Transport {
