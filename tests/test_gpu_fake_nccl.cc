@@ -166,6 +166,21 @@ int cudaMemcpyAsync(void* d, const void* s, size_t n, int, void* stream) {
   return 0;
 }
 const char* cudaGetErrorString(int) { return "fake cuda error"; }
+struct IpcH {
+  char r[64];
+};
+// Not modelled by this single-process fake (every call reports cudaErrorNotSupported,
+// 801), present so that the loader finds the whole table.
+int cudaDeviceGetPCIBusId(char*, int, int) { return 801; }
+int cudaStreamQuery(void* s) { streamOf(s)->drain(); return 0; }
+int cudaEventSynchronize(void*) { return 801; }
+int cudaPointerGetAttributes(void*, const void*) { return 801; }
+int cudaIpcGetMemHandle(void*, void*) { return 801; }
+int cudaIpcOpenMemHandle(void**, IpcH, unsigned) { return 801; }
+int cudaIpcCloseMemHandle(void*) { return 801; }
+int cudaIpcGetEventHandle(void*, void*) { return 801; }
+int cudaIpcOpenEventHandle(void**, IpcH) { return 801; }
+int cudaLaunchHostFunc(void*, void (*)(void*), void*) { return 801; }
 
 // ---- NCCL
 int ncclGetVersion(int* v) { *v = 23203; return 0; }

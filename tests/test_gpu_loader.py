@@ -121,6 +121,7 @@ def test_nccl_unique_id_rejects_bad_bytes():
 
 # Maps both sides' types onto one vocabulary, then compares function types exactly.
 _NORMALIZE = r"""
+#include <cstddef>
 #include <type_traits>
 #include "transport/nccl_api.h"
 template <class T> struct N { using type = T; };
@@ -157,15 +158,29 @@ int main() { return 0; }
 _CUDA_CHECK = r"""
 #include <cuda_runtime_api.h>
 namespace c = hcomm::cuda;
-using CError = c::Error; using CKind = c::MemcpyKind;
-SAME_KIND(CError, cudaError_t) SAME_KIND(CKind, cudaMemcpyKind)
+using CError = c::Error; using CKind = c::MemcpyKind; using CMemType = c::MemoryType;
+using CIpcMem = c::IpcMemHandle; using CIpcEvent = c::IpcEventHandle; using CAttr = c::PointerAttributes;
+SAME_KIND(CError, cudaError_t) SAME_KIND(CKind, cudaMemcpyKind) SAME_KIND(CMemType, cudaMemoryType)
+SAME_KIND(CIpcMem, cudaIpcMemHandle_t) SAME_KIND(CIpcEvent, cudaIpcEventHandle_t) SAME_KIND(CAttr, cudaPointerAttributes)
 #define CHECK_CUDA(name) SAME_FN(c::name##Fn, ::cuda##name)
 HCOMM_CUDART_FUNCTIONS(CHECK_CUDA)
 #define V(x) static_assert(int(c::x) == int(::x), #x);
-V(cudaSuccess) V(cudaErrorNotReady) V(cudaMemcpyHostToHost) V(cudaMemcpyHostToDevice) V(cudaMemcpyDeviceToHost)
+V(cudaSuccess) V(cudaErrorNotReady) V(cudaErrorInvalidValue) V(cudaErrorMemoryAllocation) V(cudaErrorInvalidDevice)
+V(cudaErrorDeviceUninitialized) V(cudaErrorMapBufferObjectFailed) V(cudaErrorInvalidResourceHandle)
+V(cudaMemoryTypeUnregistered) V(cudaMemoryTypeHost) V(cudaMemoryTypeDevice) V(cudaMemoryTypeManaged)
+V(cudaMemcpyHostToHost) V(cudaMemcpyHostToDevice) V(cudaMemcpyDeviceToHost)
 V(cudaMemcpyDeviceToDevice) V(cudaMemcpyDefault)
 static_assert(c::kStreamNonBlocking == cudaStreamNonBlocking && c::kEventDisableTiming == cudaEventDisableTiming &&
-              c::kHostAllocDefault == cudaHostAllocDefault, "flags");
+              c::kHostAllocDefault == cudaHostAllocDefault && c::kEventInterprocess == cudaEventInterprocess &&
+              c::kIpcMemLazyEnablePeerAccess == cudaIpcMemLazyEnablePeerAccess &&
+              c::kIpcHandleBytes == CUDA_IPC_HANDLE_SIZE, "flags");
+#define L(f) static_assert(offsetof(c::PointerAttributes, f) == offsetof(cudaPointerAttributes, f), #f);
+L(type) L(device) L(devicePointer) L(hostPointer)
+static_assert(sizeof(c::PointerAttributes) == sizeof(cudaPointerAttributes) &&
+              sizeof(c::IpcMemHandle) == sizeof(cudaIpcMemHandle_t) &&
+              sizeof(c::IpcEventHandle) == sizeof(cudaIpcEventHandle_t), "struct sizes");
+using CHostFn = c::HostFn;
+static_assert(std::is_same<CHostFn, cudaHostFn_t>::value, "host fn");
 static_assert(std::is_same<c::Stream, cudaStream_t>::value && std::is_same<c::Event, cudaEvent_t>::value, "handles");
 int main() { return 0; }
 """

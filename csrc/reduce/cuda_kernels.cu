@@ -184,6 +184,25 @@ const RuntimeSymbol kRuntimeSymbols[] = {
      reinterpret_cast<void*>(
          static_cast<cudaError_t (*)(void*, const void*, size_t, cudaMemcpyKind, cudaStream_t)>(cudaMemcpyAsync))},
     {"cudaGetErrorString", reinterpret_cast<void*>(static_cast<const char* (*)(cudaError_t)>(cudaGetErrorString))},
+    {"cudaDeviceGetPCIBusId",
+     reinterpret_cast<void*>(static_cast<cudaError_t (*)(char*, int, int)>(cudaDeviceGetPCIBusId))},
+    {"cudaStreamQuery", reinterpret_cast<void*>(static_cast<cudaError_t (*)(cudaStream_t)>(cudaStreamQuery))},
+    {"cudaEventSynchronize", reinterpret_cast<void*>(static_cast<cudaError_t (*)(cudaEvent_t)>(cudaEventSynchronize))},
+    {"cudaPointerGetAttributes",
+     reinterpret_cast<void*>(
+         static_cast<cudaError_t (*)(cudaPointerAttributes*, const void*)>(cudaPointerGetAttributes))},
+    {"cudaIpcGetMemHandle",
+     reinterpret_cast<void*>(static_cast<cudaError_t (*)(cudaIpcMemHandle_t*, void*)>(cudaIpcGetMemHandle))},
+    {"cudaIpcOpenMemHandle",
+     reinterpret_cast<void*>(
+         static_cast<cudaError_t (*)(void**, cudaIpcMemHandle_t, unsigned)>(cudaIpcOpenMemHandle))},
+    {"cudaIpcCloseMemHandle", reinterpret_cast<void*>(static_cast<cudaError_t (*)(void*)>(cudaIpcCloseMemHandle))},
+    {"cudaIpcGetEventHandle",
+     reinterpret_cast<void*>(static_cast<cudaError_t (*)(cudaIpcEventHandle_t*, cudaEvent_t)>(cudaIpcGetEventHandle))},
+    {"cudaIpcOpenEventHandle",
+     reinterpret_cast<void*>(static_cast<cudaError_t (*)(cudaEvent_t*, cudaIpcEventHandle_t)>(cudaIpcOpenEventHandle))},
+    {"cudaLaunchHostFunc",
+     reinterpret_cast<void*>(static_cast<cudaError_t (*)(cudaStream_t, cudaHostFn_t, void*)>(cudaLaunchHostFunc))},
 };
 
 }  // namespace

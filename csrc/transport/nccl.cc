@@ -9,6 +9,7 @@
 
 #include "common/fingerprint.h"
 #include "common/param.h"
+#include "transport/loader.h"
 
 #if HCOMM_WITH_CUDA
 #include "reduce/cuda_reduce.h"
@@ -21,38 +22,6 @@ namespace {
 constexpr uint64_t kHeaderMagic = 0x68636f6d6e63636cull;  // "hcomnccl"
 constexpr size_t kSlotsPerBlock = 64;
 constexpr int kMinSplitVersion = 21800;  // ncclCommSplit arrived in NCCL 2.18
-
-// The directories and names tried for a library, most specific first.
-std::vector<std::string> libraryCandidates(const char* envVar, const std::vector<std::string>& given,
-                                           std::initializer_list<const char*> systemNames) {
-  std::vector<std::string> out;
-  std::string env = envStr(envVar);
-  if (!env.empty()) out.push_back(env);
-  out.insert(out.end(), given.begin(), given.end());
-  for (const char* n : systemNames) out.push_back(n);
-  return out;
-}
-
-// dlopen of the first candidate that opens and has every symbol; `resolve(handle)`
-// returns the missing symbol's name or "". The handle is never closed: the library's
-// functions stay in use for the life of the process.
-template <typename Resolve>
-std::string openFirst(const std::vector<std::string>& candidates, const char* what, Resolve resolve) {
-  std::string tried;
-  for (const std::string& path : candidates) {
-    void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-      const char* err = dlerror();
-      tried += "\n  " + (err ? std::string(err) : path + ": cannot open");  // dlerror names the path
-      continue;
-    }
-    std::string missing = resolve(h);
-    if (missing.empty()) return path;
-    tried += "\n  " + path + ": no symbol " + missing;
-    dlclose(h);
-  }
-  throw Error(std::string(what) + " could not be loaded; tried:" + tried);
-}
 
 struct NcclState {  // the loaded library is process-wide by nature; loaded once
   std::mutex mu;
@@ -119,78 +88,6 @@ std::string ncclNewUniqueId(const std::vector<std::string>& candidates) {
   nccl::Result r = lib.api.GetUniqueId(&id);
   if (r != nccl::ncclSuccess) throw Error(std::string("ncclGetUniqueId failed: ") + lib.api.GetErrorString(r));
   return std::string(id.internal, sizeof id.internal);
-}
-
-namespace {
-
-std::unique_ptr<CudaRuntime> openCudaRuntime(const std::vector<std::string>& candidates) {
-  auto rt = std::make_unique<CudaRuntime>();
-  rt->origin = openFirst(candidates, "the CUDA runtime (libcudart; set HCOMM_CUDART_LIB)",
-                         [&](void* h) -> std::string {
-#define HCOMM_CUDART_RESOLVE(name)                                                \
-  rt->api.name = reinterpret_cast<cuda::name##Fn>(dlsym(h, "cuda" #name));        \
-  if (!rt->api.name) return "cuda" #name;
-                           HCOMM_CUDART_FUNCTIONS(HCOMM_CUDART_RESOLVE)
-#undef HCOMM_CUDART_RESOLVE
-                           return "";
-                         });
-  return rt;
-}
-
-std::unique_ptr<CudaRuntime> resolveCudaRuntime() {
-  // HCOMM_CUDART_LIB wins even over the linked runtime: it lets the transport run on
-  // another runtime (tests drive it with a host-memory fake on machines with no GPU).
-  std::string forced = envStr("HCOMM_CUDART_LIB");
-  if (!forced.empty()) return openCudaRuntime({forced});
-  auto rt = std::make_unique<CudaRuntime>();
-#if HCOMM_WITH_CUDA
-  // The runtime linked statically into hcomm: one runtime in the process, shared with
-  // the reduction kernels.
-  std::string missing;
-#define HCOMM_CUDART_STATIC(name)                                                             \
-  rt->api.name = reinterpret_cast<cuda::name##Fn>(hcommCudaRuntimeSymbol("cuda" #name));      \
-  if (!rt->api.name) missing += " cuda" #name;
-  HCOMM_CUDART_FUNCTIONS(HCOMM_CUDART_STATIC)
-#undef HCOMM_CUDART_STATIC
-  if (!missing.empty()) throw Error("hcomm's linked CUDA runtime lacks:" + missing);
-  int v = hcommCudaBuildVersion();
-  rt->origin = "linked into hcomm (CUDA " + std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10) + ")";
-  return rt;
-#else
-  return openCudaRuntime({"libcudart.so.13", "libcudart.so.12", "libcudart.so"});
-#endif
-}
-
-}  // namespace
-
-const CudaRuntime& loadCudaRuntime() {
-  // Resolved once; a failure is rethrown on every call (the runtime cannot appear later).
-  static const std::pair<std::unique_ptr<CudaRuntime>, std::string> once = [] {
-    try {
-      return std::make_pair(resolveCudaRuntime(), std::string());
-    } catch (const Error& e) {
-      return std::make_pair(std::unique_ptr<CudaRuntime>(), std::string(e.what()));
-    }
-  }();
-  if (!once.first) throw Error(once.second);
-  return *once.first;
-}
-
-int cudaDeviceCount(std::string* why) {
-  try {
-    const CudaRuntime& rt = loadCudaRuntime();
-    int n = 0;
-    cuda::Error e = rt.api.GetDeviceCount(&n);
-    if (e != cuda::cudaSuccess) {
-      if (why) *why = std::string("cudaGetDeviceCount: ") + rt.api.GetErrorString(e);
-      return 0;
-    }
-    if (n == 0 && why) *why = "no CUDA device";
-    return n;
-  } catch (const Error& e) {
-    if (why) *why = e.what();
-    return 0;
-  }
 }
 
 // ---------------------------------------------------------------- creation

@@ -40,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "transport/cuda_runtime.h"
 #include "transport/matcher.h"
 #include "transport/nccl_api.h"
 #include "transport/transport.h"
@@ -58,16 +59,6 @@ const NcclLibrary& loadNccl(const std::vector<std::string>& candidates = {});
 std::string ncclVersionString(int version);  // "2.27.3"
 // A fresh ncclUniqueId (128 bytes), made by rank 0 and handed to every rank.
 std::string ncclNewUniqueId(const std::vector<std::string>& candidates = {});
-
-struct CudaRuntime {
-  std::string origin;  // "linked into hcomm (CUDA 13.0)" or the opened file
-  cuda::Api api;
-};
-// The CUDA runtime, resolved once. Throws Error naming what is missing.
-const CudaRuntime& loadCudaRuntime();
-// Devices visible to the runtime; 0 with the runtime's reason when there are none
-// (no driver, no device, or no runtime at all).
-int cudaDeviceCount(std::string* why);
 
 class NcclTransport : public Transport {
  public:

@@ -1,4 +1,5 @@
-// hcomm's own declarations of the parts of the NCCL and CUDA runtime C APIs it calls.
+// hcomm's own declarations of the parts of the NCCL C API it calls (the CUDA runtime's
+// are in cuda_api.h).
 //
 // Both libraries are loaded at run time (transport/nccl.cc), so building hcomm needs
 // neither nccl.h nor cuda_runtime.h, and `import hcomm` works where neither library
@@ -14,9 +15,9 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "transport/cuda_api.h"
+
 struct ncclComm;
-struct CUstream_st;
-struct CUevent_st;
 
 namespace hcomm {
 namespace nccl {
@@ -106,57 +107,5 @@ struct Api {
 
 }  // namespace nccl
 
-namespace cuda {
 
-using Stream = ::CUstream_st*;
-using Event = ::CUevent_st*;
-
-enum Error : int {
-  cudaSuccess = 0,
-  cudaErrorNotReady = 600,
-};
-
-enum MemcpyKind : int {
-  cudaMemcpyHostToHost = 0,
-  cudaMemcpyHostToDevice = 1,
-  cudaMemcpyDeviceToHost = 2,
-  cudaMemcpyDeviceToDevice = 3,
-  cudaMemcpyDefault = 4,
-};
-
-constexpr unsigned kStreamNonBlocking = 0x01;   // cudaStreamNonBlocking
-constexpr unsigned kEventDisableTiming = 0x02;  // cudaEventDisableTiming
-constexpr unsigned kHostAllocDefault = 0x00;    // cudaHostAllocDefault
-
-using GetDeviceCountFn = Error (*)(int* count);
-using SetDeviceFn = Error (*)(int device);
-using GetDeviceFn = Error (*)(int* device);
-using StreamCreateWithFlagsFn = Error (*)(Stream* stream, unsigned int flags);
-using StreamDestroyFn = Error (*)(Stream stream);
-using StreamSynchronizeFn = Error (*)(Stream stream);
-using StreamWaitEventFn = Error (*)(Stream stream, Event event, unsigned int flags);
-using EventCreateWithFlagsFn = Error (*)(Event* event, unsigned int flags);
-using EventRecordFn = Error (*)(Event event, Stream stream);
-using EventQueryFn = Error (*)(Event event);
-using EventDestroyFn = Error (*)(Event event);
-using MallocFn = Error (*)(void** devPtr, size_t size);
-using FreeFn = Error (*)(void* devPtr);
-using HostAllocFn = Error (*)(void** pHost, size_t size, unsigned int flags);
-using FreeHostFn = Error (*)(void* ptr);
-using MemcpyFn = Error (*)(void* dst, const void* src, size_t count, MemcpyKind kind);
-using MemcpyAsyncFn = Error (*)(void* dst, const void* src, size_t count, MemcpyKind kind, Stream stream);
-using GetErrorStringFn = const char* (*)(Error error);
-
-#define HCOMM_CUDART_FUNCTIONS(X)                                                                      \
-  X(GetDeviceCount) X(SetDevice) X(GetDevice) X(StreamCreateWithFlags) X(StreamDestroy)               \
-  X(StreamSynchronize) X(StreamWaitEvent) X(EventCreateWithFlags) X(EventRecord) X(EventQuery)        \
-  X(EventDestroy) X(Malloc) X(Free) X(HostAlloc) X(FreeHost) X(Memcpy) X(MemcpyAsync) X(GetErrorString)
-
-struct Api {
-#define HCOMM_CUDART_MEMBER(name) name##Fn name = nullptr;
-  HCOMM_CUDART_FUNCTIONS(HCOMM_CUDART_MEMBER)
-#undef HCOMM_CUDART_MEMBER
-};
-
-}  // namespace cuda
 }  // namespace hcomm
