@@ -7,6 +7,7 @@
 
 #include "comm/bootstrap.h"
 #include "comm/communicator.h"
+#include "comm/placement.h"
 #include "reduce/reduce.h"
 #include "topo/host.h"
 #include "topo/probe.h"
@@ -73,6 +74,15 @@ bool allreduceArrays(Communicator& c, py::handle x, py::handle out, py::handle o
   return true;
 }
 
+// The placement of the calls made inside a `with` block (one thread, one call at a time).
+struct PlacementGuard {
+  Placement where;
+  std::unique_ptr<PlacementScope> scope;
+  PlacementGuard(int device, uintptr_t stream) : where{device, mptr(stream)} {}
+  void enter() { scope.reset(new PlacementScope(where)); }
+  void exit() { scope.reset(); }
+};
+
 // A Python callable that may be destroyed on the progress thread: take the GIL to drop it.
 std::function<void(const std::string&)> pyCallback(py::function fn) {
   auto holder = std::shared_ptr<py::function>(new py::function(std::move(fn)), [](py::function* f) {
@@ -126,8 +136,17 @@ PYBIND11_MODULE(_C, m) {
       .def("is_success", &Work::isSuccess)
       .def("error", &Work::error)
       .def("add_done_callback", [](Work& w, py::function fn) { w.onComplete(pyCallback(std::move(fn))); })
+      .def("wait_stream", [](Work& w, uintptr_t stream) { w.waitStream(mptr(stream)); }, Release())
+      .def_property_readonly("on_device", &Work::onDevice)
       .def_readonly("source", &Work::source)
       .def_readonly("received", &Work::received);
+
+  // `with _C.on_device(device, stream):` around a Communicator call made with device
+  // buffers: the call runs on that device, ordered after the stream (comm/placement.h).
+  py::class_<PlacementGuard>(m, "on_device")
+      .def(py::init<int, uintptr_t>(), py::arg("device"), py::arg("stream"))
+      .def("__enter__", [](PlacementGuard& g) { g.enter(); })
+      .def("__exit__", [](PlacementGuard& g, py::args) { g.exit(); });
 
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
       .def_static("create", &Communicator::create, py::arg("rank"), py::arg("size"), py::arg("unique_id"),
@@ -138,6 +157,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("closed", &Communicator::closed)
       .def_property("timeout", &Communicator::timeout, &Communicator::setTimeout)
       .def("world_ranks", &Communicator::worldRanks)
+      .def_property_readonly("device", &Communicator::boundDevice)
       .def("transports", &Communicator::transports)
       .def("last_algorithm", &Communicator::lastAlgorithm)
       .def("flight_record_json", &Communicator::flightRecordJson)

@@ -11,6 +11,8 @@
 #include <random>
 
 #include "algo/algorithms.h"
+#include "device/cuda_memory.h"
+#include "device/kernels.h"
 #include "reduce/reduce.h"
 #include "transport/hccl.h"
 #include "transport/nccl.h"
@@ -312,6 +314,9 @@ void bindHccl(py::module_& m) {
 
 void bindCuda(py::module_& m) {
   m.def("cuda_report", &cudaReport);
+  // The CUDA device of a pointer (-1: host memory), for arrays that do not say.
+  m.def("cuda_pointer_device", [](uintptr_t p) { return cudaPointerDevice(cptr(p)); });
+  m.def("device_kernels", [] { return std::string(deviceKernels().name); });
 #if HCOMM_WITH_CUDA
   m.def("cuda_self_test", &cudaSelfTest, Release());
   m.def("_cuda_reduce", [](const std::string& dt, const std::string& op, uintptr_t dst, uintptr_t a, uintptr_t b,

@@ -84,6 +84,8 @@ void abortWorld(World& w, const std::string& why) {
   w.shm->abort(why);
   if (w.tcp) w.tcp->abort(why);
   if (w.mpi) w.mpi->abort(why);
+  std::lock_guard<std::mutex> devices(w.deviceMu);
+  for (auto& t : w.deviceTransports) t->abort(why);
 }
 
 // ---------------------------------------------------------------- creation
@@ -236,6 +238,7 @@ void Communicator::close() {
   qcv_.notify_all();
   if (worker_.joinable()) worker_.join();  // runs what was queued first
   closed_ = true;
+  device_.reset();
   world_->shm->releaseBoardSlot(boardSlot_);
   routes_.clear();
   world_.reset();

@@ -33,6 +33,8 @@ namespace hcomm {
 class ShmTransport;
 class TcpTransport;
 class MpiComm;  // transport/mpi.h
+class DeviceContext;  // comm/device_context.h
+struct DeviceCall;     // comm/engine.h
 
 // The transports and the identity of every rank of the job that made them; shared by a
 // communicator and everything split from it.
@@ -55,6 +57,14 @@ struct World {
   // that computation needs (DDP's backward).
   WaitPolicy backgroundPolicy;
   double timeoutSec = 300;
+  // Device memory (comm/device_call.cc): the one CUDA device this rank's calls use, and
+  // the transports that reach device buffers, made on the first device call. Also in
+  // `deviceTransports`, which abort walks.
+  std::mutex deviceMu;
+  int device = -1;
+  std::shared_ptr<Transport> cudaIpc;  // peers on this host
+  std::shared_ptr<Transport> staging;  // peers on other hosts, through pinned host memory
+  std::vector<std::shared_ptr<Transport>> deviceTransports;
   std::mutex abortMu;
   std::string abortReason;
   ~World();
@@ -82,6 +92,8 @@ class Communicator {
   double timeout() const { return timeoutSec_; }
   void setTimeout(double sec) { timeoutSec_ = sec; }
   std::vector<int> worldRanks() const { return worldRanks_; }
+  // The CUDA device this rank's device calls use; -1 before the first one.
+  int boundDevice() const;
   // "shm" or "tcp" for each rank of this communicator.
   std::vector<std::string> transports() const;
   std::string lastAlgorithm() const { return lastAlgo_; }
@@ -136,7 +148,12 @@ class Communicator {
   WorkPtr submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Body&& body, bool async);
   template <class Body>
   void execute(const CollectiveInfo& info, uint64_t seq, uint64_t tagBase, uint64_t flightId, Body& body,
-               Work& work, std::chrono::steady_clock::time_point start);
+               Work& work, std::chrono::steady_clock::time_point start, const DeviceCall& dev);
+  // For a call made with device buffers (comm/placement.h): its device state and the
+  // event on the caller's stream it starts after; empty for host calls (device_call.cc).
+  DeviceCall placeOnDevice(uint64_t flightId);
+  // After a device call's body: its work drained, and Work.wait_stream() armed.
+  void finishOnDevice(const DeviceCall& dev, Work& work);
   void waitTurn();  // blocks until nothing queued or running, then marks a call running
   void endTurn();
   void workerLoop();
@@ -155,6 +172,9 @@ class Communicator {
   Candidate pick(CollKind kind, size_t bytes, int root, const std::string& requested, const Plan& plan) const;
   void checkUsable() const;
   void checkRoot(int root, const char* what) const;
+  // The state for calls on `device` (device_call.cc), made on first use; throws
+  // InvalidArgument-worthy Errors for a second device or a peer no transport reaches.
+  std::shared_ptr<DeviceContext> deviceContext(int device);
 
   std::shared_ptr<World> world_;
   std::vector<int> worldRanks_;  // communicator rank -> world rank
@@ -170,6 +190,8 @@ class Communicator {
   uint32_t splits_ = 0;
   std::string lastAlgo_;
   std::shared_ptr<FlightRecorder> flight_;
+  std::mutex deviceMu_;
+  std::shared_ptr<DeviceContext> device_;
   // pick()'s memory: (collective, bytes, root) -> choice, valid while HCOMM_ALGO and
   // HCOMM_NATIVE_BYTES keep the values below.
   mutable std::mutex planMu_;

@@ -7,6 +7,8 @@
 #include <cstdint>
 
 #include "comm/communicator.h"
+#include "comm/device_context.h"
+#include "comm/placement.h"
 #include "common/log.h"
 #include "common/param.h"
 #include "transport/shm.h"
@@ -24,9 +26,17 @@ inline uint64_t p2pTag(uint32_t id, int64_t tag) { return (uint64_t(id) << 40) |
 // Fails every request of the world after an error (communicator.cc).
 void abortWorld(World& w, const std::string& why);
 
+// A call on device memory: its communicator's device state and the event on the
+// caller's stream that the call starts after (device_context.h). Empty for host calls.
+struct DeviceCall {
+  std::shared_ptr<DeviceContext> ctx;
+  std::shared_ptr<CUevent_st> ready;
+  explicit operator bool() const { return ctx != nullptr; }
+};
+
 template <class Body>
 void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t tagBase, uint64_t flightId, Body& body,
-                           Work& work, std::chrono::steady_clock::time_point start) {
+                           Work& work, std::chrono::steady_clock::time_point start, const DeviceCall& dev) {
   World& world = *world_;
   std::string error;
   flight_->started(flightId, start);
@@ -44,9 +54,11 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
                         std::chrono::duration<double>(timeoutSec_));
     auto what = [&] { return describe(info, seq); };  // only an error needs the words
     const WaitPolicy& policy = onWorkerThread() ? world.backgroundPolicy : world.policy;
-    Links links(rank_, size_, linkRoutes_, tagBase, fp, info.dtype, op, deadline, policy,
-                [&what] { return what(); });
+    if (dev) dev.ctx->waitHost(dev.ready.get(), deadline);
+    Links links(rank_, size_, dev ? dev.ctx->routes() : linkRoutes_, tagBase, fp, info.dtype, op, deadline, policy,
+                [&what] { return what(); }, dev ? dev.ctx->memory() : hostMemory());
     body(links, work);
+    if (dev) finishOnDevice(dev, work);
     std::string stray = collective ? strayMessage(tagBase) : "";
     if (!stray.empty()) throw Error(what() + ": " + stray);
   } catch (const TimeoutError& e) {
@@ -78,11 +90,12 @@ WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Bo
   auto work = std::make_shared<Work>();
   auto now = std::chrono::steady_clock::now();
   uint64_t flightId = flight_->record(seq, info.op, dtypeName(info.dtype), info.count, info.root, info.algo, now);
+  DeviceCall dev = placeOnDevice(flightId);
   if (async) {
     // close() runs what is queued before it drops the world, so the task may use members.
-    std::function<void()> task = [this, work, flightId, info = std::move(info), seq, tagBase,
+    std::function<void()> task = [this, work, flightId, info = std::move(info), seq, tagBase, dev,
                                   body = std::forward<Body>(body)]() mutable {
-      execute(info, seq, tagBase, flightId, body, *work, std::chrono::steady_clock::now());
+      execute(info, seq, tagBase, flightId, body, *work, std::chrono::steady_clock::now(), dev);
     };
     {
       std::lock_guard<std::mutex> lock(qmu_);
@@ -94,7 +107,7 @@ WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Bo
   }
   // Blocking: run here, after whatever was queued before (call order is tag order).
   waitTurn();
-  execute(info, seq, tagBase, flightId, body, *work, now);
+  execute(info, seq, tagBase, flightId, body, *work, now, dev);
   endTurn();
   work->wait(-1);  // rethrows the failure
   return work;

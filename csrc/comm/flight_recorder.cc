@@ -32,12 +32,22 @@ uint64_t FlightRecorder::record(uint64_t seq, const std::string& op, const std::
   e.dtype = dtype;
   e.count = count;
   e.root = root;
+  e.device = -1;
+  e.stream = 0;
   e.algo = algo;
   e.state = "queued";
   e.error.clear();
   e.queued = t;
   e.started = e.ended = 0;
   return next_++;
+}
+
+void FlightRecorder::placed(uint64_t id, int device, const void* stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (FlightEntry* e = find(id)) {
+    e->device = device;
+    e->stream = reinterpret_cast<uint64_t>(stream);
+  }
 }
 
 FlightEntry* FlightRecorder::find(uint64_t id) {
@@ -73,6 +83,8 @@ std::string FlightRecorder::json(int rank, int size, uint32_t commId) {
     bool first = id == next_ - entries_.size();
     s << (first ? "" : ", ") << "{\"seq\": " << e.seq << ", \"op\": " << quoted(e.op) << ", \"dtype\": " << quoted(e.dtype)
       << ", \"count\": " << e.count << ", \"root\": " << e.root << ", \"algo\": " << quoted(e.algo)
+      << ", \"device\": " << (e.device < 0 ? std::string("\"host\"") : "\"cuda:" + std::to_string(e.device) + "\"")
+      << ", \"stream\": " << e.stream
       << ", \"state\": " << quoted(e.state) << ", \"queued\": " << e.queued << ", \"started\": " << e.started
       << ", \"ended\": " << e.ended << ", \"error\": " << quoted(e.error) << "}";
   }

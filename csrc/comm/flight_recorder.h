@@ -17,6 +17,8 @@ struct FlightEntry {
   const char* state = "queued";
   uint64_t count = 0;
   int root = -1;
+  int device = -1;          // -1: host memory; else the CUDA device of the buffers
+  uint64_t stream = 0;      // the caller's stream for a device call
   double queued = 0, started = 0, ended = 0;  // seconds since the recorder was made
 };
 
@@ -28,6 +30,8 @@ class FlightRecorder {
   // read: a clock read costs more than the rest of recording a small call.
   uint64_t record(uint64_t seq, const std::string& op, const std::string& dtype, uint64_t count, int root,
                   const std::string& algo, Clock::time_point when);
+  // For a call on device memory: the device and the caller's stream.
+  void placed(uint64_t id, int device, const void* stream);
   void started(uint64_t id, Clock::time_point when);
   void ended(uint64_t id, const std::string& error);
   std::string json(int rank, int size, uint32_t commId);

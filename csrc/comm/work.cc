@@ -45,6 +45,11 @@ void Work::onComplete(std::function<void(const std::string&)> fn) {
   fn(err);
 }
 
+void Work::waitStream(void* stream) {
+  wait(-1);
+  if (streamWait_) streamWait_(stream);
+}
+
 void Work::finish(const std::string& error) {
   std::vector<std::function<void(const std::string&)>> cbs;
   {

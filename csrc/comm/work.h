@@ -22,6 +22,11 @@ class Work {
   // fn(error) runs once when the work completes (at once if it already has).
   void onComplete(std::function<void(const std::string&)> fn);
   void finish(const std::string& error);
+  // Device calls: after the host-side wait, makes `stream` wait on the device for the
+  // call's result (no host blocking on the device). A no-op for host calls.
+  void waitStream(void* stream);
+  void setStreamWait(std::function<void(void* stream)> fn) { streamWait_ = std::move(fn); }
+  bool onDevice() const { return static_cast<bool>(streamWait_); }
 
   int source = -1;   // receive from any source: the rank the message came from
   size_t received = 0;
@@ -32,6 +37,7 @@ class Work {
   bool done_ = false;
   std::string error_;
   std::vector<std::function<void(const std::string&)>> callbacks_;
+  std::function<void(void* stream)> streamWait_;  // set before finish(), read after it
 };
 using WorkPtr = std::shared_ptr<Work>;
 

@@ -1,0 +1,81 @@
+// Calls on device memory: the per-communicator DeviceContext and the world's device
+// transports, made on the first call with device buffers. Purely local (no collective
+// step): the cuda_ipc transport introduces itself to each peer on first use of the pair.
+#include "comm/device_context.h"
+#include "comm/engine.h"
+#include "transport/cuda_ipc.h"
+#include "transport/shm.h"
+
+namespace hcomm {
+
+namespace {
+
+// The world's transports for `device`, made once; one device per rank.
+void ensureDeviceTransports(World& w, int device, double timeoutSec) {
+  std::lock_guard<std::mutex> lock(w.deviceMu);
+  if (w.device >= 0 && w.device != device)
+    throw Error("this rank's calls use cuda:" + std::to_string(w.device) + ", not cuda:" + std::to_string(device) +
+                ": hcomm binds one device per rank (set the device before the first call, as with NCCL)");
+  if (w.device >= 0) return;
+  std::vector<int> local;
+  for (int r = 0; r < w.size; ++r)
+    if (w.hostIds[r] == w.hostIds[w.rank]) local.push_back(r);
+  if (local.size() > 1) {
+    w.cudaIpc = std::make_shared<CudaIpcTransport>(w.rank, local, w.shm.get(), device, timeoutSec);
+    w.deviceTransports.push_back(w.cudaIpc);
+  }
+  w.device = device;
+}
+
+}  // namespace
+
+std::shared_ptr<DeviceContext> Communicator::deviceContext(int device) {
+  std::lock_guard<std::mutex> lock(deviceMu_);
+  if (device_) {
+    if (device_->device() != device)
+      throw Error("this communicator's calls use cuda:" + std::to_string(device_->device()) + ", not cuda:" +
+                  std::to_string(device) + " (one device per rank)");
+    return device_;
+  }
+  World& w = *world_;
+  ensureDeviceTransports(w, device, timeoutSec_);
+  auto routes = std::make_shared<std::vector<Route>>();
+  for (int wr : worldRanks_) {
+    Route r;
+    r.peer = wr;
+    bool local = w.hostIds[wr] == w.hostIds[w.rank];
+    r.transport = local ? w.cudaIpc.get() : w.staging.get();
+    if (wr != w.rank && !r.transport)
+      throw Error("rank " + std::to_string(&wr - worldRanks_.data()) +
+                  " is on another host and device buffers to other hosts need the staging transport, "
+                  "which this build lacks");
+    routes->push_back(r);
+  }
+  device_ = std::make_shared<DeviceContext>(device, std::move(routes));
+  return device_;
+}
+
+int Communicator::boundDevice() const {
+  if (!world_) return -1;
+  std::lock_guard<std::mutex> lock(world_->deviceMu);
+  return world_->device;
+}
+
+DeviceCall Communicator::placeOnDevice(uint64_t flightId) {
+  const Placement& where = currentPlacement();
+  if (!where.onDevice()) return DeviceCall();
+  DeviceCall dev;
+  dev.ctx = deviceContext(where.device);
+  dev.ready = dev.ctx->record(where.stream);
+  flight_->placed(flightId, where.device, where.stream);
+  return dev;
+}
+
+void Communicator::finishOnDevice(const DeviceCall& dev, Work& work) {
+  dev.ctx->memory().synchronize();
+  std::shared_ptr<CUevent_st> done = dev.ctx->recordDone();
+  std::shared_ptr<DeviceContext> ctx = dev.ctx;
+  work.setStreamWait([ctx, done](void* stream) { ctx->streamWait(stream, done.get()); });
+}
+
+}  // namespace hcomm

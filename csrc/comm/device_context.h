@@ -1,0 +1,58 @@
+// A communicator's state for calls whose buffers are on one CUDA device: the device
+// Memory its algorithms use (on a stream of the communicator's own), the routes to every
+// rank through transports that reach device memory (cuda_ipc on this host, host staging
+// to other hosts), and the events that order a call with the caller's stream.
+//
+// Ordering, as users of NCCL expect: at submission an event is recorded on the caller's
+// stream and the call starts on the device once that event is reached (work the caller
+// queued before, e.g. the kernel producing the input, is visible to it). The host thread
+// that runs the call waits for that event, not the caller's thread, so an async call
+// returns at once. When the call ends, an event recorded on the communicator's stream
+// after its last device work lets Work.wait_stream() make any stream wait for the
+// result without blocking the host on the device.
+#pragma once
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "algo/links.h"
+#include "transport/cuda_api.h"
+
+namespace hcomm {
+
+struct CudaRuntime;
+class CudaMemory;
+
+class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
+ public:
+  DeviceContext(int device, std::shared_ptr<const std::vector<Route>> routes);
+  ~DeviceContext();
+
+  int device() const { return device_; }
+  const Memory& memory() const;
+  const std::shared_ptr<const std::vector<Route>>& routes() const { return routes_; }
+
+  // An event recorded now on `stream` (the caller's).
+  std::shared_ptr<CUevent_st> record(void* stream);
+  // Blocks this host thread until `e` is reached; TimeoutError after `deadline`.
+  void waitHost(CUevent_st* e, std::chrono::steady_clock::time_point deadline) const;
+  // An event recorded on the communicator's stream after everything queued on it.
+  std::shared_ptr<CUevent_st> recordDone();
+  // Makes `stream` wait for `e` on the device (returns at once).
+  void streamWait(void* stream, CUevent_st* e) const;
+
+ private:
+  void check(int err, const char* what) const;
+
+  int device_;
+  const CudaRuntime* rt_;
+  cuda::Stream stream_ = nullptr;
+  std::unique_ptr<CudaMemory> memory_;
+  std::shared_ptr<const std::vector<Route>> routes_;
+  std::mutex mu_;
+  std::vector<cuda::Event> free_, all_;
+};
+
+}  // namespace hcomm
