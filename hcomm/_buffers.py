@@ -1,10 +1,10 @@
 """Arrays in, (pointer, count, dtype) out: numpy arrays, torch tensors, anything with the
-buffer protocol. No copies are made; an array hcomm cannot use as it is is refused with
+buffer protocol; device arrays through hcomm._device. No copies are made; an array hcomm cannot use as it is is refused with
 an error that says why.
 """
 import numpy as np
 
-from . import _C
+from . import _C, _device
 from ._errors import InvalidArgument
 
 _NUMPY_DTYPES = {
@@ -49,7 +49,9 @@ def _from_torch(x, name, writable):
         raise InvalidArgument(f"{name}: dtype {x.dtype} is not supported by hcomm "
                               f"(supported: {', '.join(sorted(set(_TORCH_DTYPES.values())))})")
     if not x.is_cpu:
-        raise InvalidArgument(f"{name}: tensor is on {x.device}; this build of hcomm moves host memory only")
+        if x.is_cuda:
+            return _device.from_torch_cuda(x, name, dtype)
+        raise InvalidArgument(f"{name}: tensor is on {x.device}; hcomm moves host and CUDA memory")
     if not x.is_contiguous():
         raise InvalidArgument(f"{name}: tensor is not contiguous (shape {tuple(x.shape)}, "
                               f"strides {x.stride()}); call .contiguous() first")
@@ -79,7 +81,9 @@ def as_buffer(x, name="tensor", writable=False):
     if _is_torch(x):
         return _from_torch(x, name, writable)
     if hasattr(x, "__cuda_array_interface__"):
-        raise InvalidArgument(f"{name}: a CUDA array; this build of hcomm moves host memory only")
+        return _device.from_cuda_array_interface(x, name)
+    if _device.is_dlpack_device(x):
+        return _device.from_dlpack(x, name)
     if isinstance(x, np.ndarray):
         return _from_numpy(x, name, writable)
     try:

@@ -8,6 +8,7 @@ import math
 import numbers
 import operator
 
+from . import _C, _device
 from ._buffers import ITEMSIZE, as_buffer
 from ._errors import InvalidArgument
 
@@ -59,7 +60,17 @@ class Work:
         self._keep = keep  # arrays the core is using: alive until the work is done
 
     def wait(self, timeout=None):
-        return self._core.wait(-1.0 if timeout is None else float(timeout))
+        """Host buffers: blocks until done. Device buffers: blocks until the call's host-driven
+        part is done, then makes the caller's current stream wait for its result on the
+        device (so later work queued on that stream sees it), without waiting on the device."""
+        done = self._core.wait(-1.0 if timeout is None else float(timeout))
+        if done and isinstance(self._core, _PlacedWork):
+            self._core.wait_stream(self._core.current_stream())
+        return done
+
+    def synchronize(self):
+        """Blocks the host until the result is ready (device buffers included)."""
+        return self._core.wait(-1.0)
 
     def is_completed(self):
         return self._core.is_completed()
@@ -81,6 +92,34 @@ class Work:
     @property
     def source(self):
         return self._core.source
+
+
+class _PlacedCore:
+    """The core communicator, with every call made inside `_C.on_device(device, stream)`.
+    Its Works remember how to find the caller's current stream, for Work.wait()."""
+
+    def __init__(self, core, device, stream, current_stream):
+        self._core, self._device, self._stream, self._current = core, device, stream, current_stream
+
+    def __getattr__(self, name):
+        fn = getattr(self._core, name)
+
+        def call(*args):
+            with _C.on_device(self._device, self._stream):
+                w = fn(*args)
+            return None if w is None else _PlacedWork(w, self._current)
+
+        return call
+
+
+class _PlacedWork:
+    """A device call's core Work and the caller's current-stream getter."""
+
+    def __init__(self, core, current_stream):
+        self._w, self.current_stream = core, current_stream
+
+    def __getattr__(self, name):
+        return getattr(self._w, name)
 
 
 class Communicator:
@@ -160,8 +199,16 @@ class Communicator:
             return Work(work, result, keep)
         return result
 
+    def _core(self, stream, *bufs):
+        """The core to call: itself for host buffers; for device buffers a wrapper that runs
+        the call on their device, ordered after their stream (hcomm._device.place)."""
+        if stream is None and not _device.any_device(bufs):  # host memory: the common case first
+            return self._c
+        where = _device.place(bufs, stream, self._c.device)
+        return self._c if where is None else _PlacedCore(self._c, *where)
+
     # ------------------------------------------------------------- collectives
-    def allreduce(self, x, out=None, op="sum", algo=None, async_op=False, factor=None):
+    def allreduce(self, x, out=None, op="sum", algo=None, async_op=False, factor=None, stream=None):
         """Reduce x over all ranks; the result lands in out (or in x when out is None)."""
         if algo is None and not async_op and factor is None and self._c.allreduce_arrays(x, out, op):
             return x if out is None else out  # numpy arrays, plain op: checked and run by the core
@@ -175,11 +222,11 @@ class Communicator:
         if src.count != dst.count:
             raise InvalidArgument(f"allreduce: input has {src.count} elements, output {dst.count}")
         _check_op_dtype(op, src.dtype, factor)
-        w = self._c.allreduce(src.ptr, dst.ptr, src.count, src.dtype, op, float(factor or 1.0), algo or "",
+        w = self._core(stream, src, dst).allreduce(src.ptr, dst.ptr, src.count, src.dtype, op, float(factor or 1.0), algo or "",
                               async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def reduce(self, x, out=None, root=0, op="sum", algo=None, async_op=False, factor=None):
+    def reduce(self, x, out=None, root=0, op="sum", algo=None, async_op=False, factor=None, stream=None):
         """Reduce x over all ranks into out on root (into x on root when out is None)."""
         op = _op_name(op)
         root = self._check_root(root)
@@ -191,11 +238,11 @@ class Communicator:
             if src.count != dst.count:
                 raise InvalidArgument(f"reduce: input has {src.count} elements, output {dst.count}")
         _check_op_dtype(op, src.dtype, factor)
-        w = self._c.reduce(src.ptr, dst.ptr, src.count, src.dtype, op, float(factor or 1.0), root,
+        w = self._core(stream, src, dst).reduce(src.ptr, dst.ptr, src.count, src.dtype, op, float(factor or 1.0), root,
                            algo or "", async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def broadcast(self, x, root=0, out=None, algo=None, async_op=False):
+    def broadcast(self, x, root=0, out=None, algo=None, async_op=False, stream=None):
         """Copy root's x to every rank: into x, or into out when given (then x matters on root only).
         algo: None (the tuner), "binomial" / "tree", "hierarchical" or "native"."""
         root = self._check_root(root)
@@ -209,10 +256,10 @@ class Communicator:
             _same_dtype(src, buf, "broadcast")
             if src.count != buf.count:
                 raise InvalidArgument(f"broadcast: input has {src.count} elements, output {buf.count}")
-        w = self._c.broadcast(src.ptr, buf.ptr, buf.count, buf.dtype, root, algo or "", async_op)
+        w = self._core(stream, src, buf).broadcast(src.ptr, buf.ptr, buf.count, buf.dtype, root, algo or "", async_op)
         return self._finish(w, buf.obj, (src, buf), async_op)
 
-    def allgather(self, x, out, async_op=False, algo=None):
+    def allgather(self, x, out, async_op=False, algo=None, stream=None):
         """Concatenate every rank's x, in rank order, into out (size * x.size elements).
         In place when x is out's block for this rank. algo: None (the tuner), "ring",
         "hierarchical" or "native"."""
@@ -223,10 +270,10 @@ class Communicator:
         if dst.count != src.count * self.size:
             raise InvalidArgument(f"allgather: output has {dst.count} elements, expected "
                                   f"size({self.size}) * input({src.count}) = {src.count * self.size}")
-        w = self._c.allgatherv(src.ptr, dst.ptr, [src.count] * self.size, src.dtype, algo or "", async_op)
+        w = self._core(stream, src, dst).allgatherv(src.ptr, dst.ptr, [src.count] * self.size, src.dtype, algo or "", async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def allgatherv(self, x, out, counts, async_op=False, algo=None):
+    def allgatherv(self, x, out, counts, async_op=False, algo=None, stream=None):
         """allgather with per-rank element counts."""
         _check_algo("allgatherv", algo, _ALLGATHER_ALGOS)
         counts = self._counts(counts, "counts")
@@ -238,10 +285,10 @@ class Communicator:
                                   f"= {counts[self.rank]}")
         if dst.count != sum(counts):
             raise InvalidArgument(f"allgatherv: output has {dst.count} elements, sum(counts) = {sum(counts)}")
-        w = self._c.allgatherv(src.ptr, dst.ptr, counts, src.dtype, algo or "", async_op)
+        w = self._core(stream, src, dst).allgatherv(src.ptr, dst.ptr, counts, src.dtype, algo or "", async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def reduce_scatter(self, x, out, op="sum", async_op=False, factor=None):
+    def reduce_scatter(self, x, out, op="sum", async_op=False, factor=None, stream=None):
         """Reduce x (size * out.size elements) over ranks; this rank keeps its block in out."""
         op = _op_name(op)
         src = as_buffer(x, "input")
@@ -251,11 +298,11 @@ class Communicator:
             raise InvalidArgument(f"reduce_scatter: input has {src.count} elements, expected "
                                   f"size({self.size}) * output({dst.count}) = {dst.count * self.size}")
         _check_op_dtype(op, src.dtype, factor)
-        w = self._c.reduce_scatterv(src.ptr, dst.ptr, [dst.count] * self.size, src.dtype, op,
+        w = self._core(stream, src, dst).reduce_scatterv(src.ptr, dst.ptr, [dst.count] * self.size, src.dtype, op,
                                     float(factor or 1.0), async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def reduce_scatterv(self, x, out, counts, op="sum", async_op=False, factor=None):
+    def reduce_scatterv(self, x, out, counts, op="sum", async_op=False, factor=None, stream=None):
         """reduce_scatter with per-rank element counts."""
         op = _op_name(op)
         counts = self._counts(counts, "counts")
@@ -268,10 +315,10 @@ class Communicator:
             raise InvalidArgument(f"reduce_scatterv: output has {dst.count} elements but counts[{self.rank}] "
                                   f"= {counts[self.rank]}")
         _check_op_dtype(op, src.dtype, factor)
-        w = self._c.reduce_scatterv(src.ptr, dst.ptr, counts, src.dtype, op, float(factor or 1.0), async_op)
+        w = self._core(stream, src, dst).reduce_scatterv(src.ptr, dst.ptr, counts, src.dtype, op, float(factor or 1.0), async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def alltoall(self, x, out, async_op=False):
+    def alltoall(self, x, out, async_op=False, stream=None):
         """Block j of x goes to rank j; block i of out comes from rank i."""
         src = as_buffer(x, "input")
         dst = as_buffer(out, "output", writable=True)
@@ -281,9 +328,9 @@ class Communicator:
                                   f"number of elements, divisible by size({self.size})")
         n = src.count // self.size
         displs = [i * n for i in range(self.size)]
-        return self._alltoallv(src, dst, [n] * self.size, displs, [n] * self.size, displs, async_op)
+        return self._alltoallv(src, dst, [n] * self.size, displs, [n] * self.size, displs, async_op, stream)
 
-    def alltoallv(self, x, out, send_counts, recv_counts, send_displs=None, recv_displs=None, async_op=False):
+    def alltoallv(self, x, out, send_counts, recv_counts, send_displs=None, recv_displs=None, async_op=False, stream=None):
         """alltoall with per-rank counts (elements) and optional displacements."""
         send_counts = self._counts(send_counts, "send_counts")
         recv_counts = self._counts(recv_counts, "recv_counts")
@@ -297,19 +344,19 @@ class Communicator:
             if end > buf.count:
                 raise InvalidArgument(f"alltoallv: {what} has {buf.count} elements but counts/displacements "
                                       f"reach element {end}")
-        return self._alltoallv(src, dst, send_counts, send_displs, recv_counts, recv_displs, async_op)
+        return self._alltoallv(src, dst, send_counts, send_displs, recv_counts, recv_displs, async_op, stream)
 
-    def _alltoallv(self, src, dst, sc, sd, rc, rd, async_op):
+    def _alltoallv(self, src, dst, sc, sd, rc, rd, async_op, stream=None):
         if src.ptr == dst.ptr and src.count:
             import numpy as np
 
             copy = np.frombuffer(bytearray(memoryview(_bytes_view(src))), dtype=np.uint8)
             src = as_buffer(copy, "input")
             src = type(src)(src.ptr, src.count // ITEMSIZE[dst.dtype], dst.dtype, copy)
-        w = self._c.alltoallv(src.ptr, sc, sd, dst.ptr, rc, rd, dst.dtype, async_op)
+        w = self._core(stream, src, dst).alltoallv(src.ptr, sc, sd, dst.ptr, rc, rd, dst.dtype, async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def gather(self, x, out=None, root=0, async_op=False):
+    def gather(self, x, out=None, root=0, async_op=False, stream=None):
         """Concatenate every rank's x into out on root (size * x.size elements)."""
         root = self._check_root(root)
         src = as_buffer(x, "input")
@@ -320,10 +367,10 @@ class Communicator:
             if dst.count != src.count * self.size:
                 raise InvalidArgument(f"gather: output has {dst.count} elements, expected "
                                       f"size({self.size}) * input({src.count}) = {src.count * self.size}")
-        w = self._c.gather(src.ptr, dst.ptr, src.count, src.dtype, root, async_op)
+        w = self._core(stream, src, dst).gather(src.ptr, dst.ptr, src.count, src.dtype, root, async_op)
         return self._finish(w, dst.obj if self.rank == root else None, (src, dst), async_op)
 
-    def scatter(self, x, out, root=0, async_op=False):
+    def scatter(self, x, out, root=0, async_op=False, stream=None):
         """Root's x (size * out.size elements) is cut into blocks; rank i gets block i in out."""
         root = self._check_root(root)
         dst = as_buffer(out, "output", writable=True)
@@ -334,7 +381,7 @@ class Communicator:
             if src.count != dst.count * self.size:
                 raise InvalidArgument(f"scatter: input has {src.count} elements, expected "
                                       f"size({self.size}) * output({dst.count}) = {dst.count * self.size}")
-        w = self._c.scatter(src.ptr, dst.ptr, dst.count, dst.dtype, root, async_op)
+        w = self._core(stream, src, dst).scatter(src.ptr, dst.ptr, dst.count, dst.dtype, root, async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
     def barrier(self, async_op=False):
@@ -346,20 +393,20 @@ class Communicator:
         if not isinstance(tag, int) or not 0 <= tag < 2 ** 31:
             raise InvalidArgument(f"tag must be an int in [0, 2**31), got {tag!r}")
 
-    def send(self, x, peer, tag=0, async_op=False):
+    def send(self, x, peer, tag=0, async_op=False, stream=None):
         peer = self._check_root(peer, "peer")
         self._check_tag(tag)
         buf = as_buffer(x, "tensor")
-        w = self._c.send(buf.ptr, buf.nbytes, peer, tag, async_op)
+        w = self._core(stream, buf).send(buf.ptr, buf.nbytes, peer, tag, async_op)
         return self._finish(w, None, (buf,), async_op)
 
-    def recv(self, x, peer=None, tag=0, async_op=False):
+    def recv(self, x, peer=None, tag=0, async_op=False, stream=None):
         """Receive into x from peer (any rank when peer is None); returns the sender's rank."""
         if peer is not None:
             peer = self._check_root(peer, "peer")
         self._check_tag(tag)
         buf = as_buffer(x, "tensor", writable=True)
-        w = self._c.recv(buf.ptr, buf.nbytes, -1 if peer is None else peer, tag, async_op)
+        w = self._core(stream, buf).recv(buf.ptr, buf.nbytes, -1 if peer is None else peer, tag, async_op)
         if async_op:
             return Work(w, None, (buf,))
         return w.source

@@ -64,6 +64,7 @@ CudaIpcTransport::~CudaIpcTransport() {
     if (p.outEvent) rt_->api.EventDestroy(p.outEvent);
     if (p.peerEvent) rt_->api.EventDestroy(p.peerEvent);
   }
+  peers_.clear();  // their staging buffers go back to freeStaging_, which must still exist
   for (cuda::Event e : allEvents_) rt_->api.EventDestroy(e);
   for (char* s : allStaging_) rt_->api.Free(s);
   rt_->api.StreamDestroy(sendStream_);
