@@ -60,13 +60,18 @@ class Work:
         self._keep = keep  # arrays the core is using: alive until the work is done
 
     def wait(self, timeout=None):
-        """Host buffers: blocks until done. Device buffers: blocks until the call's host-driven
-        part is done, then makes the caller's current stream wait for its result on the
-        device (so later work queued on that stream sees it), without waiting on the device."""
-        done = self._core.wait(-1.0 if timeout is None else float(timeout))
-        if done and isinstance(self._core, _PlacedWork):
+        """Host buffers: blocks until done (True), or until `timeout` seconds pass (False).
+        Device buffers, as NCCL's works: makes the caller's current stream wait for the
+        result and returns True at once, without blocking the host; work queued on that
+        stream afterwards sees the result. An error of the call is raised by the next
+        call, synchronize() or exception(). With a timeout, it first blocks the host for
+        up to that long, as for host buffers."""
+        if isinstance(self._core, _PlacedWork):
+            if timeout is not None and not self._core.wait(float(timeout)):
+                return False
             self._core.wait_stream(self._core.current_stream())
-        return done
+            return True
+        return self._core.wait(-1.0 if timeout is None else float(timeout))
 
     def synchronize(self):
         """Blocks the host until the result is ready (device buffers included)."""
@@ -210,7 +215,7 @@ class Communicator:
     # ------------------------------------------------------------- collectives
     def allreduce(self, x, out=None, op="sum", algo=None, async_op=False, factor=None, stream=None):
         """Reduce x over all ranks; the result lands in out (or in x when out is None)."""
-        if algo is None and not async_op and factor is None and self._c.allreduce_arrays(x, out, op):
+        if algo is None and not async_op and factor is None and stream is None and self._c.allreduce_arrays(x, out, op):
             return x if out is None else out  # numpy arrays, plain op: checked and run by the core
         op = _op_name(op)
         if algo not in _ALLREDUCE_ALGOS:

@@ -152,7 +152,9 @@ class Communicator {
   // For a call made with device buffers (comm/placement.h): its device state and the
   // event on the caller's stream it starts after; empty for host calls (device_call.cc).
   DeviceCall placeOnDevice(uint64_t flightId);
-  // After a device call's body: its work drained, and Work.wait_stream() armed.
+  // Work.wait_stream() for a device call (any time after submission), and the end of
+  // its body: the device work drained and the end event recorded.
+  void armStreamWait(const DeviceCall& dev, const WorkPtr& work);
   void finishOnDevice(const DeviceCall& dev, Work& work);
   void waitTurn();  // blocks until nothing queued or running, then marks a call running
   void endTurn();

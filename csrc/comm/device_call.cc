@@ -67,15 +67,23 @@ DeviceCall Communicator::placeOnDevice(uint64_t flightId) {
   DeviceCall dev;
   dev.ctx = deviceContext(where.device);
   dev.ready = dev.ctx->record(where.stream);
+  dev.done = std::make_shared<std::shared_ptr<CUevent_st>>();
   flight_->placed(flightId, where.device, where.stream);
   return dev;
 }
 
-void Communicator::finishOnDevice(const DeviceCall& dev, Work& work) {
-  dev.ctx->memory().synchronize();
-  std::shared_ptr<CUevent_st> done = dev.ctx->recordDone();
+void Communicator::armStreamWait(const DeviceCall& dev, const WorkPtr& work) {
   std::shared_ptr<DeviceContext> ctx = dev.ctx;
-  work.setStreamWait([ctx, done](void* stream) { ctx->streamWait(stream, done.get()); });
+  auto done = dev.done;
+  std::weak_ptr<Work> weak = work;
+  work->setStreamWait([ctx, done, weak](void* stream) {
+    if (auto w = weak.lock()) ctx->streamWaitFor(stream, w, done);
+  });
+}
+
+void Communicator::finishOnDevice(const DeviceCall& dev, Work&) {
+  dev.ctx->memory().synchronize();
+  *dev.done = dev.ctx->recordDone();  // before finish(): read by streamWaitFor after it
 }
 
 }  // namespace hcomm

@@ -2,6 +2,7 @@
 
 #include <thread>
 
+#include "comm/work.h"
 #include "device/cuda_memory.h"
 #include "transport/cuda_runtime.h"
 
@@ -72,6 +73,25 @@ void DeviceContext::waitHost(CUevent_st* e, std::chrono::steady_clock::time_poin
 
 void DeviceContext::streamWait(void* stream, CUevent_st* e) const {
   check(rt_->api.StreamWaitEvent(static_cast<cuda::Stream>(stream), e, 0), "cudaStreamWaitEvent");
+}
+
+void DeviceContext::streamWaitFor(void* stream, const std::shared_ptr<Work>& work,
+                                  const std::shared_ptr<std::shared_ptr<CUevent_st>>& done) {
+  if (work->isCompleted()) {
+    if (*done) streamWait(stream, done->get());
+    return;
+  }
+  auto* held = new std::shared_ptr<Work>(work);
+  auto until = [](void* p) {
+    std::unique_ptr<std::shared_ptr<Work>> w(static_cast<std::shared_ptr<Work>*>(p));
+    try {
+      (*w)->wait(-1);
+    } catch (const std::exception&) {  // the error is the Work's to report, not the stream's
+    }
+  };
+  cuda::Error err = rt_->api.LaunchHostFunc(static_cast<cuda::Stream>(stream), until, held);
+  if (err != cuda::cudaSuccess) delete held;
+  check(err, "cudaLaunchHostFunc (stream wait for a running call)");
 }
 
 }  // namespace hcomm

@@ -9,7 +9,7 @@
 // that runs the call waits for that event, not the caller's thread, so an async call
 // returns at once. When the call ends, an event recorded on the communicator's stream
 // after its last device work lets Work.wait_stream() make any stream wait for the
-// result without blocking the host on the device.
+// result without blocking the host (streamWaitFor).
 #pragma once
 #include <chrono>
 #include <memory>
@@ -42,6 +42,13 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   std::shared_ptr<CUevent_st> recordDone();
   // Makes `stream` wait for `e` on the device (returns at once).
   void streamWait(void* stream, CUevent_st* e) const;
+  // Makes `stream` wait for `work` without blocking this thread: when the work is done,
+  // for its end event (`done`, set before it finished); while it is still running, for
+  // a host function queued on `stream` that returns when the work completes (the
+  // algorithms are host-driven, so their end is a host event; the stream, not the
+  // caller, blocks on it).
+  void streamWaitFor(void* stream, const std::shared_ptr<class Work>& work,
+                     const std::shared_ptr<std::shared_ptr<CUevent_st>>& done);
 
  private:
   void check(int err, const char* what) const;

@@ -31,6 +31,7 @@ void abortWorld(World& w, const std::string& why);
 struct DeviceCall {
   std::shared_ptr<DeviceContext> ctx;
   std::shared_ptr<CUevent_st> ready;
+  std::shared_ptr<std::shared_ptr<CUevent_st>> done;  // recorded when the call ends
   explicit operator bool() const { return ctx != nullptr; }
 };
 
@@ -91,6 +92,7 @@ WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Bo
   auto now = std::chrono::steady_clock::now();
   uint64_t flightId = flight_->record(seq, info.op, dtypeName(info.dtype), info.count, info.root, info.algo, now);
   DeviceCall dev = placeOnDevice(flightId);
+  if (dev) armStreamWait(dev, work);
   if (async) {
     // close() runs what is queued before it drops the world, so the task may use members.
     std::function<void()> task = [this, work, flightId, info = std::move(info), seq, tagBase, dev,

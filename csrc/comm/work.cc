@@ -46,8 +46,11 @@ void Work::onComplete(std::function<void(const std::string&)> fn) {
 }
 
 void Work::waitStream(void* stream) {
-  wait(-1);
-  if (streamWait_) streamWait_(stream);
+  if (!streamWait_) {
+    wait(-1);
+    return;
+  }
+  streamWait_(stream);
 }
 
 void Work::finish(const std::string& error) {

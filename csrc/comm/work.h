@@ -11,7 +11,7 @@
 
 namespace hcomm {
 
-class Work {
+class Work : public std::enable_shared_from_this<Work> {
  public:
   // Waits up to timeoutSec (< 0: no limit). True when done; throws Error if the call
   // failed; false when the time ran out first.
@@ -22,8 +22,8 @@ class Work {
   // fn(error) runs once when the work completes (at once if it already has).
   void onComplete(std::function<void(const std::string&)> fn);
   void finish(const std::string& error);
-  // Device calls: after the host-side wait, makes `stream` wait on the device for the
-  // call's result (no host blocking on the device). A no-op for host calls.
+  // Device calls: makes `stream` wait for the call's result without blocking the host
+  // (comm/device_context.h says how). A host call: waits here like wait(-1).
   void waitStream(void* stream);
   void setStreamWait(std::function<void(void* stream)> fn) { streamWait_ = std::move(fn); }
   bool onDevice() const { return static_cast<bool>(streamWait_); }
