@@ -34,6 +34,7 @@ FLAGS = ["-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-I", CSRC, "-I", 
 # name -> (source file, libraries it links against, from this table)
 _LIBS = {
     "cudart": ("fake_cudart.cc", ()),
+    "nccl": ("fake_nccl.cc", ("cudart",)),
 }
 
 # Environment variable hcomm reads for each library (csrc/transport/cuda_runtime.cc,

@@ -11,7 +11,9 @@
 //     cudaPointerGetAttributes says cudaMemoryTypeDevice + that device for any pointer
 //     inside it, cudaMemoryTypeHost for cudaHostAlloc memory, and
 //     cudaMemoryTypeUnregistered (device -2, cudaSuccess) for any other host pointer.
-//     cudaFree and cudaFreeHost first wait for every stream (CUDA synchronises there).
+//     cudaFree and cudaFreeHost do not block: the pages are unmapped once every stream
+//     (of the allocation's device; of all devices for pinned memory) has finished the
+//     work queued before the free, so queued work never touches unmapped memory.
 //   - IPC: cudaIpcGetMemHandle gives 64 bytes naming (pid, fd, inode) of the memfd;
 //     another process opens /proc/<pid>/fd/<fd> and maps the same pages, at the
 //     allocation's base. Opening in the exporting process fails with
@@ -44,6 +46,9 @@
 //   - no timing events (cudaEventElapsedTime is not provided), no graphs, no peer
 //     access control, no limit on memory; events and streams are not tied to a device.
 //   - IPC-opened memory reports the exporting allocation's device.
+//   - cudaFree never synchronises. CUDA's "may perform implicit synchronization" (and
+//     in practice waits for the device): freeing while a stream waits on a peer (a
+//     posted NCCL receive) can hang on a real GPU and does not here.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -253,13 +258,23 @@ std::shared_ptr<fake::Worker> workerOf(Stream handle) {
   return s ? s->worker : nullptr;
 }
 
-void synchronizeAll() {
-  std::vector<Dep> all;
+// Runs `release` once every stream of `device` (-1: of every device) has finished the
+// work queued so far, without blocking the caller: freed memory stays mapped while
+// queued work may still touch it.
+void releaseLater(int device, std::function<void()> release) {
+  std::vector<std::shared_ptr<fake::Worker>> workers;
   {
     std::lock_guard<std::mutex> l(streams().mu);
-    for (CUstream_st* s : streams().all) all.emplace_back(s->worker, s->worker->pushed());
+    for (CUstream_st* s : streams().all)
+      if (device < 0 || s->device == device) workers.push_back(s->worker);
   }
-  for (const Dep& d : all) d.first->waitDone(d.second);
+  if (workers.empty()) return release();
+  auto left = std::make_shared<std::atomic<size_t>>(workers.size());
+  auto shared = std::make_shared<std::function<void()>>(std::move(release));
+  for (auto& w : workers)
+    w->push([left, shared] {
+      if (left->fetch_sub(1) == 1) (*shared)();
+    });
 }
 
 bool validEvent(Event e) { return e && e->store && e->store->c; }
@@ -447,15 +462,20 @@ Error cudaMalloc(void** devPtr, size_t size) {
 
 Error cudaFree(void* devPtr) {
   if (!devPtr) return cudaSuccess;
-  synchronizeAll();
-  Memory& m = memory();
-  std::lock_guard<std::mutex> l(m.mu);
-  auto it = m.regions.find(reinterpret_cast<uintptr_t>(devPtr));
-  if (it == m.regions.end() || it->second.type != cudaMemoryTypeDevice || it->second.importPid)
-    return cudaErrorInvalidValue;
-  munmap(devPtr, pageRound(it->second.size));
-  close(it->second.fd);  // the pages live on while another process has them mapped
-  m.regions.erase(it);
+  Region r;
+  {
+    Memory& m = memory();
+    std::lock_guard<std::mutex> l(m.mu);
+    auto it = m.regions.find(reinterpret_cast<uintptr_t>(devPtr));
+    if (it == m.regions.end() || it->second.type != cudaMemoryTypeDevice || it->second.importPid)
+      return cudaErrorInvalidValue;
+    r = it->second;
+    m.regions.erase(it);
+  }
+  releaseLater(r.device, [devPtr, r] {
+    munmap(devPtr, pageRound(r.size));
+    close(r.fd);  // the pages live on while another process has them mapped
+  });
   return cudaSuccess;
 }
 
@@ -477,13 +497,16 @@ Error cudaHostAlloc(void** pHost, size_t size, unsigned int flags) {
 
 Error cudaFreeHost(void* ptr) {
   if (!ptr) return cudaSuccess;
-  synchronizeAll();
-  Memory& m = memory();
-  std::lock_guard<std::mutex> l(m.mu);
-  auto it = m.regions.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == m.regions.end() || it->second.type != cudaMemoryTypeHost) return cudaErrorInvalidValue;
-  munmap(ptr, pageRound(it->second.size));
-  m.regions.erase(it);
+  size_t size;
+  {
+    Memory& m = memory();
+    std::lock_guard<std::mutex> l(m.mu);
+    auto it = m.regions.find(reinterpret_cast<uintptr_t>(ptr));
+    if (it == m.regions.end() || it->second.type != cudaMemoryTypeHost) return cudaErrorInvalidValue;
+    size = it->second.size;
+    m.regions.erase(it);
+  }
+  releaseLater(-1, [ptr, size] { munmap(ptr, pageRound(size)); });
   return cudaSuccess;
 }
 
