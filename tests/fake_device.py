@@ -35,6 +35,8 @@ FLAGS = ["-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-I", CSRC, "-I", 
 _LIBS = {
     "cudart": ("fake_cudart.cc", ()),
     "nccl": ("fake_nccl.cc", ("cudart",)),
+    "ascendcl": ("fake_ascendcl.cc", ()),
+    "hccl": ("fake_hccl.cc", ("ascendcl",)),
 }
 
 # Environment variable hcomm reads for each library (csrc/transport/cuda_runtime.cc,
@@ -65,19 +67,26 @@ def cache_dir():
                                                                     "hcomm-fake-cuda-" + _digest())
 
 
-def _compile(name, out_dir):
+def build(name, out_dir, defines=(), deps_dir=None):
+    """Compiles one fake library (a key of the table: "cudart", "nccl", "ascendcl",
+    "hccl") into out_dir with extra -D defines, e.g. a broken variant for a loader test;
+    the libraries it links against are taken from deps_dir (default: out_dir).
+    Returns its path."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("fake_device: no C++ compiler (g++) to build the fake GPU libraries")
     source, deps = _LIBS[name]
-    tmp = os.path.join(out_dir, f".{_soname(name)}.{os.getpid()}")
-    cmd = [cxx, *FLAGS, f"-Wl,-soname,{_soname(name)}", "-o", tmp, os.path.join(SOURCES, source)]
-    for dep in deps:  # found next to this library at load time
-        cmd += [os.path.join(out_dir, _soname(dep)), "-Wl,-rpath,$ORIGIN"]
+    out = os.path.join(str(out_dir), _soname(name))
+    tmp = os.path.join(str(out_dir), f".{_soname(name)}.{os.getpid()}")
+    cmd = [cxx, *FLAGS, *(f"-D{d}" for d in defines), f"-Wl,-soname,{_soname(name)}", "-o", tmp,
+           os.path.join(SOURCES, source)]
+    for dep in deps:  # found next to this library at load time, or already loaded by its soname
+        cmd += [os.path.join(str(deps_dir or out_dir), _soname(dep)), "-Wl,-rpath,$ORIGIN"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"fake_device: building {source} failed:\n{' '.join(cmd)}\n{done.stderr[-4000:]}")
-    os.replace(tmp, os.path.join(out_dir, _soname(name)))
+    os.replace(tmp, out)
+    return out
 
 
 def libraries():
@@ -92,18 +101,20 @@ def libraries():
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and reuse
         for name in _LIBS:  # the table lists dependencies first
             if not os.path.exists(paths[name]):
-                _compile(name, out_dir)
+                build(name, out_dir)
     return paths
 
 
-def child_env(devices=1, base=None, **extra):
+def child_env(devices=1, base=None, npu_devices=None, **extra):
     """The environment for a process whose hcomm should run on the fakes: `base`
     (default os.environ) plus HCOMM_CUDART_LIB / HCOMM_NCCL_LIB / HCOMM_HCCL_LIB /
-    HCOMM_ASCENDCL_LIB and HCOMM_FAKE_CUDA_DEVICES=devices; `extra` overrides."""
+    HCOMM_ASCENDCL_LIB, HCOMM_FAKE_CUDA_DEVICES=devices and
+    HCOMM_FAKE_NPU_DEVICES=npu_devices (default: devices); `extra` overrides."""
     env = dict(os.environ if base is None else base)
     for name, path in libraries().items():
         env[ENV_VARS[name]] = path
     env["HCOMM_FAKE_CUDA_DEVICES"] = str(devices)
+    env["HCOMM_FAKE_NPU_DEVICES"] = str(devices if npu_devices is None else npu_devices)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -552,3 +552,73 @@ def _nccl_split_body(rank, world, board):
 def test_nccl_split_orders_by_key(libs, tmp_path):
     got = spawn(_nccl_split_body, 5, Board(tmp_path), devices=5)
     assert got == [[2, 0], [3, 1], [2, 0], [3, 1], None]  # key -rank: higher ranks first
+
+
+# ---------------------------------------------------------------- HCCL, through hcomm's HcclComm
+
+def _hccl_comm(rank, world, board):
+    from hcomm import _C
+
+    if rank == 0:
+        board.put("info", _C.hccl_root_info())
+    return _C.HcclComm(rank, world, board.get("info"), rank % 3)
+
+
+def _hccl_collectives_body(rank, world, board):
+    comm = _hccl_comm(rank, world, board)
+    keep = []
+
+    def host(values, dtype):  # the bits HCCL sees (bfloat16 as uint16)
+        a = fd.bf16_bits(values) if dtype == "bfloat16" else np.array(values, dtype=dtype)  # a copy
+        keep.append(a)
+        return a
+
+    for dtype, op, count in (("float32", "sum", 1001), ("bfloat16", "sum", 33), ("float16", "max", 17),
+                             ("int32", "prod", 9), ("int8", "min", 65), ("float64", "sum", 300_001),
+                             ("uint8", "max", 7), ("int64", "sum", 5)):
+        inputs = [_data(r, dtype, count, op) for r in range(world)]
+        x, y = host(inputs[rank], dtype), host(np.zeros(count, np.float32 if dtype == "bfloat16" else dtype), dtype)
+        comm.allreduce(x.ctypes.data, y.ctypes.data, count, dtype, op, 0)
+        comm.synchronize()
+        _close(y, _reference(inputs, dtype, op), dtype, world)
+    count = 11
+    inputs = [_data(r, "float32", count * world, "sum") for r in range(world)]
+    x = host(inputs[rank], "float32")
+    rs, ag = host(np.zeros(count), "float32"), host(np.zeros(count * world), "float32")
+    bc = host(inputs[rank], "float32")
+    comm.reduce_scatter(x.ctypes.data, rs.ctypes.data, count, "float32", "sum", 0)
+    comm.allgather(x.ctypes.data, ag.ctypes.data, count, "float32", 0)
+    comm.broadcast(bc.ctypes.data, count * world, "float32", world - 1, 0)
+    # A ring that is valid under HCCL's blocking sends: even ranks send first.
+    right, left = (rank + 1) % world, (rank - 1) % world
+    out, got = host(inputs[rank][:5] * 3, "float32"), host(np.zeros(5), "float32")
+    steps = [("send", out, right), ("recv", got, left)]
+    for name, buf, peer in steps if rank % 2 == 0 else steps[::-1]:
+        getattr(comm, name)(buf.ctypes.data, 5, "float32", peer, 0)
+    comm.synchronize()
+    _close(rs, _reference(inputs, "float32", "sum")[rank * count:(rank + 1) * count], "float32", world)
+    np.testing.assert_array_equal(ag, np.concatenate([inputs[r][:count] for r in range(world)]))
+    np.testing.assert_array_equal(bc, inputs[world - 1])
+    np.testing.assert_array_equal(got, inputs[left][:5] * 3)
+
+
+def test_hccl_fake_collectives_through_hcomm_three_processes(libs, tmp_path):
+    spawn(_hccl_collectives_body, 3, Board(tmp_path), devices=3)
+
+
+def _hccl_mismatch_body(rank, world, board):
+    import hcomm
+
+    comm = _hccl_comm(rank, world, board)
+    count = 5 + rank
+    x, y = np.ones(count, np.float32), np.full(count, -1.0, np.float32)
+    comm.allreduce(x.ctypes.data, y.ctypes.data, count, "float32", "sum", 0)
+    with pytest.raises(hcomm.Error, match="aclrtSynchronizeStream failed with aclError 507899"):
+        comm.synchronize()
+    assert (y == -1).all(), "a mismatched collective wrote its output"
+    with pytest.raises(hcomm.Error, match="HcclAllReduce failed with HcclResult 4"):
+        comm.allreduce(x.ctypes.data, y.ctypes.data, 1, "float32", "sum", 0)
+
+
+def test_hccl_fake_mismatch_fails_the_stream(libs, tmp_path):
+    spawn(_hccl_mismatch_body, 2, Board(tmp_path), devices=2)
