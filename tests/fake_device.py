@@ -23,20 +23,23 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 import numpy as np
+
+from harness import run_ranks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = os.path.join(HERE, "fake_cuda")
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 FLAGS = ["-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-I", CSRC, "-I", SOURCES]
 
-# name -> (source file, libraries it links against, from this table)
+# name -> (source files, libraries it links against, from this table; dependencies first)
 _LIBS = {
-    "cudart": ("fake_cudart.cc", ()),
-    "nccl": ("fake_nccl.cc", ("cudart",)),
-    "ascendcl": ("fake_ascendcl.cc", ()),
-    "hccl": ("fake_hccl.cc", ("ascendcl",)),
+    "cudart": (("fake_cudart.cc", "fake_cudart_memory.cc"), ()),
+    "nccl": (("fake_nccl.cc",), ("cudart",)),
+    "ascendcl": (("fake_ascendcl.cc",), ()),
+    "hccl": (("fake_hccl.cc",), ("ascendcl",)),
 }
 
 # Environment variable hcomm reads for each library (csrc/transport/cuda_runtime.cc,
@@ -75,16 +78,16 @@ def build(name, out_dir, defines=(), deps_dir=None):
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("fake_device: no C++ compiler (g++) to build the fake GPU libraries")
-    source, deps = _LIBS[name]
+    sources, deps = _LIBS[name]
     out = os.path.join(str(out_dir), _soname(name))
     tmp = os.path.join(str(out_dir), f".{_soname(name)}.{os.getpid()}")
     cmd = [cxx, *FLAGS, *(f"-D{d}" for d in defines), f"-Wl,-soname,{_soname(name)}", "-o", tmp,
-           os.path.join(SOURCES, source)]
+           *(os.path.join(SOURCES, s) for s in sources)]
     for dep in deps:  # found next to this library at load time, or already loaded by its soname
         cmd += [os.path.join(str(deps_dir or out_dir), _soname(dep)), "-Wl,-rpath,$ORIGIN"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"fake_device: building {source} failed:\n{' '.join(cmd)}\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"fake_device: building {name} failed:\n{' '.join(cmd)}\n{done.stderr[-4000:]}")
     os.replace(tmp, out)
     return out
 
@@ -439,3 +442,34 @@ def _extent(shape, strides, itemsize):
     lo = sum(s * (n - 1) for n, s in zip(shape, strides) if s < 0)
     hi = sum(s * (n - 1) for n, s in zip(shape, strides) if s > 0) + itemsize
     return lo, hi
+
+
+# ---------------------------------------------------------------- multi-process tests
+
+class Board:
+    """A file per key: what one rank posts another reads (spawned ranks share no memory)."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def put(self, key, data):
+        tmp = os.path.join(self.folder, f".{key}.{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(self.folder, key))
+
+    def get(self, key, timeout=15):
+        path, end = os.path.join(self.folder, key), time.monotonic() + timeout
+        while not os.path.exists(path):
+            if time.monotonic() > end:
+                raise TimeoutError(f"nobody posted {key!r}")
+            time.sleep(0.005)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def spawn(fn, n, *args, devices=1, timeout=30):
+    """fn(rank, n, *args) on n spawned processes (never forked: the fakes run threads)
+    that see `devices` fake GPUs and NPUs; returns their results (harness.run_ranks)."""
+    env = child_env(devices=devices, base={})
+    return run_ranks(fn, n, mode="process", start_method="spawn", timeout=timeout, args=args, env=env)

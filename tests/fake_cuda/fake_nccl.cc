@@ -55,6 +55,7 @@ namespace cu = hcomm::cuda;
 
 extern "C" {
 cu::Error cudaLaunchHostFunc(cu::Stream stream, cu::HostFn fn, void* userData);
+cu::Error cudaStreamQuery(cu::Stream stream);
 cu::Error cudaGetDevice(int* device);
 cu::Error cudaDeviceGetPCIBusId(char* pciBusId, int len, int device);
 }
@@ -214,6 +215,11 @@ Result launch(std::vector<Pending> ops) {
     if (std::find(streams.begin(), streams.end(), op.stream) == streams.end()) streams.push_back(op.stream);
     comms.insert(op.comm);
   }
+  for (Stream s : streams) {  // check every stream before any ticket is taken: a group starts whole or not at all
+    cu::Error e = cudaStreamQuery(s);
+    if (e != cu::cudaSuccess && e != cu::cudaErrorNotReady)
+      return fail(ncclUnhandledCudaError, "invalid stream (cudaStreamQuery: " + std::to_string(int(e)) + ")");
+  }
   {
     std::lock_guard<std::mutex> l(launchMu);
     for (ncclComm* c : comms) {
@@ -225,10 +231,7 @@ Result launch(std::vector<Pending> ops) {
   g->streams = int(streams.size());
   for (size_t i = 0; i < streams.size(); ++i) {
     auto* holder = new std::pair<std::shared_ptr<Launch>, bool>(g, i == 0);
-    if (cudaLaunchHostFunc(streams[i], onStream, holder) != cu::cudaSuccess) {
-      delete holder;
-      return fail(ncclUnhandledCudaError, "cudaLaunchHostFunc failed: invalid stream");
-    }
+    cudaLaunchHostFunc(streams[i], onStream, holder);  // cannot fail: the stream was checked
   }
   return ncclSuccess;
 }
