@@ -148,11 +148,14 @@ class _Handle(ctypes.Structure):  # cudaIpcMemHandle_t / cudaIpcEventHandle_t, p
 
 
 class FakeCuda:
-    """ctypes over the fake libcudart (or, given `path`, any libcudart with the same
-    functions). Pointers, streams and events are plain ints; failures raise CudaError."""
+    """ctypes over the fake libcudart (or, given `path` or HCOMM_CUDART_LIB, any libcudart:
+    the functions are CUDA's own). Pointers, streams and events are plain ints; failures
+    raise CudaError."""
 
     def __init__(self, path=None):
-        self.path = path or libraries()["cudart"]
+        # The runtime hcomm would load in this process (HCOMM_CUDART_LIB), so both share
+        # one copy; otherwise the fake.
+        self.path = path or os.environ.get("HCOMM_CUDART_LIB") or libraries()["cudart"]
         self.lib = ctypes.CDLL(self.path, mode=ctypes.RTLD_GLOBAL)
         self.lib.cudaGetErrorString.restype = ctypes.c_char_p
         self._host_fns = []  # ctypes callbacks must outlive the stream work that calls them

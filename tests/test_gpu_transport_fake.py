@@ -27,7 +27,7 @@ from hcomm import _C
 sys.path.insert(0, os.environ["TESTS_DIR"])
 import fake_device as fd
 
-cuda = fd.FakeCuda(os.environ["HCOMM_CUDART_LIB"])  # the runtime hcomm loaded: one copy
+cuda = fd.FakeCuda()  # HCOMM_CUDART_LIB: the runtime hcomm loads, one copy
 
 def dev(host, rank):  # fake device memory on the rank's own device, as NCCL needs
     return fd.DeviceArray.from_numpy(np.asarray(host, dtype=np.float32), device=rank, cuda=cuda)
