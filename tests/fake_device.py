@@ -23,17 +23,23 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 import numpy as np
+
+from harness import run_ranks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = os.path.join(HERE, "fake_cuda")
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 FLAGS = ["-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-I", CSRC, "-I", SOURCES]
 
-# name -> (source file, libraries it links against, from this table)
+# name -> (source files, libraries it links against, from this table; dependencies first)
 _LIBS = {
-    "cudart": ("fake_cudart.cc", ()),
+    "cudart": (("fake_cudart.cc", "fake_cudart_memory.cc"), ()),
+    "nccl": (("fake_nccl.cc",), ("cudart",)),
+    "ascendcl": (("fake_ascendcl.cc",), ()),
+    "hccl": (("fake_hccl.cc",), ("ascendcl",)),
 }
 
 # Environment variable hcomm reads for each library (csrc/transport/cuda_runtime.cc,
@@ -64,19 +70,26 @@ def cache_dir():
                                                                     "hcomm-fake-cuda-" + _digest())
 
 
-def _compile(name, out_dir):
+def build(name, out_dir, defines=(), deps_dir=None):
+    """Compiles one fake library (a key of the table: "cudart", "nccl", "ascendcl",
+    "hccl") into out_dir with extra -D defines, e.g. a broken variant for a loader test;
+    the libraries it links against are taken from deps_dir (default: out_dir).
+    Returns its path."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("fake_device: no C++ compiler (g++) to build the fake GPU libraries")
-    source, deps = _LIBS[name]
-    tmp = os.path.join(out_dir, f".{_soname(name)}.{os.getpid()}")
-    cmd = [cxx, *FLAGS, f"-Wl,-soname,{_soname(name)}", "-o", tmp, os.path.join(SOURCES, source)]
-    for dep in deps:  # found next to this library at load time
-        cmd += [os.path.join(out_dir, _soname(dep)), "-Wl,-rpath,$ORIGIN"]
+    sources, deps = _LIBS[name]
+    out = os.path.join(str(out_dir), _soname(name))
+    tmp = os.path.join(str(out_dir), f".{_soname(name)}.{os.getpid()}")
+    cmd = [cxx, *FLAGS, *(f"-D{d}" for d in defines), f"-Wl,-soname,{_soname(name)}", "-o", tmp,
+           *(os.path.join(SOURCES, s) for s in sources)]
+    for dep in deps:  # found next to this library at load time, or already loaded by its soname
+        cmd += [os.path.join(str(deps_dir or out_dir), _soname(dep)), "-Wl,-rpath,$ORIGIN"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"fake_device: building {source} failed:\n{' '.join(cmd)}\n{done.stderr[-4000:]}")
-    os.replace(tmp, os.path.join(out_dir, _soname(name)))
+        raise RuntimeError(f"fake_device: building {name} failed:\n{' '.join(cmd)}\n{done.stderr[-4000:]}")
+    os.replace(tmp, out)
+    return out
 
 
 def libraries():
@@ -91,18 +104,20 @@ def libraries():
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait and reuse
         for name in _LIBS:  # the table lists dependencies first
             if not os.path.exists(paths[name]):
-                _compile(name, out_dir)
+                build(name, out_dir)
     return paths
 
 
-def child_env(devices=1, base=None, **extra):
+def child_env(devices=1, base=None, npu_devices=None, **extra):
     """The environment for a process whose hcomm should run on the fakes: `base`
     (default os.environ) plus HCOMM_CUDART_LIB / HCOMM_NCCL_LIB / HCOMM_HCCL_LIB /
-    HCOMM_ASCENDCL_LIB and HCOMM_FAKE_CUDA_DEVICES=devices; `extra` overrides."""
+    HCOMM_ASCENDCL_LIB, HCOMM_FAKE_CUDA_DEVICES=devices and
+    HCOMM_FAKE_NPU_DEVICES=npu_devices (default: devices); `extra` overrides."""
     env = dict(os.environ if base is None else base)
     for name, path in libraries().items():
         env[ENV_VARS[name]] = path
     env["HCOMM_FAKE_CUDA_DEVICES"] = str(devices)
+    env["HCOMM_FAKE_NPU_DEVICES"] = str(devices if npu_devices is None else npu_devices)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -133,11 +148,14 @@ class _Handle(ctypes.Structure):  # cudaIpcMemHandle_t / cudaIpcEventHandle_t, p
 
 
 class FakeCuda:
-    """ctypes over the fake libcudart (or, given `path`, any libcudart with the same
-    functions). Pointers, streams and events are plain ints; failures raise CudaError."""
+    """ctypes over the fake libcudart (or, given `path` or HCOMM_CUDART_LIB, any libcudart:
+    the functions are CUDA's own). Pointers, streams and events are plain ints; failures
+    raise CudaError."""
 
     def __init__(self, path=None):
-        self.path = path or libraries()["cudart"]
+        # The runtime hcomm would load in this process (HCOMM_CUDART_LIB), so both share
+        # one copy; otherwise the fake.
+        self.path = path or os.environ.get("HCOMM_CUDART_LIB") or libraries()["cudart"]
         self.lib = ctypes.CDLL(self.path, mode=ctypes.RTLD_GLOBAL)
         self.lib.cudaGetErrorString.restype = ctypes.c_char_p
         self._host_fns = []  # ctypes callbacks must outlive the stream work that calls them
@@ -427,3 +445,34 @@ def _extent(shape, strides, itemsize):
     lo = sum(s * (n - 1) for n, s in zip(shape, strides) if s < 0)
     hi = sum(s * (n - 1) for n, s in zip(shape, strides) if s > 0) + itemsize
     return lo, hi
+
+
+# ---------------------------------------------------------------- multi-process tests
+
+class Board:
+    """A file per key: what one rank posts another reads (spawned ranks share no memory)."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def put(self, key, data):
+        tmp = os.path.join(self.folder, f".{key}.{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, os.path.join(self.folder, key))
+
+    def get(self, key, timeout=15):
+        path, end = os.path.join(self.folder, key), time.monotonic() + timeout
+        while not os.path.exists(path):
+            if time.monotonic() > end:
+                raise TimeoutError(f"nobody posted {key!r}")
+            time.sleep(0.005)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def spawn(fn, n, *args, devices=1, timeout=30):
+    """fn(rank, n, *args) on n spawned processes (never forked: the fakes run threads)
+    that see `devices` fake GPUs and NPUs; returns their results (harness.run_ranks)."""
+    env = child_env(devices=devices, base={})
+    return run_ranks(fn, n, mode="process", start_method="spawn", timeout=timeout, args=args, env=env)

@@ -1,11 +1,11 @@
-"""Contract tests of the GPU test doubles in tests/fake_cuda/ (built by fake_device.py).
+"""Contract tests of the fake CUDA runtime in tests/fake_cuda/ (built by fake_device.py;
+the NCCL and HCCL fakes are tested in test_fake_collectives.py).
 
 hcomm's GPU code is tested on these fakes, so the fakes must behave as the real
 libraries do where that code relies on it: CUDA IPC memory and events across processes,
 stream order, event waits, error codes for misuse. Ranks are spawned processes (never
 forked: the runtime runs worker threads); they swap IPC handles through files.
 """
-import os
 import threading
 import time
 
@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import fake_device as fd
-from harness import run_ranks
 
 NOT_READY, INVALID_VALUE, INVALID_DEVICE, INVALID_CONTEXT = 600, 1, 101, 201
 MAP_FAILED, INVALID_HANDLE, INVALID_DIRECTION = 205, 400, 21
@@ -22,33 +21,6 @@ MAP_FAILED, INVALID_HANDLE, INVALID_DIRECTION = 205, 400, 21
 @pytest.fixture(scope="module")
 def libs():
     return fd.libraries()
-
-
-class Board:
-    """A file per key: what one rank posts another reads (spawned ranks share no memory)."""
-
-    def __init__(self, folder):
-        self.folder = str(folder)
-
-    def put(self, key, data):
-        tmp = os.path.join(self.folder, f".{key}.{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, os.path.join(self.folder, key))
-
-    def get(self, key, timeout=15):
-        path, end = os.path.join(self.folder, key), time.monotonic() + timeout
-        while not os.path.exists(path):
-            if time.monotonic() > end:
-                raise TimeoutError(f"nobody posted {key!r}")
-            time.sleep(0.005)
-        with open(path, "rb") as f:
-            return f.read()
-
-
-def spawn(fn, n, *args, devices=1, timeout=30):
-    env = fd.child_env(devices=devices, base={})
-    return run_ranks(fn, n, mode="process", start_method="spawn", timeout=timeout, args=args, env=env)
 
 
 def expect_code(code, call, *args):
@@ -77,7 +49,7 @@ def _devices_body(rank, world, board):
 
 
 def test_devices_bus_ids_and_current_device_per_thread(libs, tmp_path):
-    a, b = spawn(_devices_body, 2, Board(tmp_path), devices=3)
+    a, b = fd.spawn(_devices_body, 2, fd.Board(tmp_path), devices=3)
     assert a == b, "the same device must have the same PCI bus id in every process"
 
 
@@ -107,7 +79,7 @@ def _pointer_body(rank, world):
 
 
 def test_pointer_attributes_and_copy_checks(libs):
-    spawn(_pointer_body, 1, devices=2)
+    fd.spawn(_pointer_body, 1, devices=2)
 
 
 # ---------------------------------------------------------------- IPC memory
@@ -148,7 +120,7 @@ def _ipc_memory_body(rank, world, board):
 
 
 def test_ipc_memory_across_processes(libs, tmp_path):
-    spawn(_ipc_memory_body, 2, Board(tmp_path), devices=2)
+    fd.spawn(_ipc_memory_body, 2, fd.Board(tmp_path), devices=2)
 
 
 # ---------------------------------------------------------------- streams and events
@@ -202,7 +174,7 @@ def _ipc_event_body(rank, world, board):
 
 
 def test_ipc_events_across_processes(libs, tmp_path):
-    spawn(_ipc_event_body, 2, Board(tmp_path))
+    fd.spawn(_ipc_event_body, 2, fd.Board(tmp_path))
 
 
 def _stream_order_body(rank, world):
@@ -248,4 +220,4 @@ def _stream_order_body(rank, world):
 
 
 def test_stream_order_and_event_waits(libs):
-    spawn(_stream_order_body, 1)
+    fd.spawn(_stream_order_body, 1)

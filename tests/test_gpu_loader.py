@@ -5,8 +5,8 @@
   and a clear error naming every path tried where it is missing.
 - hcomm's own NCCL and CUDA runtime declarations (csrc/transport/nccl_api.h) compiled
   next to the real nccl.h / cuda_runtime_api.h: every enumerator, size and function type.
-- HCCL: absent here, so the error must name the library and the paths tried; a fake
-  libascendcl/libhccl pair built by the test drives the loader and HcclComm end to end
+- HCCL: absent here, so the error must name the library and the paths tried; the fake
+  libascendcl/libhccl pair of tests/fake_cuda/ drives the loader and HcclComm end to end
   on host memory, and a library lacking a symbol is reported by name.
 """
 import glob
@@ -18,6 +18,7 @@ import textwrap
 
 import pytest
 
+import fake_device
 import hcomm
 import hcomm.gpu as gpu
 from hcomm import _C
@@ -237,55 +238,13 @@ def test_hccl_absent_is_a_clear_error(monkeypatch):
     assert gpu.availability()["hccl"]["available"] is False
 
 
-_FAKE_ACL = r"""
-#include <stdint.h>
-int aclInit(const char* p) { (void)p; return 0; }
-int aclrtSetDevice(int32_t d) { return d == 0 ? 0 : 107001; }
-int aclrtGetDeviceCount(uint32_t* n) { *n = 1; return 0; }
-int aclrtCreateStream(void** s) { static int stream; *s = &stream; return 0; }
-int aclrtSynchronizeStream(void* s) { (void)s; return 0; }
-int aclrtDestroyStream(void* s) { (void)s; return 0; }
-"""
-
-# One rank, host memory: enough to drive hcomm's loader and HcclComm for real.
-_FAKE_HCCL = r"""
-#include <stdint.h>
-#include <string.h>
-static size_t esize(int t) { static const size_t s[] = {1, 2, 4, 2, 4, 8, 8, 1, 2, 4, 8, 2}; return t < 12 ? s[t] : 0; }
-int HcclGetRootInfo(char* info) { memset(info, 7, 4108); return 0; }
-int HcclCommInitRootInfo(uint32_t n, const char* info, uint32_t r, void** comm) {
-  if (n != 1 || r != 0 || info[0] != 7) return 1;
-  static int c; *comm = &c; return 0;
-}
-int HcclAllReduce(void* s, void* d, uint64_t n, int t, int op, void* c, void* st) {
-  (void)op; (void)c; (void)st; if (s != d) memcpy(d, s, n * esize(t)); return 0; }
-int HcclBroadcast(void* b, uint64_t n, int t, uint32_t root, void* c, void* st) {
-  (void)b; (void)n; (void)t; (void)c; (void)st; return root == 0 ? 0 : 1; }
-int HcclAllGather(void* s, void* d, uint64_t n, int t, void* c, void* st) {
-  (void)c; (void)st; memcpy(d, s, n * esize(t)); return 0; }
-int HcclReduceScatter(void* s, void* d, uint64_t n, int t, int op, void* c, void* st) {
-  (void)op; (void)c; (void)st; memcpy(d, s, n * esize(t)); return 0; }
-int HcclRecv(void* b, uint64_t n, int t, uint32_t p, void* c, void* st) {
-  (void)b; (void)n; (void)t; (void)p; (void)c; (void)st; return 5; }
-int HcclCommDestroy(void* c) { (void)c; return 0; }
-#ifndef NO_SEND
-int HcclSend(void* b, uint64_t n, int t, uint32_t p, void* c, void* st) {
-  (void)b; (void)n; (void)t; (void)p; (void)c; (void)st; return 5; }
-#endif
-"""
-
-
-def _fake_libs(tmp_path, *extra):
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler for the fake HCCL")
-    paths = {}
-    for name, src in (("libascendcl.so", _FAKE_ACL), ("libhccl.so", _FAKE_HCCL)):
-        (tmp_path / (name + ".c")).write_text(src)
-        out = tmp_path / name
-        subprocess.run([cc, "-shared", "-fPIC", *extra, "-o", str(out), str(tmp_path / (name + ".c"))], check=True)
-        paths[name] = str(out)
-    return {"HCOMM_ASCENDCL_LIB": paths["libascendcl.so"], "HCOMM_HCCL_LIB": paths["libhccl.so"]}
+def _fake_libs(tmp_path, broken=False):
+    """The fake AscendCL/HCCL pair of tests/fake_cuda/ (multi-process; see
+    tests/test_fake_cuda.py); broken=True builds an HCCL that lacks HcclSend."""
+    libs = fake_device.libraries()
+    hccl = fake_device.build("hccl", tmp_path, defines=["HCOMM_FAKE_HCCL_NO_SEND"],
+                             deps_dir=os.path.dirname(libs["ascendcl"])) if broken else libs["hccl"]
+    return {"HCOMM_ASCENDCL_LIB": libs["ascendcl"], "HCOMM_HCCL_LIB": hccl, "HCOMM_FAKE_NPU_DEVICES": "1"}
 
 
 def test_hccl_loader_and_comm_against_a_fake_library(tmp_path):
@@ -299,11 +258,12 @@ def test_hccl_loader_and_comm_against_a_fake_library(tmp_path):
         comm = _C.HcclComm(0, 1, info, 0)
         x = np.arange(7, dtype=np.float32); y = np.zeros_like(x)
         comm.allreduce(x.ctypes.data, y.ctypes.data, 7, "float32", "sum", 0)
+        comm.synchronize()  # HCCL runs on the stream: the result is there after a sync
         assert (y == x).all()
-        g = np.zeros(7, dtype=np.int64)
-        comm.allgather(np.arange(7).ctypes.data, g.ctypes.data, 7, "int64", 0)
-        assert (g == np.arange(7)).all()
+        g, src = np.zeros(7, dtype=np.int64), np.arange(7)
+        comm.allgather(src.ctypes.data, g.ctypes.data, 7, "int64", 0)
         comm.synchronize()
+        assert (g == np.arange(7)).all()
         for bad, words in ((lambda: comm.allreduce(x.ctypes.data, y.ctypes.data, 7, "float32", "avg", 0), "avg"),
                            (lambda: comm.send(x.ctypes.data, 7, "float32", 0, 0), "not a peer"),
                            (lambda: comm.recv(x.ctypes.data, 7, "float32", 3, 0), "not a peer"),
@@ -324,6 +284,6 @@ def test_hccl_library_lacking_a_function_is_named(tmp_path):
     out = _run("""
         from hcomm import _C
         print(_C.hccl_available())
-    """, env=_fake_libs(tmp_path, "-DNO_SEND"))
+    """, env=_fake_libs(tmp_path, broken=True))
     assert out.returncode == 0, out.stderr
     assert "False" in out.stdout and "HcclSend" in out.stdout and "not usable" in out.stdout, out.stdout

@@ -1,7 +1,8 @@
 // A host-memory fake of libcudart for tests on machines with no GPU. hcomm loads it
 // through HCOMM_CUDART_LIB; tests/fake_device.py builds it and wraps it for Python.
 // It exports every function of HCOMM_CUDART_FUNCTIONS (csrc/transport/cuda_api.h) with
-// exactly those types (checked by static_assert at the end of this file).
+// exactly those types (declared through them in fake_cudart.h). Its memory half is
+// fake_cudart_memory.cc.
 //
 // What it models, as CUDA does it:
 //   - devices: HCOMM_FAKE_CUDA_DEVICES of them (default 1); the current device is per
@@ -11,7 +12,9 @@
 //     cudaPointerGetAttributes says cudaMemoryTypeDevice + that device for any pointer
 //     inside it, cudaMemoryTypeHost for cudaHostAlloc memory, and
 //     cudaMemoryTypeUnregistered (device -2, cudaSuccess) for any other host pointer.
-//     cudaFree and cudaFreeHost first wait for every stream (CUDA synchronises there).
+//     cudaFree and cudaFreeHost do not block: the pages are unmapped once every stream
+//     (of the allocation's device; of all devices for pinned memory) has finished the
+//     work queued before the free, so queued work never touches unmapped memory.
 //   - IPC: cudaIpcGetMemHandle gives 64 bytes naming (pid, fd, inode) of the memfd;
 //     another process opens /proc/<pid>/fd/<fd> and maps the same pages, at the
 //     allocation's base. Opening in the exporting process fails with
@@ -44,9 +47,11 @@
 //   - no timing events (cudaEventElapsedTime is not provided), no graphs, no peer
 //     access control, no limit on memory; events and streams are not tied to a device.
 //   - IPC-opened memory reports the exporting allocation's device.
+//   - cudaFree never synchronises. CUDA's "may perform implicit synchronization" (and
+//     in practice waits for the device): freeing while a stream waits on a peer (a
+//     posted NCCL receive) can hang on a real GPU and does not here.
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -55,26 +60,24 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
+#include <memory>
 #include <set>
-#include <type_traits>
 #include <vector>
 
-#include "fake_common.h"
-#include "transport/cuda_api.h"
+#include "fake_cudart.h"
 
-using namespace hcomm::cuda;
+using namespace fake_cudart;
 
 namespace {
 
-constexpr Error kInvalidMemcpyDirection = Error(21);  // cudaErrorInvalidMemcpyDirection
-constexpr Error kNoDevice = Error(100);               // cudaErrorNoDevice
-constexpr unsigned kEventBlockingSync = 0x01;         // cudaEventBlockingSync
+constexpr Error kNoDevice = Error(100);        // cudaErrorNoDevice
+constexpr unsigned kEventBlockingSync = 0x01;  // cudaEventBlockingSync
 constexpr uintptr_t kStreamLegacy = 0x1, kStreamPerThread = 0x2;
-constexpr char kMemMagic[8] = {'H', 'C', 'F', 'K', 'M', 'E', 'M', '1'};
 constexpr char kEventMagic[8] = {'H', 'C', 'F', 'K', 'E', 'V', 'T', '1'};
 
-int deviceCount() {
+}  // namespace
+
+int fake_cudart::deviceCount() {
   static const int n = [] {
     const char* v = std::getenv("HCOMM_FAKE_CUDA_DEVICES");
     return v && *v ? std::atoi(v) : 1;
@@ -82,71 +85,7 @@ int deviceCount() {
   return n;
 }
 
-thread_local int currentDevice = 0;
-
-// ---------------------------------------------------------------- memory
-
-// One mapping: a cudaMalloc allocation (memfd), a cudaHostAlloc block, or an IPC import.
-struct Region {
-  size_t size = 0;
-  MemoryType type = cudaMemoryTypeDevice;
-  int device = 0;
-  int fd = -1;          // the memfd (device allocations only)
-  uint64_t id = 0;      // exporter's allocation id (imports), this process's (allocations)
-  int importPid = 0;    // nonzero for an IPC import
-  int refs = 1;         // opens of one import
-};
-
-struct Memory {
-  std::mutex mu;
-  std::map<uintptr_t, Region> regions;  // by base address
-  uint64_t nextId = 1;
-
-  // The region holding [p, p + n), or nullptr.
-  std::pair<uintptr_t, Region*> find(const void* p, size_t n = 1) {
-    auto a = reinterpret_cast<uintptr_t>(p);
-    auto it = regions.upper_bound(a);
-    if (it == regions.begin()) return {0, nullptr};
-    --it;
-    if (a >= it->first && a + n <= it->first + std::max<size_t>(it->second.size, 1)) return {it->first, &it->second};
-    return {0, nullptr};
-  }
-};
-
-Memory& memory() {
-  static Memory* m = new Memory;  // never destroyed: stream workers may outlive exit
-  return *m;
-}
-
-size_t pageRound(size_t n) {
-  size_t page = size_t(sysconf(_SC_PAGESIZE));
-  return (n + page - 1) / page * page;
-}
-
-// Tests allocate many buffers, each holding an fd: lift the soft limit once.
-void raiseFdLimit() {
-  static bool once = [] {
-    rlimit r;
-    if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
-      r.rlim_cur = r.rlim_max;
-      setrlimit(RLIMIT_NOFILE, &r);
-    }
-    return true;
-  }();
-  (void)once;
-}
-
-struct MemHandle {  // the layout inside cudaIpcMemHandle_t's 64 bytes
-  char magic[8];
-  int32_t pid, fd;
-  uint64_t inode, size, id;
-  int32_t device;
-};
-static_assert(sizeof(MemHandle) <= kIpcHandleBytes, "handle layout");
-
-// ---------------------------------------------------------------- streams and events
-
-}  // namespace
+thread_local int fake_cudart::currentDevice = 0;
 
 struct CUstream_st {
   std::shared_ptr<fake::Worker> worker = fake::Worker::start();
@@ -222,8 +161,16 @@ CUstream_st* resolve(Stream handle) {
 
 using Dep = std::pair<std::shared_ptr<fake::Worker>, uint64_t>;
 
+std::shared_ptr<fake::Worker> workerOf(Stream handle) {
+  std::lock_guard<std::mutex> l(streams().mu);
+  CUstream_st* s = resolve(handle);
+  return s ? s->worker : nullptr;
+}
+
+}  // namespace
+
 // Queues op on the stream after the implicit legacy-stream dependencies.
-Error enqueue(Stream handle, std::function<void()> op) {
+Error fake_cudart::enqueue(Stream handle, std::function<void()> op) {
   Streams& ss = streams();
   std::lock_guard<std::mutex> l(ss.mu);
   CUstream_st* s = resolve(handle);
@@ -247,20 +194,26 @@ Error enqueue(Stream handle, std::function<void()> op) {
   return cudaSuccess;
 }
 
-std::shared_ptr<fake::Worker> workerOf(Stream handle) {
-  std::lock_guard<std::mutex> l(streams().mu);
-  CUstream_st* s = resolve(handle);
-  return s ? s->worker : nullptr;
-}
-
-void synchronizeAll() {
-  std::vector<Dep> all;
+// Runs `release` once every stream of `device` (-1: of every device) has finished the
+// work queued so far, without blocking the caller: freed memory stays mapped while
+// queued work may still touch it.
+void fake_cudart::releaseLater(int device, std::function<void()> release) {
+  std::vector<std::shared_ptr<fake::Worker>> workers;
   {
     std::lock_guard<std::mutex> l(streams().mu);
-    for (CUstream_st* s : streams().all) all.emplace_back(s->worker, s->worker->pushed());
+    for (CUstream_st* s : streams().all)
+      if (device < 0 || s->device == device) workers.push_back(s->worker);
   }
-  for (const Dep& d : all) d.first->waitDone(d.second);
+  if (workers.empty()) return release();
+  auto left = std::make_shared<std::atomic<size_t>>(workers.size());
+  auto shared = std::make_shared<std::function<void()>>(std::move(release));
+  for (auto& w : workers)
+    w->push([left, shared] {
+      if (left->fetch_sub(1) == 1) (*shared)();
+    });
 }
+
+namespace {
 
 bool validEvent(Event e) { return e && e->store && e->store->c; }
 
@@ -276,23 +229,6 @@ struct EventHandle {  // the layout inside cudaIpcEventHandle_t's 64 bytes
   int32_t pid, fd;
   uint64_t inode;
 };
-
-bool deviceSide(const void* p, size_t n) {
-  std::lock_guard<std::mutex> l(memory().mu);
-  Region* r = memory().find(p, n).second;
-  return r != nullptr;  // device, pinned host or imported memory, all device-accessible under UVA
-}
-
-Error checkCopy(void* dst, const void* src, size_t count, MemcpyKind kind) {
-  if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault) return kInvalidMemcpyDirection;
-  if (count == 0) return cudaSuccess;
-  if (!dst || !src) return cudaErrorInvalidValue;
-  bool deviceDst = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
-  bool deviceSrc = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-  if (deviceDst && !deviceSide(dst, count)) return cudaErrorInvalidValue;
-  if (deviceSrc && !deviceSide(src, count)) return cudaErrorInvalidValue;
-  return cudaSuccess;
-}
 
 }  // namespace
 
@@ -417,176 +353,6 @@ Error cudaEventSynchronize(Event event) {
   return cudaSuccess;
 }
 
-// ---------------------------------------------------------------- memory
-
-Error cudaMalloc(void** devPtr, size_t size) {
-  if (!devPtr) return cudaErrorInvalidValue;
-  *devPtr = nullptr;
-  if (size == 0) return cudaSuccess;
-  raiseFdLimit();
-  int fd = int(syscall(SYS_memfd_create, "hcomm-fake-cuda", 1u /* MFD_CLOEXEC */));
-  if (fd < 0) return cudaErrorMemoryAllocation;
-  size_t mapped = pageRound(size);
-  void* p = ftruncate(fd, off_t(mapped)) == 0 ? mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-                                              : MAP_FAILED;
-  if (p == MAP_FAILED) {
-    close(fd);
-    return cudaErrorMemoryAllocation;
-  }
-  Memory& m = memory();
-  std::lock_guard<std::mutex> l(m.mu);
-  Region r;
-  r.size = size;
-  r.device = currentDevice;
-  r.fd = fd;
-  r.id = m.nextId++;
-  m.regions[reinterpret_cast<uintptr_t>(p)] = r;
-  *devPtr = p;
-  return cudaSuccess;
-}
-
-Error cudaFree(void* devPtr) {
-  if (!devPtr) return cudaSuccess;
-  synchronizeAll();
-  Memory& m = memory();
-  std::lock_guard<std::mutex> l(m.mu);
-  auto it = m.regions.find(reinterpret_cast<uintptr_t>(devPtr));
-  if (it == m.regions.end() || it->second.type != cudaMemoryTypeDevice || it->second.importPid)
-    return cudaErrorInvalidValue;
-  munmap(devPtr, pageRound(it->second.size));
-  close(it->second.fd);  // the pages live on while another process has them mapped
-  m.regions.erase(it);
-  return cudaSuccess;
-}
-
-Error cudaHostAlloc(void** pHost, size_t size, unsigned int flags) {
-  if (!pHost || flags > 0x0f) return cudaErrorInvalidValue;  // Default|Portable|Mapped|WriteCombined
-  *pHost = nullptr;
-  if (size == 0) return cudaSuccess;
-  void* p = mmap(nullptr, pageRound(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return cudaErrorMemoryAllocation;
-  Region r;
-  r.size = size;
-  r.type = cudaMemoryTypeHost;
-  r.device = currentDevice;
-  std::lock_guard<std::mutex> l(memory().mu);
-  memory().regions[reinterpret_cast<uintptr_t>(p)] = r;
-  *pHost = p;
-  return cudaSuccess;
-}
-
-Error cudaFreeHost(void* ptr) {
-  if (!ptr) return cudaSuccess;
-  synchronizeAll();
-  Memory& m = memory();
-  std::lock_guard<std::mutex> l(m.mu);
-  auto it = m.regions.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == m.regions.end() || it->second.type != cudaMemoryTypeHost) return cudaErrorInvalidValue;
-  munmap(ptr, pageRound(it->second.size));
-  m.regions.erase(it);
-  return cudaSuccess;
-}
-
-Error cudaMemcpyAsync(void* dst, const void* src, size_t count, MemcpyKind kind, Stream stream) {
-  Error e = checkCopy(dst, src, count, kind);
-  if (e != cudaSuccess) return e;
-  return enqueue(stream, [dst, src, count] {
-    if (count) std::memmove(dst, src, count);
-  });
-}
-
-Error cudaMemcpy(void* dst, const void* src, size_t count, MemcpyKind kind) {
-  Error e = cudaMemcpyAsync(dst, src, count, kind, nullptr);
-  return e != cudaSuccess ? e : cudaStreamSynchronize(nullptr);
-}
-
-Error cudaPointerGetAttributes(PointerAttributes* attributes, const void* ptr) {
-  if (!attributes) return cudaErrorInvalidValue;
-  std::memset(attributes, 0, sizeof *attributes);
-  std::lock_guard<std::mutex> l(memory().mu);
-  Region* r = memory().find(ptr).second;
-  if (!r) {
-    attributes->type = cudaMemoryTypeUnregistered;
-    attributes->device = -2;  // what CUDA 11+ reports for unregistered host memory
-    attributes->hostPointer = const_cast<void*>(ptr);
-    return cudaSuccess;
-  }
-  attributes->type = r->type;
-  attributes->device = r->device;
-  attributes->devicePointer = const_cast<void*>(ptr);
-  attributes->hostPointer = r->type == cudaMemoryTypeHost ? const_cast<void*>(ptr) : nullptr;
-  return cudaSuccess;
-}
-
-// ---------------------------------------------------------------- IPC
-
-Error cudaIpcGetMemHandle(IpcMemHandle* handle, void* devPtr) {
-  if (!handle || !devPtr) return cudaErrorInvalidValue;
-  std::lock_guard<std::mutex> l(memory().mu);
-  auto found = memory().find(devPtr);
-  Region* r = found.second;
-  if (!r || r->type != cudaMemoryTypeDevice || r->importPid) return cudaErrorInvalidValue;
-  struct stat st;
-  if (fstat(r->fd, &st) != 0) return cudaErrorMapBufferObjectFailed;
-  MemHandle h{};
-  std::memcpy(h.magic, kMemMagic, sizeof h.magic);
-  h.pid = getpid();
-  h.fd = r->fd;
-  h.inode = st.st_ino;
-  h.size = r->size;
-  h.id = r->id;
-  h.device = r->device;
-  std::memset(handle, 0, sizeof *handle);
-  std::memcpy(handle->reserved, &h, sizeof h);
-  return cudaSuccess;
-}
-
-Error cudaIpcOpenMemHandle(void** devPtr, IpcMemHandle handle, unsigned int flags) {
-  if (!devPtr || flags > kIpcMemLazyEnablePeerAccess) return cudaErrorInvalidValue;
-  MemHandle h;
-  std::memcpy(&h, handle.reserved, sizeof h);
-  if (std::memcmp(h.magic, kMemMagic, sizeof h.magic) != 0 || h.size == 0) return cudaErrorInvalidResourceHandle;
-  if (h.pid == getpid()) return cudaErrorDeviceUninitialized;  // CUDA: "invalid device context"
-  Memory& m = memory();
-  std::lock_guard<std::mutex> l(m.mu);
-  for (auto& kv : m.regions)
-    if (kv.second.importPid == h.pid && kv.second.id == h.id) {
-      ++kv.second.refs;
-      *devPtr = reinterpret_cast<void*>(kv.first);
-      return cudaSuccess;
-    }
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/fd/%d", h.pid, h.fd);
-  int fd = open(path, O_RDWR | O_CLOEXEC);
-  if (fd < 0) return cudaErrorMapBufferObjectFailed;
-  struct stat st;
-  void* p = MAP_FAILED;
-  if (fstat(fd, &st) == 0 && uint64_t(st.st_ino) == h.inode && uint64_t(st.st_size) >= h.size)
-    p = mmap(nullptr, pageRound(h.size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);  // the mapping keeps the pages
-  if (p == MAP_FAILED) return cudaErrorMapBufferObjectFailed;
-  Region r;
-  r.size = h.size;
-  r.device = h.device;
-  r.id = h.id;
-  r.importPid = h.pid;
-  m.regions[reinterpret_cast<uintptr_t>(p)] = r;
-  *devPtr = p;
-  return cudaSuccess;
-}
-
-Error cudaIpcCloseMemHandle(void* devPtr) {
-  Memory& m = memory();
-  std::lock_guard<std::mutex> l(m.mu);
-  auto it = m.regions.find(reinterpret_cast<uintptr_t>(devPtr));
-  if (it == m.regions.end() || !it->second.importPid) return cudaErrorInvalidValue;
-  if (--it->second.refs == 0) {
-    munmap(devPtr, pageRound(it->second.size));
-    m.regions.erase(it);
-  }
-  return cudaSuccess;
-}
-
 Error cudaIpcGetEventHandle(IpcEventHandle* handle, Event event) {
   if (!handle) return cudaErrorInvalidValue;
   if (!validEvent(event) || !(event->flags & kEventInterprocess) || event->store->fd < 0)
@@ -647,10 +413,3 @@ const char* cudaGetErrorString(Error error) {
 }
 
 }  // extern "C"
-
-// Every entry point hcomm resolves exists here with exactly hcomm's (toolkit-checked) type.
-#define HCOMM_FAKE_CHECK(name)                                                             \
-  static_assert(std::is_same<decltype(&::cuda##name), hcomm::cuda::name##Fn>::value, \
-                "cuda" #name ": the fake's type differs from cuda_api.h");
-HCOMM_CUDART_FUNCTIONS(HCOMM_FAKE_CHECK)
-#undef HCOMM_FAKE_CHECK

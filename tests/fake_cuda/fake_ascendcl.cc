@@ -1,0 +1,164 @@
+// A host-memory fake of libascendcl (the AscendCL runtime), for tests on machines with
+// no NPU; fake_hccl.cc queues its work on these streams. hcomm loads it through
+// HCOMM_ASCENDCL_LIB (csrc/transport/hccl.cc resolves the HCOMM_ACL_FUNCTIONS of
+// csrc/transport/hccl_api.h, checked here by static_assert).
+//
+// What it models, as AscendCL does it:
+//   - aclInit once per process (a second call gives ACL_ERROR_REPEAT_INITIALIZE,
+//     100002); HCOMM_FAKE_NPU_DEVICES devices (default 1); aclrtSetDevice per host
+//     thread, an invalid id gives ACL_ERROR_RT_INVALID_DEVICEID (107001);
+//     aclrtGetDevice and aclrtCreateStream before any aclrtSetDevice on the thread give
+//     ACL_ERROR_RT_CONTEXT_NULL (107002).
+//   - streams: FIFOs run by a worker thread each (a null stream is the thread's
+//     device's default stream); aclrtLaunchCallback queues a host function in order;
+//     aclrtSynchronizeStream waits, then reports (once) an error that stream work
+//     recorded (an HCCL operation that failed: ACL_ERROR_RT_INTERNAL_ERROR, 507899).
+//
+// Where it differs (known, on purpose): no device memory (aclrtMalloc and friends are
+// absent: HCCL's buffers are host memory here), no events, no contexts beyond "the
+// thread's device", aclrtLaunchCallback's block type is ignored, error codes other than
+// those above are not modelled. hcommFakeAclStreamError is the fake's own entry point
+// (not AscendCL's), through which fake_hccl.cc fails a stream.
+#include <atomic>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <type_traits>
+
+#include "fake_common.h"
+#include "transport/hccl_api.h"
+
+using hcomm::hccl::AclError;
+using hcomm::hccl::AclStream;
+
+namespace {
+
+constexpr AclError kRepeatInitialize = 100002;  // ACL_ERROR_REPEAT_INITIALIZE
+constexpr AclError kParamInvalid = 107000;      // ACL_ERROR_RT_PARAM_INVALID
+constexpr AclError kInvalidDevice = 107001;     // ACL_ERROR_RT_INVALID_DEVICEID
+constexpr AclError kContextNull = 107002;       // ACL_ERROR_RT_CONTEXT_NULL
+
+struct Stream {
+  std::shared_ptr<fake::Worker> worker = fake::Worker::start();
+  int device = 0;
+  std::atomic<int> error{0};
+};
+
+struct State {
+  std::mutex mu;
+  bool initialized = false;
+  std::set<Stream*> streams;
+  std::map<int, Stream*> defaults;
+};
+
+State& state() {
+  static State* s = new State;  // never destroyed: workers may outlive exit
+  return *s;
+}
+
+int deviceCount() {
+  const char* v = std::getenv("HCOMM_FAKE_NPU_DEVICES");
+  return v && *v ? std::atoi(v) : 1;
+}
+
+thread_local int currentDevice = -1;  // no device set on this thread yet
+
+Stream* resolve(AclStream handle) {
+  State& s = state();
+  std::lock_guard<std::mutex> l(s.mu);
+  if (!handle) {
+    if (currentDevice < 0) return nullptr;
+    Stream*& d = s.defaults[currentDevice];
+    if (!d) d = new Stream;
+    d->device = currentDevice;
+    return d;
+  }
+  auto* st = static_cast<Stream*>(handle);
+  return s.streams.count(st) ? st : nullptr;
+}
+
+}  // namespace
+
+extern "C" {
+
+AclError aclInit(const char* configPath) {
+  (void)configPath;
+  std::lock_guard<std::mutex> l(state().mu);
+  if (state().initialized) return kRepeatInitialize;
+  state().initialized = true;
+  return 0;
+}
+
+AclError aclrtSetDevice(int32_t deviceId) {
+  if (deviceId < 0 || deviceId >= deviceCount()) return kInvalidDevice;
+  currentDevice = deviceId;
+  return 0;
+}
+
+AclError aclrtGetDevice(int32_t* deviceId) {
+  if (!deviceId) return kParamInvalid;
+  if (currentDevice < 0) return kContextNull;
+  *deviceId = currentDevice;
+  return 0;
+}
+
+AclError aclrtGetDeviceCount(uint32_t* count) {
+  if (!count) return kParamInvalid;
+  *count = uint32_t(deviceCount());
+  return 0;
+}
+
+AclError aclrtCreateStream(AclStream* stream) {
+  if (!stream) return kParamInvalid;
+  if (currentDevice < 0) return kContextNull;
+  auto* s = new Stream;
+  s->device = currentDevice;
+  std::lock_guard<std::mutex> l(state().mu);
+  state().streams.insert(s);
+  *stream = s;
+  return 0;
+}
+
+AclError aclrtSynchronizeStream(AclStream stream) {
+  Stream* s = resolve(stream);
+  if (!s) return stream ? kParamInvalid : kContextNull;
+  s->worker->waitDone(s->worker->pushed());
+  return s->error.exchange(0);
+}
+
+AclError aclrtDestroyStream(AclStream stream) {
+  std::lock_guard<std::mutex> l(state().mu);
+  auto* s = static_cast<Stream*>(stream);
+  if (!stream || !state().streams.erase(s)) return kParamInvalid;
+  s->worker->retire();  // queued work still runs
+  delete s;
+  return 0;
+}
+
+// aclError aclrtLaunchCallback(aclrtCallback fn, void* userData, aclrtCallbackBlockType, aclrtStream)
+AclError aclrtLaunchCallback(void (*fn)(void*), void* userData, int blockType, AclStream stream) {
+  (void)blockType;
+  Stream* s = resolve(stream);
+  if (!s || !fn) return kParamInvalid;
+  s->worker->push([fn, userData] { fn(userData); });
+  return 0;
+}
+
+// The fake's own: the next aclrtSynchronizeStream of `stream` reports `error`.
+void hcommFakeAclStreamError(AclStream stream, int error) {
+  Stream* s = resolve(stream);
+  if (s) {
+    int none = 0;
+    s->error.compare_exchange_strong(none, error);
+  }
+}
+
+}  // extern "C"
+
+#define HCOMM_FAKE_CHECK(symbol, name)                                                       \
+  static_assert(std::is_same<decltype(&::symbol), hcomm::hccl::name##Fn>::value, #symbol \
+                ": the fake's type differs from hccl_api.h");
+HCOMM_ACL_FUNCTIONS(HCOMM_FAKE_CHECK)
+#undef HCOMM_FAKE_CHECK
