@@ -158,6 +158,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property("timeout", &Communicator::timeout, &Communicator::setTimeout)
       .def("world_ranks", &Communicator::worldRanks)
       .def_property_readonly("device", &Communicator::boundDevice)
+      .def("device_transports", &Communicator::deviceTransports)
       .def("transports", &Communicator::transports)
       .def("last_algorithm", &Communicator::lastAlgorithm)
       .def("flight_record_json", &Communicator::flightRecordJson)

@@ -8,6 +8,8 @@ messages. Small slots (4 KiB x 2) make every large message a pipeline of pieces.
 Every result is checked against numpy (tests/reference.py) for world sizes 2-5.
 What this cannot show: real kernels and real device timing (the device script does).
 """
+import json
+
 import numpy as np
 import pytest
 
@@ -47,7 +49,18 @@ def empty_dev(cuda, dtype, count):
     return fake_device.DeviceArray(cuda, (count,), dt)
 
 
-def _check_reductions(comm, cuda, seed):
+def allreduce(comm, x, op, algo, factor):
+    """comm.allreduce, or the core's for 'hierarchical' (the Python method lists the flat
+    algorithms), on the device path either way."""
+    if algo != "hierarchical":
+        return comm.allreduce(x, op=op, algo=algo, factor=factor)
+    from hcomm._buffers import as_buffer
+
+    b = as_buffer(x, "input", writable=True)
+    comm._core(None, b).allreduce(b.ptr, b.ptr, b.count, b.dtype, op, float(factor or 1.0), algo, False)
+
+
+def _check_reductions(comm, cuda, seed, algos=ALLREDUCE_ALGOS):
     n, me, checks = comm.size, comm.rank, 0
     for dtype in ref.DTYPES:
         for op in ref.ops_for(dtype):
@@ -55,9 +68,9 @@ def _check_reductions(comm, cuda, seed):
                 inputs = [ref.make(dtype, count, r, seed, op) for r in range(n)]
                 want = ref.reduce_ref(inputs, op, dtype)
                 factor = ref.premul(dtype) if op == "premul_sum" else None
-                for algo in ALLREDUCE_ALGOS:
+                for algo in algos:
                     x = to_dev(cuda, inputs[me], dtype)
-                    comm.allreduce(x, op=op, algo=algo, factor=factor)
+                    allreduce(comm, x, op, algo, factor)
                     ref.check(from_dev(x, dtype), want, dtype, n, f"allreduce {algo} {dtype} {op} {count}")
                     checks += 1
                 x, out = to_dev(cuda, inputs[me], dtype), empty_dev(cuda, dtype, count)
@@ -138,13 +151,42 @@ def _check_p2p_async(comm, cuda, seed):
     return 4
 
 
-def _every_collective(comm, seed):
+def _every_collective(comm, seed, algos=ALLREDUCE_ALGOS, hosts=None):
     cuda = fake_device.FakeCuda()
-    return (_check_reductions(comm, cuda, seed) + _check_moves(comm, cuda, seed)
-            + _check_p2p_async(comm, cuda, seed))
+    checks = (_check_reductions(comm, cuda, seed, algos) + _check_moves(comm, cuda, seed)
+              + _check_p2p_async(comm, cuda, seed))
+    hosts = hosts or [comm.size]
+    host_of = [h for h, k in enumerate(hosts) for _ in range(k)]
+    expect = ["self" if r == comm.rank else "cuda_ipc" if host_of[r] == host_of[comm.rank] else "staging"
+              for r in range(comm.size)]
+    assert comm._c.device_transports() == expect, (comm._c.device_transports(), expect)
+    return checks
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5])
 def test_every_collective_on_device_buffers_over_cuda_ipc(n):
     checks = run_comm(_every_collective, n, mode="process", args=(100 + n,), env=_env(), timeout=240)
+    assert len(set(checks)) == 1 and checks[0] > 500
+
+
+def _topo_file(tmp_path, sizes):
+    hosts, r = [], 0
+    for h, n in enumerate(sizes):
+        hosts.append({"name": f"host{h}", "ranks": list(range(r, r + n))})
+        r += n
+    path = tmp_path / "topo.json"
+    path.write_text(json.dumps({"hosts": hosts}))
+    return str(path)
+
+
+@pytest.mark.parametrize("sizes", [[2, 2], [3, 1], [1, 1, 1]])
+def test_every_collective_across_simulated_hosts_through_staging(sizes, tmp_path):
+    """Simulated hosts (a topology file): device buffers to ranks on the same host go over
+    cuda_ipc, to other hosts through pinned host pieces (4 KiB) over tcp; hierarchical
+    allreduce runs on device memory too."""
+    n = sum(sizes)
+    env = _env(HCOMM_TOPO_FILE=_topo_file(tmp_path, sizes), HCOMM_STAGING_PIECE_BYTES=4096,
+               HCOMM_STAGING_PIECES=2)
+    algos = ALLREDUCE_ALGOS + ["hierarchical"]
+    checks = run_comm(_every_collective, n, mode="process", args=(200 + n, algos, sizes), env=env, timeout=240)
     assert len(set(checks)) == 1 and checks[0] > 500

@@ -94,6 +94,9 @@ class Communicator {
   std::vector<int> worldRanks() const { return worldRanks_; }
   // The CUDA device this rank's device calls use; -1 before the first one.
   int boundDevice() const;
+  // The transport device buffers take to each rank ("cuda_ipc", "staging", "self");
+  // empty before this communicator's first device call.
+  std::vector<std::string> deviceTransports();
   // "shm" or "tcp" for each rank of this communicator.
   std::vector<std::string> transports() const;
   std::string lastAlgorithm() const { return lastAlgo_; }

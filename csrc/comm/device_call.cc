@@ -5,6 +5,8 @@
 #include "comm/engine.h"
 #include "transport/cuda_ipc.h"
 #include "transport/shm.h"
+#include "transport/staging.h"
+#include "transport/tcp.h"
 
 namespace hcomm {
 
@@ -23,6 +25,13 @@ void ensureDeviceTransports(World& w, int device, double timeoutSec) {
   if (local.size() > 1) {
     w.cudaIpc = std::make_shared<CudaIpcTransport>(w.rank, local, w.shm.get(), device, timeoutSec);
     w.deviceTransports.push_back(w.cudaIpc);
+  }
+  // Other hosts: through pinned host memory over the transport that reaches them.
+  Transport* remote = w.tcp.get();
+  if (w.mpi && w.mpiInter) remote = w.mpi.get();
+  if (remote) {
+    w.staging = std::make_shared<StagingTransport>(remote, device, timeoutSec);
+    w.deviceTransports.push_back(w.staging);
   }
   w.device = device;
 }
@@ -46,9 +55,7 @@ std::shared_ptr<DeviceContext> Communicator::deviceContext(int device) {
     bool local = w.hostIds[wr] == w.hostIds[w.rank];
     r.transport = local ? w.cudaIpc.get() : w.staging.get();
     if (wr != w.rank && !r.transport)
-      throw Error("rank " + std::to_string(&wr - worldRanks_.data()) +
-                  " is on another host and device buffers to other hosts need the staging transport, "
-                  "which this build lacks");
+      throw Error("rank " + std::to_string(&wr - worldRanks_.data()) + " cannot be reached with device buffers");
     routes->push_back(r);
   }
   device_ = std::make_shared<DeviceContext>(device, std::move(routes));
@@ -59,6 +66,17 @@ int Communicator::boundDevice() const {
   if (!world_) return -1;
   std::lock_guard<std::mutex> lock(world_->deviceMu);
   return world_->device;
+}
+
+std::vector<std::string> Communicator::deviceTransports() {
+  std::lock_guard<std::mutex> lock(deviceMu_);
+  std::vector<std::string> out;
+  if (!device_) return out;
+  for (int r = 0; r < size_; ++r) {
+    Transport* t = (*device_->routes())[r].transport;
+    out.push_back(r == rank_ ? "self" : t->name());
+  }
+  return out;
 }
 
 DeviceCall Communicator::placeOnDevice(uint64_t flightId) {
