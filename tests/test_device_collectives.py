@@ -190,3 +190,50 @@ def test_every_collective_across_simulated_hosts_through_staging(sizes, tmp_path
     algos = ALLREDUCE_ALGOS + ["hierarchical"]
     checks = run_comm(_every_collective, n, mode="process", args=(200 + n, algos, sizes), env=env, timeout=240)
     assert len(set(checks)) == 1 and checks[0] > 500
+
+
+# One program per rank (python -c) in a namespace host: device allreduce over the
+# namespaces' real tcp through staging, and cuda_ipc inside each namespace host.
+NETNS_WORKER = r"""
+import json, os, sys
+import numpy as np
+sys.path.insert(0, os.environ["HCOMM_TEST_DIR"])
+import fake_device
+import hcomm
+comm = hcomm.init(timeout=60)
+cuda = fake_device.FakeCuda()
+out = {}
+for algo in ("hierarchical", "ring", None):
+    for count in (1, 1001, 65537):
+        inputs = [np.random.default_rng([q, count]).standard_normal(count).astype(np.float32)
+                  for q in range(comm.size)]
+        x = fake_device.DeviceArray.from_numpy(inputs[comm.rank], cuda=cuda)
+        b = hcomm._buffers.as_buffer(x, "input", writable=True)
+        comm._core(None, b).allreduce(b.ptr, b.ptr, count, "float32", "sum", 1.0, algo or "", False)
+        np.testing.assert_allclose(x.to_numpy(), np.sum(inputs, axis=0, dtype=np.float64), rtol=1e-5, atol=1e-5)
+    out[algo or "auto"] = comm._c.last_algorithm()
+print(json.dumps({"rank": comm.rank, "algos": out, "transports": comm._c.device_transports()}))
+comm.close()
+"""
+
+
+def test_device_buffers_between_namespace_hosts():
+    import os
+    import sys
+
+    from hcomm.topology import NetnsCluster, wait_all
+
+    why = NetnsCluster.unavailable()
+    if why is not None:
+        pytest.skip(f"no namespace cluster: {why}")
+    env = _env(HCOMM_TEST_DIR=os.path.dirname(os.path.abspath(__file__)), HCOMM_STAGING_PIECE_BYTES=65536)
+    with NetnsCluster(2, rate="1gbit") as cluster:
+        results = wait_all(cluster.launch(2, [sys.executable, "-c", NETNS_WORKER], env=env), timeout=120)
+    failed = [f"rank {r}: rc {rc}\n{se[-3000:]}" for r, (rc, so, se) in enumerate(results) if rc]
+    assert not failed, "\n".join(failed)
+    for rank, (_, so, _) in enumerate(results):
+        rep = json.loads(so.strip().splitlines()[-1])
+        assert rep["algos"]["hierarchical"] == "hierarchical"
+        host = rank // 2
+        assert rep["transports"] == ["self" if q == rank else "cuda_ipc" if q // 2 == host else "staging"
+                                     for q in range(4)]
