@@ -87,6 +87,8 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
   checkUsable();
   size_t bytes = count * dtypeSize(dt);
   Candidate pick = this->pick(CollKind::ALLREDUCE, bytes, -1, algo, [&] { return planAllreduce(bytes, algo); });
+  if (pick.algo == "native") refuseNativeIfDeterministic("allreduce", dt, op);
+  bool ordered = orderedReduction(dt, op);
   CollectiveInfo info{"allreduce", CollKind::ALLREDUCE, dt, count, -1, pick.algo, op};
   bool hier = pick.algo == "hierarchical";
   FlatChoice run = FlatChoice::of(hier ? pick.inner : pick.algo, hier ? pick.innerSegBytes : pick.segBytes);
@@ -97,6 +99,7 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
                               [&] { return describe(info, nextSeq_); });
   return submit(info, false, 0, [=, levels = std::move(levels)](Links& l, Work&) {
     if (count == 0) return;
+    l.setOrdered(ordered);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, out, count);  // scaled copy into out
     if (n == 1) {
@@ -119,12 +122,15 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
   if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial" && algo != "native")
     throw Error("unknown reduce algorithm '" + algo + "' (binomial, native)");
   bool native = wantsNative(algo, "reduce");
+  if (native) refuseNativeIfDeterministic("reduce", dt, op);
+  bool ordered = orderedReduction(dt, op);
   CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, native ? "native" : "binomial", op};
   NativeCall nat = nativeCall(native, mpi_, "reduce", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
   size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
+    l.setOrdered(ordered);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, l.scratch(count * dtypeSize(dt)), count);
     if (n == 1) {
@@ -197,11 +203,14 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
     throw Error("reduce_scatterv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
   bool native = wantsNative("", "reduce_scatter");
+  if (native) refuseNativeIfDeterministic("reduce_scatter", dt, op);
+  bool ordered = orderedReduction(dt, op);
   CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, native ? "native" : "ring", op};
   NativeCall nat = nativeCall(native, mpi_, "reduce_scatter", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
+    l.setOrdered(ordered);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, l.scratch(total * dtypeSize(dt)), total);
     if (n == 1) {

@@ -33,7 +33,8 @@ Decision Communicator::planAllreduce(size_t bytes, const std::string& requested)
     return d;
   }
   Decision d = world_->tuner->allreduce(worldRanks_, bytes, forced, asked ? "requested" : "HCOMM_ALGO");
-  if ((forced.empty() || forced == "auto") && mpi_ && size_ > 1 && nativeBySize(bytes)) {  // the site's size rule for MPI's own
+  // Not under HCOMM_DETERMINISTIC=1: MPI's allreduce cannot promise the rank-order sum.
+  if ((forced.empty() || forced == "auto") && mpi_ && size_ > 1 && !deterministicMode() && nativeBySize(bytes)) {  // the site's size rule for MPI's own
     d.candidates.push_back(Candidate{"native"});
     d.chosen = static_cast<int>(d.candidates.size()) - 1;
     d.why = "HCOMM_NATIVE_BYTES";

@@ -7,6 +7,7 @@
 
 #include "common/param.h"
 #include "common/types.h"
+#include "topo/topology.h"
 
 namespace hcomm {
 
@@ -51,6 +52,20 @@ bool nativeBySize(size_t bytes) {
   auto dash = spec.find('-');
   if (dash == std::string::npos) throw Error("HCOMM_NATIVE_BYTES: '" + spec + "' is not a range like 8M-1G or 64K-");
   return bytes >= parse(spec.substr(0, dash), 0) && bytes < parse(spec.substr(dash + 1), SIZE_MAX);
+}
+
+bool orderedReduction(DataType dt, ReduceOp op) {
+  bool floating = dt == DataType::F16 || dt == DataType::BF16 || dt == DataType::F32 || dt == DataType::F64;
+  bool folds = op == ReduceOp::SUM || op == ReduceOp::PROD || op == ReduceOp::AVG || op == ReduceOp::PREMUL_SUM;
+  if (!floating || !folds) return false;
+  return dt == DataType::F16 || dt == DataType::BF16 || deterministicMode();
+}
+
+void refuseNativeIfDeterministic(const std::string& collective, DataType dt, ReduceOp op) {
+  if (deterministicMode() && orderedReduction(dt, op))
+    throw Error(collective + " with algorithm 'native': HCOMM_DETERMINISTIC=1 asks for the sum in rank order, which "
+                "MPI's own " + collective + " cannot promise (it reduces in its own tree order); leave the choice "
+                "to hcomm or unset HCOMM_DETERMINISTIC");
 }
 
 // "native" when asked for by name or, with no request, by HCOMM_ALGO.

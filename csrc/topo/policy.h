@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/fingerprint.h"
+#include "common/types.h"
 
 namespace hcomm {
 
@@ -21,6 +22,14 @@ std::string forcedByEnv(const std::string& collective, const std::vector<std::st
 bool wantsNative(const std::string& requested, const std::string& collective);
 // HCOMM_NATIVE_BYTES: whether a message of `bytes` goes to MPI's own allreduce.
 bool nativeBySize(size_t bytes);
+// Whether a reduction must be the rank-order fold in the accumulation type, rounded once
+// (Links::ordered, algo/ordered.cc): float16/bfloat16 SUM/PROD/AVG/PREMUL_SUM always
+// (float32 accumulation), every floating SUM/PROD/AVG/PREMUL_SUM under HCOMM_DETERMINISTIC=1.
+// MIN, MAX and integer reductions are exact in any order.
+bool orderedReduction(DataType dt, ReduceOp op);
+// Throws when HCOMM_DETERMINISTIC=1 and a floating SUM/PROD reduction is forced to a native
+// engine, which cannot promise the rank-order sum (MPI reduces in its own tree order).
+void refuseNativeIfDeterministic(const std::string& collective, DataType dt, ReduceOp op);
 // An integer setting in bytes (HCOMM_*_SEGMENT_BYTES), `dflt` when unset.
 size_t segmentBytes(const char* name, size_t dflt);
 // The segment a call uses: the tuner's, unless HCOMM_{RING,TREE}_SEGMENT_BYTES override it.
