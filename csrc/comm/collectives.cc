@@ -86,9 +86,14 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
                                 const std::string& algo, bool async) {
   checkUsable();
   size_t bytes = count * dtypeSize(dt);
-  Candidate pick = this->pick(CollKind::ALLREDUCE, bytes, -1, algo, [&] { return planAllreduce(bytes, algo); });
-  if (pick.algo == "native") refuseNativeIfDeterministic("allreduce", dt, op);
   bool ordered = orderedReduction(dt, op);
+  Fold fold = !ordered ? Fold::PLAIN
+              : (dt == DataType::F16 || dt == DataType::BF16) ? Fold::ORDERED_WIDE
+                                                              : Fold::ORDERED;
+  // The plan cache keys allreduce by its fold in the root slot (-1 plain, -2, -3).
+  int key = -1 - static_cast<int>(fold);
+  Candidate pick = this->pick(CollKind::ALLREDUCE, bytes, key, algo, [&] { return planAllreduce(bytes, algo, fold); });
+  if (pick.algo == "native") refuseNativeIfDeterministic("allreduce", dt, op);
   CollectiveInfo info{"allreduce", CollKind::ALLREDUCE, dt, count, -1, pick.algo, op};
   bool hier = pick.algo == "hierarchical";
   FlatChoice run = FlatChoice::of(hier ? pick.inner : pick.algo, hier ? pick.innerSegBytes : pick.segBytes);

@@ -14,7 +14,7 @@ std::string Communicator::chooseAllreduce(size_t bytes, const std::string& reque
   return planAllreduce(bytes, requested).choice().algo;
 }
 
-Decision Communicator::planAllreduce(size_t bytes, const std::string& requested) const {
+Decision Communicator::planAllreduce(size_t bytes, const std::string& requested, Fold fold) const {
   bool asked = !requested.empty() && requested != "auto";
   std::string forced = asked ? requested : algoFromEnv("allreduce");
   if (!world_) throw Error("communicator is closed");
@@ -32,7 +32,7 @@ Decision Communicator::planAllreduce(size_t bytes, const std::string& requested)
     d.why = "requested";
     return d;
   }
-  Decision d = world_->tuner->allreduce(worldRanks_, bytes, forced, asked ? "requested" : "HCOMM_ALGO");
+  Decision d = world_->tuner->allreduce(worldRanks_, bytes, forced, asked ? "requested" : "HCOMM_ALGO", fold);
   // Not under HCOMM_DETERMINISTIC=1: MPI's allreduce cannot promise the rank-order sum.
   if ((forced.empty() || forced == "auto") && mpi_ && size_ > 1 && !deterministicMode() && nativeBySize(bytes)) {  // the site's size rule for MPI's own
     d.candidates.push_back(Candidate{"native"});

@@ -63,6 +63,12 @@ struct Decision {
   const Candidate& choice() const { return candidates.at(chosen); }
 };
 
+// How a reduction's arithmetic runs (algo/ordered.cc): PLAIN, partials combined pairwise
+// as the algorithm meets them; ORDERED, the rank-order fold at each block's owner with a
+// partial of the dtype (HCOMM_DETERMINISTIC=1); ORDERED_WIDE, the same fold with float32
+// partials of a 16-bit dtype (twice the bytes through the reduction kernel).
+enum class Fold { PLAIN, ORDERED, ORDERED_WIDE };
+
 const std::vector<std::string>& allreduceAlgorithms();
 const std::vector<std::string>& broadcastAlgorithms();  // binomial ("tree" is accepted for it), hierarchical
 const std::vector<std::string>& allgatherAlgorithms();  // ring, hierarchical
@@ -70,7 +76,8 @@ double gammaSecondsPerByte();
 
 // Every candidate with its prediction; `forced` (an algorithm name, or "" / "auto")
 // overrides the model's pick. Throws Error naming the valid names for an unknown one.
-Decision tuneAllreduce(const CommShape& shape, size_t bytes, const std::string& forced, const std::string& why);
+Decision tuneAllreduce(const CommShape& shape, size_t bytes, const std::string& forced, const std::string& why,
+                       Fold fold = Fold::PLAIN);
 // root: a rank of `shape` (the flat binomial tree's shape depends on where it sits).
 Decision tuneBroadcast(const CommShape& shape, size_t bytes, int root, const std::string& forced,
                        const std::string& why);
@@ -84,14 +91,14 @@ class Tuner {
   explicit Tuner(std::shared_ptr<const Topology> topology) : topology_(std::move(topology)) {}
   const Topology& topology() const { return *topology_; }
   Decision allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
-                     const std::string& why) const;
+                     const std::string& why, Fold fold = Fold::PLAIN) const;
   Decision broadcast(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
                      const std::string& why) const;
   Decision allgather(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
                      const std::string& why) const;
 
  private:
-  // (collective, ranks, bytes, root, forced, why)
+  // (collective, ranks, bytes, root (allreduce: its Fold), forced, why)
   using Key = std::tuple<std::string, std::vector<int>, size_t, int, std::string, std::string>;
   Decision cached(Key key, const std::function<Decision(const CommShape&)>& tune) const;
   std::shared_ptr<const Topology> topology_;
