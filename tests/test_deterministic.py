@@ -12,7 +12,7 @@ from harness import run_comm
 from test_hierarchical import topo_file
 from test_numerics import as_array, bits, fold_in_rank_order, inputs
 
-COUNTS = [1, 5, 1001, 90_001]  # 90_001 float32 crosses the halving-doubling switch
+COUNTS = [1, 5, 1001, 90_001, 700_001]  # 90_001 float32 crosses the halving-doubling switch; 700_001 takes several pieces
 ALGOS = ["ring", "tree", "halving_doubling", "hierarchical", ""]
 
 

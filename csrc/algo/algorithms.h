@@ -53,7 +53,8 @@ void barrierDissemination(Links& l);
 // accumulation type, rounded once, whatever the algorithm.
 // The owner's side of the fold: `own` is this rank's contribution; every other rank
 // sends `count` elements on `channel`.
-void foldFromAll(Links& l, const void* own, void* out, size_t count, int channel);
+// `acc`: room for the running partial (count * l.accSize() bytes), or null to allocate it.
+void foldFromAll(Links& l, const void* own, void* out, size_t count, int channel, char* acc = nullptr);
 // The same fold over contributions already here, inputs[k] being rank k's.
 void foldLocal(Links& l, const std::vector<const char*>& inputs, void* out, size_t count);
 // Direct reduce-scatter: block b goes straight to rank b, which folds it; out: counts[me].

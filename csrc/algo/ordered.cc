@@ -20,6 +20,8 @@
 //   gatherFold (small messages): Bruck-allgather every input, fold locally;
 //     T ~ log2(n)*alpha + (n-1)*S*beta + n*S*gamma*e.
 //   rootFold: every rank sends S to the root, which folds; T ~ (n-1)*(alpha + S*beta) + n*S*gamma*e.
+// Large messages go in pieces of kPieceBytes per block (n per chunk for allreduce), each
+// piece's fold adding (n-1)*alpha: T gains S/(n*piece) * (n-1)*alpha.
 #include <algorithm>
 #include <numeric>
 
@@ -33,6 +35,9 @@ namespace {
 // Channels apart from the flat algorithms' 0..3 and the hierarchical sub-groups' 8..
 constexpr int kFoldChannel = 6;
 constexpr int kBruckChannel = 7;
+// Elements of one block folded at a time, in bytes of the dtype (the float32 partial of a
+// 16-bit dtype is twice this): small enough for L2 with the piece pulled beside it.
+constexpr size_t kPieceBytes = 256u << 10;
 
 std::vector<size_t> displacements(const std::vector<size_t>& counts) {
   std::vector<size_t> d(counts.size() + 1, 0);
@@ -42,12 +47,12 @@ std::vector<size_t> displacements(const std::vector<size_t>& counts) {
 
 }  // namespace
 
-void foldFromAll(Links& l, const void* own, void* out, size_t count, int channel) {
+void foldFromAll(Links& l, const void* own, void* out, size_t count, int channel, char* acc) {
   int n = l.size(), me = l.rank();
   if (count == 0) return;
   bool wide = l.wide();
   // The running partial; the last step writes `out`, which may alias `own` (read by then).
-  char* acc = l.scratch(count * l.accSize());
+  if (!acc) acc = l.scratch(count * l.accSize());
   for (int k = 0; k < n; ++k) {
     bool last = k == n - 1;
     void* dst = last ? out : acc;
@@ -68,17 +73,29 @@ void foldLocal(Links& l, const std::vector<const char*>& inputs, void* out, size
   }
 }
 
-void reduceScattervOrdered(Links& l, const void* inv, void* out, const std::vector<size_t>& counts) {
+void reduceScattervOrdered(Links& l, const void* inv, void* outv, const std::vector<size_t>& counts) {
+  // In pieces of kPieceBytes per block, so that each fold's partial and the pieces it
+  // pulls stay in cache (measured: whole 16 MiB blocks ran 3x slower than the ring).
   const char* in = static_cast<const char*>(inv);
+  char* out = static_cast<char*>(outv);
   int n = l.size(), me = l.rank();
   size_t es = l.elemSize();
   std::vector<size_t> displ = displacements(counts);
+  size_t piece = std::max<size_t>(1, kPieceBytes / es), most = *std::max_element(counts.begin(), counts.end());
+  char* acc = l.scratch(std::min(piece, std::max<size_t>(counts[me], 1)) * l.accSize());
   std::vector<RequestPtr> sends;
-  for (int d = 1; d < n; ++d) {  // to me+1 first: every owner hears from a different rank first
-    int b = (me + d) % n;
-    if (counts[b]) sends.push_back(l.isend(b, in + displ[b] * es, counts[b] * es, kFoldChannel));
+  for (size_t off = 0; off < most; off += piece) {
+    auto len = [&](int b) { return off < counts[b] ? std::min(piece, counts[b] - off) : 0; };
+    for (int d = 1; d < n; ++d) {  // to me+1 first: every owner hears from a different rank first
+      int b = (me + d) % n;
+      if (len(b)) sends.push_back(l.isend(b, in + (displ[b] + off) * es, len(b) * es, kFoldChannel));
+    }
+    if (len(me)) foldFromAll(l, in + (displ[me] + off) * es, out + off * es, len(me), kFoldChannel, acc);
+    if (sends.size() >= static_cast<size_t>(4 * n)) {  // bound the sends in flight
+      l.waitAll(sends);
+      sends.clear();
+    }
   }
-  foldFromAll(l, in + displ[me] * es, out, counts[me], kFoldChannel);
   l.waitAll(sends);  // the caller may overwrite `in` next (in-place allreduce)
 }
 
@@ -111,15 +128,21 @@ void allgathervBruck(Links& l, const void* inv, void* outv, const std::vector<si
   }
 }
 
-void allreduceOrdered(Links& l, const void* in, void* outv, size_t count, const OrderedSpread& spread) {
+void allreduceOrdered(Links& l, const void* inv, void* outv, size_t count, const OrderedSpread& spread) {
+  // Chunk by chunk (n pieces each), so that a chunk's allgather reads blocks still in cache.
+  const char* in = static_cast<const char*>(inv);
   char* out = static_cast<char*>(outv);
   int n = l.size();
-  Blocks blocks{count, static_cast<size_t>(n)};
+  size_t es = l.elemSize();
+  size_t chunk = std::max<size_t>(1, kPieceBytes / es) * n;
   std::vector<size_t> counts(n);
-  for (int b = 0; b < n; ++b) counts[b] = blocks.size(b);
-  char* mine = out + blocks.start(l.rank()) * l.elemSize();
-  reduceScattervOrdered(l, in, mine, counts);
-  spread(l, mine, out, counts);
+  for (size_t begin = 0; begin < count; begin += chunk) {
+    Blocks blocks{std::min(chunk, count - begin), static_cast<size_t>(n)};
+    for (int b = 0; b < n; ++b) counts[b] = blocks.size(b);
+    char* mine = out + (begin + blocks.start(l.rank())) * es;
+    reduceScattervOrdered(l, in + begin * es, mine, counts);
+    spread(l, mine, out + begin * es, counts);
+  }
 }
 
 void allreduceGatherFold(Links& l, const void* in, void* out, size_t count) {
@@ -132,10 +155,16 @@ void allreduceGatherFold(Links& l, const void* in, void* out, size_t count) {
   foldLocal(l, inputs, out, count);
 }
 
-void rootFold(Links& l, const void* in, void* out, size_t count, int root, int channel, std::vector<RequestPtr>& sends) {
-  if (count == 0) return;
-  if (l.rank() == root) foldFromAll(l, in, out, count, channel);
-  else sends.push_back(l.isend(root, in, count * l.elemSize(), channel));
+void rootFold(Links& l, const void* inv, void* outv, size_t count, int root, int channel, std::vector<RequestPtr>& sends) {
+  const char* in = static_cast<const char*>(inv);
+  char* out = static_cast<char*>(outv);
+  size_t es = l.elemSize(), piece = std::max<size_t>(1, kPieceBytes / es);
+  char* acc = l.rank() == root && count ? l.scratch(std::min(piece, count) * l.accSize()) : nullptr;
+  for (size_t off = 0; off < count; off += piece) {  // in pieces, as reduceScattervOrdered
+    size_t len = std::min(piece, count - off);
+    if (l.rank() == root) foldFromAll(l, in + off * es, out + off * es, len, channel, acc);
+    else sends.push_back(l.isend(root, in + off * es, len * es, channel));
+  }
 }
 
 void reduceOrdered(Links& l, const void* inv, void* outv, size_t count, int root) {
