@@ -13,11 +13,14 @@
 namespace hcomm {
 
 // HCOMM_ALGO: "ring" (every collective that has it) or "allreduce:ring;broadcast:tree";
-// the entry for `collective`, else the bare name, else "".
-std::string algoFromEnv(const std::string& collective);
+// the entry for `collective` (canonical: an alias gives its target), else the bare name,
+// else "". Every entry is checked against the table of names (algo/names.h): an unknown
+// algorithm or collective raises Error with the list.
+// strict false: bad entries are skipped (during communicator creation).
+std::string algoFromEnv(const std::string& collective, bool strict = true);
 // HCOMM_ALGO for a collective with a choice among `names`: its own entry, else a bare
 // name when the collective has that algorithm (or it is "native"), else "".
-std::string forcedByEnv(const std::string& collective, const std::vector<std::string>& names);
+std::string forcedByEnv(const std::string& collective, const std::vector<std::string>& names, bool strict = true);
 // "native" when asked for by name or, with no request, by HCOMM_ALGO.
 bool wantsNative(const std::string& requested, const std::string& collective);
 // HCOMM_NATIVE_BYTES: whether a message of `bytes` goes to MPI's own allreduce.

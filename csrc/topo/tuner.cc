@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "algo/names.h"
 #include "common/param.h"
 #include "common/types.h"
 
@@ -452,7 +453,7 @@ bool hierarchyApplies(const CommShape& s) { return s.hosts() > 1 && s.hosts() < 
 }  // namespace
 
 const std::vector<std::string>& allreduceAlgorithms() {
-  static const std::vector<std::string> v = {"ring", "tree", "halving_doubling", "hierarchical"};
+  static const std::vector<std::string> v = algorithmsOf("allreduce", false);
   return v;
 }
 
@@ -502,8 +503,7 @@ std::vector<std::vector<int>> CommShape::levels() const {
 Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forced, const std::string& why,
                        Fold fold) {
   const auto& names = allreduceAlgorithms();
-  if (!forced.empty() && forced != "auto" && std::find(names.begin(), names.end(), forced) == names.end())
-    throw Error("unknown allreduce algorithm '" + forced + "' (ring, tree, halving_doubling, hierarchical, auto)");
+  checkForced("allreduce", names, forced);
   std::vector<int> all(s.n);
   for (int r = 0; r < s.n; ++r) all[r] = r;
   Net net{s, all, 1};
@@ -533,12 +533,22 @@ Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forc
 }
 
 const std::vector<std::string>& broadcastAlgorithms() {
-  static const std::vector<std::string> v = {"binomial", "hierarchical"};
+  static const std::vector<std::string> v = algorithmsOf("broadcast", false);
   return v;
 }
 
 const std::vector<std::string>& allgatherAlgorithms() {
-  static const std::vector<std::string> v = {"ring", "hierarchical"};
+  static const std::vector<std::string> v = algorithmsOf("allgather", false);
+  return v;
+}
+
+const std::vector<std::string>& reduceScatterAlgorithms() {
+  static const std::vector<std::string> v = algorithmsOf("reduce_scatter", false);
+  return v;
+}
+
+const std::vector<std::string>& reduceAlgorithms() {
+  static const std::vector<std::string> v = algorithmsOf("reduce", false);
   return v;
 }
 
@@ -572,10 +582,81 @@ Decision tuneAllgather(const CommShape& s, size_t bytes, const std::string& forc
   d.candidates = {Candidate{"ring", ringAllgatherSeconds(Net{s, all, 1}, b), 0},
                   bestSegment("hierarchical", [&](double seg) {
                     return hierarchicalAllgatherSeconds(s, levels, all, 0, b, seg);
-                  })};
+                  }),
+                  Candidate{"bruck",  // + ordered.cc's copy out of the rotated buffer
+                            bruckAllgatherSeconds(Net{s, all, 1}, b) + b * s.links[static_cast<int>(LinkClass::SHM)].beta, 0}};
   d.candidates[1].applicable = hierarchyApplies(s);
   choose(d, forced, why);
   return d;
+}
+
+Decision tuneReduceScatter(const CommShape& s, size_t bytes, const std::string& forced, const std::string& why,
+                           Fold fold) {
+  checkForced("reduce_scatter", reduceScatterAlgorithms(), forced);
+  std::vector<int> all(s.n);
+  for (int r = 0; r < s.n; ++r) all[r] = r;
+  Net net{s, all, 1};
+  double b = static_cast<double>(bytes);
+  double direct = orderedReduceScatterSeconds(net, b, fold);
+  Decision d;
+  if (fold != Fold::PLAIN && s.n > 2) {  // ring.cc runs the direct reduce-scatter then
+    d.candidates = {Candidate{"ring", direct, 0}, Candidate{"direct", direct, 0}};
+  } else {
+    // ring.cc: n-1 steps, each passing a block on and reducing the one received.
+    std::vector<std::pair<int, int>> edges;
+    for (int i = 0; i < s.n; ++i) edges.push_back({i, (i + 1) % s.n});
+    StepCost st = step(net, edges);
+    double ring = (s.n - 1) * (st.alpha + b / s.n * st.perByte) + (s.n - 1.0) / s.n * b * gammaSecondsPerByte();
+    d.candidates = {Candidate{"ring", ring, 0}, Candidate{"direct", direct, 0}};
+  }
+  choose(d, forced, why);
+  return d;
+}
+
+Decision tuneReduce(const CommShape& s, size_t bytes, int root, const std::string& requested, const std::string& why,
+                    Fold fold) {
+  std::string forced = requested == "tree" ? "binomial" : requested;
+  checkForced("reduce", reduceAlgorithms(), forced);
+  if (root < 0 || root >= s.n) throw Error("reduce root " + std::to_string(root) + " is not among " +
+                                           std::to_string(s.n) + " ranks");
+  std::vector<int> all(s.n);
+  for (int r = 0; r < s.n; ++r) all[r] = r;
+  Net net{s, all, 1};
+  double b = static_cast<double>(bytes);
+  // ordered.cc's reduceOrdered: direct reduce-scatter, then the root takes the n-1 blocks at once.
+  double toRoot = 0, alpha = 0;
+  for (int i = 0; i < s.n; ++i)
+    if (i != root) {
+      const LinkCost& c = s.links[static_cast<int>(classOf(s, i, root))];
+      toRoot += b / s.n * c.beta;
+      alpha = std::max(alpha, c.alpha);
+    }
+  double rsg = orderedReduceScatterSeconds(net, b, fold) + alpha + toRoot;
+  Decision d;
+  if (fold != Fold::PLAIN && s.n > 2) {  // binomial.cc runs reduceOrdered then
+    d.candidates = {Candidate{"binomial", rsg, 0}, Candidate{"reduce_scatter_gather", rsg, 0}};
+  } else {
+    // binomial.cc: the broadcast tree upwards; the root reduces its ceil(log2 n) children in turn.
+    double levels = std::ceil(std::log2(std::max(1, s.n)));
+    Candidate bin = bestSegment("binomial", [&](double seg) {
+      return binomialSeconds(net, b, root, seg) + levels * b * gammaSecondsPerByte();
+    });
+    d.candidates = {bin, Candidate{"reduce_scatter_gather", rsg, 0}};
+  }
+  choose(d, forced, why);
+  return d;
+}
+
+Decision Tuner::reduceScatter(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
+                              const std::string& why, Fold fold) const {
+  return cached(Key{"reduce_scatter", worldRanks, bytes, static_cast<int>(fold), forced, why},
+                [&](const CommShape& s) { return tuneReduceScatter(s, bytes, forced, why, fold); });
+}
+
+Decision Tuner::reduce(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
+                       const std::string& why, Fold fold) const {
+  return cached(Key{"reduce", worldRanks, bytes, 3 * root + static_cast<int>(fold), forced, why},
+                [&](const CommShape& s) { return tuneReduce(s, bytes, root, forced, why, fold); });
 }
 
 Decision Tuner::cached(Key key, const std::function<Decision(const CommShape&)>& tune) const {
