@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "comm/bootstrap.h"
+#include "algo/names.h"
 #include "comm/communicator.h"
 #include "comm/placement.h"
 #include "reduce/reduce.h"
@@ -233,6 +234,8 @@ PYBIND11_MODULE(_C, m) {
                                         const std::string& algo, int root) {
     if (collective == "broadcast") return decisionDict(c.planBroadcast(nbytes, root, algo));
     if (collective == "allgather") return decisionDict(c.planAllgather(nbytes, algo));
+    if (collective == "reduce_scatter") return decisionDict(c.planReduceScatter(nbytes, algo));
+    if (collective == "reduce") return decisionDict(c.planReduce(nbytes, root, algo));
     return decisionDict(c.planAllreduce(nbytes, algo));
   });
   m.def("_comm_topology_json", [](Communicator& c) {
@@ -260,6 +263,8 @@ PYBIND11_MODULE(_C, m) {
     CommShape shape = shapeOf(topologyJson, std::move(ranks));
     if (collective == "broadcast") return decisionDict(tuneBroadcast(shape, nbytes, root, algo, "requested"));
     if (collective == "allgather") return decisionDict(tuneAllgather(shape, nbytes, algo, "requested"));
+    if (collective == "reduce_scatter") return decisionDict(tuneReduceScatter(shape, nbytes, algo, "requested"));
+    if (collective == "reduce") return decisionDict(tuneReduce(shape, nbytes, root, algo, "requested"));
     return decisionDict(tuneAllreduce(shape, nbytes, algo, "requested"));
   });
   m.def("_topology_from_json", [](const std::string& text) { return Topology::fromJson(Json::parse(text)).toJson().dump(); });
@@ -273,4 +278,13 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("_parse_cpu_list", &parseCpuList);
   m.def("_deterministic", &deterministicMode);
+  // The table of algorithm names (algo/names.h): {collective: [name, ...]}, aliases included.
+  m.def("algorithms", [] {
+    py::dict out;
+    for (const AlgorithmName& a : algorithmTable()) {
+      if (!out.contains(a.collective)) out[a.collective] = py::list();
+      out[a.collective].cast<py::list>().append(a.name);
+    }
+    return out;
+  });
 }

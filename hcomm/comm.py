@@ -13,9 +13,12 @@ from ._buffers import ITEMSIZE, as_buffer
 from ._errors import InvalidArgument
 
 _OPS = ("sum", "prod", "min", "max", "avg", "premul_sum")
-_ALLREDUCE_ALGOS = (None, "auto", "ring", "tree", "halving_doubling", "hierarchical", "native")
-_BROADCAST_ALGOS = (None, "auto", "binomial", "tree", "hierarchical", "native")  # tree: the binomial tree
-_ALLGATHER_ALGOS = (None, "auto", "ring", "hierarchical", "native")
+# The core's one table of algorithm names (csrc/algo/names.h), aliases included.
+_ALGOS = {collective: (None, "auto", *names) for collective, names in _C.algorithms().items()}
+_ALLREDUCE_ALGOS = _ALGOS["allreduce"]
+_BROADCAST_ALGOS = _ALGOS["broadcast"]  # "tree" is the binomial tree
+_ALLGATHER_ALGOS = _ALGOS["allgather"]
+_REDUCE_ALGOS = _ALGOS["reduce"]
 
 
 def _check_algo(collective, algo, known):
@@ -218,9 +221,7 @@ class Communicator:
         if algo is None and not async_op and factor is None and stream is None and self._c.allreduce_arrays(x, out, op):
             return x if out is None else out  # numpy arrays, plain op: checked and run by the core
         op = _op_name(op)
-        if algo not in _ALLREDUCE_ALGOS:
-            raise InvalidArgument(f"unknown allreduce algorithm {algo!r} (ring, tree, halving_doubling, "
-                                  f"hierarchical, native, or None for automatic)")
+        _check_algo("allreduce", algo, _ALLREDUCE_ALGOS)
         src = as_buffer(x, "input", writable=out is None)
         dst = as_buffer(out, "output", writable=True) if out is not None else src
         _same_dtype(src, dst, "allreduce")
@@ -234,6 +235,7 @@ class Communicator:
     def reduce(self, x, out=None, root=0, op="sum", algo=None, async_op=False, factor=None, stream=None):
         """Reduce x over all ranks into out on root (into x on root when out is None)."""
         op = _op_name(op)
+        _check_algo("reduce", algo, _REDUCE_ALGOS)
         root = self._check_root(root)
         src = as_buffer(x, "input", writable=out is None and self.rank == root)
         dst = src

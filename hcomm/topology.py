@@ -22,10 +22,15 @@ from ._errors import InvalidArgument
 
 # Collectives the tuner chooses for, with the algorithms it models (plus "native", MPI's
 # own, listed on a communicator launched under MPI); the others have one algorithm each.
-ALLREDUCE_ALGOS = ("ring", "tree", "halving_doubling", "hierarchical")
-BROADCAST_ALGOS = ("binomial", "hierarchical")  # "tree" is accepted for binomial
-ALLGATHER_ALGOS = ("ring", "hierarchical")
-ALGOS = {"allreduce": ALLREDUCE_ALGOS, "broadcast": BROADCAST_ALGOS, "allgather": ALLGATHER_ALGOS}
+# The tuned collectives' candidates, from the core's one table of names (csrc/algo/names.h):
+# "native" is left out (planning adds it where MPI is present) and so are aliases.
+_TUNED_NAMES = {c: tuple(a for a in names if a != "native" and not (a == "tree" and c in ("broadcast", "reduce")))
+                for c, names in _C.algorithms().items()
+                if c in ("allreduce", "broadcast", "allgather", "reduce_scatter", "reduce")}
+ALLREDUCE_ALGOS = _TUNED_NAMES["allreduce"]
+BROADCAST_ALGOS = _TUNED_NAMES["broadcast"]  # "tree" is accepted for binomial
+ALLGATHER_ALGOS = _TUNED_NAMES["allgather"]
+ALGOS = _TUNED_NAMES
 TUNED = tuple(ALGOS)
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
@@ -152,7 +157,7 @@ def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None,
     nbytes = parse_size(nbytes)
     if (comm is None) == (topology is None):
         raise InvalidArgument("explain needs exactly one of comm= or topology=")
-    names = ALGOS[collective] + (("tree",) if collective == "broadcast" else ())
+    names = ALGOS[collective] + (("tree",) if collective in ("broadcast", "reduce") else ())
     if algo is not None and algo not in ("auto", "native") + names:
         raise InvalidArgument(f"unknown {collective} algorithm {algo!r} ({', '.join(ALGOS[collective])}, auto)")
     if comm is not None:
@@ -171,6 +176,22 @@ def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None,
     return _explanation(collective, nbytes, d, len(ranks), hosts)
 
 
+def _with_env(name, value, fn):
+    """fn() with os.environ[name] = value (unchanged when value is None): reduce_scatter
+    takes its algorithm from HCOMM_ALGO only."""
+    if value is None:
+        return fn()
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
 def time_collective(comm, collective, nbytes, algo, iters=3, root=0):
     """Median seconds of `collective` of nbytes (float32; allgather: the gathered total)
     with `algo` forced, the slowest rank's view (every rank calls)."""
@@ -186,6 +207,17 @@ def time_collective(comm, collective, nbytes, algo, iters=3, root=0):
         if collective == "broadcast":
             call = lambda: comm._c.broadcast(x.ctypes.data, x.ctypes.data, x.size, "float32", root,  # noqa: E731
                                              algo, False)
+        elif collective == "reduce":
+            y = np.empty_like(x)
+            call = lambda: comm._c.reduce(x.ctypes.data, y.ctypes.data, x.size, "float32", "sum", 1.0,  # noqa: E731
+                                          root, algo, False)
+        elif collective == "reduce_scatter":
+            x = np.ones(max(1, nbytes // 4 // comm.size) * comm.size, np.float32)
+            y = np.empty(x.size // comm.size, np.float32)
+            call = lambda: _with_env("HCOMM_ALGO", f"reduce_scatter:{algo}" if algo else None,  # noqa: E731
+                                     lambda: comm._c.reduce_scatterv(x.ctypes.data, y.ctypes.data,
+                                                                     [y.size] * comm.size, "float32", "sum", 1.0,
+                                                                     False))
         else:
             call = lambda: comm._c.allreduce(x.ctypes.data, x.ctypes.data, x.size, "float32", "sum",  # noqa: E731
                                              1.0, algo, False)

@@ -108,12 +108,44 @@ def test_usage_errors_exit_2():
     assert proc.returncode == 2 and "bfloat16" in proc.stderr
 
 
-def test_missing_hcomm_is_reported_not_faked(tmp_path):
-    if hasattr(hcomm, "init"):
-        pytest.skip("hcomm core is built")
+# A sitecustomize that loads hcomm as usual, then removes hcomm.init: the state of a
+# checkout whose compiled core predates the Communicator. Only the bench subprocess and
+# the ranks it spawns (which inherit PYTHONPATH) see it.
+_HIDE_INIT = """
+import importlib.abc, importlib.util, sys
+
+class _HideInit(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "hcomm":
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec("hcomm")
+        finally:
+            sys.meta_path.insert(0, self)
+        real = spec.loader
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, s):
+                return real.create_module(s)
+
+            def exec_module(self, module):
+                real.exec_module(module)
+                del module.init
+
+        spec.loader = Loader()
+        return spec
+
+sys.meta_path.insert(0, _HideInit())
+"""
+
+
+def test_missing_hcomm_is_reported_not_faked(tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text(_HIDE_INIT)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     out = str(tmp_path / "r.json")
     proc = bench("allreduce", "--ranks", "2", "-b", "1K", "-e", "1K", *FAST, "--json", out)
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     res = load(out, proc)["implementations"]["hcomm"]
     assert res["status"] == "skipped" and "hcomm.init" in res["note"] and res["rows"] == []
 

@@ -229,3 +229,66 @@ def _fast_path_body(comm):
 def test_numpy_fast_path_matches_reference(world):
     counts = run_comm(_fast_path_body, world)
     assert len(set(counts)) == 1 and counts[0] > 0
+
+
+# ------------------------------------------------ every collective's other algorithms
+# reduce_scatter "direct", reduce "reduce_scatter_gather" and allgather "bruck", forced
+# through HCOMM_ALGO (read at every call), against numpy: every dtype and op, uneven and
+# zero counts, every root.
+
+def _more_algorithms_body(comm, seed):
+    n, r = comm.size, comm.rank
+    for i, dtype in enumerate(DTYPES):
+        for op in ops_for(dtype):
+            factor = premul(dtype) if op == "premul_sum" else None
+            for count in (1, 7, 1001):
+                s = seed + 1000 * i + 10 * count + len(op)
+                counts = [(count + 3 * q) % 11 + (count if q == n - 1 else 0) for q in range(n)]
+                vbig = [make(dtype, sum(counts), q, s, op) for q in range(n)]
+                out = zeros(dtype, counts[r])
+                comm.reduce_scatterv(copy(vbig[r]), out, counts, op=op, factor=factor)
+                lo = sum(counts[:r])
+                want = reduce_ref(vbig, op, dtype)
+                check(out, want[lo:lo + counts[r]], dtype, n, f"reduce_scatterv direct {dtype} {op} {counts}")
+                if n > 1:
+                    assert comm._c.last_algorithm() == "direct"
+                for root in range(n):
+                    inputs = [make(dtype, count, q, s + root, op) for q in range(n)]
+                    out = zeros(dtype, count)
+                    comm.reduce(copy(inputs[r]), out, root=root, op=op, factor=factor)
+                    if r == root:
+                        check(out, reduce_ref(inputs, op, dtype), dtype, n, f"reduce rsg {dtype} {op} root {root}")
+        if dtype == "bfloat16":
+            continue  # allgather moves bytes: the numpy dtypes cover it
+        counts = [(7 + 5 * q) % 13 for q in range(n)]  # uneven, one may be zero
+        parts = [make(dtype, counts[q], q, seed + i) for q in range(n)]
+        out = np.zeros(sum(counts), dtype=dtype)
+        comm.allgatherv(parts[r], out, counts)
+        assert np.array_equal(out, np.concatenate(parts)), f"allgatherv bruck {dtype} {counts}"
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 6, 8])
+def test_reduce_scatter_direct_reduce_rsg_allgather_bruck(world, monkeypatch):
+    monkeypatch.setenv("HCOMM_ALGO", "reduce_scatter:direct;reduce:reduce_scatter_gather;allgather:bruck")
+    run_comm(_more_algorithms_body, world, args=(world * 13,))
+
+
+def _unknown_algo_body(comm):
+    import hcomm
+
+    x = np.ones(5, np.float32)
+    try:
+        comm.allreduce(x)
+    except hcomm.Error as e:
+        return str(e)
+    return ""
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("rign", "HCOMM_ALGO: unknown algorithm 'rign' (ring, tree, halving_doubling"),
+    ("allreduce:binomial", "unknown allreduce algorithm 'binomial' (ring, tree, halving_doubling, hierarchical, native"),
+    ("allreduc:ring", "unknown collective 'allreduc'"),
+])
+def test_unknown_hcomm_algo_is_refused_with_the_list(spec, words, monkeypatch):
+    monkeypatch.setenv("HCOMM_ALGO", spec)
+    assert all(words in m for m in run_comm(_unknown_algo_body, 2)), words

@@ -2,7 +2,7 @@
 import pytest
 
 import hcomm
-from hcomm.topology import ALLGATHER_ALGOS, ALLREDUCE_ALGOS, BROADCAST_ALGOS
+from hcomm.topology import ALGOS, ALLGATHER_ALGOS, ALLREDUCE_ALGOS, BROADCAST_ALGOS
 
 GBIT = 8e-9  # s/byte of a 1 Gbit/s link
 
@@ -26,7 +26,79 @@ def test_every_candidate_is_listed_with_a_prediction():
     assert [c.algo for c in e.candidates] == list(ALLREDUCE_ALGOS)
     assert all(c.seconds > 0 for c in e.candidates)
     assert e.why == "model" and e.world == 4 and e.hosts == 2
-    assert e.chosen == min(e.candidates, key=lambda c: c.seconds).algo
+
+
+# ---------------------------------------------------------------- bounds any right model obeys
+# Checks that a wrong model fails: what must cross between two hosts, whatever the
+# algorithm. For each element of an allreduce, host B's result depends on host A's
+# inputs, so at least S bytes leave A (and one message: alpha); a broadcast or reduce
+# across the cut moves S; reduce_scatter and allgather S/2 (the other host's half).
+CUT_BYTES = {"allreduce": 1.0, "broadcast": 1.0, "reduce": 1.0, "reduce_scatter": 0.5, "allgather": 0.5}
+TCP_ALPHA = 5e-5
+
+
+@pytest.mark.parametrize("collective", list(CUT_BYTES))
+@pytest.mark.parametrize("layout", [(1, 1), (2, 2), (3, 3), (4, 4)])
+@pytest.mark.parametrize("nbytes", [8, 64 << 10, 16 << 20, 256 << 20])
+def test_no_prediction_beats_what_must_cross_the_hosts(collective, layout, nbytes):
+    for beta in (GBIT, GBIT / 10):
+        e = hcomm.explain(collective, nbytes, topology=hosts(*layout, tcp_beta=beta), root=layout[0])
+        bound = CUT_BYTES[collective] * nbytes * beta + TCP_ALPHA
+        for c in e.candidates:
+            if c.applicable:
+                assert c.seconds >= bound * 0.999, f"{c.algo}: {c.seconds:.3g} s < the cut's {bound:.3g} s"
+
+
+@pytest.mark.parametrize("collective", list(CUT_BYTES))
+def test_predictions_grow_with_size_and_with_slower_links(collective):
+    for layout in ((4,), (2, 2), (3, 1)):
+        prev = None
+        for nbytes in SIZES:
+            e = hcomm.explain(collective, nbytes, topology=hosts(*layout))
+            now = {c.algo: c.seconds for c in e.candidates}
+            if prev:
+                assert all(now[a] >= prev[a] for a in now), f"{layout} {nbytes}: {prev} -> {now}"
+            prev = now
+        if len(layout) > 1:
+            fast = hcomm.explain(collective, 16 << 20, topology=hosts(*layout, tcp_beta=GBIT / 10))
+            slow = hcomm.explain(collective, 16 << 20, topology=hosts(*layout, tcp_beta=GBIT))
+            assert all(slow.candidate(c.algo).seconds > c.seconds for c in fast.candidates if c.applicable)
+
+
+def test_candidates_come_from_the_one_table_of_names():
+    table = hcomm._C.algorithms()
+    for collective, names in ALGOS.items():
+        listed = [c.algo for c in hcomm.explain(collective, 1 << 20, topology=hosts(2, 2)).candidates]
+        assert listed == [a for a in table[collective] if a in names], collective
+        assert set(names) <= set(table[collective]) and "native" not in names
+
+
+def test_docs_name_every_algorithm():
+    """docs/algorithms.md's "Names" table lists exactly the core's table, row by row."""
+    import os
+    import re
+
+    docs = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "algorithms.md")).read()
+    rows = dict(re.findall(r"^\| (\w+) \| (`.*`.*) \|$", docs, re.M))
+    for collective, names in hcomm._C.algorithms().items():
+        assert collective in rows, collective
+        assert re.findall(r"`(\w+)`", rows[collective]) == names, (collective, rows[collective], names)
+
+
+@pytest.mark.parametrize("collective, algo", [("reduce_scatter", "ring"), ("reduce", "binomial")])
+def test_reduce_scatter_and_reduce_are_tuned_and_forced(collective, algo):
+    e = hcomm.explain(collective, 64 << 20, topology=hosts(4), algo=algo)
+    assert e.chosen == algo and e.why == "requested"
+    with pytest.raises(hcomm.InvalidArgument, match=f"unknown {collective} algorithm"):
+        hcomm.explain(collective, 8, topology=hosts(4), algo="pairwise")
+
+
+def test_reduce_picks_the_tree_for_latency_and_reduce_scatter_gather_for_bandwidth():
+    # binomial: ceil(log2 8) = 3 message steps, but the root takes log2(n) * S in;
+    # reduce-scatter + gather: n-1 + 1 messages, the root takes (n-1)/n * S in.
+    small = hcomm.explain("reduce", 8, topology=hosts(8), root=0)
+    big = hcomm.explain("reduce", 64 << 20, topology=hosts(8), root=0)
+    assert small.chosen == "binomial" and big.chosen == "reduce_scatter_gather"
 
 
 def test_hierarchical_wins_large_messages_across_hosts():
@@ -177,7 +249,6 @@ def test_racks_for_broadcast_and_allgather():
     # hosts: gather into host leaders; racks: peer rings among them; both candidates modelled
     e = hcomm.explain("allgather", 64 << 20, topology=topo)
     assert e.candidate("hierarchical").applicable
-    assert e.chosen == min(e.candidates, key=lambda c: c.seconds).algo
 
 
 def test_allgather_peer_rings_beat_the_ring_on_fast_networks_too():

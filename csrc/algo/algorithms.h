@@ -49,5 +49,28 @@ void alltoallvPairwise(Links& l, const void* in, const std::vector<size_t>& send
 
 void barrierDissemination(Links& l);
 
+// Ordered reductions (ordered.cc; Links::ordered()): the rank-order fold in the
+// accumulation type, rounded once, whatever the algorithm.
+// The owner's side of the fold: `own` is this rank's contribution; every other rank
+// sends `count` elements on `channel`.
+// `acc`: room for the running partial (count * l.accSize() bytes), or null to allocate it.
+void foldFromAll(Links& l, const void* own, void* out, size_t count, int channel, char* acc = nullptr);
+// The same fold over contributions already here, inputs[k] being rank k's.
+void foldLocal(Links& l, const std::vector<const char*>& inputs, void* out, size_t count);
+// Direct reduce-scatter: block b goes straight to rank b, which folds it; out: counts[me].
+void reduceScattervOrdered(Links& l, const void* in, void* out, const std::vector<size_t>& counts);
+// How an ordered allreduce spreads the reduced blocks (an allgatherv: in = this rank's block).
+using OrderedSpread =
+    std::function<void(Links&, const void* in, void* out, const std::vector<size_t>& counts)>;
+void allreduceOrdered(Links& l, const void* in, void* out, size_t count, const OrderedSpread& spread);
+// Small messages: Bruck-allgather every input, each rank folds all n locally.
+void allreduceGatherFold(Links& l, const void* in, void* out, size_t count);
+// Every rank but `root` sends its `count` elements to it (the sends are appended); the root folds.
+void rootFold(Links& l, const void* in, void* out, size_t count, int root, int channel,
+              std::vector<RequestPtr>& sends);
+void reduceOrdered(Links& l, const void* in, void* out, size_t count, int root);
+// Bruck allgather(v): ceil(log2 n) steps, (n-1)/n of the bytes per rank.
+void allgathervBruck(Links& l, const void* in, void* out, const std::vector<size_t>& counts);
+
 }  // namespace algo
 }  // namespace hcomm

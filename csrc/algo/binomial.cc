@@ -9,6 +9,11 @@
 //   T ~ (log2 n + k - 1) * (alpha + S/k * beta)  [+ S*gamma for reduce]
 // Wins for small messages and few ranks; large broadcasts on many ranks would prefer
 // scatter + allgather.
+//
+// Ordered reductions (16-bit SUM/PROD on 3+ ranks, HCOMM_DETERMINISTIC=1; ordered.cc):
+// the tree's partials would be rounded per hop and summed in tree order, so reduce runs
+// the direct reduce-scatter (owners fold in rank order) and the root gathers the blocks:
+//   T ~ (n-1)*alpha + (n-1)/n*S*beta + S*gamma*e + (n-1)/n*S*beta at the root.
 #include <algorithm>
 #include <cstring>
 
@@ -57,6 +62,7 @@ void broadcastBinomial(Links& l, void* bufv, size_t count, int root, size_t segB
 }
 
 void reduceBinomial(Links& l, const void* inv, void* outv, size_t count, int root, size_t segBytes) {
+  if (l.ordered()) return reduceOrdered(l, inv, outv, count, root);  // see the header
   const char* in = static_cast<const char*>(inv);
   size_t bytes = count * l.elemSize();
   size_t seg = std::max<size_t>(l.elemSize(), segBytes / l.elemSize() * l.elemSize());

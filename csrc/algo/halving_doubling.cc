@@ -11,6 +11,14 @@
 //     T ~ 2*log2(p)*alpha + 2(p-1)/p*S*beta + (p-1)/p*S*gamma
 // plus 2*(alpha + S*beta) when n is not a power of two. Wins for small and medium
 // messages (fewest steps) and for large ones on powers of two.
+//
+// Ordered reductions (16-bit SUM/PROD on 3+ ranks, HCOMM_DETERMINISTIC=1; ordered.cc):
+// pairwise partials cannot give the rank-order fold, so
+//   small messages: Bruck-allgather the inputs, every rank folds all n locally;
+//     T ~ ceil(log2 n)*alpha + (n-1)*S*beta + n*S*gamma*e
+//   large: direct reduce-scatter (owners fold), Bruck allgather;
+//     T ~ (n-1)*alpha + (n-1)/n*S*beta + S*gamma*e + ceil(log2 n)*alpha + (n-1)/n*S*beta
+// (e = 2 for 16-bit dtypes, whose partials are float32).
 #include <algorithm>
 #include <cstring>
 
@@ -95,6 +103,11 @@ void allreduceHalvingDoubling(Links& l, const void* inv, void* outv, size_t coun
   size_t bytes = count * l.elemSize();
   int p = 1;
   while (p * 2 <= n) p *= 2;
+  if (l.ordered()) {  // see the header
+    if (bytes >= largeBytes() && count >= static_cast<size_t>(n)) allreduceOrdered(l, in, out, count, allgathervBruck);
+    else allreduceGatherFold(l, in, out, count);
+    return;
+  }
   int rem = n - p;
   const char* acc = in;  // where this rank's running partial lives
   int vrank;

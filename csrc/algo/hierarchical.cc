@@ -16,6 +16,14 @@
 // 1.5x less for 2 hosts x 2 ranks. Wins for large messages across hosts with several
 // ranks per host; a flat algorithm wins on one host and for latency-bound sizes.
 //
+// Ordered reductions (16-bit SUM/PROD on 3+ ranks, HCOMM_DETERMINISTIC=1; ordered.cc):
+// group partials cannot give the rank-order fold, so every contribution travels to its
+// block's owner unreduced (direct reduce-scatter over all ranks: (n-g)/n * S of each
+// rank's bytes cross hosts, g of them per host NIC) and the result spreads by this
+// file's hierarchical allgather:
+//   T ~ T_direct_reduce_scatter(n, S) + T_hier_allgather(S)
+// It keeps the allgather's saving, not the reduce-scatter's.
+//
 // Broadcast, same levels: the root's group leader is the root itself, every other
 // group's leader is its lowest rank. The leaders broadcast among themselves one level
 // up (recursively; binomial at the top), then each group broadcasts from its leader
@@ -132,6 +140,12 @@ void allreduceHierarchical(Links& l, const void* in, void* out, size_t count,
     if (static_cast<int>(lv.size()) != l.size())
       throw Error("hierarchical allreduce: a level lists " + std::to_string(lv.size()) + " ranks for a group of " +
                   std::to_string(l.size()));
+  if (l.ordered()) {  // see the header
+    constexpr size_t kSpreadSegment = 512u << 10;  // the broadcast segment inside groups
+    return allreduceOrdered(l, in, out, count, [&](Links& ll, const void* mine, void* o, const std::vector<size_t>& c) {
+      allgathervHierarchical(ll, mine, o, c, levels, kSpreadSegment);
+    });
+  }
   level(l, in, out, count, levels, 0, top);
 }
 

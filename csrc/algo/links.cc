@@ -51,6 +51,20 @@ RequestPtr Links::irecvReduce(int peer, void* dst, const void* src, size_t bytes
   return r.transport->irecv(r.peer, tagBase_ + channel, dst, bytes, &spec, fingerprint_);
 }
 
+RequestPtr Links::irecvAccumulate(int peer, void* dst, bool dstWide, const void* a, bool aWide, size_t bytes,
+                                  int channel) {
+  const Route& r = route(peer);
+  ReduceSpec spec;
+  spec.src = a;
+  spec.dtype = dtype_;
+  spec.op = op_;
+  spec.memory = mem_;
+  spec.accumulate.on = true;
+  spec.accumulate.srcWide = aWide;
+  spec.accumulate.dstWide = dstWide;
+  return r.transport->irecv(r.peer, tagBase_ + channel, dst, bytes, &spec, fingerprint_);
+}
+
 int Links::recvAny(void* buf, size_t bytes, int channel, size_t* got) {
   int idle = 0;
   while (true) {
@@ -159,9 +173,10 @@ Links Links::sub(const std::vector<int>& ranks, int channelBase) const {
     if (ranks[i] == rank_) me = static_cast<int>(i);
   }
   if (me < 0) throw Error("Links::sub: this rank is not in the subset");
-  return Links(me, static_cast<int>(ranks.size()), std::move(routes), tagBase_ + channelBase, fingerprint_,
-               dtype_, op_,
-               deadline_, policy_, describe_, *mem_);
+  Links l(me, static_cast<int>(ranks.size()), std::move(routes), tagBase_ + channelBase, fingerprint_, dtype_, op_,
+          deadline_, policy_, describe_, *mem_);
+  l.ordered_ = ordered_;
+  return l;
 }
 
 void Links::reduceLocal(void* dst, const void* a, const void* b, size_t bytes) const {

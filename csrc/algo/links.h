@@ -77,6 +77,25 @@ class Links {
   // A buffer in the collective's memory that lives until the collective ends.
   char* scratch(size_t bytes);
 
+  // Ordered reductions (algo/ordered.cc). When set, every algorithm returns for each
+  // element the fold of the ranks' contributions in rank order 0..n-1, carried in the
+  // accumulation type and rounded once: the communicator sets it for float16/bfloat16
+  // SUM/PROD (float32 accumulation) and, with HCOMM_DETERMINISTIC=1, for every floating
+  // SUM/PROD. With two ranks every algorithm already computes one a op b, which IEEE
+  // makes commutative, so the algorithms take their ordinary path there.
+  void setOrdered(bool on) { ordered_ = on; }
+  bool ordered() const { return ordered_ && size_ > 2; }
+  // The fold's partials are float32 while the dtype is 16 bits.
+  bool wide() const { return ordered_ && (dtype_ == DataType::F16 || dtype_ == DataType::BF16); }
+  size_t accSize() const { return wide() ? 4 : elemSize_; }
+  // One fold step on this rank (Memory::accumulate): dst = [a op] b, b in the dtype.
+  void accumulateLocal(void* dst, bool dstWide, const void* a, bool aWide, const void* b, size_t count) const {
+    mem_->accumulate(dtype_, op_, dst, dstWide, a, aWide, b, count);
+  }
+  // The same step with b arriving from `peer` (ReduceSpec::accumulate).
+  RequestPtr irecvAccumulate(int peer, void* dst, bool dstWide, const void* a, bool aWide, size_t bytes,
+                             int channel);
+
  private:
   bool poll();           // progress every transport once
   void waitAll(const RequestPtr* rs, size_t n);
@@ -99,6 +118,7 @@ class Links {
   std::function<std::string()> describe_;
   const Memory* mem_;
   std::vector<std::shared_ptr<char>> scratch_;
+  bool ordered_ = false;
 };
 
 // Splits `count` elements into n near-equal blocks: block b starts at blockStart(b).

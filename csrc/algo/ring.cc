@@ -9,6 +9,14 @@
 // 2(n-1)/n * S bytes and reduces (n-1)/n * S;
 //   T ~ 2(n-1)*alpha + 2(n-1)/n * S * beta + (n-1)/n * S * gamma.
 // Wins for large messages: bandwidth-optimal for any n, but latency grows with n.
+//
+// Ordered reductions (16-bit SUM/PROD on 3+ ranks, HCOMM_DETERMINISTIC=1; ordered.cc):
+// a ring partial would be rounded at every hop and summed in ring order, so the
+// reduce-scatter becomes the direct one (each block's owner folds all contributions in
+// rank order, in float32 for 16-bit dtypes) and the allgather stays the ring's. Same
+// bytes on the wire; the n-1 receives of the fold are taken one at a time:
+//   T ~ (n-1)*alpha + (n-1)/n*S*beta + S*gamma*e   +   (n-1)*(alpha + S/n*beta)
+// with e = 2 for 16-bit dtypes (float32 partials), 1 otherwise.
 #include <algorithm>
 #include <cstring>
 
@@ -50,6 +58,7 @@ bool finished(const RequestPtr& r) { return !r || r->done.load(std::memory_order
 }  // namespace
 
 void allreduceRing(Links& l, const void* inv, void* outv, size_t count, size_t segBytes) {
+  if (l.ordered()) return allreduceOrdered(l, inv, outv, count, allgathervRing);  // see the header
   const char* in = static_cast<const char*>(inv);
   char* out = static_cast<char*>(outv);
   int n = l.size();
@@ -95,6 +104,7 @@ void allreduceRing(Links& l, const void* inv, void* outv, size_t count, size_t s
 void reduceScattervRing(Links& l, const void* inv, void* outv, const std::vector<size_t>& counts) {
   // Block b ends, fully reduced, on rank b: at step s rank r passes block r-s-1 on and
   // receives block r-s-2; partial sums alternate between two scratch blocks.
+  if (l.ordered()) return reduceScattervOrdered(l, inv, outv, counts);  // see the header
   const char* in = static_cast<const char*>(inv);
   char* out = static_cast<char*>(outv);
   int n = l.size(), r = l.rank();

@@ -9,6 +9,13 @@
 // each rank moves about 2 * S bytes (S/2 up and S/2 down in each tree);
 //   T ~ 2*(log2 n + k)*alpha + 2*S*beta + S*gamma  (pipelined).
 // Wins for small-to-medium messages on many ranks: latency grows with log n, not n.
+//
+// Ordered reductions (16-bit SUM/PROD on 3+ ranks, HCOMM_DETERMINISTIC=1; ordered.cc):
+// partials folded up a tree are in tree order and rounded per hop, so each tree's root
+// (rank 0, rank n-1) takes its half straight from every rank and folds it in rank
+// order, then the broadcast down the trees runs as above:
+//   T ~ (n-1)*(alpha + S/2*beta) + S/2*gamma*n*e + (log2 n + k)*(alpha + S/k*beta)
+// (e = 2 for 16-bit dtypes). The roots take in (n-1)*S/2: for small messages.
 #include <algorithm>
 #include <cstring>
 
@@ -78,9 +85,19 @@ void allreduceTree(Links& l, const void* inv, void* outv, size_t count, size_t s
     return Segment{(base[t] + b) * es, (e - b) * es};
   };
   std::vector<RequestPtr> sends;
-  for (size_t k = 0; k < nSeg; ++k)
-    for (int t = 0; t < 2; ++t)
-      if (segment(t, k).len) reduceUp(l, trees[t], in, out, segment(t, k), 2 * t, sends);
+  if (l.ordered()) {  // see the header: each tree's root folds its half straight from every rank
+    for (bool folding : {false, true})  // every send is posted before a root starts folding
+      for (int t = 0; t < 2; ++t) {
+        int root = t ? n - 1 : 0;
+        if ((l.rank() == root) == folding) rootFold(l, in + base[t] * es, out + base[t] * es, half[t], root, 2 * t, sends);
+      }
+    l.waitAll(sends);  // the broadcast below may overwrite `in` (in place)
+    sends.clear();
+  } else {
+    for (size_t k = 0; k < nSeg; ++k)
+      for (int t = 0; t < 2; ++t)
+        if (segment(t, k).len) reduceUp(l, trees[t], in, out, segment(t, k), 2 * t, sends);
+  }
   for (size_t k = 0; k < nSeg; ++k)
     for (int t = 0; t < 2; ++t)
       if (segment(t, k).len) broadcastDown(l, trees[t], out, segment(t, k), 2 * t + 1, sends);

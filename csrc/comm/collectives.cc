@@ -27,6 +27,12 @@ void postscale(const Links& l, DataType dt, ReduceOp op, int n, void* out, size_
   if (op == ReduceOp::AVG) l.memory().divide(dt, out, out, count, n);
 }
 
+// How the tuner should price a reduction's arithmetic (topo/tuner.h).
+Fold foldOf(DataType dt, bool ordered) {
+  if (!ordered) return Fold::PLAIN;
+  return dt == DataType::F16 || dt == DataType::BF16 ? Fold::ORDERED_WIDE : Fold::ORDERED;
+}
+
 }  // namespace
 
 template <class Plan>
@@ -64,19 +70,27 @@ namespace {
 
 // One flat allreduce algorithm with its segment size.
 struct FlatChoice {
-  enum Kind { RING, TREE, HALVING_DOUBLING } kind = RING;
+  enum Kind { NONE, RING, TREE, HALVING_DOUBLING } kind = NONE;
   size_t seg = 0;
 
+  // `algo`: a flat allreduce of the table of names (algo/names.h), or none ("", "native":
+  // an ordered hierarchical allreduce runs no flat one); anything else is a bug upstream
+  // (planning checked the name), so it raises rather than run something else.
   static FlatChoice of(const std::string& algo, size_t seg) {
     FlatChoice f;
-    f.kind = algo == "ring" ? RING : algo == "tree" ? TREE : HALVING_DOUBLING;
+    if (algo == "ring") f.kind = RING;
+    else if (algo == "tree") f.kind = TREE;
+    else if (algo == "halving_doubling") f.kind = HALVING_DOUBLING;
+    else if (!algo.empty() && algo != "native")
+      throw Error("allreduce: no flat algorithm '" + algo + "' (ring, tree, halving_doubling)");
     f.seg = seg;
     return f;
   }
   void operator()(Links& l, const void* in, void* out, size_t count) const {
     if (kind == RING) algo::allreduceRing(l, in, out, count, seg);
     else if (kind == TREE) algo::allreduceTree(l, in, out, count, seg);
-    else algo::allreduceHalvingDoubling(l, in, out, count);
+    else if (kind == HALVING_DOUBLING) algo::allreduceHalvingDoubling(l, in, out, count);
+    else throw Error("allreduce: no flat algorithm was planned");
   }
 };
 
@@ -86,7 +100,12 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
                                 const std::string& algo, bool async) {
   checkUsable();
   size_t bytes = count * dtypeSize(dt);
-  Candidate pick = this->pick(CollKind::ALLREDUCE, bytes, -1, algo, [&] { return planAllreduce(bytes, algo); });
+  bool ordered = orderedReduction(dt, op);
+  Fold fold = foldOf(dt, ordered);
+  // The plan cache keys allreduce by its fold in the root slot (-1 plain, -2, -3).
+  int key = -1 - static_cast<int>(fold);
+  Candidate pick = this->pick(CollKind::ALLREDUCE, bytes, key, algo, [&] { return planAllreduce(bytes, algo, fold); });
+  if (pick.algo == "native") refuseNativeIfDeterministic("allreduce", dt, op);
   CollectiveInfo info{"allreduce", CollKind::ALLREDUCE, dt, count, -1, pick.algo, op};
   bool hier = pick.algo == "hierarchical";
   FlatChoice run = FlatChoice::of(hier ? pick.inner : pick.algo, hier ? pick.innerSegBytes : pick.segBytes);
@@ -97,6 +116,7 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
                               [&] { return describe(info, nextSeq_); });
   return submit(info, false, 0, [=, levels = std::move(levels)](Links& l, Work&) {
     if (count == 0) return;
+    l.setOrdered(ordered);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, out, count);  // scaled copy into out
     if (n == 1) {
@@ -116,21 +136,30 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
                              int root, const std::string& algo, bool async) {
   checkUsable();
   checkRoot(root, "root");
-  if (!algo.empty() && algo != "auto" && algo != "tree" && algo != "binomial" && algo != "native")
-    throw Error("unknown reduce algorithm '" + algo + "' (binomial, native)");
-  bool native = wantsNative(algo, "reduce");
-  CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, native ? "native" : "binomial", op};
-  NativeCall nat = nativeCall(native, mpi_, "reduce", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
-  size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", 512u << 10);
+  size_t bytes = count * dtypeSize(dt);
+  bool ordered = orderedReduction(dt, op);
+  Fold fold = foldOf(dt, ordered);
+  // The plan cache keys reduce by root and fold together in its root slot.
+  Candidate pick = this->pick(CollKind::REDUCE, bytes, 3 * root + static_cast<int>(fold), algo,
+                              [&] { return planReduce(bytes, root, algo, fold); });
+  if (pick.algo == "native") refuseNativeIfDeterministic("reduce", dt, op);
+  CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, pick.algo, op};
+  NativeCall nat = nativeCall(pick.algo == "native", mpi_, "reduce", timeoutSec_, world_->policy,
+                              [&] { return describe(info, nextSeq_); });
+  size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", pick.segBytes ? pick.segBytes : 512u << 10);
+  bool rsg = pick.algo == "reduce_scatter_gather";
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
+    l.setOrdered(ordered);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, l.scratch(count * dtypeSize(dt)), count);
     if (n == 1) {
       l.copy(out, src, count * dtypeSize(dt));
     } else if (nat) {
       algo::reduceNative(*nat.comm, src, out, count, dt, l.op(), root, nat.wait());
+    } else if (rsg) {
+      algo::reduceOrdered(l, src, out, count, root);  // any op: the owners fold in rank order
     } else {
       algo::reduceBinomial(l, src, out, count, root, seg);
     }
@@ -177,6 +206,7 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   size_t seg = choice.segBytes;
   std::vector<std::vector<int>> levels;
   if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
+  bool bruck = pick == "bruck";
   int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
@@ -186,6 +216,7 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
     }
     if (nat) algo::allgathervNative(*nat.comm, in, out, counts, dt, nat.wait());
     else if (!levels.empty()) algo::allgathervHierarchical(l, in, out, counts, levels, seg);
+    else if (bruck) algo::allgathervBruck(l, in, out, counts);
     else algo::allgathervRing(l, in, out, counts);
   }, async);
 }
@@ -196,18 +227,27 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
   if (static_cast<int>(counts.size()) != size_)
     throw Error("reduce_scatterv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
-  bool native = wantsNative("", "reduce_scatter");
-  CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, native ? "native" : "ring", op};
-  NativeCall nat = nativeCall(native, mpi_, "reduce_scatter", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
+  bool ordered = orderedReduction(dt, op);
+  Fold fold = foldOf(dt, ordered);
+  Candidate pick = this->pick(CollKind::REDUCE_SCATTER, total * dtypeSize(dt), -1 - static_cast<int>(fold), "",
+                              [&] { return planReduceScatter(total * dtypeSize(dt), "", fold); });
+  if (pick.algo == "native") refuseNativeIfDeterministic("reduce_scatter", dt, op);
+  CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, pick.algo, op};
+  NativeCall nat = nativeCall(pick.algo == "native", mpi_, "reduce_scatter", timeoutSec_, world_->policy,
+                              [&] { return describe(info, nextSeq_); });
+  bool direct = pick.algo == "direct";
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
+    l.setOrdered(ordered);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, l.scratch(total * dtypeSize(dt)), total);
     if (n == 1) {
       l.copy(out, src, total * dtypeSize(dt));
     } else if (nat) {
       algo::reduceScattervNative(*nat.comm, src, out, counts, dt, l.op(), nat.wait());
+    } else if (direct) {
+      algo::reduceScattervOrdered(l, src, out, counts);  // any op: each owner folds its block
     } else {
       algo::reduceScattervRing(l, src, out, counts);
     }

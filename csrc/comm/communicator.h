@@ -132,7 +132,9 @@ class Communicator {
   // The algorithm the size rule (or HCOMM_ALGO, or `requested`) picks.
   std::string chooseAllreduce(size_t bytes, const std::string& requested) const;
   // The tuner's table for this communicator: every candidate, its predicted time, the choice.
-  Decision planAllreduce(size_t bytes, const std::string& requested) const;
+  Decision planAllreduce(size_t bytes, const std::string& requested, Fold fold = Fold::PLAIN) const;
+  Decision planReduceScatter(size_t bytes, const std::string& requested, Fold fold = Fold::PLAIN) const;
+  Decision planReduce(size_t bytes, int root, const std::string& requested, Fold fold = Fold::PLAIN) const;
   // The same for broadcast (binomial, hierarchical, native) and allgather(v) (ring,
   // hierarchical, native); bytes is the whole message (allgather: the gathered total).
   Decision planBroadcast(size_t bytes, int root, const std::string& requested) const;

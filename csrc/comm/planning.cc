@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "comm/communicator.h"
+#include "algo/names.h"
 #include "comm/native_call.h"
 #include "topo/policy.h"
 #include "topo/topology.h"
@@ -14,10 +15,11 @@ std::string Communicator::chooseAllreduce(size_t bytes, const std::string& reque
   return planAllreduce(bytes, requested).choice().algo;
 }
 
-Decision Communicator::planAllreduce(size_t bytes, const std::string& requested) const {
+Decision Communicator::planAllreduce(size_t bytes, const std::string& requested, Fold fold) const {
   bool asked = !requested.empty() && requested != "auto";
-  std::string forced = asked ? requested : algoFromEnv("allreduce");
   if (!world_) throw Error("communicator is closed");
+  std::string forced = asked ? canonicalAlgorithm("allreduce", requested)
+                             : forcedByEnv("allreduce", allreduceAlgorithms(), world_->tuner != nullptr);
   if (forced == "native") {  // MPI's own allreduce (algo/native_mpi.h)
     requireMpi(mpi_, "allreduce");
     Decision d;
@@ -32,8 +34,9 @@ Decision Communicator::planAllreduce(size_t bytes, const std::string& requested)
     d.why = "requested";
     return d;
   }
-  Decision d = world_->tuner->allreduce(worldRanks_, bytes, forced, asked ? "requested" : "HCOMM_ALGO");
-  if ((forced.empty() || forced == "auto") && mpi_ && size_ > 1 && nativeBySize(bytes)) {  // the site's size rule for MPI's own
+  Decision d = world_->tuner->allreduce(worldRanks_, bytes, forced, asked ? "requested" : "HCOMM_ALGO", fold);
+  // Not under HCOMM_DETERMINISTIC=1: MPI's allreduce cannot promise the rank-order sum.
+  if ((forced.empty() || forced == "auto") && mpi_ && size_ > 1 && !deterministicMode() && nativeBySize(bytes)) {  // the site's size rule for MPI's own
     d.candidates.push_back(Candidate{"native"});
     d.chosen = static_cast<int>(d.candidates.size()) - 1;
     d.why = "HCOMM_NATIVE_BYTES";
@@ -48,7 +51,7 @@ Decision planWith(const std::string& collective, const std::vector<std::string>&
                   const std::shared_ptr<MpiComm>& mpi, bool tunerReady,
                   const std::function<Decision(const std::string& forced, const std::string& why)>& tune) {
   bool asked = !requested.empty() && requested != "auto";
-  std::string forced = asked ? requested : forcedByEnv(collective, names);
+  std::string forced = asked ? canonicalAlgorithm(collective, requested) : forcedByEnv(collective, names, tunerReady);
   std::string why = asked ? "requested" : "HCOMM_ALGO";
   if (forced == "native") {
     requireMpi(mpi, collective);
@@ -90,6 +93,24 @@ Decision Communicator::planAllgather(size_t bytes, const std::string& requested)
   return planWith("allgather", allgatherAlgorithms(), requested, mpi_, world_->tuner != nullptr,
                   [&](const std::string& forced, const std::string& why) {
                     return world_->tuner->allgather(worldRanks_, bytes, forced, why);
+                  });
+}
+
+Decision Communicator::planReduceScatter(size_t bytes, const std::string& requested, Fold fold) const {
+  if (!world_) throw Error("communicator is closed");
+  return planWith("reduce_scatter", reduceScatterAlgorithms(), requested, mpi_, world_->tuner != nullptr,
+                  [&](const std::string& forced, const std::string& why) {
+                    return world_->tuner->reduceScatter(worldRanks_, bytes, forced, why, fold);
+                  });
+}
+
+Decision Communicator::planReduce(size_t bytes, int root, const std::string& requested, Fold fold) const {
+  if (!world_) throw Error("communicator is closed");
+  if (root < 0 || root >= size_)
+    throw Error("reduce root " + std::to_string(root) + " is out of range for size " + std::to_string(size_));
+  return planWith("reduce", reduceAlgorithms(), requested, mpi_, world_->tuner != nullptr,
+                  [&](const std::string& forced, const std::string& why) {
+                    return world_->tuner->reduce(worldRanks_, bytes, root, forced, why, fold);
                   });
 }
 

@@ -37,6 +37,12 @@ void CudaMemory::reduce(DataType dt, ReduceOp op, void* dst, const void* a, cons
   synchronize();
 }
 
+void CudaMemory::accumulate(DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide,
+                            const void* b, size_t count) const {
+  kernels_->accumulate(dt, op, dst, dstWide, a, aWide, b, count, stream_);
+  synchronize();
+}
+
 void CudaMemory::scale(DataType dt, void* dst, const void* src, size_t count, double factor) const {
   kernels_->scale(dt, dst, src, count, factor, stream_);
   synchronize();

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "common/types.h"
+#include "transport/transport.h"
 
 namespace hcomm {
 
@@ -23,7 +24,16 @@ struct DeviceKernels {
   void (*reduce)(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t count, void* stream);
   void (*scale)(DataType dt, void* dst, const void* src, size_t count, double factor, void* stream);
   void (*divide)(DataType dt, void* dst, const void* src, size_t count, int64_t divisor, void* stream);
+  // Memory::accumulate (reduce/memory.h).
+  void (*accumulate)(DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide, const void* b,
+                     size_t count, void* stream);
 };
+
+// A receive's combining step on the device: the `len` payload bytes that belong at
+// `offset` of the message, combined into `dst` as `spec` says (a plain reduction with
+// spec.src, or a fold step in the accumulation type, whose wide sides scale offsets).
+void deviceCombine(const DeviceKernels& k, const ReduceSpec& spec, char* dst, size_t offset, const void* payload,
+                   size_t len, void* stream);
 
 // The table for the runtime in use (see above); throws Error when there is none (a real
 // runtime opened by path while hcomm was built without CUDA kernels).

@@ -102,6 +102,23 @@ __global__ void divideKernel(T* d, const T* s, size_t n, int64_t divisor) {
   }
 }
 
+// Memory::accumulate on the device (reduce/memory.h): one step of a fold carried in the
+// compute type (float32 for f16/bf16), rounded to T only when dst is not wide.
+template <typename T, typename Op>
+__global__ void accumulateKernel(void* d, bool dWide, const void* a, bool aWide, const T* b, size_t n) {
+  using C = typename Elem<T>::Compute;
+  size_t stride = size_t(gridDim.x) * blockDim.x;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    C t = Elem<T>::load(b[i]);
+    if (a) {
+      C x = aWide ? C(static_cast<const float*>(a)[i]) : Elem<T>::load(static_cast<const T*>(a)[i]);
+      t = Op()(x, t);
+    }
+    if (dWide) static_cast<float*>(d)[i] = float(t);
+    else static_cast<T*>(d)[i] = Elem<T>::store(t);
+  }
+}
+
 unsigned blocksFor(size_t work) {
   size_t blocks = (work + kThreads - 1) / kThreads;
   return unsigned(blocks < 1 ? 1 : blocks > kMaxBlocks ? kMaxBlocks : blocks);
@@ -230,6 +247,33 @@ extern "C" int hcommCudaReduce(int dtype, int op, void* dst, const void* a, cons
     case ReduceOp::MAX: return hcomm::reduceByType<hcomm::Max>(dt, dst, a, b, count, s);
   }
   return int(cudaErrorInvalidValue);
+}
+
+extern "C" int hcommCudaAccumulate(int dtype, int op, void* dst, int dstWide, const void* a, int aWide,
+                                   const void* b, size_t count, void* stream) {
+  if (!hcomm::validDtype(dtype)) return int(cudaErrorInvalidValue);
+  if (count == 0) return int(cudaSuccess);
+  DataType dt = DataType(dtype);
+  bool half = dt == DataType::F16 || dt == DataType::BF16;
+  if (!half && (dstWide || aWide)) return int(cudaErrorInvalidValue);
+  ReduceOp rop = ReduceOp(op);
+  if (dt == DataType::BOOL) rop = rop == ReduceOp::PROD ? ReduceOp::MIN : rop == ReduceOp::SUM ? ReduceOp::MAX : rop;
+  auto s = static_cast<cudaStream_t>(stream);
+  return hcomm::byElementType(dt, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    auto launch = [&](auto opTag) {
+      using Op = decltype(opTag);
+      hcomm::accumulateKernel<T, Op><<<hcomm::blocksFor(count), hcomm::kThreads, 0, s>>>(
+          dst, dstWide != 0, a, aWide != 0, static_cast<const T*>(b), count);
+      return int(cudaGetLastError());
+    };
+    switch (rop) {
+      case ReduceOp::PROD: return launch(hcomm::Prod());
+      case ReduceOp::MIN: return launch(hcomm::Min());
+      case ReduceOp::MAX: return launch(hcomm::Max());
+      default: return launch(hcomm::Sum());
+    }
+  });
 }
 
 extern "C" int hcommCudaScale(int dtype, void* dst, const void* src, size_t count, double factor, void* stream) {

@@ -20,6 +20,10 @@ extern "C" {
 // dst[i] = a[i] op b[i]; dst may alias a or b. op is SUM, PROD, MIN or MAX (AVG and
 // PREMUL_SUM reduce as SUM; the caller applies the scale).
 int hcommCudaReduce(int dtype, int op, void* dst, const void* a, const void* b, size_t count, void* stream);
+// Memory::accumulate (reduce/memory.h) on the device: one fold step carried in float32
+// for f16/bf16 (dstWide / aWide: that side holds float32), a null `a` converts b alone.
+int hcommCudaAccumulate(int dtype, int op, void* dst, int dstWide, const void* a, int aWide, const void* b,
+                        size_t count, void* stream);
 // dst[i] = src[i] * factor (integers: times (int64)factor, wrapping).
 int hcommCudaScale(int dtype, void* dst, const void* src, size_t count, double factor, void* stream);
 // dst[i] = src[i] / divisor (integers truncate), the post-step of AVG.

@@ -18,6 +18,10 @@ class HostMemory final : public Memory {
     if (streamed) reduceStreamed(dt, op, dst, a, b, count);
     else hcomm::reduce(dt, op, dst, a, b, count);
   }
+  void accumulate(DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide, const void* b,
+                  size_t count) const override {
+    hcomm::accumulate(dt, op, dst, dstWide, a, aWide, b, count);
+  }
   void scale(DataType dt, void* dst, const void* src, size_t count, double factor) const override {
     hcomm::scale(dt, dst, src, count, factor);
   }

@@ -25,6 +25,18 @@ class Memory {
   // not read again before it would have left the cache (a hint; hosts use streaming stores).
   virtual void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t count,
                       bool streamed = false) const = 0;
+  // One step of a reduction carried in the accumulation type (float32 for float16 and
+  // bfloat16, the dtype itself otherwise), so that a result is rounded to 16 bits once:
+  //   t[i] = a ? A(a[i]) op B(b[i]) : B(b[i])      computed in float32 for 16-bit dt
+  //   dst[i] = dstWide ? t[i] (as float32) : t[i] rounded once to dt (nearest-even)
+  // where A(x) reads a float32 when aWide, else dt widened exactly to float32, and B(x)
+  // widens dt. `b` always holds dt. Folding rank 0's contribution with a = null, then
+  // ranks 1..n-1 with a = the running float32 partial, the last step narrowing, gives the
+  // sum (or product) in rank order rounded once. For other dtypes the wide flags must be
+  // false: it is reduce() (or a copy when a is null). dst may alias a or b. op is SUM,
+  // PROD, MIN or MAX.
+  virtual void accumulate(DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide, const void* b,
+                          size_t count) const = 0;
   // dst[i] = src[i] * factor (PREMUL_SUM's pre-step); dst may alias src.
   virtual void scale(DataType dt, void* dst, const void* src, size_t count, double factor) const = 0;
   // dst[i] = src[i] / divisor (AVG's post-step); dst may alias src.

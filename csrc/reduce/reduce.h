@@ -17,6 +17,11 @@ void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, s
 // reduce() for an output that aliases neither input and will not be read again before
 // it leaves the cache: written with streaming stores where the CPU has AVX2.
 void reduceStreamed(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t count);
+// Memory::accumulate's host kernel (reduce/memory.h): one step of a reduction carried in
+// float32 for f16/bf16 (dstWide / aWide: that side holds float32), rounded to 16 bits
+// only when dst is not wide; a null `a` converts b alone.
+void accumulate(DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide, const void* b,
+                size_t count);
 // dst[i] = src[i] * factor (floating) or src[i] * (integer)factor; dst may alias src.
 void scale(DataType dt, void* dst, const void* src, size_t count, double factor);
 // dst[i] = src[i] / divisor, the post-step of AVG (integer division truncates).
@@ -38,6 +43,8 @@ namespace kernels {
   void reduceStreamed(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t n); \
   void scale(DataType dt, void* dst, const void* src, size_t n, double factor);             \
   void divide(DataType dt, void* dst, const void* src, size_t n, int64_t divisor);          \
+  void accumulate(DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide, \
+                  const void* b, size_t n);                                                   \
   }
 HCOMM_DECLARE_KERNELS(generic)
 HCOMM_DECLARE_KERNELS(avx2)

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "algo/names.h"
 #include "common/param.h"
 #include "common/types.h"
 
@@ -155,6 +156,95 @@ Candidate halvingDoublingModel(const Net& net, double bytes) {
     }
   }
   return {"halving_doubling", t, 0};
+}
+
+// ---------------------------------------------------------------- ordered reductions
+// algo/ordered.cc and the "Ordered reductions" paragraph of each algorithm's header.
+
+// The reduction kernel's bytes per byte of payload: a float32 partial doubles them.
+double foldGamma(Fold f) { return gammaSecondsPerByte() * (f == Fold::ORDERED_WIDE ? 2.0 : 1.0); }
+
+// Direct reduce-scatter: every rank sends a block of S/m to every other at once (each
+// host's NIC carries all its crossing blocks: step()'s load), each owner takes its m-1
+// blocks one after another and folds m times.
+double orderedReduceScatterSeconds(const Net& net, double bytes, Fold f) {
+  int m = net.size();
+  std::vector<std::pair<int, int>> edges;
+  double beta = 0;
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < m; ++j)
+      if (i != j) {
+        edges.push_back({i, j});
+        beta = std::max(beta, net.s.links[static_cast<int>(classOf(net.s, net.members[i], net.members[j]))].beta);
+      }
+  StepCost st = step(net, edges);
+  double block = bytes / m;
+  return (m - 1) * st.alpha + std::max((m - 1) * block * beta, block * st.perByte) + bytes * foldGamma(f);
+}
+
+// Bruck allgather of `total` bytes: ceil(log2 m) steps, rank i sending to i - have.
+double bruckAllgatherSeconds(const Net& net, double total) {
+  int m = net.size();
+  double t = 0;
+  for (int have = 1; have < m; have *= 2) {
+    std::vector<std::pair<int, int>> edges;
+    for (int i = 0; i < m; ++i) edges.push_back({i, (i - have + m) % m});
+    StepCost st = step(net, edges);
+    t += st.alpha + std::min(have, m - have) * total / m * st.perByte;
+  }
+  return t;
+}
+
+double ringAllgatherSeconds(const Net& net, double bytes);
+double hierarchicalAllgatherSeconds(const CommShape& s, const std::vector<std::vector<int>>& levels,
+                                    const std::vector<int>& members, size_t depth, double bytes, double seg);
+
+Candidate orderedRing(const Net& net, double bytes, Fold f) {
+  return {"ring", orderedReduceScatterSeconds(net, bytes, f) + ringAllgatherSeconds(net, bytes), 0};
+}
+
+// Small: Bruck-allgather every input and fold all m locally; large: direct
+// reduce-scatter + Bruck allgather (halving_doubling.cc's same switch).
+Candidate orderedHalvingDoubling(const Net& net, double bytes, Fold f) {
+  int m = net.size();
+  bool large = bytes >= static_cast<double>(envInt("HCOMM_HD_LARGE_BYTES", 256 << 10));
+  double t = large ? orderedReduceScatterSeconds(net, bytes, f) + bruckAllgatherSeconds(net, bytes)
+                   : bruckAllgatherSeconds(net, m * bytes) + m * bytes * foldGamma(f);
+  return {"halving_doubling", t, 0};
+}
+
+// The two roots (ranks 0 and m-1) take S/2 from every rank one after another and fold;
+// then each tree broadcasts its half down, pipelined in segments.
+Candidate orderedTree(const Net& net, double bytes, Fold f) {
+  int m = net.size();
+  double gather = 0;
+  for (int root : {0, m - 1}) {
+    double t = 0;
+    for (int i = 0; i < m; ++i) {
+      if (i == root) continue;
+      const LinkCost& c = net.s.links[static_cast<int>(classOf(net.s, net.members[i], net.members[root]))];
+      t += c.alpha + bytes / 2 * c.beta * net.share;
+    }
+    gather = std::max(gather, t + m * bytes / 2 * foldGamma(f));
+  }
+  std::vector<std::pair<int, int>> edges;  // parent -> child in both trees
+  for (int i = 1; i < m; ++i) {
+    edges.push_back({(i - 1) / 2, i});
+    edges.push_back({m - 1 - (i - 1) / 2, m - 1 - i});
+  }
+  StepCost st = step(net, edges);
+  double depth = std::floor(std::log2(std::max(1, m)));
+  Candidate best{"tree", std::numeric_limits<double>::infinity(), treeSegments().back()};
+  for (size_t seg : treeSegments()) {
+    double s = std::min<double>(seg, std::max(1.0, bytes / 2));
+    double k = std::max(1.0, std::ceil(bytes / 2 / s));
+    double down = (depth + k - 1) * (st.alpha + 2 * s * st.perByte);
+    if (gather + down < best.seconds) {
+      best.seconds = gather + down;
+      best.segBytes = seg;
+    }
+  }
+  return best;
 }
 
 Candidate bestFlat(const Net& net, double bytes) {
@@ -363,7 +453,7 @@ bool hierarchyApplies(const CommShape& s) { return s.hosts() > 1 && s.hosts() < 
 }  // namespace
 
 const std::vector<std::string>& allreduceAlgorithms() {
-  static const std::vector<std::string> v = {"ring", "tree", "halving_doubling", "hierarchical"};
+  static const std::vector<std::string> v = algorithmsOf("allreduce", false);
   return v;
 }
 
@@ -410,17 +500,24 @@ std::vector<std::vector<int>> CommShape::levels() const {
   return l;
 }
 
-Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forced, const std::string& why) {
+Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forced, const std::string& why,
+                       Fold fold) {
   const auto& names = allreduceAlgorithms();
-  if (!forced.empty() && forced != "auto" && std::find(names.begin(), names.end(), forced) == names.end())
-    throw Error("unknown allreduce algorithm '" + forced + "' (ring, tree, halving_doubling, hierarchical, auto)");
+  checkForced("allreduce", names, forced);
   std::vector<int> all(s.n);
   for (int r = 0; r < s.n; ++r) all[r] = r;
   Net net{s, all, 1};
   double b = static_cast<double>(bytes);
   Decision d;
-  d.candidates = {ringModel(net, b), treeModel(net, b), halvingDoublingModel(net, b),
-                  hierarchicalModel(s, s.levels(), all, 0, b, 1)};
+  if (fold != Fold::PLAIN && s.n > 2) {  // two ranks: one a op b, the plain algorithms (links.h)
+    constexpr double kSpreadSegment = 512 << 10;  // hierarchical.cc's ordered allgather segment
+    d.candidates = {orderedRing(net, b, fold), orderedTree(net, b, fold), orderedHalvingDoubling(net, b, fold),
+                    {"hierarchical", orderedReduceScatterSeconds(net, b, fold) +
+                                         hierarchicalAllgatherSeconds(s, s.levels(), all, 0, b, kSpreadSegment), 0}};
+  } else {
+    d.candidates = {ringModel(net, b), treeModel(net, b), halvingDoublingModel(net, b),
+                    hierarchicalModel(s, s.levels(), all, 0, b, 1)};
+  }
   // On one host, or one rank per host, the hierarchy has one level: it is the flat algorithm.
   bool someHostShared = s.hosts() < s.n;
   d.candidates[3].applicable = s.hosts() > 1 && someHostShared;
@@ -436,12 +533,22 @@ Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forc
 }
 
 const std::vector<std::string>& broadcastAlgorithms() {
-  static const std::vector<std::string> v = {"binomial", "hierarchical"};
+  static const std::vector<std::string> v = algorithmsOf("broadcast", false);
   return v;
 }
 
 const std::vector<std::string>& allgatherAlgorithms() {
-  static const std::vector<std::string> v = {"ring", "hierarchical"};
+  static const std::vector<std::string> v = algorithmsOf("allgather", false);
+  return v;
+}
+
+const std::vector<std::string>& reduceScatterAlgorithms() {
+  static const std::vector<std::string> v = algorithmsOf("reduce_scatter", false);
+  return v;
+}
+
+const std::vector<std::string>& reduceAlgorithms() {
+  static const std::vector<std::string> v = algorithmsOf("reduce", false);
   return v;
 }
 
@@ -475,10 +582,81 @@ Decision tuneAllgather(const CommShape& s, size_t bytes, const std::string& forc
   d.candidates = {Candidate{"ring", ringAllgatherSeconds(Net{s, all, 1}, b), 0},
                   bestSegment("hierarchical", [&](double seg) {
                     return hierarchicalAllgatherSeconds(s, levels, all, 0, b, seg);
-                  })};
+                  }),
+                  Candidate{"bruck",  // + ordered.cc's copy out of the rotated buffer
+                            bruckAllgatherSeconds(Net{s, all, 1}, b) + b * s.links[static_cast<int>(LinkClass::SHM)].beta, 0}};
   d.candidates[1].applicable = hierarchyApplies(s);
   choose(d, forced, why);
   return d;
+}
+
+Decision tuneReduceScatter(const CommShape& s, size_t bytes, const std::string& forced, const std::string& why,
+                           Fold fold) {
+  checkForced("reduce_scatter", reduceScatterAlgorithms(), forced);
+  std::vector<int> all(s.n);
+  for (int r = 0; r < s.n; ++r) all[r] = r;
+  Net net{s, all, 1};
+  double b = static_cast<double>(bytes);
+  double direct = orderedReduceScatterSeconds(net, b, fold);
+  Decision d;
+  if (fold != Fold::PLAIN && s.n > 2) {  // ring.cc runs the direct reduce-scatter then
+    d.candidates = {Candidate{"ring", direct, 0}, Candidate{"direct", direct, 0}};
+  } else {
+    // ring.cc: n-1 steps, each passing a block on and reducing the one received.
+    std::vector<std::pair<int, int>> edges;
+    for (int i = 0; i < s.n; ++i) edges.push_back({i, (i + 1) % s.n});
+    StepCost st = step(net, edges);
+    double ring = (s.n - 1) * (st.alpha + b / s.n * st.perByte) + (s.n - 1.0) / s.n * b * gammaSecondsPerByte();
+    d.candidates = {Candidate{"ring", ring, 0}, Candidate{"direct", direct, 0}};
+  }
+  choose(d, forced, why);
+  return d;
+}
+
+Decision tuneReduce(const CommShape& s, size_t bytes, int root, const std::string& requested, const std::string& why,
+                    Fold fold) {
+  std::string forced = requested == "tree" ? "binomial" : requested;
+  checkForced("reduce", reduceAlgorithms(), forced);
+  if (root < 0 || root >= s.n) throw Error("reduce root " + std::to_string(root) + " is not among " +
+                                           std::to_string(s.n) + " ranks");
+  std::vector<int> all(s.n);
+  for (int r = 0; r < s.n; ++r) all[r] = r;
+  Net net{s, all, 1};
+  double b = static_cast<double>(bytes);
+  // ordered.cc's reduceOrdered: direct reduce-scatter, then the root takes the n-1 blocks at once.
+  double toRoot = 0, alpha = 0;
+  for (int i = 0; i < s.n; ++i)
+    if (i != root) {
+      const LinkCost& c = s.links[static_cast<int>(classOf(s, i, root))];
+      toRoot += b / s.n * c.beta;
+      alpha = std::max(alpha, c.alpha);
+    }
+  double rsg = orderedReduceScatterSeconds(net, b, fold) + alpha + toRoot;
+  Decision d;
+  if (fold != Fold::PLAIN && s.n > 2) {  // binomial.cc runs reduceOrdered then
+    d.candidates = {Candidate{"binomial", rsg, 0}, Candidate{"reduce_scatter_gather", rsg, 0}};
+  } else {
+    // binomial.cc: the broadcast tree upwards; the root reduces its ceil(log2 n) children in turn.
+    double levels = std::ceil(std::log2(std::max(1, s.n)));
+    Candidate bin = bestSegment("binomial", [&](double seg) {
+      return binomialSeconds(net, b, root, seg) + levels * b * gammaSecondsPerByte();
+    });
+    d.candidates = {bin, Candidate{"reduce_scatter_gather", rsg, 0}};
+  }
+  choose(d, forced, why);
+  return d;
+}
+
+Decision Tuner::reduceScatter(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
+                              const std::string& why, Fold fold) const {
+  return cached(Key{"reduce_scatter", worldRanks, bytes, static_cast<int>(fold), forced, why},
+                [&](const CommShape& s) { return tuneReduceScatter(s, bytes, forced, why, fold); });
+}
+
+Decision Tuner::reduce(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
+                       const std::string& why, Fold fold) const {
+  return cached(Key{"reduce", worldRanks, bytes, 3 * root + static_cast<int>(fold), forced, why},
+                [&](const CommShape& s) { return tuneReduce(s, bytes, root, forced, why, fold); });
 }
 
 Decision Tuner::cached(Key key, const std::function<Decision(const CommShape&)>& tune) const {
@@ -507,9 +685,9 @@ Decision Tuner::allgather(const std::vector<int>& worldRanks, size_t bytes, cons
 }
 
 Decision Tuner::allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
-                          const std::string& why) const {
-  return cached(Key{"allreduce", worldRanks, bytes, -1, forced, why},
-                [&](const CommShape& s) { return tuneAllreduce(s, bytes, forced, why); });
+                          const std::string& why, Fold fold) const {
+  return cached(Key{"allreduce", worldRanks, bytes, static_cast<int>(fold), forced, why},
+                [&](const CommShape& s) { return tuneAllreduce(s, bytes, forced, why, fold); });
 }
 
 }  // namespace hcomm

@@ -63,19 +63,35 @@ struct Decision {
   const Candidate& choice() const { return candidates.at(chosen); }
 };
 
+// How a reduction's arithmetic runs (algo/ordered.cc): PLAIN, partials combined pairwise
+// as the algorithm meets them; ORDERED, the rank-order fold at each block's owner with a
+// partial of the dtype (HCOMM_DETERMINISTIC=1); ORDERED_WIDE, the same fold with float32
+// partials of a 16-bit dtype (twice the bytes through the reduction kernel).
+enum class Fold { PLAIN, ORDERED, ORDERED_WIDE };
+
+// The candidates the model prices, from the table of names (algo/names.h) less "native",
+// which planning adds where MPI is present.
 const std::vector<std::string>& allreduceAlgorithms();
-const std::vector<std::string>& broadcastAlgorithms();  // binomial ("tree" is accepted for it), hierarchical
-const std::vector<std::string>& allgatherAlgorithms();  // ring, hierarchical
+const std::vector<std::string>& broadcastAlgorithms();      // "tree" is accepted for binomial
+const std::vector<std::string>& allgatherAlgorithms();
+const std::vector<std::string>& reduceScatterAlgorithms();
+const std::vector<std::string>& reduceAlgorithms();         // "tree" is accepted for binomial
 double gammaSecondsPerByte();
 
 // Every candidate with its prediction; `forced` (an algorithm name, or "" / "auto")
 // overrides the model's pick. Throws Error naming the valid names for an unknown one.
-Decision tuneAllreduce(const CommShape& shape, size_t bytes, const std::string& forced, const std::string& why);
+Decision tuneAllreduce(const CommShape& shape, size_t bytes, const std::string& forced, const std::string& why,
+                       Fold fold = Fold::PLAIN);
 // root: a rank of `shape` (the flat binomial tree's shape depends on where it sits).
 Decision tuneBroadcast(const CommShape& shape, size_t bytes, int root, const std::string& forced,
                        const std::string& why);
 // bytes: the gathered total (allgatherv with unequal counts is modelled as equal blocks).
 Decision tuneAllgather(const CommShape& shape, size_t bytes, const std::string& forced, const std::string& why);
+// bytes: the whole input (every block); reduce_scatterv is modelled as equal blocks.
+Decision tuneReduceScatter(const CommShape& shape, size_t bytes, const std::string& forced, const std::string& why,
+                           Fold fold = Fold::PLAIN);
+Decision tuneReduce(const CommShape& shape, size_t bytes, int root, const std::string& forced, const std::string& why,
+                    Fold fold = Fold::PLAIN);
 
 // The tuner of one job: decisions cached per (communicator ranks, bytes, forced name), so
 // the model runs once per message size and a small collective pays a map lookup.
@@ -84,14 +100,18 @@ class Tuner {
   explicit Tuner(std::shared_ptr<const Topology> topology) : topology_(std::move(topology)) {}
   const Topology& topology() const { return *topology_; }
   Decision allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
-                     const std::string& why) const;
+                     const std::string& why, Fold fold = Fold::PLAIN) const;
   Decision broadcast(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
                      const std::string& why) const;
   Decision allgather(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
                      const std::string& why) const;
+  Decision reduceScatter(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
+                         const std::string& why, Fold fold) const;
+  Decision reduce(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
+                  const std::string& why, Fold fold) const;
 
  private:
-  // (collective, ranks, bytes, root, forced, why)
+  // (collective, ranks, bytes, root (allreduce, reduce_scatter: the Fold; reduce: 3*root + Fold), forced, why)
   using Key = std::tuple<std::string, std::vector<int>, size_t, int, std::string, std::string>;
   Decision cached(Key key, const std::function<Decision(const CommShape&)>& tune) const;
   std::shared_ptr<const Topology> topology_;

@@ -309,9 +309,7 @@ void CudaIpcTransport::land(Peer& p, const PostedRecv* into, char* dst, const Ct
     const char* slot = p.inArea + c.slot * slotBytes_;
     check(rt_->api.StreamWaitEvent(recvStream_, p.peerEvent, 0), "cudaStreamWaitEvent(peer's event)");
     if (into && into->reducing) {
-      const ReduceSpec& s = into->spec;
-      kernels_->reduce(s.dtype, s.op, dst + c.offset, static_cast<const char*>(s.src) + c.offset, slot,
-                       c.len / dtypeSize(s.dtype), recvStream_);
+      deviceCombine(*kernels_, into->spec, dst, c.offset, slot, c.len, recvStream_);
     } else {
       check(rt_->api.MemcpyAsync(dst + c.offset, slot, c.len, cuda::cudaMemcpyDeviceToDevice, recvStream_),
             "cudaMemcpyAsync out of a slot");
@@ -336,8 +334,7 @@ void CudaIpcTransport::deliverEarly(Peer& p, const PostedRecv& r, const std::sha
   p.keep.erase(it);
   if (r.nbytes) {
     if (r.reducing) {
-      kernels_->reduce(r.spec.dtype, r.spec.op, r.dst, r.spec.src, staged.get(), r.nbytes / dtypeSize(r.spec.dtype),
-                       recvStream_);
+      deviceCombine(*kernels_, r.spec, r.dst, 0, staged.get(), r.nbytes, recvStream_);
     } else {
       check(rt_->api.MemcpyAsync(r.dst, staged.get(), r.nbytes, cuda::cudaMemcpyDeviceToDevice, recvStream_),
             "cudaMemcpyAsync out of staging");

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/fingerprint.h"
+#include "reduce/memory.h"
 #include "reduce/reduce.h"
 #include "transport/transport.h"
 
@@ -31,11 +32,22 @@ struct PostedRecv {
       return;
     }
     size_t es = dtypeSize(spec.dtype);
+    if (spec.accumulate.on) return accumulate(offset, data, len, es);
     const char* src = static_cast<const char*>(spec.src) + offset;
     if (spec.streamed && src != dst + offset)
       reduceStreamed(spec.dtype, spec.op, dst + offset, src, data, len / es);
     else
       reduce(spec.dtype, spec.op, dst + offset, src, data, len / es);
+  }
+
+ private:
+  void accumulate(size_t offset, const void* data, size_t len, size_t es) const {
+    const ReduceSpec::Accumulate& a = spec.accumulate;
+    size_t n = offset / es;  // elements before this piece
+    char* d = dst + n * (a.dstWide ? 4 : es);
+    const char* s = spec.src ? static_cast<const char*>(spec.src) + n * (a.srcWide ? 4 : es) : nullptr;
+    const Memory& mem = spec.memory ? *spec.memory : hostMemory();
+    mem.accumulate(spec.dtype, spec.op, d, a.dstWide, s, a.srcWide, data, len / es);
   }
 };
 

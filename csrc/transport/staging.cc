@@ -197,8 +197,7 @@ bool StagingTransport::pumpRecv(std::deque<Msg>& q) {
         p.device = devicePiece();
         check(rt_->api.MemcpyAsync(p.device.get(), p.pinned, p.len, cuda::cudaMemcpyHostToDevice, h2d_),
               "cudaMemcpyAsync host to device");
-        kernels_->reduce(m.spec.dtype, m.spec.op, m.dev + p.offset, static_cast<const char*>(m.spec.src) + p.offset,
-                         p.device.get(), p.len / dtypeSize(m.spec.dtype), h2d_);
+        deviceCombine(*kernels_, m.spec, m.dev, p.offset, p.device.get(), p.len, h2d_);
       } else if (p.len) {
         check(rt_->api.MemcpyAsync(m.dev + p.offset, p.pinned, p.len, cuda::cudaMemcpyHostToDevice, h2d_),
               "cudaMemcpyAsync host to device");

@@ -55,6 +55,12 @@ struct ReduceSpec {
   bool streamed = false;  // the result is not read again soon: reduceStreamed (reduce.h)
   // The memory src and dst live in (reduce/memory.h); null means host memory.
   const Memory* memory = nullptr;
+  // A step of a fold in the accumulation type (Memory::accumulate): dst and/or src hold
+  // float32 partials of a 16-bit dtype (their offsets scale by 4 / dtype size), src may
+  // be null (dst = the payload converted). The payload always holds `dtype`.
+  struct Accumulate {
+    bool on = false, srcWide = false, dstWide = false;
+  } accumulate;
 };
 
 class Transport {

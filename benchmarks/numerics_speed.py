@@ -1,0 +1,82 @@
+"""Speed of exact numerics, side by side with a baseline build (issue 20's speed checks).
+
+1. float16 SUM allreduce, 1-64 MiB on 2 and 4 ranks: this tree (float32 accumulation,
+   rounded once) against a baseline checkout (e.g. /work/main: partials rounded to 16
+   bits at every hop). Ratio = this / baseline time; <= 1 means no slower.
+2. HCOMM_DETERMINISTIC=1 float32 SUM allreduce at 64 MiB on 4 ranks against this tree's
+   automatic choice without it. Ratio = deterministic / auto; the target is <= 1.3.
+
+Each configuration runs `repeats` times, interleaved (A B A B ...) so that a change in
+the machine's load hits both sides; hcomm-bench's median-free mean of `iters` timed
+iterations per run, out-of-place, and the ratio's range over the repeats is printed
+with the load (uptime) before and after.
+
+    python benchmarks/numerics_speed.py --baseline /work/main --repeats 3
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench(tree, ranks, dtype, lo, hi, iters, env_extra=None):
+    """{size: microseconds} from one hcomm-bench run with `tree`'s virtual environment."""
+    exe = os.path.join(tree, ".venv", "bin", "hcomm-bench")
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [exe, "allreduce", "-b", lo, "-e", hi, "-f", "4", "-d", dtype, "--ranks", str(ranks),
+               "-n", str(iters), "-w", "3", "-c", "0", "--json", f.name]
+        env = dict(os.environ, **(env_extra or {}))
+        subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=600)
+        rows = json.load(open(f.name))["implementations"]["hcomm"]["rows"]
+    return {r["size"]: r["out_of_place"]["time"] for r in rows}
+
+
+def ratios(a_runs, b_runs):
+    """Per size: (min, max) over repeats of a/b."""
+    out = {}
+    for size in a_runs[0]:
+        rs = [a[size] / b[size] for a, b in zip(a_runs, b_runs)]
+        out[size] = (min(rs), max(rs), [round(x, 2) for x in rs])
+    return out
+
+
+def uptime():
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", required=True, help="a checkout with a built .venv (e.g. /work/main)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--ranks", default="2,4")
+    p.add_argument("--skip-deterministic", action="store_true")
+    args = p.parse_args(argv)
+    print("load before:", uptime())
+    for ranks in [int(x) for x in args.ranks.split(",")]:
+        mine, base = [], []
+        for _ in range(args.repeats):
+            base.append(bench(args.baseline, ranks, "half", "1M", "64M", args.iters))
+            mine.append(bench(HERE, ranks, "half", "1M", "64M", args.iters))
+        print(f"float16 sum allreduce, {ranks} ranks: this / baseline time (min-max over {args.repeats} runs)")
+        for size, (lo, hi, all_) in ratios(mine, base).items():
+            print(f"  {size >> 20:3d} MiB  {lo:.2f}-{hi:.2f}  {all_}  this {min(m[size] for m in mine):.0f} us"
+                  f"  baseline {min(b[size] for b in base):.0f} us (best)")
+    if not args.skip_deterministic:
+        det, auto = [], []
+        for _ in range(args.repeats):
+            auto.append(bench(HERE, 4, "float", "64M", "64M", args.iters, {"HCOMM_DETERMINISTIC": "0"}))
+            det.append(bench(HERE, 4, "float", "64M", "64M", args.iters, {"HCOMM_DETERMINISTIC": "1"}))
+        for size, (lo, hi, all_) in ratios(det, auto).items():
+            print(f"float32 sum allreduce 4 ranks {size >> 20} MiB: deterministic / auto {lo:.2f}-{hi:.2f} {all_}")
+    print("load after:", uptime())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
