@@ -237,3 +237,35 @@ def test_device_buffers_between_namespace_hosts():
         host = rank // 2
         assert rep["transports"] == ["self" if q == rank else "cuda_ipc" if q // 2 == host else "staging"
                                      for q in range(4)]
+
+
+def _deterministic_on_device(comm, seed):
+    """HCOMM_DETERMINISTIC=1 on device buffers: every algorithm returns the rank-order
+    float32 sum bit for bit; bfloat16 sums are the float32 rank-order sum rounded once."""
+    from test_numerics import bits, fold_in_rank_order, inputs
+
+    cuda = fake_device.FakeCuda()
+    n, r = comm.size, comm.rank
+    for count in (1, 1001, 20001):
+        stack = inputs("float32", count, n, seed)
+        want = bits(fold_in_rank_order(stack))
+        for algo in ALLREDUCE_ALGOS + ["hierarchical"]:
+            x = fake_device.DeviceArray.from_numpy(stack[r], cuda=cuda)
+            allreduce(comm, x, "sum", algo, None)
+            got = x.to_numpy().view(np.uint32)
+            assert np.array_equal(got, want), f"{algo} count={count}: {np.count_nonzero(got != want)} differ"
+        bf = [s.astype(np.float32) for s in inputs("bfloat16", count, n, seed)]
+        x = fake_device.DeviceArray.from_numpy(bf[r], cuda=cuda, dtype=fake_device.BFLOAT16)
+        comm.allreduce(x)
+        once = fake_device.bf16_bits(fold_in_rank_order(np.stack(bf)))  # the float32 fold, rounded once
+        got = x.to_numpy()
+        assert np.array_equal(got, once), f"bfloat16: {np.count_nonzero(got != once)} differ from the fold rounded once"
+    return True
+
+
+@pytest.mark.parametrize("sizes", [[4], [2, 3]])
+def test_deterministic_and_16_bit_exact_on_device_buffers(sizes, tmp_path):
+    extra = {} if len(sizes) == 1 else {"HCOMM_TOPO_FILE": _topo_file(tmp_path, sizes),
+                                        "HCOMM_STAGING_PIECE_BYTES": 4096}
+    run_comm(_deterministic_on_device, sum(sizes), mode="process", args=(7,),
+             env=_env(HCOMM_DETERMINISTIC=1, **extra), timeout=240)
