@@ -160,6 +160,7 @@ PYBIND11_MODULE(_C, m) {
       .def("world_ranks", &Communicator::worldRanks)
       .def_property_readonly("device", &Communicator::boundDevice)
       .def("device_transports", &Communicator::deviceTransports)
+      .def("device_engine", &Communicator::deviceEngine)
       .def("transports", &Communicator::transports)
       .def("last_algorithm", &Communicator::lastAlgorithm)
       .def("flight_record_json", &Communicator::flightRecordJson)

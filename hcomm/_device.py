@@ -8,6 +8,7 @@ array's own (torch: the current stream of its device; `__cuda_array_interface__`
 "stream" entry; DLPack: the legacy default stream), as NCCL users expect.
 """
 import ctypes
+import functools
 
 from ._errors import InvalidArgument
 
@@ -200,3 +201,15 @@ def _stream_handle(stream):
     if isinstance(stream, int) and stream >= 0:
         return stream
     raise InvalidArgument(f"stream= must be a torch/CuPy stream or an int handle, got {type(stream).__name__}")
+
+
+@functools.lru_cache(maxsize=None)
+def load_nccl_once():
+    """Opens NCCL once per process where it exists (the core keeps the first library it
+    loads), so device collectives can use it; its absence is not an error here."""
+    from . import gpu
+
+    try:
+        return gpu.nccl_version()
+    except Exception:  # noqa: BLE001 - no NCCL: the core says why when asked for "native"
+        return None

@@ -213,7 +213,10 @@ class Communicator:
         if stream is None and not _device.any_device(bufs):  # host memory: the common case first
             return self._c
         where = _device.place(bufs, stream, self._c.device)
-        return self._c if where is None else _PlacedCore(self._c, *where)
+        if where is None:
+            return self._c
+        _device.load_nccl_once()  # so the core finds the nvidia-nccl wheel's library too
+        return _PlacedCore(self._c, *where)
 
     # ------------------------------------------------------------- collectives
     def allreduce(self, x, out=None, op="sum", algo=None, async_op=False, factor=None, stream=None):

@@ -1,12 +1,15 @@
 // One entry point per collective: validate, pick the algorithm (planning.cc), and submit
 // a body that runs it on a Links (engine.h). AVG and PREMUL_SUM become SUM here, with a
 // scale before or after, so algorithms see SUM, PROD, MIN or MAX only.
+#include <algorithm>
 #include <cstring>
 #include <numeric>
 
 #include "algo/algorithms.h"
 #include "comm/engine.h"
 #include "comm/native_call.h"
+#include "comm/placement.h"
+#include "transport/nccl.h"
 #include "reduce/reduce.h"
 #include "topo/policy.h"
 #include "topo/topology.h"
@@ -112,10 +115,15 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
   std::vector<std::vector<int>> levels;
   if (hier) levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int n = size_;
-  NativeCall nat = nativeCall(pick.algo == "native", mpi_, "allreduce", timeoutSec_, world_->policy,
-                              [&] { return describe(info, nextSeq_); });
+  bool native = pick.algo == "native", automatic = automaticPick(algo, "allreduce");
+  NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "allreduce", timeoutSec_,
+                              world_->policy, [&] { return describe(info, nextSeq_); });
   return submit(info, false, 0, [=, levels = std::move(levels)](Links& l, Work&) {
     if (count == 0) return;
+    if (runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
+          nc.allreduce(in, out, count, dt, op, premul, s);
+        }))
+      return;
     l.setOrdered(ordered);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, out, count);  // scaled copy into out
@@ -144,13 +152,18 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
                               [&] { return planReduce(bytes, root, algo, fold); });
   if (pick.algo == "native") refuseNativeIfDeterministic("reduce", dt, op);
   CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, pick.algo, op};
-  NativeCall nat = nativeCall(pick.algo == "native", mpi_, "reduce", timeoutSec_, world_->policy,
-                              [&] { return describe(info, nextSeq_); });
+  bool native = pick.algo == "native", automatic = automaticPick(algo, "reduce");
+  NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "reduce", timeoutSec_,
+                              world_->policy, [&] { return describe(info, nextSeq_); });
   size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", pick.segBytes ? pick.segBytes : 512u << 10);
   bool rsg = pick.algo == "reduce_scatter_gather";
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
+    if (runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
+          nc.reduce(in, out, count, dt, op, premul, root, s);
+        }))
+      return;
     l.setOrdered(ordered);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, l.scratch(count * dtypeSize(dt)), count);
@@ -175,14 +188,19 @@ WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataTyp
   Candidate choice = this->pick(CollKind::BROADCAST, bytes, root, algo, [&] { return planBroadcast(bytes, root, algo); });
   const std::string& pick = choice.algo;
   CollectiveInfo info{"broadcast", CollKind::BROADCAST, dt, count, root, pick, ReduceOp::SUM};
-  NativeCall nat = nativeCall(pick == "native", mpi_, "broadcast", timeoutSec_, world_->policy,
-                              [&] { return describe(info, nextSeq_); });
+  bool native = pick == "native", automatic = automaticPick(algo, "broadcast");
+  NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "broadcast", timeoutSec_,
+                              world_->policy, [&] { return describe(info, nextSeq_); });
   size_t seg = choice.segBytes;
   std::vector<std::vector<int>> levels;
   if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int me = rank_, n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
+    if (runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
+          nc.broadcast(me == root && in ? in : out, out, count, dt, root, s);
+        }))
+      return;
     if (me == root && in) l.copy(out, in, count * dtypeSize(dt));
     if (n == 1) return;
     if (nat) algo::broadcastNative(*nat.comm, out, count, dt, root, nat.wait());
@@ -201,8 +219,10 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   Candidate choice = this->pick(CollKind::ALLGATHER, bytes, -1, algo, [&] { return planAllgather(bytes, algo); });
   const std::string& pick = choice.algo;
   CollectiveInfo info{"allgather", CollKind::ALLGATHER, dt, total, -1, pick, ReduceOp::SUM};
-  NativeCall nat = nativeCall(pick == "native", mpi_, "allgather", timeoutSec_, world_->policy,
-                              [&] { return describe(info, nextSeq_); });
+  bool native = pick == "native", automatic = automaticPick(algo, "allgather");
+  bool even = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
+  NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "allgather", timeoutSec_,
+                              world_->policy, [&] { return describe(info, nextSeq_); });
   size_t seg = choice.segBytes;
   std::vector<std::vector<int>> levels;
   if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
@@ -210,6 +230,10 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
+    if (even && runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {  // NCCL's is equal counts only
+          nc.allgather(in, out, counts[0], dt, s);
+        }))
+      return;
     if (n == 1) {
       l.copy(out, in, total * dtypeSize(dt));
       return;
@@ -233,12 +257,18 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
                               [&] { return planReduceScatter(total * dtypeSize(dt), "", fold); });
   if (pick.algo == "native") refuseNativeIfDeterministic("reduce_scatter", dt, op);
   CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, pick.algo, op};
-  NativeCall nat = nativeCall(pick.algo == "native", mpi_, "reduce_scatter", timeoutSec_, world_->policy,
-                              [&] { return describe(info, nextSeq_); });
+  bool native = pick.algo == "native", automatic = automaticPick("", "reduce_scatter");
+  bool even = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
+  NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "reduce_scatter", timeoutSec_,
+                              world_->policy, [&] { return describe(info, nextSeq_); });
   bool direct = pick.algo == "direct";
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
+    if (even && runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
+          nc.reduceScatter(in, out, counts[0], dt, op, premul, s);
+        }))
+      return;
     l.setOrdered(ordered);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, l.scratch(total * dtypeSize(dt)), total);

@@ -34,6 +34,7 @@ class ShmTransport;
 class TcpTransport;
 class MpiComm;  // transport/mpi.h
 class DeviceContext;  // comm/device_context.h
+class NcclTransport;  // transport/nccl.h
 struct DeviceCall;     // comm/engine.h
 
 // The transports and the identity of every rank of the job that made them; shared by a
@@ -97,6 +98,9 @@ class Communicator {
   // The transport device buffers take to each rank ("cuda_ipc", "staging", "self");
   // empty before this communicator's first device call.
   std::vector<std::string> deviceTransports();
+  // What runs this communicator's device collectives: "nccl", or "hcomm: <why not NCCL>";
+  // "" before its first device collective.
+  std::string deviceEngine();
   // "shm" or "tcp" for each rank of this communicator.
   std::vector<std::string> transports() const;
   std::string lastAlgorithm() const { return lastAlgo_; }
@@ -160,6 +164,14 @@ class Communicator {
   // Work.wait_stream() for a device call (any time after submission), and the end of
   // its body: the device work drained and the end event recorded.
   void armStreamWait(const DeviceCall& dev, const WorkPtr& work);
+  // NCCL for device calls (device_call.cc): set up collectively at the first device
+  // collective; runOnNccl runs a call's whole collective with NCCL when its buffers are
+  // on a device with an NCCL engine and the call asked for "native" (or made no choice
+  // of its own: NCCL is the automatic choice there, deterministic mode aside). False:
+  // the caller runs hcomm's algorithm.
+  void setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::steady_clock::time_point deadline);
+  bool runOnNccl(const Links& l, bool native, bool automatic, const std::function<void(NcclTransport&, void*)>& run);
+  bool automaticPick(const std::string& requested, const char* collective) const;
   void finishOnDevice(const DeviceCall& dev, Work& work);
   void waitTurn();  // blocks until nothing queued or running, then marks a call running
   void endTurn();

@@ -4,6 +4,7 @@
 
 #include "comm/work.h"
 #include "device/cuda_memory.h"
+#include "transport/nccl.h"
 #include "transport/cuda_runtime.h"
 
 namespace hcomm {
@@ -16,6 +17,7 @@ DeviceContext::DeviceContext(int device, std::shared_ptr<const std::vector<Route
 }
 
 DeviceContext::~DeviceContext() {
+  nccl_.reset();
   memory_.reset();
   rt_->api.StreamSynchronize(stream_);
   for (cuda::Event e : all_) rt_->api.EventDestroy(e);

@@ -24,6 +24,7 @@ namespace hcomm {
 
 struct CudaRuntime;
 class CudaMemory;
+class NcclTransport;
 
 class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
  public:
@@ -33,6 +34,19 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   int device() const { return device_; }
   const Memory& memory() const;
   const std::shared_ptr<const std::vector<Route>>& routes() const { return routes_; }
+
+  cuda::Stream stream() const { return stream_; }
+  // NCCL for this communicator's device calls (device_call.cc, setupNccl): made at the
+  // first device collective when every rank has a GPU of its own and NCCL loads; null
+  // otherwise, with the reason in ncclWhy().
+  NcclTransport* nccl() const { return nccl_.get(); }
+  const std::string& ncclWhy() const { return ncclWhy_; }
+  bool ncclTried() const { return ncclTried_; }
+  void setNccl(std::shared_ptr<NcclTransport> n, const std::string& why) {
+    nccl_ = std::move(n);
+    ncclWhy_ = why;
+    ncclTried_ = true;
+  }
 
   // An event recorded now on `stream` (the caller's).
   std::shared_ptr<CUevent_st> record(void* stream);
@@ -60,6 +74,9 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   std::shared_ptr<const std::vector<Route>> routes_;
   std::mutex mu_;
   std::vector<cuda::Event> free_, all_;
+  std::shared_ptr<NcclTransport> nccl_;
+  std::string ncclWhy_;
+  bool ncclTried_ = false;
 };
 
 }  // namespace hcomm

@@ -56,6 +56,7 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     auto what = [&] { return describe(info, seq); };  // only an error needs the words
     const WaitPolicy& policy = onWorkerThread() ? world.backgroundPolicy : world.policy;
     if (dev) dev.ctx->waitHost(dev.ready.get(), deadline);
+    if (dev && collective && !dev.ctx->ncclTried()) setupNccl(*dev.ctx, tagBase, deadline);
     Links links(rank_, size_, dev ? dev.ctx->routes() : linkRoutes_, tagBase, fp, info.dtype, op, deadline, policy,
                 [&what] { return what(); }, dev ? dev.ctx->memory() : hostMemory());
     body(links, work);

@@ -6,6 +6,7 @@
 #include "comm/communicator.h"
 #include "algo/names.h"
 #include "comm/native_call.h"
+#include "comm/placement.h"
 #include "topo/policy.h"
 #include "topo/topology.h"
 
@@ -20,8 +21,8 @@ Decision Communicator::planAllreduce(size_t bytes, const std::string& requested,
   if (!world_) throw Error("communicator is closed");
   std::string forced = asked ? canonicalAlgorithm("allreduce", requested)
                              : forcedByEnv("allreduce", allreduceAlgorithms(), world_->tuner != nullptr);
-  if (forced == "native") {  // MPI's own allreduce (algo/native_mpi.h)
-    requireMpi(mpi_, "allreduce");
+  if (forced == "native") {  // MPI's own allreduce (algo/native_mpi.h), NCCL's on device buffers
+    if (!currentPlacement().onDevice()) requireMpi(mpi_, "allreduce");
     Decision d;
     d.candidates = {Candidate{"native"}};
     d.why = asked ? "requested" : "HCOMM_ALGO";
@@ -54,7 +55,7 @@ Decision planWith(const std::string& collective, const std::vector<std::string>&
   std::string forced = asked ? canonicalAlgorithm(collective, requested) : forcedByEnv(collective, names, tunerReady);
   std::string why = asked ? "requested" : "HCOMM_ALGO";
   if (forced == "native") {
-    requireMpi(mpi, collective);
+    if (!currentPlacement().onDevice()) requireMpi(mpi, collective);
     Decision d;
     d.candidates = {Candidate{"native"}};
     d.why = why;

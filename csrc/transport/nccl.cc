@@ -9,6 +9,7 @@
 
 #include "common/fingerprint.h"
 #include "common/param.h"
+#include "device/kernels.h"
 #include "transport/loader.h"
 
 #if HCOMM_WITH_CUDA
@@ -286,13 +287,6 @@ RequestPtr NcclTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes
     complete(*r.req, aborted_);
     return r.req;
   }
-#if !HCOMM_WITH_CUDA
-  if (reduce) {
-    complete(*r.req, "nccl transport: a reducing receive on device memory needs hcomm's CUDA kernels "
-                     "(this build has HCOMM_WITH_CUDA=0; rebuild where nvcc is found)");
-    return r.req;
-  }
-#endif
   setDevice();
   for (auto it = p.unexpected.begin(); it != p.unexpected.end(); ++it) {
     if (it->hdr.tag != tag) continue;
@@ -332,14 +326,8 @@ void NcclTransport::deliverStaged(Peer& p, PostedRecv& r, const Staged& s) {
 
 void NcclTransport::enqueueReduce(const ReduceSpec& spec, void* dst, const void* staged, size_t nbytes,
                                   cuda::Stream s) {
-#if HCOMM_WITH_CUDA
-  size_t count = nbytes / dtypeSize(spec.dtype);
-  cu(cuda::Error(hcommCudaReduce(int(spec.dtype), int(spec.op), dst, spec.src, staged, count, s)),
-     "the CUDA reduction kernel");
-#else
-  (void)spec, (void)dst, (void)staged, (void)nbytes, (void)s;
-  throw Error("nccl transport: reducing on the device needs hcomm's CUDA kernels (HCOMM_WITH_CUDA=0)");
-#endif
+  // The device kernel table (device/kernels.h) throws, naming why, where there are none.
+  deviceCombine(deviceKernels(), spec, static_cast<char*>(dst), 0, staged, nbytes, s);
 }
 
 void NcclTransport::postHeaderRecv(Peer& p) {
@@ -605,23 +593,13 @@ nccl::RedOp NcclTransport::redOp(DataType dt, ReduceOp op, double premul, bool* 
 const void* NcclTransport::preScale(DataType dt, ReduceOp op, double premul, const void* in, void* out,
                                     size_t count, nccl::Stream s) {
   if (op != ReduceOp::PREMUL_SUM || dt == DataType::F32 || dt == DataType::F64) return in;
-#if HCOMM_WITH_CUDA
-  cu(cuda::Error(hcommCudaScale(int(dt), out, in, count, premul, s)), "the CUDA scale kernel");
+  deviceKernels().scale(dt, out, in, count, premul, s);
   return out;
-#else
-  (void)premul, (void)out, (void)count, (void)s;
-  throw Error(std::string("nccl: premul_sum on ") + dtypeName(dt) + " needs hcomm's CUDA kernels (HCOMM_WITH_CUDA=0)");
-#endif
 }
 
 void NcclTransport::postDivide(DataType dt, ReduceOp op, void* out, size_t count, nccl::Stream s) {
   if (op != ReduceOp::AVG || isFloating(dt)) return;
-#if HCOMM_WITH_CUDA
-  cu(cuda::Error(hcommCudaDivide(int(dt), out, out, count, size_, s)), "the CUDA divide kernel");
-#else
-  (void)out, (void)count, (void)s;
-  throw Error(std::string("nccl: avg on ") + dtypeName(dt) + " needs hcomm's CUDA kernels (HCOMM_WITH_CUDA=0)");
-#endif
+  deviceKernels().divide(dt, out, out, count, size_, s);
 }
 
 void NcclTransport::allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
