@@ -9,7 +9,7 @@ SKIP_RC (its last "SKIP: " line says why), and fails otherwise (the tail of its 
 the reason). Its last "RESULT: " line is shown in the summary.
 
 Written to OUT_DIR: summary.md (a table of parts with status, seconds and reason, then
-the bench table and the DDP figures) and summary.json (the same, for machines).
+the bench table and the DDP / FSDP2 figures) and summary.json (the same, for machines).
 Exit status: 0 when no part failed (skipped parts included), 1 otherwise.
 
 Without a CUDA device every part is skipped, "no device: <why>", and nothing is built.
@@ -71,10 +71,13 @@ def parts(py, out_dir):
         Part("nccl_world_1", "NCCL at world size 1 (see its RESULT line for which path ran)",
              tuple(helper + ["nccl1"]), 60),
         Part("ddp_cuda", 'DDP on cuda: backend "hcomm" vs "nccl" (world size 1) vs one process without DDP',
-             tuple(helper + ["ddp", out_dir]), 120),
+             tuple(helper + ["train", "ddp", out_dir]), 120),
         Part("bench_allreduce", "hcomm-bench allreduce --device cuda, 2 ranks on one GPU, 8 B to 256 MiB, "
              "beside the GPU's device-to-device copy rate",
              tuple(helper + ["bench", out_dir]), 150),
+        # last: the issue asks for FSDP2 on cuda too; the budget cuts it first
+        Part("fsdp2_cuda", 'FSDP2 fully_shard on cuda: "hcomm" vs "nccl" (world size 1) vs one process',
+             tuple(helper + ["train", "fsdp2", out_dir]), 120),
     ]
 
 
@@ -179,7 +182,7 @@ def write_summary(out_dir, outcomes, header):
     """summary.md and summary.json in out_dir; returns the exit status."""
     failed = [o.name for o in outcomes if o.status == "fail"]
     doc = dict(header, parts=[o.__dict__ for o in outcomes], failed=failed,
-               bench=_read(os.path.join(out_dir, "bench.txt")), ddp=_read(os.path.join(out_dir, "ddp.txt")))
+               bench=_read(os.path.join(out_dir, "bench.txt")), train=_read(os.path.join(out_dir, "train.txt")))
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(doc, f, indent=1)
     lines = [f"# hcomm device check, {header['date']}", "",
@@ -193,7 +196,7 @@ def write_summary(out_dir, outcomes, header):
     lines.append("")
     for o in outcomes:
         lines += [f"## {o.name}: {o.status}", o.what, "", "```", o.reason, "```", ""]
-    for title, key in (("hcomm-bench (device buffers)", "bench"), ("DDP on cuda", "ddp")):
+    for title, key in (("hcomm-bench (device buffers)", "bench"), ("DDP and FSDP2 on cuda", "train")):
         if doc[key]:
             lines += [f"## {title}", "```", doc[key].rstrip(), "```", ""]
     with open(os.path.join(out_dir, "summary.md"), "w") as f:

@@ -2,7 +2,7 @@
 
     python3 scripts/gpu_check_parts.py build | selftest | nccl1
     python3 scripts/gpu_check_parts.py pytest ARGS...
-    python3 scripts/gpu_check_parts.py ddp OUT_DIR | bench OUT_DIR
+    python3 scripts/gpu_check_parts.py train ddp|fsdp2 OUT_DIR | bench OUT_DIR
 
 Protocol with gpu_check.py: exit 0 passes, SKIP_RC (77) skips (with a "SKIP: why" line),
 anything else fails; the last "RESULT: ..." line is what the summary shows.
@@ -218,14 +218,15 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def ddp_run(args):
-    """One training run on cuda:0 (a child of `ddp`): backend hcomm, nccl, or local (no DDP).
-    Writes the final parameters, the losses and the median step time to OUT."""
-    backend, out = args
+def train_run(args):
+    """One training run on cuda:0 (a child of `train`): WRAP ddp or fsdp2 on BACKEND
+    (hcomm, nccl), or local (no wrapper, no process group). Writes the final parameters,
+    the losses and the median step time to OUT."""
+    wrap, backend, out = args
     import torch
     import torch.distributed as dist
 
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(0)
     dev = torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu")
     if DEVICE == "cuda":
@@ -233,12 +234,20 @@ def ddp_run(args):
     model = torch.nn.Sequential(torch.nn.Linear(96, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
                                 torch.nn.ReLU(), torch.nn.Linear(512, 11)).to(dev)
     net = model
-    if backend != "local":
+    if wrap != "local":
         if backend == "hcomm":
             import hcomm.torch  # noqa: F401 - registers the backend
         dist.init_process_group(backend, rank=0, world_size=1)
-        ids = [dev.index] if DEVICE == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=1)
+        if wrap == "ddp":
+            ids = [dev.index] if DEVICE == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=1)
+        else:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer)
+            fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     gen = torch.Generator().manual_seed(1)
     teacher = torch.randn(96, 11, generator=gen)  # labels a model can learn, so the loss must fall
@@ -257,32 +266,38 @@ def ddp_run(args):
         if i >= DDP_WARMUP:
             times.append(time.perf_counter() - t0)
         losses.append(loss.item())
-    torch.save({"params": [p.detach().cpu() for p in model.parameters()], "losses": losses,
+    params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]  # FSDP2: DTensors
+    torch.save({"params": [p.detach().cpu() for p in params], "losses": losses,
                 "step_ms": statistics.median(times) * 1e3}, out)
-    if backend != "local":
+    if wrap != "local":
         dist.destroy_process_group()
     return 0
 
 
-def ddp(args):
-    """DDP on cuda with backend "hcomm" against "nccl" (world size 1) and against the same
-    model trained in one process without DDP: the parameters after DDP_STEPS steps.
-    Also judged: the hcomm run's loss went down (it trained)."""
-    (out_dir,) = args
+def _train_once(wrap, backend, out):
+    """Run train-run in a fresh process (one process group each); its saved dict, or None."""
     import torch
 
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
+               LOCAL_RANK="0", CUBLAS_WORKSPACE_CONFIG=":4096:8")
+    done = subprocess.run([sys.executable, __file__, "train-run", wrap, backend, out], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=100)
+    print(f"--- {wrap} {backend}: exit {done.returncode}\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    return torch.load(out) if done.returncode == 0 else None
+
+
+def train(args):
+    """WRAP (ddp or fsdp2) on cuda with backend "hcomm" against "nccl" (world size 1) and
+    against the same model trained in one process without a wrapper: the parameters after
+    DDP_STEPS steps. Also judged: the hcomm run's loss went down (it trained)."""
+    wrap, out_dir = args
     runs = {}
     for backend in ("local", PEER, "hcomm"):
-        out = os.path.join(out_dir, f"ddp_{backend}.pt")
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
-                   LOCAL_RANK="0", CUBLAS_WORKSPACE_CONFIG=":4096:8")
-        done = subprocess.run([sys.executable, __file__, "ddp-run", backend, out], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=100)
-        print(f"--- {backend}: exit {done.returncode}\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
-        if done.returncode:
-            result(f"the {backend} run failed (exit {done.returncode})")
+        out = os.path.join(out_dir, f"{wrap}_{backend}.pt")
+        runs[backend] = _train_once("local" if backend == "local" else wrap, backend, out)
+        if runs[backend] is None:
+            result(f"the {wrap} run on {backend} failed")
             return 1
-        runs[backend] = torch.load(out)
     lines, worst = [], 0.0
     for a, b in (("hcomm", "local"), (PEER, "local"), ("hcomm", PEER)):
         diff = max(float((p - q).abs().max()) for p, q in zip(runs[a]["params"], runs[b]["params"]))
@@ -293,8 +308,8 @@ def ddp(args):
     ratio = runs["hcomm"]["step_ms"] / runs[PEER]["step_ms"]
     lines.append(f"step time hcomm / {PEER} = {ratio:.3f} (the issue's bound against nccl: <= 1.10; a benchmark, "
                  "not judged here)")
-    text = "\n".join(lines)
-    with open(os.path.join(out_dir, "ddp.txt"), "w") as f:
+    text = "\n".join([f"# {wrap} on {DEVICE}, world size 1"] + lines)
+    with open(os.path.join(out_dir, "train.txt"), "a") as f:
         f.write(text + "\n")
     print(text)
     ok = worst <= DDP_TOLERANCE and runs["hcomm"]["losses"][-1] < runs["hcomm"]["losses"][0]
@@ -358,8 +373,8 @@ def bench(args):
     return done.returncode
 
 
-COMMANDS = {"build": build, "selftest": selftest, "pytest": run_pytest, "nccl1": nccl1, "ddp": ddp,
-            "ddp-run": ddp_run, "bench": bench}
+COMMANDS = {"build": build, "selftest": selftest, "pytest": run_pytest, "nccl1": nccl1, "train": train,
+            "train-run": train_run, "bench": bench}
 
 
 def main(argv):

@@ -32,7 +32,7 @@ def test_without_a_device_every_part_is_skipped_and_named(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert took < 20, f"the no-device run took {took:.1f} s"
     names = [p.name for p in gpu_check.parts(sys.executable, str(out))]
-    assert len(names) == 8 and len(set(names)) == 8
+    assert len(names) == 9 and len(set(names)) == 9
     doc = json.loads((out / "summary.json").read_text())
     assert [p["name"] for p in doc["parts"]] == names
     for p in doc["parts"]:
@@ -95,19 +95,21 @@ def test_passing_and_skipped_parts_exit_zero(tmp_path):
     assert gpu_check.write_summary(str(tmp_path), outcomes, header) == 0
 
 
-def test_ddp_and_bench_parts_on_the_cpu(tmp_path):
-    """The ddp and bench parts' own logic (three training runs compared, the bench run and
-    its table, the copy rate and the ratio) with HCOMM_GPU_CHECK_DEVICE=cpu: gloo stands
-    in for nccl and host buffers for device ones. On a GPU the same code runs on cuda."""
+def test_training_and_bench_parts_on_the_cpu(tmp_path):
+    """The ddp, fsdp2 and bench parts' own logic (three training runs compared, the bench
+    run and its table, the copy rate and the ratio) with HCOMM_GPU_CHECK_DEVICE=cpu: gloo
+    stands in for nccl and host buffers for device ones. On a GPU the same code runs on cuda."""
     env = dict(os.environ, HCOMM_GPU_CHECK_DEVICE="cpu", HCOMM_GPU_CHECK_BENCH_MAX="4096", OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT)
     helper = os.path.join(ROOT, "scripts", "gpu_check_parts.py")
-    for part in ("ddp", "bench"):
-        proc = subprocess.run([sys.executable, helper, part, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+    for part in (["train", "ddp"], ["train", "fsdp2"], ["bench"]):
+        proc = subprocess.run([sys.executable, helper, *part, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "RESULT: " in proc.stdout
-    ddp = (tmp_path / "ddp.txt").read_text()
-    assert "max |param difference| hcomm vs local: 0" in ddp and "hcomm vs gloo" in ddp, ddp
+    train = (tmp_path / "train.txt").read_text()
+    for wrap in ("ddp", "fsdp2"):
+        section = train.split(f"# {wrap} on cpu, world size 1")[1].split("# ")[0]
+        assert "hcomm vs local: 0" in section and "hcomm vs gloo" in section, train
     bench = (tmp_path / "bench.txt").read_text()
     assert "--device cpu" in bench and "# implementation: gloo  [ok]" in bench and "busbw at 4096 B" in bench, bench
