@@ -2,7 +2,8 @@
 
 What runs for real here: registration for cpu and cuda, the refusals (meta tensors,
 cpu and cuda mixed, two CUDA devices) through torch.distributed and ProcessGroupHcomm,
-and that CPU tensors never reach torch.cuda.
+and that CPU tensors never reach torch.cuda (torch.cuda.current_stream and
+torch.cuda.stream are monkeypatched to raise in that one test: routing only).
 
 What is simulated, for ROUTING ONLY: CUDA tensors are torch FakeTensors on "cuda"
 (shape, dtype and device without memory, torch's own tracing tensors), the Communicator

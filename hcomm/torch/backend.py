@@ -3,9 +3,10 @@
 Every c10d entry point turns its tensor lists into one or a few core calls and returns
 an HcommWork. Tensors are CPU or CUDA ones (streams.placement routes and refuses); CUDA
 tensors go to the Communicator as they are, ordered on the caller's stream, and staging
-buffers are made on the tensors' device (streams.py: the stream seam). Calls the caller will wait on at once (torch.distributed without
-async_op=True) use the core's blocking call; the rest are issued async and their Work's
-future is completed by the core's progress thread. Data movement travels as bytes (any
+buffers are made on the tensors' device (streams.py: the stream seam). Calls the caller
+will wait on at once (torch.distributed without async_op=True) use the core's blocking
+call; the rest are issued async and their Work's future is completed by the core's
+progress thread. Data movement travels as bytes (any
 dtype); reductions go through ops.py.
 
 torch 2.13 reaches these methods two ways: from Python (distributed_c10d calls
