@@ -33,6 +33,8 @@ class HcommRunner(Runner):
         reason = hcomm_missing()
         if reason:
             raise Unsupported(reason)
+        # before the communicator exists, so an Unsupported device leaves nothing open
+        self.device = cuda_device(spec, world.rank) if spec.device == "cuda" else None
         import hcomm
 
         # Ranks we spawned (and mpirun, through the launcher module) carry the unique
@@ -45,7 +47,6 @@ class HcommRunner(Runner):
         self._hcomm = hcomm
         # --algo reaches the collectives that take one (allreduce, reduce, broadcast)
         self.algo = spec.algo
-        self.device = cuda_device(spec, world.rank) if spec.device == "cuda" else None
         self._mirror = None
 
     def supports_in_place(self):
