@@ -9,17 +9,24 @@ Ranks are spawned processes that all use device 0, as on a one-GPU machine (NCCL
 refuse that; cuda_ipc is how hcomm serves it). Skipped where no CUDA device exists;
 scripts/gpu_check.sh runs it on a lent GPU.
 """
+import os
+import sys
+
 import numpy as np
 import pytest
 
-from hcomm import _C
-
 from harness import run_ranks
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from gpu_check import detect_device  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
-DEVICES = _C.cuda_report()["device_count"]
-needs_device = pytest.mark.skipif(DEVICES == 0, reason="no CUDA device: " + str(_C.cuda_report().get("reason")))
+# The driver is asked directly (libcuda through ctypes), not hcomm._C.cuda_report(): that
+# would load hcomm's CUDA runtime in the pytest process, and every rank forked from it
+# later (tests/test_device_collectives.py's, which need the fake runtime) would inherit it.
+DEVICES, WHY = detect_device()
+needs_device = pytest.mark.skipif(DEVICES == 0, reason=f"no CUDA device: {WHY}")
 # the names this file swaps in test_device_collectives (checked, so a rename there fails loudly here)
 SWAPPED = ("to_dev", "from_dev", "empty_dev")
 BODIES = ("_check_reductions", "_check_moves", "_check_p2p_async")
