@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -26,11 +25,8 @@ def test_without_a_device_every_part_is_skipped_and_named(tmp_path):
     if count:
         pytest.skip(f"a CUDA device is here ({what}): run scripts/gpu_check.sh by hand, it takes minutes")
     out = tmp_path / "out"
-    start = time.monotonic()
     proc = subprocess.run(["bash", SCRIPT, str(out)], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    took = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert took < 20, f"the no-device run took {took:.1f} s"
     names = [p.name for p in gpu_check.parts(sys.executable, str(out))]
     assert len(names) == 9 and len(set(names)) == 9
     doc = json.loads((out / "summary.json").read_text())
