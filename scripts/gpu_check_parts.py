@@ -172,9 +172,10 @@ def nccl1(_args):
         entries = comm.flight_record()["entries"]
         algo = entries[-1].get("algo") if entries else "none recorded"
         via = f"ran ({'correct' if same else 'WRONG'}), flight record algo {algo!r}"
-    except (hcomm.Error, ValueError) as e:
-        same, via = True, f"refused algo='native' on a CUDA tensor: {e}"
-    comm.close()
+    except Exception as e:  # noqa: BLE001 - a refusal is reported; only a wrong result fails
+        same, via = True, f"refused algo='native' on a CUDA tensor: {type(e).__name__}: {e}"
+    finally:
+        comm.close()
     print("Communicator:", via)
     code, text, path = gpu.nccl_version()
     nc = gpu.NcclComm(0, 1, gpu.nccl_unique_id(), device=0, timeout=60)
@@ -280,8 +281,12 @@ def _train_once(wrap, backend, out):
 
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                LOCAL_RANK="0", CUBLAS_WORKSPACE_CONFIG=":4096:8")
-    done = subprocess.run([sys.executable, __file__, "train-run", wrap, backend, out], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=100)
+    try:
+        done = subprocess.run([sys.executable, __file__, "train-run", wrap, backend, out], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=100)
+    except subprocess.TimeoutExpired as e:
+        print(f"--- {wrap} {backend}: timed out after {e.timeout} s\n{e.stdout or ''}{e.stderr or ''}")
+        return None
     print(f"--- {wrap} {backend}: exit {done.returncode}\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
     return torch.load(out) if done.returncode == 0 else None
 
