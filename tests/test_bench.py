@@ -93,10 +93,12 @@ def test_long_flags_and_defaults():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["allreduce", "-t", "allgather"], "collective given twice"),
-    (["-d", "bfloat16"], "bfloat16"),
+    (["allreduce", "--collective", "allgather"], "collective given twice"),
+    (["-t", "allgather"], "-t is nccl-tests' threads per process, not the collective: write 'hcomm-bench allgather'"),
+    (["-t", "4"], "-t 4: hcomm-bench runs one thread per rank"),
+    (["--device", "npu"], "invalid choice"),
     (["-d", "complex"], "unknown datatype"),
-    (["--compare", "gloo,nccl"], "bad --compare"),
+    (["--compare", "gloo,nvshmem"], "bad --compare"),
     (["--impl", "gloo", "--compare", "gloo"], "primary"),
     (["-b", "64M", "-e", "4K"], "minbytes"),
     (["-n", "0"], "must be >= 1"),

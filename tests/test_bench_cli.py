@@ -104,8 +104,8 @@ def test_under_mpirun_every_process_is_a_rank(tmp_path):
 def test_usage_errors_exit_2():
     proc = bench("broadcast", "-r", "5", "--ranks", "2", "--impl", "gloo")
     assert proc.returncode == 2 and "root 5 is not a rank of a 2-rank world" in proc.stderr
-    proc = bench("allreduce", "-d", "bfloat16")
-    assert proc.returncode == 2 and "bfloat16" in proc.stderr
+    proc = bench("allreduce", "-t", "allgather")
+    assert proc.returncode == 2 and "--collective allgather" in proc.stderr
 
 
 # A sitecustomize that loads hcomm as usual, then removes hcomm.init: the state of a

@@ -4,6 +4,11 @@ rank-side entry that sweeps one or more implementations.
     hcomm-bench allreduce -b 8 -e 64M -f 2 --ranks 4 --compare gloo,mpi --json out.json
     mpirun -np 4 hcomm-bench allreduce -b 4K -e 4K          # every process is a rank
     torchrun --nproc-per-node 2 -m hcomm.bench allgather -d half
+    hcomm-bench allreduce --device cuda -d bfloat16 --compare nccl   # GPU buffers, torch's nccl beside
+
+-t is nccl-tests' threads per process: hcomm-bench runs one thread per rank, so -t 1 is
+accepted and anything else is refused (the collective is the first argument or
+--collective).
 
 Exit status: 0 when every implementation that was asked for ran (or was skipped with a
 reason) and nothing was wrong; 1 when a result was wrong, the primary implementation
@@ -58,6 +63,19 @@ def _dtype(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _threads(text):
+    """nccl-tests' -t (threads per process): only 1 here; a collective name gets a pointer."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"-t is nccl-tests' threads per process, not the collective: write "
+                                         f"'hcomm-bench {text}' or --collective {text}") from None
+    if v != 1:
+        raise argparse.ArgumentTypeError(f"-t {v}: hcomm-bench runs one thread per rank (nccl-tests' -t 1); for "
+                                         "more ranks use --ranks N or a launcher (mpirun, torchrun)")
+    return v
+
+
 def _algo(text):
     if not re.fullmatch(r"[a-z][a-z_]*", text):
         raise argparse.ArgumentTypeError(f"bad --algo {text!r}: an algorithm name such as ring, tree, "
@@ -80,7 +98,9 @@ def build_parser():
                     "Open MPI side by side.")
     p.add_argument("collective_pos", nargs="?", metavar="COLLECTIVE", choices=COLLECTIVES,
                    help=f"one of {', '.join(COLLECTIVES)} (default allreduce)")
-    p.add_argument("-t", "--collective", choices=COLLECTIVES, help="the collective, as an option")
+    p.add_argument("--collective", choices=COLLECTIVES, help="the collective, as an option")
+    p.add_argument("-t", "--nthreads", type=_threads, default=1,
+                   help="threads per rank, as nccl-tests' -t: only 1 (the collective is --collective)")
     p.add_argument("-b", "--minbytes", type=parse_size, default=8, help="smallest size, e.g. 8, 4K (default 8)")
     p.add_argument("-e", "--maxbytes", type=parse_size, default=32 << 20, help="largest size (default 32M)")
     p.add_argument("-f", "--stepfactor", type=int, default=2, help="multiply the size by this (default 2)")
@@ -88,7 +108,11 @@ def build_parser():
     p.add_argument("-n", "--iters", type=_positive, default=20, help="timed iterations per size (default 20)")
     p.add_argument("-w", "--warmup_iters", type=_non_negative, default=5, help="untimed iterations (default 5)")
     p.add_argument("-c", "--check", type=int, choices=(0, 1), default=1, help="check results: 1 (default) or 0")
-    p.add_argument("-d", "--datatype", type=_dtype, default="float", help="int8 uint8 int32 int64 half float double")
+    p.add_argument("-d", "--datatype", type=_dtype, default="float",
+                   help="int8 uint8 int32 int64 half float double bfloat16")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the buffers live: cpu (default) or cuda (rank r uses GPU r mod the GPU count; "
+                        "hcomm and nccl run there)")
     p.add_argument("-o", "--op", choices=OPS, default="sum", help="reduction (default sum)")
     p.add_argument("-r", "--root", type=_non_negative, default=0, help="root of broadcast / reduce (default 0)")
     p.add_argument("--algo", type=_algo, default="auto",
@@ -96,7 +120,8 @@ def build_parser():
                         "binomial, tree, native (default auto: its tuner's choice)")
     p.add_argument("--ranks", type=_positive, help="local ranks to spawn when no launcher started us (default 2)")
     p.add_argument("--impl", choices=IMPLEMENTATIONS, default="hcomm", help="implementation measured first (default hcomm)")
-    p.add_argument("--compare", type=_impl_list, default=[], help="peers on the same sizes, e.g. gloo,mpi")
+    p.add_argument("--compare", type=_impl_list, default=[],
+                   help="peers on the same sizes, e.g. gloo,mpi (host buffers) or nccl (--device cuda)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot busbw against size, one line per implementation")
     p.add_argument("--timeout", type=_positive, default=900, help="seconds per implementation (default 900)")
@@ -113,7 +138,7 @@ def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
     if args.collective_pos and args.collective and args.collective_pos != args.collective:
-        p.error(f"collective given twice: {args.collective_pos!r} and -t {args.collective!r}")
+        p.error(f"collective given twice: {args.collective_pos!r} and --collective {args.collective!r}")
     args.collective = args.collective or args.collective_pos or "allreduce"
     del args.collective_pos
     if args.impl in args.compare:
@@ -129,7 +154,7 @@ def make_spec(args):
     sizes = sweep_sizes(args.minbytes, args.maxbytes, args.stepfactor, args.stepbytes)
     return Spec(collective=args.collective, dtype=args.datatype, op=args.op, root=args.root, sizes=tuple(sizes),
                 iters=args.iters, warmup=args.warmup_iters, check=bool(args.check), seed=args.seed,
-                algo=None if args.algo == "auto" else args.algo)
+                algo=None if args.algo == "auto" else args.algo, device=args.device)
 
 
 def check_world(spec, nranks):
@@ -198,6 +223,7 @@ def worker_args(args, impl, result_path, progress):
     a = [args.collective, "-b", str(args.minbytes), "-e", str(args.maxbytes), "-f", str(args.stepfactor),
          "-i", str(args.stepbytes), "-n", str(args.iters), "-w", str(args.warmup_iters), "-c", str(args.check),
          "-d", args.datatype, "-o", args.op, "-r", str(args.root), "--algo", args.algo, "--impl", impl,
+         "--device", args.device,
          "--timeout", str(args.timeout), "--seed", str(args.seed), "--_result", result_path]
     if progress:
         a.append("--_progress")
@@ -210,7 +236,7 @@ def precheck(name):
     """Why `name` cannot be spawned on this machine, or None."""
     if name == "hcomm":
         return hcomm_missing()
-    if name == "gloo" and importlib.util.find_spec("torch") is None:
+    if name in ("gloo", "nccl") and importlib.util.find_spec("torch") is None:
         return "torch is not installed"
     if name == "mpi":
         if importlib.util.find_spec("mpi4py") is None:
@@ -264,6 +290,7 @@ def _now():
 
 def build_document(args, spec, nranks, results, start, argv):
     return {"schema": SCHEMA, "collective": spec.collective, "datatype": spec.dtype, "op": spec.op,
+            "device": spec.device,
             "root": spec.root, "algo": spec.algo, "ranks": nranks, "iters": spec.iters,
             "warmup_iters": spec.warmup, "check": spec.check, "seed": spec.seed, "primary": args.impl,
             "command": ["hcomm-bench", *argv], "host": socket.gethostname(), "start_time": start,

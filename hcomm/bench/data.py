@@ -5,18 +5,23 @@ each rank checks its own output against a reference it computes alone, with no e
 communication. Inputs are small integers stored in the benchmark dtype: sums, minima
 and maxima of them are exact in any order (so floats compare tightly, integers
 exactly), and products use {-1, 1, 2} so they stay finite for a useful number of ranks.
+
+bfloat16: numpy has none, so its buffers hold the raw bits as uint16 (BF16 below, a
+storage type the bench has no other use for); inputs, references and #wrong convert
+at the edges, and the runners hand the memory to their library as torch.bfloat16.
 """
 import numpy as np
 
 from .factors import REDUCING
 
+BF16 = np.dtype(np.uint16)  # bfloat16 bits
 # nccl-tests' type names, with numpy's names accepted as aliases.
 DTYPES = {
     "int8": np.int8, "uint8": np.uint8, "int32": np.int32, "int64": np.int64,
-    "half": np.float16, "float": np.float32, "double": np.float64,
+    "half": np.float16, "float": np.float32, "double": np.float64, "bfloat16": BF16,
 }
 DTYPE_ALIASES = {"float16": "half", "float32": "float", "float64": "double", "int": "int32",
-                 "char": "int8", "fp16": "half", "fp32": "float", "fp64": "double"}
+                 "char": "int8", "fp16": "half", "fp32": "float", "fp64": "double", "bf16": "bfloat16"}
 OPS = ("sum", "prod", "min", "max", "avg")
 # Filled into receive buffers before a checked call, so a call that writes nothing is
 # counted wrong: no sum, min, max or product of the inputs below can equal it.
@@ -27,15 +32,26 @@ def canonical_dtype(name):
     """nccl-tests' name for a datatype given by either spelling; ValueError otherwise."""
     key = DTYPE_ALIASES.get(name, name)
     if key not in DTYPES:
-        if name in ("bfloat16", "bf16"):
-            raise ValueError("datatype bfloat16 is not supported by hcomm-bench: numpy has no bfloat16")
         choices = ", ".join(list(DTYPES) + list(DTYPE_ALIASES))
         raise ValueError(f"unknown datatype {name!r}; choose one of {choices}")
     return key
 
 
 def np_dtype(name):
+    """The numpy type of a datatype's buffers (BF16 bits for bfloat16)."""
     return np.dtype(DTYPES[canonical_dtype(name)])
+
+
+def to_bf16(values):
+    """float values -> bfloat16 bits, rounded to nearest even (NaN stays NaN)."""
+    f = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = (f + 0x7FFF + ((f >> 16) & 1)) >> 16
+    return np.where(np.isnan(f.view(np.float32)), (f >> 16) | 0x40, rounded).astype(np.uint16)
+
+
+def from_bf16(bits):
+    """bfloat16 bits -> float32 values (exact)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def redop_for(collective, op):
@@ -54,7 +70,7 @@ def block_input(seed, rank, block, count, dtype, op):
     else:
         lo, hi = (-4, 4) if signed else (0, 8)
         small = rng.integers(lo, hi + 1, size=count, dtype=np.int8)
-    return small.astype(dtype)
+    return to_bf16(small) if dtype == BF16 else small.astype(dtype)
 
 
 def rank_input(seed, rank, lay, dtype, op):
@@ -75,6 +91,8 @@ def reduce_blocks(blocks, op, dtype):
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; choose one of {', '.join(OPS)}")
     dtype = np.dtype(dtype)
+    if dtype == BF16:  # in float64, rounded to bfloat16 once
+        return to_bf16(reduce_blocks((from_bf16(b) for b in blocks), op, np.float64))
     acc_type = np.float64 if dtype.kind == "f" else (np.int64 if op == "avg" else dtype)
     acc, n = None, 0
     for b in blocks:
@@ -128,6 +146,8 @@ def tolerance(dtype, op):
     dtype = np.dtype(dtype)
     if op != "avg":
         return 0.0, 0.0
+    if dtype == BF16:
+        return 2.0 ** -7, 2.0 ** -8
     if dtype.kind == "f":
         eps = float(np.finfo(dtype).eps)
         return 2 * eps, eps
@@ -141,6 +161,8 @@ def count_wrong(result, expected, dtype, op):
     if result.size == 0:
         return 0
     rtol, atol = tolerance(dtype, op)
+    if np.dtype(dtype) == BF16:
+        result, expected = from_bf16(result), from_bf16(expected)
     if rtol == 0 and atol == 0:
         return int(np.count_nonzero(result != expected))  # NaN != NaN: counted wrong
     ok = np.isclose(result.astype(np.float64), expected.astype(np.float64), rtol=rtol, atol=atol)

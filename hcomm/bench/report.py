@@ -132,7 +132,7 @@ def _title(doc):
     algo = doc["algo"] or "auto"
     return (f"# hcomm-bench: {doc['collective']}  ranks {doc['ranks']}  type {doc['datatype']}  op {doc['op']}"
             f"  root {doc['root']}  iters {doc['iters']}  warmup {doc['warmup_iters']}"
-            f"  check {int(doc['check'])}  algo {algo}")
+            f"  check {int(doc['check'])}  algo {algo}  device {doc.get('device', 'cpu')}")
 
 
 def _impl_block(name, res):

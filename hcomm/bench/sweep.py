@@ -32,6 +32,7 @@ class Spec:
     check: bool
     seed: int = 1234
     algo: Optional[str] = None      # hcomm only; None lets its tuner choose
+    device: str = "cpu"             # where the buffers live: "cpu" or "cuda"
 
     def __post_init__(self):
         if self.iters < 1:
@@ -86,6 +87,7 @@ def measure(runner, spec, lay, rank, nranks, in_place, tamper=None):
 
     def call():
         runner.run(nsend, nrecv, in_place)
+        runner.sync()
 
     for _ in range(spec.warmup):
         call()
@@ -94,7 +96,9 @@ def measure(runner, spec, lay, rank, nranks, in_place, tamper=None):
     if not spec.check:
         return seconds, None
     bufs.reset(inp)  # in-place iterations overwrote the input
+    nsend, nrecv = runner.bind(bufs.send, bufs.recv)  # a device runner copies the fresh input over
     call()
+    runner.fetch()
     out = runner.output(bufs.send, bufs.recv, in_place)
     if tamper is not None:
         tamper(out, rank, in_place)
@@ -129,6 +133,7 @@ def warm_up(runner, spec, rank, nranks):
     nsend, nrecv = runner.bind(bufs.send, bufs.recv)
     for _ in range(STARTUP_CALLS):
         runner.run(nsend, nrecv, False)
+    runner.sync()
     runner.barrier()
 
 

@@ -1,9 +1,13 @@
-"""torch.distributed backend "hcomm" (cpu).
+"""torch.distributed backend "hcomm" (cpu and cuda).
 
     import hcomm.torch
     torch.distributed.init_process_group("hcomm")      # env://, tcp://, file://
 
-Importing registers the backend. Under mpirun, where neither torch's env:// variables
+Importing registers the backend for the cpu and cuda devices; one ProcessGroupHcomm
+serves both (torch uses a Python ProcessGroup for every device it was registered for).
+CUDA tensors run as with ProcessGroupNCCL: after the work on the caller's current
+stream, and work.wait() makes the current stream wait (streams.py, with the one
+difference: an async work's wait() also waits on the host for hcomm's progress thread). Under mpirun, where neither torch's env:// variables
 (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) nor torchrun exist, the import fills them
 in from Open MPI's environment so the unchanged init_process_group("hcomm") call works:
 rank and size from OMPI_COMM_WORLD_*, and rank 0's address plus a free port handed to
@@ -32,6 +36,7 @@ from .mpi_env import adopt_mpi_environment
 __all__ = ["ProcessGroupHcomm", "monitored_barrier"]
 
 BACKEND_NAME = "hcomm"
+DEVICES = ("cpu", "cuda")
 
 
 def monitored_barrier(group=None, timeout=None, wait_all_ranks=False):
@@ -47,7 +52,7 @@ def monitored_barrier(group=None, timeout=None, wait_all_ranks=False):
 
 def _register():
     if BACKEND_NAME.upper() not in dist.Backend._plugins:
-        dist.Backend.register_backend(BACKEND_NAME, create_hcomm, devices=["cpu"])
+        dist.Backend.register_backend(BACKEND_NAME, create_hcomm, devices=list(DEVICES))
 
 
 _register()

@@ -99,13 +99,6 @@ def check_reducible(tensor, spec, what):
     return spec.name
 
 
-def check_cpu(tensors, what):
-    for t in tensors:
-        if not t.is_cpu:
-            raise RuntimeError(f"hcomm {what}: tensor on {t.device}; the hcomm torch backend is registered "
-                               "for cpu only in this build")
-
-
 def as_bytes(t):
     """A flat uint8 view of a contiguous tensor (0-dim and empty included)."""
     return t.reshape(-1).view(torch.uint8)

@@ -11,6 +11,9 @@ own PowerSGD hook waits on a nested all_reduce inside .then(). Run on the progre
 thread, that wait would stop the very thread that must finish the nested op (a
 deadlock); on the pool it is just a busy worker, and the next completion gets another.
 
+CUDA tensors: `stream` is the caller's stream at the call; the future is CUDA-aware
+and the completion runs with that stream current (streams.py says what that orders).
+
 A Python subclass of dist.Work is used rather than torch's future-wrapping work
 because the latter's wait() does not re-raise the future's error in torch 2.13, which
 would turn a timed-out collective into a silent success.
@@ -21,6 +24,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from . import streams
+
 
 def _as_error(what, message):
     return dist.DistBackendError(f"hcomm {what} failed: {message}")
@@ -29,11 +34,12 @@ def _as_error(what, message):
 class HcommWork(dist.Work):
     """One c10d call: one or more core works, then `finish` (copy-outs), then the future."""
 
-    def __init__(self, what, result, core_works=(), finish=None, source=None, completions=None):
+    def __init__(self, what, result, core_works=(), finish=None, source=None, completions=None, stream=None):
         super().__init__()
         self._what = what
         self._core = core_works
         self._source = source  # a core recv Work whose .source is the sender (any-source recv)
+        self._stream = stream  # the caller's CUDA stream, None for CPU tensors
         if not core_works:
             # Already done (a blocking call): the future is made only if someone asks.
             if finish is not None:
@@ -41,7 +47,7 @@ class HcommWork(dist.Work):
             self._fut = None
             self._result = result
             return
-        self._fut = torch.futures.Future()
+        self._fut = streams.new_future(stream)
         self._completions = completions  # an Executor; None completes on the core's thread
         self._pending = len(self._core)
         self._lock = threading.Lock()
@@ -69,16 +75,19 @@ class HcommWork(dist.Work):
     def _complete(self, result, finish, err):
         # The core works (and the callbacks they hold, which hold self) are no longer
         # needed: dropping them here breaks that cycle and frees the staging buffers.
-        self._core = ()
-        if err is None and finish is not None:
-            try:
-                finish()
-            except Exception as e:  # noqa: BLE001 - handed to whoever waits
-                err = f"{type(e).__name__}: {e}"
-        if err is None:
-            self._fut.set_result(result)
-        else:
-            self._fut.set_exception(_as_error(self._what, err))
+        core, self._core = self._core, ()
+        with streams.completing(self._stream):
+            if err is None:
+                try:
+                    streams.order_after(core, self._stream)
+                    if finish is not None:
+                        finish()
+                except Exception as e:  # noqa: BLE001 - handed to whoever waits
+                    err = f"{type(e).__name__}: {e}"
+            if err is None:
+                self._fut.set_result(result)  # a CUDA-aware future records its event here
+            else:
+                self._fut.set_exception(_as_error(self._what, err))
 
     # -- the c10d Work interface -------------------------------------------------------
     def wait(self, timeout=timedelta(0)):
@@ -97,8 +106,8 @@ class HcommWork(dist.Work):
         return True
 
     def get_future(self):
-        if self._fut is None:
-            self._fut = torch.futures.Future()
+        if self._fut is None:  # a blocking call: its result is already ordered on the caller's stream
+            self._fut = streams.new_future(self._stream)
             self._fut.set_result(self._result)
         return self._fut
 
@@ -124,6 +133,7 @@ class HcommWork(dist.Work):
         return self.get_future().value()
 
     def synchronize(self):
+        """As ProcessGroupNCCL's: the current stream waits for the result (wait() does that)."""
         self.wait()
 
     def source_rank(self):

@@ -1,8 +1,9 @@
-"""Implementations hcomm-bench can run: hcomm itself and its peers, gloo and MPI."""
+"""Implementations hcomm-bench can run: hcomm itself and its peers, gloo, MPI and (on
+CUDA buffers) torch's nccl."""
 from .base import Runner, Unsupported
 from .hcomm_runner import hcomm_missing
 
-IMPLEMENTATIONS = ("hcomm", "gloo", "mpi")
+IMPLEMENTATIONS = ("hcomm", "gloo", "mpi", "nccl")
 
 
 def open_runner(name, world, spec, timeout):
@@ -13,6 +14,8 @@ def open_runner(name, world, spec, timeout):
         from .gloo_runner import GlooRunner as cls
     elif name == "mpi":
         from .mpi_runner import MpiRunner as cls
+    elif name == "nccl":
+        from .gloo_runner import NcclRunner as cls
     else:
         raise ValueError(f"unknown implementation {name!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
     return cls(world, spec, timeout)

@@ -24,8 +24,17 @@ class Runner:
         return self.spec.collective not in ("sendrecv", "barrier")
 
     def bind(self, send, recv):
-        """Native handles for numpy buffers; they must share memory with them."""
+        """Native handles for numpy buffers: sharing memory with them on the host; on a
+        device (spec.device "cuda") holding a copy of them, which fetch() brings back."""
         return send, recv
+
+    def fetch(self):
+        """After a checked call: the results into the numpy buffers bind() was given
+        (device runners copy them back; host handles share memory already)."""
+
+    def sync(self):
+        """Block until the calls issued so far are done (device runners wait for the GPU,
+        whose work a call only queues), so a timed call is the whole call."""
 
     def run(self, send, recv, in_place):
         getattr(self, "_" + self.spec.collective)(send, recv, in_place)

@@ -1,9 +1,12 @@
-"""Gloo through torch.distributed, as a PyTorch user on CPU would call it."""
+"""torch.distributed's own backends as a user calls them: Gloo on host tensors, NCCL on
+CUDA tensors (--device cuda)."""
 import datetime
+import os
 import warnings
 
 import numpy as np
 
+from ..tensors import Mirror, host_tensor
 from .base import Runner, Unsupported
 
 
@@ -21,15 +24,16 @@ class GlooRunner(Runner):
         except ImportError as e:
             raise Unsupported(f"torch is not installed: {e}")
         self.torch, self.dist = torch, dist
+        self.device = self._device(world)
         ops = {"sum": dist.ReduceOp.SUM, "prod": dist.ReduceOp.PRODUCT, "min": dist.ReduceOp.MIN,
                "max": dist.ReduceOp.MAX, "avg": dist.ReduceOp.AVG}
         self.op = ops[spec.op]
         reducing = spec.collective in ("allreduce", "reduce", "reduce_scatter")
-        if reducing and spec.op == "avg" and spec.dtype not in ("half", "float", "double"):
-            raise Unsupported(f"gloo's avg reduction needs a floating-point datatype, not {spec.dtype}")
+        if reducing and spec.op == "avg" and spec.dtype not in ("half", "float", "double", "bfloat16"):
+            raise Unsupported(f"{self.name}'s avg reduction needs a floating-point datatype, not {spec.dtype}")
         if not world.master_addr or not world.master_port:
             raise Unsupported("gloo needs MASTER_ADDR and MASTER_PORT (or mpirun with mpi4py to agree on them)")
-        dist.init_process_group("gloo", init_method=f"tcp://{world.master_addr}:{world.master_port}",
+        dist.init_process_group(self.name, init_method=f"tcp://{world.master_addr}:{world.master_port}",
                                 rank=world.rank, world_size=world.size,
                                 timeout=datetime.timedelta(seconds=timeout))
         # the *_single spellings replace the *_tensor ones (deprecated) in newer torch
@@ -41,8 +45,15 @@ class GlooRunner(Runner):
         # all_to_all_single(t, t) returns wrong data (the check counts it): no in-place form
         return super().supports_in_place() and self.spec.collective != "alltoall"
 
+    def _device(self, world):
+        """Where the buffers live (None: host memory) or Unsupported."""
+        if self.spec.device != "cpu":
+            raise Unsupported(f"{self.name} is run on host buffers here; with --device {self.spec.device} compare "
+                              "with nccl")
+        return None
+
     def bind(self, send, recv):
-        return self.torch.from_numpy(send), self.torch.from_numpy(recv)
+        return host_tensor(send), host_tensor(recv)
 
     def _allreduce(self, s, r, ip):
         if not ip:
@@ -80,12 +91,51 @@ class GlooRunner(Runner):
         self.dist.barrier()
 
     def reduce_floats(self, values, op):
-        t = self.torch.tensor(np.asarray(values, dtype=np.float64))
+        t = self.torch.tensor(np.asarray(values, dtype=np.float64), device=self.device)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX if op == "max" else self.dist.ReduceOp.SUM)
-        return t.numpy()
+        return t.cpu().numpy()
 
     def info(self):
-        return {"version": f"torch {self.torch.__version__} gloo"}
+        return {"version": f"torch {self.torch.__version__} {self.name}"}
 
     def close(self):
         self.dist.destroy_process_group()
+
+
+class NcclRunner(GlooRunner):
+    """torch's nccl backend on CUDA tensors, one GPU per local rank: NCCL refuses two
+    ranks of a communicator on one GPU ("Duplicate GPU detected"), so a world with more
+    local ranks than GPUs is Unsupported, on every rank alike."""
+
+    name = "nccl"
+
+    def _device(self, world):
+        if self.spec.device != "cuda":
+            raise Unsupported("nccl moves CUDA tensors: run with --device cuda")
+        torch = self.torch
+        if not torch.cuda.is_available() or not self.dist.is_nccl_available():
+            raise Unsupported(f"torch {torch.__version__} has no CUDA device or no NCCL here")
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+                    or world.size)
+        gpus = torch.cuda.device_count()
+        if local > gpus:
+            raise Unsupported(f"NCCL refuses two ranks on one GPU (Duplicate GPU detected): {local} local ranks, "
+                              f"{gpus} GPU{'s' if gpus > 1 else ''}")
+        from ..tensors import local_device_index
+
+        dev = torch.device("cuda", local_device_index(world.rank))
+        torch.cuda.set_device(dev)
+        return dev
+
+    def bind(self, send, recv):
+        self._mirror = Mirror(send, recv, self.device)
+        return self._mirror.send, self._mirror.recv
+
+    def fetch(self):
+        self._mirror.download()
+
+    def sync(self):
+        self.torch.cuda.synchronize(self.device)
+
+    def barrier(self):
+        self.dist.barrier(device_ids=[self.device.index])

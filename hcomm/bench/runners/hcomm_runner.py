@@ -1,6 +1,9 @@
-"""hcomm's own Communicator (the C++ core through hcomm.init)."""
+"""hcomm's own Communicator (the C++ core through hcomm.init), on numpy buffers, torch
+bfloat16 views of them, or torch CUDA tensors (--device cuda)."""
 import numpy as np
 
+from ..data import BF16
+from ..tensors import Mirror, host_tensor, local_device_index
 from .base import Runner, Unsupported
 
 
@@ -30,6 +33,8 @@ class HcommRunner(Runner):
         reason = hcomm_missing()
         if reason:
             raise Unsupported(reason)
+        # before the communicator exists, so an Unsupported device leaves nothing open
+        self.device = cuda_device(spec, world.rank) if spec.device == "cuda" else None
         import hcomm
 
         # Ranks we spawned (and mpirun, through the launcher module) carry the unique
@@ -42,6 +47,30 @@ class HcommRunner(Runner):
         self._hcomm = hcomm
         # --algo reaches the collectives that take one (allreduce, reduce, broadcast)
         self.algo = spec.algo
+        self._mirror = None
+
+    def supports_in_place(self):
+        # In-place alltoall copies the input through host memory first (hcomm.comm), which a
+        # device buffer is not: out of place only on a device.
+        return super().supports_in_place() and not (self.device is not None and self.spec.collective == "alltoall")
+
+    def bind(self, send, recv):
+        if self.device is not None:
+            self._mirror = Mirror(send, recv, self.device)
+            return self._mirror.send, self._mirror.recv
+        if send.dtype == BF16:  # hcomm takes bfloat16 as torch tensors
+            return host_tensor(send), host_tensor(recv)
+        return send, recv
+
+    def fetch(self):
+        if self._mirror is not None:
+            self._mirror.download()
+
+    def sync(self):
+        if self.device is not None:
+            import torch
+
+            torch.cuda.synchronize(self.device)
 
     def _allreduce(self, s, r, ip):
         if ip:
@@ -108,3 +137,16 @@ class HcommRunner(Runner):
 
     def close(self):
         self.comm.close()
+
+
+def cuda_device(spec, rank):
+    """torch.device of this rank's GPU (made current), or Unsupported saying why none."""
+    try:
+        import torch
+    except ImportError as e:
+        raise Unsupported(f"--device cuda needs torch (with CUDA): {e}")
+    if not torch.cuda.is_available():
+        raise Unsupported(f"--device cuda: torch {torch.__version__} sees no CUDA device here")
+    dev = torch.device("cuda", local_device_index(rank))
+    torch.cuda.set_device(dev)
+    return dev

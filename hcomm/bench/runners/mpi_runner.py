@@ -13,6 +13,8 @@ class MpiRunner(Runner):
 
     def __init__(self, world, spec, timeout):
         super().__init__(world, spec)
+        if spec.device != "cpu":
+            raise Unsupported(f"the mpi peer runs on host buffers; with --device {spec.device} compare with nccl")
         if world.launcher == "torchrun":  # importing mpi4py would only make a 1-rank singleton
             raise Unsupported("the mpi peer needs mpirun: run hcomm-bench by hand (it starts mpirun) or under mpirun")
         try:
@@ -26,8 +28,8 @@ class MpiRunner(Runner):
         reducing = spec.collective in ("allreduce", "reduce", "reduce_scatter")
         if reducing and spec.op == "avg":
             raise Unsupported("MPI has no avg reduction")
-        if reducing and spec.dtype == "half":
-            raise Unsupported("MPI has no half-precision reduction")
+        if reducing and spec.dtype in ("half", "bfloat16"):
+            raise Unsupported(f"MPI has no {spec.dtype} reduction")
         self.op = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}.get(spec.op)
         self.raw = not reducing  # move bytes: lets half travel and costs nothing else
 
