@@ -6,6 +6,7 @@ from .dropout import ShardedDropout
 from .layers import (ColumnParallelLinear, ParallelLayerNorm, RowParallelLinear, VocabParallelEmbedding,
                      dense_linear, dense_linear_params, gather_state_dict, make_generator, partition_dim,
                      shard_state_dict, tp_replicated)
+from .parallelize import Colwise, Rowwise, Vocab, parallelize
 from .mappings import (SEQ_DIM, copy_to_tp_region, gather_from_sequence_region, gather_from_tp_region,
                        reduce_from_tp_region, reduce_scatter_to_sequence_region, scatter_to_sequence_region,
                        scatter_to_tp_region)
@@ -14,7 +15,7 @@ __all__ = [
     "group_rank", "group_size", "vocab_parallel_cross_entropy",
     "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding", "ParallelLayerNorm", "ShardedDropout",
     "dense_linear", "dense_linear_params", "make_generator", "tp_replicated", "partition_dim",
-    "shard_state_dict", "gather_state_dict",
+    "shard_state_dict", "gather_state_dict", "parallelize", "Colwise", "Rowwise", "Vocab",
     "SEQ_DIM", "copy_to_tp_region", "reduce_from_tp_region", "scatter_to_tp_region", "gather_from_tp_region",
     "scatter_to_sequence_region", "gather_from_sequence_region", "reduce_scatter_to_sequence_region",
 ]
