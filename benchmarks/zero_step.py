@@ -59,9 +59,9 @@ def build(kind, args, world, device):
         return ddp, torch.optim.AdamW(ddp.parameters(), lr=1e-3)
     stage = int(kind[4])   # zero1, zero2, zero3, zero3-nocheck
     mixed = None if args.torch_dtype == torch.float32 else args.torch_dtype
-    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, bucket_mb=args.bucket_mb, mixed_precision=mixed,
-                         units=(nn.Linear,) if stage == 3 else None, check_control_flow=kind != "zero3-nocheck",
-                         print_plan=False, lr=1e-3)
+    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, group=dist.group.WORLD, bucket_mb=args.bucket_mb,
+                         mixed_precision=mixed, units=(nn.Linear,) if stage == 3 else None,
+                         check_control_flow=kind != "zero3-nocheck", print_plan=False, lr=1e-3)
     return model, zopt
 
 

@@ -209,6 +209,9 @@ class Trainer:
         ids, targets = self.my_slice(ids), self.my_slice(targets)
         loss = self.pipe.step(ids if self.mesh.is_first_stage else None,
                               targets if self.mesh.is_last_stage else None)
+        if self.zopt is None and self.pcfg.sequence_parallel:   # ZeroOptimizer does it in step()
+            from hcomm.parallel.tensor import reduce_sequence_parallel_grads
+            reduce_sequence_parallel_grads(self.module, self.mesh.tp_group)
         clip = self.config["train"].get("clip_grad_norm")
         if clip and self.zopt is None:  # ZeroOptimizer clips inside step()
             from hcomm.parallel.clip import clip_grad_norm_

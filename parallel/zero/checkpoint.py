@@ -93,7 +93,8 @@ def save_sharded(zopt, path, coords=None):
                 "layouts": [s.layout.to_dict() for s in zopt.engine.shards]}
         with open(os.path.join(path, "meta.json"), "w") as f:
             json.dump(meta, f, indent=1)
-    dist.barrier(group=comm.group)   # every file exists once any rank returns
+    if comm.size > 1:
+        dist.barrier(group=comm.group)   # every file exists once any rank returns
 
 
 class _OldShards:

@@ -33,6 +33,8 @@ LAYOUTS = {
     "dp4-zero1": dict(tensor_parallel_size=1, pipeline_stages=1, zero_stage=1),
     "dp4-zero2": dict(tensor_parallel_size=1, pipeline_stages=1, zero_stage=2),
     "dp4-zero3": dict(tensor_parallel_size=1, pipeline_stages=1, zero_stage=3),
+    # sequence parallelism without ZeRO: the trainer sums the replicated gradients over tp itself
+    "tp2-dp2-sp-zero0": dict(tensor_parallel_size=2, pipeline_stages=1, zero_stage=0, sequence_parallel=True),
 }
 # Checkpoint: saved at SAVE after CKPT_STEPS steps, loaded at each of LOAD (zero stage varied too).
 SAVE = dict(tensor_parallel_size=2, pipeline_stages=2, zero_stage=1)

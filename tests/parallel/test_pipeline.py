@@ -1,4 +1,4 @@
-"""Pipelined training step against the unpipelined model, on 2, 3 and 4 gloo ranks.
+"""Pipelined training step against the unpipelined model, on 2, 3 and 4 hcomm ranks.
 
 Each spawned group runs many (schedule, m) configurations, the failure cases and (on 4
 ranks) the dp x pp and tp x pp compositions, so process start-up is paid three times.
