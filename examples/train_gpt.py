@@ -170,6 +170,10 @@ class Trainer:
         self.config, self.pcfg, self.mesh = config, pcfg, mesh
         sched_name = config["train"].get("schedule", "1f1b") if pcfg.vpp == 1 else "interleaved"
         self.schedule = schedule_for_config(pcfg, sched_name)
+        if self.schedule.split_backward and pcfg.zero_stage >= 2:
+            # W writes .grad directly (torch's split), so ZeRO-2/3's gradient hooks never fire
+            raise ValueError(f"schedule {sched_name!r} splits the backward; it works with zero_stage 0 or 1, "
+                             f"not {pcfg.zero_stage}")
         # Every rank builds the whole (tp-sharded) model from the same seed, so its
         # shards equal the dense model's, then keeps only its own stages.
         model = GPT(gpt_config(config), group=mesh.tp_group, sequence_parallel=pcfg.sequence_parallel,
