@@ -32,6 +32,7 @@ import queue
 import socket
 import sys
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -117,7 +118,8 @@ def _measure(rank, p, name, m, v, args, latency):
     stages = {s: SleepStage(f, b) for s in sched.stages_of(rank)}
     rt = PipelineRuntime(stages, sched, lambda out, t: (out * out).mean(), pp_rank=rank, pp_ranks=list(range(p)),
                          verbose=False)
-    x = torch.randn(m * 2, WIDTH)
+    # requires grad: so the first stage's backward also runs its input path (half its cost)
+    x = torch.randn(m * 2, WIDTH, requires_grad=True)
     rows = []
     for i in range(args.steps + 1):
         rt.step(x, None)
@@ -137,6 +139,8 @@ def _measure(rank, p, name, m, v, args, latency):
 
 def _worker(rank, p, port, configs, args, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # torch's split backward reads .grad of the first stage's (non-leaf) input chunks; harmless
+    warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
     if args.backend == "hcomm":
         import hcomm.torch  # noqa: F401 - registers the backend
     dist.init_process_group(args.backend, rank=rank, world_size=p)
