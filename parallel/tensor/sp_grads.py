@@ -43,7 +43,7 @@ def check_sp_group(module: nn.Module, group) -> None:
         return
     for prefix, m in module.named_modules():
         if getattr(m, "sequence_parallel", False) and group_size(getattr(m, "group", None)) > 1:
-            raise ValueError(f"module '{prefix}' is sequence-parallel over {group_size(m.group)} ranks, so its "
+            raise ValueError(f"module '{prefix or type(m).__name__}' is sequence-parallel over {group_size(m.group)} ranks, so its "
                              f"replicated parameters' gradients must be summed over that tp group: pass it")
 
 

@@ -109,7 +109,23 @@ def _body(rank, world_size):
                                          r"tensor-parallel size\(4\)"):
         parallelize(odd, {"proj": "colwise"}, dist.group.WORLD)
     assert isinstance(odd.proj, nn.Linear)   # nothing replaced
+    _sequence_parallel_needs_its_group()
     return True
+
+
+def _sequence_parallel_needs_its_group():
+    """Sequence-parallel replicated gradients are partial until summed over tp: without the
+    tp group the sum cannot happen, so both places that do it refuse."""
+    from hcomm.parallel.models import GPT, GPTConfig
+    from hcomm.parallel.tensor import reduce_sequence_parallel_grads
+    from hcomm.parallel.zero import ZeroOptimizer
+
+    model = GPT(GPTConfig(vocab_size=8, seq_len=4, hidden=8, heads=4, n_layers=1), group=dist.group.WORLD,
+                sequence_parallel=True)
+    with pytest.raises(ValueError, match=r"module 'GPT' is sequence-parallel over 4 ranks.*pass it"):
+        ZeroOptimizer(model, torch.optim.SGD, stage=1, group=None, tp_group=None, print_plan=False, lr=0.1)
+    with pytest.raises(ValueError, match=r"is sequence-parallel over 4 ranks"):
+        reduce_sequence_parallel_grads(model, None)
 
 
 def test_plain_gpt_at_tp2_and_tp4_matches_dense():
