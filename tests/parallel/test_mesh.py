@@ -210,8 +210,9 @@ def _mesh_body(rank, world_size):
 LAYOUTS = ((2, 2, 1, None), (1, 2, 2, None), (1, 2, 2, (0, 2, 1, 3)))
 
 
-def test_build_mesh_groups_on_4_ranks():
-    results = run_torch(_mesh_body, 4)
+@pytest.mark.parametrize("backend", ["hcomm", "gloo"])   # gloo: the mesh does not depend on the backend
+def test_build_mesh_groups_on_4_ranks(backend):
+    results = run_torch(_mesh_body, 4, backend=backend)
     for rank, out in enumerate(results):
         for key, (tp, dp, pp, prev, nxt, sums) in out.items():
             cfg = ParallelConfig(*key[:3], rank_order=key[3])
