@@ -7,22 +7,24 @@ Every stage *sleeps* for its cost (forward fwd_ms / v, backward bwd_ms / v per
 micro-batch) instead of computing: this machine runs the ranks as processes on a couple of
 shared cores, where real matmuls would measure CPU contention, not the schedule.  With
 sleeping stages the ranks do not compete, so the measured idle time is the schedule's
-bubble plus the real gloo message latency.  Stage costs are long (150 + 300 ms per
-micro-batch by default) because on a loaded 2-core machine one message takes milliseconds;
+bubble plus the real message latency (hcomm by default, --backend gloo).  Stage costs are
+long (150 + 300 ms per micro-batch by default) because on a loaded 2-core machine one message takes milliseconds;
 the pred+lat column shows how much of the measured bubble that latency explains.
 
 Columns:
   step_ms      wall time of one step (slowest rank), mean over --steps after a warm-up
   bubble       measured: 1 - (time in F/B actions) / step time, mean over ranks
-  predicted    the checker's simulation of the schedule (communication free)
+  predicted    the checker's simulation of the schedule (communication free, buffered sends
+               as the runtime runs it: bubble_as_run)
   pred+lat     the same simulation with each message costing the one-way latency
                measured at start-up (control block + small tensor, rank 0 <-> 1)
   formula      (p-1)/(m+p-1), the 1F1B / GPipe textbook bubble
   meas/form    bubble / formula
   peak stash   most (micro-batch, stage) activations held for backward at once, per rank,
                counted by the runtime (an interleaved stage is 1/v of a rank's layers)
-Then two summary lines: 1F1B's bubble against the formula (target: within 10 %), and the
-cut interleaving with v = 2 gives over 1F1B at the same p and m (target: >= 1.5x).
+Then summary lines: 1F1B's bubble against the formula (target: within 10 %), ZB-H1's idle
+time per rank against 1F1B's (the paper's result with F = B = W: a third), and the cut
+interleaving with v = 2 gives over 1F1B at the same p and m (target: >= 1.5x).
 """
 import argparse
 import os
@@ -30,6 +32,7 @@ import queue
 import socket
 import sys
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -39,31 +42,52 @@ import torch.nn as nn
 WIDTH = 64  # activation features; small, so messages cost latency, not bandwidth
 
 
-class _Sleep(torch.autograd.Function):
-    """y = x * w, sleeping fwd_s in forward and bwd_s in backward."""
+class _SleepInput(torch.autograd.Function):
+    """x * w (w detached), sleeping fwd_s in forward and bwd_s in backward: the input path."""
 
     @staticmethod
     def forward(ctx, x, w, fwd_s, bwd_s):
         time.sleep(fwd_s)
         ctx.bwd_s = bwd_s
-        ctx.save_for_backward(x, w)
+        ctx.save_for_backward(w)
         return x * w
 
     @staticmethod
     def backward(ctx, g):
         time.sleep(ctx.bwd_s)
-        x, w = ctx.saved_tensors
-        return g * w, (g * x).sum(0), None, None
+        (w,) = ctx.saved_tensors
+        return g * w, None, None, None
+
+
+class _SleepWeight(torch.autograd.Function):
+    """Zeros in forward; in backward sleeps bwd_s and returns w's gradient: the weight path."""
+
+    @staticmethod
+    def forward(ctx, x, w, bwd_s):
+        ctx.bwd_s = bwd_s
+        ctx.save_for_backward(x)
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        time.sleep(ctx.bwd_s)
+        (x,) = ctx.saved_tensors
+        return None, (g * x).sum(0), None
 
 
 class SleepStage(nn.Module):
+    """y = x * w, sleeping fwd_s in forward and bwd_s in backward, half for the input
+    gradient and half for the weight gradient (two autograd nodes), so a zero-bubble
+    schedule's B and W each cost half of the backward, as the checker assumes."""
+
     def __init__(self, fwd_s, bwd_s):
         super().__init__()
         self.w = nn.Parameter(torch.ones(WIDTH))
         self.fwd_s, self.bwd_s = fwd_s, bwd_s
 
     def forward(self, x):
-        return _Sleep.apply(x, self.w, self.fwd_s, self.bwd_s)
+        return (_SleepInput.apply(x, self.w.detach(), self.fwd_s, self.bwd_s / 2)
+                + _SleepWeight.apply(x.detach(), self.w, self.bwd_s / 2))
 
 
 def _latency(rank, p, n=60):
@@ -74,7 +98,7 @@ def _latency(rank, p, n=60):
     ping, pong = Send(1 - rank, Message(ACTIVATION, 0, 0, (x,))), Recv(1 - rank, ACTIVATION, 0, 0)
     start = 0.0
     for i in range(n + 10 if rank < 2 else 0):
-        if i == 10:  # the first messages open gloo's connection; not timed
+        if i == 10:  # the first messages open the connection; not timed
             start = time.perf_counter()
         for op in ((ping, pong) if rank == 0 else (pong, ping)):
             ex.exchange([op], []) if isinstance(op, Send) else ex.exchange([], [op])
@@ -94,7 +118,8 @@ def _measure(rank, p, name, m, v, args, latency):
     stages = {s: SleepStage(f, b) for s in sched.stages_of(rank)}
     rt = PipelineRuntime(stages, sched, lambda out, t: (out * out).mean(), pp_rank=rank, pp_ranks=list(range(p)),
                          verbose=False)
-    x = torch.randn(m * 2, WIDTH)
+    # requires grad: so the first stage's backward also runs its input path (half its cost)
+    x = torch.randn(m * 2, WIDTH, requires_grad=True)
     rows = []
     for i in range(args.steps + 1):
         rt.step(x, None)
@@ -106,14 +131,19 @@ def _measure(rank, p, name, m, v, args, latency):
     step_s = max(float(t[0]) for t in everyone)
     bubble = sum(1 - float(t[1]) / step_s for t in everyone) / p
     peaks = [int(t[2]) for t in everyone]
-    with_latency = check_schedule(sched, args.fwd_ms, args.bwd_ms, latency * 1e3).bubble_fraction
+    with_latency = check_schedule(sched, args.fwd_ms, args.bwd_ms, latency * 1e3).bubble_as_run
+    idle_ms = sum(float(t[0]) - float(t[1]) for t in everyone) / p * 1e3   # mean over ranks, per step
     return dict(name=name, p=p, v=v, m=m, step_ms=step_s * 1e3, bubble=bubble, latency_ms=latency * 1e3,
-                predicted=rt.report.bubble_fraction, with_latency=with_latency, peaks=peaks)
+                predicted=rt.report.bubble_as_run, with_latency=with_latency, peaks=peaks, idle_ms=idle_ms)
 
 
 def _worker(rank, p, port, configs, args, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=p)
+    # torch's split backward reads .grad of the first stage's (non-leaf) input chunks; harmless
+    warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+    if args.backend == "hcomm":
+        import hcomm.torch  # noqa: F401 - registers the backend
+    dist.init_process_group(args.backend, rank=rank, world_size=p)
     try:
         latency = _latency(rank, p)
         results = [_measure(rank, p, *cfg, args, latency) for cfg in configs]
@@ -172,6 +202,13 @@ def _summary(results):
             continue
         formula = (p - 1) / (m + p - 1)
         dev = r["bubble"] / formula - 1
+        zb = by.get(("zb-h1", p, m))
+        if zb:   # idle time per rank and step; ZB-H1's target: a third of 1F1B's
+            lines.append(f"p={p} m={m:>2}: ZB-H1 idles {zb['idle_ms']:.0f} ms per rank and step, 1F1B "
+                         f"{r['idle_ms']:.0f} ms: {zb['idle_ms'] / r['idle_ms']:.2f}x [target <= 0.33x; "
+                         f"{'ok' if zb['idle_ms'] <= r['idle_ms'] / 3 else 'above'}]; bubble {zb['bubble']:.3f} "
+                         f"vs 1F1B {r['bubble']:.3f} (predicted {zb['predicted']:.3f} vs {r['predicted']:.3f}); "
+                         f"peak stash {zb['peaks']}")
         inter = by.get(("interleaved", p, m))
         cut = f"; interleaved v=2 bubble {inter['bubble']:.3f}, cut {r['bubble'] / inter['bubble']:.2f}x " \
               f"[{'ok' if r['bubble'] / inter['bubble'] >= 1.5 else 'below 1.5x'}]" if inter else ""
@@ -189,18 +226,19 @@ def main(argv=None):
     ap.add_argument("--fwd-ms", type=float, default=150.0, help="forward cost of one rank's layers per micro-batch")
     ap.add_argument("--bwd-ms", type=float, default=300.0, help="backward cost of one rank's layers per micro-batch")
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--backend", default="hcomm", help="torch.distributed backend (hcomm, gloo)")
     args = ap.parse_args(argv)
     results = []
     for p in args.p:
         configs = []
         for m in args.m:
-            configs += [("gpipe", m, 1), ("1f1b", m, 1)]
+            configs += [("gpipe", m, 1), ("1f1b", m, 1), ("zb-h1", m, 1)]
             if m >= p and m % p == 0:
                 configs.append(("interleaved", m, 2))
         results += run(p, configs, args)
     lat = ", ".join(f"p={p}: {r['latency_ms']:.2f} ms" for p, r in {r["p"]: r for r in results}.items())
     print(f"sleep-based stages: forward {args.fwd_ms} ms + backward {args.bwd_ms} ms per micro-batch per rank "
-          f"(split over v chunks); gloo, {args.steps} timed steps after a warm-up; "
+          f"(split over v chunks); {args.backend}, {args.steps} timed steps after a warm-up; "
           f"one-way message latency {lat}")
     print(_table(results))
     print(_summary(results))

@@ -64,7 +64,7 @@ def storage_bytes(model, zopt):
 
 def measure(rank, stage, dtype, args):
     model = make_model(args.hidden, args.layers)
-    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, bucket_mb=args.bucket_mb,
+    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, group=dist.group.WORLD, bucket_mb=args.bucket_mb,
                          mixed_precision=None if dtype == torch.float32 else dtype,
                          print_plan=args.print_plans and rank == 0, lr=1e-3)
     train_steps(model, zopt, 2, rank, args.hidden)

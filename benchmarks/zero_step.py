@@ -27,8 +27,13 @@ import torch.nn as nn
 from hcomm.parallel.zero import ZeroOptimizer
 
 
-def make_model(hidden, layers, device):
+def make_model(hidden, layers, device, mlp=None):
+    """hidden x hidden Linear + LayerNorm + GELU blocks and a head; or with mlp (widths,
+    e.g. [1024, 4096, 4096, 1024]) a plain Linear + ReLU MLP of those widths."""
     torch.manual_seed(0)
+    if mlp:
+        mods = [m for a, b in zip(mlp, mlp[1:]) for m in (nn.Linear(a, b), nn.ReLU())][:-1]
+        return nn.Sequential(*mods).to(device)
     mods = []
     for _ in range(layers):
         mods += [nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU()]
@@ -50,7 +55,7 @@ def fsdp2(model, dtype, world, device):
 
 
 def build(kind, args, world, device):
-    model = make_model(args.hidden, args.layers, device)
+    model = make_model(args.hidden, args.layers, device, args.mlp)
     if kind == "fsdp2":
         return fsdp2(model, args.torch_dtype, world, device)
     if kind == "ddp":
@@ -59,9 +64,9 @@ def build(kind, args, world, device):
         return ddp, torch.optim.AdamW(ddp.parameters(), lr=1e-3)
     stage = int(kind[4])   # zero1, zero2, zero3, zero3-nocheck
     mixed = None if args.torch_dtype == torch.float32 else args.torch_dtype
-    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, bucket_mb=args.bucket_mb, mixed_precision=mixed,
-                         units=(nn.Linear,) if stage == 3 else None, check_control_flow=kind != "zero3-nocheck",
-                         print_plan=False, lr=1e-3)
+    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, group=dist.group.WORLD, bucket_mb=args.bucket_mb,
+                         mixed_precision=mixed, units=(nn.Linear,) if stage == 3 else None,
+                         check_control_flow=kind != "zero3-nocheck", print_plan=False, lr=1e-3)
     return model, zopt
 
 
@@ -69,7 +74,7 @@ def time_steps(model, opt, args, rank, device):
     times = []
     for s in range(args.warmup + args.steps):
         g = torch.Generator().manual_seed(s * 100 + rank)
-        x = torch.randn(args.batch, args.hidden, generator=g).to(device)
+        x = torch.randn(args.batch, args.mlp[0] if args.mlp else args.hidden, generator=g).to(device)
         dist.barrier()
         t0 = time.perf_counter()
         model(x).float().pow(2).mean().backward()
@@ -109,6 +114,8 @@ def main():
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--mlp", type=lambda s: [int(w) for w in s.split(",")], default=None,
+                    help="widths of a plain Linear + ReLU MLP instead, e.g. 1024,4096,4096,1024")
     ap.add_argument("--bucket-mb", type=float, default=4.0)
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--steps", type=int, default=10)
@@ -129,7 +136,7 @@ def main():
     res = out.get()
     for p in procs:
         p.join()
-    n = sum(p.numel() for p in make_model(args.hidden, args.layers, "cpu").parameters())
+    n = sum(p.numel() for p in make_model(args.hidden, args.layers, "cpu", args.mlp).parameters())
     print(f"\nstep time, N={args.world}, backend {args.backend}, {args.dtype}, Ψ={n:,}, batch {args.batch}, "
           f"median of {args.steps} steps")
     print(f"{'kind':>13} {'ms/step':>9} {'vs FSDP2':>9}")

@@ -122,13 +122,18 @@ def _adamw(params, config):
 
 def train_single(config: dict, log=print):
     """The dense model in one process: the reference loss curve."""
+    return train_dense(config, log)[0]
+
+
+def train_dense(config: dict, log=print, steps=None):
+    """(losses, model, optimizer) of the dense model after `steps` (train.steps) steps."""
     from hcomm.parallel.models import GPT
 
     model = GPT(gpt_config(config), seed=config["train"]["seed"])
     opt = _adamw(model.parameters(), config)
     tokens = config["global_batch_size"] * config["model"]["seq_len"]
     losses = []
-    for step in range(config["train"]["steps"]):
+    for step in range(config["train"]["steps"] if steps is None else steps):
         t0 = time.perf_counter()
         ids, targets = batch(config, step)
         loss = model(ids, targets)
@@ -140,7 +145,7 @@ def train_single(config: dict, log=print):
         losses.append(loss.item())
         dt = time.perf_counter() - t0
         log(f"step {step + 1:>4}  loss {losses[-1]:.5f}  tokens/s {tokens / dt:>9,.0f}  {dt * 1e3:7.1f} ms")
-    return losses
+    return losses, model, opt
 
 
 # ------------------------------------------------------------------ parallel run
@@ -157,13 +162,18 @@ class Trainer:
     """This rank's share of the model (its pipeline stages, tp-sharded), the pipeline
     runtime and the optimizer, all built from the ParallelConfig's mesh."""
 
-    def __init__(self, config: dict, pcfg, mesh):
+    def __init__(self, config: dict, pcfg, mesh, verbose=True):
+        from hcomm.parallel.checkpoint import param_specs
         from hcomm.parallel.models import GPT, gpt_loss
         from hcomm.parallel.pipeline import PipelineRuntime, schedule_for_config, split_layers, stages_for_rank
 
         self.config, self.pcfg, self.mesh = config, pcfg, mesh
         sched_name = config["train"].get("schedule", "1f1b") if pcfg.vpp == 1 else "interleaved"
         self.schedule = schedule_for_config(pcfg, sched_name)
+        if self.schedule.split_backward and pcfg.zero_stage >= 2:
+            # W writes .grad directly (torch's split), so ZeRO-2/3's gradient hooks never fire
+            raise ValueError(f"schedule {sched_name!r} splits the backward; it works with zero_stage 0 or 1, "
+                             f"not {pcfg.zero_stage}")
         # Every rank builds the whole (tp-sharded) model from the same seed, so its
         # shards equal the dense model's, then keeps only its own stages.
         model = GPT(gpt_config(config), group=mesh.tp_group, sequence_parallel=pcfg.sequence_parallel,
@@ -171,12 +181,14 @@ class Trainer:
         all_stages = split_layers(model.layers, self.schedule.num_stages,
                                   balanced_sizes(len(model.layers), self.schedule.num_stages))
         self.stages = stages_for_rank(all_stages, mesh.pp_rank, self.schedule)
-        del model, all_stages
         tp_group = mesh.tp_group
         self.pipe = PipelineRuntime.from_mesh(
             mesh, self.stages, self.schedule, lambda out, t: gpt_loss(out, t, tp_group),
-            reduce_dp_grads=pcfg.zero_stage == 0, verbose=mesh.rank == 0)
+            reduce_dp_grads=pcfg.zero_stage == 0, verbose=verbose and mesh.rank == 0)
         self.module = nn.ModuleList(self.stages[s] for s in sorted(self.stages))
+        # which dense parameter each local one is: the names of a mesh checkpoint
+        self.specs = param_specs(model, self.module)
+        del model, all_stages
         self.zopt = self._zero() if pcfg.zero_stage else None
         self.opt = self.zopt if self.zopt is not None else _adamw(self.module.parameters(), config)
 
@@ -201,6 +213,9 @@ class Trainer:
         ids, targets = self.my_slice(ids), self.my_slice(targets)
         loss = self.pipe.step(ids if self.mesh.is_first_stage else None,
                               targets if self.mesh.is_last_stage else None)
+        if self.zopt is None and self.pcfg.sequence_parallel:   # ZeroOptimizer does it in step()
+            from hcomm.parallel.tensor import reduce_sequence_parallel_grads
+            reduce_sequence_parallel_grads(self.module, self.mesh.tp_group)
         clip = self.config["train"].get("clip_grad_norm")
         if clip and self.zopt is None:  # ZeroOptimizer clips inside step()
             from hcomm.parallel.clip import clip_grad_norm_

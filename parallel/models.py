@@ -32,7 +32,7 @@ from .tensor.comm import check_divisible, group_rank, group_size
 from .tensor.cross_entropy import vocab_parallel_cross_entropy
 from .tensor.dropout import ShardedDropout
 from .tensor.layers import (ColumnParallelLinear, ParallelLayerNorm, RowParallelLinear, Seed,
-                            VocabParallelEmbedding, make_generator, tp_replicated)
+                            VocabParallelEmbedding, make_generator)
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,8 @@ class GPTBlock(nn.Module):
 class GPTEmbedding(nn.Module):
     """Token ids [b, s] -> hidden [b, s, h] (or [b, s / tp, h] with sequence_parallel)."""
 
+    partition_dims = {"pos": None}   # replicated over tp
+
     def __init__(self, cfg: GPTConfig, group=None, sequence_parallel=False, seed: Seed = 0,
                  dropout_seed: int = 0):
         super().__init__()
@@ -153,8 +155,8 @@ class GPTEmbedding(nn.Module):
             raise ValueError(f"ids must be [batch, seq <= {self.cfg.seq_len}], got {tuple(ids.shape)}")
         h = self.tok(ids)
         start = group_rank(self.group) * h.size(1) if self.sequence_parallel else 0
-        pos = tp_replicated(self.pos, self.group, self.sequence_parallel)  # each rank adds its slice
-        return self.drop(h + pos[start:start + h.size(1)])
+        # each rank adds its slice; under sequence parallelism pos's gradient is partial (sp_grads.py)
+        return self.drop(h + self.pos[start:start + h.size(1)])
 
 
 class GPTHead(nn.Module):

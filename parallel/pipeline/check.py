@@ -15,11 +15,19 @@ If the simulation stops with ranks still waiting, the schedule would hang: the e
 names each stuck rank, its action index and the operation that found no partner.  While
 simulating, each action is given a time (forward cost per stage fwd_cost / v, backward
 bwd_cost / v, each message comm_cost, free by default), from which the predicted bubble
-fraction follows, and the number of stashed activations (F done, B not yet) is tracked per rank.
+fraction follows, and the number of stashed activations (F done, B not yet; W not yet in
+a split-backward schedule) is tracked per rank.
+
+The proof uses rendezvous sends. The runtime itself is more eager (it posts a batch's
+receives before the compute that precedes it and waits for its sends one batch later,
+p2p.py), which only removes waits; a second simulation with buffered sends (a send
+completes when posted, a receive when its send was posted) gives the bubble the runtime
+should see, `bubble_as_run`. The two agree for gpipe and 1F1B; a zero-bubble schedule,
+whose W actions would otherwise wait on a neighbour's receive, needs the second.
 """
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .schedules import COMM_OPS, COMPUTE_OPS, Action, Schedule
 
@@ -37,6 +45,7 @@ class ScheduleReport:
     makespan: float
     busy: List[float]
     peak_in_flight: List[int]
+    as_run: Optional["ScheduleReport"] = None   # the same schedule with buffered sends
 
     @property
     def bubble_per_rank(self) -> List[float]:
@@ -47,12 +56,19 @@ class ScheduleReport:
         per_rank = self.bubble_per_rank
         return sum(per_rank) / len(per_rank)
 
+    @property
+    def bubble_as_run(self) -> float:
+        """The bubble with buffered sends, as the runtime runs the schedule."""
+        return (self.as_run or self).bubble_fraction
+
     def format(self) -> str:
         p, m, v = self.num_ranks, self.num_microbatches, self.virtual_stages
         ideal = (p - 1) / (m + p - 1)
         peaks = " ".join(str(x) for x in self.peak_in_flight)
+        as_run = "" if abs(self.bubble_as_run - self.bubble_fraction) < 1e-9 else \
+            f" ({self.bubble_as_run:.3f} with buffered sends, as the runtime runs it)"
         return (f"pipeline schedule {self.name} (p={p}, v={v}, m={m}) checked: deadlock-free; "
-                f"predicted bubble {self.bubble_fraction:.3f} [(p-1)/(m+p-1) = {ideal:.3f}]; "
+                f"predicted bubble {self.bubble_fraction:.3f}{as_run} [(p-1)/(m+p-1) = {ideal:.3f}]; "
                 f"peak stashed stage activations per rank: {peaks}")
 
 
@@ -114,7 +130,7 @@ def _check_static(sched: Schedule):
                 first = seen[key]
                 raise ScheduleError(f"{_where(rank, index, act)} repeats rank {first[0]} action {first[1]}")
             seen[key] = (rank, index)
-    for op in COMPUTE_OPS:
+    for op in COMPUTE_OPS if sched.split_backward else ("F", "B"):
         for mb in range(sched.num_microbatches):
             for stage in range(sched.num_stages):
                 if (op, mb, stage) not in seen:
@@ -132,6 +148,8 @@ def _needs(act: Action, num_stages: int, local_prev: bool, local_next: bool):
         if act.stage < num_stages - 1:
             need.append(("B", act.mb, act.stage + 1) if local_next else ("grad", act.mb, act.stage))
         return need
+    if act.op == "W":
+        return [("B", act.mb, act.stage)]
     if act.op == "SEND_F":
         return [("F", act.mb, act.stage)]
     if act.op == "SEND_B":
@@ -140,11 +158,14 @@ def _needs(act: Action, num_stages: int, local_prev: bool, local_next: bool):
 
 
 class _Simulator:
-    def __init__(self, sched: Schedule, fwd_cost: float, bwd_cost: float, comm_cost: float):
-        self.sched = sched
+    def __init__(self, sched: Schedule, fwd_cost: float, bwd_cost: float, comm_cost: float,
+                 buffered: bool = False):
+        self.sched, self.buffered = sched, buffered
         self.comm_cost = comm_cost
-        v = sched.virtual_stages
-        self.cost = {"F": fwd_cost / v, "B": bwd_cost / v}
+        v, split = sched.virtual_stages, sched.split_backward
+        # a split backward: input and weight gradients cost half of the whole backward each
+        self.cost = {"F": fwd_cost / v, "B": bwd_cost / v / (2 if split else 1), "W": bwd_cost / v / 2}
+        self.release = "W" if split else "B"   # the action after which a stage's activations go
         self.ranks = [_RankState() for _ in range(sched.num_ranks)]
         self.sends: Dict[Tuple[int, int], deque] = {}
         self.recvs: Dict[Tuple[int, int], deque] = {}
@@ -165,7 +186,7 @@ class _Simulator:
         state.clock += self.cost[act.op]
         state.busy += self.cost[act.op]
         state.have.add((act.op, act.mb, act.stage))
-        state.stashed += 1 if act.op == "F" else -1
+        state.stashed += 1 if act.op == "F" else -1 if act.op == self.release else 0
         state.peak = max(state.peak, state.stashed)
         state.index += 1
 
@@ -178,6 +199,8 @@ class _Simulator:
                 state.index = index  # so an error names this action
                 self._require(rank, act)
             posted = _Posted(rank, index, act, state.clock)
+            if self.buffered and act.op.startswith("SEND"):
+                posted.matched_at = state.clock   # buffered: the sender goes on at once
             state.batch.append(posted)
             if act.op.startswith("SEND"):
                 self.sends.setdefault((rank, act.peer), deque()).append(posted)
@@ -199,7 +222,9 @@ class _Simulator:
                         f"order mismatch on channel {chan[0]} -> {chan[1]}: "
                         f"{_where(send.rank, send.index, send.action)} meets "
                         f"{_where(recv.rank, recv.index, recv.action)}")
-                send.matched_at = recv.matched_at = max(send.time, recv.time) + self.comm_cost
+                recv.matched_at = max(send.time, recv.time) + self.comm_cost
+                if not self.buffered:
+                    send.matched_at = recv.matched_at
 
     def _finish_batch(self, rank: int) -> bool:
         state = self.ranks[rank]
@@ -269,4 +294,6 @@ def check_schedule(sched: Schedule, fwd_cost: float = 1.0, bwd_cost: float = 2.0
     given machine).
     """
     _check_static(sched)
-    return _Simulator(sched, fwd_cost, bwd_cost, comm_cost).run()
+    report = _Simulator(sched, fwd_cost, bwd_cost, comm_cost).run()
+    report.as_run = _Simulator(sched, fwd_cost, bwd_cost, comm_cost, buffered=True).run()
+    return report

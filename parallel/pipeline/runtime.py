@@ -42,6 +42,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+# torch's own split of a backward into input and weight gradients (what its zero-bubble
+# schedules run); private to torch.distributed.pipelining, so imported in one place.
+from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
+
 from .check import check_schedule
 from .p2p import ACTIVATION, GRADIENT, Exchanger, Message, Recv, Send
 from .schedules import Action, Schedule
@@ -71,6 +75,7 @@ class _Step:
     grad_in: Dict[tuple, tuple] = field(default_factory=dict)   # (mb, stage) -> output gradients
     outbox: Dict[tuple, tuple] = field(default_factory=dict)    # (op, mb, stage) -> tensors to send
     stash: Dict[tuple, tuple] = field(default_factory=dict)     # (mb, stage) -> (inputs, outputs)
+    weight_grads: Dict[tuple, list] = field(default_factory=dict)   # (mb, stage) -> saved for W
     loss: float = 0.0
     error: Optional[BaseException] = None
     poisoned: bool = False
@@ -273,12 +278,14 @@ class PipelineRuntime:
         try:
             if act.op == "F":
                 self._forward(st, act.mb, act.stage)
-            else:
+            elif act.op == "B":
                 self._backward(st, act.mb, act.stage)
+            else:
+                self._weight(st, act.mb, act.stage)
         except Exception as exc:  # noqa: BLE001 - becomes a PipelineError on every rank
             self._fail(st, exc)
         st.stats.compute_s += time.perf_counter() - t0
-        st.stats.peak_stashed = max(st.stats.peak_stashed, len(st.stash))
+        st.stats.peak_stashed = max(st.stats.peak_stashed, len(st.stash) + len(st.weight_grads))
 
     def _forward(self, st: _Step, mb: int, stage: int):
         last = self.schedule.num_stages - 1
@@ -302,7 +309,20 @@ class PipelineRuntime:
 
     def _backward(self, st: _Step, mb: int, stage: int):
         args, outs = st.stash.pop((mb, stage))
-        if stage == self.schedule.num_stages - 1:
+        last = stage == self.schedule.num_stages - 1
+        if self.schedule.split_backward:   # B: input gradients only; W comes later
+            outs, grads = (outs, None) if last else self._with_grads(outs, st.grad_in.pop((mb, stage)), stage)
+            if not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+                # no input gradient to compute (the first stage): W runs the whole backward
+                st.weight_grads[(mb, stage)] = ("whole", outs, grads)
+            else:
+                params = [p for p in self.stages[stage].parameters() if p.requires_grad]
+                # copies: torch's split detaches the outputs in place (views cannot be), and an
+                # output may be a tensor its own graph saved (tanh keeps its result) that W needs
+                copies = [o.clone() for o in outs]
+                _, saved = stage_backward_input(copies, grads, list(args), iter(params))
+                st.weight_grads[(mb, stage)] = ("split", saved)
+        elif last:
             torch.autograd.backward(outs[0])
         else:
             self._backward_outputs(outs, st.grad_in.pop((mb, stage)), stage)
@@ -314,16 +334,34 @@ class PipelineRuntime:
         else:
             st.outbox[("B", mb, stage)] = grads
 
+    def _weight(self, st: _Step, mb: int, stage: int):
+        """W: the weight gradients of a B that ran earlier, from the gradients it saved at
+        the graph's weight-side nodes (torch's own zero-bubble split), accumulated into .grad."""
+        kind, *saved = st.weight_grads.pop((mb, stage))
+        if kind == "whole":
+            outs, grads = saved
+            if outs:
+                torch.autograd.backward(list(outs), grads)
+            return
+        params = [p for p in self.stages[stage].parameters() if p.requires_grad]
+        stage_backward_weight(iter(params), saved[0])
+
     @staticmethod
-    def _backward_outputs(outs: tuple, grads: tuple, stage: int):
-        """Back-propagate one gradient per differentiable output (others carry none)."""
+    def _with_grads(outs: tuple, grads: tuple, stage: int):
+        """(outputs, gradients) of the differentiable outputs that need one (others carry none)."""
         diff = [o for o in outs if isinstance(o, torch.Tensor) and _differentiable(o)]
         if len(diff) != len(grads):
             raise ValueError(f"stage {stage} has {len(diff)} differentiable outputs but received "
                              f"{len(grads)} gradients")
         pairs = [(o, g) for o, g in zip(diff, grads) if o.requires_grad]
-        if pairs:
-            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        return tuple(o for o, _ in pairs), [g for _, g in pairs]
+
+    @classmethod
+    def _backward_outputs(cls, outs: tuple, grads: tuple, stage: int):
+        """Back-propagate one gradient per differentiable output (others carry none)."""
+        outs, grads = cls._with_grads(outs, grads, stage)
+        if outs:
+            torch.autograd.backward(list(outs), grads)
 
     # ------------------------------------------------------------ communication
 

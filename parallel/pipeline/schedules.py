@@ -12,7 +12,9 @@ Vocabulary (used throughout hcomm.parallel.pipeline):
 Actions (``Action(op, mb, stage, peer)``; ``peer`` is a pp rank, only for communication):
 
     F(mb, s)            forward of stage s on micro-batch mb (the last stage also runs the loss)
-    B(mb, s)            backward of stage s on micro-batch mb
+    B(mb, s)            backward of stage s on micro-batch mb (only the gradient of the stage's
+                        inputs when the schedule also has W actions, as zero-bubble schedules do)
+    W(mb, s)            weight gradient of stage s on micro-batch mb (zero-bubble schedules only)
     SEND_F(mb, s, q)    send stage s's output to stage s+1, which lives on pp rank q
     RECV_F(mb, s, q)    receive stage s's input from stage s-1, which lives on pp rank q
     SEND_B(mb, s, q)    send the gradient of stage s's input to stage s-1 on pp rank q
@@ -34,9 +36,9 @@ gradient, receive activation" in one step).
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-COMPUTE_OPS = ("F", "B")
+COMPUTE_OPS = ("F", "B", "W")
 COMM_OPS = ("SEND_F", "RECV_F", "SEND_B", "RECV_B")
-SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved")
+SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved", "zb-h1")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,11 @@ class Schedule:
     @property
     def virtual_stages(self) -> int:
         return self.num_stages // self.num_ranks
+
+    @property
+    def split_backward(self) -> bool:
+        """True when B computes only input gradients and W actions the weight gradients."""
+        return any(a.op == "W" for acts in self.actions for a in acts)
 
     def stage_rank(self, stage: int) -> int:
         return stage % self.num_ranks
@@ -177,6 +184,76 @@ def one_f_one_b(p: int, m: int, v: int = 1) -> Schedule:
     return with_comms("1f1b", compute, p, p, m)
 
 
+def zb_h1(p: int, m: int, v: int = 1) -> Schedule:
+    """ZB-H1 (Qi et al., "Zero Bubble Pipeline Parallelism", 2023): the backward split into
+    B (input gradient: on the critical path, the previous stage waits for it) and W (weight
+    gradient: nobody waits for it), W placed to fill the gaps where 1F1B idles.
+
+    The order is found as the paper's heuristic does: list-scheduling every rank in time
+    with unit costs F = B = W (the earliest action first; ties go to B, then F, then W),
+    recording the order each rank ran its actions in. That order is the data; the checker
+    then proves it deadlock-free and predicts its bubble. With F = B = W each rank idles
+    (p-1)(F+B-W) per step against 1F1B's (p-1)(F+B+W): a third.
+
+    Memory: rank r starts a forward only while fewer than p - r micro-batches wait for
+    their B (1F1B's bound, which the paper counts as ZB-H1's activation memory) and fewer
+    than 2p - 1 - r wait for their W. This runtime keeps a stage's autograd graph until its
+    W, so it holds up to 2p - 1 - r micro-batches' graphs where 1F1B holds p - r (the
+    paper's accounting frees the B-only activations at B, which needs a per-op split).
+    """
+    _check_positive(p=p, m=m, v=v)
+    if v != 1:
+        raise ValueError(f"zb-h1 runs one stage per rank (v=1), got v={v}")
+    limits = [(p - r, 2 * p - 1 - r) for r in range(p)]
+    return with_comms("zb-h1", _list_schedule(p, m, limits), p, p, m)
+
+
+def _list_schedule(p: int, m: int, limits: list) -> list:
+    """Per-rank orders of F, B, W from a unit-cost simulation with buffered messages (see
+    zb_h1). limits[r] = (most micro-batches awaiting B, most awaiting W) on rank r."""
+    inf = float("inf")
+    f_ready = [[0.0] * m] + [[inf] * m for _ in range(p - 1)]   # when F(mb) may start on rank r
+    b_ready = [[inf] * m for _ in range(p)]                      # when B(mb) may start
+    nf, nb, free = [0] * p, [0] * p, [0.0] * p
+    waiting_w = [[] for _ in range(p)]
+    orders = [[] for _ in range(p)]
+    while any(len(o) < 3 * m for o in orders):
+        best = None   # (start time, priority, rank, op)
+        for r in range(p):
+            cands = []
+            if nb[r] < nf[r]:
+                cands.append((max(free[r], b_ready[r][nb[r]]), 0, r, "B"))
+            held = nf[r] - nb[r] + len(waiting_w[r])   # micro-batches between F and W
+            if nf[r] < m and nf[r] - nb[r] < limits[r][0] and held < limits[r][1]:
+                cands.append((max(free[r], f_ready[r][nf[r]]), 1, r, "F"))
+            if waiting_w[r]:
+                cands.append((free[r], 2, r, "W"))
+            for c in cands:
+                if c[0] < inf and (best is None or c[:2] < best[:2]):
+                    best = c
+        start, _, r, op = best
+        # a rank runs the earliest action it can; among equal starts B beats F beats W
+        end = start + 1.0
+        if op == "F":
+            mb = nf[r]
+            nf[r] += 1
+            if r + 1 < p:
+                f_ready[r + 1][mb] = end
+            else:
+                b_ready[r][mb] = end
+        elif op == "B":
+            mb = nb[r]
+            nb[r] += 1
+            waiting_w[r].append(mb)
+            if r > 0:
+                b_ready[r - 1][mb] = end
+        else:
+            mb = waiting_w[r].pop(0)
+        free[r] = end
+        orders[r].append(Action(op, mb, r))
+    return orders
+
+
 def _interleaved_unit(k: int, p: int, v: int, backward: bool) -> Tuple[int, int]:
     """(micro-batch, chunk) of a rank's k-th forward (or backward) unit.
 
@@ -239,8 +316,8 @@ def schedule_for_config(cfg, name: Optional[str] = None) -> Schedule:
 
 
 def build_schedule(name: str, p: int, m: int, v: int = 1) -> Schedule:
-    """Schedule by name: 'gpipe', '1f1b' or 'interleaved' (interleaved needs v >= 2)."""
-    builders = {"gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved_1f1b}
+    """Schedule by name: 'gpipe', '1f1b', 'interleaved' (needs v >= 2) or 'zb-h1'."""
+    builders = {"gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved_1f1b, "zb-h1": zb_h1}
     if name not in builders:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
     return builders[name](p, m, v)

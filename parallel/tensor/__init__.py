@@ -5,7 +5,9 @@ from .cross_entropy import vocab_parallel_cross_entropy
 from .dropout import ShardedDropout
 from .layers import (ColumnParallelLinear, ParallelLayerNorm, RowParallelLinear, VocabParallelEmbedding,
                      dense_linear, dense_linear_params, gather_state_dict, make_generator, partition_dim,
-                     shard_state_dict, tp_replicated)
+                     shard_state_dict)
+from .parallelize import Colwise, Rowwise, Vocab, parallelize
+from .sp_grads import reduce_sequence_parallel_grads, sequence_parallel_params
 from .mappings import (SEQ_DIM, copy_to_tp_region, gather_from_sequence_region, gather_from_tp_region,
                        reduce_from_tp_region, reduce_scatter_to_sequence_region, scatter_to_sequence_region,
                        scatter_to_tp_region)
@@ -13,8 +15,9 @@ from .mappings import (SEQ_DIM, copy_to_tp_region, gather_from_sequence_region, 
 __all__ = [
     "group_rank", "group_size", "vocab_parallel_cross_entropy",
     "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding", "ParallelLayerNorm", "ShardedDropout",
-    "dense_linear", "dense_linear_params", "make_generator", "tp_replicated", "partition_dim",
-    "shard_state_dict", "gather_state_dict",
+    "dense_linear", "dense_linear_params", "make_generator", "partition_dim",
+    "reduce_sequence_parallel_grads", "sequence_parallel_params",
+    "shard_state_dict", "gather_state_dict", "parallelize", "Colwise", "Rowwise", "Vocab",
     "SEQ_DIM", "copy_to_tp_region", "reduce_from_tp_region", "scatter_to_tp_region", "gather_from_tp_region",
     "scatter_to_sequence_region", "gather_from_sequence_region", "reduce_scatter_to_sequence_region",
 ]

@@ -5,6 +5,11 @@ and `group=None` means *no* tensor parallelism (one rank; the dense layer), not 
 world group as elsewhere in torch.distributed. Every helper returns its input untouched
 when the group has one rank, so a tp=1 model runs no collective at all.
 
+Gathers and reduce-scatters use the single-tensor collectives (all_gather_into_tensor,
+reduce_scatter_tensor), which the hcomm backend runs without per-rank lists: the tensor
+is laid out with the split dim first (free for dim 0, one copy otherwise, the same copy
+torch.cat or torch.chunk would make).
+
 These helpers are not differentiable by themselves; mappings.py pairs them into
 autograd functions. They always return a new tensor and never write into their input,
 because the input may be an activation autograd saved or a gradient shared with
@@ -48,26 +53,40 @@ def _split(x: torch.Tensor, dim: int, group) -> torch.Tensor:
     return _chunks(x, dim, group, "split")[group_rank(group)]
 
 
+# torch 2.13 renamed the tensor forms (the old names warn); older torch has only the old ones.
+_all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def _to_front(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x with `dim` moved to dim 0, contiguous: the layout the single-tensor collectives
+    gather and scatter along. No copy when dim is 0 (or every dim before it has size 1)."""
+    return x.movedim(dim, 0).contiguous()
+
+
 def _gather(x: torch.Tensor, dim: int, group) -> torch.Tensor:
-    """Concatenate every rank's x along dim, in group-rank order."""
+    """Concatenate every rank's x along dim, in group-rank order (one all_gather_into_tensor)."""
     n = group_size(group)
     if n == 1:
         return x
-    x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(n)]
-    dist.all_gather(parts, x, group=group)
-    return torch.cat(parts, dim=dim)
+    front = _to_front(x, dim)
+    out = torch.empty((n * front.size(0),) + tuple(front.shape[1:]), dtype=x.dtype, device=x.device)
+    _all_gather_tensor(out, front, group=group)
+    return out if dim == 0 else out.movedim(0, dim).contiguous()
 
 
 def _reduce_scatter(x: torch.Tensor, dim: int, group) -> torch.Tensor:
-    """Sum x over the group and keep this rank's 1/n slice along dim."""
+    """Sum x over the group and keep this rank's 1/n slice along dim (one reduce_scatter_tensor)."""
     n = group_size(group)
     if n == 1:
         return x
-    parts = _chunks(x, dim, group, "reduce_scatter")
-    out = torch.empty_like(parts[0])
-    dist.reduce_scatter(out, parts, group=group)
-    return out
+    if x.size(dim) % n:
+        raise ValueError(f"reduce_scatter: size {x.size(dim)} of dim {dim} (shape {tuple(x.shape)}) "
+                         f"is not divisible by the tensor-parallel size {n}")
+    front = _to_front(x, dim)
+    out = torch.empty((front.size(0) // n,) + tuple(front.shape[1:]), dtype=x.dtype, device=x.device)
+    _reduce_scatter_tensor(out, front, op=dist.ReduceOp.SUM, group=group)
+    return out if dim == 0 else out.movedim(0, dim).contiguous()
 
 
 def check_divisible(what: str, size: int, group: Optional[object]) -> int:

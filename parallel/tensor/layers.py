@@ -14,11 +14,11 @@ attribute `partition_dims` (None = replicated); shard_state_dict / gather_state_
 it to move between dense and per-rank state dicts.
 
 Parameters that are replicated across tp but, with sequence parallelism, only see this
-rank's slice of the sequence (LayerNorm weight and bias, row-parallel bias) are passed
-through copy_to_tp_region in forward, so autograd sums their gradient over tp in
-backward. That costs one small allreduce per such tensor instead of one batched
-allreduce after backward, but needs no marking of parameters and no extra step in the
-training loop.
+rank's slice of the sequence (LayerNorm weight and bias, row-parallel bias) get partial
+gradients; sp_grads.py sums them over tp once per step in one bucket (ZeroOptimizer
+with tp_group does it in step(); without ZeRO call reduce_sequence_parallel_grads).
+The layers find them from `sequence_parallel` and `partition_dims` (None), so nothing is
+marked on the parameters.
 """
 import math
 from typing import Dict, Optional, Union
@@ -80,14 +80,6 @@ def dense_linear(in_features: int, out_features: int, bias: bool = True, seed: S
 def _param(full: torch.Tensor, dim: Optional[int], group, dtype, device) -> nn.Parameter:
     shard = full if dim is None else _split(full, dim, group)
     return nn.Parameter(shard.to(dtype=dtype or torch.get_default_dtype(), device=device).contiguous())
-
-
-def tp_replicated(p: Optional[torch.Tensor], group, sequence_parallel: bool):
-    """Route a tp-replicated parameter so its gradient is summed over tp when each rank
-    only saw its sequence shard (see module docstring)."""
-    if p is None or not sequence_parallel:
-        return p
-    return copy_to_tp_region(p, group)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -154,8 +146,7 @@ class RowParallelLinear(nn.Module):
             y = reduce_scatter_to_sequence_region(y, self.group)
         else:
             y = reduce_from_tp_region(y, self.group)
-        bias = tp_replicated(self.bias, self.group, self.sequence_parallel)
-        return y if bias is None else y + bias
+        return y if self.bias is None else y + self.bias   # partial grad under sp: sp_grads.py
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features} (/{group_size(self.group)}), out={self.out_features}, "
@@ -227,9 +218,7 @@ class ParallelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(hidden, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = tp_replicated(self.weight, self.group, self.sequence_parallel)
-        b = tp_replicated(self.bias, self.group, self.sequence_parallel)
-        return F.layer_norm(x, (self.hidden,), w, b, self.eps)
+        return F.layer_norm(x, (self.hidden,), self.weight, self.bias, self.eps)   # partial grads under sp
 
 
 def partition_dim(model: nn.Module, name: str) -> Optional[int]:

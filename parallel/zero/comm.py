@@ -29,18 +29,24 @@ class _Done:
 
 class Collectives:
     def __init__(self, group=None, device="cpu"):
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("hcomm.parallel.zero needs torch.distributed.init_process_group() first")
-        self.group = group if group is not None else dist.group.WORLD
+        # group=None: one rank, nothing sharded and no collective, as group=None means no
+        # parallelism along an axis everywhere in hcomm.parallel (pass dist.group.WORLD for
+        # the whole world).
+        self.group = group
         self.device = torch.device(device)   # where small tensors of our own live (nccl: cuda)
-        self.rank = dist.get_rank(self.group)
-        self.size = dist.get_world_size(self.group)
-        if self.rank < 0:
-            raise ValueError("this process is not a member of the group given to ZeRO")
+        self.rank, self.size = 0, 1
+        if group is not None:
+            if not dist.is_available() or not dist.is_initialized():
+                raise RuntimeError("hcomm.parallel.zero needs torch.distributed.init_process_group() first")
+            self.rank, self.size = dist.get_rank(group), dist.get_world_size(group)
+            if self.rank < 0:
+                raise ValueError("this process is not a member of the group given to ZeRO")
         self.bytes = Counter()   # kind -> logical bytes since the last reset
         self.calls = Counter()
 
     def global_rank(self, group_rank: int) -> int:
+        if self.group is None:   # the one member is this process
+            return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         return dist.get_global_rank(self.group, group_rank) if self.group is not dist.group.WORLD else group_rank
 
     def _count(self, kind, t):

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..clip import sum_over, tp_duplicates
+from ..tensor.sp_grads import allreduce_bucket, check_sp_group, sequence_parallel_params
 from .comm import Collectives
 from .memory import MemoryPlan, optimizer_state_bytes, probe_state_bytes_per_element
 from .stage12 import Stage12Engine
@@ -75,9 +76,12 @@ def _validate(stage, mixed_precision, bucket_mb, clip_grad_norm):
 
 
 class ZeroOptimizer:
-    """Sharded data parallelism over `group` (default: the world group).
+    """Sharded data parallelism over `group` (None: one rank, nothing sharded).
 
     stage:           1 optimizer state, 2 + gradients, 3 + parameters (see stage12.py, stage3.py)
+    group:           the dp group to shard over; None = one rank (nothing sharded, as
+                     group=None means no parallelism in hcomm.parallel.tensor too);
+                     dist.group.WORLD for every rank
     bucket_mb:       flat bucket size for stages 1/2 (stage 3 buckets by unit)
     overlap:         stage 2: reduce-scatter during backward; stage 3: prefetch the next unit
     mixed_precision: None (fp32 everywhere) or torch.bfloat16: parameters and
@@ -89,6 +93,9 @@ class ZeroOptimizer:
                      Megatron does, so every rank clips by the same, whole-model norm. A
                      parameter that is not tp-sharded (its module's partition_dims says
                      None, or has none) is the same on every tp rank and counts once.
+                     tp_group also sums the partial gradients of sequence-parallel
+                     replicated parameters over tp in step(), one bucket (sp_grads.py);
+                     a sequence-parallel module with tp_group=None raises.
     units:           stage 3 only: tuple of module classes, each instance one gather unit
     check_control_flow: stage 3 only: raise ZeroControlFlowError on divergent modules
     sync_params:     broadcast rank 0's initial parameters (as DDP does)
@@ -112,6 +119,10 @@ class ZeroOptimizer:
         self.param_dtype = mixed_precision or torch.float32
         self.clip_grad_norm = clip_grad_norm
         self.norm_groups = (tp_group, pp_group)
+        self.tp_group = tp_group
+        self.sp_names = frozenset(n for n, _ in sequence_parallel_params(module)) if module is not None else frozenset()
+        if module is not None:
+            check_sp_group(module, tp_group)
         self.norm_skip = tp_duplicates(module, [n for named, _ in groups for n, _ in named], tp_group)
         self.bucket_bytes = int(bucket_mb * 2 ** 20)
         self.psi = sum(p.numel() for named, _ in groups for _, p in named)
@@ -163,12 +174,23 @@ class ZeroOptimizer:
         shards = self.engine.shards
         for s in shards:
             s.master.grad = s.master_grad()
+        if self.sp_names:
+            self._reduce_sequence_parallel(shards)
         norm = self._clip(shards) if self.clip_grad_norm is not None else None
         self.inner.step()
         for s in shards:
             s.master.grad = None   # the fp32 copy is transient under mixed precision
         self.engine.publish()
         return norm
+
+    def _reduce_sequence_parallel(self, shards):
+        """Sum the sequence-parallel replicated parameters' partial gradients over tp, in one
+        bucket. Every tp rank has the same flat layouts (same modules, same shapes) and the
+        same dp coordinate, so their pieces line up element for element."""
+        views = [s.master.grad[pc.shard_lo:pc.shard_lo + pc.length]
+                 for s in shards if s.master.grad is not None
+                 for pc in s.layout.pieces(s.rank) if pc.slot.name in self.sp_names]
+        allreduce_bucket(views, self.tp_group)
 
     def _clip(self, shards):
         # Padding elements are zero, so the shard sums add up to the true squared norm.

@@ -1,5 +1,5 @@
 """The small GPT: dense path against a hand-written reference, and tensor / sequence
-parallel versions against the dense twin on 2 and 4 gloo ranks (float64)."""
+parallel versions against the dense twin on 2 and 4 hcomm ranks (float64)."""
 import dataclasses
 import math
 
@@ -107,7 +107,7 @@ def _grads(model):
 
 def _check_block(cfg, group, n):
     from hcomm.parallel.models import GPTBlock
-    from hcomm.parallel.tensor import gather_state_dict, group_rank
+    from hcomm.parallel.tensor import gather_state_dict, group_rank, reduce_sequence_parallel_grads
 
     _, _, x = _inputs(1)
     gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype)
@@ -123,6 +123,7 @@ def _check_block(cfg, group, n):
         what = f"tp={n} sp={sp} block"
         _close(f"{what} output", y, seq(yd) if sp else yd)
         (y * (seq(gy) if sp else gy)).sum().backward()
+        reduce_sequence_parallel_grads(block, group)   # no-op without sp
         _close(f"{what} input grad", xp.grad, seq(xd.grad) if sp else xd.grad)
         full = gather_state_dict(block, group, _grads(block))
         for name, g in _grads(dense).items():
@@ -155,7 +156,7 @@ def _check_model(cfg, group, n, steps=1):
     """Loss and accumulated gradients of the tp and sp models equal the dense twin's.
     With dropout, steps=2 also checks that the masks advance alike on every rank."""
     from hcomm.parallel.models import GPT
-    from hcomm.parallel.tensor import gather_state_dict
+    from hcomm.parallel.tensor import gather_state_dict, reduce_sequence_parallel_grads
 
     dense = GPT(cfg, seed=9, dropout_seed=4)
     if steps == 1:
@@ -166,6 +167,7 @@ def _check_model(cfg, group, n, steps=1):
         model = GPT(cfg, group=group, sequence_parallel=sp, seed=9, dropout_seed=4)
         for step, (got, ref) in enumerate(zip(_run_steps(model, steps), want)):
             _close(f"{what} sp={sp} loss of step {step}", got, ref)
+        reduce_sequence_parallel_grads(model, group)   # once, after all steps' backward passes
         full = gather_state_dict(model, group, _grads(model))
         for name, g in _grads(dense).items():
             _close(f"{what} sp={sp} grad {name}", full[name], g)

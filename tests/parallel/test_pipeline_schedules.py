@@ -40,6 +40,34 @@ def test_generated_schedules_are_deadlock_free_with_the_textbook_bubble(name):
             assert max(report.peak_in_flight) <= v * p + 2 * (p - 1), (p, m, v, report.peak_in_flight)
 
 
+@pytest.mark.parametrize("p", [1, 2, 3, 4, 5, 8])
+def test_zb_h1_is_deadlock_free_and_idles_a_third_of_1f1b(p):
+    """With F = B = W (fwd_cost 1, bwd_cost 2 split in halves) a rank of ZB-H1 idles
+    (p-1)(F+B-W) = p - 1 per step, a third of 1F1B's (p-1)(F+B+W) = 3(p-1), once m >= p
+    (fewer micro-batches cannot fill the pipeline); as the runtime runs it (buffered sends)."""
+    for m in (1, 2, 3, p, p + 1, 2 * p + 1, 16):
+        sched = build_schedule("zb-h1", p, m)
+        assert sched.split_backward and sum(a.op == "W" for acts in sched.actions for a in acts) == p * m
+        zb, base = check_schedule(sched), check_schedule(one_f_one_b(p, m))
+        assert base.makespan == pytest.approx(3 * (m + p - 1))
+        idle = zb.as_run.makespan - 3 * m
+        if m >= p:
+            assert idle == pytest.approx(p - 1), (p, m, zb.as_run.makespan)
+        assert idle <= (base.makespan - 3 * m) / 3 + 1e-9 or m < p, (p, m)
+        # a forward only while < p - r micro-batches await B and < 2p-1-r await W
+        assert all(peak <= 2 * p - 1 - r for r, peak in enumerate(zb.peak_in_flight)), zb.peak_in_flight
+        assert zb.bubble_as_run <= base.bubble_fraction + 1e-12
+
+
+def test_zb_h1_actions_split_the_backward():
+    text = build_schedule("zb-h1", 3, 4).format(compute_only=True)
+    assert text.splitlines()[0] == "zb-h1: p=3 v=1 m=4"
+    first = text.splitlines()[1].split()[2:]
+    assert first[:4] == ["F0.0", "F1.0", "F2.0", "B0.0"] and "W0.0" in first
+    with pytest.raises(ValueError, match=r"zb-h1 runs one stage per rank \(v=1\), got v=2"):
+        build_schedule("zb-h1", 2, 4, 2)
+
+
 def test_report_names_the_schedule_and_prediction():
     text = check_schedule(one_f_one_b(4, 8)).format()
     assert "1f1b" in text and "deadlock-free" in text and "0.273" in text and "4 3 2 1" in text

@@ -1,4 +1,4 @@
-"""Tensor-parallel layers against their dense torch counterparts, on 1-4 gloo ranks.
+"""Tensor-parallel layers against their dense torch counterparts, on 1-4 hcomm ranks.
 
 One spawned job per world size runs every layer check (spawning dominates the cost).
 Each check builds the dense layer and the parallel layer from the same seed, feeds both
@@ -52,6 +52,17 @@ def _column(group, gather_output, sequence_parallel):
     _close("column bias grad", par.bias.grad, _chunk(dense.bias.grad, 0, group))
 
 
+def _sp_reduce(module, group, sequence_parallel):
+    """Sum the sequence-parallel replicated gradients over tp (once per step, one bucket);
+    before it they are this rank's partial sums."""
+    from hcomm.parallel.tensor import reduce_sequence_parallel_grads, sequence_parallel_params
+
+    if sequence_parallel:
+        assert [n for n, _ in sequence_parallel_params(module)] == ["bias"] if hasattr(module, "input_is_parallel") \
+            else ["weight", "bias"]
+        reduce_sequence_parallel_grads(module, group)
+
+
 def _row(group, input_is_parallel, sequence_parallel):
     from hcomm.parallel.tensor import RowParallelLinear, dense_linear
 
@@ -66,6 +77,7 @@ def _row(group, input_is_parallel, sequence_parallel):
     seq = (lambda t: _chunk(t, 1, group)) if sequence_parallel else (lambda t: t)
     _close("row forward", y, seq(dense(x)))
     (y * seq(gy)).sum().backward()
+    _sp_reduce(par, group, sequence_parallel)
     _close("row input grad", xp.grad, _chunk(x.grad, -1, group) if input_is_parallel else x.grad)
     _close("row weight grad", par.weight.grad, _chunk(dense.weight.grad, 1, group))
     _close("row bias grad", par.bias.grad, dense.bias.grad)
@@ -115,6 +127,7 @@ def _layernorm_sp(group):
     x, gy = _data(B, S, IN, seed=14), _data(B, S, IN, seed=15)
     (dense(x) * gy).sum().backward()
     (par(_chunk(x, 1, group)) * _chunk(gy, 1, group)).sum().backward()
+    _sp_reduce(par, group, True)
     _close("sequence-parallel layernorm weight grad", par.weight.grad, dense.weight.grad)
     _close("sequence-parallel layernorm bias grad", par.bias.grad, dense.bias.grad)
 

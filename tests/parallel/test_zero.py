@@ -1,4 +1,4 @@
-"""ZeRO stages 1-3 against unsharded torch AdamW, on 1-4 gloo ranks.
+"""ZeRO stages 1-3 against unsharded torch AdamW, on 1-4 hcomm ranks.
 
 Every rank trains on different seeded data; the reference is a plain torch model with
 torch.optim.AdamW on the average of all ranks' gradients (test_zero_helpers.py). One
@@ -69,3 +69,16 @@ def test_bad_arguments_raise_before_any_collective():
         ZeroOptimizer(model, torch.optim.AdamW, stage=2, bucket_mb=0)
     with pytest.raises(ValueError, match="clip_grad_norm must be None or > 0"):
         ZeroOptimizer(model, torch.optim.AdamW, stage=2, clip_grad_norm=-1)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_group_none_is_one_rank_without_torch_distributed(stage):
+    """group=None means no data parallelism (as in hcomm.parallel.tensor): one process,
+    no process group, exactly the plain optimizer's result."""
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    ref, _, _ = h.reference_run(1, 3)
+    _, zopt, _ = h.zero_run(0, 1, stage, torch.float32, 3, group=None)
+    assert zopt.comm.size == 1
+    h.assert_matches(zopt.full_state_dict(), ref, torch.float32, f"stage {stage} group=None")

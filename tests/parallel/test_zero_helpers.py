@@ -164,7 +164,7 @@ def unit_granularity_body(rank, world_size, group=None):
 
 def save_body(rank, world_size, path):
     """Three stage-3 fp32 steps at dp=world_size, then a sharded save."""
-    model, zopt, _ = zero_run(rank, world_size, 3, torch.float32, 3)
+    model, zopt, _ = zero_run(rank, world_size, 3, torch.float32, 3, group=dist.group.WORLD)
     zopt.save_sharded(path)
     full = zopt.full_state_dict()
     if rank == 0:
@@ -176,8 +176,8 @@ def save_body(rank, world_size, path):
 def load_body(rank, world_size, path, saved_world, stage):
     """Load into a different dp size and stage, train two more steps, compare with the reference."""
     model = make_model(seed=123)   # different init: everything must come from the checkpoint
-    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, bucket_mb=0.0003, print_plan=False,
-                         lr=LR * 7, weight_decay=WD)
+    zopt = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, group=dist.group.WORLD, bucket_mb=0.0003,
+                         print_plan=False, lr=LR * 7, weight_decay=WD)
     zopt.load_sharded(path)
     assert zopt.inner.param_groups[0]["lr"] == LR, "param group hyperparameters not restored"
     loaded = zopt.full_state_dict()
