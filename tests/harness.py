@@ -121,13 +121,16 @@ def _comm_body(rank, world_size, fn, uid, args, kwargs):
         comm.close()
 
 
-def run_comm(fn, world_size, *, mode="thread", timeout=DEFAULT_TIMEOUT, args=(), kwargs=None, env=None):
-    """Run fn(comm, *args) on world_size ranks, each with an initialised hcomm Communicator."""
+def run_comm(fn, world_size, *, mode="thread", timeout=DEFAULT_TIMEOUT, args=(), kwargs=None, env=None,
+             start_method="fork"):
+    """Run fn(comm, *args) on world_size ranks, each with an initialised hcomm Communicator.
+    start_method="spawn" for ranks that must not inherit this process's loaded libraries
+    (a CUDA runtime chosen once per process, e.g. the fake GPU's)."""
     import hcomm
 
     uid = hcomm.get_unique_id()
     return run_ranks(_comm_body, world_size, mode=mode, timeout=timeout,
-                     args=(fn, uid, args, kwargs or {}), env=env)
+                     args=(fn, uid, args, kwargs or {}), env=env, start_method=start_method)
 
 
 def _torch_body(rank, world_size, fn, backend, port, args, kwargs):

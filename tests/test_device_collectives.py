@@ -165,7 +165,7 @@ def _every_collective(comm, seed, algos=ALLREDUCE_ALGOS, hosts=None):
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5])
 def test_every_collective_on_device_buffers_over_cuda_ipc(n):
-    checks = run_comm(_every_collective, n, mode="process", args=(100 + n,), env=_env(), timeout=240)
+    checks = run_comm(_every_collective, n, mode="process", start_method="spawn", args=(100 + n,), env=_env(), timeout=240)
     assert len(set(checks)) == 1 and checks[0] > 500
 
 
@@ -188,7 +188,7 @@ def test_every_collective_across_simulated_hosts_through_staging(sizes, tmp_path
     env = _env(HCOMM_TOPO_FILE=_topo_file(tmp_path, sizes), HCOMM_STAGING_PIECE_BYTES=4096,
                HCOMM_STAGING_PIECES=2)
     algos = ALLREDUCE_ALGOS + ["hierarchical"]
-    checks = run_comm(_every_collective, n, mode="process", args=(200 + n, algos, sizes), env=env, timeout=240)
+    checks = run_comm(_every_collective, n, mode="process", start_method="spawn", args=(200 + n, algos, sizes), env=env, timeout=240)
     assert len(set(checks)) == 1 and checks[0] > 500
 
 
@@ -267,5 +267,5 @@ def _deterministic_on_device(comm, seed):
 def test_deterministic_and_16_bit_exact_on_device_buffers(sizes, tmp_path):
     extra = {} if len(sizes) == 1 else {"HCOMM_TOPO_FILE": _topo_file(tmp_path, sizes),
                                         "HCOMM_STAGING_PIECE_BYTES": 4096}
-    run_comm(_deterministic_on_device, sum(sizes), mode="process", args=(7,),
+    run_comm(_deterministic_on_device, sum(sizes), mode="process", start_method="spawn", args=(7,),
              env=_env(HCOMM_DETERMINISTIC=1, **extra), timeout=240)

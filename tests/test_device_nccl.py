@@ -61,7 +61,7 @@ def _own_gpus(comm, forced):
 @pytest.mark.parametrize("forced", [False, True])
 def test_nccl_runs_device_collectives_when_each_rank_has_a_gpu(forced):
     env = fake_device.child_env(devices=3)
-    engines = run_comm(_own_gpus, 3, mode="process", args=(forced,), env=env, timeout=120)
+    engines = run_comm(_own_gpus, 3, mode="process", start_method="spawn", args=(forced,), env=env, timeout=120)
     assert engines == ["nccl"] * 3
 
 
@@ -74,7 +74,7 @@ def _world_of_one(comm):
 
 
 def test_nccl_at_world_size_one_through_the_communicator():
-    assert run_comm(_world_of_one, 1, mode="process", env=fake_device.child_env(devices=1)) == ["nccl"]
+    assert run_comm(_world_of_one, 1, mode="process", start_method="spawn", env=fake_device.child_env(devices=1)) == ["nccl"]
 
 
 def _shared_gpu(comm):
@@ -91,5 +91,5 @@ def _shared_gpu(comm):
 
 
 def test_ranks_sharing_a_gpu_keep_hcomm_and_native_is_refused_with_the_reason():
-    engines = run_comm(_shared_gpu, 2, mode="process", env=fake_device.child_env(devices=1), timeout=120)
+    engines = run_comm(_shared_gpu, 2, mode="process", start_method="spawn", env=fake_device.child_env(devices=1), timeout=120)
     assert all(e.startswith("hcomm: two ranks share GPU") for e in engines), engines

@@ -64,7 +64,7 @@ def _producer_consumer(comm):
 
 
 def test_stream_order_producer_and_consumer():
-    run_comm(_producer_consumer, 2, mode="process", env=fake_device.child_env(devices=1), timeout=120)
+    run_comm(_producer_consumer, 2, mode="process", start_method="spawn", env=fake_device.child_env(devices=1), timeout=120)
 
 
 def _refusals(comm):
@@ -98,4 +98,4 @@ def _refusals(comm):
 
 
 def test_bad_device_input_is_refused_before_any_byte_moves():
-    run_comm(_refusals, 2, mode="process", env=fake_device.child_env(devices=2), timeout=120)
+    run_comm(_refusals, 2, mode="process", start_method="spawn", env=fake_device.child_env(devices=2), timeout=120)

@@ -134,6 +134,7 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
     if (fields.size() != 5) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
     if (fields[4] == myMachine) ++onMachine;
     world->hostIds.push_back(fields[0]);
+    world->machineIds.push_back(fields[4]);
     addrs[r] = fields[2];
     mpiIds[r] = fields[3];
     (fields[0] == myHost ? local : remote).push_back(r);

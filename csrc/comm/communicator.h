@@ -43,6 +43,9 @@ struct World {
   int rank = 0, size = 1;
   std::string token;
   std::vector<std::string> hostIds;
+  // The physical machine of each rank (simulated hosts of one machine share it): what
+  // tells two ranks on one GPU apart from two GPUs with the same bus id.
+  std::vector<std::string> machineIds;
   std::shared_ptr<const Topology> topology;  // gathered at init (topo/topology.h)
   std::shared_ptr<const Tuner> tuner;        // over `topology`, caches its decisions
   std::shared_ptr<ShmTransport> shm;

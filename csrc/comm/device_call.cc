@@ -147,7 +147,7 @@ void Communicator::setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::
   }
   char bus[64] = {0};
   loadCudaRuntime().api.DeviceGetPCIBusId(bus, sizeof bus, ctx.device());
-  std::snprintf(mine.gpu, sizeof mine.gpu, "%s|%s", world_->hostIds[world_->rank].c_str(), bus);
+  std::snprintf(mine.gpu, sizeof mine.gpu, "%s|%s", world_->machineIds[world_->rank].c_str(), bus);
   std::vector<NcclOffer> all(size_);
   Links host(rank_, size_, linkRoutes_, tagBase + kNcclSetupChannel, 0, DataType::U8, ReduceOp::SUM, deadline,
              world_->policy, [] { return std::string("NCCL set-up for device calls"); });
