@@ -47,6 +47,7 @@ class Cluster:
     cores_per_host: Dict[str, int] = field(default_factory=dict)
     memory_per_host: Dict[str, int] = field(default_factory=dict)
     origin: str = "described"
+    calibration: Optional[dict] = None   # calibrate.py's {"share", "sync_s"}: measured on the ranks
 
     def __post_init__(self):
         hosts = self.topology.get("hosts") or []
@@ -113,8 +114,15 @@ class Cluster:
     def compute_share_of_rank(self, rank: int) -> float:
         """Ranks per core on `rank`'s machine (>= 1): compute time scales by it."""
         machine = self.machine_of()
+        if self.calibration:
+            return self.calibration["share"]
         n = machine.count(machine[rank])
         return max(1.0, n / max(1, self.cores_of_machine(machine[rank])))
+
+    @property
+    def sync_s(self) -> float:
+        """Measured cost of a blocking collective beyond the tuner's price (0 when not measured)."""
+        return self.calibration["sync_s"] if self.calibration else 0.0
 
     def memory_budget(self) -> int:
         """Default per-rank budget: each host's memory divided by its ranks, the smallest."""
@@ -127,7 +135,9 @@ class Cluster:
                           if v.get("beta"))
         return (f"{self.world_size} ranks on {len(self.hosts)} host(s) [{sizes}]"
                 + (f" in {len(racks)} racks" if len(racks) > 1 else "")
-                + f"; cores/host {sorted(set(self.cores_per_host.values()))}; links: {links} ({self.origin})")
+                + f"; cores/host {sorted(set(self.cores_per_host.values()))}; links: {links}"
+                + (f"; measured compute share {self.calibration['share']:.2f}, collective wake-up "
+                   f"{self.calibration['sync_s'] * 1e3:.2f} ms" if self.calibration else "") + f" ({self.origin})")
 
     # ---------------------------------------------------------------- constructors
     @classmethod
@@ -178,23 +188,32 @@ class Cluster:
             raise ValueError(f"topology file {path!r} does not exist")
         topo = load(str(path))
         names = [h["name"] for h in topo["hosts"]]
+        cal = topo.get("planner")
+        if cal is None:       # hcomm's loader keeps only its own sections: read ours directly
+            with open(path) as f:
+                cal = json.load(f).get("planner")
         if cores is None:
-            cores = _cores_from_ranks(topo)
+            cores = (cal or {}).get("cores") or _cores_from_ranks(topo)
         return cls(topo, {n: cores for n in names} if cores else {}, {n: memory for n in names} if memory else {},
-                   origin=f"file {path}")
+                   origin=f"file {path}" + (" (calibrated)" if cal else ""), calibration=cal)
 
     @classmethod
     def detect(cls, world_size: int, timeout: float = 120) -> "Cluster":
-        """`world_size` ranks on this machine: hcomm-topo starts them, probes and fits the links."""
-        if not isinstance(world_size, int) or world_size < 1:
+        """`world_size` ranks on this machine: started by calibrate.py, which dumps hcomm's
+        topology (probe, fitted links) and measures the compute share and collective
+        wake-up cost on them."""
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-        proc = subprocess.run([sys.executable, "-m", "hcomm.topo_cli", "--np", str(world_size), "--json"],
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", "hcomm.parallel.plan.calibrate", "--np", str(world_size)],
+                              capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
         if proc.returncode:
-            raise RuntimeError(f"hcomm-topo --np {world_size} failed:\n{proc.stderr[-2000:]}")
-        topo = json.loads(proc.stdout[proc.stdout.index("{"):])["topology"]
+            raise RuntimeError(f"detecting {world_size} local ranks failed:\n{proc.stderr[-2000:]}")
+        topo = json.loads(proc.stdout[proc.stdout.index("{"):])
+        cal = topo.pop("planner")
         names = [h["name"] for h in topo["hosts"]]
-        return cls(topo, {n: os.cpu_count() or 1 for n in names}, {}, origin="detected (hcomm probe)")
+        return cls(topo, {n: cal["cores"] for n in names}, {}, origin="detected (hcomm probe, calibrated)",
+                   calibration=cal)
 
 
 def _cpu_count(text):

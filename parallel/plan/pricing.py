@@ -11,6 +11,8 @@ the step's end) and returns the slowest group's time:
     ranks on both sides of one host's boundary, their inter-host bytes share that link,
     so the group is priced on the topology with the tcp and rack beta multiplied by k
     (the tuner already charges a host's NIC for its own ranks within one group);
+  * on a calibrated cluster (calibrate.py) every collective also pays the measured
+    wake-up cost of ranks reaching it from compute (sync_s; 0 when not measured);
   * reduce-scatter has a single algorithm in hcomm (ring: n-1 steps of total/n bytes,
     what the ring allgather moves), so it is priced as the tuner's ring allgather of the
     same total; a point-to-point send as a two-rank broadcast (alpha + bytes * beta).
@@ -29,18 +31,27 @@ class Pricer:
         self._host = cluster.host_of()
         self._rack = cluster.rack_of()
         self._topos: Dict[int, dict] = {}
-        self._cache: Dict[tuple, float] = {}
+        self._cache: Dict[tuple, float] = {}        # by (kind, bytes, k, group shape): the tuner's answers
+        self._by_groups: Dict[tuple, float] = {}    # by (kind, bytes, groups): collective()'s answers
+        self._sharing: Dict[tuple, int] = {}
         self.calls = 0     # tuner queries made (for the report)
 
     # ----------------------------------------------------------------- public
     def collective(self, kind: str, nbytes: int, groups: Sequence[Sequence[int]]) -> float:
         """Seconds of `kind` (allreduce, allgather, reduce_scatter, broadcast, send) of
         nbytes run by all `groups` at once: the slowest group."""
-        groups = [list(g) for g in groups if len(g) > 1]
-        if not groups or nbytes <= 0:
+        if nbytes <= 0:
             return 0.0
-        k = self.sharing(groups)
-        return max(self._price(kind, nbytes, g, k) for g in groups)
+        gkey = tuple(tuple(g) for g in groups if len(g) > 1)
+        if not gkey:
+            return 0.0
+        key = (kind, int(nbytes), gkey)
+        if key not in self._by_groups:
+            if gkey not in self._sharing:
+                self._sharing[gkey] = self.sharing(gkey)
+            k = self._sharing[gkey]
+            self._by_groups[key] = max(self._price(kind, nbytes, g, k) for g in set(gkey)) + self.cluster.sync_s
+        return self._by_groups[key]
 
     def sharing(self, groups: Sequence[Sequence[int]]) -> int:
         """The most groups that cross one host's boundary at once (>= 1)."""

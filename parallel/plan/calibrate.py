@@ -1,0 +1,175 @@
+"""Detect the job's machines: hcomm's topology (probe + fitted links) plus two numbers the
+tuner's alpha-beta model does not hold, measured on the ranks themselves.
+
+    share    how much slower a rank computes when every rank computes at once than one
+             rank alone: ranks time-sharing cores, and whatever else loads the machine
+    sync_s   what one blocking collective costs beyond the tuner's price when the ranks
+             reach it straight from compute: on a machine with more ranks than cores a
+             rank that finished early has gone to sleep, and the last one to arrive may
+             be waiting for a core; this wake-up is the dominant cost of a small
+             collective there (measured: ms, where the tuner prices tens of us)
+
+Measured with a numpy matmul loop on one thread per rank, in three phases: rank 0 alone
+(the others wait in a barrier), every rank at once, every rank at once with an 8-byte
+allreduce after each piece of compute. share = phase 2 / phase 1 per piece;
+sync_s = (phase 3 - phase 2) per piece - the tuner's price of that allreduce, at least 0.
+
+    python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
+    torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
+The output is a topology file (hcomm's dump format) with a "planner" section that
+Cluster.from_file reads.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+PIECE_S = 2e-3       # one piece of compute, alone
+ROUNDS = 15
+ALONE_WINDOW_S = 0.5  # what the other ranks sleep while rank 0 computes alone
+
+
+def _compute(n):
+    import numpy as np
+
+    a = np.ones((96, 96), np.float32)
+    for _ in range(n):
+        a = (a @ a) * 1e-3
+    return a
+
+
+def _pieces_for(seconds):
+    """Matmul repetitions that take `seconds` on this rank alone."""
+    n, t = 1, 0.0
+    while t < seconds / 4:
+        n *= 2
+        t0 = time.perf_counter()
+        _compute(n)
+        t = time.perf_counter() - t0
+    return max(1, int(n * seconds / t))
+
+
+def _timed(fn, rounds, pick=statistics.median):
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return pick(times)
+
+
+def measure(comm):
+    """Every rank calls; returns {"share", "sync_s", "piece_s"} (the slowest rank's view)."""
+    import numpy as np
+
+    from hcomm.topology import explain
+
+    # Rank 0 alone: the others sleep (a rank waiting inside a collective spins first,
+    # which would slow rank 0 down), long enough for rank 0's few tens of ms.
+    comm.barrier()
+    if comm.rank == 0:
+        reps = _pieces_for(PIECE_S)
+        alone = np.array([_timed(lambda: _compute(reps), ROUNDS, min)])   # the core's own speed
+    else:
+        time.sleep(ALONE_WINDOW_S)
+        reps, alone = 0, np.zeros(1)
+    n = np.array([reps], np.int64)
+    comm.broadcast(n, root=0)
+    reps = int(n[0])
+    comm.barrier()
+    together = np.array([_timed(lambda: _compute(reps), ROUNDS)])
+    comm.barrier()
+    tiny = np.zeros(2, np.float32)
+
+    def piece_and_allreduce():
+        _compute(reps)
+        comm.allreduce(tiny)
+    synced = np.array([_timed(piece_and_allreduce, ROUNDS)])
+    for x in (alone, together, synced):
+        comm.allreduce(x, op="max")
+    predicted = explain("allreduce", 8, comm=comm)
+    price = predicted.candidate(predicted.chosen).seconds
+    return {"share": max(1.0, float(together[0] / alone[0])),
+            "sync_s": max(0.0, float(synced[0] - together[0]) - price), "piece_s": float(alone[0])}
+
+
+def _report(comm):
+    from hcomm.topology import topology
+
+    topo = topology(comm)
+    cal = measure(comm)
+    comm.barrier()
+    if comm.rank == 0:
+        topo["planner"] = dict(cal, cores=os.cpu_count() or 1)
+        return topo
+    return None
+
+
+def _local_rank(rank, size, uid, out):
+    import hcomm
+
+    comm = hcomm.init(rank=rank, size=size, unique_id=uid)
+    try:
+        topo = _report(comm)
+    finally:
+        comm.close()
+    if topo is not None:
+        out.put(json.dumps(topo))
+
+
+def run_local(np_):
+    """Start np_ ranks on this machine; the topology dict with its "planner" section."""
+    import multiprocessing as mp
+
+    import hcomm
+
+    uid = hcomm.get_unique_id()
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_local_rank, args=(r, np_, uid, out)) for r in range(np_)]
+    for p in procs:
+        p.start()
+    text = out.get(timeout=300)
+    for p in procs:
+        p.join()
+    if any(p.exitcode for p in procs):
+        raise RuntimeError(f"calibration ranks failed with exit codes {[p.exitcode for p in procs]}")
+    return json.loads(text)
+
+
+def main(argv=None):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ap = argparse.ArgumentParser(prog="python -m hcomm.parallel.plan.calibrate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--np", type=int, default=1, help="local ranks (ignored under a launcher)")
+    ap.add_argument("--out", help="write the topology file here (default: print it)")
+    args = ap.parse_args(argv)
+    from hcomm.launch import detect_rank_size
+
+    _, size = detect_rank_size()
+    if size > 1:
+        import hcomm
+
+        comm = hcomm.init()
+        try:
+            topo = _report(comm)
+        finally:
+            comm.close()
+    else:
+        if args.np < 1:
+            raise SystemExit(f"--np must be >= 1, got {args.np}")
+        topo = run_local(args.np)
+    if topo is None:
+        return 0
+    text = json.dumps(topo, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
