@@ -10,9 +10,10 @@ tuner's alpha-beta model does not hold, measured on the ranks themselves.
              collective there (measured: ms, where the tuner prices tens of us)
 
 Measured with a numpy matmul loop on one thread per rank, in three phases: rank 0 alone
-(the others wait in a barrier), every rank at once, every rank at once with an 8-byte
-allreduce after each piece of compute. share = phase 2 / phase 1 per piece;
-sync_s = (phase 3 - phase 2) per piece - the tuner's price of that allreduce, at least 0.
+(the others sleep), every rank at once, every rank at once with an 8-byte allreduce
+after each piece of compute; three samples of the three, medians throughout (the machine
+may be shared). share = phase 2 / phase 1 per piece; sync_s = (phase 3 - phase 2) per
+piece - the tuner's price of that allreduce, at least 0.
 
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
@@ -28,7 +29,7 @@ import time
 
 PIECE_S = 2e-3       # one piece of compute, alone
 ROUNDS = 15
-ALONE_WINDOW_S = 0.5  # what the other ranks sleep while rank 0 computes alone
+ALONE_WINDOW_S = 0.3  # what the other ranks sleep while rank 0 computes alone
 
 
 def _compute(n):
@@ -60,39 +61,45 @@ def _timed(fn, rounds, pick=statistics.median):
     return pick(times)
 
 
-def measure(comm):
-    """Every rank calls; returns {"share", "sync_s", "piece_s"} (the slowest rank's view)."""
+def _phases(comm, reps, tiny):
+    """One (alone, together, synced) sample, each the median seconds of a piece."""
     import numpy as np
 
-    from hcomm.topology import explain
-
-    # Rank 0 alone: the others sleep (a rank waiting inside a collective spins first,
-    # which would slow rank 0 down), long enough for rank 0's few tens of ms.
     comm.barrier()
     if comm.rank == 0:
-        reps = _pieces_for(PIECE_S)
-        alone = np.array([_timed(lambda: _compute(reps), ROUNDS, min)])   # the core's own speed
-    else:
+        alone = _timed(lambda: _compute(reps), ROUNDS)
+    else:                      # sleep, not a collective: a waiting rank spins at first
         time.sleep(ALONE_WINDOW_S)
-        reps, alone = 0, np.zeros(1)
-    n = np.array([reps], np.int64)
-    comm.broadcast(n, root=0)
-    reps = int(n[0])
+        alone = 0.0
     comm.barrier()
-    together = np.array([_timed(lambda: _compute(reps), ROUNDS)])
+    together = _timed(lambda: _compute(reps), ROUNDS)
     comm.barrier()
-    tiny = np.zeros(2, np.float32)
 
     def piece_and_allreduce():
         _compute(reps)
         comm.allreduce(tiny)
-    synced = np.array([_timed(piece_and_allreduce, ROUNDS)])
-    for x in (alone, together, synced):
-        comm.allreduce(x, op="max")
+    synced = _timed(piece_and_allreduce, ROUNDS)
+    out = np.array([alone, together, synced])
+    comm.allreduce(out, op="max")
+    return out
+
+
+def measure(comm, samples=3):
+    """Every rank calls; returns {"share", "sync_s", "piece_s"}: the medians of `samples`
+    rounds of the three phases, the slowest rank's view."""
+    import numpy as np
+
+    from hcomm.topology import explain
+
+    n = np.array([_pieces_for(PIECE_S) if comm.rank == 0 else 0], np.int64)
+    comm.broadcast(n, root=0)
+    tiny = np.zeros(2, np.float32)
+    rows = np.array([_phases(comm, int(n[0]), tiny) for _ in range(samples)])
+    alone, together, synced = np.median(rows, axis=0)
     predicted = explain("allreduce", 8, comm=comm)
     price = predicted.candidate(predicted.chosen).seconds
-    return {"share": max(1.0, float(together[0] / alone[0])),
-            "sync_s": max(0.0, float(synced[0] - together[0]) - price), "piece_s": float(alone[0])}
+    return {"share": max(1.0, float(together / alone)), "sync_s": max(0.0, float(synced - together) - price),
+            "piece_s": float(alone)}
 
 
 def _report(comm):

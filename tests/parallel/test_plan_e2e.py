@@ -1,0 +1,51 @@
+"""End to end: plan for 4 ranks on this machine, then run the chosen config unchanged
+through examples/train_gpt.py --check on the hcomm backend (4 processes, torchrun), and
+ask hcomm-plan for the same plan and for the memory of that layout from the shell."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hcomm.parallel.plan import plan
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "train_gpt.py"
+MODEL = {"vocab_size": 64, "seq_len": 32, "hidden": 64, "heads": 4, "n_layers": 4}
+CLUSTER = "hosts of 4 ranks, 2 cores per host"     # this machine, described: no timing in the choice
+
+
+def test_plan_then_train_the_chosen_config(tmp_path):
+    result = plan(MODEL, 8, cluster=CLUSTER, train={"steps": 4})
+    assert result.seconds < 60
+    cfg = result.config()
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", str(EXAMPLE),
+           "--backend", "hcomm", "--config", str(path), "--check", "--json", str(out)]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, f"{cfg}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    got = json.loads(out.read_text())
+    c = result.best.cand
+    assert got["ok"] and got["check"]
+    assert got["layout"] == {"dp": c.dp, "tp": c.tp, "pp": c.pp, "zero_stage": c.zero_stage}
+    assert len(got["losses"]) == 4 and got["losses"][-1] < got["losses"][0]
+
+
+def test_cli_prints_the_table_the_config_and_the_memory(tmp_path):
+    cfg_path = tmp_path / "cfg.json"
+    cli = [sys.executable, "-m", "hcomm.parallel.plan.cli", "--cluster", CLUSTER]
+    proc = subprocess.run(cli + ["--explain", "1", "--out", str(cfg_path), "--top", "5"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "step ms" in proc.stdout and "time per step (ms):" in proc.stdout and "pipeline bubble" in proc.stdout
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["model"] == MODEL and cfg["global_batch_size"] == 8
+    proc = subprocess.run(cli + ["--memory", "--config", str(cfg_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no process started" in proc.stdout and "optimizer state" in proc.stdout
+    bad = subprocess.run(cli + ["--budget", "1M"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no plan fits the memory budget of 1.0 MiB" in bad.stderr
