@@ -1,6 +1,6 @@
 """hcomm.parallel: tensor, pipeline and ZeRO parallelism on torch.distributed groups.
 
-    mesh      ParallelConfig (validated degrees, from_config), rank_layout, build_mesh -> Mesh
+    mesh      ParallelConfig (validated degrees, placement, from_config), rank_layout, build_mesh -> Mesh (on a DeviceMesh)
     tensor    column/row-parallel linear, vocab-parallel embedding and loss, sequence parallel
     models    a small GPT built from the tensor layers (model.layers splits into stages)
     pipeline  schedules as data and the runtime that executes them

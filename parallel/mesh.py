@@ -4,9 +4,10 @@ Vocabulary (used across hcomm.parallel): an *axis* is one way of splitting the r
 (dp = data, tp = tensor, pp = pipeline); a *dim* is a tensor dimension. A *group* is
 the set of global ranks that differ only along one axis.
 
-Rank layout: tp is the fastest-varying axis, then dp, then pp:
+Rank layout: the axes form a grid of shape (pp, dp, tp), tp the fastest-varying:
 
-    global_rank = pp_rank * (dp * tp) + dp_rank * tp + tp_rank
+    position    = pp_rank * (dp * tp) + dp_rank * tp + tp_rank
+    global_rank = rank_order[position]      (rank_order defaults to the identity)
 
 tp ranks are adjacent so that a tp group sits inside one host (tp does an allreduce
 per layer and needs the fastest links); dp is next so a host's remaining ranks share a
@@ -23,17 +24,26 @@ Example, 8 ranks, tp=2, dp=2, pp=2:
     dp groups: [0, 2] [1, 3] [4, 6] [5, 7]
     pp groups: [0, 4] [1, 5] [2, 6] [3, 7]     (stage 0 = ranks 0-3, stage 1 = ranks 4-7)
 
+With rank_order = (0, 2, 1, 3, 4, 6, 5, 7) the same grid puts tp groups on [0, 2] [1, 3]
+[4, 6] [5, 7] and dp groups on [0, 1] [2, 3] ... (a placement chosen by a planner). Within
+every group the ranks must ascend along the axis: torch.distributed numbers a group's
+members by global rank and every collective follows that number, so the axis rank and
+the group rank must be the same; a rank_order that breaks this raises.
+
 `rank_layout(cfg)` computes these groups without any process, so the layout is unit
-tested on its own; `build_mesh(cfg)` turns them into torch.distributed groups and
-returns one `Mesh`, which is passed explicitly to whatever needs it (no module globals).
+tested on its own; `build_mesh(cfg)` builds them through torch's DeviceMesh over
+rank_grid(cfg) and returns one `Mesh` (groups, ranks and the DeviceMesh), which is
+passed explicitly to whatever needs it (no module globals).
 """
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-AXES = ("tp", "dp", "pp")
+# The mesh axes, outermost first: the dims of the (pp, dp, tp) grid and of torch's
+# DeviceMesh. A new axis (context, expert) is one entry here plus its ParallelConfig field.
+AXES = ("pp", "dp", "tp")
 
 # Strategy name -> (check on the config, what it requires in words).
 _STRATEGIES = {
@@ -59,6 +69,7 @@ _CONFIG_KEYS = {
     "micro_batch_size": "micro_batch_size",
     "global_batch_size": "global_batch_size",
     "sequence_parallel": "sequence_parallel",
+    "rank_order": "rank_order",
 }
 _OTHER_KEYS = ("parallel_strategy", "gradient_accumulation_steps")
 # Words that mark an unknown key as a parallelism key (so probably a typo, not a key of
@@ -85,6 +96,11 @@ class ParallelConfig:
         micro_batch_size * dp (no gradient accumulation).
     sequence_parallel: shard activations along the sequence in the tp regions that
         tensor parallelism leaves replicated (LayerNorm, dropout).
+    rank_order: placement; a permutation of range(world_size), or None (identity). The
+        grid position i (row-major over (pp, dp, tp), tp fastest) is held by global rank
+        rank_order[i], so a planner can put a tp group on ranks that are not adjacent.
+        Each group's ranks must ascend along its axis (torch numbers a group's members by
+        global rank); (0, 2, 1, 3) is valid at tp=2 dp=2, (1, 0, 2, 3) is not.
     """
 
     dp: int
@@ -95,6 +111,7 @@ class ParallelConfig:
     micro_batch_size: int = 1
     global_batch_size: Optional[int] = None
     sequence_parallel: bool = False
+    rank_order: Optional[Tuple[int, ...]] = None
 
     def __post_init__(self):
         for name in ("dp", "tp", "pp", "vpp", "micro_batch_size"):
@@ -107,6 +124,32 @@ class ParallelConfig:
         if not isinstance(self.sequence_parallel, bool):
             raise TypeError(f"sequence_parallel must be a bool, got {self.sequence_parallel!r}")
         self._check_batch()
+        self._check_rank_order()
+
+    def _check_rank_order(self) -> None:
+        order = self.rank_order
+        if order is None:
+            return
+        if not isinstance(order, (tuple, list)) or any(isinstance(r, bool) or not isinstance(r, int) for r in order):
+            raise TypeError(f"rank_order must be a tuple of ints, got {order!r}")
+        n = self.world_size
+        if sorted(order) != list(range(n)):
+            missing = sorted(set(range(n)) - set(order))
+            extra = sorted(r for r in set(order) if not 0 <= r < n)
+            dups = sorted(r for r in set(order) if list(order).count(r) > 1)
+            raise ValueError(f"rank_order must be a permutation of range(world_size({n})) = "
+                             f"range(dp({self.dp}) * tp({self.tp}) * pp({self.pp})), got {list(order)} "
+                             f"(length {len(order)}; missing {missing}, out of range {extra}, repeated {dups})")
+        object.__setattr__(self, "rank_order", tuple(order))  # frozen: normalise lists once here
+        # torch.distributed numbers a group's members by global rank, and every collective
+        # (shard index, gather order) follows that number; the grid's axis rank must agree.
+        for axis, groups in _axis_groups(self).items():
+            for g in groups:
+                if g != sorted(g):
+                    raise ValueError(
+                        f"rank_order {list(order)} puts {axis} group {g} out of ascending order along {axis}: "
+                        f"torch.distributed ranks a group's members by global rank, so each group's ranks "
+                        f"must ascend along its axis (here {axis} group {sorted(g)})")
 
     def _check_batch(self) -> None:
         per_step = self.micro_batch_size * self.dp
@@ -122,6 +165,15 @@ class ParallelConfig:
     @property
     def world_size(self) -> int:
         return self.dp * self.tp * self.pp
+
+    @property
+    def axes(self) -> Tuple[Tuple[str, int], ...]:
+        """(name, degree) of every mesh axis, outermost first: (('pp', pp), ('dp', dp), ('tp', tp))."""
+        return tuple((name, getattr(self, name)) for name in AXES)
+
+    def ranks_in_layout_order(self) -> Tuple[int, ...]:
+        """Global rank at each position of the (pp, dp, tp) grid: rank_order, or the identity."""
+        return self.rank_order if self.rank_order is not None else tuple(range(self.world_size))
 
     @property
     def grad_accum_steps(self) -> int:
@@ -211,34 +263,66 @@ def _check_accum(cfg: ParallelConfig, steps) -> None:
 
 # ---------------------------------------------------------------------------- layout
 
+def _position(cfg: ParallelConfig, coord: Dict[str, int]) -> int:
+    """Row-major index of a coordinate in the (pp, dp, tp) grid: tp fastest."""
+    pos = 0
+    for name, degree in cfg.axes:
+        pos = pos * degree + coord[name]
+    return pos
+
+
+def _coord_of_position(cfg: ParallelConfig, pos: int) -> Dict[str, int]:
+    coord = {}
+    for name, degree in reversed(cfg.axes):
+        pos, coord[name] = divmod(pos, degree)
+    return {name: coord[name] for name in AXES}
+
+
 def global_rank(cfg: ParallelConfig, pp_rank: int, dp_rank: int, tp_rank: int) -> int:
-    return pp_rank * (cfg.dp * cfg.tp) + dp_rank * cfg.tp + tp_rank
+    """The global rank holding grid position (pp_rank, dp_rank, tp_rank)."""
+    return cfg.ranks_in_layout_order()[_position(cfg, {"pp": pp_rank, "dp": dp_rank, "tp": tp_rank})]
 
 
 def coords(cfg: ParallelConfig, rank: int) -> Dict[str, int]:
-    """{'tp': tp_rank, 'dp': dp_rank, 'pp': pp_rank} of a global rank."""
+    """{'pp': pp_rank, 'dp': dp_rank, 'tp': tp_rank} of a global rank."""
     if not 0 <= rank < cfg.world_size:
         raise ValueError(f"rank {rank} outside world_size({cfg.world_size})")
-    return {"tp": rank % cfg.tp, "dp": (rank // cfg.tp) % cfg.dp, "pp": rank // (cfg.tp * cfg.dp)}
+    return _coord_of_position(cfg, cfg.ranks_in_layout_order().index(rank))
 
 
-def rank_layout(cfg: ParallelConfig) -> Dict[str, List[List[int]]]:
-    """Every group of every axis, as lists of global ranks, in a fixed order.
+def rank_grid(cfg: ParallelConfig):
+    """The global ranks as a torch tensor of shape (pp, dp, tp): grid[p, d, t] = global rank.
 
-    {'tp': [[0, 1], [2, 3], ...], 'dp': [[0, 2], [1, 3], ...], 'pp': [[0, 4], ...]}
-    The order is the order in which build_mesh creates the groups on every rank.
+    This is the `mesh` argument of torch's DeviceMesh, so DeviceMesh's groups are
+    exactly rank_layout's.
     """
-    sizes = {"tp": cfg.tp, "dp": cfg.dp, "pp": cfg.pp}
+    import torch
+
+    return torch.tensor(cfg.ranks_in_layout_order(), dtype=torch.int64).reshape(
+        tuple(degree for _, degree in cfg.axes))
+
+
+def _axis_groups(cfg: ParallelConfig) -> Dict[str, List[List[int]]]:
+    """Every group of every axis, each group's ranks in axis order (group[i] has axis rank i)."""
     layout = {}
     for axis in AXES:
         groups = {}
-        for rank in range(cfg.world_size):
-            c = coords(cfg, rank)
-            others = tuple(c[a] for a in AXES if a != axis)  # rank's position off this axis
-            groups.setdefault(others, []).append(rank)
-        layout[axis] = sorted(groups.values())
-        assert all(len(g) == sizes[axis] for g in layout[axis])
+        for pos, rank in enumerate(cfg.ranks_in_layout_order()):
+            c = _coord_of_position(cfg, pos)
+            others = tuple(c[a] for a in AXES if a != axis)  # position off this axis
+            groups.setdefault(others, []).append(rank)       # positions ascend along `axis`
+        layout[axis] = list(groups.values())
     return layout
+
+
+def rank_layout(cfg: ParallelConfig) -> Dict[str, List[List[int]]]:
+    """Every group of every axis, as lists of global ranks, groups sorted.
+
+    {'pp': [[0, 4], ...], 'dp': [[0, 2], [1, 3], ...], 'tp': [[0, 1], [2, 3], ...]}
+    Within a group the ranks are in axis order (group[i] has axis rank i), which is also
+    ascending global rank (ParallelConfig checks rank_order keeps it so).
+    """
+    return {axis: sorted(groups) for axis, groups in _axis_groups(cfg).items()}
 
 
 def describe_layout(cfg: ParallelConfig) -> str:
@@ -246,10 +330,10 @@ def describe_layout(cfg: ParallelConfig) -> str:
     ranks = range(cfg.world_size)
     cs = [coords(cfg, r) for r in ranks]
     lines = [f"{'rank:':<10}" + " ".join(f"{r:>2}" for r in ranks)]
-    lines += [f"{axis + '_rank:':<10}" + " ".join(f"{c[axis]:>2}" for c in cs) for axis in ("pp", "dp", "tp")]
+    lines += [f"{axis + '_rank:':<10}" + " ".join(f"{c[axis]:>2}" for c in cs) for axis in AXES]
     layout = rank_layout(cfg)
     lines.append("")
-    lines += [f"{axis} groups: " + " ".join(str(g) for g in layout[axis]) for axis in AXES]
+    lines += [f"{axis} groups: " + " ".join(str(g) for g in layout[axis]) for axis in reversed(AXES)]
     return "\n".join(lines)
 
 
@@ -259,31 +343,36 @@ def describe_layout(cfg: ParallelConfig) -> str:
 class Mesh:
     """This rank's view of the layout: its coordinates, groups and neighbours.
 
-    tp_ranks / dp_ranks / pp_ranks are the global ranks of this rank's group on each
-    axis, ordered by the rank along that axis (so tp_ranks[tp_rank] == rank).
+    groups[axis] is the process group of this rank's group on `axis`; ranks[axis] its
+    global ranks ordered by the rank along that axis (so ranks['tp'][tp_rank] == rank).
+    device_mesh is torch's DeviceMesh over the same grid (dims named 'pp', 'dp', 'tp'),
+    or None when the Mesh was built by hand: DTensor, FSDP2 and torch's own tensor
+    parallelism take `device_mesh['dp']` etc. and then share hcomm.parallel's groups.
     """
 
     cfg: ParallelConfig
     rank: int
     world_size: int
-    tp_group: object = field(repr=False)
-    dp_group: object = field(repr=False)
-    pp_group: object = field(repr=False)
-    tp_ranks: List[int] = field(default_factory=list)
-    dp_ranks: List[int] = field(default_factory=list)
-    pp_ranks: List[int] = field(default_factory=list)
+    groups: Dict[str, object] = field(repr=False)
+    ranks: Dict[str, List[int]]
+    device_mesh: object = field(default=None, repr=False)
 
-    @property
-    def tp_rank(self) -> int:
-        return self.tp_ranks.index(self.rank)
+    def group(self, axis: str):
+        return self.groups[_check_axis(axis)]
 
-    @property
-    def dp_rank(self) -> int:
-        return self.dp_ranks.index(self.rank)
+    def axis_rank(self, axis: str) -> int:
+        return self.ranks[_check_axis(axis)].index(self.rank)
 
-    @property
-    def pp_rank(self) -> int:
-        return self.pp_ranks.index(self.rank)
+    # Named shortcuts for the three axes every caller uses.
+    tp_group = property(lambda self: self.groups["tp"])
+    dp_group = property(lambda self: self.groups["dp"])
+    pp_group = property(lambda self: self.groups["pp"])
+    tp_ranks = property(lambda self: self.ranks["tp"])
+    dp_ranks = property(lambda self: self.ranks["dp"])
+    pp_ranks = property(lambda self: self.ranks["pp"])
+    tp_rank = property(lambda self: self.axis_rank("tp"))
+    dp_rank = property(lambda self: self.axis_rank("dp"))
+    pp_rank = property(lambda self: self.axis_rank("pp"))
 
     @property
     def is_first_stage(self) -> bool:
@@ -302,10 +391,11 @@ class Mesh:
     def pp_next(self) -> Optional[int]:
         return None if self.is_last_stage else self.pp_ranks[self.pp_rank + 1]
 
-    def group(self, axis: str):
-        if axis not in AXES:
-            raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
-        return getattr(self, f"{axis}_group")
+
+def _check_axis(axis: str) -> str:
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+    return axis
 
 
 def _my_group(groups: List[List[int]], rank: int) -> List[int]:
@@ -314,13 +404,14 @@ def _my_group(groups: List[List[int]], rank: int) -> List[int]:
 
 def build_mesh(cfg: ParallelConfig, rank: Optional[int] = None, world_size: Optional[int] = None,
                backend: Optional[str] = None) -> Mesh:
-    """Create the tp, dp and pp groups of `cfg` on an initialised torch.distributed.
+    """Create the groups of every axis of `cfg` through torch's DeviceMesh.
 
-    Every rank must call this with the same cfg: torch.distributed.new_group is
-    collective, so every rank creates every group, in rank_layout's order, and keeps the
-    ones it belongs to. `backend` is passed to new_group (None = the default group's).
+    Every rank must call this with the same cfg (DeviceMesh creates every group on every
+    rank, collectively). `backend` overrides the groups' backend (None = the default
+    group's). The DeviceMesh is built on device type "cpu" over rank_grid(cfg).
     """
     import torch.distributed as dist
+    from torch.distributed.device_mesh import DeviceMesh
 
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("build_mesh needs torch.distributed initialised (init_process_group) first")
@@ -330,14 +421,13 @@ def build_mesh(cfg: ParallelConfig, rank: Optional[int] = None, world_size: Opti
         raise ValueError(f"rank({rank}) / world_size({world_size}) differ from torch.distributed's "
                          f"({dist.get_rank()} / {dist.get_world_size()})")
     cfg.validate(world_size)
+    override = None if backend is None else tuple((backend, None) for _ in AXES)
+    device_mesh = DeviceMesh("cpu", rank_grid(cfg), mesh_dim_names=AXES, backend_override=override)
     layout = rank_layout(cfg)
-    groups = {}
-    for axis in AXES:
-        for ranks in layout[axis]:
-            pg = dist.new_group(ranks, backend=backend)
-            if rank in ranks:
-                groups[axis] = pg
-    return Mesh(cfg=cfg, rank=rank, world_size=world_size,
-                tp_group=groups["tp"], dp_group=groups["dp"], pp_group=groups["pp"],
-                tp_ranks=_my_group(layout["tp"], rank), dp_ranks=_my_group(layout["dp"], rank),
-                pp_ranks=_my_group(layout["pp"], rank))
+    groups = {axis: device_mesh.get_group(axis) for axis in AXES}
+    ranks = {axis: _my_group(layout[axis], rank) for axis in AXES}
+    for axis in AXES:   # DeviceMesh and rank_layout must agree, or every caller is wrong
+        got = dist.get_process_group_ranks(groups[axis])
+        if got != ranks[axis]:
+            raise AssertionError(f"DeviceMesh's {axis} group {got} != rank_layout's {ranks[axis]}")
+    return Mesh(cfg=cfg, rank=rank, world_size=world_size, groups=groups, ranks=ranks, device_mesh=device_mesh)

@@ -6,7 +6,7 @@ a rank that does not finish within `timeout` fails the test naming it.
     results = run_ranks(fn, 4)                  # fn(rank, world_size, *args) on 4 threads
     results = run_ranks(fn, 3, mode="process")  # forked processes
     run_comm(fn, 5)                             # fn(comm, *args) with an hcomm Communicator
-    run_torch(fn, 2, backend="gloo")            # fn(rank, world_size, *args) after init_process_group
+    run_torch(fn, 2)                            # fn(rank, world_size, *args) after init_process_group("hcomm")
 """
 import multiprocessing as mp
 import os
@@ -145,8 +145,9 @@ def _torch_body(rank, world_size, fn, backend, port, args, kwargs):
 
 
 def torch_test_backend():
-    """Backend for torch.distributed tests: HCOMM_TEST_BACKEND, else gloo."""
-    return os.environ.get("HCOMM_TEST_BACKEND", "gloo")
+    """Backend for torch.distributed tests: HCOMM_TEST_BACKEND, else hcomm (the backend shipped here;
+    tests that prove backend independence name "gloo" explicitly)."""
+    return os.environ.get("HCOMM_TEST_BACKEND", "hcomm")
 
 
 def run_torch(fn, world_size, *, backend=None, timeout=DEFAULT_TIMEOUT, args=(), kwargs=None):
