@@ -97,15 +97,22 @@ def rank_order(physical: List[int], sizes: dict, nesting: Tuple[str, ...]) -> Tu
 
 
 def placements(physical: List[int], dp: int, tp: int, pp: int) -> List[Tuple[str, Tuple[int, ...]]]:
-    """Every distinct (nesting name, rank_order) for these degrees."""
+    """Every distinct (nesting name, rank_order) for these degrees that the mesh accepts:
+    it needs every group's ranks ascending along its axis (torch numbers a group's
+    members by global rank), which holds for any nesting when hosts hold contiguous rank
+    numbers; with interleaved numbering some nestings are left out."""
     sizes = {"dp": dp, "tp": tp, "pp": pp}
     seen, out = set(), []
     for nesting in itertools.permutations(AXES):
         order = rank_order(physical, sizes, nesting)
-        if order not in seen:
+        if order not in seen and _ascending(groups(order, dp, tp, pp)):
             seen.add(order)
             out.append(("<".join(nesting), order))
     return out
+
+
+def _ascending(axis_groups: dict) -> bool:
+    return all(g == sorted(g) for gs in axis_groups.values() for g in gs)
 
 
 def groups(order: Tuple[int, ...], dp: int, tp: int, pp: int) -> dict:

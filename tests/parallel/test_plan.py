@@ -47,13 +47,15 @@ def test_enumeration_is_valid_and_complete(name):
     cluster = Cluster.describe(CLUSTERS[name])
     world, gb = cluster.world_size, 32
     cands = enumerate_candidates(world, gb, ModelShape.gpt(BIG), cluster.physical_order())
+    assert {c.rank_order for c in cands} != {tuple(range(world))}     # placements are searched
     got = {(c.dp, c.tp, c.pp, c.vpp, c.schedule, c.zero_stage, c.micro_batch_size, c.sequence_parallel)
            for c in cands}
     assert got == _reference_space(world, gb, BIG)
     for c in cands:
         assert sorted(c.rank_order) == list(range(world))
-        pcfg = ParallelConfig.from_config({k: v for k, v in c.config(gb).items() if k != "rank_order"}, world)
+        pcfg = ParallelConfig.from_config(c.config(gb), world)      # the mesh accepts the placement
         assert (pcfg.dp, pcfg.tp, pcfg.pp, pcfg.vpp) == (c.dp, c.tp, c.pp, c.vpp)
+        assert rank_layout(pcfg) == {a: sorted(g) for a, g in groups(c.rank_order, c.dp, c.tp, c.pp).items()}
     # each degree triple has its placements once each, all distinct
     by_degrees = {}
     for c in cands:
@@ -205,7 +207,7 @@ def test_unknown_model_key_and_bad_inputs():
 def test_best_plan_is_a_config_train_gpt_accepts():
     result = plan(BIG, 32, cluster=CLUSTERS["4racks"], profile=synthetic_profile(BIG), placement=True)
     cfg = result.config()
-    pcfg = ParallelConfig.from_config({k: v for k, v in cfg.items() if k not in ("model", "train", "rank_order")},
+    pcfg = ParallelConfig.from_config({k: v for k, v in cfg.items() if k not in ("model", "train")},
                                       result.cluster.world_size)
     assert pcfg.dp * pcfg.tp * pcfg.pp == 32
     assert cfg["model"] == BIG and cfg["train"]["schedule"] in ("1f1b", "gpipe", "interleaved")
