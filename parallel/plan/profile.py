@@ -25,6 +25,7 @@ Cached per machine and model: ~/.cache/hcomm/plan/profile-<hash>.json (HCOMM_PLA
 moves it), keyed by the hostname, CPU model, torch version, the model section, dtype and
 the shapes asked for; a cached entry is reused shape by shape.
 """
+import gc
 import hashlib
 import json
 import os
@@ -235,7 +236,7 @@ def _profile_gpt_here(model_section, shapes, dtype, repeat):
     torch.set_num_threads(1)
     world = max(tp for tp, _, _ in shapes)
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=max(world, 1))
-    out = {"shapes": {}, "baseline_rss": baseline_rss_bytes()}
+    out = {"shapes": {}}
     gen = torch.Generator().manual_seed(0)
     with CollectiveLog() as log:
         for tp, mb, sp in shapes:
@@ -245,7 +246,12 @@ def _profile_gpt_here(model_section, shapes, dtype, repeat):
             rows = profile_layers(list(model.layers), ids, lambda o, t, g=group: gpt_loss(o, t, g), ids,
                                   repeat, log)
             out["shapes"][shape_key(tp, mb, sp)] = rows
+            del model
     out["optimizer_s_per_element"] = optimizer_seconds_per_element(dtype)
+    gc.collect()
+    # after forward, backward and an optimizer step have run (kernels, autograd engine,
+    # allocator pools loaded) with the models freed: what every rank carries besides its share
+    out["baseline_rss"] = baseline_rss_bytes()
     return out
 
 
