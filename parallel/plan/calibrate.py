@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 
-PIECE_S = 2e-3       # one piece of compute, alone
+PIECE_REPS = 200     # matmuls in one piece of compute (about 2 ms on one core here)
 ROUNDS = 15
 ALONE_WINDOW_S = 0.3  # what the other ranks sleep while rank 0 computes alone
 
@@ -41,15 +41,10 @@ def _compute(n):
     return a
 
 
-def _pieces_for(seconds):
-    """Matmul repetitions that take `seconds` on this rank alone."""
-    n, t = 1, 0.0
-    while t < seconds / 4:
-        n *= 2
-        t0 = time.perf_counter()
-        _compute(n)
-        t = time.perf_counter() - t0
-    return max(1, int(n * seconds / t))
+def piece_seconds(rounds=ROUNDS):
+    """One piece alone, median: the profile records it too, so that profile times taken
+    on a differently loaded machine can be rescaled to now (cost.py)."""
+    return _timed(lambda: _compute(PIECE_REPS), rounds)
 
 
 def _timed(fn, rounds, pick=statistics.median):
@@ -91,10 +86,8 @@ def measure(comm, samples=3):
 
     from hcomm.topology import explain
 
-    n = np.array([_pieces_for(PIECE_S) if comm.rank == 0 else 0], np.int64)
-    comm.broadcast(n, root=0)
     tiny = np.zeros(2, np.float32)
-    rows = np.array([_phases(comm, int(n[0]), tiny) for _ in range(samples)])
+    rows = np.array([_phases(comm, PIECE_REPS, tiny) for _ in range(samples)])
     alone, together, synced = np.median(rows, axis=0)
     predicted = explain("allreduce", 8, comm=comm)
     price = predicted.candidate(predicted.chosen).seconds

@@ -91,12 +91,22 @@ class CostModel:
     def __init__(self, cluster, pricer, profile, settings: Settings):
         self.cluster, self.pricer, self.profile, self.s = cluster, pricer, profile, settings
         machine = cluster.machine_of()
-        self.share = {r: cluster.compute_share_of_rank(r) for r in range(cluster.world_size)}
+        speed = self.speed_ratio(cluster, profile)
+        self.share = {r: speed * cluster.compute_share_of_rank(r) for r in range(cluster.world_size)}
         counts = {}
         for r in range(cluster.world_size):
             counts[machine[r]] = counts.get(machine[r], 0) + 1
         self._reports = {}
         self.overlap = all(cluster.cores_of_machine(mc) >= 2 * n for mc, n in counts.items())
+
+    @staticmethod
+    def speed_ratio(cluster, profile) -> float:
+        """Profile times rescaled to the machine's speed at calibration: the same numpy
+        piece timed alone in both (1 on a described cluster)."""
+        cal = cluster.calibration or {}
+        if cal.get("piece_s") and profile.get("piece_s"):
+            return cal["piece_s"] / profile["piece_s"]
+        return 1.0
 
     def rows(self, c: Candidate):
         from .profile import shape_key

@@ -248,6 +248,9 @@ def _profile_gpt_here(model_section, shapes, dtype, repeat):
             out["shapes"][shape_key(tp, mb, sp)] = rows
             del model
     out["optimizer_s_per_element"] = optimizer_seconds_per_element(dtype)
+    from .calibrate import piece_seconds
+
+    out["piece_s"] = piece_seconds()       # this machine's speed while the profile ran
     gc.collect()
     # after forward, backward and an optimizer step have run (kernels, autograd engine,
     # allocator pools loaded) with the models freed: what every rank carries besides its share
@@ -293,6 +296,7 @@ def profile_gpt(model_section, shapes, dtype="float32", repeat=5, cache=True, ti
         have.setdefault("shapes", {}).update(fresh["shapes"])
         have["optimizer_s_per_element"] = fresh["optimizer_s_per_element"]
         have["baseline_rss"] = fresh["baseline_rss"]
+        have["piece_s"] = fresh["piece_s"]
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
