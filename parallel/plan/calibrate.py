@@ -2,12 +2,18 @@
 tuner's alpha-beta model does not hold, measured on the ranks themselves.
 
     share    how much slower a rank computes when every rank computes at once than one
-             rank alone: ranks time-sharing cores, and whatever else loads the machine
+             rank alone (reported only: on the loaded 2-core machine it came out near 4
+             for 4 ranks where the training steps ran as ranks / cores = 2 predicts, so
+             the cost model uses ranks / cores, and piece_s to rescale the profile)
+    piece_s  one piece of compute on rank 0 alone: the machine's speed now
     sync_s   what one blocking collective costs beyond the tuner's price when the ranks
              reach it straight from compute: on a machine with more ranks than cores a
              rank that finished early has gone to sleep, and the last one to arrive may
              be waiting for a core; this wake-up is the dominant cost of a small
-             collective there (measured: ms, where the tuner prices tens of us)
+             collective there (measured: ms, where the tuner prices tens of us). It
+             grows with the compute before the collective (the ranks drift apart while
+             they time-share), so it is measured after a long (~2 ms) and a short
+             (~0.1 ms) piece, and Cluster.sync_after() interpolates between the two.
 
 Measured with a numpy matmul loop on one thread per rank, in three phases: rank 0 alone
 (the others sleep), every rank at once, every rank at once with an 8-byte allreduce
@@ -28,6 +34,7 @@ import sys
 import time
 
 PIECE_REPS = 200     # matmuls in one piece of compute (about 2 ms on one core here)
+SHORT_REPS = 10      # a short piece (about 0.1 ms): the wake-up after little compute
 ROUNDS = 15
 ALONE_WINDOW_S = 0.3  # what the other ranks sleep while rank 0 computes alone
 
@@ -80,19 +87,25 @@ def _phases(comm, reps, tiny):
 
 
 def measure(comm, samples=3):
-    """Every rank calls; returns {"share", "sync_s", "piece_s"}: the medians of `samples`
-    rounds of the three phases, the slowest rank's view."""
+    """Every rank calls; returns the medians of `samples` rounds of the three phases, the
+    slowest rank's view, for a long and a short piece of compute:
+    {"share", "sync_s", "piece_s", "together_s", "sync_short_s", "together_short_s"}."""
     import numpy as np
 
     from hcomm.topology import explain
 
     tiny = np.zeros(2, np.float32)
-    rows = np.array([_phases(comm, PIECE_REPS, tiny) for _ in range(samples)])
-    alone, together, synced = np.median(rows, axis=0)
     predicted = explain("allreduce", 8, comm=comm)
     price = predicted.candidate(predicted.chosen).seconds
-    return {"share": max(1.0, float(together / alone)), "sync_s": max(0.0, float(synced - together) - price),
-            "piece_s": float(alone)}
+    out = {}
+    for reps, suffix in ((PIECE_REPS, ""), (SHORT_REPS, "_short")):
+        rows = np.array([_phases(comm, reps, tiny) for _ in range(samples)])
+        alone, together, synced = np.median(rows, axis=0)
+        out["sync" + suffix + "_s"] = max(0.0, float(synced - together) - price)
+        out["together" + suffix + "_s"] = float(together)
+        if not suffix:
+            out["share"], out["piece_s"] = max(1.0, float(together / alone)), float(alone)
+    return out
 
 
 def _report(comm):

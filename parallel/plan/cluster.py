@@ -114,15 +114,23 @@ class Cluster:
     def compute_share_of_rank(self, rank: int) -> float:
         """Ranks per core on `rank`'s machine (>= 1): compute time scales by it."""
         machine = self.machine_of()
-        if self.calibration:
-            return self.calibration["share"]
         n = machine.count(machine[rank])
         return max(1.0, n / max(1, self.cores_of_machine(machine[rank])))
 
-    @property
-    def sync_s(self) -> float:
-        """Measured cost of a blocking collective beyond the tuner's price (0 when not measured)."""
-        return self.calibration["sync_s"] if self.calibration else 0.0
+    def sync_after(self, compute_s=None) -> float:
+        """Measured cost of a blocking collective beyond the tuner's price when the ranks
+        come to it from `compute_s` seconds of compute (None: a long stretch); linear
+        between calibrate.py's short and long pieces, flat outside; 0 when not measured."""
+        cal = self.calibration
+        if not cal:
+            return 0.0
+        long_x, long_y = cal["together_s"], cal["sync_s"]
+        if compute_s is None or "sync_short_s" not in cal or compute_s >= long_x:
+            return long_y
+        short_x, short_y = cal["together_short_s"], cal["sync_short_s"]
+        if compute_s <= short_x:
+            return short_y
+        return short_y + (long_y - short_y) * (compute_s - short_x) / (long_x - short_x)
 
     def memory_budget(self) -> int:
         """Default per-rank budget: each host's memory divided by its ranks, the smallest."""
@@ -137,7 +145,8 @@ class Cluster:
                 + (f" in {len(racks)} racks" if len(racks) > 1 else "")
                 + f"; cores/host {sorted(set(self.cores_per_host.values()))}; links: {links}"
                 + (f"; measured compute share {self.calibration['share']:.2f}, collective wake-up "
-                   f"{self.calibration['sync_s'] * 1e3:.2f} ms" if self.calibration else "") + f" ({self.origin})")
+                   f"{self.calibration.get('sync_short_s', 0) * 1e3:.2f}-{self.calibration['sync_s'] * 1e3:.2f} ms"
+                   if self.calibration else "") + f" ({self.origin})")
 
     # ---------------------------------------------------------------- constructors
     @classmethod

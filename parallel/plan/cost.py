@@ -143,50 +143,65 @@ class CostModel:
         rows = [row for chunk in chunks for row in chunk]
         tp_groups = [grp for grp in g["tp"] if grp[0] in ranks]
         dp_groups = [grp for grp in g["dp"] if grp[0] in ranks]
-        tp_f = sum(self._calls(r["fwd_collectives"], tp_groups) for r in rows)
-        tp_b = sum(self._calls(r["bwd_collectives"], tp_groups) for r in rows)
+        tp_f = sum(self._calls(r["fwd_collectives"], tp_groups, share * r["fwd_s"]) for r in rows)
+        tp_b = sum(self._calls(r["bwd_collectives"], tp_groups, share * r["bwd_s"]) for r in rows)
         out = {"compute forward": share * sum(r["fwd_s"] for r in rows),
                "compute backward": share * sum(r["bwd_s"] for r in rows), "tp collectives": tp_f + tp_b}
-        z_f, z_b = self._zero_microbatch(c, rows, dp_groups, out["compute backward"])
+        z_f, z_b = self._zero_microbatch(c, rows, dp_groups, out["compute backward"], share)
         out["dp ZeRO per micro-batch"] = z_f + z_b
         out["F"] = out["compute forward"] + tp_f + z_f
         out["B"] = out["compute backward"] + tp_b + z_b
         return out
 
-    def _calls(self, calls, tp_groups):
-        return sum(self.pricer.collective(kind, nbytes, tp_groups) for kind, nbytes, _ in calls)
+    def _calls(self, calls, tp_groups, compute_s):
+        """A layer's collectives; the layer's compute is spread evenly between them (what
+        the wake-up cost depends on)."""
+        after = compute_s / max(1, len(calls))
+        return sum(self.pricer.collective(kind, nbytes, tp_groups, after) for kind, nbytes, _ in calls)
 
-    def _zero_microbatch(self, c, rows, dp_groups, backward_s):
+    def _zero_microbatch(self, c, rows, dp_groups, backward_s, share):
         """(forward, backward) seconds of ZeRO-2's reduce-scatter and ZeRO-3's gathers,
         issued inside every micro-batch."""
         if c.dp == 1 or c.zero_stage < 2:
             return 0.0, 0.0
         pb = self.s.param_bytes
         if c.zero_stage == 2:
-            f, b = 0.0, self._bucketed("reduce_scatter", sum(r["params"] for r in rows) * pb, dp_groups)
+            f, b = 0.0, self._bucketed("reduce_scatter", sum(r["params"] for r in rows) * pb, dp_groups, backward_s)
         else:
             f = b = 0.0
             for r in rows:
-                unit_bytes = r["params"] * pb / max(1, r["units"])
-                gather = self.pricer.collective("allgather", unit_bytes, dp_groups)
-                check = self.pricer.collective("allgather", 24 * c.dp, dp_groups)   # control-flow check
-                f += r["units"] * (gather + check)
-                b += r["units"] * (gather + check + self.pricer.collective("reduce_scatter", unit_bytes, dp_groups))
+                units = max(1, r["units"])
+                unit_bytes = r["params"] * pb / units
+                gather = self.pricer.collective("allgather", unit_bytes, dp_groups, 0.0)
+                rs = self.pricer.collective("reduce_scatter", unit_bytes, dp_groups, 0.0)
+                # the control-flow check opens each unit's use, after the previous unit's compute
+                check_f = self.pricer.collective("allgather", 24 * c.dp, dp_groups, share * r["fwd_s"] / units)
+                check_b = self.pricer.collective("allgather", 24 * c.dp, dp_groups, share * r["bwd_s"] / units)
+                f += units * (gather + check_f)
+                b += units * (gather + check_b + rs)
         if self.overlap:    # a spare core per rank: the backward's collectives run beside it
             b -= min(b, backward_s)
         return f, b
 
-    def _bucketed(self, kind, nbytes, groups):
+    def _bucketed(self, kind, nbytes, groups, compute_s=None):
+        """nbytes in 25 MiB buckets; `compute_s` spread over them (None: the first comes
+        after a long stretch of compute, the others right after it)."""
         full, rest = divmod(int(nbytes), BUCKET_BYTES)
-        return (full * self.pricer.collective(kind, BUCKET_BYTES, groups)
-                + (self.pricer.collective(kind, rest, groups) if rest else 0.0))
+        n = full + (1 if rest else 0)
+        if compute_s is None:
+            afters = [None] + [0.0] * (n - 1)
+        else:
+            afters = [compute_s / max(1, n)] * n
+        sizes = [BUCKET_BYTES] * full + ([rest] if rest else [])
+        return sum(self.pricer.collective(kind, size, groups, a) for size, a in zip(sizes, afters))
 
     # ------------------------------------------------------------------ pipeline
     def _p2p(self, c, g, per_rank):
         if c.pp == 1:
             return 0.0
         out = max(chunk[-1]["out_bytes"] for chunks in per_rank for chunk in chunks)
-        return self.pricer.collective("send", out + P2P_HEADER_BYTES, pairs(g["pp"]))
+        fwd = min(sum(r["fwd_s"] for r in chunk) for chunks in per_rank for chunk in chunks)
+        return self.pricer.collective("send", out + P2P_HEADER_BYTES, pairs(g["pp"]), fwd * max(self.share.values()))
 
     def _pipeline(self, c, m, f, b, p2p):
         """The schedule checker's report for per-rank costs (f, b) and p2p per message.
@@ -217,11 +232,13 @@ class CostModel:
         terms["dp gradient sync"] = sync
         terms["optimizer step"] = opt
         world = [list(range(len(c.rank_order)))]
-        terms["control (status, loss)"] = (self.pricer.collective("allgather", 16 * len(c.rank_order), world)
-                                           + self.pricer.collective("allreduce", 8, g["dp"]))
+        # the status all-gather follows the pipeline's last message; the loss allreduce the
+        # optimizer step; the norm allreduces follow each other
+        terms["control (status, loss)"] = (self.pricer.collective("allgather", 16 * len(c.rank_order), world, 0.0)
+                                           + self.pricer.collective("allreduce", 8, g["dp"], opt))
         if self.s.clip:
             axes = ("tp", "pp") + (("dp",) if c.zero_stage else ())
-            terms["clip (norm allreduces)"] = sum(self.pricer.collective("allreduce", 8, g[a]) for a in axes)
+            terms["clip (norm allreduces)"] = sum(self.pricer.collective("allreduce", 8, g[a], 0.0) for a in axes)
         return terms
 
     def _dp_sync(self, c, nbytes, dp_groups):

@@ -55,6 +55,13 @@ def test_a_planned_placement_runs_as_planned(tmp_path):
     assert all(str(sorted(g)) in line for g in inside), line
 
 
+def test_hcomm_plan_is_a_console_script():
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("hcomm-plan") == "hcomm.parallel.plan.cli:main"
+
+
 def test_cli_prints_the_table_the_config_and_the_memory(tmp_path):
     cfg_path = tmp_path / "cfg.json"
     cli = [sys.executable, "-m", "hcomm.parallel.plan.cli", "--cluster", CLUSTER]
