@@ -1,11 +1,10 @@
 """Detect the job's machines: hcomm's topology (probe + fitted links) plus two numbers the
 tuner's alpha-beta model does not hold, measured on the ranks themselves.
 
-    share    how much slower a rank computes when every rank computes at once than one
-             rank alone (reported only: on the loaded 2-core machine it came out near 4
-             for 4 ranks where the training steps ran as ranks / cores = 2 predicts, so
-             the cost model uses ranks / cores, and piece_s to rescale the profile)
-    piece_s  one piece of compute on rank 0 alone: the machine's speed now
+    together_s  one piece of compute on each rank while every rank computes at once: the
+             cost model scales the profile's times by together_s over the same piece
+             timed alone during the profile (time-sharing of cores and whatever else
+             loads the machine, measured as it is now); share = together / alone now
     sync_s   what one blocking collective costs beyond the tuner's price when the ranks
              reach it straight from compute: on a machine with more ranks than cores a
              rank that finished early has gone to sleep, and the last one to arrive may

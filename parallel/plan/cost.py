@@ -91,8 +91,7 @@ class CostModel:
     def __init__(self, cluster, pricer, profile, settings: Settings):
         self.cluster, self.pricer, self.profile, self.s = cluster, pricer, profile, settings
         machine = cluster.machine_of()
-        speed = self.speed_ratio(cluster, profile)
-        self.share = {r: speed * cluster.compute_share_of_rank(r) for r in range(cluster.world_size)}
+        self.share = {r: self.compute_factor(cluster, profile, r) for r in range(cluster.world_size)}
         counts = {}
         for r in range(cluster.world_size):
             counts[machine[r]] = counts.get(machine[r], 0) + 1
@@ -100,13 +99,14 @@ class CostModel:
         self.overlap = all(cluster.cores_of_machine(mc) >= 2 * n for mc, n in counts.items())
 
     @staticmethod
-    def speed_ratio(cluster, profile) -> float:
-        """Profile times rescaled to the machine's speed at calibration: the same numpy
-        piece timed alone in both (1 on a described cluster)."""
+    def compute_factor(cluster, profile, rank) -> float:
+        """How much slower than in the profile a rank computes in the job. Calibrated: the
+        numpy piece with every rank computing at once (now) over the same piece alone
+        during the profile, measured directly. Described: ranks per core (>= 1)."""
         cal = cluster.calibration or {}
-        if cal.get("piece_s") and profile.get("piece_s"):
-            return cal["piece_s"] / profile["piece_s"]
-        return 1.0
+        if cal.get("together_s") and profile.get("piece_s"):
+            return max(1.0, cal["together_s"] / profile["piece_s"])
+        return cluster.compute_share_of_rank(rank)
 
     def rows(self, c: Candidate):
         from .profile import shape_key
