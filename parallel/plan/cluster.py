@@ -195,12 +195,11 @@ class Cluster:
 
         if not os.path.exists(path):
             raise ValueError(f"topology file {path!r} does not exist")
-        topo = load(str(path))
+        with open(path) as f:
+            raw = json.load(f)
+        topo = load(distinct_hosts(raw))
         names = [h["name"] for h in topo["hosts"]]
-        cal = topo.get("planner")
-        if cal is None:       # hcomm's loader keeps only its own sections: read ours directly
-            with open(path) as f:
-                cal = json.load(f).get("planner")
+        cal = raw.get("planner")     # hcomm's loader keeps only its own sections
         if cores is None:
             cores = (cal or {}).get("cores") or _cores_from_ranks(topo)
         return cls(topo, {n: cores for n in names} if cores else {}, {n: memory for n in names} if memory else {},
@@ -223,6 +222,19 @@ class Cluster:
         names = [h["name"] for h in topo["hosts"]]
         return cls(topo, {n: cal["cores"] for n in names}, {}, origin="detected (hcomm probe, calibrated)",
                    calibration=cal)
+
+
+def distinct_hosts(raw: dict) -> dict:
+    """A topology dump whose hosts share a name (network-namespace hosts on one machine:
+    the dump names hosts by hostname) with the hosts numbered apart ("vm#0", "vm#1").
+    hcomm's loader places ranks by host name, so without this the dump of a namespace
+    cluster loads back as one host and every link prices as shared memory."""
+    names = [h["name"] for h in raw.get("hosts", [])]
+    if len(set(names)) == len(names):
+        return raw
+    out = dict(raw, hosts=[dict(h, name=f"{h['name']}#{i}") for i, h in enumerate(raw["hosts"])])
+    out.pop("planner", None)
+    return out
 
 
 def _cpu_count(text):

@@ -127,7 +127,9 @@ def resolve_cluster(cluster, world_size) -> Cluster:
     if isinstance(cluster, Cluster):
         return cluster
     if isinstance(cluster, dict):
-        return Cluster(_load(cluster), origin="topology dict")
+        from .cluster import distinct_hosts
+
+        return Cluster(_load(distinct_hosts(cluster)), origin="topology dict", calibration=cluster.get("planner"))
     if isinstance(cluster, str):
         return Cluster.from_file(cluster) if os.path.exists(cluster) else Cluster.describe(cluster)
     if cluster is not None:

@@ -213,3 +213,17 @@ def test_best_plan_is_a_config_train_gpt_accepts():
     assert cfg["model"] == BIG and cfg["train"]["schedule"] in ("1f1b", "gpipe", "interleaved")
     assert [e.step_s for e in result.ranked if e.fits] == sorted(e.step_s for e in result.ranked if e.fits)
     assert result.seconds < 60
+
+
+def test_namespace_hosts_of_one_machine_stay_apart():
+    # a dump of 2 namespace hosts on one 2-core machine: both hosts carry the hostname
+    ranks = [{"rank": r, "hostname": "vm", "host": "vm", "host_id": f"boot/vm/net:[{r // 2}]", "rack": "",
+              "numa": 0, "cpus": "0-1", "nics": [], "gpus": []} for r in range(4)]
+    dump = {"hosts": [{"name": "vm", "rack": "", "ranks": [0, 1]}, {"name": "vm", "rack": "", "ranks": [2, 3]}],
+            "links": {"tcp": {"alpha": 3e-5, "beta": 8e-9}}, "ranks": ranks}
+    result = plan(MODEL, 8, cluster=dump, profile=synthetic_profile())
+    cluster = result.cluster
+    assert cluster.host_of() == ["vm#0", "vm#0", "vm#1", "vm#1"] and cluster.machine_of() == ["vm"] * 4
+    assert cluster.compute_share_of_rank(0) == 2.0           # 4 ranks on the machine's 2 cores
+    pricer = Pricer(cluster)
+    assert pricer.collective("allreduce", 1 << 20, [[0, 2]]) > 5 * pricer.collective("allreduce", 1 << 20, [[0, 1]])
