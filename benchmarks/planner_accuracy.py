@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -244,6 +245,8 @@ def main(argv=None):
     ap.add_argument("--rate", default="1gbit", help="inter-host rate for cases b and c")
     ap.add_argument("--json", help="write every row and summary here")
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the namespace cluster is torn down on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     log(f"load before: {os.getloadavg()}")
     out = {}
