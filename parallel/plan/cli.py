@@ -14,6 +14,7 @@ file; its parallel keys are ignored except by --memory), else train_gpt.py's def
 """
 import argparse
 import json
+import os
 import sys
 
 DEFAULT_MODEL = {"vocab_size": 64, "seq_len": 32, "hidden": 64, "heads": 4, "n_layers": 4}
@@ -48,8 +49,11 @@ def _parser():
 def _inputs(args):
     config = {}
     if args.config:
-        with open(args.config) as f:
-            config = json.load(f)
+        try:
+            with open(args.config) as f:
+                config = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"hcomm-plan: cannot read --config {args.config}: {exc}")
     model = dict(json.loads(args.model) if args.model else config.get("model") or DEFAULT_MODEL)
     if args.seq_len:
         model["seq_len"] = args.seq_len
@@ -80,6 +84,7 @@ def main(argv=None) -> int:
     from hcomm.topology import parse_size
 
     from . import planner
+    from .cluster import Cluster
 
     config, model, gb = _inputs(args)
     budget = parse_size(args.budget) if args.budget else None
@@ -88,6 +93,10 @@ def main(argv=None) -> int:
         if not args.config:
             raise SystemExit("hcomm-plan: --memory needs --config cfg.json (the layout to size)")
         cfg = dict(config, model=model, global_batch_size=gb)
+        if cluster is None and not os.environ.get("HCOMM_TOPO_FILE"):
+            if not args.np:
+                raise SystemExit("hcomm-plan: --memory needs --np N (or --cluster / --topology)")
+            cluster = Cluster.from_hosts([args.np], origin=f"{args.np} ranks on one host")   # nothing started
         cl = planner.resolve_cluster(cluster, args.np)
         mem = planner.memory_of_config(cfg, cl, args.dtype, cache=not args.no_cache)
         if budget is not None:

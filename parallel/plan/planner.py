@@ -7,7 +7,7 @@ from .cluster import Cluster
 from .cost import CostModel, Estimate, Settings, chunks_of_rank, model_state
 from .pricing import Pricer
 from .profile import profile_gpt
-from .space import ModelShape, enumerate_candidates
+from .space import Candidate, ModelShape, enumerate_candidates
 
 # Defaults of examples/train_gpt.py's "model" and "train" sections (GPTConfig's fields).
 MODEL_KEYS = ("vocab_size", "seq_len", "hidden", "heads", "n_layers", "ffn_hidden", "init_std", "eps", "dropout")
@@ -158,8 +158,6 @@ def memory_of_config(config: dict, cluster, dtype="float32", profile=None, cache
     pcfg = ParallelConfig.from_config({k: v for k, v in config.items() if k not in ("model", "train")}, world)
     sp = pcfg.sequence_parallel
     prof = profile or profile_gpt(model, [(pcfg.tp, pcfg.micro_batch_size, sp)], dtype, cache=cache)
-    from .space import Candidate
-
     order = tuple(config.get("rank_order") or range(world))
     sched = "interleaved" if pcfg.vpp > 1 else (config.get("train") or {}).get("schedule", "1f1b")
     cand = Candidate(pcfg.dp, pcfg.tp, pcfg.pp, pcfg.vpp, sched, pcfg.zero_stage, pcfg.micro_batch_size, sp,

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-_COLLECTIVES = {  # torch.distributed name -> (tuner collective, total bytes from (args))
+_COLLECTIVES = {  # torch.distributed entry point -> the collective the tuner prices it as
     "all_reduce": "allreduce",
     "all_gather": "allgather",
     "all_gather_into_tensor": "allgather",
@@ -274,8 +274,12 @@ def machine_id():
     return f"{platform.node()}|{cpu}|{os.cpu_count()}|torch {torch.__version__}"
 
 
+PROFILE_FORMAT = 2   # bump when what a profile records changes, so old caches are not read
+
+
 def _cache_path(model_section, dtype):
-    key = json.dumps({"machine": machine_id(), "model": model_section, "dtype": dtype}, sort_keys=True)
+    key = json.dumps({"machine": machine_id(), "model": model_section, "dtype": dtype, "format": PROFILE_FORMAT},
+                     sort_keys=True)
     root = Path(os.environ.get("HCOMM_PLAN_CACHE", Path.home() / ".cache" / "hcomm" / "plan"))
     return root / f"profile-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
@@ -310,8 +314,10 @@ def profile_gpt(model_section, shapes, dtype="float32", repeat=5, cache=True, ti
 def _run_child(model_section, shapes, dtype, repeat, timeout):
     request = json.dumps({"model": model_section, "shapes": shapes, "dtype": dtype, "repeat": repeat})
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "hcomm.parallel.plan.profile"], input=request, text=True,
-                          capture_output=True, timeout=timeout, env=env)
+    # -c rather than -m: the package's __init__ already imports this module
+    code = "from hcomm.parallel.plan.profile import _main; _main()"
+    proc = subprocess.run([sys.executable, "-c", code], input=request, text=True, capture_output=True,
+                          timeout=timeout, env=env)
     if proc.returncode:
         raise RuntimeError(f"the layer profile failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
