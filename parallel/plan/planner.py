@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from .cluster import Cluster
-from .cost import CostModel, Estimate, Settings, chunks_of_rank, model_state
+from .cost import CostModel, Estimate, Settings, chunks_of_rank
 from .pricing import Pricer
 from .profile import profile_gpt
 from .space import Candidate, ModelShape, enumerate_candidates
@@ -239,5 +239,5 @@ def format_memory(mem: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PlanResult", "format_explain", "format_memory", "format_table", "memory_of_config", "model_state",
-           "plan", "resolve_cluster"]
+__all__ = ["PlanResult", "format_explain", "format_memory", "format_table", "memory_of_config", "plan",
+           "resolve_cluster"]
