@@ -1,0 +1,143 @@
+"""The one-process layer profile (against the dense model and the tensor layers' own
+collectives) and the planner's memory terms against parallel/zero/memory.py."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hcomm.parallel.plan import Cluster, memory_of_config, model_state
+from hcomm.parallel.plan.profile import profile_gpt, shape_key
+
+MODEL = {"vocab_size": 48, "seq_len": 12, "hidden": 40, "heads": 4, "n_layers": 3}
+
+
+@pytest.fixture(scope="module")
+def prof(tmp_path_factory):
+    import os
+
+    cache = tmp_path_factory.mktemp("plan-cache")
+    old = os.environ.get("HCOMM_PLAN_CACHE")
+    os.environ["HCOMM_PLAN_CACHE"] = str(cache)
+    try:
+        first = profile_gpt(MODEL, [(1, 3, False), (2, 3, False), (2, 3, True), (1, 5, False)], repeat=2)
+        again = profile_gpt(MODEL, [(2, 3, False)], repeat=2)
+    finally:
+        if old is None:
+            os.environ.pop("HCOMM_PLAN_CACHE")
+        else:
+            os.environ["HCOMM_PLAN_CACHE"] = old
+    return first, again
+
+
+def _dense_params():
+    from hcomm.parallel.models import GPT, GPTConfig
+    from hcomm.parallel.tensor import partition_dim
+
+    model = GPT(GPTConfig(**MODEL))
+    rows = []
+    for layer in model.layers:
+        named = list(layer.named_parameters())
+        sharded = sum(p.numel() for n, p in named if partition_dim(layer, n) is not None)
+        rows.append((sum(p.numel() for _, p in named), sharded))
+    return rows
+
+
+def test_shard_sizes_match_the_dense_model(prof):
+    first, _ = prof
+    dense = _dense_params()
+    for tp in (1, 2):
+        rows = first["shapes"][shape_key(tp, 3, False)]
+        assert len(rows) == MODEL["n_layers"] + 2
+        for row, (total, sharded) in zip(rows, dense):
+            assert row["params"] == total - sharded + sharded // tp, row["name"]
+
+
+def test_collectives_are_the_tensor_layers_own(prof):
+    first, _ = prof
+    mb, s, h = 3, MODEL["seq_len"], MODEL["hidden"]
+    act = mb * s * h * 4
+    dense = first["shapes"][shape_key(1, 3, False)]
+    assert all(not r["fwd_collectives"] and not r["bwd_collectives"] for r in dense)
+    block = first["shapes"][shape_key(2, 3, False)][1]
+    # row-parallel outputs allreduce forward, column-parallel inputs allreduce backward
+    assert block["fwd_collectives"] == [["allreduce", act, 2]] * 2
+    assert block["bwd_collectives"] == [["allreduce", act, 2]] * 2
+    sp_block = first["shapes"][shape_key(2, 3, True)][1]
+    kinds = sorted(k for k, _, _ in sp_block["fwd_collectives"])
+    assert kinds == ["allgather", "allgather", "reduce_scatter", "reduce_scatter"]
+    assert all(n == act for _, n, _ in sp_block["fwd_collectives"])
+    assert sp_block["out_bytes"] == act // 2                   # the residual stream is sequence-sharded
+
+
+def test_saved_activations_grow_with_the_micro_batch_and_shrink_with_tp(prof):
+    first, _ = prof
+    b3, b5 = (first["shapes"][shape_key(1, mb, False)][1] for mb in (3, 5))
+    assert b5["saved_bytes"] == pytest.approx(b3["saved_bytes"] * 5 / 3, rel=0.02)
+    assert b5["out_bytes"] == b3["out_bytes"] * 5 // 3
+    tp2 = first["shapes"][shape_key(2, 3, False)][1]
+    assert tp2["saved_bytes"] < b3["saved_bytes"]
+    assert all(r["fwd_s"] > 0 and r["bwd_s"] > 0 for r in first["shapes"][shape_key(1, 3, False)])
+
+
+def test_the_profile_is_cached_per_machine_and_model(prof):
+    first, again = prof
+    assert first["measured_s"] > 0 and again["measured_s"] == 0
+    assert again["shapes"][shape_key(2, 3, False)] == first["shapes"][shape_key(2, 3, False)]
+
+
+_ZERO_PLAN = textwrap.dedent("""
+    import json, sys, torch, torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from hcomm.parallel.zero import ZeroOptimizer
+    n, stage = int(sys.argv[1]), int(sys.argv[2])
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=n)
+    model = torch.nn.Sequential(torch.nn.Linear(37, 29), torch.nn.LayerNorm(29), torch.nn.Linear(29, 11))
+    z = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, print_plan=False, lr=1e-3)
+    plan = z.memory_plan()
+    print(json.dumps({"psi": z.psi, "k": z.state_bytes_per_element,
+                      "rows": {r.name: r.formula_bytes for r in plan.rows}}))
+""")
+
+
+@pytest.mark.parametrize("n,stage", [(3, 1), (3, 2), (5, 3), (2, 3)])
+def test_model_state_terms_are_memory_py_formulas(n, stage):
+    proc = subprocess.run([sys.executable, "-c", _ZERO_PLAN, str(n), str(stage)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    mine = model_state(got["psi"], n, stage, 4, 0, got["k"])
+    for name in ("parameters", "gradients", "master weights", "optimizer state"):
+        assert mine[name] == pytest.approx(got["rows"][name]), name
+    assert got["k"] == 8
+
+
+def test_stage_zero_holds_what_plain_adamw_allocates():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(23, 17), torch.nn.Linear(17, 5))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 23)).sum().backward()
+    opt.step()
+    psi = sum(p.numel() for p in model.parameters())
+    mine = model_state(psi, 3, 0, 4, 0, 8)
+    assert mine["parameters"] == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert mine["gradients"] == sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
+    assert mine["optimizer state"] == sum(t.numel() * t.element_size() for s in opt.state.values()
+                                          for t in s.values() if t.dim() > 0)
+
+
+def test_memory_of_a_given_layout_without_processes(prof):
+    first, _ = prof
+    cfg = {"tensor_parallel_size": 2, "pipeline_stages": 2, "zero_stage": 1, "micro_batch_size": 3,
+           "global_batch_size": 6, "model": MODEL, "train": {"schedule": "1f1b"}}
+    mem = memory_of_config(cfg, Cluster.describe("hosts of 4 ranks"), profile=first)
+    per_rank = mem["per_pp_rank"]
+    assert len(per_rank) == 2
+    dense = _dense_params()
+    halves = [dense[:3], dense[3:]]       # 5 layers over 2 stages: 3 + 2
+    for mem_r, layers in zip(per_rank, halves):
+        psi = sum(t - s + s // 2 for t, s in layers)
+        assert mem_r["parameters"] == 4 * psi and mem_r["optimizer state"] == 8 * psi   # dp = 1
+    assert per_rank[0]["activations"] > 0 and mem["estimate"].memory == max(per_rank, key=lambda m: m["total"])
