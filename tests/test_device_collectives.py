@@ -122,6 +122,8 @@ def _check_moves(comm, cuda, seed):
                       for r in range(n)]
             want = np.concatenate([b[me * count:(me + 1) * count] for b in blocks])
             np.testing.assert_array_equal(from_dev(a2a_out, dtype), want, err_msg="alltoall")
+            comm.alltoall(a2a_in, a2a_in)  # in place
+            np.testing.assert_array_equal(from_dev(a2a_in, dtype), want, err_msg="alltoall in place")
             checks += 3
     return checks
 

@@ -294,8 +294,17 @@ WorkPtr Communicator::alltoallv(const void* in, std::vector<size_t> sendCounts, 
       throw Error("alltoallv: every count/displacement list needs " + std::to_string(size_) + " entries");
   CollectiveInfo info{"alltoall", CollKind::ALLTOALL, dt, std::accumulate(sendCounts.begin(), sendCounts.end(), size_t(0)), -1,
                       "pairwise", ReduceOp::SUM};
+  int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
-    algo::alltoallvPairwise(l, in, sendCounts, sendDispls, out, recvCounts, recvDispls);
+    const void* src = in;
+    if (in == out) {  // in place: send from a copy, in the collective's memory (host or device)
+      size_t end = 0;
+      for (int r = 0; r < n; ++r) end = std::max(end, (sendDispls[r] + sendCounts[r]) * dtypeSize(dt));
+      char* copy = l.scratch(end);
+      l.copy(copy, in, end);
+      src = copy;
+    }
+    algo::alltoallvPairwise(l, src, sendCounts, sendDispls, out, recvCounts, recvDispls);
   }, async);
 }
 
