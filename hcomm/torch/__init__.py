@@ -8,7 +8,10 @@ Importing registers the backend. Under mpirun, where neither torch's env:// vari
 in from Open MPI's environment so the unchanged init_process_group("hcomm") call works:
 rank and size from OMPI_COMM_WORLD_*, and rank 0's address plus a free port handed to
 every rank by one mpi4py broadcast (an MPI collective: every rank must import
-hcomm.torch, which it does anyway to use the backend). Variables already set win.
+hcomm.torch, which it does anyway to use the backend). Under srun the same variables
+come from Slurm's (hcomm.launch.adopt_slurm_environment: SLURM_PROCID, SLURM_NTASKS,
+SLURM_LOCALID, task 0's host from SLURM_STEP_NODELIST, a port from the job and step
+ids). Variables already set win.
 
 Differences from Gloo a user may meet:
 - dist.monitored_barrier() refuses every backend but Gloo inside torch 2.13, before the
@@ -26,6 +29,7 @@ Differences from Gloo a user may meet:
 """
 import torch.distributed as dist
 
+from ..launch import adopt_slurm_environment
 from .backend import ProcessGroupHcomm, create_hcomm
 from .mpi_env import adopt_mpi_environment
 
@@ -51,4 +55,5 @@ def _register():
 
 
 _register()
+adopt_slurm_environment()
 adopt_mpi_environment()
