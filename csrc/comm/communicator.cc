@@ -73,7 +73,35 @@ bool mpiRequired(const World& w) {
 
 }  // namespace
 
-World::~World() = default;
+World::~World() {
+  if (rescueFd >= 0) ::close(rescueFd);
+}
+
+// HCOMM_TOPO_FILE names ranks of the job as first launched; after a shrink, rank r of
+// the new world is the file's rank fileRanks[r], so the host lists are renumbered.
+static Json* member(Json& j, const std::string& key) {
+  for (auto& kv : j.obj)
+    if (kv.first == key) return &kv.second;
+  return nullptr;
+}
+
+static void renumberTopoFile(Json& file, const std::vector<int>& fileRanks) {
+  Json* hosts = member(file, "hosts");
+  if (!hosts) return;
+  for (Json& h : hosts->arr) {
+    Json* ranks = member(h, "ranks");
+    if (!ranks) continue;
+    std::vector<Json> kept;
+    for (const Json& r : ranks->arr) {
+      auto it = std::find(fileRanks.begin(), fileRanks.end(), static_cast<int>(r.num));
+      if (r.type != Json::NUM || it == fileRanks.end()) continue;
+      Json renamed = r;
+      renamed.num = static_cast<double>(it - fileRanks.begin());
+      kept.push_back(renamed);
+    }
+    ranks->arr = kept;
+  }
+}
 
 // After a failure some requests may still point into the caller's buffers: fail them all
 // (as NCCL aborts a communicator) so no byte lands in memory the caller got back.
@@ -90,6 +118,13 @@ void abortWorld(World& w, const std::string& why) {
 
 std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std::string& uniqueId,
                                                    double timeoutSec) {
+  std::vector<int> identity(size > 0 ? size : 0);
+  std::iota(identity.begin(), identity.end(), 0);
+  return createWorld(rank, size, uniqueId, timeoutSec, identity);
+}
+
+std::shared_ptr<Communicator> Communicator::createWorld(int rank, int size, const std::string& uniqueId,
+                                                        double timeoutSec, const std::vector<int>& fileRanks) {
   if (size < 1) throw Error("communicator size must be >= 1, got " + std::to_string(size));
   if (rank < 0 || rank >= size)
     throw Error("rank " + std::to_string(rank) + " is out of range for size " + std::to_string(size));
@@ -97,6 +132,7 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   world->rank = rank;
   world->size = size;
   world->timeoutSec = timeoutSec;
+  world->fileRanks = fileRanks;
   UniqueId id;
   std::vector<std::string> records;
   std::string myHost = hostIdentity();
@@ -106,21 +142,27 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   Json topoFile;
   if (!topoPath.empty()) {
     topoFile = loadTopoFile(topoPath);
+    renumberTopoFile(topoFile, fileRanks);
     TopoFilePlacement place = placementFor(topoFile, rank);
     if (!place.host.empty()) myHost = "file:" + place.host;
   }
   std::unique_ptr<TcpTransport> tcp;
   transportChoice(*world);
   std::string myMachine = machineIdentity();
+  std::string rescueAddr = "-";
   if (size == 1) {
     id.token = randomToken();
     records = {myHost + "\n" + std::to_string(getpid()) + "\n-\n" + mpiIdentity(mpiRequired(*world)) + "\n" +
-               myMachine};
+               myMachine + "\n-"};
   } else {
     id = UniqueId::parse(uniqueId);
-    tcp.reset(new TcpTransport(rank, chooseLocalIp(id.host), id.token, timeoutSec));
+    std::string ip = chooseLocalIp(id.host);
+    tcp.reset(new TcpTransport(rank, ip, id.token, timeoutSec));
+    int rescuePort = 0;
+    world->rescueFd = listenOn(ip, 0, &rescuePort);
+    rescueAddr = ip + ":" + std::to_string(rescuePort);
     std::string record = myHost + "\n" + std::to_string(getpid()) + "\n" + tcp->address() + "\n" +
-                         mpiIdentity(mpiRequired(*world)) + "\n" + myMachine;
+                         mpiIdentity(mpiRequired(*world)) + "\n" + myMachine + "\n" + rescueAddr;
     records = rendezvous(id, rank, size, record, timeoutSec);
   }
   world->token = id.token;
@@ -129,7 +171,8 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   int onMachine = 0;  // ranks sharing this machine's CPUs (simulated hosts included)
   for (int r = 0; r < size; ++r) {
     auto fields = splitLines(records[r]);
-    if (fields.size() != 5) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
+    if (fields.size() != 6) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
+    world->rescueAddrs.push_back(fields[5]);
     if (fields[4] == myMachine) ++onMachine;
     world->hostIds.push_back(fields[0]);
     addrs[r] = fields[2];
@@ -239,6 +282,11 @@ void Communicator::close() {
   world_->shm->releaseBoardSlot(boardSlot_);
   routes_.clear();
   world_.reset();
+}
+
+void Communicator::abort(const std::string& why) {
+  if (closed_) throw Error("communicator is closed");
+  abortWorld(*world_, why.empty() ? "aborted by the user" : why);
 }
 
 void Communicator::checkUsable() const {
