@@ -253,7 +253,12 @@ std::pair<std::vector<int>, std::string> Shrinker::lead() {
       if (r != me_ && !exclude_.count(r) && !dead_.count(r) && !joined.count(r)) out.insert(r);
     return out;
   };
-  for (std::set<int> silent = waitingFor(); !silent.empty() && Clock::now() < deadline_; silent = waitingFor()) {
+  // Stop waiting a little before the deadline, so that followers (who wait until the
+  // deadline itself) receive the verdict naming the silent ranks rather than time out.
+  double total = std::chrono::duration<double>(deadline_ - Clock::now()).count();
+  auto stopAt = deadline_ - std::chrono::duration_cast<Clock::duration>(
+                                std::chrono::duration<double>(std::min(1.0, 0.2 * total)));
+  for (std::set<int> silent = waitingFor(); !silent.empty() && Clock::now() < stopAt; silent = waitingFor()) {
     struct pollfd pf = {w_.rescueFd, POLLIN, 0};
     if (poll(&pf, 1, 50) > 0) {
       int fd = accept4(w_.rescueFd, nullptr, nullptr, SOCK_CLOEXEC);
