@@ -26,14 +26,19 @@ Differences from Gloo a user may meet:
 - A per-op opts.timeout is not used; the group's timeout (init_process_group /
   new_group, or ProcessGroupHcomm.set_timeout) bounds every operation. After an error
   the core aborts that communicator: later calls on the group fail at once.
+- After a rank dies, hcomm.torch.shrink_world() lets the survivors go on without a
+  restart (hcomm agrees on who is left, torch is initialised again on them);
+  ProcessGroupHcomm.abort() fails in-flight work here and on the peers waiting on it.
+  docs/recovery.md.
 """
 import torch.distributed as dist
 
 from ..launch import adopt_slurm_environment
 from .backend import ProcessGroupHcomm, create_hcomm
+from .elastic import shrink_world
 from .mpi_env import adopt_mpi_environment
 
-__all__ = ["ProcessGroupHcomm", "monitored_barrier"]
+__all__ = ["ProcessGroupHcomm", "monitored_barrier", "shrink_world"]
 
 BACKEND_NAME = "hcomm"
 

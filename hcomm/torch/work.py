@@ -22,6 +22,10 @@ import torch
 import torch.distributed as dist
 
 
+def _value(fut):
+    return fut.value()  # raises the operation's error inside then(): a real error downstream
+
+
 def _as_error(what, message):
     return dist.DistBackendError(f"hcomm {what} failed: {message}")
 
@@ -100,7 +104,13 @@ class HcommWork(dist.Work):
         if self._fut is None:
             self._fut = torch.futures.Future()
             self._fut.set_result(self._result)
-        return self._fut
+            return self._fut
+        # torch's Python Future.set_exception stores the exception as the future's value:
+        # a C++ reader (DDP's default allreduce hook takes the value as tensors) sees no
+        # error and crashes on it. A then() whose callback re-raises carries a real error.
+        if getattr(self, "_cpp_fut", None) is None:
+            self._cpp_fut = self._fut.then(_value)
+        return self._cpp_fut
 
     def is_completed(self):
         return self._fut is None or self._fut.done()
