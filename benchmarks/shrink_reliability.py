@@ -4,7 +4,9 @@ right? Optionally a second rank is killed while the survivors shrink.
 
     .venv/bin/python benchmarks/shrink_reliability.py --trials 50 --ranks 4
     .venv/bin/python benchmarks/shrink_reliability.py --trials 50 --ranks 5 --netns 2   # tcp between 2 namespace hosts (root)
+    .venv/bin/python benchmarks/shrink_reliability.py --trials 50 --ranks 5 --topo 2,3   # simulated hosts: tcp + shm
     .venv/bin/python benchmarks/shrink_reliability.py --trials 10 --ranks 5 --second-kill
+    .venv/bin/python benchmarks/shrink_reliability.py --elastic 5    # examples/train_elastic.py: kill -> resumed
 
 One trial: N processes run hcomm.init() and a stream of allreduces (random sizes,
 checked against numpy); once all are in the stream the driver SIGKILLs a random rank
@@ -167,8 +169,19 @@ def main():
     ap.add_argument("--timeout", type=float, default=20.0, help="HCOMM_TIMEOUT of every rank")
     ap.add_argument("--second-kill", action="store_true")
     ap.add_argument("--netns", type=int, default=0, help="spread the ranks over this many namespace hosts")
+    ap.add_argument("--topo", help="simulated hosts by HCOMM_TOPO_FILE: ranks per host, e.g. 2,3")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--elastic", type=int, default=0, help="instead: this many kill runs of train_elastic.py")
     args = ap.parse_args()
+    if args.elastic:
+        return elastic(args.elastic, args.ranks, args.seed)
+    hosts = None
+    if args.topo:
+        sizes = [int(k) for k in args.topo.split(",")]
+        if sum(sizes) != args.ranks:
+            ap.error(f"--topo {args.topo} places {sum(sizes)} ranks, not --ranks {args.ranks}")
+        starts = [sum(sizes[:h]) for h in range(len(sizes))]
+        hosts = [{"name": f"h{h}", "ranks": list(range(starts[h], starts[h] + k))} for h, k in enumerate(sizes)]
     cluster = None
     if args.netns:
         from hcomm.topology import NetnsCluster
@@ -179,7 +192,7 @@ def main():
     rows = []
     try:
         for t in range(args.trials):
-            v = run_trial(args.ranks, args.seed * 1000 + t, args.timeout, args.second_kill, cluster)
+            v = run_trial(args.ranks, args.seed * 1000 + t, args.timeout, args.second_kill, cluster, hosts)
             rows.append(v)
             print(json.dumps({"trial": t, **v}), flush=True)
     finally:
@@ -187,7 +200,8 @@ def main():
             cluster.__exit__(None, None, None)
     times = sorted(v["kill_to_shrunk_s"] for v in rows if v["kill_to_shrunk_s"] is not None)
     print(json.dumps({
-        "trials": len(rows), "ranks": args.ranks, "netns_hosts": args.netns, "second_kill": args.second_kill,
+        "trials": len(rows), "ranks": args.ranks, "netns_hosts": args.netns, "topo": args.topo,
+        "second_kill": args.second_kill,
         "hangs": sum(bool(v["hung"]) for v in rows),
         "all_shrunk": sum(v["shrunk"] == v["survivors"] for v in rows),
         "membership_disagreements": sum(not v["same_membership"] for v in rows),
@@ -195,6 +209,36 @@ def main():
         "wrong_allreduce": sum(not v["correct"] for v in rows),
         "kill_to_shrunk_s": {"min": times[0], "median": times[len(times) // 2], "max": times[-1]} if times else None,
     }))
+
+
+def elastic(runs, ranks, seed, timeout=20):
+    """examples/train_elastic.py at dp=ranks, a random rank killed in a random step: the
+    seconds from the kill to the survivors' resumed training (checkpoint reloaded)."""
+    example = os.path.join(os.path.dirname(HERE), "examples", "train_elastic.py")
+    rng, times = random.Random(seed), []
+    for run in range(runs):
+        tmp = tempfile.mkdtemp(prefix="hcomm-elastic-")
+        victim, step = rng.randrange(ranks), rng.randrange(2, 6)
+        port = 20000 + rng.randrange(10000)
+        procs = []
+        for r in range(ranks):
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("HCOMM_", "SLURM_", "OMPI_"))}
+            env.update(RANK=str(r), WORLD_SIZE=str(ranks), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port), HCOMM_TIMEOUT=str(timeout), OMP_NUM_THREADS="1")
+            procs.append(subprocess.Popen([sys.executable, example, "--ckpt", os.path.join(tmp, "ck"), "--json",
+                                           os.path.join(tmp, "out"), "--set", "train.steps=6", "--kill-rank",
+                                           str(victim), "--kill-step", str(step), "--seed", str(run)],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for p in procs:
+            p.wait(timeout=300)
+        killed = float(open(os.path.join(tmp, "out.killed")).read())
+        resumed = [json.load(open(os.path.join(tmp, f"out.{r}")))["events"]["resumed_at"]
+                   for r in range(ranks) if r != victim]
+        times.append(max(resumed) - killed)
+        print(json.dumps({"run": run, "victim": victim, "step": step + 1, "kill_to_resumed_s": times[-1]}), flush=True)
+    times.sort()
+    print(json.dumps({"elastic_runs": runs, "ranks": ranks, "kill_to_resumed_s":
+                      {"min": times[0], "median": times[len(times) // 2], "max": times[-1]}}))
 
 
 if __name__ == "__main__":
