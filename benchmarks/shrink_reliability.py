@@ -13,7 +13,8 @@ checked against numpy); once all are in the stream the driver SIGKILLs a random 
 after a random delay (0-300 ms). Survivors catch the error and call shrink(); each
 reports the new membership (old ranks, by an allgather on the new communicator) and
 checks one allreduce there against numpy. With --second-kill the driver kills another
-survivor 0-50 ms after the first survivor enters shrink(). A trial hangs when a process
+survivor 0-50 ms after the first survivor enters shrink() (the summary counts the
+trials where that victim had itself entered shrink() by then). A trial hangs when a process
 is still running HCOMM_TIMEOUT + 20 s after the kill. Prints one line per trial and a
 summary (hangs, membership disagreements, wrong results, kill-to-shrunk times).
 """
@@ -112,7 +113,7 @@ def run_trial(n, seed, timeout=20.0, second_kill=False, cluster=None, hosts=None
                                port=20000 + rng.randrange(10000))
     else:
         procs = _launch_local(n, env)
-    victims, started = [], time.monotonic()
+    victims, started, second_in_shrink = [], time.monotonic(), None
     if _wait_flags(flags, "loop", range(n), started + 60):
         time.sleep(rng.random() * 0.3)
         victims.append(rng.randrange(n))
@@ -123,6 +124,7 @@ def run_trial(n, seed, timeout=20.0, second_kill=False, cluster=None, hosts=None
             _any_flag(flags, "shrink", rest, time.monotonic() + timeout)
             time.sleep(rng.random() * 0.05)
             victims.append(rng.choice(rest))
+            second_in_shrink = os.path.exists(os.path.join(flags, f"shrink.{victims[1]}"))
             procs[victims[1]].send_signal(signal.SIGKILL)
     else:
         kill_time = time.time()
@@ -141,7 +143,7 @@ def run_trial(n, seed, timeout=20.0, second_kill=False, cluster=None, hosts=None
         lines = [line for line in out.splitlines() if line.startswith("{")]
         if r not in victims:
             reports[r] = json.loads(lines[-1]) if lines else {"rank": r, "crash": err.strip()[-300:]}
-    return _verdict(n, victims, reports, hung, kill_time)
+    return dict(_verdict(n, victims, reports, hung, kill_time), second_in_shrink=second_in_shrink)
 
 
 def _verdict(n, victims, reports, hung, kill_time):
@@ -203,6 +205,7 @@ def main():
         "trials": len(rows), "ranks": args.ranks, "netns_hosts": args.netns, "topo": args.topo,
         "second_kill": args.second_kill,
         "hangs": sum(bool(v["hung"]) for v in rows),
+        "second_victim_inside_shrink": sum(bool(v["second_in_shrink"]) for v in rows),
         "all_shrunk": sum(v["shrunk"] == v["survivors"] for v in rows),
         "membership_disagreements": sum(not v["same_membership"] for v in rows),
         "membership_not_survivors": sum(not v["membership_is_survivors"] for v in rows if v["shrunk"]),
@@ -218,7 +221,7 @@ def elastic(runs, ranks, seed, timeout=20):
     rng, times = random.Random(seed), []
     for run in range(runs):
         tmp = tempfile.mkdtemp(prefix="hcomm-elastic-")
-        victim, step = rng.randrange(ranks), rng.randrange(2, 6)
+        victim, step = rng.randrange(ranks), rng.randrange(2, 5)  # a step with another after it
         port = 20000 + rng.randrange(10000)
         procs = []
         for r in range(ranks):
