@@ -77,14 +77,14 @@ World::~World() {
   if (rescueFd >= 0) ::close(rescueFd);
 }
 
-// HCOMM_TOPO_FILE names ranks of the job as first launched; after a shrink, rank r of
-// the new world is the file's rank fileRanks[r], so the host lists are renumbered.
-static Json* member(Json& j, const std::string& key) {
+static Json* member(Json& j, const std::string& key) {  // Json::find, writable
   for (auto& kv : j.obj)
     if (kv.first == key) return &kv.second;
   return nullptr;
 }
 
+// HCOMM_TOPO_FILE names ranks of the job as first launched; after a shrink, rank r of
+// the new world is the file's rank fileRanks[r], so the host lists are renumbered.
 static void renumberTopoFile(Json& file, const std::vector<int>& fileRanks) {
   Json* hosts = member(file, "hosts");
   if (!hosts) return;
