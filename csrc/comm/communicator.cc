@@ -116,6 +116,20 @@ void abortWorld(World& w, const std::string& why) {
 
 // ---------------------------------------------------------------- creation
 
+// The listener shrink() meets on (World::rescueFd), opened last, once every peer is
+// connected: the transport's own listener has closed by then, so a port scan during
+// init finds only that one, and this one holds no stranger before the job is up.
+static void openRescue(Communicator& comm, World& w, const std::string& ip) {
+  constexpr size_t kAddr = 64;
+  int port = 0;
+  w.rescueFd = listenOn(ip, 0, &port);
+  std::string mine = ip + ":" + std::to_string(port);
+  mine.resize(kAddr, '\0');
+  std::vector<char> all(kAddr * w.size);
+  comm.allgatherv(mine.data(), all.data(), std::vector<size_t>(w.size, kAddr), DataType::U8, false);
+  for (int r = 0; r < w.size; ++r) w.rescueAddrs.push_back(std::string(&all[kAddr * r], strnlen(&all[kAddr * r], kAddr)));
+}
+
 std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std::string& uniqueId,
                                                    double timeoutSec) {
   std::vector<int> identity(size > 0 ? size : 0);
@@ -149,20 +163,17 @@ std::shared_ptr<Communicator> Communicator::createWorld(int rank, int size, cons
   std::unique_ptr<TcpTransport> tcp;
   transportChoice(*world);
   std::string myMachine = machineIdentity();
-  std::string rescueAddr = "-";
+  std::string ip;
   if (size == 1) {
     id.token = randomToken();
     records = {myHost + "\n" + std::to_string(getpid()) + "\n-\n" + mpiIdentity(mpiRequired(*world)) + "\n" +
-               myMachine + "\n-"};
+               myMachine};
   } else {
     id = UniqueId::parse(uniqueId);
-    std::string ip = chooseLocalIp(id.host);
+    ip = chooseLocalIp(id.host);
     tcp.reset(new TcpTransport(rank, ip, id.token, timeoutSec));
-    int rescuePort = 0;
-    world->rescueFd = listenOn(ip, 0, &rescuePort);
-    rescueAddr = ip + ":" + std::to_string(rescuePort);
     std::string record = myHost + "\n" + std::to_string(getpid()) + "\n" + tcp->address() + "\n" +
-                         mpiIdentity(mpiRequired(*world)) + "\n" + myMachine + "\n" + rescueAddr;
+                         mpiIdentity(mpiRequired(*world)) + "\n" + myMachine;
     records = rendezvous(id, rank, size, record, timeoutSec);
   }
   world->token = id.token;
@@ -171,8 +182,7 @@ std::shared_ptr<Communicator> Communicator::createWorld(int rank, int size, cons
   int onMachine = 0;  // ranks sharing this machine's CPUs (simulated hosts included)
   for (int r = 0; r < size; ++r) {
     auto fields = splitLines(records[r]);
-    if (fields.size() != 6) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
-    world->rescueAddrs.push_back(fields[5]);
+    if (fields.size() != 5) throw Error("bootstrap: malformed record from rank " + std::to_string(r));
     if (fields[4] == myMachine) ++onMachine;
     world->hostIds.push_back(fields[0]);
     addrs[r] = fields[2];
@@ -218,6 +228,7 @@ std::shared_ptr<Communicator> Communicator::createWorld(int rank, int size, cons
   };
   world->topology = buildTopology(ch, myHost, topoPath.empty() ? nullptr : &topoFile, topoPath);
   world->tuner = std::make_shared<Tuner>(world->topology);
+  if (size > 1) openRescue(*comm, *world, ip);
   return comm;
 }
 

@@ -110,6 +110,11 @@ class Communicator {
   // Fails every in-flight and later call of this communicator's world with `why`, and
   // tells the peers (their waits on this rank fail at once with the same cause).
   void abort(const std::string& why);
+  // "ip:port" of this rank's rescue listener ("" for one rank), the one listener a world
+  // keeps open after init (see World::rescueFd).
+  std::string rescueAddress() const {
+    return world_ && world_->size > 1 ? world_->rescueAddrs[world_->rank] : std::string();
+  }
   void close();
 
   WorkPtr allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,

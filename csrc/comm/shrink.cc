@@ -34,6 +34,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "comm/bootstrap.h"
 #include "comm/engine.h"
@@ -172,6 +173,7 @@ std::pair<std::vector<int>, std::string> Shrinker::follow(int leader) {
   while (fd == -1 && Clock::now() < deadline_) {  // -1: no answer yet; retry until refused or the deadline
     fd = tryConnect(w_.rescueAddrs[worldRanks_[leader]], after(1.0, deadline_));
     if (fd == -2) return {};
+    if (fd == -1) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // e.g. unreachable: no spin
   }
   if (fd < 0)
     throw TimeoutError("shrink: could not hear from rank " + std::to_string(leader) +
