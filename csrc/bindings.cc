@@ -167,6 +167,9 @@ PYBIND11_MODULE(_C, m) {
       .def("dump_flight_record", &Communicator::dumpFlightRecord)
       .def("choose_allreduce", &Communicator::chooseAllreduce)
       .def("split", &Communicator::split, Release())
+      .def("shrink", &Communicator::shrink, py::arg("exclude"), Release())
+      .def("abort", &Communicator::abort, py::arg("why"), Release())
+      .def("rescue_address", &Communicator::rescueAddress)
       .def("close", &Communicator::close, Release())
       .def("allreduce_arrays", &allreduceArrays)
       .def("allreduce", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt,

@@ -191,6 +191,30 @@ class Communicator:
         core = self._c.split(_int(color, "color"), self.rank if key is None else _int(key, "key"))
         return Communicator(core) if core is not None else None
 
+    def shrink(self, exclude=None, abort=False):
+        """A new communicator over the ranks still alive, after an error or proactively.
+
+        Every live rank not in `exclude` calls (excluded ranks do not). The callers agree
+        on who is left: ranks that died, before or during the agreement, are dropped;
+        `exclude` (ranks of this communicator) drops live ones too (the union of every
+        caller's list). Ranks are renumbered densely in their old order; the new
+        communicator has its own transports, topology and tuner. abort=True first aborts
+        this communicator's in-flight work on every reachable rank (as NCCL_SHRINK_ABORT).
+        Raises hcomm.Error naming the ranks it could not hear from within the timeout;
+        never hangs. This communicator stays as it was: close it. docs/recovery.md."""
+        ranks = [] if exclude is None else [self._check_root(r, "exclude rank") for r in exclude]
+        if self.rank in ranks:
+            raise InvalidArgument(f"rank {self.rank} is in exclude={ranks}: excluded ranks do not call shrink()")
+        if abort:
+            self.abort("aborted for shrink()")
+        return Communicator(self._c.shrink(sorted(set(ranks))))
+
+    def abort(self, reason="aborted by the user"):
+        """Fail every in-flight and later call of this communicator (and of every
+        communicator split from the same world) with `reason`, and tell the peers, whose
+        waits on this rank then fail at once with the same cause. shrink() still works."""
+        self._c.abort(str(reason))
+
     # ------------------------------------------------------------- helpers
     def _check_root(self, root, what="root"):
         """The rank `root` names, as an int: ints and integer scalars (np.int64) pass, a

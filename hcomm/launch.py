@@ -1,15 +1,19 @@
 """Who am I, how many are we, and how do we meet: read from the launcher's environment.
 
 Launchers understood: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT),
-Open MPI (OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK), PMIx (PMIX_RANK), Slurm
-(SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID).
+Open MPI (OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK), PMIx (PMIX_RANK), Slurm's srun
+(SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID / SLURM_NODEID, SLURM_STEP_NODELIST,
+SLURM_JOB_ID, SLURM_STEP_ID).
 
 The unique id (the bootstrap root's address and the job token) comes from, in order:
 HCOMM_UNIQUE_ID; torchrun's agent store; MASTER_ADDR:MASTER_PORT (rank 0 listens
-there); an MPI broadcast (mpi4py) under mpirun.
+there); under srun, the first host of SLURM_STEP_NODELIST (where task 0 runs: srun's
+default block distribution) and a port derived from the job and step ids; an MPI
+broadcast (mpi4py) under mpirun.
 """
 import hashlib
 import os
+import re
 
 from . import _C
 from ._errors import InvalidArgument
@@ -39,6 +43,92 @@ def local_rank():
     return 0 if v is None else v
 
 
+def expand_hostlist(text):
+    """Slurm's hostlist syntax to host names, in order, without calling scontrol:
+    'node[01-03,07],gpu5' -> ['node01', 'node02', 'node03', 'node07', 'gpu5'];
+    several brackets in one name expand as a product ('r[1-2]n[1-2]' -> r1n1, r1n2, r2n1,
+    r2n2); zero padding is kept. Raises InvalidArgument naming a malformed entry."""
+    names = []
+    for item in _top_level_split(text.strip()):
+        if not item:
+            raise InvalidArgument(f"hostlist {text!r}: empty entry")
+        names.extend(_expand_one(item, text))
+    return names
+
+
+def _top_level_split(text):
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += (c == "[") - (c == "]")
+        if depth < 0 or depth > 1:
+            raise InvalidArgument(f"hostlist {text!r}: unbalanced or nested brackets")
+        if c == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise InvalidArgument(f"hostlist {text!r}: unclosed bracket")
+    parts.append(text[start:])
+    return parts
+
+
+def _expand_one(item, text):
+    m = re.match(r"([^\[]*)\[([^\]]*)\](.*)$", item)
+    if not m:
+        return [item]
+    prefix, ranges, rest = m.groups()
+    tails = _expand_one(rest, text) if rest else [""]
+    out = []
+    for part in ranges.split(","):
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise InvalidArgument(f"hostlist {text!r}: bad range {part!r} in {item!r}")
+        hi = hi if sep else lo
+        if int(hi) < int(lo):
+            raise InvalidArgument(f"hostlist {text!r}: range {part!r} runs backwards")
+        width = len(lo) if lo.startswith("0") else 0
+        out.extend(f"{prefix}{n:0{width}d}{t}" for n in range(int(lo), int(hi) + 1) for t in tails)
+    return out
+
+
+def slurm_port(job_id, step_id):
+    """The rendezvous port of a Slurm step: the same on every task without talking, and
+    different for steps that may run at once (several sruns in one allocation). Kept
+    out of Linux's ephemeral range (32768-60999) so a client socket rarely holds it."""
+    return 12000 + (int(job_id) * 64 + int(step_id)) % 20000
+
+
+def under_slurm(environ=os.environ):
+    """Inside an srun step (not merely in an allocation, where sbatch's script runs)."""
+    return all(environ.get(k) not in (None, "") for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NODELIST",
+                                                           "SLURM_JOB_ID", "SLURM_STEP_ID"))
+
+
+def slurm_master(environ=os.environ):
+    """(MASTER_ADDR, MASTER_PORT) for an srun step: task 0's host and the step's port.
+    SLURM_SRUN_COMM_HOST is not it (that is where srun runs, maybe a login node)."""
+    hosts = expand_hostlist(environ["SLURM_STEP_NODELIST"])
+    return hosts[0], slurm_port(environ["SLURM_JOB_ID"], environ["SLURM_STEP_ID"])
+
+
+def adopt_slurm_environment(environ=os.environ):
+    """Under srun, fill in torch's env:// variables (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT, ...) from Slurm's, so init_process_group("hcomm") works
+    unchanged. Variables already set win. Returns True when it ran."""
+    if not under_slurm(environ):
+        return False
+    names = {"RANK": "SLURM_PROCID", "WORLD_SIZE": "SLURM_NTASKS", "LOCAL_RANK": "SLURM_LOCALID",
+             "GROUP_RANK": "SLURM_NODEID", "LOCAL_WORLD_SIZE": "SLURM_NTASKS_PER_NODE"}
+    for torch_name, slurm_name in names.items():
+        value = environ.get(slurm_name, "")
+        if torch_name not in environ and value.isdigit():  # NTASKS_PER_NODE may read "2(x3)"
+            environ[torch_name] = value
+    if "MASTER_ADDR" not in environ or "MASTER_PORT" not in environ:
+        addr, port = slurm_master(environ)
+        environ.setdefault("MASTER_ADDR", addr)
+        environ.setdefault("MASTER_PORT", str(port))
+    return True
+
+
 def under_mpi():
     return any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"))
 
@@ -62,8 +152,9 @@ def _from_agent_store(rank, size, timeout):
     return store.get(key).decode()
 
 
-def _from_master(rank, size, timeout):
-    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+def _from_master(rank, size, timeout, addr=None, port=None):
+    if addr is None:
+        addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     import socket
 
     ip = socket.gethostbyname(addr)
@@ -93,7 +184,10 @@ def exchange_unique_id(rank, size, timeout):
         return _from_agent_store(rank, size, timeout)
     if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
         return _from_master(rank, size, timeout)
+    if under_slurm():
+        addr, port = slurm_master()
+        return _from_master(rank, size, timeout, addr, port)
     if under_mpi():
         return _from_mpi(rank, size, timeout)
     raise InvalidArgument("no way to meet the other ranks: pass unique_id=, set HCOMM_UNIQUE_ID or "
-                          "MASTER_ADDR/MASTER_PORT, or launch with torchrun or mpirun")
+                          "MASTER_ADDR/MASTER_PORT, or launch with torchrun, srun or mpirun")

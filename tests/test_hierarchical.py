@@ -49,7 +49,6 @@ def _matrix_body(comm, hosts, counts):
     expect = ["shm" if hosts[q] == hosts[comm.rank] else "tcp" for q in range(comm.size)]
     assert comm.transports() == expect
     algo = comm._c.last_algorithm()
-    _settle(comm)
     return algo
 
 
@@ -72,7 +71,6 @@ def _big_body(comm, count):
     x = copy(inputs[comm.rank])
     _allreduce(comm, x, "sum", "hierarchical")
     check(x, reduce_ref(inputs, "sum", "float32"), "float32", comm.size)
-    _settle(comm)
     return True
 
 
@@ -92,7 +90,6 @@ def _auto_body(comm):
     x = np.ones(1 << 16, np.float32)  # 256 KiB: whatever the tuner picks must be right
     comm.allreduce(x)
     assert np.all(x == comm.size)
-    _settle(comm)
     return e64.chosen, e8.chosen, comm._c.choose_allreduce(64 << 20, "")
 
 
@@ -110,30 +107,8 @@ def test_tuner_picks_hierarchical_across_hosts_and_flat_on_one(tmp_path, monkeyp
         assert "hierarchical" not in (chosen64, chosen8)
 
 
-def _settle(comm):
-    """Meet before closing so that no rank closes a tcp link while a slower peer still has
-    to receive a message already sent on it (the transport then reports the peer gone).
-    Race-free by construction: rank 0 posts the receives of the last messages first, and
-    closes only after every other rank has received everything it will ever receive."""
-    one, buf = np.ones(1, np.uint8), np.zeros(1, np.uint8)
-    arrive, go, done = 7001, 7002, 7003
-    if comm.rank == 0:
-        pending = [comm.recv(np.zeros(1, np.uint8), peer=r, tag=done, async_op=True) for r in range(1, comm.size)]
-        for r in range(1, comm.size):
-            comm.recv(buf, peer=r, tag=arrive)
-        for r in range(1, comm.size):
-            comm.send(one, peer=r, tag=go)
-        for w in pending:
-            w.wait()
-    else:
-        comm.send(one, peer=0, tag=arrive)
-        comm.recv(buf, peer=0, tag=go)
-        comm.send(one, peer=0, tag=done)
-
-
 def _env_override_body(comm):
     out = hcomm.explain("allreduce", 64 << 20, comm=comm).chosen, hcomm.explain("allreduce", 64, comm=comm).why
-    _settle(comm)
     return out
 
 
@@ -155,7 +130,6 @@ def _bits_body(comm):
     g = np.empty(3001 * comm.size, np.float32)
     comm.allgather(make("float32", 3001, comm.rank, 8), g)
     out = x.tobytes() + y.tobytes() + b.tobytes() + g.tobytes(), algo
-    _settle(comm)
     return out
 
 
@@ -171,7 +145,6 @@ def test_deterministic_mode_gives_the_same_bits_every_run(tmp_path, monkeypatch)
 
 def _explain_measure_body(comm):
     e = hcomm.explain("allreduce", 4096, comm=comm, measure=True, iters=1)
-    _settle(comm)
     return str(e), [c.measured for c in e.candidates]
 
 
@@ -184,7 +157,6 @@ def test_explain_with_measurements(tmp_path, monkeypatch):
 
 def _topo_body(comm):
     topo = hcomm.topology.topology(comm)
-    _settle(comm)
     return topo
 
 
@@ -248,7 +220,6 @@ def _bcast_gather_body(comm, counts, roots, algo):
             comm.allgatherv(out[start:start + vc[comm.rank]], out, vc, algo=algo)
             assert np.array_equal(_raw(out), np.concatenate([_raw(p) for p in vparts])), f"allgatherv {dtype} {vc}"
     algos = comm._c.last_algorithm()
-    _settle(comm)
     return algos
 
 
@@ -270,7 +241,6 @@ def _big_bcast_gather_body(comm, count):
     parts = [make("float64", count // 7 + q, q, 10) for q in range(comm.size)]
     out = np.empty(sum(p.size for p in parts))
     comm.allgatherv(parts[comm.rank], out, [p.size for p in parts], algo="hierarchical")
-    _settle(comm)
     return np.array_equal(x, want) and np.array_equal(out, np.concatenate(parts))
 
 
@@ -292,7 +262,6 @@ def _explain_bcast_gather_body(comm):
     for collective in ("broadcast", "allgather"):
         e = hcomm.explain(collective, 64 << 20, comm=comm, root=1)
         out.append((e.chosen, e.why))
-    _settle(comm)
     return out
 
 
@@ -319,7 +288,6 @@ def _forced_runs_body(comm):
     comm.allgather(np.full(2, comm.rank, np.int32), out)
     g = comm._c.last_algorithm()
     ok = np.array_equal(x, np.arange(10)) and np.array_equal(out, np.repeat(np.arange(comm.size), 2))
-    _settle(comm)
     return b, g, ok
 
 

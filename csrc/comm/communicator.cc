@@ -73,7 +73,35 @@ bool mpiRequired(const World& w) {
 
 }  // namespace
 
-World::~World() = default;
+World::~World() {
+  if (rescueFd >= 0) ::close(rescueFd);
+}
+
+static Json* member(Json& j, const std::string& key) {  // Json::find, writable
+  for (auto& kv : j.obj)
+    if (kv.first == key) return &kv.second;
+  return nullptr;
+}
+
+// HCOMM_TOPO_FILE names ranks of the job as first launched; after a shrink, rank r of
+// the new world is the file's rank fileRanks[r], so the host lists are renumbered.
+static void renumberTopoFile(Json& file, const std::vector<int>& fileRanks) {
+  Json* hosts = member(file, "hosts");
+  if (!hosts) return;
+  for (Json& h : hosts->arr) {
+    Json* ranks = member(h, "ranks");
+    if (!ranks) continue;
+    std::vector<Json> kept;
+    for (const Json& r : ranks->arr) {
+      auto it = std::find(fileRanks.begin(), fileRanks.end(), static_cast<int>(r.num));
+      if (r.type != Json::NUM || it == fileRanks.end()) continue;
+      Json renamed = r;
+      renamed.num = static_cast<double>(it - fileRanks.begin());
+      kept.push_back(renamed);
+    }
+    ranks->arr = kept;
+  }
+}
 
 // After a failure some requests may still point into the caller's buffers: fail them all
 // (as NCCL aborts a communicator) so no byte lands in memory the caller got back.
@@ -90,8 +118,29 @@ void abortWorld(World& w, const std::string& why) {
 
 // ---------------------------------------------------------------- creation
 
+// The listener shrink() meets on (World::rescueFd), opened last, once every peer is
+// connected: the transport's own listener has closed by then, so a port scan during
+// init finds only that one, and this one holds no stranger before the job is up.
+static void openRescue(Communicator& comm, World& w, const std::string& ip) {
+  constexpr size_t kAddr = 64;
+  int port = 0;
+  w.rescueFd = listenOn(ip, 0, &port);
+  std::string mine = ip + ":" + std::to_string(port);
+  mine.resize(kAddr, '\0');
+  std::vector<char> all(kAddr * w.size);
+  comm.allgatherv(mine.data(), all.data(), std::vector<size_t>(w.size, kAddr), DataType::U8, false);
+  for (int r = 0; r < w.size; ++r) w.rescueAddrs.push_back(std::string(&all[kAddr * r], strnlen(&all[kAddr * r], kAddr)));
+}
+
 std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std::string& uniqueId,
                                                    double timeoutSec) {
+  std::vector<int> identity(size > 0 ? size : 0);
+  std::iota(identity.begin(), identity.end(), 0);
+  return createWorld(rank, size, uniqueId, timeoutSec, identity);
+}
+
+std::shared_ptr<Communicator> Communicator::createWorld(int rank, int size, const std::string& uniqueId,
+                                                        double timeoutSec, const std::vector<int>& fileRanks) {
   if (size < 1) throw Error("communicator size must be >= 1, got " + std::to_string(size));
   if (rank < 0 || rank >= size)
     throw Error("rank " + std::to_string(rank) + " is out of range for size " + std::to_string(size));
@@ -99,6 +148,7 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   world->rank = rank;
   world->size = size;
   world->timeoutSec = timeoutSec;
+  world->fileRanks = fileRanks;
   UniqueId id;
   std::vector<std::string> records;
   std::string myHost = hostIdentity();
@@ -108,19 +158,22 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   Json topoFile;
   if (!topoPath.empty()) {
     topoFile = loadTopoFile(topoPath);
+    renumberTopoFile(topoFile, fileRanks);
     TopoFilePlacement place = placementFor(topoFile, rank);
     if (!place.host.empty()) myHost = "file:" + place.host;
   }
   std::unique_ptr<TcpTransport> tcp;
   transportChoice(*world);
   std::string myMachine = machineIdentity();
+  std::string ip;
   if (size == 1) {
     id.token = randomToken();
     records = {myHost + "\n" + std::to_string(getpid()) + "\n-\n" + mpiIdentity(mpiRequired(*world)) + "\n" +
                myMachine};
   } else {
     id = UniqueId::parse(uniqueId);
-    tcp.reset(new TcpTransport(rank, chooseLocalIp(id.host), id.token, timeoutSec));
+    ip = chooseLocalIp(id.host);
+    tcp.reset(new TcpTransport(rank, ip, id.token, timeoutSec));
     std::string record = myHost + "\n" + std::to_string(getpid()) + "\n" + tcp->address() + "\n" +
                          mpiIdentity(mpiRequired(*world)) + "\n" + myMachine;
     records = rendezvous(id, rank, size, record, timeoutSec);
@@ -178,6 +231,7 @@ std::shared_ptr<Communicator> Communicator::create(int rank, int size, const std
   };
   world->topology = buildTopology(ch, myHost, topoPath.empty() ? nullptr : &topoFile, topoPath);
   world->tuner = std::make_shared<Tuner>(world->topology);
+  if (size > 1) openRescue(*comm, *world, ip);
   return comm;
 }
 
@@ -243,6 +297,11 @@ void Communicator::close() {
   world_->shm->releaseBoardSlot(boardSlot_);
   routes_.clear();
   world_.reset();
+}
+
+void Communicator::abort(const std::string& why) {
+  if (closed_) throw Error("communicator is closed");
+  abortWorld(*world_, why.empty() ? "aborted by the user" : why);
 }
 
 void Communicator::checkUsable() const {

@@ -71,6 +71,14 @@ struct World {
   std::vector<std::shared_ptr<Transport>> deviceTransports;
   std::mutex abortMu;
   std::string abortReason;
+  // Recovery (shrink.cc): every rank keeps a listener open for the world's lifetime, so
+  // survivors can meet after the transports were aborted; a dead rank's listener refuses
+  // connections, which is how survivors tell "dead" from "slow". rescueAddrs by world rank.
+  int rescueFd = -1;
+  std::vector<std::string> rescueAddrs;
+  std::mutex rescueMu;  // one shrink at a time per world
+  // HCOMM_TOPO_FILE rank of each world rank (identity, until a shrink renumbers).
+  std::vector<int> fileRanks;
   ~World();
 };
 
@@ -114,6 +122,21 @@ class Communicator {
   // Every rank calls; ranks with equal color form a new communicator ordered by
   // (key, rank). A negative color opts out and gets nullptr.
   std::shared_ptr<Communicator> split(int color, int key);
+  // Every live rank not in `exclude` (communicator ranks) calls, after an error or
+  // proactively: they agree on who is left (ranks that died, before or during the call,
+  // are dropped) and get a new communicator over them, ranks renumbered densely in the
+  // old order, with its own transports, topology and tuner. Raises naming the ranks it
+  // could not hear from within the timeout. This communicator is left as it was
+  // (close it). Semantics and the NCCL / torch comparison: docs/recovery.md; shrink.cc.
+  std::shared_ptr<Communicator> shrink(const std::vector<int>& exclude);
+  // Fails every in-flight and later call of this communicator's world with `why`, and
+  // tells the peers (their waits on this rank fail at once with the same cause).
+  void abort(const std::string& why);
+  // "ip:port" of this rank's rescue listener ("" for one rank), the one listener a world
+  // keeps open after init (see World::rescueFd).
+  std::string rescueAddress() const {
+    return world_ && world_->size > 1 ? world_->rescueAddrs[world_->rank] : std::string();
+  }
   void close();
 
   WorkPtr allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
@@ -152,6 +175,9 @@ class Communicator {
   Communicator(std::shared_ptr<World> world, std::vector<int> worldRanks, uint32_t id, double timeoutSec);
   // Wraps a new communicator so that it is never destroyed on its own progress thread.
   static std::shared_ptr<Communicator> own(Communicator* c);
+  // create() for the members of a shrink: fileRanks[r] places new rank r in HCOMM_TOPO_FILE.
+  static std::shared_ptr<Communicator> createWorld(int rank, int size, const std::string& uniqueId,
+                                                   double timeoutSec, const std::vector<int>& fileRanks);
   bool onWorkerThread() const;
   // Runs body(Links&, Work&) as call number `seq` (or as point-to-point): here when
   // blocking, after whatever was queued before; on the progress thread when async.
@@ -210,6 +236,7 @@ class Communicator {
   bool closed_ = false;
   uint64_t nextSeq_ = 0;
   uint32_t splits_ = 0;
+  uint32_t shrinks_ = 0;
   std::string lastAlgo_;
   std::shared_ptr<FlightRecorder> flight_;
   std::mutex deviceMu_;

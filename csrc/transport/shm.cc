@@ -485,7 +485,12 @@ void ShmTransport::failDeadPeers() {
     if (!cause.empty()) {
       failPeer(p, "rank " + std::to_string(p.rank) + " gave up after an error: " + cause);
     } else if (p.seg->pid != getpid() && !processAlive(p.seg->pid)) {
-      failPeer(p, "rank " + std::to_string(p.rank) + " (pid " + std::to_string(p.seg->pid) + ") has exited");
+      // What it published before it left is still in our segment: a peer that sent its
+      // last message and exited (closed early) must not lose it. Take it, then fail
+      // only what it can no longer complete.
+      progressRecvs(p);
+      if (!p.sending.empty() || !p.awaiting.empty() || !p.match.posted.empty() || p.inCurrent)
+        failPeer(p, "rank " + std::to_string(p.rank) + " (pid " + std::to_string(p.seg->pid) + ") has exited");
     }
   }
 }

@@ -1,6 +1,8 @@
 #include "transport/tcp.h"
 
+#include <linux/sockios.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -9,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <set>
+#include <thread>
 
 namespace hcomm {
 
@@ -77,9 +80,49 @@ TcpTransport::TcpTransport(int rank, const std::string& bindIp, const std::strin
 }
 
 TcpTransport::~TcpTransport() {
+  if (aborted_.empty()) closeGracefully();
   for (auto& kv : peers_)
     if (kv.second.fd >= 0) close(kv.second.fd);
   if (listenFd_ >= 0) close(listenFd_);
+}
+
+void TcpTransport::closeGracefully() {
+  // close() on a socket with unread bytes sends a reset, and a reset throws away what
+  // this side's kernel still holds unsent: a send that completed (it reached the kernel)
+  // would never reach a slower peer. So: finish queued frames, send FIN after them, and
+  // until every byte is acknowledged (SIOCOUTQ 0) read and drop whatever still arrives,
+  // so the final close finds nothing unread. Bounded by the timeout; a dead peer's
+  // connection errors at once and is let go.
+  auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeoutSec_));
+  std::vector<Peer*> open;
+  for (auto& kv : peers_) {
+    Peer& p = kv.second;
+    if (p.fd < 0 || !p.broken.empty()) continue;
+    bool moved = false;
+    while (!p.sending.empty() && p.broken.empty() && Clock::now() < deadline) {
+      if (writeFront(p, &moved)) continue;
+      struct pollfd f = {p.fd, POLLOUT, 0};
+      poll(&f, 1, pollMs(deadline));
+    }
+    if (p.broken.empty() && p.sending.empty()) {
+      shutdown(p.fd, SHUT_WR);
+      open.push_back(&p);
+    }
+  }
+  char sink[64 << 10];
+  while (!open.empty() && Clock::now() < deadline) {
+    std::vector<Peer*> still;
+    for (Peer* p : open) {
+      ssize_t r;
+      while ((r = ::recv(p->fd, sink, sizeof sink, MSG_DONTWAIT)) > 0) {
+      }
+      bool gone = r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+      int unsent = 0;
+      if (!gone && ioctl(p->fd, SIOCOUTQ, &unsent) == 0 && unsent > 0) still.push_back(p);
+    }
+    open.swap(still);
+    if (!open.empty()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
 }
 
 std::string TcpTransport::address() const { return ip_ + ":" + std::to_string(port_); }

@@ -8,6 +8,7 @@
 // listener is closed. Messages are a 32-byte header (magic, tag, length, fingerprint)
 // and the payload, written with non-blocking sockets by progress(); a receive that
 // reduces stages the payload through a small buffer and combines it as it lands.
+// Closing (the destructor) delivers what was sent: see closeGracefully().
 #pragma once
 #include <deque>
 #include <functional>
@@ -82,6 +83,7 @@ class TcpTransport : public Transport {
   };
 
   Peer& peerOf(int rank);
+  void closeGracefully();  // every byte sent reaches its peer's kernel before the close
   bool flush(Peer& p);
   bool drain(Peer& p);
   void startPayload(Peer& p);

@@ -12,7 +12,10 @@ difference: an async work's wait() also waits on the host for hcomm's progress t
 in from Open MPI's environment so the unchanged init_process_group("hcomm") call works:
 rank and size from OMPI_COMM_WORLD_*, and rank 0's address plus a free port handed to
 every rank by one mpi4py broadcast (an MPI collective: every rank must import
-hcomm.torch, which it does anyway to use the backend). Variables already set win.
+hcomm.torch, which it does anyway to use the backend). Under srun the same variables
+come from Slurm's (hcomm.launch.adopt_slurm_environment: SLURM_PROCID, SLURM_NTASKS,
+SLURM_LOCALID, task 0's host from SLURM_STEP_NODELIST, a port from the job and step
+ids). Variables already set win.
 
 Differences from Gloo a user may meet:
 - dist.monitored_barrier() refuses every backend but Gloo inside torch 2.13, before the
@@ -27,13 +30,19 @@ Differences from Gloo a user may meet:
 - A per-op opts.timeout is not used; the group's timeout (init_process_group /
   new_group, or ProcessGroupHcomm.set_timeout) bounds every operation. After an error
   the core aborts that communicator: later calls on the group fail at once.
+- After a rank dies, hcomm.torch.shrink_world() lets the survivors go on without a
+  restart (hcomm agrees on who is left, torch is initialised again on them);
+  ProcessGroupHcomm.abort() fails in-flight work here and on the peers waiting on it.
+  docs/recovery.md.
 """
 import torch.distributed as dist
 
+from ..launch import adopt_slurm_environment
 from .backend import ProcessGroupHcomm, create_hcomm
+from .elastic import shrink_world
 from .mpi_env import adopt_mpi_environment
 
-__all__ = ["ProcessGroupHcomm", "monitored_barrier"]
+__all__ = ["ProcessGroupHcomm", "monitored_barrier", "shrink_world"]
 
 BACKEND_NAME = "hcomm"
 DEVICES = ("cpu", "cuda")
@@ -56,4 +65,5 @@ def _register():
 
 
 _register()
+adopt_slurm_environment()
 adopt_mpi_environment()

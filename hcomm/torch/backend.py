@@ -84,6 +84,11 @@ class ProcessGroupHcomm(dist.ProcessGroup):
         self._completions.shutdown(wait=False)
 
     def abort(self):
+        """Really abort: in-flight and queued work fails at once (here and, through the
+        transports' abort notices, on every peer waiting on this rank), then the group
+        shuts down. hcomm.torch.shrink_world() goes on from there on the survivors."""
+        if not self._comm.closed:
+            self._comm.abort(f"ProcessGroupHcomm.abort() on rank {self._comm.rank} of group {self._group_name!r}")
         self.shutdown()
 
     def __repr__(self):

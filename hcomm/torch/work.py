@@ -27,6 +27,10 @@ import torch.distributed as dist
 from . import streams
 
 
+def _value(fut):
+    return fut.value()  # raises the operation's error inside then(): a real error downstream
+
+
 def _as_error(what, message):
     return dist.DistBackendError(f"hcomm {what} failed: {message}")
 
@@ -109,7 +113,13 @@ class HcommWork(dist.Work):
         if self._fut is None:  # a blocking call: its result is already ordered on the caller's stream
             self._fut = streams.new_future(self._stream)
             self._fut.set_result(self._result)
-        return self._fut
+            return self._fut
+        # torch's Python Future.set_exception stores the exception as the future's value:
+        # a C++ reader (DDP's default allreduce hook takes the value as tensors) sees no
+        # error and crashes on it. A then() whose callback re-raises carries a real error.
+        if getattr(self, "_cpp_fut", None) is None:
+            self._cpp_fut = self._fut.then(_value)
+        return self._cpp_fut
 
     def is_completed(self):
         return self._fut is None or self._fut.done()
