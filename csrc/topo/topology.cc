@@ -242,6 +242,8 @@ std::string probeToJson(const RankProbe& p) {
   }
   j.obj.emplace_back("nics", nics);
   j.obj.emplace_back("gpus", gpus);
+  j.obj.emplace_back("gpu", num(p.gpu));
+  j.obj.emplace_back("nvlink_domain", num(p.nvlinkDomain));
   return j.dump();
 }
 
@@ -271,6 +273,8 @@ RankProbe probeFrom(const Json& j) {
       g.nvswitch = sw && sw->type == Json::BOOL && sw->b;
       p.gpus.push_back(g);
     }
+  p.gpu = static_cast<int>(getNum(j, "gpu", -1));
+  p.nvlinkDomain = static_cast<int>(getNum(j, "nvlink_domain", -1));
   return p;
 }
 }  // namespace
@@ -284,6 +288,7 @@ const char* linkClassName(LinkClass c) {
     case LinkClass::SHM: return "shm";
     case LinkClass::TCP: return "tcp";
     case LinkClass::RACK: return "rack";
+    case LinkClass::NVLINK: return "nvlink";
   }
   return "?";
 }
@@ -297,11 +302,16 @@ LinkCost defaultLinkCost(LinkClass c, int nicMbps) {
     case LinkClass::SHM: return {2e-6, 1.0 / 8e9, "default"};
     case LinkClass::TCP: return {30e-6, nicBeta, nicMbps > 0 ? "nic speed" : "default"};
     case LinkClass::RACK: return {50e-6, nicBeta * 1.25, nicMbps > 0 ? "nic speed" : "default"};
+    // One NVLink hop between two GPUs of a domain: a CUDA IPC event handshake of a few
+    // microseconds, and a round 100 GB/s (a few NVLink lanes of any generation since
+    // NVLink 2; NVSwitch systems give more). Fix it with the file's "links" when it matters.
+    case LinkClass::NVLINK: return {5e-6, 1.0 / 100e9, "default"};
   }
   return {};
 }
 
 LinkClass Topology::between(int a, int b) const {
+  if (domainOf.at(a) >= 0 && domainOf.at(a) == domainOf.at(b)) return LinkClass::NVLINK;
   if (hostOf.at(a) == hostOf.at(b)) return LinkClass::SHM;
   return rackOf.at(a) == rackOf.at(b) ? LinkClass::TCP : LinkClass::RACK;
 }
@@ -326,6 +336,48 @@ void Topology::index() {
       if (n.speedMbps > 0) nicMbps = nicMbps ? std::min(nicMbps, n.speedMbps) : n.speedMbps;
   }
   for (int c = 0; c < kLinkClasses; ++c) links[c] = defaultLinkCost(static_cast<LinkClass>(c), nicMbps);
+  indexGpuDomains();
+}
+
+namespace {
+// The NVLink label of a rank's GPU on its host (see RankProbe::nvlinkDomain).
+int domainLabel(const RankProbe& p) {
+  if (p.gpu < 0 || p.nvlinkDomain >= 0) return p.nvlinkDomain;
+  std::vector<int> labels = nvlinkDomains(p.gpus);
+  for (size_t i = 0; i < p.gpus.size(); ++i)
+    if (p.gpus[i].index == p.gpu) return labels[i];
+  return p.gpu;  // a GPU the probe did not list (file-described): a domain of its own
+}
+}  // namespace
+
+void Topology::indexGpuDomains() {
+  std::map<std::pair<int, int>, int> index;  // (host, label) -> domain
+  domains.clear();
+  domainOf.assign(ranks.size(), -1);
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    if (ranks[r].gpu < 0) continue;
+    int label = domainLabel(ranks[r]);
+    auto d = index.emplace(std::make_pair(hostOf[r], label), static_cast<int>(domains.size()));
+    if (d.second) domains.push_back(hosts[hostOf[r]] + "/gpu-domain" + std::to_string(label));
+    domainOf[r] = d.first->second;
+  }
+}
+
+Json Topology::gpusOfHost(int h) const {
+  std::map<int, Json> byGpu;  // in the file's schema: one entry per GPU, by index
+  for (int r = 0; r < size(); ++r) {
+    if (hostOf[r] != h || ranks[r].gpu < 0) continue;
+    auto it = byGpu.find(ranks[r].gpu);
+    if (it == byGpu.end()) {
+      Json x = obj();
+      x.obj = {{"index", num(ranks[r].gpu)}, {"domain", num(domainLabel(ranks[r]))}, {"ranks", arr()}};
+      it = byGpu.emplace(ranks[r].gpu, x).first;
+    }
+    it->second.obj[2].second.arr.push_back(num(r));
+  }
+  Json out = arr();
+  for (auto& g : byGpu) out.arr.push_back(g.second);
+  return out;
 }
 
 Json Topology::toJson() const {
@@ -339,6 +391,8 @@ Json Topology::toJson() const {
         rack = ranks[r].rack;
       }
     x.obj = {{"name", str(hosts[h])}, {"rack", str(rack)}, {"ranks", members}};
+    Json gpus = gpusOfHost(static_cast<int>(h));
+    if (!gpus.arr.empty()) x.obj.emplace_back("gpus", gpus);
     hs.arr.push_back(x);
   }
   for (int c = 0; c < kLinkClasses; ++c) {
@@ -376,6 +430,10 @@ Topology Topology::fromJson(const Json& j) {
       t.ranks[r].hostId = "file:" + place.host;
       t.ranks[r].rack = place.rack;
     }
+    if (place.gpu >= 0) {
+      t.ranks[r].gpu = place.gpu;
+      t.ranks[r].nvlinkDomain = place.domain;
+    }
   }
   t.origin = getStr(j, "origin", "json");
   t.index();
@@ -400,6 +458,39 @@ Json loadTopoFile(const std::string& path) {
   }
 }
 
+namespace {
+bool listsRank(const Json* ranks, int rank) {
+  if (!ranks || ranks->type != Json::ARR) return false;
+  for (const Json& r : ranks->arr)
+    if (r.type == Json::NUM && static_cast<int>(r.num) == rank) return true;
+  return false;
+}
+
+// The host's "gpus" entry (if any) using `rank`: its index (the "index" field, else the
+// position in the list) and NVLink domain (the "domain" field, else its own index).
+void gpuPlacement(const Json& host, int rank, TopoFilePlacement& p) {
+  const Json* gpus = host.find("gpus");
+  if (!gpus) return;
+  std::string where = "topology file: host '" + p.host + "': \"gpus\"";
+  if (gpus->type != Json::ARR) throw Error(where + " must be a list");
+  for (size_t i = 0; i < gpus->arr.size(); ++i) {
+    const Json& g = gpus->arr[i];
+    const Json* ranks = g.find("ranks");
+    if (!ranks || ranks->type != Json::ARR) throw Error(where + "[" + std::to_string(i) + "] has no \"ranks\" list");
+    for (const Json& r : ranks->arr)
+      if (r.type != Json::NUM || !listsRank(host.find("ranks"), static_cast<int>(r.num)))
+        throw Error(where + "[" + std::to_string(i) + "] lists rank " + (r.type == Json::NUM ? std::to_string(static_cast<int>(r.num)) : "?") +
+                    ", which the host's \"ranks\" does not");
+    if (!listsRank(ranks, rank)) continue;
+    if (p.gpu >= 0) throw Error(where + ": rank " + std::to_string(rank) + " is on two GPUs");
+    p.gpu = static_cast<int>(getNum(g, "index", static_cast<double>(i)));
+    p.domain = static_cast<int>(getNum(g, "domain", p.gpu));
+    if (p.gpu < 0 || p.domain < 0)
+      throw Error(where + "[" + std::to_string(i) + "]: index and domain must be >= 0");
+  }
+}
+}  // namespace
+
 TopoFilePlacement placementFor(const Json& file, int rank) {
   TopoFilePlacement p;
   const Json* hosts = file.find("hosts");
@@ -412,6 +503,7 @@ TopoFilePlacement placementFor(const Json& file, int rank) {
       if (r.type == Json::NUM && static_cast<int>(r.num) == rank) {
         p.host = getStr(host, "name", "host" + std::to_string(h));
         p.rack = getStr(host, "rack");
+        gpuPlacement(host, rank, p);
         return p;
       }
   }
@@ -491,6 +583,8 @@ void measureLinks(Topology& t, const InitChannel& ch) {
   constexpr size_t kLarge = 2 << 20;
   std::vector<double> fit(2 * kLinkClasses, 0.0);
   for (int c = 0; c < kLinkClasses; ++c) {
+    // The init channel moves host memory: it cannot time NVLink (default or file).
+    if (static_cast<LinkClass>(c) == LinkClass::NVLINK) continue;
     int a = -1, b = -1;  // the first pair of this class in rank order
     for (int x = 0; x < t.size() && a < 0; ++x)
       for (int y = x + 1; y < t.size(); ++y)
@@ -525,6 +619,10 @@ std::shared_ptr<Topology> buildTopology(const InitChannel& ch, const std::string
     if (!place.host.empty()) {
       me.host = place.host;
       me.rack = place.rack;
+    }
+    if (place.gpu >= 0) {
+      me.gpu = place.gpu;
+      me.nvlinkDomain = place.domain;
     }
   }
   auto t = std::make_shared<Topology>();
