@@ -176,11 +176,14 @@ def _settle(comm):
     settle(comm)
 
 
-@pytest.mark.parametrize("labels", [((0, 0, 1, 1), (0, 0, 1, 1)), ((0, 1, 0, 1), (0, 0, 0, 1))],
-                         ids=["2x(2+2)", "interleaved-and-3+1"])
-def test_three_levels_match_numpy(labels, tmp_path, monkeypatch):
+# Threads share one process (cheap); the second layout runs as 8 forked processes, so
+# shm and tcp join separate address spaces as on a cluster.
+@pytest.mark.parametrize("labels, mode", [(((0, 0, 1, 1), (0, 0, 1, 1)), "thread"),
+                                          (((0, 1, 0, 1), (0, 0, 0, 1)), "process")],
+                         ids=["2x(2+2)-threads", "interleaved-and-3+1-processes"])
+def test_three_levels_match_numpy(labels, mode, tmp_path, monkeypatch):
     path = tmp_path / "topo.json"
     path.write_text(json.dumps(cluster(labels)))
     monkeypatch.setenv("HCOMM_TOPO_FILE", str(path))
     monkeypatch.setenv("HCOMM_PROBE", "0")
-    assert run_comm(_three_level_body, 8, args=([1, 7, 1001, 20_011],)) == ["hierarchical"] * 8
+    assert run_comm(_three_level_body, 8, mode=mode, args=([1, 7, 1001, 20_011],)) == ["hierarchical"] * 8
