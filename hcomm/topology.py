@@ -307,7 +307,8 @@ def format_tree(topo):
                     gpus = ", ".join(f"gpu{g['index']} {g['bus_id']}" + (f" nvlink->{len(g['nvlink_peers'])}"
                                                                           if g["nvlink_peers"] else "")
                                      + (" nvswitch" if g["nvswitch"] else "") for g in m["gpus"])
-                    lines.append(f"      rank {m['rank']}  cpus {m['cpus'] or '?'}" + (f"  [{gpus}]" if gpus else ""))
+                    uses = f"  uses gpu{m['gpu']}" if m.get("gpu", -1) >= 0 else ""
+                    lines.append(f"      rank {m['rank']}  cpus {m['cpus'] or '?'}{uses}" + (f"  [{gpus}]" if gpus else ""))
     lines.append(f"  {'link':<6}{'alpha':>12}{'beta (GB/s)':>14}  source")
     for name, c in topo["links"].items():
         gbs = 1e-9 / c["beta"] if c["beta"] > 0 else float("inf")

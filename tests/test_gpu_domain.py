@@ -138,6 +138,7 @@ def test_hcomm_topo_prints_domains(tmp_path, capsys):
     assert "    gpu domain 0: gpu0 (ranks 4), gpu1 (ranks 5)" in out
     assert "    gpu domain 1: gpu2 (ranks 2), gpu3 (ranks 3)" in out
     assert "nvlink" in out and "8 ranks, 2 host(s), 4 GPU domain(s)" in out
+    assert "      rank 6  cpus ?  uses gpu2" in out
     with pytest.raises(SystemExit, match="--measure needs running ranks"):
         topo_cli.main(["--topology", str(path), "--explain", "allreduce", "1M", "--measure"])
 
@@ -187,3 +188,16 @@ def test_three_levels_match_numpy(labels, mode, tmp_path, monkeypatch):
     monkeypatch.setenv("HCOMM_TOPO_FILE", str(path))
     monkeypatch.setenv("HCOMM_PROBE", "0")
     assert run_comm(_three_level_body, 8, mode=mode, args=([1, 7, 1001, 20_011],)) == ["hierarchical"] * 8
+
+
+def test_deterministic_bits_with_the_domain_level(tmp_path, monkeypatch):
+    # HCOMM_DETERMINISTIC=1: the extra level must not change the rank-order sum, bit for
+    # bit, for any algorithm (test_deterministic.py's body and check on this layout)
+    from test_deterministic import _body, _check
+
+    path = tmp_path / "topo.json"
+    path.write_text(json.dumps(cluster(((0, 1, 0, 1), (0, 0, 1)))))  # 4 + 3 ranks: odd world
+    monkeypatch.setenv("HCOMM_TOPO_FILE", str(path))
+    monkeypatch.setenv("HCOMM_DETERMINISTIC", "1")
+    for dtype, seed in (("float32", 11), ("bfloat16", 12)):
+        _check(run_comm(_body, 7, args=(dtype, seed)), dtype, 7, seed, f"gpu domains {dtype}")
