@@ -254,7 +254,8 @@ int chooseGpu(const std::vector<GpuInfo>& gpus) {
   std::string local = envStr("LOCAL_RANK");
   if (local.empty()) return -1;
   try {
-    return gpus[static_cast<size_t>(std::stoi(local)) % gpus.size()].index;
+    int l = std::stoi(local);
+    return l < 0 ? -1 : gpus[static_cast<size_t>(l) % gpus.size()].index;
   } catch (const std::exception&) {
     return -1;  // a launcher's malformed LOCAL_RANK only costs the GPU level
   }
