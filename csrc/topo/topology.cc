@@ -339,47 +339,6 @@ void Topology::index() {
   indexGpuDomains();
 }
 
-namespace {
-// The NVLink label of a rank's GPU on its host (see RankProbe::nvlinkDomain).
-int domainLabel(const RankProbe& p) {
-  if (p.gpu < 0 || p.nvlinkDomain >= 0) return p.nvlinkDomain;
-  std::vector<int> labels = nvlinkDomains(p.gpus);
-  for (size_t i = 0; i < p.gpus.size(); ++i)
-    if (p.gpus[i].index == p.gpu) return labels[i];
-  return p.gpu;  // a GPU the probe did not list (file-described): a domain of its own
-}
-}  // namespace
-
-void Topology::indexGpuDomains() {
-  std::map<std::pair<int, int>, int> index;  // (host, label) -> domain
-  domains.clear();
-  domainOf.assign(ranks.size(), -1);
-  for (size_t r = 0; r < ranks.size(); ++r) {
-    if (ranks[r].gpu < 0) continue;
-    int label = domainLabel(ranks[r]);
-    auto d = index.emplace(std::make_pair(hostOf[r], label), static_cast<int>(domains.size()));
-    if (d.second) domains.push_back(hosts[hostOf[r]] + "/gpu-domain" + std::to_string(label));
-    domainOf[r] = d.first->second;
-  }
-}
-
-Json Topology::gpusOfHost(int h) const {
-  std::map<int, Json> byGpu;  // in the file's schema: one entry per GPU, by index
-  for (int r = 0; r < size(); ++r) {
-    if (hostOf[r] != h || ranks[r].gpu < 0) continue;
-    auto it = byGpu.find(ranks[r].gpu);
-    if (it == byGpu.end()) {
-      Json x = obj();
-      x.obj = {{"index", num(ranks[r].gpu)}, {"domain", num(domainLabel(ranks[r]))}, {"ranks", arr()}};
-      it = byGpu.emplace(ranks[r].gpu, x).first;
-    }
-    it->second.obj[2].second.arr.push_back(num(r));
-  }
-  Json out = arr();
-  for (auto& g : byGpu) out.arr.push_back(g.second);
-  return out;
-}
-
 Json Topology::toJson() const {
   Json j = obj(), hs = arr(), ls = obj(), rs = arr();
   for (size_t h = 0; h < hosts.size(); ++h) {
@@ -458,39 +417,6 @@ Json loadTopoFile(const std::string& path) {
   }
 }
 
-namespace {
-bool listsRank(const Json* ranks, int rank) {
-  if (!ranks || ranks->type != Json::ARR) return false;
-  for (const Json& r : ranks->arr)
-    if (r.type == Json::NUM && static_cast<int>(r.num) == rank) return true;
-  return false;
-}
-
-// The host's "gpus" entry (if any) using `rank`: its index (the "index" field, else the
-// position in the list) and NVLink domain (the "domain" field, else its own index).
-void gpuPlacement(const Json& host, int rank, TopoFilePlacement& p) {
-  const Json* gpus = host.find("gpus");
-  if (!gpus) return;
-  std::string where = "topology file: host '" + p.host + "': \"gpus\"";
-  if (gpus->type != Json::ARR) throw Error(where + " must be a list");
-  for (size_t i = 0; i < gpus->arr.size(); ++i) {
-    const Json& g = gpus->arr[i];
-    const Json* ranks = g.find("ranks");
-    if (!ranks || ranks->type != Json::ARR) throw Error(where + "[" + std::to_string(i) + "] has no \"ranks\" list");
-    for (const Json& r : ranks->arr)
-      if (r.type != Json::NUM || !listsRank(host.find("ranks"), static_cast<int>(r.num)))
-        throw Error(where + "[" + std::to_string(i) + "] lists rank " + (r.type == Json::NUM ? std::to_string(static_cast<int>(r.num)) : "?") +
-                    ", which the host's \"ranks\" does not");
-    if (!listsRank(ranks, rank)) continue;
-    if (p.gpu >= 0) throw Error(where + ": rank " + std::to_string(rank) + " is on two GPUs");
-    p.gpu = static_cast<int>(getNum(g, "index", static_cast<double>(i)));
-    p.domain = static_cast<int>(getNum(g, "domain", p.gpu));
-    if (p.gpu < 0 || p.domain < 0)
-      throw Error(where + "[" + std::to_string(i) + "]: index and domain must be >= 0");
-  }
-}
-}  // namespace
-
 TopoFilePlacement placementFor(const Json& file, int rank) {
   TopoFilePlacement p;
   const Json* hosts = file.find("hosts");
@@ -503,7 +429,7 @@ TopoFilePlacement placementFor(const Json& file, int rank) {
       if (r.type == Json::NUM && static_cast<int>(r.num) == rank) {
         p.host = getStr(host, "name", "host" + std::to_string(h));
         p.rack = getStr(host, "rack");
-        gpuPlacement(host, rank, p);
+        gpuPlacementFor(host, rank, p);
         return p;
       }
   }

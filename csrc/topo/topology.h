@@ -99,6 +99,9 @@ Json loadTopoFile(const std::string& path);  // throws Error naming the file
 // Throws Error when the host's "gpus" list is malformed (a rank on two GPUs, a rank
 // the host does not list, a negative domain).
 TopoFilePlacement placementFor(const Json& file, int rank);
+// The GPU part of placementFor (gpu_domain.cc): the "gpus" entry of `host` (the file's
+// host entry holding `rank`) that lists it, into p.gpu and p.domain.
+void gpuPlacementFor(const Json& host, int rank, TopoFilePlacement& p);
 // Applies the file's "links" section to `links` (source "file").
 void applyFileLinks(const Json& file, LinkCost* links);
 
