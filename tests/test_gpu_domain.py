@@ -155,7 +155,7 @@ def _three_level_body(comm, counts):
             b = np.asarray(x)
             comm._c.allreduce(b.ctypes.data, b.ctypes.data, b.size, dtype, op, 1.0, "hierarchical", False)
             check(x, reduce_ref(inputs, op, dtype), dtype, comm.size, f"allreduce {dtype} {op} n={count}")
-    for root in (0, 3, 6):
+    for root in sorted({0, comm.size // 2, comm.size - 1}):
         want = make("float64", 1001, root, 50 + root)
         x = want.copy() if comm.rank == root else zeros("float64", 1001)
         comm.broadcast(x, root=root, algo="hierarchical")
@@ -178,16 +178,19 @@ def _settle(comm):
 
 
 # Threads share one process (cheap); the second layout runs as 8 forked processes, so
-# shm and tcp join separate address spaces as on a cluster.
+# shm and tcp join separate address spaces as on a cluster. One host split into two
+# domains (2+3): the host level above them does not split, the top runs flat.
 @pytest.mark.parametrize("labels, mode", [(((0, 0, 1, 1), (0, 0, 1, 1)), "thread"),
-                                          (((0, 1, 0, 1), (0, 0, 0, 1)), "process")],
-                         ids=["2x(2+2)-threads", "interleaved-and-3+1-processes"])
+                                          (((0, 1, 0, 1), (0, 0, 0, 1)), "process"),
+                                          (((0, 0, 1, 1, 1),), "thread")],
+                         ids=["2x(2+2)-threads", "interleaved-and-3+1-processes", "1x(2+3)-threads"])
 def test_three_levels_match_numpy(labels, mode, tmp_path, monkeypatch):
     path = tmp_path / "topo.json"
     path.write_text(json.dumps(cluster(labels)))
     monkeypatch.setenv("HCOMM_TOPO_FILE", str(path))
     monkeypatch.setenv("HCOMM_PROBE", "0")
-    assert run_comm(_three_level_body, 8, mode=mode, args=([1, 7, 1001, 20_011],)) == ["hierarchical"] * 8
+    n = sum(len(h) for h in labels)
+    assert run_comm(_three_level_body, n, mode=mode, args=([1, 7, 1001, 20_011],)) == ["hierarchical"] * n
 
 
 def test_deterministic_bits_with_the_domain_level(tmp_path, monkeypatch):
