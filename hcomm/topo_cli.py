@@ -7,6 +7,7 @@ reasoning; or run a command on a simulated cluster of network namespaces.
     HCOMM_TOPO_FILE=cluster.json hcomm-topo --np 4 --json
     mpirun -np 8 hcomm-topo --explain allreduce 1M # under a launcher: the job's own ranks
     hcomm-topo netns --hosts 2 --ranks-per-host 2 --rate 1gbit -- python train.py
+    hcomm-topo --topology cluster.json --explain allreduce 64M   # a described topology, no processes
 
 Without a launcher, --np N starts N local processes; --hosts H gives them H simulated
 host identities (HCOMM_HOST_ID, contiguous blocks of ranks), so they talk tcp between
@@ -31,7 +32,23 @@ def _parser():
     p.add_argument("--iters", type=int, default=3, help="timed repetitions per candidate (median)")
     p.add_argument("--np", type=int, default=1, help="local ranks to start when not under a launcher")
     p.add_argument("--hosts", type=int, default=1, help="simulated hosts for the local ranks")
+    p.add_argument("--topology", metavar="FILE",
+                   help="print a topology file or dump (hosts, racks, GPU domains) and explain on it; starts no ranks")
     return p
+
+
+def _described(args):
+    """--topology FILE: the file's topology and the tuner's table on it, no processes."""
+    if args.measure:
+        raise SystemExit("hcomm-topo: --measure needs running ranks, not --topology")
+    topo = topo_mod.load(args.topology)
+    explanation = None
+    if args.explain:
+        collective, size = args.explain
+        explanation = topo_mod.explain(collective, topo_mod.parse_size(size), topology=topo, root=args.root)
+    if args.json:
+        return json.dumps({"topology": topo}, indent=2)
+    return topo_mod.format_tree(topo) + ("\n\n" + str(explanation) if explanation else "")
 
 
 def _netns_parser():
@@ -124,6 +141,9 @@ def main(argv=None):
     if argv[:1] == ["netns"]:
         return _run_netns(argv[1:])
     args = _parser().parse_args(argv)
+    if args.topology:
+        print(_described(args))
+        return 0
     from .launch import detect_rank_size
 
     rank, size = detect_rank_size()

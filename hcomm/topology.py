@@ -86,6 +86,7 @@ class Explanation:
     candidates: tuple
     chosen: str
     why: str                  # "model", "HCOMM_ALGO" or "requested"
+    domains: int = 0          # GPU domains of the ranks (nvlink link class inside one)
 
     def candidate(self, algo):
         for c in self.candidates:
@@ -94,7 +95,8 @@ class Explanation:
         raise KeyError(algo)
 
     def __str__(self):
-        lines = [f"{self.collective} {human_bytes(self.nbytes)} on {self.world} ranks, {self.hosts} host(s): "
+        gpu = f", {self.domains} GPU domain(s)" if self.domains else ""
+        lines = [f"{self.collective} {human_bytes(self.nbytes)} on {self.world} ranks, {self.hosts} host(s){gpu}: "
                  f"{self.chosen} ({self.why})"]
         measured = any(c.measured is not None for c in self.candidates)
         width = max(len(c.algo) + (len(c.inner) + 2 if c.inner else 0) for c in self.candidates) + 2
@@ -116,10 +118,25 @@ class Explanation:
         return "\n".join(lines)
 
 
-def _explanation(collective, nbytes, d, world, hosts):
+def _explanation(collective, nbytes, d, world, hosts, domains=0):
     cands = tuple(Candidate(c["algo"], c["seconds"], c["seg_bytes"], c["inner"], c["inner_seg_bytes"],
                             c["applicable"]) for c in d["candidates"])
-    return Explanation(collective, nbytes, world, hosts, cands, d["chosen"], d["why"])
+    return Explanation(collective, nbytes, world, hosts, cands, d["chosen"], d["why"], domains)
+
+
+def gpu_domains(topo):
+    """{(host name, domain label): [ranks]} from a topology dict's hosts' "gpus" lists:
+    the ranks on GPUs joined by NVLink / one NVSwitch fabric (or on one GPU)."""
+    out = {}
+    for h in topo["hosts"]:
+        for g in h.get("gpus", ()):
+            out.setdefault((h["name"], g["domain"]), []).extend(g["ranks"])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _domain_count(topo, ranks):
+    chosen = set(ranks)
+    return sum(1 for members in gpu_domains(topo).values() if chosen & set(members))
 
 
 def _check_collective(collective):
@@ -165,7 +182,7 @@ def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None,
         topo = globals()["topology"](comm)
         members = [topo["ranks"][w] for w in comm._c.world_ranks()]
         hosts = len({m["host_id"] or m["host"] for m in members})
-        out = _explanation(collective, nbytes, d, comm.size, hosts)
+        out = _explanation(collective, nbytes, d, comm.size, hosts, _domain_count(topo, comm._c.world_ranks()))
         return _measured(comm, out, iters, root) if measure else out
     if measure:
         raise InvalidArgument("explain(measure=True) needs comm=")
@@ -173,7 +190,7 @@ def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None,
     ranks = list(range(len(topo["ranks"]))) if ranks is None else [int(r) for r in ranks]
     d = _C._explain_on(json.dumps(topo), collective, nbytes, algo or "", ranks, int(root))
     hosts = len({topo["ranks"][r]["host_id"] or topo["ranks"][r]["host"] for r in ranks})
-    return _explanation(collective, nbytes, d, len(ranks), hosts)
+    return _explanation(collective, nbytes, d, len(ranks), hosts, _domain_count(topo, ranks))
 
 
 def _with_env(name, value, fn):
@@ -256,6 +273,16 @@ def probe_local():
     return json.loads(_C._probe_local())
 
 
+def _domain_lines(host):
+    """One line per GPU domain of a host: its GPUs and the ranks on each."""
+    by_domain = {}
+    for g in host.get("gpus", ()):
+        by_domain.setdefault(g["domain"], []).append(g)
+    return [f"    gpu domain {d}: " + ", ".join(f"gpu{g['index']} (ranks {', '.join(map(str, g['ranks']))})"
+                                               for g in gs)
+            for d, gs in sorted(by_domain.items())]
+
+
 def format_tree(topo):
     """racks -> hosts -> NUMA nodes -> ranks (GPUs, NICs), then the alpha/beta table."""
     ranks = topo["ranks"]
@@ -270,6 +297,7 @@ def format_tree(topo):
             nics = ", ".join(f"{n['name']} {n['speed_mbps'] or '?'} Mb/s {n['ipv4'] or n['mac']}".rstrip()
                              for n in members[0]["nics"]) if members else ""
             lines.append(f"  host {h['name']}" + (f"  [nics: {nics}]" if nics else ""))
+            lines.extend(_domain_lines(h))
             numa = {}
             for m in members:
                 numa.setdefault(m["numa"], []).append(m)
@@ -279,7 +307,8 @@ def format_tree(topo):
                     gpus = ", ".join(f"gpu{g['index']} {g['bus_id']}" + (f" nvlink->{len(g['nvlink_peers'])}"
                                                                           if g["nvlink_peers"] else "")
                                      + (" nvswitch" if g["nvswitch"] else "") for g in m["gpus"])
-                    lines.append(f"      rank {m['rank']}  cpus {m['cpus'] or '?'}" + (f"  [{gpus}]" if gpus else ""))
+                    uses = f"  uses gpu{m['gpu']}" if m.get("gpu", -1) >= 0 else ""
+                    lines.append(f"      rank {m['rank']}  cpus {m['cpus'] or '?'}{uses}" + (f"  [{gpus}]" if gpus else ""))
     lines.append(f"  {'link':<6}{'alpha':>12}{'beta (GB/s)':>14}  source")
     for name, c in topo["links"].items():
         gbs = 1e-9 / c["beta"] if c["beta"] > 0 else float("inf")

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/param.h"
 #include "common/types.h"
 #include "topo/host.h"
 
@@ -214,6 +215,52 @@ std::vector<GpuInfo> readGpus() {
   return gpus;
 }
 
+std::vector<int> nvlinkDomains(const std::vector<GpuInfo>& gpus) {
+  std::vector<int> label(gpus.size());
+  for (size_t i = 0; i < gpus.size(); ++i) label[i] = gpus[i].index;
+  // Relabel to the component's minimum until nothing changes: a handful of GPUs per
+  // host, so the quadratic passes cost nothing.
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t i = 0; i < gpus.size(); ++i)
+      for (size_t j = 0; j < gpus.size(); ++j) {
+        if (i == j) continue;
+        const auto& peers = gpus[i].nvlinkPeers;
+        bool linked = (gpus[i].nvswitch && gpus[j].nvswitch) ||
+                      (!gpus[j].busId.empty() && std::find(peers.begin(), peers.end(), gpus[j].busId) != peers.end());
+        if (linked && label[j] < label[i]) {
+          label[i] = label[j];
+          changed = true;
+        }
+        if (linked && label[i] < label[j]) {
+          label[j] = label[i];
+          changed = true;
+        }
+      }
+  }
+  return label;
+}
+
+int chooseGpu(const std::vector<GpuInfo>& gpus) {
+  std::string want = envStr("HCOMM_GPU");
+  if (!want.empty()) {
+    for (const GpuInfo& g : gpus)
+      if (want == g.busId || want == std::to_string(g.index)) return g.index;
+    std::string have;
+    for (const GpuInfo& g : gpus) have += (have.empty() ? "" : ", ") + std::to_string(g.index) + " " + g.busId;
+    throw Error("HCOMM_GPU='" + want + "' names no GPU of this host (" + (have.empty() ? "none found" : have) + ")");
+  }
+  if (gpus.empty()) return -1;
+  std::string local = envStr("LOCAL_RANK");
+  if (local.empty()) return -1;
+  try {
+    int l = std::stoi(local);
+    return l < 0 ? -1 : gpus[static_cast<size_t>(l) % gpus.size()].index;
+  } catch (const std::exception&) {
+    return -1;  // a launcher's malformed LOCAL_RANK only costs the GPU level
+  }
+}
+
 RankProbe probeLocal(const std::string& sysRoot) {
   RankProbe p;
   p.hostname = hostName();
@@ -224,6 +271,7 @@ RankProbe probeLocal(const std::string& sysRoot) {
   p.nics = readNics(sysRoot);
   for (NicInfo& n : p.nics) n.ipv4 = ipv4Of(n.name);
   p.gpus = readGpus();
+  p.gpu = chooseGpu(p.gpus);
   return p;
 }
 

@@ -34,6 +34,12 @@ struct RankProbe {
   std::vector<int> cpus;  // CPUs this process may run on
   std::vector<NicInfo> nics;
   std::vector<GpuInfo> gpus;
+  // The GPU this rank's device calls use (NVML index, or the position in the topology
+  // file's "gpus" list of its host); -1 when unknown (no GPU, or no way to tell at init).
+  int gpu = -1;
+  // The GPU domain of that GPU on its host: GPUs joined by NVLink (directly, or through
+  // one NVSwitch fabric) share a label; -1 lets the topology derive it from `gpus`.
+  int nvlinkDomain = -1;
 };
 
 // Physical NICs under <sysRoot>/class/net (loopback skipped), sorted by name.
@@ -45,6 +51,15 @@ std::vector<int> parseCpuList(const std::string& text);
 std::string formatCpuList(const std::vector<int>& cpus);
 // GPUs through NVML (dlopen'ed); empty without a driver.
 std::vector<GpuInfo> readGpus();
+
+// Per GPU of one host, its NVLink domain label: the smallest index among the GPUs it
+// reaches over NVLink (peers by bus id, transitively); every GPU whose links end in an
+// NVSwitch is one domain (one fabric per host assumed). A GPU with no NVLink is alone.
+std::vector<int> nvlinkDomains(const std::vector<GpuInfo>& gpus);
+// Which of `gpus` (an NVML index) this process will use: HCOMM_GPU (an index or a PCI
+// bus id), else LOCAL_RANK modulo the GPU count (the launcher's usual cuda:LOCAL_RANK),
+// else -1. Throws Error when HCOMM_GPU names no GPU present.
+int chooseGpu(const std::vector<GpuInfo>& gpus);
 
 // This process, live. hostId and host come from the caller (bootstrap decides them).
 RankProbe probeLocal(const std::string& sysRoot = "/sys");

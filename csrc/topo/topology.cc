@@ -242,6 +242,8 @@ std::string probeToJson(const RankProbe& p) {
   }
   j.obj.emplace_back("nics", nics);
   j.obj.emplace_back("gpus", gpus);
+  j.obj.emplace_back("gpu", num(p.gpu));
+  j.obj.emplace_back("nvlink_domain", num(p.nvlinkDomain));
   return j.dump();
 }
 
@@ -271,6 +273,8 @@ RankProbe probeFrom(const Json& j) {
       g.nvswitch = sw && sw->type == Json::BOOL && sw->b;
       p.gpus.push_back(g);
     }
+  p.gpu = static_cast<int>(getNum(j, "gpu", -1));
+  p.nvlinkDomain = static_cast<int>(getNum(j, "nvlink_domain", -1));
   return p;
 }
 }  // namespace
@@ -284,6 +288,7 @@ const char* linkClassName(LinkClass c) {
     case LinkClass::SHM: return "shm";
     case LinkClass::TCP: return "tcp";
     case LinkClass::RACK: return "rack";
+    case LinkClass::NVLINK: return "nvlink";
   }
   return "?";
 }
@@ -297,11 +302,16 @@ LinkCost defaultLinkCost(LinkClass c, int nicMbps) {
     case LinkClass::SHM: return {2e-6, 1.0 / 8e9, "default"};
     case LinkClass::TCP: return {30e-6, nicBeta, nicMbps > 0 ? "nic speed" : "default"};
     case LinkClass::RACK: return {50e-6, nicBeta * 1.25, nicMbps > 0 ? "nic speed" : "default"};
+    // One NVLink hop between two GPUs of a domain: a CUDA IPC event handshake of a few
+    // microseconds, and a round 100 GB/s (a few NVLink lanes of any generation since
+    // NVLink 2; NVSwitch systems give more). Fix it with the file's "links" when it matters.
+    case LinkClass::NVLINK: return {5e-6, 1.0 / 100e9, "default"};
   }
   return {};
 }
 
 LinkClass Topology::between(int a, int b) const {
+  if (domainOf.at(a) >= 0 && domainOf.at(a) == domainOf.at(b)) return LinkClass::NVLINK;
   if (hostOf.at(a) == hostOf.at(b)) return LinkClass::SHM;
   return rackOf.at(a) == rackOf.at(b) ? LinkClass::TCP : LinkClass::RACK;
 }
@@ -326,6 +336,7 @@ void Topology::index() {
       if (n.speedMbps > 0) nicMbps = nicMbps ? std::min(nicMbps, n.speedMbps) : n.speedMbps;
   }
   for (int c = 0; c < kLinkClasses; ++c) links[c] = defaultLinkCost(static_cast<LinkClass>(c), nicMbps);
+  indexGpuDomains();
 }
 
 Json Topology::toJson() const {
@@ -339,6 +350,8 @@ Json Topology::toJson() const {
         rack = ranks[r].rack;
       }
     x.obj = {{"name", str(hosts[h])}, {"rack", str(rack)}, {"ranks", members}};
+    Json gpus = gpusOfHost(static_cast<int>(h));
+    if (!gpus.arr.empty()) x.obj.emplace_back("gpus", gpus);
     hs.arr.push_back(x);
   }
   for (int c = 0; c < kLinkClasses; ++c) {
@@ -376,6 +389,10 @@ Topology Topology::fromJson(const Json& j) {
       t.ranks[r].hostId = "file:" + place.host;
       t.ranks[r].rack = place.rack;
     }
+    if (place.gpu >= 0) {
+      t.ranks[r].gpu = place.gpu;
+      t.ranks[r].nvlinkDomain = place.domain;
+    }
   }
   t.origin = getStr(j, "origin", "json");
   t.index();
@@ -412,6 +429,7 @@ TopoFilePlacement placementFor(const Json& file, int rank) {
       if (r.type == Json::NUM && static_cast<int>(r.num) == rank) {
         p.host = getStr(host, "name", "host" + std::to_string(h));
         p.rack = getStr(host, "rack");
+        gpuPlacementFor(host, rank, p);
         return p;
       }
   }
@@ -491,6 +509,8 @@ void measureLinks(Topology& t, const InitChannel& ch) {
   constexpr size_t kLarge = 2 << 20;
   std::vector<double> fit(2 * kLinkClasses, 0.0);
   for (int c = 0; c < kLinkClasses; ++c) {
+    // The init channel moves host memory: it cannot time NVLink (default or file).
+    if (static_cast<LinkClass>(c) == LinkClass::NVLINK) continue;
     int a = -1, b = -1;  // the first pair of this class in rank order
     for (int x = 0; x < t.size() && a < 0; ++x)
       for (int y = x + 1; y < t.size(); ++y)
@@ -525,6 +545,10 @@ std::shared_ptr<Topology> buildTopology(const InitChannel& ch, const std::string
     if (!place.host.empty()) {
       me.host = place.host;
       me.rack = place.rack;
+    }
+    if (place.gpu >= 0) {
+      me.gpu = place.gpu;
+      me.nvlinkDomain = place.domain;
     }
   }
   auto t = std::make_shared<Topology>();

@@ -2,6 +2,8 @@
 // (host, rack) joined by link classes, each with a fitted alpha (s) and beta (s/byte).
 //
 // Link classes, from fastest to slowest:
+//   nvlink two ranks in one GPU domain: on GPUs joined by NVLink / one NVSwitch fabric,
+//          or on the same GPU (never measured by the init probe, which moves host memory)
 //   shm   two ranks on one host (shared memory)
 //   tcp   two hosts in one rack
 //   rack  two racks
@@ -14,6 +16,14 @@
 //    "links": {"tcp": {"alpha": 3e-5, "beta": 8e-9}},     # optional, seconds, s/byte
 //    "ranks": [{"rank": 0, "hostname": ..., "numa": 0, "cpus": "0-3", "nics": [...]}]}
 // Ranks the file does not place keep their detected host.
+//
+// GPU domains: a host entry may list its GPUs, each with the ranks that use it and its
+// NVLink domain label on that host (GPUs with the same label are joined by NVLink or one
+// NVSwitch fabric; without "domain" a GPU is a domain of its own):
+//   {"name": "node0", "ranks": [0, 1, 2, 3],
+//    "gpus": [{"ranks": [0], "domain": 0}, {"ranks": [1], "domain": 0},
+//             {"ranks": [2], "domain": 1}, {"ranks": [3], "domain": 1}]}
+// Ranks the list leaves out have no GPU: they form no domain of their own.
 #pragma once
 #include <functional>
 #include <map>
@@ -39,8 +49,9 @@ struct Json {
   const Json* find(const std::string& key) const;  // null when absent or not an object
 };
 
-enum class LinkClass : int { SHM = 0, TCP = 1, RACK = 2 };
-constexpr int kLinkClasses = 3;
+// NVLINK comes last so the older classes keep their numbers (dumps, bindings).
+enum class LinkClass : int { SHM = 0, TCP = 1, RACK = 2, NVLINK = 3 };
+constexpr int kLinkClasses = 4;
 const char* linkClassName(LinkClass c);
 
 struct LinkCost {
@@ -58,6 +69,10 @@ struct Topology {
   std::vector<RankProbe> ranks;         // by world rank
   std::vector<int> hostOf, rackOf;      // world rank -> index into hosts / racks
   std::vector<std::string> hosts, racks;
+  // world rank -> index into domains, or -1 for a rank without a GPU. A domain never
+  // spans two hosts; its name is "<host>/gpu-domain<label>".
+  std::vector<int> domainOf;
+  std::vector<std::string> domains;
   LinkCost links[kLinkClasses];
   std::string origin = "detected";      // or the topology file's path
 
@@ -66,7 +81,11 @@ struct Topology {
   // Fills hostOf/rackOf/hosts/racks from each probe's host and rack labels, and the
   // default link costs (file values, when given, are applied by the caller).
   void index();
+  // The domainOf/domains part of index(): each rank's GPU and its NVLink label (the
+  // probe's or the file's; else derived from the probe's NVLink peers).
+  void indexGpuDomains();
   Json toJson() const;
+  Json gpusOfHost(int h) const;  // host h's "gpus" list in the topology file's schema
   static Topology fromJson(const Json& j);  // a dump (with "ranks") back into a topology
 };
 
@@ -74,9 +93,15 @@ struct Topology {
 // file does not place it), and the link costs it fixes.
 struct TopoFilePlacement {
   std::string host, rack;
+  int gpu = -1, domain = -1;  // from the host's "gpus" list; -1 when it names no GPU
 };
 Json loadTopoFile(const std::string& path);  // throws Error naming the file
+// Throws Error when the host's "gpus" list is malformed (a rank on two GPUs, a rank
+// the host does not list, a negative domain).
 TopoFilePlacement placementFor(const Json& file, int rank);
+// The GPU part of placementFor (gpu_domain.cc): the "gpus" entry of `host` (the file's
+// host entry holding `rank`) that lists it, into p.gpu and p.domain.
+void gpuPlacementFor(const Json& host, int rank, TopoFilePlacement& p);
 // Applies the file's "links" section to `links` (source "file").
 void applyFileLinks(const Json& file, LinkCost* links);
 

@@ -34,6 +34,7 @@ struct StepCost {
 };
 
 LinkClass classOf(const CommShape& s, int a, int b) {
+  if (!s.domain.empty() && s.domain[a] >= 0 && s.domain[a] == s.domain[b]) return LinkClass::NVLINK;
   if (s.host[a] == s.host[b]) return LinkClass::SHM;
   return s.rack[a] == s.rack[b] ? LinkClass::TCP : LinkClass::RACK;
 }
@@ -65,7 +66,8 @@ StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
     int a = net.members[e.first], b = net.members[e.second];
     LinkClass k = classOf(net.s, a, b);
     const LinkCost& l = net.s.links[static_cast<int>(k)];
-    int load = k == LinkClass::SHM ? 1 : std::max(out[net.s.host[a]], in[net.s.host[b]]) * net.share;
+    bool inHost = k == LinkClass::SHM || k == LinkClass::NVLINK;  // no NIC shared
+    int load = inHost ? 1 : std::max(out[net.s.host[a]], in[net.s.host[b]]) * net.share;
     c.alpha = std::max(c.alpha, l.alpha);
     c.perByte = std::max(c.perByte, l.beta * load);
     c.cpuCopies |= k == LinkClass::SHM;
@@ -447,8 +449,14 @@ void choose(Decision& d, const std::string& forced, const std::string& why) {
   d.why = why;
 }
 
-// One level (a single host, or one rank per host): hierarchical is the flat algorithm.
-bool hierarchyApplies(const CommShape& s) { return s.hosts() > 1 && s.hosts() < s.n; }
+// One level (a single host with one GPU domain, or one rank per host): hierarchical is
+// the flat algorithm. Applies across hosts sharing ranks, or on hosts split into GPU
+// domains of which some holds several ranks.
+bool hierarchyApplies(const CommShape& s) {
+  if (s.hosts() > 1 && s.hosts() < s.n) return true;
+  std::vector<int> gpu = s.domainLevel();
+  return !gpu.empty() && static_cast<int>(std::set<int>(gpu.begin(), gpu.end()).size()) < s.n;
+}
 
 }  // namespace
 
@@ -470,6 +478,9 @@ CommShape CommShape::of(const Topology& t, const std::vector<int>& worldRanks) {
     s.host.push_back(h.emplace(t.hostOf.at(w), static_cast<int>(h.size())).first->second);
     s.rack.push_back(r.emplace(t.rackOf.at(w), static_cast<int>(r.size())).first->second);
   }
+  std::map<int, int> d;  // world domain -> dense index; -1 stays -1
+  for (int w : worldRanks)
+    s.domain.push_back(t.domainOf.at(w) < 0 ? -1 : d.emplace(t.domainOf.at(w), static_cast<int>(d.size())).first->second);
   for (int c = 0; c < kLinkClasses; ++c) s.links[c] = t.links[c];
   // Every rank of the job on a machine competes for its CPUs, members of this
   // communicator or not. Unknown hostnames or CPU sets (described topologies) count as
@@ -494,8 +505,25 @@ CommShape CommShape::of(const Topology& t, const std::vector<int>& worldRanks) {
 
 int CommShape::hosts() const { return host.empty() ? 1 : *std::max_element(host.begin(), host.end()) + 1; }
 
+std::vector<int> CommShape::domainLevel() const {
+  std::map<std::pair<int, int>, int> group;  // (host, domain or -1) -> dense group
+  std::map<int, int> perHost;                 // host -> groups on it
+  std::vector<int> level;
+  for (int r = 0; r < n && r < static_cast<int>(domain.size()); ++r) {
+    auto g = group.emplace(std::make_pair(host[r], domain[r]), static_cast<int>(group.size()));
+    if (g.second) ++perHost[host[r]];
+    level.push_back(g.first->second);
+  }
+  for (auto& h : perHost)
+    if (h.second > 1) return level;
+  return {};
+}
+
 std::vector<std::vector<int>> CommShape::levels() const {
-  std::vector<std::vector<int>> l = {host};
+  std::vector<std::vector<int>> l;
+  std::vector<int> gpu = domainLevel();
+  if (!gpu.empty()) l.push_back(gpu);
+  l.push_back(host);
   if (!rack.empty() && *std::max_element(rack.begin(), rack.end()) > 0) l.push_back(rack);
   return l;
 }
@@ -518,9 +546,9 @@ Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forc
     d.candidates = {ringModel(net, b), treeModel(net, b), halvingDoublingModel(net, b),
                     hierarchicalModel(s, s.levels(), all, 0, b, 1)};
   }
-  // On one host, or one rank per host, the hierarchy has one level: it is the flat algorithm.
-  bool someHostShared = s.hosts() < s.n;
-  d.candidates[3].applicable = s.hosts() > 1 && someHostShared;
+  // On one host with one GPU domain, or one rank per host, the hierarchy has one level:
+  // it is the flat algorithm.
+  d.candidates[3].applicable = hierarchyApplies(s);
   d.chosen = 0;
   for (size_t i = 1; i < d.candidates.size(); ++i)
     if (d.candidates[i].applicable && d.candidates[i].seconds < d.candidates[d.chosen].seconds) d.chosen = static_cast<int>(i);

@@ -29,6 +29,9 @@ namespace hcomm {
 struct CommShape {
   int n = 1;
   std::vector<int> host, rack;
+  // GPU domain (dense over this communicator, nested in host), or -1 for a rank
+  // without a GPU: two ranks of one domain talk over the nvlink link class.
+  std::vector<int> domain;
   LinkCost links[kLinkClasses];
   // A machine (hostname) holding some of these ranks runs more of the job's ranks than
   // it has CPUs (namespaces or a topology file can put several simulated hosts on one):
@@ -42,9 +45,13 @@ struct CommShape {
 
   static CommShape of(const Topology& t, const std::vector<int>& worldRanks);
   int hosts() const;
-  // Groups per level for hierarchical algorithms: level 0 host, level 1 rack (only
-  // when there are several racks). levels[k][r] is rank r's group at level k.
+  // Groups per level for hierarchical algorithms: the GPU domain (only when some host
+  // holds more than one), then host, then rack (only when there are several racks).
+  // levels[k][r] is rank r's group at level k.
   std::vector<std::vector<int>> levels() const;
+  // levels()'s innermost level when some host of this communicator holds two or more
+  // GPU domains (ranks without a GPU count as one more group of their host); else empty.
+  std::vector<int> domainLevel() const;
 };
 
 struct Candidate {
