@@ -165,16 +165,7 @@ def _three_level_body(comm, counts):
     out = zeros("int32", sum(vc))
     comm.allgatherv(parts[comm.rank], out, vc, algo="hierarchical")
     assert np.array_equal(out, np.concatenate(parts)), f"allgatherv {vc}"
-    algo = comm._c.last_algorithm()
-    _settle(comm)
-    return algo
-
-
-def _settle(comm):
-    """Meet before closing (test_hierarchical.py's _settle: no tcp link closes early)."""
-    from test_hierarchical import _settle as settle
-
-    settle(comm)
+    return comm._c.last_algorithm()  # close() delivers what was sent: no meeting needed first
 
 
 # Threads share one process (cheap); the second layout runs as 8 forked processes, so
