@@ -180,3 +180,19 @@ def test_16bit_prod_min_max_avg():
         assert np.array_equal(got, bits(as_array(dtype, acc))), f"{dtype} {op}"
         for r in range(1, n):
             assert np.array_equal(out[r][(dtype, op)][0], got)
+
+
+@pytest.mark.parametrize("value, ok", [("avx3", False), ("AVX2", False), ("generic", True), ("avx2", True)])
+def test_hcomm_simd_values_are_checked(value, ok):
+    """An unknown HCOMM_SIMD raises, as every other knob does (it used to pick AVX-512)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import hcomm._C as c; print(c.simd_level())"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HCOMM_SIMD": value},
+                          capture_output=True, text=True, timeout=60)
+    if ok:
+        assert proc.returncode == 0 and proc.stdout.strip() in ("generic", "avx2"), proc.stderr
+    else:
+        assert proc.returncode != 0 and f"HCOMM_SIMD: unknown value '{value}' (generic, avx2, avx512)" in proc.stderr
