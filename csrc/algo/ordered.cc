@@ -20,12 +20,13 @@
 //   gatherFold (small messages): Bruck-allgather every input, fold locally;
 //     T ~ log2(n)*alpha + (n-1)*S*beta + n*S*gamma*e.
 //   rootFold: every rank sends S to the root, which folds; T ~ (n-1)*(alpha + S*beta) + n*S*gamma*e.
-// Large messages go in pieces of kPieceBytes per block (n per chunk for allreduce), each
+// Large messages go in pieces of pieceBytes() per block (n per chunk for allreduce), each
 // piece's fold adding (n-1)*alpha: T gains S/(n*piece) * (n-1)*alpha.
 #include <algorithm>
 #include <numeric>
 
 #include "algo/algorithms.h"
+#include "common/param.h"
 
 namespace hcomm {
 namespace algo {
@@ -35,9 +36,14 @@ namespace {
 // Channels apart from the flat algorithms' 0..3 and the hierarchical sub-groups' 8..
 constexpr int kFoldChannel = 6;
 constexpr int kBruckChannel = 7;
-// Elements of one block folded at a time, in bytes of the dtype (the float32 partial of a
-// 16-bit dtype is twice this): small enough for L2 with the piece pulled beside it.
-constexpr size_t kPieceBytes = 1u << 20;
+// Bytes (of the dtype) of one block folded at a time. Each piece costs its steps a
+// wake-up when the ranks outnumber the CPUs, so pieces are large; one whole 16 MiB block
+// went through DRAM three times too often. Measured, 4 ranks on 2 busy cores, float16
+// 64 MiB against the old pairwise ring (hcomm-bench, out of place): 1 MiB pieces
+// 2.6-3.3x its time, 4 MiB 1.25x, 8 MiB 0.93x; whole blocks 3x.
+// HCOMM_ORDERED_PIECE_BYTES overrides it (tests cross pieces with small ones); every
+// rank must use the same value, as for the segment sizes.
+size_t pieceBytes() { return static_cast<size_t>(std::max<int64_t>(64, envInt("HCOMM_ORDERED_PIECE_BYTES", 8 << 20))); }
 
 std::vector<size_t> displacements(const std::vector<size_t>& counts) {
   std::vector<size_t> d(counts.size() + 1, 0);
@@ -74,7 +80,7 @@ void foldLocal(Links& l, const std::vector<const char*>& inputs, void* out, size
 }
 
 void reduceScattervOrdered(Links& l, const void* inv, void* outv, const std::vector<size_t>& counts) {
-  // In pieces of kPieceBytes per block, so that each fold's partial and the pieces it
+  // In pieces of pieceBytes() per block, so that each fold's partial and the pieces it
   // pulls stay in cache (measured: whole 16 MiB blocks ran 3x slower than the ring).
   // Every piece is sent at once, up front: an owner then waits only for data, never for
   // its peers to reach the same piece (lockstep costs a wake-up per piece when the ranks
@@ -85,7 +91,7 @@ void reduceScattervOrdered(Links& l, const void* inv, void* outv, const std::vec
   int n = l.size(), me = l.rank();
   size_t es = l.elemSize();
   std::vector<size_t> displ = displacements(counts);
-  size_t piece = std::max<size_t>(1, kPieceBytes / es);
+  size_t piece = std::max<size_t>(1, pieceBytes() / es);
   std::vector<RequestPtr> sends;
   for (int d = 1; d < n; ++d) {  // to me+1 first: every owner hears from a different rank first
     int b = (me + d) % n;
@@ -138,7 +144,7 @@ void allreduceOrdered(Links& l, const void* inv, void* outv, size_t count, const
   char* out = static_cast<char*>(outv);
   int n = l.size(), me = l.rank();
   size_t es = l.elemSize();
-  size_t chunk = std::max<size_t>(1, kPieceBytes / es) * n;
+  size_t chunk = std::max<size_t>(1, pieceBytes() / es) * n;
   char* acc = l.scratch(Blocks{std::min(chunk, count), static_cast<size_t>(n)}.size(0) * l.accSize());
   std::vector<size_t> counts(n);
   std::vector<RequestPtr> sends;
@@ -169,7 +175,7 @@ void allreduceGatherFold(Links& l, const void* in, void* out, size_t count) {
 void rootFold(Links& l, const void* inv, void* outv, size_t count, int root, int channel, std::vector<RequestPtr>& sends) {
   const char* in = static_cast<const char*>(inv);
   char* out = static_cast<char*>(outv);
-  size_t es = l.elemSize(), piece = std::max<size_t>(1, kPieceBytes / es);
+  size_t es = l.elemSize(), piece = std::max<size_t>(1, pieceBytes() / es);
   char* acc = l.rank() == root && count ? l.scratch(std::min(piece, count) * l.accSize()) : nullptr;
   for (size_t off = 0; off < count; off += piece) {  // in pieces, as reduceScattervOrdered
     size_t len = std::min(piece, count - off);
