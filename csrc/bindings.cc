@@ -240,6 +240,7 @@ PYBIND11_MODULE(_C, m) {
     if (collective == "allgather") return decisionDict(c.planAllgather(nbytes, algo));
     if (collective == "reduce_scatter") return decisionDict(c.planReduceScatter(nbytes, algo));
     if (collective == "reduce") return decisionDict(c.planReduce(nbytes, root, algo));
+    if (collective == "gather" || collective == "scatter") return decisionDict(c.planGather(collective, nbytes, root, algo));
     return decisionDict(c.planAllreduce(nbytes, algo));
   });
   m.def("_comm_topology_json", [](Communicator& c) {
@@ -269,6 +270,8 @@ PYBIND11_MODULE(_C, m) {
     if (collective == "allgather") return decisionDict(tuneAllgather(shape, nbytes, algo, "requested"));
     if (collective == "reduce_scatter") return decisionDict(tuneReduceScatter(shape, nbytes, algo, "requested"));
     if (collective == "reduce") return decisionDict(tuneReduce(shape, nbytes, root, algo, "requested"));
+    if (collective == "gather" || collective == "scatter")
+      return decisionDict(tuneGather(shape, collective, nbytes, root, algo, "requested"));
     return decisionDict(tuneAllreduce(shape, nbytes, algo, "requested"));
   });
   m.def("_topology_from_json", [](const std::string& text) { return Topology::fromJson(Json::parse(text)).toJson().dump(); });

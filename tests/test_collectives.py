@@ -292,3 +292,26 @@ def _unknown_algo_body(comm):
 def test_unknown_hcomm_algo_is_refused_with_the_list(spec, words, monkeypatch):
     monkeypatch.setenv("HCOMM_ALGO", spec)
     assert all(words in m for m in run_comm(_unknown_algo_body, 2)), words
+
+
+def _binomial_gather_scatter_body(comm, seed):
+    n, r = comm.size, comm.rank
+    for i, (dtype, count) in enumerate([("float32", 1001), ("int8", 1), ("float64", 4099), ("uint8", 0)]):
+        inputs = [make(dtype, count, q, seed + i) for q in range(n)]
+        for root in range(n):
+            g = np.zeros(count * n, dtype=dtype) if r == root else None
+            comm.gather(inputs[r], g, root=root)
+            if r == root:
+                assert np.array_equal(g, np.concatenate(inputs)), f"gather {dtype} root {root}"
+            full = np.concatenate(inputs)
+            part = np.zeros(count, dtype=dtype)
+            comm.scatter(full if r == root else None, part, root=root)
+            assert np.array_equal(part, full[r * count:(r + 1) * count]), f"scatter {dtype} root {root}"
+            if count and n > 1:
+                assert comm._c.last_algorithm() == "binomial"
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 7, 8])
+def test_binomial_gather_and_scatter(world, monkeypatch):
+    monkeypatch.setenv("HCOMM_ALGO", "gather:binomial;scatter:binomial")
+    run_comm(_binomial_gather_scatter_body, world, args=(world,))

@@ -12,8 +12,14 @@ from harness import run_comm
 from test_hierarchical import topo_file
 from test_numerics import as_array, bits, fold_in_rank_order, inputs
 
-COUNTS = [1, 5, 1001, 90_001, 700_001]  # 90_001 float32 crosses the halving-doubling switch; 700_001 takes several pieces
+COUNTS = [1, 5, 1001, 90_001]  # 90_001 float32: the halving-doubling switch and several 64 KiB pieces
 ALGOS = ["ring", "tree", "halving_doubling", "hierarchical", ""]
+
+
+@pytest.fixture(autouse=True)
+def small_pieces(monkeypatch):
+    # Ordered folds go in pieces (ordered.cc): small ones so that the counts below cross many.
+    monkeypatch.setenv("HCOMM_ORDERED_PIECE_BYTES", "65536")
 
 
 def _allreduce_core(comm, x, algo):
@@ -76,9 +82,10 @@ def test_every_algorithm_and_layout_gives_the_rank_order_sum(layout, tmp_path, m
 
 def test_segment_sizes_do_not_change_the_bits(monkeypatch):
     monkeypatch.setenv("HCOMM_DETERMINISTIC", "1")
-    for ring, tree in (("4096", "1024"), ("1048576", "65536")):
+    for ring, tree, piece in (("4096", "1024", "4096"), ("1048576", "65536", "8388608")):
         monkeypatch.setenv("HCOMM_RING_SEGMENT_BYTES", ring)
         monkeypatch.setenv("HCOMM_TREE_SEGMENT_BYTES", tree)
+        monkeypatch.setenv("HCOMM_ORDERED_PIECE_BYTES", piece)
         _check(run_comm(_body, 4, args=("float32", 3)), "float32", 4, 3, f"segments {ring}/{tree}")
 
 

@@ -286,8 +286,32 @@ def job_collectives():
     _split(comm, ["native"], seed=25)
     os.environ["HCOMM_ALGO"] = ""
     _native_size_rule(comm)
+    _deterministic_refuses_native(comm)
     comm.close()
     print(f"rank {r}/{n} collectives ok", flush=True)
+
+
+def _deterministic_refuses_native(comm):
+    """HCOMM_DETERMINISTIC=1 (read at every call): MPI's own floating sums are refused,
+    with the reason, on every rank before any byte moves; exact ones (integers) still run;
+    the size rule no longer hands allreduce to MPI."""
+    import hcomm
+
+    os.environ["HCOMM_DETERMINISTIC"] = "1"
+    try:
+        for call in (lambda x: comm.allreduce(x, algo="native"), lambda x: comm.reduce(x, root=0, algo="native")):
+            with pytest.raises(hcomm.Error, match="HCOMM_DETERMINISTIC=1 asks for the sum in rank order"):
+                call(np.ones(7, np.float32))
+        x = np.full(5, comm.rank + 1, np.int32)
+        comm.allreduce(x, algo="native")
+        assert comm._c.last_algorithm() == "native" and x[0] == comm.size * (comm.size + 1) // 2
+        def sized():
+            comm.allreduce(np.ones(7, np.float32))
+            assert comm._c.last_algorithm() != "native"
+
+        _with_env("HCOMM_NATIVE_BYTES", "0-", sized)
+    finally:
+        del os.environ["HCOMM_DETERMINISTIC"]
 
 
 def job_mismatch():

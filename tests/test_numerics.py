@@ -17,8 +17,14 @@ import torch
 from harness import run_comm
 
 ALGOS = ["ring", "tree", "halving_doubling"]
+
+
+@pytest.fixture(autouse=True)
+def small_pieces(monkeypatch):
+    # Ordered folds go in pieces (ordered.cc): small ones so that the counts below cross many.
+    monkeypatch.setenv("HCOMM_ORDERED_PIECE_BYTES", "65536")
 # Odd counts around the halving-doubling switch (256 KiB) and the tree halves.
-COUNTS = [1, 7, 1001, 70_001, 200_003, 1_300_001]  # the last: several pieces and chunks (ordered.cc)
+COUNTS = [1, 7, 1001, 70_001, 200_003]  # the last two: several 64 KiB pieces and chunks (ordered.cc)
 
 
 def inputs(dtype, count, n, seed):
@@ -124,7 +130,7 @@ def _rooted_body(comm, dtype, count, seed):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("n", [3, 6, 7])
 def test_16bit_reduce_and_reduce_scatter_round_once(dtype, n):
-    count, seed = 1_000_003, 5  # several 256 KiB pieces per block
+    count, seed = 100_003, 5  # several 64 KiB pieces per block
     out = run_comm(_rooted_body, n, args=(dtype, count, seed))
     want, _ = _expected_bits(dtype, inputs(dtype, count, n, seed))
     for r in range(n):
@@ -180,3 +186,19 @@ def test_16bit_prod_min_max_avg():
         assert np.array_equal(got, bits(as_array(dtype, acc))), f"{dtype} {op}"
         for r in range(1, n):
             assert np.array_equal(out[r][(dtype, op)][0], got)
+
+
+@pytest.mark.parametrize("value, ok", [("avx3", False), ("AVX2", False), ("generic", True), ("avx2", True)])
+def test_hcomm_simd_values_are_checked(value, ok):
+    """An unknown HCOMM_SIMD raises, as every other knob does (it used to pick AVX-512)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import hcomm._C as c; print(c.simd_level())"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HCOMM_SIMD": value},
+                          capture_output=True, text=True, timeout=60)
+    if ok:
+        assert proc.returncode == 0 and proc.stdout.strip() in ("generic", "avx2"), proc.stderr
+    else:
+        assert proc.returncode != 0 and f"HCOMM_SIMD: unknown value '{value}' (generic, avx2, avx512)" in proc.stderr

@@ -41,6 +41,9 @@ void reduceBinomial(Links& l, const void* in, void* out, size_t count, int root,
 // linear (root talks to every rank directly)
 void gatherLinear(Links& l, const void* in, void* out, size_t count, int root);
 void scatterLinear(Links& l, const void* in, void* out, size_t count, int root);
+// binomial tree (binomial.cc): ceil(log2 n) steps, a rank forwarding its subtree's blocks
+void gatherBinomial(Links& l, const void* in, void* out, size_t count, int root);
+void scatterBinomial(Links& l, const void* in, void* out, size_t count, int root);
 
 // pairwise exchange; displacements in elements
 void alltoallvPairwise(Links& l, const void* in, const std::vector<size_t>& sendCounts,

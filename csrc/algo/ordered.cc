@@ -20,12 +20,13 @@
 //   gatherFold (small messages): Bruck-allgather every input, fold locally;
 //     T ~ log2(n)*alpha + (n-1)*S*beta + n*S*gamma*e.
 //   rootFold: every rank sends S to the root, which folds; T ~ (n-1)*(alpha + S*beta) + n*S*gamma*e.
-// Large messages go in pieces of kPieceBytes per block (n per chunk for allreduce), each
+// Large messages go in pieces of pieceBytes() per block (n per chunk for allreduce), each
 // piece's fold adding (n-1)*alpha: T gains S/(n*piece) * (n-1)*alpha.
 #include <algorithm>
 #include <numeric>
 
 #include "algo/algorithms.h"
+#include "common/param.h"
 
 namespace hcomm {
 namespace algo {
@@ -35,9 +36,14 @@ namespace {
 // Channels apart from the flat algorithms' 0..3 and the hierarchical sub-groups' 8..
 constexpr int kFoldChannel = 6;
 constexpr int kBruckChannel = 7;
-// Elements of one block folded at a time, in bytes of the dtype (the float32 partial of a
-// 16-bit dtype is twice this): small enough for L2 with the piece pulled beside it.
-constexpr size_t kPieceBytes = 256u << 10;
+// Bytes (of the dtype) of one block folded at a time. Each piece costs its steps a
+// wake-up when the ranks outnumber the CPUs, so pieces are large; one whole 16 MiB block
+// went through DRAM three times too often. Measured, 4 ranks on 2 busy cores, float16
+// 64 MiB against the old pairwise ring (hcomm-bench, out of place): 1 MiB pieces
+// 2.6-3.3x its time, 4 MiB 1.25x, 8 MiB 0.93x; whole blocks 3x.
+// HCOMM_ORDERED_PIECE_BYTES overrides it (tests cross pieces with small ones); every
+// rank must use the same value, as for the segment sizes.
+size_t pieceBytes() { return static_cast<size_t>(std::max<int64_t>(64, envInt("HCOMM_ORDERED_PIECE_BYTES", 8 << 20))); }
 
 std::vector<size_t> displacements(const std::vector<size_t>& counts) {
   std::vector<size_t> d(counts.size() + 1, 0);
@@ -74,28 +80,27 @@ void foldLocal(Links& l, const std::vector<const char*>& inputs, void* out, size
 }
 
 void reduceScattervOrdered(Links& l, const void* inv, void* outv, const std::vector<size_t>& counts) {
-  // In pieces of kPieceBytes per block, so that each fold's partial and the pieces it
+  // In pieces of pieceBytes() per block, so that each fold's partial and the pieces it
   // pulls stay in cache (measured: whole 16 MiB blocks ran 3x slower than the ring).
+  // Every piece is sent at once, up front: an owner then waits only for data, never for
+  // its peers to reach the same piece (lockstep costs a wake-up per piece when the ranks
+  // outnumber the CPUs). Safe with per-peer FIFO transports: nothing else is queued
+  // between these pieces, and each owner takes its pieces from every sender in order.
   const char* in = static_cast<const char*>(inv);
   char* out = static_cast<char*>(outv);
   int n = l.size(), me = l.rank();
   size_t es = l.elemSize();
   std::vector<size_t> displ = displacements(counts);
-  size_t piece = std::max<size_t>(1, kPieceBytes / es), most = *std::max_element(counts.begin(), counts.end());
-  char* acc = l.scratch(std::min(piece, std::max<size_t>(counts[me], 1)) * l.accSize());
+  size_t piece = std::max<size_t>(1, pieceBytes() / es);
   std::vector<RequestPtr> sends;
-  for (size_t off = 0; off < most; off += piece) {
-    auto len = [&](int b) { return off < counts[b] ? std::min(piece, counts[b] - off) : 0; };
-    for (int d = 1; d < n; ++d) {  // to me+1 first: every owner hears from a different rank first
-      int b = (me + d) % n;
-      if (len(b)) sends.push_back(l.isend(b, in + (displ[b] + off) * es, len(b) * es, kFoldChannel));
-    }
-    if (len(me)) foldFromAll(l, in + (displ[me] + off) * es, out + off * es, len(me), kFoldChannel, acc);
-    if (sends.size() >= static_cast<size_t>(4 * n)) {  // bound the sends in flight
-      l.waitAll(sends);
-      sends.clear();
-    }
+  for (int d = 1; d < n; ++d) {  // to me+1 first: every owner hears from a different rank first
+    int b = (me + d) % n;
+    for (size_t off = 0; off < counts[b]; off += piece)
+      sends.push_back(l.isend(b, in + (displ[b] + off) * es, std::min(piece, counts[b] - off) * es, kFoldChannel));
   }
+  char* acc = l.scratch(std::min(piece, std::max<size_t>(counts[me], 1)) * l.accSize());
+  for (size_t off = 0; off < counts[me]; off += piece)
+    foldFromAll(l, in + (displ[me] + off) * es, out + off * es, std::min(piece, counts[me] - off), kFoldChannel, acc);
   l.waitAll(sends);  // the caller may overwrite `in` next (in-place allreduce)
 }
 
@@ -129,20 +134,32 @@ void allgathervBruck(Links& l, const void* inv, void* outv, const std::vector<si
 }
 
 void allreduceOrdered(Links& l, const void* inv, void* outv, size_t count, const OrderedSpread& spread) {
-  // Chunk by chunk (n pieces each), so that a chunk's allgather reads blocks still in cache.
+  // Chunk by chunk (a piece per block), so that a chunk's allgather reads blocks still in
+  // cache. A chunk's contributions are sent when the chunk starts, not all up front:
+  // transports keep one FIFO per peer, so an allgather message queued behind the next
+  // chunk's contribution would wait for a fold that waits for that very allgather. In
+  // place, the spread of a chunk overwrites this rank's input blocks only once their
+  // owners have folded them, which needed this rank's bytes.
   const char* in = static_cast<const char*>(inv);
   char* out = static_cast<char*>(outv);
-  int n = l.size();
+  int n = l.size(), me = l.rank();
   size_t es = l.elemSize();
-  size_t chunk = std::max<size_t>(1, kPieceBytes / es) * n;
+  size_t chunk = std::max<size_t>(1, pieceBytes() / es) * n;
+  char* acc = l.scratch(Blocks{std::min(chunk, count), static_cast<size_t>(n)}.size(0) * l.accSize());
   std::vector<size_t> counts(n);
+  std::vector<RequestPtr> sends;
   for (size_t begin = 0; begin < count; begin += chunk) {
     Blocks blocks{std::min(chunk, count - begin), static_cast<size_t>(n)};
     for (int b = 0; b < n; ++b) counts[b] = blocks.size(b);
-    char* mine = out + (begin + blocks.start(l.rank())) * es;
-    reduceScattervOrdered(l, in + begin * es, mine, counts);
+    for (int d = 1; d < n; ++d) {
+      int b = (me + d) % n;
+      if (counts[b]) sends.push_back(l.isend(b, in + (begin + blocks.start(b)) * es, counts[b] * es, kFoldChannel));
+    }
+    char* mine = out + (begin + blocks.start(me)) * es;
+    foldFromAll(l, in + (begin + blocks.start(me)) * es, mine, counts[me], kFoldChannel, acc);
     spread(l, mine, out + begin * es, counts);
   }
+  l.waitAll(sends);
 }
 
 void allreduceGatherFold(Links& l, const void* in, void* out, size_t count) {
@@ -158,7 +175,7 @@ void allreduceGatherFold(Links& l, const void* in, void* out, size_t count) {
 void rootFold(Links& l, const void* inv, void* outv, size_t count, int root, int channel, std::vector<RequestPtr>& sends) {
   const char* in = static_cast<const char*>(inv);
   char* out = static_cast<char*>(outv);
-  size_t es = l.elemSize(), piece = std::max<size_t>(1, kPieceBytes / es);
+  size_t es = l.elemSize(), piece = std::max<size_t>(1, pieceBytes() / es);
   char* acc = l.rank() == root && count ? l.scratch(std::min(piece, count) * l.accSize()) : nullptr;
   for (size_t off = 0; off < count; off += piece) {  // in pieces, as reduceScattervOrdered
     size_t len = std::min(piece, count - off);

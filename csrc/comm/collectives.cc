@@ -311,18 +311,28 @@ WorkPtr Communicator::alltoallv(const void* in, std::vector<size_t> sendCounts, 
 WorkPtr Communicator::gather(const void* in, void* out, size_t count, DataType dt, int root, bool async) {
   checkUsable();
   checkRoot(root, "root");
-  CollectiveInfo info{"gather", CollKind::GATHER, dt, count, root, "linear", ReduceOp::SUM};
+  size_t bytes = count * dtypeSize(dt);
+  Candidate pick = this->pick(CollKind::GATHER, bytes, root, "", [&] { return planGather("gather", bytes, root, ""); });
+  CollectiveInfo info{"gather", CollKind::GATHER, dt, count, root, pick.algo, ReduceOp::SUM};
+  bool binomial = pick.algo == "binomial";
   return submit(info, false, 0, [=](Links& l, Work&) {
-    if (count) algo::gatherLinear(l, in, out, count, root);
+    if (!count) return;
+    if (binomial && l.size() > 1) algo::gatherBinomial(l, in, out, count, root);
+    else algo::gatherLinear(l, in, out, count, root);
   }, async);
 }
 
 WorkPtr Communicator::scatter(const void* in, void* out, size_t count, DataType dt, int root, bool async) {
   checkUsable();
   checkRoot(root, "root");
-  CollectiveInfo info{"scatter", CollKind::SCATTER, dt, count, root, "linear", ReduceOp::SUM};
+  size_t bytes = count * dtypeSize(dt);
+  Candidate pick = this->pick(CollKind::SCATTER, bytes, root, "", [&] { return planGather("scatter", bytes, root, ""); });
+  CollectiveInfo info{"scatter", CollKind::SCATTER, dt, count, root, pick.algo, ReduceOp::SUM};
+  bool binomial = pick.algo == "binomial";
   return submit(info, false, 0, [=](Links& l, Work&) {
-    if (count) algo::scatterLinear(l, in, out, count, root);
+    if (!count) return;
+    if (binomial && l.size() > 1) algo::scatterBinomial(l, in, out, count, root);
+    else algo::scatterLinear(l, in, out, count, root);
   }, async);
 }
 

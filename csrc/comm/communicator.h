@@ -165,6 +165,8 @@ class Communicator {
   Decision planAllreduce(size_t bytes, const std::string& requested, Fold fold = Fold::PLAIN) const;
   Decision planReduceScatter(size_t bytes, const std::string& requested, Fold fold = Fold::PLAIN) const;
   Decision planReduce(size_t bytes, int root, const std::string& requested, Fold fold = Fold::PLAIN) const;
+  // collective: "gather" or "scatter"; bytes: one rank's block.
+  Decision planGather(const std::string& collective, size_t bytes, int root, const std::string& requested) const;
   // The same for broadcast (binomial, hierarchical, native) and allgather(v) (ring,
   // hierarchical, native); bytes is the whole message (allgather: the gathered total).
   Decision planBroadcast(size_t bytes, int root, const std::string& requested) const;

@@ -115,4 +115,15 @@ Decision Communicator::planReduce(size_t bytes, int root, const std::string& req
                   });
 }
 
+Decision Communicator::planGather(const std::string& collective, size_t bytes, int root,
+                                  const std::string& requested) const {
+  if (!world_) throw Error("communicator is closed");
+  if (root < 0 || root >= size_)
+    throw Error(collective + " root " + std::to_string(root) + " is out of range for size " + std::to_string(size_));
+  return planWith(collective, gatherAlgorithms(), requested, nullptr, world_->tuner != nullptr,  // no native gather
+                  [&](const std::string& forced, const std::string& why) {
+                    return world_->tuner->gather(worldRanks_, collective, bytes, root, forced, why);
+                  });
+}
+
 }  // namespace hcomm

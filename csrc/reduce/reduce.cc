@@ -17,6 +17,8 @@ SimdLevel detect() {
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
     best = SimdLevel::AVX512;
   std::string cap = envStr("HCOMM_SIMD");
+  if (!cap.empty() && cap != "generic" && cap != "avx2" && cap != "avx512")
+    throw Error("HCOMM_SIMD: unknown value '" + cap + "' (generic, avx2, avx512)");
   SimdLevel capLevel = cap == "generic" ? SimdLevel::GENERIC
                        : cap == "avx2"  ? SimdLevel::AVX2
                                         : SimdLevel::AVX512;

@@ -83,6 +83,7 @@ const std::vector<std::string>& broadcastAlgorithms();      // "tree" is accepte
 const std::vector<std::string>& allgatherAlgorithms();
 const std::vector<std::string>& reduceScatterAlgorithms();
 const std::vector<std::string>& reduceAlgorithms();         // "tree" is accepted for binomial
+const std::vector<std::string>& gatherAlgorithms();         // gather and scatter: linear, binomial
 double gammaSecondsPerByte();
 
 // Every candidate with its prediction; `forced` (an algorithm name, or "" / "auto")
@@ -99,6 +100,9 @@ Decision tuneReduceScatter(const CommShape& shape, size_t bytes, const std::stri
                            Fold fold = Fold::PLAIN);
 Decision tuneReduce(const CommShape& shape, size_t bytes, int root, const std::string& forced, const std::string& why,
                     Fold fold = Fold::PLAIN);
+// gather or scatter (the same tree either way); bytes: one rank's block.
+Decision tuneGather(const CommShape& shape, const std::string& collective, size_t bytes, int root,
+                    const std::string& forced, const std::string& why);
 
 // The tuner of one job: decisions cached per (communicator ranks, bytes, forced name), so
 // the model runs once per message size and a small collective pays a map lookup.
@@ -116,6 +120,8 @@ class Tuner {
                          const std::string& why, Fold fold) const;
   Decision reduce(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
                   const std::string& why, Fold fold) const;
+  Decision gather(const std::vector<int>& worldRanks, const std::string& collective, size_t bytes, int root,
+                  const std::string& forced, const std::string& why) const;
 
  private:
   // (collective, ranks, bytes, root (allreduce, reduce_scatter: the Fold; reduce: 3*root + Fold), forced, why)
