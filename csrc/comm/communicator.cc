@@ -128,7 +128,8 @@ static void openRescue(Communicator& comm, World& w, const std::string& ip) {
   std::string mine = ip + ":" + std::to_string(port);
   mine.resize(kAddr, '\0');
   std::vector<char> all(kAddr * w.size);
-  comm.allgatherv(mine.data(), all.data(), std::vector<size_t>(w.size, kAddr), DataType::U8, false);
+  // An explicit algorithm: a bad HCOMM_ALGO must raise at the first call a user makes, not in init.
+  comm.allgatherv(mine.data(), all.data(), std::vector<size_t>(w.size, kAddr), DataType::U8, false, "ring");
   for (int r = 0; r < w.size; ++r) w.rescueAddrs.push_back(std::string(&all[kAddr * r], strnlen(&all[kAddr * r], kAddr)));
 }
 

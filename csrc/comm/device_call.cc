@@ -189,7 +189,10 @@ bool Communicator::runOnNccl(const Links& l, bool native, bool automatic,
 }
 
 bool Communicator::automaticPick(const std::string& requested, const char* collective) const {
-  return (requested.empty() || requested == "auto") && algoFromEnv(collective).empty();
+  // Host calls never ask (they pay nothing here); a bad HCOMM_ALGO entry raises where a
+  // plan reads it, not here.
+  if (!currentPlacement().onDevice()) return false;
+  return (requested.empty() || requested == "auto") && algoFromEnv(collective, false).empty();
 }
 
 }  // namespace hcomm

@@ -40,8 +40,10 @@ _COLLECTIVES = {  # torch.distributed entry point -> the collective the tuner pr
     "all_reduce": "allreduce",
     "all_gather": "allgather",
     "all_gather_into_tensor": "allgather",
+    "all_gather_single": "allgather",            # torch 2.13's name for the tensor form
     "reduce_scatter": "reduce_scatter",
     "reduce_scatter_tensor": "reduce_scatter",
+    "reduce_scatter_single": "reduce_scatter",
     "broadcast": "broadcast",
 }
 
@@ -57,11 +59,11 @@ def _total_bytes(name, args, group_size):
     first, second = args[0], args[1] if len(args) > 1 else None
     if name == "all_gather":                 # (tensor_list, tensor)
         return _nbytes(second) * group_size
-    if name == "all_gather_into_tensor":     # (output, input)
+    if name in ("all_gather_into_tensor", "all_gather_single"):     # (output, input)
         return _nbytes(first)
     if name == "reduce_scatter":             # (output, input_list)
         return sum(_nbytes(t) for t in second)
-    if name == "reduce_scatter_tensor":      # (output, input)
+    if name in ("reduce_scatter_tensor", "reduce_scatter_single"):  # (output, input)
         return _nbytes(second)
     return _nbytes(first) if torch.is_tensor(first) else 0
 

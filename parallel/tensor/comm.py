@@ -54,8 +54,14 @@ def _split(x: torch.Tensor, dim: int, group) -> torch.Tensor:
 
 
 # torch 2.13 renamed the tensor forms (the old names warn); older torch has only the old ones.
-_all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+def _all_gather_tensor(*args, **kwargs):
+    # Looked up at call time, not bound at import: tools that wrap torch.distributed's
+    # entry points (hcomm.parallel.plan's profile records every collective) see the call.
+    return (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(*args, **kwargs)
+
+
+def _reduce_scatter_tensor(*args, **kwargs):
+    return (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(*args, **kwargs)
 
 
 def _to_front(x: torch.Tensor, dim: int) -> torch.Tensor:

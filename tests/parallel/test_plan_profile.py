@@ -94,7 +94,7 @@ _ZERO_PLAN = textwrap.dedent("""
     n, stage = int(sys.argv[1]), int(sys.argv[2])
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=n)
     model = torch.nn.Sequential(torch.nn.Linear(37, 29), torch.nn.LayerNorm(29), torch.nn.Linear(29, 11))
-    z = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, print_plan=False, lr=1e-3)
+    z = ZeroOptimizer(model, torch.optim.AdamW, stage=stage, group=dist.group.WORLD, print_plan=False, lr=1e-3)
     plan = z.memory_plan()
     print(json.dumps({"psi": z.psi, "k": z.state_bytes_per_element,
                       "rows": {r.name: r.formula_bytes for r in plan.rows}}))
