@@ -176,6 +176,11 @@ Links Links::sub(const std::vector<int>& ranks, int channelBase) const {
   Links l(me, static_cast<int>(ranks.size()), std::move(routes), tagBase_ + channelBase, fingerprint_, dtype_, op_,
           deadline_, policy_, describe_, *mem_);
   l.ordered_ = ordered_;
+  // Waiting in a sub-group still progresses every transport of the whole call: a
+  // transport with flow control (cuda_ipc's credits and introductions) needs this rank
+  // to answer peers outside the sub-group, or they wait on it while it waits on them.
+  l.transports_ = transports_;
+  l.nTransports_ = nTransports_;
   return l;
 }
 

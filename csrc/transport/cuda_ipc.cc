@@ -33,7 +33,7 @@ struct CudaIpcTransport::Ctrl {
 CudaIpcTransport::CudaIpcTransport(int rank, std::vector<int> localRanks, Transport* host, int device,
                                    double timeoutSec)
     : rt_(&loadCudaRuntime()), kernels_(&deviceKernels()), rank_(rank), device_(device), timeoutSec_(timeoutSec),
-      host_(host) {
+      host_(host), events_(*rt_) {
   slotBytes_ = static_cast<size_t>(envInt("HCOMM_CUDA_IPC_SLOT_BYTES", 4 << 20));
   slots_ = static_cast<size_t>(envInt("HCOMM_CUDA_IPC_SLOTS", 4));
   if (slotBytes_ < 4096 || slots_ < 1)
@@ -65,7 +65,6 @@ CudaIpcTransport::~CudaIpcTransport() {
     if (p.peerEvent) rt_->api.EventDestroy(p.peerEvent);
   }
   peers_.clear();  // their staging buffers go back to freeStaging_, which must still exist
-  for (cuda::Event e : allEvents_) rt_->api.EventDestroy(e);
   for (char* s : allStaging_) rt_->api.Free(s);
   rt_->api.StreamDestroy(sendStream_);
   rt_->api.StreamDestroy(recvStream_);
@@ -80,18 +79,6 @@ CudaIpcTransport::Peer& CudaIpcTransport::peerOf(int rank) {
   if (rank < 0 || rank >= static_cast<int>(localIndex_.size()) || localIndex_[rank] < 0 || rank == rank_)
     throw Error("cuda_ipc: rank " + std::to_string(rank) + " is not another rank of this host");
   return peers_[localIndex_[rank]];
-}
-
-cuda::Event CudaIpcTransport::takeEvent() {
-  if (!freeEvents_.empty()) {
-    cuda::Event e = freeEvents_.back();
-    freeEvents_.pop_back();
-    return e;
-  }
-  cuda::Event e = nullptr;
-  check(rt_->api.EventCreateWithFlags(&e, cuda::kEventDisableTiming), "cudaEventCreateWithFlags");
-  allEvents_.push_back(e);
-  return e;
 }
 
 std::shared_ptr<char> CudaIpcTransport::stagingFor(size_t bytes) {
@@ -210,7 +197,7 @@ bool CudaIpcTransport::pumpSends(Peer& p) {
       cuda::Error e = rt_->api.EventQuery(m.done);
       if (e == cuda::cudaErrorNotReady) break;
       check(e, "cudaEventQuery");
-      freeEvents_.push_back(m.done);
+      events_.give(m.done);
       complete(*m.req);
       p.sending.pop_front();
       moved = true;
@@ -236,7 +223,7 @@ bool CudaIpcTransport::pumpSends(Peer& p) {
     sendCtrl(p, c);
     m.next += c.len;
     if (m.next == total) {
-      m.done = takeEvent();
+      m.done = events_.take();
       check(rt_->api.EventRecord(m.done, sendStream_), "cudaEventRecord");
     }
     moved = true;
@@ -315,7 +302,7 @@ void CudaIpcTransport::land(Peer& p, const PostedRecv* into, char* dst, const Ct
             "cudaMemcpyAsync out of a slot");
     }
   }
-  l.event = takeEvent();
+  l.event = events_.take();
   check(rt_->api.EventRecord(l.event, recvStream_), "cudaEventRecord");
   if (last) {
     if (into) l.completes = into->req;
@@ -341,7 +328,7 @@ void CudaIpcTransport::deliverEarly(Peer& p, const PostedRecv& r, const std::sha
     }
   }
   Landing l;
-  l.event = takeEvent();
+  l.event = events_.take();
   check(rt_->api.EventRecord(l.event, recvStream_), "cudaEventRecord");
   l.completes = r.req;
   l.hold = staged;  // back to the pool once the copy out of it is done
@@ -355,7 +342,7 @@ bool CudaIpcTransport::pollLanding(Peer& p) {
     cuda::Error e = rt_->api.EventQuery(l.event);
     if (e == cuda::cudaErrorNotReady) break;
     check(e, "cudaEventQuery");
-    freeEvents_.push_back(l.event);
+    events_.give(l.event);
     if (l.slot >= 0) {
       Ctrl credit;
       credit.kind = kCredit;

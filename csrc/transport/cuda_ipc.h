@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "transport/cuda_api.h"
+#include "transport/cuda_events.h"
 #include "transport/matcher.h"
 #include "transport/transport.h"
 
@@ -114,7 +115,6 @@ class CudaIpcTransport : public Transport {
   bool pollLanding(Peer& p);
   bool pollCtrl(Peer& p);
   std::shared_ptr<char> stagingFor(size_t bytes);
-  cuda::Event takeEvent();
   void check(int err, const char* what) const;
   void failAll(const std::string& why);
 
@@ -129,7 +129,7 @@ class CudaIpcTransport : public Transport {
   std::vector<int> localIndex_;  // world rank -> index in peers_, -1 when not local
   std::recursive_mutex mu_;
   std::string aborted_;
-  std::vector<cuda::Event> freeEvents_, allEvents_;
+  CudaEventPool events_;  // its events outlive the work that reaches them (streams synchronised first)
   std::vector<std::pair<size_t, char*>> freeStaging_;
   std::vector<char*> allStaging_;
 };

@@ -11,7 +11,7 @@
 namespace hcomm {
 
 StagingTransport::StagingTransport(Transport* host, int device, double)
-    : host_(host), rt_(&loadCudaRuntime()), kernels_(&deviceKernels()), device_(device) {
+    : host_(host), rt_(&loadCudaRuntime()), kernels_(&deviceKernels()), device_(device), events_(*rt_) {
   pieceBytes_ = static_cast<size_t>(envInt("HCOMM_STAGING_PIECE_BYTES", 1 << 20));
   depth_ = static_cast<size_t>(envInt("HCOMM_STAGING_PIECES", 4));
   if (pieceBytes_ < 1024 || depth_ < 1)
@@ -29,7 +29,6 @@ StagingTransport::~StagingTransport() {
   recvs_.clear();  // device pieces go back to freeDevice_ first
   for (char* p : allPinned_) rt_->api.FreeHost(p);
   for (char* p : allDevice_) rt_->api.Free(p);
-  for (cuda::Event e : allEvents_) rt_->api.EventDestroy(e);
   rt_->api.StreamDestroy(d2h_);
   rt_->api.StreamDestroy(h2d_);
 }
@@ -65,21 +64,9 @@ std::shared_ptr<char> StagingTransport::devicePiece() {
   return std::shared_ptr<char>(p, [this](char* q) { freeDevice_.push_back(q); });
 }
 
-cuda::Event StagingTransport::takeEvent() {
-  if (!freeEvents_.empty()) {
-    cuda::Event e = freeEvents_.back();
-    freeEvents_.pop_back();
-    return e;
-  }
-  cuda::Event e = nullptr;
-  check(rt_->api.EventCreateWithFlags(&e, cuda::kEventDisableTiming), "cudaEventCreateWithFlags");
-  allEvents_.push_back(e);
-  return e;
-}
-
 void StagingTransport::recycle(Piece& p) {
   if (p.pinned) freePinned_.push_back(p.pinned);
-  if (p.event) freeEvents_.push_back(p.event);
+  events_.give(p.event);
   p.pinned = nullptr;
   p.event = nullptr;
   p.device.reset();
@@ -116,7 +103,7 @@ bool StagingTransport::pumpSend(int peer, std::deque<Msg>& q) {
       if (p.len)
         check(rt_->api.MemcpyAsync(p.pinned, m.dev + p.offset, p.len, cuda::cudaMemcpyDeviceToHost, d2h_),
               "cudaMemcpyAsync device to host");
-      p.event = takeEvent();
+      p.event = events_.take();
       check(rt_->api.EventRecord(p.event, d2h_), "cudaEventRecord");
       m.next += p.len;
       if (total == 0) m.next = 1;  // the one empty piece is out
@@ -202,7 +189,7 @@ bool StagingTransport::pumpRecv(std::deque<Msg>& q) {
         check(rt_->api.MemcpyAsync(m.dev + p.offset, p.pinned, p.len, cuda::cudaMemcpyHostToDevice, h2d_),
               "cudaMemcpyAsync host to device");
       }
-      p.event = takeEvent();
+      p.event = events_.take();
       check(rt_->api.EventRecord(p.event, h2d_), "cudaEventRecord");
       moved = true;
     }

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "transport/cuda_api.h"
+#include "transport/cuda_events.h"
 #include "transport/transport.h"
 
 namespace hcomm {
@@ -68,7 +69,6 @@ class StagingTransport : public Transport {
   bool pumpRecv(std::deque<Msg>& q);
   char* takePinned();
   std::shared_ptr<char> devicePiece();
-  cuda::Event takeEvent();
   void recycle(Piece& p);
   void check(int err, const char* what) const;
   void failAll(const std::string& why);
@@ -85,7 +85,7 @@ class StagingTransport : public Transport {
   std::string aborted_;
   std::vector<char*> freePinned_, allPinned_;
   std::vector<char*> freeDevice_, allDevice_;
-  std::vector<cuda::Event> freeEvents_, allEvents_;
+  CudaEventPool events_;  // its events outlive the work that reaches them (streams synchronised first)
 };
 
 }  // namespace hcomm
