@@ -19,14 +19,18 @@ recipe:
 3. the survivors keep the largest mesh they can: whole pipelines (data-parallel replicas
    whose every stage survived); a rank whose pipeline lost a stage leaves with exit 0,
    and the others drop it with a second shrink_world(exclude=...);
-4. the mesh is rebuilt with dp - k (the same global batch, so more micro-batches per
-   step), the last checkpoint is loaded resharded (load_sharded reads any dp size), and
+4. a checkpoint the failure interrupted (no `done` marker) is discarded; the mesh is
+   rebuilt with dp - k (the same global batch, so more micro-batches per step), the
+   last complete checkpoint is loaded resharded (load_sharded reads any dp size), and
    training goes on from the step after it.
 
 With the same global batch, the loss curve after the resume is the one a run started
 from that checkpoint on the smaller mesh gives (--resume), float32 summation order aside:
 tests/test_shrink_elastic.py checks it. --kill-rank/--kill-step make a rank SIGKILL
-itself at a random moment inside that step, for the tests and for trying it out.
+itself at a random moment inside that step (or, with --kill-where save, inside the
+checkpoint save that follows it), for the tests and for trying it out. Only
+communication failures (hcomm.Error, torch's RuntimeError wrapping one) start a recovery;
+any other error ends the rank, so a bug cannot turn into an endless shrink loop.
 """
 import argparse
 import json
@@ -39,6 +43,8 @@ import time
 
 import torch
 import torch.distributed as dist
+
+import hcomm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_gpt import CONFIG, Trainer, apply_overrides  # noqa: E402
@@ -64,10 +70,14 @@ def build(config):
     return pcfg, mesh, Trainer(config, pcfg, mesh)
 
 
-def save(trainer, root, step):
+def save(trainer, root, step, die=None):
+    """`die`: a note file; this rank is killed after writing its shard, before the others
+    call the checkpoint complete (the case an interrupted checkpoint must survive)."""
     from hcomm.parallel.zero.checkpoint import save_sharded
 
     save_sharded(trainer.zopt, ckpt_dir(root, step, trainer.mesh.pp_rank))
+    if die:
+        kill_now(die)
     dist.barrier()   # every stage's files exist before any rank calls the checkpoint complete
     if dist.get_rank() == 0:
         with open(os.path.join(root, f"step-{step:05d}", "done"), "w") as f:
@@ -78,6 +88,19 @@ def last_checkpoint(root):
     done = [int(d[5:]) for d in os.listdir(root) if d.startswith("step-")
             and os.path.exists(os.path.join(root, d, "done"))] if os.path.isdir(root) else []
     return max(done) if done else None
+
+
+def discard_unfinished(root):
+    """Remove the checkpoints a failure interrupted (no `done` marker): their shards belong
+    to the old dp group, and saving that step again on the new mesh would be refused as
+    another group's checkpoint. New rank 0 removes them; the others wait for it."""
+    import shutil
+
+    if dist.get_rank() == 0 and os.path.isdir(root):
+        for d in os.listdir(root):
+            if d.startswith("step-") and not os.path.exists(os.path.join(root, d, "done")):
+                shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+    dist.barrier()
 
 
 def load(trainer, root, step):
@@ -111,7 +134,7 @@ def whole_replicas(pcfg, old_ranks):
     return sorted(r for members in by_replica.values() if len(members) == stages for r in members)
 
 
-def recover(config, pcfg):
+def recover(config, pcfg, root):
     """After a failure: shrink, drop broken pipelines, rebuild. None when this rank leaves."""
     import hcomm.torch
 
@@ -122,6 +145,7 @@ def recover(config, pcfg):
         return None
     if len(keep) < world:
         hcomm.torch.shrink_world(exclude=[r for r in range(world) if r not in keep])
+    discard_unfinished(root)
     return build(config)
 
 
@@ -133,7 +157,8 @@ def run(config, args, log):
         step = args.resume
     losses, events, last = {}, {}, 0.0
     while step < config["train"]["steps"]:
-        dying = args.kill_rank == dist.get_rank() and args.kill_step == step and "resumed_at" not in events
+        victim = args.kill_rank == dist.get_rank() and args.kill_step == step and "resumed_at" not in events
+        dying, dying_in_save = victim and args.kill_where == "step", victim and args.kill_where == "save"
         note = f"{args.json}.killed" if args.json else None
         if dying:  # somewhere inside this step, judged by the last step's length
             arm_kill(random.Random(args.seed).random() * last, note)
@@ -146,11 +171,11 @@ def run(config, args, log):
             log(f"step {step + 1:>3}  loss {losses[step]:.5f}  dp={pcfg.dp} pp={pcfg.pp}")
             step += 1
             if step % args.every == 0 and step < config["train"]["steps"]:
-                save(trainer, args.ckpt, step)
-        except Exception as e:  # noqa: BLE001 - the collective that saw the death (hcomm or torch's wrapper)
+                save(trainer, args.ckpt, step, die=(note or os.devnull) if dying_in_save else None)
+        except (hcomm.Error, RuntimeError) as e:  # the collective that saw the death (hcomm, or torch's wrapper)
             events["failed_at"] = time.time()
             log(f"step {step + 1}: {type(e).__name__}: {str(e)[:160]}")
-            built = recover(config, pcfg)
+            built = recover(config, pcfg, args.ckpt)
             if built is None:
                 events["left"] = True
                 return losses, events
@@ -172,6 +197,8 @@ def main(argv=None):
     ap.add_argument("--resume", type=int, help="start from this step's checkpoint")
     ap.add_argument("--kill-rank", type=int, default=-1, help="this rank SIGKILLs itself during --kill-step")
     ap.add_argument("--kill-step", type=int, default=-1)
+    ap.add_argument("--kill-where", choices=("step", "save"), default="step",
+                    help="step: at a random moment of --kill-step; save: inside the checkpoint save after it")
     ap.add_argument("--seed", type=int, default=0, help="picks the moment of the kill inside the step")
     ap.add_argument("--json", help="each rank writes {losses, events} to JSON.<rank>")
     args = ap.parse_args(argv)
