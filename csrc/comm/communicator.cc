@@ -62,8 +62,8 @@ std::string routeSummary(const World& w) {
   std::string s;
   for (auto* level : {&here, &away})
     for (const auto& kv : *level)
-      s += (s.empty() ? "" : ", ") + std::to_string(kv.second) + (level == &here ? " on this host (" : " on other hosts (") +
-           kv.first + ")";
+      s += (s.empty() ? "" : ", ") + std::to_string(kv.second) +
+           (level == &here ? " on this host (" : " on other hosts (") + kv.first + ")";
   return s;
 }
 
