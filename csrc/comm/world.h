@@ -5,8 +5,8 @@
 // the first transport of the peer's level (on this host: intra; on another: inter), in
 // that level's preference order, that canConnect to it with that kind of memory
 // (transport.h). Nothing else names a transport: abort walks the list, and the few
-// components that need one kind (cuda_ipc sends its control messages over shm; staging
-// wraps the host transport of its peers) look it up with World::find.
+// components that need one kind look it up from the list: cuda_ipc sends its control
+// messages over shm (World::find), staging wraps its peers' host route (World::route).
 //
 // HCOMM_TRANSPORT sets the preference orders; comma-separated items, the last per level
 // wins:
