@@ -47,35 +47,27 @@ WaitPolicy waitPolicy(int ranksOnMachine) {
   return p;
 }
 
-// HCOMM_TRANSPORT (documented in transport/mpi.h): which levels go over MPI.
-void transportChoice(World& w) {
-  std::istringstream in(envStr("HCOMM_TRANSPORT", "auto"));
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    auto colon = item.find(':');
-    std::string level = colon == std::string::npos ? "" : item.substr(0, colon);
-    std::string value = colon == std::string::npos ? item : item.substr(colon + 1);
-    bool mpi = value == "mpi";
-    bool known = mpi || value == "auto" || (level == "intra" && value == "shm") || (level == "inter" && value == "tcp");
-    if (!known || (level != "" && level != "intra" && level != "inter"))
-      throw Error("HCOMM_TRANSPORT: unknown setting '" + item + "' (mpi, inter:mpi, intra:mpi, intra:shm, " +
-                  "inter:tcp, auto)");
-    if (level != "inter") w.mpiIntra = mpi;
-    if (level != "intra") w.mpiInter = mpi;
-  }
-}
-
 // Something asked for MPI, so failing to join it is an error rather than a fallback.
 bool mpiRequired(const World& w) {
-  return w.mpiIntra || w.mpiInter || envStr("HCOMM_MPI") == "1" ||
-         envStr("HCOMM_ALGO").find("native") != std::string::npos;
+  return w.order.names("mpi") || envStr("HCOMM_MPI") == "1" || envStr("HCOMM_ALGO").find("native") != std::string::npos;
+}
+
+// "3 on this host (shm), 4 on other hosts (tcp)": for the init log line.
+std::string routeSummary(const World& w) {
+  std::map<std::string, int> here, away;
+  for (int r = 0; r < w.size; ++r) {
+    Transport* t = w.route(r, MemKind::HOST);
+    ++(w.local(r) ? here : away)[t ? t->name() : "none"];
+  }
+  std::string s;
+  for (auto* level : {&here, &away})
+    for (const auto& kv : *level)
+      s += (s.empty() ? "" : ", ") + std::to_string(kv.second) +
+           (level == &here ? " on this host (" : " on other hosts (") + kv.first + ")";
+  return s;
 }
 
 }  // namespace
-
-World::~World() {
-  if (rescueFd >= 0) ::close(rescueFd);
-}
 
 static Json* member(Json& j, const std::string& key) {  // Json::find, writable
   for (auto& kv : j.obj)
@@ -101,19 +93,6 @@ static void renumberTopoFile(Json& file, const std::vector<int>& fileRanks) {
     }
     ranks->arr = kept;
   }
-}
-
-// After a failure some requests may still point into the caller's buffers: fail them all
-// (as NCCL aborts a communicator) so no byte lands in memory the caller got back.
-void abortWorld(World& w, const std::string& why) {
-  std::lock_guard<std::mutex> lock(w.abortMu);
-  if (!w.abortReason.empty()) return;
-  w.abortReason = why;
-  w.shm->abort(why);
-  if (w.tcp) w.tcp->abort(why);
-  if (w.mpi) w.mpi->abort(why);
-  std::lock_guard<std::mutex> devices(w.deviceMu);
-  for (auto& t : w.deviceTransports) t->abort(why);
 }
 
 // ---------------------------------------------------------------- creation
@@ -164,7 +143,7 @@ std::shared_ptr<Communicator> Communicator::createWorld(int rank, int size, cons
     if (!place.host.empty()) myHost = "file:" + place.host;
   }
   std::unique_ptr<TcpTransport> tcp;
-  transportChoice(*world);
+  world->order = TransportOrder::parse(envStr("HCOMM_TRANSPORT", "auto"));
   std::string myMachine = machineIdentity();
   std::string ip;
   if (size == 1) {
@@ -180,7 +159,6 @@ std::shared_ptr<Communicator> Communicator::createWorld(int rank, int size, cons
     records = rendezvous(id, rank, size, record, timeoutSec);
   }
   world->token = id.token;
-  std::vector<int> local, remote;
   std::vector<std::string> addrs(size), mpiIds(size);
   int onMachine = 0;  // ranks sharing this machine's CPUs (simulated hosts included)
   for (int r = 0; r < size; ++r) {
@@ -191,34 +169,19 @@ std::shared_ptr<Communicator> Communicator::createWorld(int rank, int size, cons
     world->machineIds.push_back(fields[4]);
     addrs[r] = fields[2];
     mpiIds[r] = fields[3];
-    (fields[0] == myHost ? local : remote).push_back(r);
   }
   world->policy = waitPolicy(onMachine);
   world->backgroundPolicy = waitPolicy(2 * onMachine);
-  world->shm = std::make_shared<ShmTransport>(rank, local, "/hcomm_" + id.token.substr(0, 16), timeoutSec);
-  world->shm->connect();
   world->mpiComm = mpiCommFor(mpiIds, mpiRequired(*world));
-  if (size > 1 && (world->mpiIntra || world->mpiInter)) world->mpi = makeMpiTransport(world->mpiComm, timeoutSec);
-  if (!remote.empty() && !world->mpiInter) {
-    tcp->connect(remote, addrs);
-    world->tcp.reset(tcp.release());
-    // Peers on other hosts ask how far this rank got after a timeout (progressReport).
-    std::weak_ptr<ShmTransport> shm = world->shm;
-    world->tcp->setProgressSource([shm, rank](uint32_t c, CallProgress* out) {
-      auto s = shm.lock();
-      return s && s->peerProgress(rank, c, out) && out->found;
-    });
-  }
-  logLine(LogLevel::INFO, rank, "init: " + std::to_string(size) + " ranks, " + std::to_string(local.size()) +
-                                     " on this host (" + (world->mpiIntra ? "mpi" : "shm") + "), " +
-                                     std::to_string(remote.size()) + " remote (" + (world->mpiInter ? "mpi" : "tcp") +
-                                     "), simd " + simdName(simdLevel()));
+  connectHostTransports(*world, std::move(tcp), addrs, "/hcomm_" + id.token.substr(0, 16));
+  logLine(LogLevel::INFO, rank, "init: " + std::to_string(size) + " ranks: " + routeSummary(*world) + ", simd " +
+                                     simdName(simdLevel()));
   std::vector<int> all(size);
   std::iota(all.begin(), all.end(), 0);
   std::shared_ptr<Communicator> comm = own(new Communicator(world, all, 1, timeoutSec));
   comm->mpi_ = world->mpiComm;
   comm->barrier(false);    // every peer has mapped our segment once it has talked to us
-  world->shm->unlinkOwn();
+  comm->board_->unlinkOwn();
   InitChannel ch;  // the topology is gathered over the new communicator itself
   ch.rank = rank;
   ch.size = size;
@@ -242,18 +205,15 @@ Communicator::Communicator(std::shared_ptr<World> world, std::vector<int> worldR
   flight_ = std::make_shared<FlightRecorder>(static_cast<size_t>(envInt("HCOMM_FLIGHT_RECORDER_SIZE", 2000)));
   auto me = std::find(worldRanks_.begin(), worldRanks_.end(), world_->rank);
   rank_ = static_cast<int>(me - worldRanks_.begin());
-  const std::string& myHost = world_->hostIds[world_->rank];
   for (int w : worldRanks_) {
     Route r;
     r.peer = w;
-    bool local = world_->hostIds[w] == myHost;
-    if (world_->mpi && (local ? world_->mpiIntra : world_->mpiInter)) r.transport = world_->mpi.get();
-    else if (local) r.transport = world_->shm.get();
-    else r.transport = world_->tcp.get();
+    r.transport = world_->route(w, MemKind::HOST);  // every peer has one (connectHostTransports)
     routes_.push_back(r);
   }
   linkRoutes_ = std::make_shared<const std::vector<Route>>(routes_);
-  boardSlot_ = world_->shm->claimBoardSlot(id_);
+  board_ = world_->find<ShmTransport>();
+  boardSlot_ = board_->claimBoardSlot(id_);
 }
 
 Communicator::~Communicator() {
@@ -295,7 +255,7 @@ void Communicator::close() {
   if (worker_.joinable()) worker_.join();  // runs what was queued first
   closed_ = true;
   device_.reset();
-  world_->shm->releaseBoardSlot(boardSlot_);
+  board_->releaseBoardSlot(boardSlot_);
   routes_.clear();
   world_.reset();
 }

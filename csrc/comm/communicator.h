@@ -24,63 +24,18 @@
 #include "algo/links.h"
 #include "comm/flight_recorder.h"
 #include "comm/work.h"
+#include "comm/world.h"
 #include "common/fingerprint.h"
 #include "common/types.h"
 #include "topo/tuner.h"
 
 namespace hcomm {
 
-class ShmTransport;
-class TcpTransport;
-class MpiComm;  // transport/mpi.h
-class DeviceContext;  // comm/device_context.h
-class NcclTransport;  // transport/nccl.h
-struct DeviceCall;     // comm/engine.h
-
-// The transports and the identity of every rank of the job that made them; shared by a
-// communicator and everything split from it.
-struct World {
-  int rank = 0, size = 1;
-  std::string token;
-  std::vector<std::string> hostIds;
-  // The physical machine of each rank (simulated hosts of one machine share it): what
-  // tells two ranks on one GPU apart from two GPUs with the same bus id.
-  std::vector<std::string> machineIds;
-  std::shared_ptr<const Topology> topology;  // gathered at init (topo/topology.h)
-  std::shared_ptr<const Tuner> tuner;        // over `topology`, caches its decisions
-  std::shared_ptr<ShmTransport> shm;
-  std::shared_ptr<TcpTransport> tcp;
-  // MPI (transport/mpi.h): the job's MPI communicator when every rank joined MPI, and
-  // the mpi transport for the links HCOMM_TRANSPORT puts on it (intra / inter host).
-  std::shared_ptr<MpiComm> mpiComm;
-  std::shared_ptr<Transport> mpi;
-  bool mpiIntra = false, mpiInter = false;
-  WaitPolicy policy;
-  // For calls run on a progress thread (async): the caller's thread is computing
-  // meanwhile, so every rank keeps two threads busy and a long spin would take the core
-  // that computation needs (DDP's backward).
-  WaitPolicy backgroundPolicy;
-  double timeoutSec = 300;
-  // Device memory (comm/device_call.cc): the one CUDA device this rank's calls use, and
-  // the transports that reach device buffers, made on the first device call. Also in
-  // `deviceTransports`, which abort walks.
-  std::mutex deviceMu;
-  int device = -1;
-  std::shared_ptr<Transport> cudaIpc;  // peers on this host
-  std::shared_ptr<Transport> staging;  // peers on other hosts, through pinned host memory
-  std::vector<std::shared_ptr<Transport>> deviceTransports;
-  std::mutex abortMu;
-  std::string abortReason;
-  // Recovery (shrink.cc): every rank keeps a listener open for the world's lifetime, so
-  // survivors can meet after the transports were aborted; a dead rank's listener refuses
-  // connections, which is how survivors tell "dead" from "slow". rescueAddrs by world rank.
-  int rescueFd = -1;
-  std::vector<std::string> rescueAddrs;
-  std::mutex rescueMu;  // one shrink at a time per world
-  // HCOMM_TOPO_FILE rank of each world rank (identity, until a shrink renumbers).
-  std::vector<int> fileRanks;
-  ~World();
-};
+class ShmTransport;     // transport/shm.h
+class MpiComm;          // transport/mpi.h
+class DeviceContext;    // comm/device_context.h
+class NcclTransport;    // transport/nccl.h
+struct DeviceCall;      // comm/engine.h
 
 struct CollectiveInfo {  // names a call in errors and logs
   std::string op;
@@ -106,13 +61,14 @@ class Communicator {
   std::vector<int> worldRanks() const { return worldRanks_; }
   // The CUDA device this rank's device calls use; -1 before the first one.
   int boundDevice() const;
-  // The transport device buffers take to each rank ("cuda_ipc", "staging", "self");
+  // The transport device buffers take to each rank ("cuda_ipc", "staging", "mpi" when
+  // MPI is CUDA-aware, "self");
   // empty before this communicator's first device call.
   std::vector<std::string> deviceTransports();
   // What runs this communicator's device collectives: "nccl", or "hcomm: <why not NCCL>";
   // "" before its first device collective.
   std::string deviceEngine();
-  // "shm" or "tcp" for each rank of this communicator.
+  // The transport host buffers take to each rank ("shm", "tcp", "mpi").
   std::vector<std::string> transports() const;
   std::string lastAlgorithm() const { return lastAlgo_; }
   std::string flightRecordJson() { return flight_->json(rank_, size_, id_); }
@@ -230,7 +186,8 @@ class Communicator {
   std::vector<int> worldRanks_;  // communicator rank -> world rank
   std::vector<Route> routes_;
   std::shared_ptr<const std::vector<Route>> linkRoutes_;  // the same, shared with every Links
-  int boardSlot_ = -1;  // this communicator's entry on the shm progress board
+  ShmTransport* board_ = nullptr;  // the world's shm transport, which holds the progress board
+  int boardSlot_ = -1;  // this communicator's entry on the board
   std::shared_ptr<MpiComm> mpi_;  // mirrors this communicator in MPI, for algo "native"; may be null
   int rank_ = 0, size_ = 1;
   uint32_t id_ = 0;

@@ -1,6 +1,6 @@
-// Calls on device memory: the per-communicator DeviceContext and the world's device
-// transports, made on the first call with device buffers. Purely local (no collective
-// step): the cuda_ipc transport introduces itself to each peer on first use of the pair.
+// Calls on device memory: the per-communicator DeviceContext, whose routes go through
+// the world's device transports (made on the first call with device buffers by
+// ensureDeviceTransports, comm/world.cc).
 #include <cstdio>
 #include <set>
 
@@ -12,40 +12,8 @@
 #include "topo/topology.h"
 #include "transport/cuda_runtime.h"
 #include "transport/nccl.h"
-#include "transport/cuda_ipc.h"
-#include "transport/shm.h"
-#include "transport/staging.h"
-#include "transport/tcp.h"
 
 namespace hcomm {
-
-namespace {
-
-// The world's transports for `device`, made once; one device per rank.
-void ensureDeviceTransports(World& w, int device, double timeoutSec) {
-  std::lock_guard<std::mutex> lock(w.deviceMu);
-  if (w.device >= 0 && w.device != device)
-    throw Error("this rank's calls use cuda:" + std::to_string(w.device) + ", not cuda:" + std::to_string(device) +
-                ": hcomm binds one device per rank (set the device before the first call, as with NCCL)");
-  if (w.device >= 0) return;
-  std::vector<int> local;
-  for (int r = 0; r < w.size; ++r)
-    if (w.hostIds[r] == w.hostIds[w.rank]) local.push_back(r);
-  if (local.size() > 1) {
-    w.cudaIpc = std::make_shared<CudaIpcTransport>(w.rank, local, w.shm.get(), device, timeoutSec);
-    w.deviceTransports.push_back(w.cudaIpc);
-  }
-  // Other hosts: through pinned host memory over the transport that reaches them.
-  Transport* remote = w.tcp.get();
-  if (w.mpi && w.mpiInter) remote = w.mpi.get();
-  if (remote) {
-    w.staging = std::make_shared<StagingTransport>(remote, device, timeoutSec);
-    w.deviceTransports.push_back(w.staging);
-  }
-  w.device = device;
-}
-
-}  // namespace
 
 std::shared_ptr<DeviceContext> Communicator::deviceContext(int device) {
   std::lock_guard<std::mutex> lock(deviceMu_);
@@ -61,10 +29,10 @@ std::shared_ptr<DeviceContext> Communicator::deviceContext(int device) {
   for (int wr : worldRanks_) {
     Route r;
     r.peer = wr;
-    bool local = w.hostIds[wr] == w.hostIds[w.rank];
-    r.transport = local ? w.cudaIpc.get() : w.staging.get();
+    r.transport = w.route(wr, MemKind::DEVICE);
     if (wr != w.rank && !r.transport)
-      throw Error("rank " + std::to_string(&wr - worldRanks_.data()) + " cannot be reached with device buffers");
+      throw Error("rank " + std::to_string(&wr - worldRanks_.data()) + " cannot be reached with device buffers: " +
+                  w.unreachable(wr, MemKind::DEVICE));
     routes->push_back(r);
   }
   device_ = std::make_shared<DeviceContext>(device, std::move(routes));

@@ -50,33 +50,32 @@ std::string Communicator::strayMessage(uint64_t tagBase) const {
 }
 
 std::vector<CallProgress> Communicator::gatherProgress(std::vector<char>* asked) const {
-  // Same host: read each rank's progress board, no help needed from it. Other hosts
-  // (tcp): ask, and give the ranks that are inside hcomm (they progress tcp while they
-  // wait) up to a second to answer.
+  // Same host: read each rank's progress board, no help needed from it. Ranks reached
+  // over tcp: ask, and give the ranks that are inside hcomm (they progress tcp while they
+  // wait) up to a second to answer. Others (MPI between hosts): not visible.
   std::vector<CallProgress> seen(size_);
   asked->assign(size_, 0);
+  TcpTransport* tcp = world_->find<TcpTransport>();
   bool anyTcp = false;
   for (int r = 0; r < size_; ++r) {
-    if (r == rank_) continue;
-    if (routes_[r].transport == world_->shm.get()) {
-      world_->shm->peerProgress(routes_[r].peer, id_, &seen[r]);
-    } else if (world_->tcp && routes_[r].transport == world_->tcp.get()) {
+    if (r == rank_ || board_->peerProgress(routes_[r].peer, id_, &seen[r])) continue;
+    if (tcp && routes_[r].transport == tcp) {
       (*asked)[r] = 1;
       anyTcp = true;
     }
   }
   if (!anyTcp) return seen;
-  world_->tcp->query(id_);
+  tcp->query(id_);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   for (bool all = false; !all && std::chrono::steady_clock::now() < deadline;) {
-    world_->tcp->progress();
+    tcp->progress();
     all = true;
     for (int r = 0; r < size_; ++r) {
       if ((*asked)[r] != 1) continue;
-      if (world_->tcp->answer(routes_[r].peer, id_, &seen[r])) (*asked)[r] = 2;
+      if (tcp->answer(routes_[r].peer, id_, &seen[r])) (*asked)[r] = 2;
       else all = false;
     }
-    if (!all) world_->tcp->sleepFor(500);
+    if (!all) tcp->sleepFor(500);
   }
   return seen;
 }

@@ -23,9 +23,6 @@ constexpr int64_t kMaxUserTag = (1ll << 31) - 1;
 inline uint64_t collTag(uint32_t id, uint64_t seq) { return (uint64_t(id) << 40) | ((seq & 0x7fffffffull) << 8); }
 inline uint64_t p2pTag(uint32_t id, int64_t tag) { return (uint64_t(id) << 40) | kP2pBit | (uint64_t(tag) << 8); }
 
-// Fails every request of the world after an error (communicator.cc).
-void abortWorld(World& w, const std::string& why);
-
 // A call on device memory: its communicator's device state and the event on the
 // caller's stream that the call starts after (device_context.h). Empty for host calls.
 struct DeviceCall {
@@ -42,7 +39,7 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
   std::string error;
   flight_->started(flightId, start);
   bool collective = info.kind != CollKind::NONE;
-  if (collective) world.shm->noteStarted(boardSlot_, seq, static_cast<int>(info.kind));
+  if (collective) board_->noteStarted(boardSlot_, seq, static_cast<int>(info.kind));
   if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world.rank, "start " + describe(info, seq));
   try {
     ReduceOp op = info.reduceOp;
@@ -78,7 +75,7 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     }
     abortWorld(world, error);
   }
-  if (collective) world.shm->noteEnded(boardSlot_, seq);
+  if (collective) board_->noteEnded(boardSlot_, seq);
   if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world.rank, "end " + describe(info, seq));
   work.finish(error);
 }

@@ -51,6 +51,11 @@ class CudaIpcTransport : public Transport {
 
   int device() const { return device_; }
   const char* name() const override { return "cuda_ipc"; }
+  // Device memory, to the ranks of this host (this one included: a self route).
+  bool canConnect(int peer, MemKind mem) const override {
+    return mem == MemKind::DEVICE && peer >= 0 && peer < static_cast<int>(localIndex_.size()) &&
+           localIndex_[peer] >= 0;
+  }
   RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint) override;
   RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
                    uint64_t fingerprint) override;

@@ -6,9 +6,11 @@
 #include <sstream>
 #include <thread>
 
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include "common/param.h"
+#include "reduce/memory.h"
 #include "reduce/reduce.h"
 #include "topo/host.h"
 #include "transport/mpi_impl.h"
@@ -83,6 +85,39 @@ std::string whyNoMpiComm(const std::vector<std::string>& ids, std::vector<int>* 
     mpiRanks->push_back(all[r].rank);
   }
   return "";
+}
+
+// What the loaded libmpi says of CUDA: Open MPI's MPIX_Query_cuda_support() (mpi-ext.h),
+// looked up at run time in the library MPI_Init came from, since the header hcomm was
+// built against may belong to a build without CUDA (this machine's) while the library
+// at run time has it. False when the library has no such function.
+bool libraryCudaAware() {
+  Dl_info info{};
+  if (!dladdr(reinterpret_cast<void*>(&MPI_Init), &info) || !info.dli_fname) return false;
+  void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  if (!lib) return false;
+  auto query = reinterpret_cast<int (*)()>(dlsym(lib, "MPIX_Query_cuda_support"));
+  bool aware = query && query() == 1;
+  dlclose(lib);
+  return aware;
+}
+
+// HCOMM_MPI_CUDA_AWARE (transport/mpi.h): this rank's view.
+bool cudaAwareHere() {
+  std::string v = envStr("HCOMM_MPI_CUDA_AWARE", "auto");
+  if (v == "1") return true;
+  if (v == "0") return false;
+  if (v != "auto") throw Error("HCOMM_MPI_CUDA_AWARE must be 0, 1 or auto, got '" + v + "'");
+  return libraryCudaAware();
+}
+
+// A piece of a reducing receive lands: reduced into the destination with the receive's
+// Memory when that is a device (the piece is in device memory then), else deliver().
+void deliverPiece(const PostedRecv& r, size_t off, const char* piece, size_t len) {
+  const Memory* mem = r.spec.memory;
+  if (!mem || mem->device() < 0 || r.spec.accumulate.on) return r.deliver(off, piece, len);  // accumulate: Memory too
+  mem->reduce(r.spec.dtype, r.spec.op, r.dst + off, static_cast<const char*>(r.spec.src) + off, piece,
+              len / dtypeSize(r.spec.dtype), r.spec.streamed);
 }
 
 }  // namespace
@@ -211,6 +246,7 @@ std::shared_ptr<Transport> makeMpiTransport(const MpiCommPtr& comm, double timeo
 // ---------------------------------------------------------------- transport
 
 MpiTransport::MpiTransport(const MpiComm& comm, double timeoutSec) : timeoutSec_(timeoutSec) {
+  int mine = cudaAwareHere() ? 1 : 0;  // a bad setting raises before any MPI call
   auto& rt = MpiRuntime::instance();
   auto lock = rt.guard();
   mpiCheck(MPI_Comm_dup(comm.get(), &comm_), "MPI_Comm_dup");
@@ -223,6 +259,9 @@ MpiTransport::MpiTransport(const MpiComm& comm, double timeoutSec) : timeoutSec_
                                                  int64_t(1) << 30));
   match_.resize(static_cast<size_t>(size_));
   sendSeq_.assign(static_cast<size_t>(size_), 0);
+  int all = 0;
+  mpiCheck(MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, comm_), "MPI_Allreduce (HCOMM_MPI_CUDA_AWARE)");
+  cudaAware_ = all == 1;
   mpiCheck(MPI_Irecv(&inHdr_, sizeof(Header), MPI_BYTE, MPI_ANY_SOURCE, kHeaderTag, comm_, &hdrReq_), "MPI_Irecv");
 }
 
@@ -316,7 +355,10 @@ void MpiTransport::postPayload(int peer, const Header& h, PostedRecv r, bool dra
   op->staged = drain || r.reducing;
   if (op->staged) {
     size_t slots = std::min(kSlots, op->pieces);
-    op->stage.reset(new char[slots * piece_]);
+    // Device memory for a device receive (CUDA-aware MPI writes it there); it is reduced
+    // with the receive's Memory (synchronous, so a slot is free again when it returns).
+    const Memory* mem = !drain && r.spec.memory ? r.spec.memory : &hostMemory();
+    op->stage = mem->alloc(slots * piece_);
     op->mpi.assign(slots, MPI_REQUEST_NULL);
     op->slotPiece.assign(slots, 0);
     for (size_t s = 0; s < slots; ++s) postPiece(*op, s);
@@ -359,7 +401,7 @@ bool MpiTransport::finishStaged(Op& op) {
     if (!flag && rc == MPI_SUCCESS) continue;
     ++op.landed;
     size_t off = op.slotPiece[s] * piece_;
-    if (live && op.req) op.recv.deliver(off, op.stage.get() + s * piece_, std::min(piece_, op.recv.nbytes - off));
+    if (live && op.req) deliverPiece(op.recv, off, op.stage.get() + s * piece_, std::min(piece_, op.recv.nbytes - off));
     if (live && op.posted < op.pieces) postPiece(op, s);
   }
   for (MPI_Request& r : op.mpi)

@@ -13,14 +13,21 @@
 // communicator (MPI_Comm_create_group over the members, ordered by hcomm rank, so a
 // torch sub-group works too) exists only when every rank has one in the same MPI job.
 //
-// Which links use it (HCOMM_TRANSPORT, comma-separated, the last word per level wins):
-//   mpi              every peer over MPI
-//   inter:mpi        peers on other hosts over MPI, shared memory within a host
-//   intra:mpi        peers on this host over MPI (tests), tcp between hosts
-//   intra:shm, inter:tcp, auto   the defaults
+// Which links use it: HCOMM_TRANSPORT (comm/world.h), e.g. `mpi` (every peer), `inter:mpi`
+// (other hosts; shared memory within a host), `intra:mpi` (this host, tcp between).
 // Other knobs: HCOMM_MPI_PIECE_BYTES (512 KiB: the size of one MPI message of a payload;
 // the same on every rank) and HCOMM_NATIVE_BYTES (comm/communicator.cc: the sizes at
 // which the tuner hands allreduce to MPI unasked).
+//
+// Device buffers. When the MPI library is CUDA-aware, the transport takes device
+// pointers as they are (canConnect(peer, DEVICE)), so device buffers to the peers MPI
+// carries skip host staging; a reducing receive then stages its pieces in device memory
+// and reduces them with the call's device Memory. HCOMM_MPI_CUDA_AWARE says whether it is:
+// 1 / 0, or auto (default): the library's own answer, Open MPI's MPIX_Query_cuda_support()
+// (mpi-ext.h), looked up at run time in the libmpi actually loaded, "no" when it has
+// none (MPICH and others: set 1 where the library is built with CUDA). The ranks agree
+// when the transport is made (an MPI_Allreduce of their answers, MIN): direct only when
+// every rank says yes, since both ends of a link must cut its messages the same way.
 //
 // Files that include this header need no <mpi.h>: the MPI objects are opaque here and
 // defined in transport/mpi_impl.h. Built without MPI (HCOMM_WITH_MPI=0), every rank's

@@ -86,6 +86,10 @@ class MpiTransport : public Transport {
   ~MpiTransport() override;
 
   const char* name() const override { return "mpi"; }
+  // Host memory to every rank of the communicator; device memory too when CUDA-aware.
+  bool canConnect(int peer, MemKind mem) const override {
+    return peer >= 0 && peer < size_ && (mem == MemKind::HOST || cudaAware_);
+  }
   RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint) override;
   RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
                    uint64_t fingerprint) override;
@@ -109,7 +113,7 @@ class MpiTransport : public Transport {
     int peer = -1;
     size_t pieces = 0, posted = 0, landed = 0;
     std::vector<size_t> slotPiece;  // the piece each slot holds
-    std::unique_ptr<char[]> stage;
+    std::shared_ptr<char> stage;    // in the receive's memory (device memory when CUDA-aware)
   };
 
   int dataTag(uint64_t seq) const { return 1 + static_cast<int>(seq % static_cast<uint64_t>(tagUb_ - 1)); }
@@ -126,6 +130,7 @@ class MpiTransport : public Transport {
   int rank_ = 0, size_ = 1;
   int tagUb_ = 32767;
   size_t piece_;  // HCOMM_MPI_PIECE_BYTES: every rank must use the same
+  bool cudaAware_ = false;  // device pointers go to MPI as they are (agreed by every rank)
   double timeoutSec_;
   std::vector<PeerMatch> match_;   // by peer
   std::vector<uint64_t> sendSeq_;  // by peer

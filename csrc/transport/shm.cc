@@ -175,6 +175,10 @@ ShmTransport::~ShmTransport() {
   }
 }
 
+bool ShmTransport::canConnect(int peer, MemKind mem) const {
+  return mem == MemKind::HOST && std::find(localRanks_.begin(), localRanks_.end(), peer) != localRanks_.end();
+}
+
 void ShmTransport::connect() {
   bool allowCma = envInt("HCOMM_SHM_CMA", 1) != 0;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutSec_);

@@ -38,6 +38,8 @@ class ShmTransport : public Transport {
   void unlinkOwn();
 
   const char* name() const override { return "shm"; }
+  // Host memory, to the ranks of this host (this one included: a self route).
+  bool canConnect(int peer, MemKind mem) const override;
   RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint) override;
   RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
                    uint64_t fingerprint) override;

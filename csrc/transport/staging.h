@@ -39,6 +39,11 @@ class StagingTransport : public Transport {
   ~StagingTransport() override;
 
   const char* name() const override { return "staging"; }
+  // Device memory, to the ranks its host transport reaches with host memory.
+  bool canConnect(int peer, MemKind mem) const override {
+    return mem == MemKind::DEVICE && host_->canConnect(peer, MemKind::HOST);
+  }
+  Transport* host() const { return host_; }
   RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint) override;
   RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
                    uint64_t fingerprint) override;

@@ -216,6 +216,7 @@ void TcpTransport::connect(const std::vector<int>& peers, const std::vector<std:
   }
   acceptPeers(higher, deadline);
   for (auto& kv : peers_) setNonBlocking(kv.second.fd);
+  reach_ = peers;
   // Every peer is in: nothing is accepted again, and a connection arriving from now on
   // is refused by the kernel instead of waiting unread in the backlog.
   close(listenFd_);

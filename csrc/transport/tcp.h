@@ -10,6 +10,7 @@
 // reduces stages the payload through a small buffer and combines it as it lands.
 // Closing (the destructor) delivers what was sent: see closeGracefully().
 #pragma once
+#include <algorithm>
 #include <deque>
 #include <functional>
 #include <map>
@@ -33,6 +34,10 @@ class TcpTransport : public Transport {
   void connect(const std::vector<int>& peers, const std::vector<std::string>& addrs);
 
   const char* name() const override { return "tcp"; }
+  // Host memory, to the ranks connect() was given.
+  bool canConnect(int peer, MemKind mem) const override {
+    return mem == MemKind::HOST && std::find(reach_.begin(), reach_.end(), peer) != reach_.end();
+  }
   RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint) override;
   RequestPtr irecv(int peer, uint64_t tag, void* buf, size_t nbytes, const ReduceSpec* reduce,
                    uint64_t fingerprint) override;
@@ -106,6 +111,7 @@ class TcpTransport : public Transport {
   std::string token_;
   double timeoutSec_;
   std::map<int, Peer> peers_;
+  std::vector<int> reach_;  // the peers of connect(), fixed from then on (canConnect reads it unlocked)
   std::recursive_mutex mu_;
   std::string aborted_;
   ProgressSource progressSource_;

@@ -63,10 +63,21 @@ struct ReduceSpec {
   } accumulate;
 };
 
+// What a call's buffers are: host memory, or memory of this rank's CUDA device.
+enum class MemKind { HOST, DEVICE };
+
 class Transport {
  public:
   virtual ~Transport() = default;
   virtual const char* name() const = 0;
+  // Can this transport carry buffers of kind `mem` to and from `peer` (world rank)? A
+  // world picks the route to a peer as the first transport of a preference order that
+  // can (comm/world.h). False by default: a transport outside a world's list (NCCL's,
+  // which runs whole collectives) is never a route.
+  virtual bool canConnect(int peer, MemKind mem) const {
+    (void)peer, (void)mem;
+    return false;
+  }
   // `fingerprint` travels with the message; a receive whose own fingerprint differs
   // fails with both signatures (0 on either side: not compared).
   virtual RequestPtr isend(int peer, uint64_t tag, const void* buf, size_t nbytes, uint64_t fingerprint = 0) = 0;
