@@ -18,10 +18,13 @@ graph; what W keeps until it runs is x and g of each Linear call, nothing else.
 Which layers: modules whose type is exactly nn.Linear (y = x W^T + b, so dW = g^T x and
 db = sum g) and whose weight requires grad and is registered in no other module of the
 stage (a weight tied elsewhere also gets gradient along a path this split would cut).
-A parameter used *functionally* outside its Linear is not detectable from the module
-tree: pass fast_linear_grads=False to PipelineRuntime for such a model.  Everything
-else (LayerNorm, embeddings, tensor-parallel layers, a Linear's weight shared with
-another module) goes through autograd in B, as before.
+A Linear that an F does not call (its weight perhaps used functionally) is left to
+autograd for that F.  What cannot be detected from the module tree is a weight used
+both by its Linear's call and functionally elsewhere in the same forward: pass
+fast_linear_grads=False to PipelineRuntime for such a model.  Everything else
+(LayerNorm, embeddings, tensor-parallel layers, a Linear's weight shared with another
+module) goes through autograd in B, as before.  Under autocast W multiplies in the
+gradient's dtype, as autograd does (bit-identical in the tests).
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -61,20 +64,21 @@ class LinearGrads:
         self.others = {s: [p for p in m.parameters() if p.requires_grad and id(p) not in fast]
                        for s, m in stages.items()}
         self._calls: Optional[List[LinearCall]] = None   # set only while an F runs
-        self._handles = [lin.register_forward_hook(self._record) for lins in self.linears.values() for lin in lins]
+        self._handles = [lin.register_forward_hook(self._record, with_kwargs=True)
+                         for lins in self.linears.values() for lin in lins]
 
     def close(self):
         for h in self._handles:
             h.remove()
         self._handles = []
 
-    def _record(self, module, args, out):
+    def _record(self, module, args, kwargs, out):
         # Only inside this runtime's F (not a user's own call, not a recomputation in B).
         if self._calls is None or not torch.is_grad_enabled() or not isinstance(out, torch.Tensor):
             return
         if out.grad_fn is None:
             return
-        x = args[0]
+        x = args[0] if args else kwargs["input"]
         self._calls.append(LinearCall(module, x, get_gradient_edge(out), x._version))
 
     def usable(self, stage: int) -> bool:
@@ -102,7 +106,11 @@ class LinearGrads:
         """B: input gradients into args[i].grad, other parameters' gradients into .grad,
         and (module, x, g) for each recorded Linear call, to hand to weight(). Frees the graph."""
         inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
-        others = self.others[stage]
+        # a fast Linear this F never called may still have its weight used (functionally):
+        # autograd handles those this time
+        called = {id(c.module) for c in calls}
+        others = self.others[stage] + [p for lin in self.linears[stage] if id(lin) not in called
+                                       for p in lin.parameters(recurse=False) if p.requires_grad]
         targets = inputs + others + [c.edge for c in calls]
         if not outs or not targets:
             return []
@@ -120,8 +128,9 @@ class LinearGrads:
             if x._version != version:
                 raise RuntimeError(f"the input of {module} was modified in place between its forward and its "
                                    f"weight gradient; pass fast_linear_grads=False to PipelineRuntime")
-            x2 = x.reshape(-1, module.in_features)
             g2 = g.reshape(-1, module.out_features)
+            # under autocast the layer ran on x cast to the gradient's dtype, as autograd saved it
+            x2 = x.reshape(-1, module.in_features).to(g2.dtype)
             _accumulate_mm(module.weight, g2, x2)
             if module.bias is not None and module.bias.requires_grad:
                 _accumulate(module.bias, g2.sum(0).to(module.bias.dtype))

@@ -112,3 +112,47 @@ def test_calls_outside_the_runtime_are_not_recorded():
     lg.close()
     out, calls = lg.forward(0, stage, (x, ids))
     assert calls == []                     # hooks removed: nothing recorded
+
+
+class Functional(nn.Module):
+    """A Linear called by keyword, and one whose weight is only used functionally."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6, dtype=torch.float64)
+        self.side = nn.Linear(6, 6, dtype=torch.float64)
+
+    def forward(self, x):
+        h = self.a(input=x)
+        return torch.nn.functional.linear(h, self.side.weight, self.side.bias)
+
+
+def test_keyword_calls_and_uncalled_linears_keep_their_gradients():
+    torch.manual_seed(0)
+    ref, stage = Functional(), Functional()
+    stage.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 6, dtype=torch.float64)
+    grad = torch.randn(5, 6, dtype=torch.float64)
+    ref(x).backward(grad)
+    lg = LinearGrads({0: stage})
+    out, calls = lg.forward(0, stage, (x,))
+    assert [c.module for c in calls] == [stage.a]
+    lg.weight(lg.backward(0, (out,), [grad], (x,), calls))
+    for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_autocast_bf16_matches_autograd():
+    torch.manual_seed(0)
+    ref, stage = nn.Linear(8, 4), nn.Linear(8, 4)
+    stage.load_state_dict(ref.state_dict())
+    x, grad = torch.randn(6, 8), torch.randn(6, 4, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref(x).backward(grad)
+    lg = LinearGrads({0: stage})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, calls = lg.forward(0, stage, (x,))
+    lg.weight(lg.backward(0, (out,), [grad], (x,), calls))
+    assert stage.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(stage.weight.grad, ref.weight.grad, rtol=0, atol=0)
+    torch.testing.assert_close(stage.bias.grad, ref.bias.grad, rtol=0, atol=0)
