@@ -2,6 +2,7 @@
 
     python benchmarks/pipeline_bubble.py                 # p = 2 and 4, m = 4 and 8 (about 5 min)
     python benchmarks/pipeline_bubble.py --p 4 --m 8 16 --fwd-ms 50 --bwd-ms 100 --steps 3
+    python benchmarks/pipeline_bubble.py --p 2 --m 8 --schedules 1f1b zb-h1 --steps 4   # ~1 min
 
 Every stage *sleeps* for its cost (forward fwd_ms / v, backward bwd_ms / v per
 micro-batch) instead of computing: this machine runs the ranks as processes on a couple of
@@ -204,6 +205,8 @@ def _summary(results):
         dev = r["bubble"] / formula - 1
         zb = by.get(("zb-h1", p, m))
         if zb:   # idle time per rank and step; ZB-H1's target: a third of 1F1B's
+            lines.append(f"RATIO pipeline_bubble p={p} m={m} zb-h1/1f1b idle={zb['idle_ms'] / r['idle_ms']:.3f}x "
+                         f"peak_stash zb-h1={zb['peaks']} 1f1b={r['peaks']}")
             lines.append(f"p={p} m={m:>2}: ZB-H1 idles {zb['idle_ms']:.0f} ms per rank and step, 1F1B "
                          f"{r['idle_ms']:.0f} ms: {zb['idle_ms'] / r['idle_ms']:.2f}x [target <= 0.33x; "
                          f"{'ok' if zb['idle_ms'] <= r['idle_ms'] / 3 else 'above'}]; bubble {zb['bubble']:.3f} "
@@ -227,13 +230,16 @@ def main(argv=None):
     ap.add_argument("--bwd-ms", type=float, default=300.0, help="backward cost of one rank's layers per micro-batch")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--backend", default="hcomm", help="torch.distributed backend (hcomm, gloo)")
+    ap.add_argument("--schedules", nargs="+", default=["gpipe", "1f1b", "zb-h1", "interleaved"],
+                    help="which to run (1f1b is always run: the summary compares against it)")
     args = ap.parse_args(argv)
     results = []
     for p in args.p:
         configs = []
         for m in args.m:
-            configs += [("gpipe", m, 1), ("1f1b", m, 1), ("zb-h1", m, 1)]
-            if m >= p and m % p == 0:
+            configs += [(name, m, 1) for name in ("gpipe", "1f1b", "zb-h1")
+                        if name == "1f1b" or name in args.schedules]
+            if m >= p and m % p == 0 and "interleaved" in args.schedules:
                 configs.append(("interleaved", m, 2))
         results += run(p, configs, args)
     lat = ", ".join(f"p={p}: {r['latency_ms']:.2f} ms" for p, r in {r["p"]: r for r in results}.items())

@@ -11,7 +11,9 @@ see the same machine load:
   hcomm-1f1b   hcomm.parallel.pipeline.PipelineRuntime with the 1f1b schedule
   hcomm-zb-h1  the same runtime with the zb-h1 schedule (split backward)
 Reported: the median step over --steps timed steps after --warmup, the slowest rank,
-with a barrier before each; ratio = time / torch-1f1b (< 1 is faster).
+with a barrier before each; ratio = time / torch-1f1b (< 1 is faster); the last line
+(RATIO ...) is the compact summary. Where the hcomm sides' time goes: parallel/pipeline/
+wgrad.py (the Linear weight gradients) and README's parallel speed section.
 """
 import argparse
 import os
@@ -123,6 +125,8 @@ def main(argv=None):
           f"{args.backend}, {args.threads} thread(s) per rank, median of {args.steps} steps")
     for side in SIDES:
         print(f"{side:<12} {result[side] * 1e3:9.1f} ms   {result[side] / base:5.2f}x")
+    print(f"RATIO pipeline_vs_torch torch-1f1b={base * 1e3:.1f}ms hcomm-1f1b={result['hcomm-1f1b'] / base:.2f}x "
+          f"hcomm-zb-h1={result['hcomm-zb-h1'] / base:.2f}x")
     return 0
 
 

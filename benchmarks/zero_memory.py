@@ -10,7 +10,8 @@ For each stage x dtype it trains a few AdamW steps on N ranks, then reports on r
 - bound: the issue's acceptance bound (1.1 x formula) and whether it holds;
 - comm/Ψ: logical bytes of one step's reduce-scatters and all-gathers (buffer sizes,
   see hcomm/parallel/zero/comm.py) in units of Ψ x bytes per element: 2 for stages 1
-  and 2, 3 for stage 3; the stage-3 control-flow checks are listed apart (bytes, calls);
+  and 2, 3 for stage 3 less the unit backward starts with (it stays gathered from forward,
+  from the second step on); the stage-3 control-flow checks are listed apart (bytes, calls);
 - storages: a second, independent count of the same model state: the distinct storages
   behind parameters, gradients, shards and optimizer state (by storage pointer);
 - transient peaks: gathered parameter buffers and communication buckets.

@@ -10,8 +10,16 @@ same sharding granularity: FSDP2 wraps every Linear and the root; ZeRO stage 3 g
 units=(nn.Linear,) (LayerNorms go to the root unit). Mixed precision: bf16 parameters
 and reduce-scatters with fp32 master/optimizer (FSDP2: MixedPrecisionPolicy(param_dtype=
 bf16, reduce_dtype=bf16)). zero3-nocheck is stage 3 without the per-module control-flow
-check (one tiny all-gather per unit per pass; see stage3.py). Reported: the median over --steps timed steps after --warmup,
-with a barrier before each, on rank 0; ratio = time / FSDP2 time (< 1 is faster).
+check (one tiny all-gather per unit per pass; see stage3.py); fsdp2-fused is FSDP2 with
+AdamW(fused=True), the kernel ZeroOptimizer picks for its flat fp32 shards. The sides
+are built together and alternate step by step, so every side sees the same machine load.
+Reported: the median over --steps timed steps after --warmup of the slowest rank, with a
+barrier before each; ratio = time / FSDP2 time (< 1 is faster); the ZeRO sides' model
+state per rank (ZeroOptimizer.memory_plan(), real tensors) and, for fp32, its ratio to
+16 Psi / N. The last line (RATIO ...) is the compact summary.
+
+    .venv/bin/python benchmarks/zero_step.py --world 2 --backend hcomm --dtype fp32 \
+        --mlp 1024,4096,4096,1024 --kinds fsdp2 fsdp2-fused zero3      # issue 21's figure
 """
 import argparse
 import os
@@ -40,7 +48,7 @@ def make_model(hidden, layers, device, mlp=None):
     return nn.Sequential(*mods, nn.Linear(hidden, 10)).to(device)
 
 
-def fsdp2(model, dtype, world, device):
+def fsdp2(model, dtype, world, device, **optim_kwargs):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -51,13 +59,15 @@ def fsdp2(model, dtype, world, device):
         if isinstance(m, nn.Linear):
             fully_shard(m, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3, **optim_kwargs)
 
 
 def build(kind, args, world, device):
     model = make_model(args.hidden, args.layers, device, args.mlp)
     if kind == "fsdp2":
         return fsdp2(model, args.torch_dtype, world, device)
+    if kind == "fsdp2-fused":   # the peer with torch's fused AdamW kernel too (one pass per tensor)
+        return fsdp2(model, args.torch_dtype, world, device, fused=True)
     if kind == "ddp":
         from torch.nn.parallel import DistributedDataParallel
         ddp = DistributedDataParallel(model)
@@ -70,21 +80,12 @@ def build(kind, args, world, device):
     return model, zopt
 
 
-def time_steps(model, opt, args, rank, device):
-    times = []
-    for s in range(args.warmup + args.steps):
-        g = torch.Generator().manual_seed(s * 100 + rank)
-        x = torch.randn(args.batch, args.mlp[0] if args.mlp else args.hidden, generator=g).to(device)
-        dist.barrier()
-        t0 = time.perf_counter()
-        model(x).float().pow(2).mean().backward()
-        opt.step()
-        opt.zero_grad()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if s >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def one_step(model, opt, x, device):
+    model(x).float().pow(2).mean().backward()
+    opt.step()
+    opt.zero_grad()
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def worker(rank, world, port, args, out):
@@ -92,17 +93,28 @@ def worker(rank, world, port, args, out):
     device = "cuda" if args.backend == "nccl" else "cpu"
     if device == "cuda":
         torch.cuda.set_device(rank)
+    torch.set_num_threads(args.threads)
     if args.backend == "hcomm":
         import hcomm.torch  # noqa: F401 - registers the backend
     dist.init_process_group(args.backend, rank=rank, world_size=world)
     try:
-        results = {}
-        for kind in args.kinds:
-            model, opt = build(kind, args, world, device)
-            results[kind] = time_steps(model, opt, args, rank, device)
-            del model, opt
+        sides = {kind: build(kind, args, world, device) for kind in args.kinds}
+        times = {kind: [] for kind in args.kinds}
+        for s in range(args.warmup + args.steps):
+            g = torch.Generator().manual_seed(s * 100 + rank)
+            x = torch.randn(args.batch, args.mlp[0] if args.mlp else args.hidden, generator=g).to(device)
+            for kind in args.kinds:   # alternate step by step: every side sees the same load
+                dist.barrier()
+                t0 = time.perf_counter()
+                one_step(*sides[kind], x, device)
+                dt = torch.tensor([time.perf_counter() - t0], device=device)
+                dist.all_reduce(dt, op=dist.ReduceOp.MAX)   # the slowest rank's step
+                if s >= args.warmup:
+                    times[kind].append(float(dt))
+        states = {kind: opt.memory_plan().model_state_real for kind, (_, opt) in sides.items()
+                  if isinstance(opt, ZeroOptimizer)}
         if rank == 0:
-            out.put(results)
+            out.put(({k: statistics.median(t) for k, t in times.items()}, states))
     finally:
         dist.destroy_process_group()
 
@@ -118,6 +130,7 @@ def main():
                     help="widths of a plain Linear + ReLU MLP instead, e.g. 1024,4096,4096,1024")
     ap.add_argument("--bucket-mb", type=float, default=4.0)
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--kinds", nargs="+", default=["fsdp2", "ddp", "zero1", "zero2", "zero3", "zero3-nocheck"])
@@ -133,15 +146,21 @@ def main():
     procs = [ctx.Process(target=worker, args=(r, args.world, port, args, out)) for r in range(args.world)]
     for p in procs:
         p.start()
-    res = out.get()
+    res, states = out.get()
     for p in procs:
         p.join()
     n = sum(p.numel() for p in make_model(args.hidden, args.layers, "cpu", args.mlp).parameters())
     print(f"\nstep time, N={args.world}, backend {args.backend}, {args.dtype}, Ψ={n:,}, batch {args.batch}, "
-          f"median of {args.steps} steps")
-    print(f"{'kind':>13} {'ms/step':>9} {'vs FSDP2':>9}")
+          f"{args.threads} thread(s) per rank, median of {args.steps} steps (sides alternate step by step)")
+    print(f"{'kind':>13} {'ms/step':>9} {'vs FSDP2':>9}  model state per rank")
     for kind in args.kinds:
-        print(f"{kind:>13} {res[kind] * 1e3:>9.1f} {res[kind] / res['fsdp2']:>9.2f}")
+        state = f"  {states[kind] / 2 ** 20:,.1f} MiB" if kind in states else ""
+        print(f"{kind:>13} {res[kind] * 1e3:>9.1f} {res[kind] / res['fsdp2']:>9.2f}{state}")
+    ratio = " ".join(f"{k}={res[k] / res['fsdp2']:.2f}x" for k in args.kinds if k != "fsdp2")
+    bound = 16 * n / args.world if args.dtype == "fp32" else None
+    mem = " ".join(f"{k}_state={states[k] / bound:.3f}x16Psi/N" for k in states if k.startswith("zero3")) \
+        if bound else ""
+    print(f"RATIO zero_step fsdp2={res['fsdp2'] * 1e3:.0f}ms {ratio} {mem}".rstrip())
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from torch.distributed.pipelining._backward import stage_backward_input, stage_b
 from .check import check_schedule
 from .p2p import ACTIVATION, GRADIENT, Exchanger, Message, Recv, Send
 from .schedules import Action, Schedule
+from .wgrad import LinearGrads
 
 log = logging.getLogger("hcomm.parallel.pipeline")
 
@@ -76,6 +77,7 @@ class _Step:
     outbox: Dict[tuple, tuple] = field(default_factory=dict)    # (op, mb, stage) -> tensors to send
     stash: Dict[tuple, tuple] = field(default_factory=dict)     # (mb, stage) -> (inputs, outputs)
     weight_grads: Dict[tuple, list] = field(default_factory=dict)   # (mb, stage) -> saved for W
+    linear_calls: Dict[tuple, list] = field(default_factory=dict)   # (mb, stage) -> wgrad.LinearCall
     loss: float = 0.0
     error: Optional[BaseException] = None
     poisoned: bool = False
@@ -124,12 +126,16 @@ class PipelineRuntime:
     check: prove the schedule deadlock-free first (check.py); verbose: pp rank 0 prints
         the checker's report (predicted bubble, peak stashed activations per rank).
     device: where received tensors are allocated (default cpu).
+    fast_linear_grads: compute the weight gradients of the stages' nn.Linear layers with
+        one in-place GEMM each instead of autograd's GEMM + add (wgrad.py; B then frees
+        the graph and W keeps only each Linear's input and output gradient). Turn off for
+        a model that uses a Linear's weight outside that Linear (not detectable).
     """
 
     def __init__(self, stages: Dict[int, nn.Module], schedule: Schedule, loss_fn: Callable, *, pp_rank: int,
                  pp_ranks: List[int], pp_group=None, dp_group=None, status_group=None,
                  loss_reduction: str = "mean", header_words: int = 64, device=None, check: bool = True,
-                 verbose: bool = True):
+                 verbose: bool = True, fast_linear_grads: bool = True):
         self._validate(stages, schedule, pp_rank, pp_ranks, loss_reduction, header_words)
         self.stages, self.schedule, self.loss_fn = dict(stages), schedule, loss_fn
         self.pp_rank, self.pp_ranks, self.pp_group = pp_rank, list(pp_ranks), pp_group
@@ -143,6 +149,7 @@ class PipelineRuntime:
             if verbose and pp_rank == 0:
                 print(self.report.format(), flush=True)
         self.stats = StepStats()
+        self._wgrad = LinearGrads(self.stages) if fast_linear_grads else None
         self._exchanger = None
         self._plan = None
 
@@ -290,7 +297,12 @@ class PipelineRuntime:
     def _forward(self, st: _Step, mb: int, stage: int):
         last = self.schedule.num_stages - 1
         args = st.inputs[mb] if stage == 0 else st.fwd_in.pop((mb, stage))
-        out = self.stages[stage](*args)
+        if self._wgrad is None:
+            out = self.stages[stage](*args)
+        else:
+            out, calls = self._wgrad.forward(stage, self.stages[stage], args)
+            if calls is not None:
+                st.linear_calls[(mb, stage)] = calls
         if stage == last:
             loss = self.loss_fn(out, st.targets[mb])
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
@@ -310,7 +322,15 @@ class PipelineRuntime:
     def _backward(self, st: _Step, mb: int, stage: int):
         args, outs = st.stash.pop((mb, stage))
         last = stage == self.schedule.num_stages - 1
-        if self.schedule.split_backward:   # B: input gradients only; W comes later
+        calls = st.linear_calls.pop((mb, stage), None)
+        if calls is not None:   # autograd for all but the Linears' weights (wgrad.py)
+            outs, grads = (outs, None) if last else self._with_grads(outs, st.grad_in.pop((mb, stage)), stage)
+            pending = self._wgrad.backward(stage, outs, grads, args, calls)
+            if self.schedule.split_backward:
+                st.weight_grads[(mb, stage)] = ("linear", pending)
+            else:
+                self._wgrad.weight(pending)
+        elif self.schedule.split_backward:   # B: input gradients only; W comes later
             outs, grads = (outs, None) if last else self._with_grads(outs, st.grad_in.pop((mb, stage)), stage)
             if not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
                 # no input gradient to compute (the first stage): W runs the whole backward
@@ -338,6 +358,9 @@ class PipelineRuntime:
         """W: the weight gradients of a B that ran earlier, from the gradients it saved at
         the graph's weight-side nodes (torch's own zero-bubble split), accumulated into .grad."""
         kind, *saved = st.weight_grads.pop((mb, stage))
+        if kind == "linear":
+            self._wgrad.weight(saved[0])
+            return
         if kind == "whole":
             outs, grads = saved
             if outs:

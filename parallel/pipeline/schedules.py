@@ -184,7 +184,7 @@ def one_f_one_b(p: int, m: int, v: int = 1) -> Schedule:
     return with_comms("1f1b", compute, p, p, m)
 
 
-def zb_h1(p: int, m: int, v: int = 1) -> Schedule:
+def zb_h1(p: int, m: int, v: int = 1, held: Optional[int] = None) -> Schedule:
     """ZB-H1 (Qi et al., "Zero Bubble Pipeline Parallelism", 2023): the backward split into
     B (input gradient: on the critical path, the previous stage waits for it) and W (weight
     gradient: nobody waits for it), W placed to fill the gaps where 1F1B idles.
@@ -196,21 +196,33 @@ def zb_h1(p: int, m: int, v: int = 1) -> Schedule:
     (p-1)(F+B-W) per step against 1F1B's (p-1)(F+B+W): a third.
 
     Memory: rank r starts a forward only while fewer than p - r micro-batches wait for
-    their B (1F1B's bound, which the paper counts as ZB-H1's activation memory) and fewer
-    than 2p - 1 - r wait for their W. This runtime keeps a stage's autograd graph until its
-    W, so it holds up to 2p - 1 - r micro-batches' graphs where 1F1B holds p - r (the
-    paper's accounting frees the B-only activations at B, which needs a per-op split).
+    their B (1F1B's bound) and fewer than `held` micro-batches are between their F and
+    their W. By default held is the least value from p up that gives the makespan of the
+    paper's bound (2p - 1 - r on rank r, used where no uniform value does): p, what
+    1F1B's busiest rank (rank 0) holds, where that suffices (p = 2 with even m: then no
+    rank holds more micro-batches than 1F1B's peak), else p + 1 (p = 2 with odd m, p = 4
+    with m = 8: held = p gives 0.56 of 1F1B's idle time there). W (wgrad.py) keeps only
+    each Linear's input and output gradient, B having freed the rest of the graph.
     """
     _check_positive(p=p, m=m, v=v)
     if v != 1:
         raise ValueError(f"zb-h1 runs one stage per rank (v=1), got v={v}")
-    limits = [(p - r, 2 * p - 1 - r) for r in range(p)]
-    return with_comms("zb-h1", _list_schedule(p, m, limits), p, p, m)
+    if held is not None and (not isinstance(held, int) or held < p):
+        raise ValueError(f"zb-h1 needs held >= p={p} micro-batches between F and W (1F1B's own peak), got {held!r}")
+
+    paper = _list_schedule(p, m, [(p - r, 2 * p - 1 - r) for r in range(p)])
+    caps = [held] if held is not None else range(p, 2 * p - 1)
+    for cap in caps:
+        orders, makespan = _list_schedule(p, m, [(p - r, cap) for r in range(p)])
+        if held is not None or makespan <= paper[1]:
+            return with_comms("zb-h1", orders, p, p, m)
+    return with_comms("zb-h1", paper[0], p, p, m)
 
 
 def _list_schedule(p: int, m: int, limits: list) -> list:
-    """Per-rank orders of F, B, W from a unit-cost simulation with buffered messages (see
-    zb_h1). limits[r] = (most micro-batches awaiting B, most awaiting W) on rank r."""
+    """(per-rank orders of F, B, W, makespan) from a unit-cost simulation with buffered
+    messages (see zb_h1). limits[r] = (most micro-batches awaiting B, most between F and W)
+    on rank r."""
     inf = float("inf")
     f_ready = [[0.0] * m] + [[inf] * m for _ in range(p - 1)]   # when F(mb) may start on rank r
     b_ready = [[inf] * m for _ in range(p)]                      # when B(mb) may start
@@ -251,7 +263,7 @@ def _list_schedule(p: int, m: int, limits: list) -> list:
             mb = waiting_w[r].pop(0)
         free[r] = end
         orders[r].append(Action(op, mb, r))
-    return orders
+    return orders, max(free)
 
 
 def _interleaved_unit(k: int, p: int, v: int, backward: bool) -> Tuple[int, int]:

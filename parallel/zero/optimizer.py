@@ -14,9 +14,14 @@ master tensor per flat buffer: this rank's shard. That is exact for element-wise
 optimizers (SGD, Adam, AdamW, ...), not for ones that take per-tensor norms (LAMB,
 Adafactor). `zopt.inner` is that optimizer (hand it to an LR scheduler).
 
+Where optimizer_cls has a fused kernel (torch's Adam, AdamW, SGD, Adagrad) it runs fused
+over the flat shards unless optim_kwargs chooses fused or foreach itself.
+
 Param groups (a list of dicts) are supported for stages 1 and 2; stage 3 takes one group.
 Parameters with requires_grad=False are left alone (replicated, never updated).
 """
+import inspect
+
 import torch
 import torch.nn as nn
 
@@ -62,6 +67,27 @@ def _device_of(groups):
     if len(devices) != 1:
         raise ValueError(f"ZeRO needs every trainable parameter on one device, got {sorted(map(str, devices))}")
     return devices.pop()
+
+
+def _fused_by_default(optimizer_cls, optim_kwargs, device):
+    """optim_kwargs with fused=True where optimizer_cls has a fused kernel that takes these
+    options on this device (torch's Adam, AdamW, SGD, Adagrad), unless the caller chose
+    fused or foreach. The inner optimizer sees a few large flat fp32 shards, the input a
+    fused kernel is for: one pass over master, gradient and state per shard instead of
+    one pass per arithmetic operation (on CPU torch's default is that per-operation loop)."""
+    if "fused" in optim_kwargs or "foreach" in optim_kwargs:
+        return optim_kwargs
+    try:
+        if "fused" not in inspect.signature(optimizer_cls).parameters:
+            return optim_kwargs
+    except (TypeError, ValueError):   # no introspectable signature
+        return optim_kwargs
+    fused = {**optim_kwargs, "fused": True}
+    try:
+        probe_state_bytes_per_element(optimizer_cls, fused, device)
+    except (RuntimeError, ValueError, TypeError):   # no fused kernel for these options / device
+        return optim_kwargs
+    return fused
 
 
 def _validate(stage, mixed_precision, bucket_mb, clip_grad_norm):
@@ -128,6 +154,7 @@ class ZeroOptimizer:
         self.psi = sum(p.numel() for named, _ in groups for _, p in named)
         self.param_names = [n for named, _ in groups for n, _ in named]   # input order
         self.optimizer_cls = optimizer_cls
+        optim_kwargs = _fused_by_default(optimizer_cls, optim_kwargs, self.comm.device)
         self.state_bytes_per_element = probe_state_bytes_per_element(optimizer_cls, optim_kwargs, self.comm.device)
         if mixed_precision is not None and module is not None:
             module.register_forward_pre_hook(self._cast_inputs, with_kwargs=True, prepend=True)

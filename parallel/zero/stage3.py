@@ -10,7 +10,8 @@ to 0 bytes while sharded; the module's parameters stay views into it, so tensors
 autograd saved in forward see the re-gathered values in backward):
 
     forward pre-hook   check -> all-gather (unless prefetched) -> wait; prefetch next unit
-    forward post-hook  hook the outputs' gradients (pre-backward); free
+    forward post-hook  hook the outputs' gradients (pre-backward); free, except the unit
+                       the previous backward started with (it is the first one needed)
     pre-backward       check -> all-gather (unless prefetched) -> wait; prefetch next unit
     all grads arrived  copy each p.grad into a flat gradient, free p.grad; reduce-scatter
                        (async) into the grad shard; free the parameters
@@ -75,6 +76,7 @@ class _Unit:
         self.work = None          # pending all-gather
         self.gathered = False     # storage holds the full parameters (or is being filled)
         self.flat_grad = None     # gradients of this backward, until reduce-scattered
+        self.missing = set()      # slots of flat_grad no gradient has written yet
         self.ready = 0
 
 
@@ -201,6 +203,8 @@ class Stage3Engine:
             tensors = [t for t in pytree.tree_leaves(output) if torch.is_tensor(t) and t.requires_grad]
             if tensors and torch.is_grad_enabled():
                 register_multi_grad_hook(tensors, lambda grads: self._pre_backward(u), mode="any")
+                if self.overlap and self._last_bwd[:1] == [u.index]:
+                    return   # the previous backward started here: keep it for this one's first use
             self._free(u)
         return hook
 
@@ -222,21 +226,34 @@ class Stage3Engine:
                 return
             self._start_backward()
             if u.flat_grad is None:
-                u.flat_grad = torch.zeros(u.layout.padded_numel, dtype=self.param_dtype, device=self.comm.device)
-                self._track_comm(u.nbytes)
+                u.flat_grad = self._new_flat_grad(u)
             u.flat_grad[slot.offset:slot.offset + slot.numel].copy_(p.grad.reshape(-1))
             p.grad = None
+            u.missing.discard(i)
             u.ready += 1
             if u.ready == len(u.params):
                 self._reduce(u)
                 self._free(u)
         return hook
 
+    def _new_flat_grad(self, u):
+        """A unit's flat gradient. Every slot is overwritten by its parameter's gradient
+        (a parameter that gets none is zeroed at the end of backward), so only the
+        padding tail needs zeros: filling the whole buffer cost a write of Ψ_unit per step."""
+        flat = torch.empty(u.layout.padded_numel, dtype=self.param_dtype, device=self.comm.device)
+        flat[u.layout.numel:].zero_()
+        u.missing = set(range(len(u.params)))
+        self._track_comm(u.nbytes)
+        return flat
+
     def _track_comm(self, nbytes):
         self.live_comm += nbytes
         self.peak_comm = max(self.peak_comm, self.live_comm)
 
     def _reduce(self, u):
+        for i in u.missing:                # parameters this backward did not reach count as 0
+            s = u.layout.slots[i]
+            u.flat_grad[s.offset:s.offset + s.numel].zero_()
         flat, u.flat_grad, u.ready = u.flat_grad, None, 0
         out = torch.empty(u.layout.shard_numel, dtype=flat.dtype, device=flat.device)
         work = self.comm.reduce_scatter(out, flat, async_op=True)
@@ -259,8 +276,10 @@ class Stage3Engine:
         self.inflight.drain()
 
     def publish(self):
-        """The next forward gathers from `local`: refresh it from the updated master."""
+        """The next forward gathers from `local`: refresh it from the updated master (and
+        drop a unit a forward without backward left gathered: its values are stale now)."""
         for u in self.units:
+            self._free(u)
             if u.local.data_ptr() != u.shard.master.data_ptr():
                 u.local.copy_(u.shard.master)
 

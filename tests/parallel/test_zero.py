@@ -82,3 +82,20 @@ def test_group_none_is_one_rank_without_torch_distributed(stage):
     _, zopt, _ = h.zero_run(0, 1, stage, torch.float32, 3, group=None)
     assert zopt.comm.size == 1
     h.assert_matches(zopt.full_state_dict(), ref, torch.float32, f"stage {stage} group=None")
+
+
+def test_inner_optimizer_runs_fused_unless_the_caller_chooses():
+    """AdamW gets fused=True over the flat shards (same result as torch's default loop on
+    the unsharded model); a caller's foreach/fused choice and optimizers without a fused
+    kernel are left alone."""
+    from hcomm.parallel.zero import ZeroOptimizer
+
+    ref, _, _ = h.reference_run(1, 3)
+    _, zopt, _ = h.zero_run(0, 1, 1, torch.float32, 3, group=None)
+    assert zopt.inner.defaults["fused"] is True
+    h.assert_matches(zopt.full_state_dict(), ref, torch.float32, "fused AdamW")
+    model = h.make_model()
+    chosen = ZeroOptimizer(model, torch.optim.AdamW, stage=1, print_plan=False, foreach=False, lr=1e-3)
+    assert not chosen.inner.defaults.get("fused")
+    plain = ZeroOptimizer(h.make_model(), torch.optim.Adadelta, stage=1, print_plan=False)
+    assert not plain.inner.defaults.get("fused")

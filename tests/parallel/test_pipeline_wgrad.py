@@ -1,0 +1,158 @@
+"""wgrad.LinearGrads (the pipeline's B/W split for nn.Linear) against plain autograd, in-process.
+
+The multi-rank equivalence with the unpipelined model (every schedule, zb-h1 included)
+is tests/parallel/test_pipeline.py; here the odd cases of the split itself: a Linear
+called twice, a weight tied to another module, no bias, 3-D inputs, parameters that are
+not Linear weights, several micro-batches accumulating, a hook that needs autograd's own
+accumulation, and an input changed in place before W.
+"""
+import pytest
+import torch
+import torch.nn as nn
+
+from hcomm.parallel.pipeline.wgrad import LinearGrads, fast_linears
+
+
+class Stage(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(7, 5, dtype=torch.float64)
+        self.b = nn.Linear(5, 5, bias=False, dtype=torch.float64)
+        self.norm = nn.LayerNorm(5, dtype=torch.float64)
+        self.emb = nn.Embedding(11, 5, dtype=torch.float64)
+        self.tied = nn.Linear(5, 11, bias=False, dtype=torch.float64)
+        self.tied.weight = self.emb.weight          # registered twice: autograd keeps it
+
+    def forward(self, x, ids):
+        h = torch.tanh(self.a(x)) + self.emb(ids)
+        h = self.b(torch.relu(self.b(self.norm(h))))  # b called twice
+        return self.tied(h)
+
+
+def _data(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 4, 7, dtype=torch.float64, generator=g, requires_grad=True)   # 3-D input
+    ids = torch.randint(0, 11, (3, 4), generator=g)
+    grad = torch.randn(3, 4, 11, dtype=torch.float64, generator=g)
+    return x, ids, grad
+
+
+def _reference(mbs):
+    torch.manual_seed(0)
+    ref = Stage()
+    xgrads = []
+    for x, ids, grad in mbs:
+        x = x.detach().requires_grad_()
+        ref(x, ids).backward(grad)
+        xgrads.append(x.grad)
+    return ref, xgrads
+
+
+def test_fast_linears_skip_tied_weights():
+    torch.manual_seed(0)
+    stage = Stage()
+    assert fast_linears(stage) == [stage.a, stage.b]
+
+
+def test_split_matches_autograd_over_micro_batches():
+    mbs = [_data(s) for s in range(3)]
+    ref, ref_xgrads = _reference(mbs)
+    torch.manual_seed(0)
+    stage = Stage()
+    lg = LinearGrads({0: stage})
+    pending = []
+    for x, ids, grad in mbs:
+        x = x.detach().requires_grad_()
+        out, calls = lg.forward(0, stage, (x, ids))
+        assert [c.module for c in calls] == [stage.a, stage.b, stage.b]
+        pending.append(lg.backward(0, (out,), [grad], (x, ids), calls))
+        torch.testing.assert_close(x.grad, ref_xgrads[len(pending) - 1], rtol=0, atol=1e-12)
+    assert stage.a.weight.grad is None     # B left the Linear weights to W ...
+    assert stage.norm.weight.grad is not None   # ... and did everything else
+    for p in pending:                      # W out of order (as zero-bubble schedules run it)
+        lg.weight(p)
+    for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_hooked_parameters_go_through_autograd():
+    torch.manual_seed(0)
+    stage = Stage()
+    lg = LinearGrads({0: stage})
+    seen = []
+    stage.a.weight.register_post_accumulate_grad_hook(lambda p: seen.append(p.grad.clone()))
+    assert not lg.usable(0)
+    x, ids, grad = _data(0)
+    out, calls = lg.forward(0, stage, (x, ids))
+    assert calls is None                   # the runtime then runs autograd's own backward
+    out.backward(grad)
+    assert len(seen) == 1
+
+
+def test_input_changed_before_w_is_refused():
+    torch.manual_seed(0)
+    stage = Stage()
+    lg = LinearGrads({0: stage})
+    x, ids, grad = _data(0)
+    x = x.detach()
+    out, calls = lg.forward(0, stage, (x, ids))
+    pending = lg.backward(0, (out,), [grad], (x, ids), calls)
+    x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place between its forward and its weight gradient"):
+        lg.weight(pending)
+
+
+def test_calls_outside_the_runtime_are_not_recorded():
+    torch.manual_seed(0)
+    stage = Stage()
+    lg = LinearGrads({0: stage})
+    x, ids, _ = _data(0)
+    stage(x, ids)                          # a user's own call: no capture, plain autograd
+    assert lg._calls is None
+    lg.close()
+    out, calls = lg.forward(0, stage, (x, ids))
+    assert calls == []                     # hooks removed: nothing recorded
+
+
+class Functional(nn.Module):
+    """A Linear called by keyword, and one whose weight is only used functionally."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6, dtype=torch.float64)
+        self.side = nn.Linear(6, 6, dtype=torch.float64)
+
+    def forward(self, x):
+        h = self.a(input=x)
+        return torch.nn.functional.linear(h, self.side.weight, self.side.bias)
+
+
+def test_keyword_calls_and_uncalled_linears_keep_their_gradients():
+    torch.manual_seed(0)
+    ref, stage = Functional(), Functional()
+    stage.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 6, dtype=torch.float64)
+    grad = torch.randn(5, 6, dtype=torch.float64)
+    ref(x).backward(grad)
+    lg = LinearGrads({0: stage})
+    out, calls = lg.forward(0, stage, (x,))
+    assert [c.module for c in calls] == [stage.a]
+    lg.weight(lg.backward(0, (out,), [grad], (x,), calls))
+    for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_autocast_bf16_matches_autograd():
+    torch.manual_seed(0)
+    ref, stage = nn.Linear(8, 4), nn.Linear(8, 4)
+    stage.load_state_dict(ref.state_dict())
+    x, grad = torch.randn(6, 8), torch.randn(6, 4, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref(x).backward(grad)
+    lg = LinearGrads({0: stage})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, calls = lg.forward(0, stage, (x,))
+    lg.weight(lg.backward(0, (out,), [grad], (x,), calls))
+    assert stage.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(stage.weight.grad, ref.weight.grad, rtol=0, atol=0)
+    torch.testing.assert_close(stage.bias.grad, ref.bias.grad, rtol=0, atol=0)
