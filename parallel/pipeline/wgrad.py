@@ -19,9 +19,11 @@ Which layers: modules whose type is exactly nn.Linear (y = x W^T + b, so dW = g^
 db = sum g) and whose weight requires grad and is registered in no other module of the
 stage (a weight tied elsewhere also gets gradient along a path this split would cut).
 A Linear that an F does not call (its weight perhaps used functionally) is left to
-autograd for that F.  What cannot be detected from the module tree is a weight used
-both by its Linear's call and functionally elsewhere in the same forward: pass
-fast_linear_grads=False to PipelineRuntime for such a model.  Everything else
+autograd for that F.  A weight used both by its Linear's call and functionally elsewhere
+in the same forward cannot be seen in the module tree; B sees it in the graph (more uses
+of the weight than recorded calls, see _check_uses) and raises rather than drop the
+gradient of the other use: pass fast_linear_grads=False to PipelineRuntime for such a
+model.  Everything else
 (LayerNorm, embeddings, tensor-parallel layers, a Linear's weight shared with another
 module) goes through autograd in B, as before.  Under autocast W multiplies in the
 gradient's dtype, as autograd does (bit-identical in the tests).
@@ -112,6 +114,7 @@ class LinearGrads:
         others = self.others[stage] + [p for lin in self.linears[stage] if id(lin) not in called
                                        for p in lin.parameters(recurse=False) if p.requires_grad]
         targets = inputs + others + [c.edge for c in calls]
+        _check_uses(outs, calls)
         if not outs or not targets:
             return []
         res = torch.autograd.grad(list(outs), targets, grads, allow_unused=True)
@@ -134,6 +137,44 @@ class LinearGrads:
             _accumulate_mm(module.weight, g2, x2)
             if module.bias is not None and module.bias.requires_grad:
                 _accumulate(module.bias, g2.sum(0).to(module.bias.dtype))
+
+
+def _check_uses(outs: Sequence[torch.Tensor], calls: List[LinearCall]):
+    """Refuse when a recorded Linear's parameter is used in the graph more often than the
+    Linear was called: W computes only the calls' share, so the other use's gradient
+    would be lost. A use is an edge into the parameter's AccumulateGrad node, or into a
+    cast of it (autocast caches one cast per parameter, shared by every use)."""
+    calls_of: Dict[int, int] = {}
+    for c in calls:
+        calls_of[id(c.module)] = calls_of.get(id(c.module), 0) + 1
+    uses: Dict[object, int] = {}
+    casts: Dict[object, list] = {}    # AccumulateGrad node -> the cast nodes feeding on it
+    seen, todo = set(), [t.grad_fn for t in outs if t.grad_fn is not None]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        is_cast = type(node).__name__.startswith("ToCopyBackward")
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            uses[nxt] = uses.get(nxt, 0) + 1
+            if is_cast:
+                casts.setdefault(nxt, []).append(node)
+            todo.append(nxt)
+    for c in {id(c.module): c for c in calls}.values():
+        for p in c.module.parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            acc = get_gradient_edge(p).node
+            via_cast = casts.get(acc, [])
+            n_uses = uses.get(acc, 0) - len(via_cast) + sum(uses.get(n, 0) for n in via_cast)
+            if n_uses > calls_of[id(c.module)]:
+                raise RuntimeError(f"{c.module}'s parameter is used {n_uses} times in this stage's forward but the "
+                                   f"module was called {calls_of[id(c.module)]} times (a functional use of its "
+                                   f"weight?): its gradient would be incomplete; pass fast_linear_grads=False "
+                                   f"to PipelineRuntime")
 
 
 def _accumulate(t: torch.Tensor, g: torch.Tensor):

@@ -156,3 +156,38 @@ def test_autocast_bf16_matches_autograd():
     assert stage.weight.grad.dtype == torch.float32
     torch.testing.assert_close(stage.weight.grad, ref.weight.grad, rtol=0, atol=0)
     torch.testing.assert_close(stage.bias.grad, ref.bias.grad, rtol=0, atol=0)
+
+
+class AlsoFunctional(nn.Module):
+    """Linear `a` is called, and its weight is also used functionally in the same forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.a(x) + nn.functional.linear(x, self.a.weight)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_weight_also_used_functionally_is_refused(autocast):
+    stage = AlsoFunctional()
+    x, grad = torch.randn(4, 6), torch.randn(4, 6)
+    lg = LinearGrads({0: stage})
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out, calls = lg.forward(0, stage, (x,))
+    with pytest.raises(RuntimeError, match="used 2 times .* called 1 times"):
+        lg.backward(0, (out,), [grad.to(out.dtype)], (x,), calls)
+
+
+def test_a_call_the_runtime_did_not_record_is_refused():
+    # the Stage tests above call a Linear twice inside F (both recorded: accepted); here the
+    # second call happens after F, so W would know of one call and miss the other's gradient
+    stage = nn.Sequential(nn.Linear(6, 6))
+    x, grad = torch.randn(4, 6), torch.randn(4, 6)
+    lg = LinearGrads({0: stage})
+    out, calls = lg.forward(0, stage, (x,))
+    out2 = stage[0](out)
+    assert len(calls) == 1
+    with pytest.raises(RuntimeError, match="used 2 times"):
+        lg.backward(0, (out2,), [grad], (x,), calls)
