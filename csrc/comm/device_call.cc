@@ -7,6 +7,7 @@
 #include "algo/algorithms.h"
 #include "comm/device_context.h"
 #include "comm/engine.h"
+#include "device/npu_context.h"
 #include "common/param.h"
 #include "topo/policy.h"
 #include "topo/topology.h"
@@ -50,7 +51,7 @@ void ensureDeviceTransports(World& w, int device, double timeoutSec) {
 std::shared_ptr<DeviceContext> Communicator::deviceContext(int device) {
   std::lock_guard<std::mutex> lock(deviceMu_);
   if (device_) {
-    if (device_->device() != device)
+    if (device_->device() != device || asNpu(device_.get()))
       throw Error("this communicator's calls use cuda:" + std::to_string(device_->device()) + ", not cuda:" +
                   std::to_string(device) + " (one device per rank)");
     return device_;
@@ -98,7 +99,7 @@ DeviceCall Communicator::placeOnDevice(uint64_t flightId) {
   const Placement& where = currentPlacement();
   if (!where.onDevice()) return DeviceCall();
   DeviceCall dev;
-  dev.ctx = deviceContext(where.device);
+  dev.ctx = where.npu ? npuContext(where.device) : deviceContext(where.device);
   dev.ready = dev.ctx->record(where.stream);
   dev.done = std::make_shared<std::shared_ptr<CUevent_st>>();
   flight_->placed(flightId, where.device, where.stream);

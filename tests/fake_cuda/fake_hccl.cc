@@ -8,7 +8,7 @@
 //   - communicators across PROCESSES: HcclGetRootInfo names a shared-memory file in
 //     its 4108 bytes; HcclCommInitRootInfo blocks until all ranks joined; the rank's
 //     device is the thread's aclrtSetDevice.
-//   - AllReduce, Broadcast (in place), AllGather, ReduceScatter on every HcclDataType
+//   - AllReduce, Reduce, Broadcast (in place), AllGather, ReduceScatter on every HcclDataType
 //     and op (sum, prod, max, min), Send/Recv matched in order per (sender, receiver),
 //     all in stream order; the arithmetic is fake_coll.h's (rank order, one rounding
 //     for fp16/bf16).
@@ -213,6 +213,11 @@ Result HcclAllReduce(void* sendBuf, void* recvBuf, uint64_t count, DataType data
   return collective("HcclAllReduce", fake::KAllReduce, sendBuf, recvBuf, count, dataType, op, 0, comm, stream);
 }
 
+Result HcclReduce(void* sendBuf, void* recvBuf, uint64_t count, DataType dataType, ReduceOp op, uint32_t root,
+                  Comm comm, AclStream stream) {
+  return collective("HcclReduce", fake::KReduce, sendBuf, recvBuf, count, dataType, op, int(root), comm, stream);
+}
+
 Result HcclBroadcast(void* buf, uint64_t count, DataType dataType, uint32_t root, Comm comm, AclStream stream) {
   return collective("HcclBroadcast", fake::KBroadcast, buf, buf, count, dataType, HCCL_REDUCE_SUM, int(root), comm,
                     stream);
@@ -273,8 +278,8 @@ const char* HcclGetErrorString(Result code) {
   static_assert(std::is_same<decltype(&::Hccl##name), hcomm::hccl::name##Fn>::value, \
                 "Hccl" #name ": the fake's type differs from hccl_api.h");
 #ifdef HCOMM_FAKE_HCCL_NO_SEND
-#define HCOMM_FAKE_CHECK_ALL(X) X(GetRootInfo) X(CommInitRootInfo) X(AllReduce) X(Broadcast) X(AllGather) \
-  X(ReduceScatter) X(Recv) X(CommDestroy)
+#define HCOMM_FAKE_CHECK_ALL(X) X(GetRootInfo) X(CommInitRootInfo) X(AllReduce) X(Reduce) X(Broadcast) \
+  X(AllGather) X(ReduceScatter) X(Recv) X(CommDestroy)
 HCOMM_FAKE_CHECK_ALL(HCOMM_FAKE_CHECK)
 #else
 HCOMM_HCCL_FUNCTIONS(HCOMM_FAKE_CHECK)
