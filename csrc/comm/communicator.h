@@ -205,7 +205,7 @@ class Communicator {
   bool runOnNccl(const Links& l, bool native, bool automatic, const std::function<void(NcclTransport&, void*)>& run);
   bool automaticPick(const std::string& requested, const char* collective) const;
   // NPU calls (npu_call.cc): HCCL made at the first NPU collective; native HCCL as runOnNccl.
-  void prepareNpu(DeviceContext& ctx, bool collective, uint64_t tagBase, std::chrono::steady_clock::time_point deadline);
+  void prepareNpu(DeviceContext& ctx, uint64_t tagBase, std::chrono::steady_clock::time_point deadline);
   bool runOnHccl(const Links& l, bool native, bool automatic, const HcclCall& call);
   void finishOnDevice(const DeviceCall& dev, Work& work);
   void waitTurn();  // blocks until nothing queued or running, then marks a call running

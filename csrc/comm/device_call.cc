@@ -92,6 +92,7 @@ std::vector<std::string> Communicator::deviceTransports() {
 std::string Communicator::deviceEngine() {
   std::lock_guard<std::mutex> lock(deviceMu_);
   if (!device_ || !device_->ncclTried()) return "";
+  if (asNpu(device_.get())) return "hccl";
   return device_->nccl() ? "nccl" : "hcomm: " + device_->ncclWhy();
 }
 

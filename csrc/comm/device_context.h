@@ -33,6 +33,8 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
 
   int device() const { return device_; }
   virtual const Memory& memory() const;
+  // At submission: refuses a call this kind of device cannot run yet (npu_context.h).
+  virtual void admit(bool p2p) { (void)p2p; }
   const std::shared_ptr<const std::vector<Route>>& routes() const { return routes_; }
 
   cuda::Stream stream() const { return stream_; }

@@ -37,13 +37,9 @@ std::shared_ptr<DeviceContext> Communicator::npuContext(int device) {
   return device_;
 }
 
-void Communicator::prepareNpu(DeviceContext& ctx, bool collective, uint64_t tagBase,
-                              std::chrono::steady_clock::time_point deadline) {
+void Communicator::prepareNpu(DeviceContext& ctx, uint64_t tagBase, std::chrono::steady_clock::time_point deadline) {
   NpuContext* npu = asNpu(&ctx);
   if (!npu || npu->hcclReady()) return;
-  if (!collective)
-    throw Error("the first call with NPU buffers on this communicator must be a collective: HCCL's communicators "
-                "are made by all its ranks together (make, e.g., an allreduce on NPU buffers first)");
   constexpr size_t kInfo = sizeof(hccl::RootInfo);
   size_t n = size_t(size_);
   // Slot b of rank a's block: its root info for the pair a -> b; slot a: rank 0's for

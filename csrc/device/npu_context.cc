@@ -50,6 +50,17 @@ void NpuContext::setHccl(std::shared_ptr<HcclComm> native, std::shared_ptr<HcclT
   setRoutes(std::move(routes));
 }
 
+void NpuContext::admit(bool p2p) {
+  if (!p2p) {
+    collectiveSubmitted_ = true;
+    return;
+  }
+  if (!collectiveSubmitted_)
+    throw Error("the first call with NPU buffers on this communicator must be a collective: "
+                "HCCL's communicators are made by all its ranks together (make, e.g., an allreduce on NPU "
+                "buffers first)");
+}
+
 std::shared_ptr<CUevent_st> NpuContext::record(void* stream) {
   hccl::AclEvent e = nullptr;
   {

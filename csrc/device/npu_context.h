@@ -44,6 +44,10 @@ class NpuContext final : public DeviceContext {
   const Memory& memory() const override;
   hccl::AclStream aclStream() const { return stream_; }
 
+  // HCCL is made at the first NPU collective, so a point-to-point call before any is
+  // refused (InvalidArgument-worthy, nothing moved, the communicator stays usable).
+  void admit(bool p2p) override;
+
   std::shared_ptr<CUevent_st> record(void* stream) override;
   void waitHost(CUevent_st* e, std::chrono::steady_clock::time_point deadline) const override;
   std::shared_ptr<CUevent_st> recordDone() override;
@@ -67,6 +71,7 @@ class NpuContext final : public DeviceContext {
   std::shared_ptr<HcclTransport> p2p_;
   std::mutex mu_;
   std::vector<hccl::AclEvent> free_, all_;
+  bool collectiveSubmitted_ = false;  // calls are submitted in order, one thread at a time
 };
 
 // The NPU context behind `ctx`, or null when it is a CUDA one.

@@ -166,9 +166,13 @@ void HcclComm::check(hccl::Result r, const char* what) const {
 }
 
 void HcclComm::checkAcl(hccl::AclError e, const char* what) const {
+  constexpr hccl::AclError kStreamTaskFailed = 507899;  // ACL_ERROR_RT_INTERNAL_ERROR: work on the stream failed
   if (e != 0)
     throw Error(std::string("hccl: ") + what + " failed with aclError " + std::to_string(e) + " [rank " +
-                std::to_string(rank_) + ", device " + std::to_string(device_) + "]");
+                std::to_string(rank_) + ", device " + std::to_string(device_) + "]" +
+                (e == kStreamTaskFailed ? ": an HCCL collective on this stream failed (the ranks' calls differ in "
+                                          "count, dtype, op or root, or a peer failed; HCCL's log says which)"
+                                        : ""));
 }
 
 void HcclComm::checkPeer(int peer, const char* what) const {

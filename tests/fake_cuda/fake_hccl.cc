@@ -2,7 +2,8 @@
 // with no NPU, over the fake AscendCL (fake_ascendcl.cc: work is queued on its streams
 // with aclrtLaunchCallback). hcomm loads it through HCOMM_HCCL_LIB; it exports the
 // HCOMM_HCCL_FUNCTIONS of csrc/transport/hccl_api.h with exactly those types
-// (static_assert at the end), plus HcclGetCommAsyncError and HcclGetErrorString.
+// (static_assert at the end), plus HcclGetCommAsyncError and HcclGetErrorString, and
+// hcommFakeHcclCalls (the fake's own: calls queued per entry point, for tests).
 //
 // What it models, as HCCL does it:
 //   - communicators across PROCESSES: HcclGetRootInfo names a shared-memory file in
@@ -99,7 +100,19 @@ void run(void* arg) {
   c->turn.fetch_add(1);
 }
 
+// Calls made per entry point in this process, for tests that must tell the native engine
+// from hcomm's algorithms over HcclSend/HcclRecv (hcommFakeHcclCalls).
+std::mutex countsMu;
+std::map<std::string, uint64_t>& counts() {
+  static auto* m = new std::map<std::string, uint64_t>;
+  return *m;
+}
+
 Result submit(Op* op) {
+  {
+    std::lock_guard<std::mutex> l(countsMu);
+    ++counts()[op->what];
+  }
   // Ticket and launch under the lock: a launch that fails gives its ticket back.
   std::lock_guard<std::mutex> l(op->comm->mu);
   op->ticket = op->comm->launched;
@@ -263,6 +276,13 @@ Result HcclGetCommAsyncError(Comm comm, Result* asyncError) {
   if (!comm || !asyncError) return HCCL_E_PTR;
   *asyncError = static_cast<FakeComm*>(comm)->error();
   return HCCL_SUCCESS;
+}
+
+// The fake's own: how many calls of `what` ("HcclAllReduce", "HcclSend", ...) were queued.
+uint64_t hcommFakeHcclCalls(const char* what) {
+  std::lock_guard<std::mutex> l(countsMu);
+  auto it = counts().find(what);
+  return it == counts().end() ? 0 : it->second;
 }
 
 const char* HcclGetErrorString(Result code) {
