@@ -25,8 +25,8 @@ _DL = {"float32": (2, 32, np.float32), "float16": (2, 16, np.float16), "float64"
 class Acl:
     """ctypes over the AscendCL library hcomm loads in this process."""
 
-    def __init__(self):
-        self.lib = ctypes.CDLL(os.environ["HCOMM_ASCENDCL_LIB"], mode=ctypes.RTLD_GLOBAL)
+    def __init__(self, path=None):
+        self.lib = ctypes.CDLL(path or os.environ["HCOMM_ASCENDCL_LIB"], mode=ctypes.RTLD_GLOBAL)
         self.lib.aclInit(None)  # a second aclInit (hcomm's) is ACL_ERROR_REPEAT_INITIALIZE, accepted
 
     def _call(self, name, *args):
