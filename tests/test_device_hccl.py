@@ -17,6 +17,7 @@ What this cannot show: HCCL's own behaviour on NPUs (its algorithms, HCCS/RoCE l
 its timeouts and error codes beyond those the fake models) and any speed.
 """
 import ctypes
+import json
 import os
 
 import numpy as np
@@ -131,11 +132,13 @@ def test_native_hccl_collectives_against_numpy(n):
 def _algorithms_body(comm, seed):
     npu, r, n = _Npu(comm.rank), comm.rank, comm.size
     cases = [(a, d, o) for a in ("ring", "tree", "halving_doubling") for d in DTYPES for o in OPS]
+    cases += [("hierarchical", d, "sum") for d in DTYPES]
     for k, (algo, dtype, op) in enumerate(cases):
         count = 17 + 2 * k
         inputs = [ref.make(dtype, count, q, seed + k, op) for q in range(n)]
         x = npu.put(inputs[r], dtype)
-        comm.allreduce(x, op=op, algo=algo)
+        _allreduce(comm, x, op, algo)
+        assert comm._c.last_algorithm() == algo, (comm._c.last_algorithm(), algo)
         ref.check(x.to_numpy(), ref.reduce_ref(inputs, op, dtype), dtype, n, f"allreduce {algo} {dtype} {op}")
     for k, (algo, dtype, op) in enumerate([(a, d, "sum") for a in ("binomial", "reduce_scatter_gather", "tree")
                                            for d in DTYPES] + [("binomial", "float32", "max")]):
@@ -164,6 +167,17 @@ def _algorithms_body(comm, seed):
         np.testing.assert_array_equal(out.to_numpy(), _exact(parts, dtype), err_msg=f"allgather {algo} {dtype}")
     _movement(comm, npu, seed)
     return _calls()
+
+
+def _allreduce(comm, x, op, algo):
+    """comm.allreduce, or the core's for 'hierarchical' (the Python method lists the flat
+    algorithms); the NPU path either way."""
+    if algo != "hierarchical":
+        return comm.allreduce(x, op=op, algo=algo)
+    from hcomm._buffers import as_buffer
+
+    b = as_buffer(x, "input", writable=True)
+    comm._core(None, b).allreduce(b.ptr, b.ptr, b.count, b.dtype, op, 1.0, algo, False)
 
 
 def _movement(comm, npu, seed):
@@ -197,8 +211,14 @@ def _movement(comm, npu, seed):
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])
-def test_hcomm_algorithms_over_the_hccl_transport_against_numpy(n):
-    env = _env(HCOMM_ALGO="reduce_scatter:ring")
+def test_hcomm_algorithms_over_the_hccl_transport_against_numpy(n, tmp_path):
+    # reduce_scatter takes its algorithm from HCOMM_ALGO only: ring at n = 2 and 4,
+    # direct (each owner folds its block) at n = 3. Two simulated hosts (a topology
+    # file) give the hierarchical allreduce two levels to go through.
+    hosts = [{"name": "host0", "ranks": list(range(n // 2))}, {"name": "host1", "ranks": list(range(n // 2, n))}]
+    topo = tmp_path / "topo.json"
+    topo.write_text(json.dumps({"hosts": hosts}))
+    env = _env(HCOMM_ALGO="reduce_scatter:" + ("direct" if n == 3 else "ring"), HCOMM_TOPO_FILE=topo)
     for calls in _run(_algorithms_body, n, env=env, args=(200 + n,)):
         assert calls["HcclSend"] > 0 and calls["HcclRecv"] > 0, calls
         assert all(calls[k] == 0 for k in NATIVE_CALLS), f"an algorithm ran natively: {calls}"
@@ -344,3 +364,45 @@ def test_fake_ascendcl_memory_and_events():
     assert lib.aclrtQueryEventStatus(event, ctypes.byref(status)) == 0 and status.value == 1  # COMPLETE
     assert lib.aclrtDestroyEvent(event) == 0 and lib.aclrtDestroyStream(stream) == 0
     acl.free(dev)
+
+
+# ---------------------------------------------------------------- torch_npu tensors (routing only)
+
+def _torch_npu_body(comm):
+    """No torch_npu exists here: a stand-in module and tensor class with the attributes
+    hcomm reads from a torch_npu tensor (device.type "npu", data_ptr, numel, dtype,
+    is_contiguous; torch_npu.npu.current_stream().npu_stream) over fake NPU memory. This
+    shows hcomm's routing of such a tensor, not torch_npu itself."""
+    import sys
+    import types
+
+    npu = _Npu(comm.rank)
+    stub = types.ModuleType("torch_npu")
+    stub.npu = types.SimpleNamespace(current_device=lambda: comm.rank,
+                                     current_stream=lambda dev: types.SimpleNamespace(npu_stream=0))
+    sys.modules["torch_npu"] = stub
+
+    class NpuTensor:
+        __module__ = "torch_npu.stand_in"
+
+        def __init__(self, arr):
+            self.arr, self.dtype, self.is_cpu, self.is_cuda = arr, "torch.float32", False, False
+            self.device, self.shape = types.SimpleNamespace(type="npu", index=arr.device), (arr.count,)
+
+        def data_ptr(self):
+            return self.arr.ptr
+
+        def numel(self):
+            return self.arr.count
+
+        def is_contiguous(self):
+            return True
+
+    x = NpuTensor(npu.put(np.arange(9, dtype=np.float32) * (comm.rank + 1), "float32"))
+    comm.allreduce(x)
+    return x.arr.to_numpy().tolist()
+
+
+def test_torch_npu_tensor_routing_with_a_stand_in_module():
+    want = (np.arange(9, dtype=np.float32) * 3).tolist()
+    assert _run(_torch_npu_body, 2) == [want, want]

@@ -9,6 +9,8 @@
 // rank a one per pair communicator a -> b — and every rank then builds the native
 // HcclComm and the HcclTransport from them. The user never sees a root info. A split
 // communicator does the same over its own ranks at its own first NPU collective.
+#include <cstring>
+
 #include "algo/algorithms.h"
 #include "algo/native_hccl.h"
 #include "comm/engine.h"

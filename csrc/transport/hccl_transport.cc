@@ -182,11 +182,11 @@ RequestPtr HcclTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes
     }
   }
   p.posted.push_back(r);
-  if (!p.headerPosted) postHeaderRecv(peer, p);
+  if (!p.headerPosted) postHeaderRecv(p);
   return r.req;
 }
 
-void HcclTransport::postHeaderRecv(int, Peer& p) {
+void HcclTransport::postHeaderRecv(Peer& p) {
   if (!p.headerSlot.dev) p.headerSlot = takeBlock(sizeof(Header));
   // The pair communicator's sender is its rank 0.
   check(lib_->api.Recv(p.headerSlot.dev, sizeof(Header), kBytes, 0, p.inComm, p.inStream), "HcclRecv (header)");
@@ -308,7 +308,7 @@ bool HcclTransport::progress() {
       onHeader(r, p);
       moved = true;
     }
-    if (!p.headerPosted && !p.posted.empty()) postHeaderRecv(r, p);
+    if (!p.headerPosted && !p.posted.empty()) postHeaderRecv(p);
   }
   return moved;
 }

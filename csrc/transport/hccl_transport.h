@@ -89,7 +89,7 @@ class HcclTransport : public Transport {
 
   void createPairComms(const std::vector<std::string>& pairInfos);
   Peer& peerOf(int rank, const char* what);
-  void postHeaderRecv(int rank, Peer& p);
+  void postHeaderRecv(Peer& p);
   void onHeader(int rank, Peer& p);
   void receive(int rank, Peer& p, const Header& h, PostedRecv* match);
   void bindStaged(int rank, Peer& p, Staged s, const PostedRecv& r);
