@@ -406,3 +406,31 @@ def _torch_npu_body(comm):
 def test_torch_npu_tensor_routing_with_a_stand_in_module():
     want = (np.arange(9, dtype=np.float32) * 3).tolist()
     assert _run(_torch_npu_body, 2) == [want, want]
+
+
+def _timeout_body(comm, algo, board_dir):
+    """Rank 0 calls a collective rank 1 never makes: a TimeoutError naming the call, no
+    hang, and the process still exits (the failed HCCL state is let go, not waited on)."""
+    import time
+
+    import hcomm
+
+    npu, board = _Npu(comm.rank), fake_device.Board(board_dir)
+    x = npu.put(np.ones(7, np.float32), "float32")
+    comm.allreduce(x)  # both ranks: HCCL is made
+    if comm.rank == 1:
+        board.get("raised", timeout=60)  # stay alive (a dead peer would fail rank 0 at once)
+        return "waited"
+    start = time.monotonic()
+    with pytest.raises(hcomm.Error) as e:
+        comm.allreduce(x, algo=algo)
+    board.put("raised", b"1")
+    return str(e.value), time.monotonic() - start
+
+
+@pytest.mark.parametrize("algo", ["native", "ring"])
+def test_a_rank_that_never_joins_times_out_instead_of_hanging(algo, tmp_path):
+    got = _run(_timeout_body, 2, env=_env(HCOMM_TIMEOUT=3), args=(algo, str(tmp_path)), timeout=120)
+    why, took = got[0]
+    assert got[1] == "waited"
+    assert "HCOMM_TIMEOUT" in why and "rank 1 did not reach" in why and took < 30, got[0]

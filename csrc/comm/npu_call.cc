@@ -60,6 +60,11 @@ void Communicator::prepareNpu(DeviceContext& ctx, uint64_t tagBase, std::chrono:
   for (size_t i = 0; i < n * n; ++i) pairs[i].assign(&all[i * kInfo], kInfo);
   auto native = std::make_shared<HcclComm>(rank_, size_, pairs[0], ctx.device());
   auto p2p = std::make_shared<HcclTransport>(rank_, size_, pairs, ctx.device());
+  {
+    // On the world's list, so that an error anywhere aborts it like every transport.
+    std::lock_guard<std::mutex> lock(world_->deviceMu);
+    world_->deviceTransports.push_back(p2p);
+  }
   npu->setHccl(std::move(native), std::move(p2p), size_);
 }
 

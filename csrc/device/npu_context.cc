@@ -27,6 +27,14 @@ NpuContext::NpuContext(int device) : DeviceContext(device, nullptr), lib_(&loadH
 }
 
 NpuContext::~NpuContext() {
+  if (p2p_ && p2p_->aborted()) {
+    // The communicator failed (a timeout, a peer gone): a collective may still be queued
+    // on these streams, waiting for a peer that will not come, and destroying HCCL or
+    // syncing the stream would wait for it. Leaked on purpose, as the transport does.
+    new std::shared_ptr<HcclComm>(std::move(hccl_));
+    memory_.release();
+    return;
+  }
   p2p_.reset();
   hccl_.reset();
   memory_.reset();

@@ -27,11 +27,12 @@ HcclTransport::HcclTransport(int rank, int size, const std::vector<std::string>&
 
 HcclTransport::~HcclTransport() {
   std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (!aborted_.empty()) return;  // leaked on purpose: see the header
   setDevice();
   for (Peer& p : peers_) {
     for (hccl::AclStream s : {p.outStream, p.inStream})
       if (s) {
-        if (aborted_.empty()) lib_->api.AclrtSynchronizeStream(s);
+        lib_->api.AclrtSynchronizeStream(s);
         lib_->api.AclrtDestroyStream(s);
       }
     for (hccl::Comm c : {p.outComm, p.inComm})
@@ -330,6 +331,11 @@ void HcclTransport::failAll(const std::string& why) {
     p.receiving.clear();
     p.unexpected.clear();
   }
+}
+
+bool HcclTransport::aborted() {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  return !aborted_.empty();
 }
 
 void HcclTransport::abort(const std::string& why) {

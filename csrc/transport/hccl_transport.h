@@ -24,6 +24,10 @@
 // is the fast path; this transport exists so the tuner's algorithms and HCOMM_ALGO
 // choices mean the same on an NPU as on a host.
 //
+// After abort() nothing is destroyed (streams, pair communicators, buffers are leaked):
+// queued HCCL work that waits for a peer that never comes would make aclrtSynchronizeStream
+// and HcclCommDestroy wait for ever, and the declared API has no abort.
+//
 // Known limits: any-source receive (probe) is refused; ACL's current device is set once
 // per thread that drives the transport (aclrtSetDevice), so user code must not switch a
 // thread that hcomm uses to another device.
@@ -54,6 +58,7 @@ class HcclTransport : public Transport {
   void sleepFor(int us) override;
   bool probe(int peer, uint64_t tag, size_t* nbytes) override;
   void abort(const std::string& why) override;
+  bool aborted();
 
  private:
   struct Header {
