@@ -434,3 +434,34 @@ def test_a_rank_that_never_joins_times_out_instead_of_hanging(algo, tmp_path):
     why, took = got[0]
     assert got[1] == "waited"
     assert "HCOMM_TIMEOUT" in why and "rank 1 did not reach" in why and took < 30, got[0]
+
+
+# ---------------------------------------------------------------- deterministic mode (the fold steps)
+
+def _deterministic_body(comm, seed):
+    """HCOMM_DETERMINISTIC=1 on NPU buffers: no native HCCL (its summation order is its
+    own); every algorithm over the transport returns the rank-order float32 sum bit for
+    bit, and bfloat16 the float32 fold rounded once (the NPU Memory's accumulate step)."""
+    from test_numerics import bits, fold_in_rank_order, inputs
+
+    npu, n, r = _Npu(comm.rank), comm.size, comm.rank
+    for count in (1, 333):
+        stack = inputs("float32", count, n, seed)
+        want = bits(fold_in_rank_order(stack))
+        for algo in (None, "ring", "tree", "halving_doubling"):
+            x = npu._mod.NpuArray.from_numpy(stack[r], "float32", npu.acl, r)
+            comm.allreduce(x, algo=algo)
+            got = x.to_numpy().view(np.uint32)
+            assert np.array_equal(got, want), f"{algo} count={count}: {np.count_nonzero(got != want)} differ"
+        bf = [s.astype(np.float32) for s in inputs("bfloat16", count, n, seed)]
+        x = npu._mod.NpuArray.from_numpy(bf[r], "bfloat16", npu.acl, r)
+        comm.allreduce(x)
+        once = fake_device.bf16_values(fake_device.bf16_bits(fold_in_rank_order(np.stack(bf))))
+        got = x.to_numpy()
+        assert np.array_equal(got, once), f"bfloat16: {np.count_nonzero(got != once)} differ from the fold rounded once"
+    return _calls()
+
+
+def test_deterministic_mode_on_npu_buffers_is_bit_exact_over_the_transport():
+    for calls in _run(_deterministic_body, 3, env=_env(HCOMM_DETERMINISTIC=1), args=(5,)):
+        assert all(calls[k] == 0 for k in NATIVE_CALLS), calls
