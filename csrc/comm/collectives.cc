@@ -6,8 +6,8 @@
 #include <numeric>
 
 #include "algo/algorithms.h"
-#include "comm/engine.h"
 #include "algo/native_hccl.h"
+#include "comm/engine.h"
 #include "comm/native_call.h"
 #include "comm/placement.h"
 #include "transport/nccl.h"

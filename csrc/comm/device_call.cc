@@ -52,7 +52,7 @@ std::shared_ptr<DeviceContext> Communicator::deviceContext(int device) {
   std::lock_guard<std::mutex> lock(deviceMu_);
   if (device_) {
     if (device_->device() != device || asNpu(device_.get()))
-      throw Error("this communicator's calls use cuda:" + std::to_string(device_->device()) + ", not cuda:" +
+      throw Error("this communicator's calls use " + std::string(device_->memory().name()) + ", not cuda:" +
                   std::to_string(device) + " (one device per rank)");
     return device_;
   }
