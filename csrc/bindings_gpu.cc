@@ -11,6 +11,7 @@
 #include <random>
 
 #include "algo/algorithms.h"
+#include "comm/placement.h"
 #include "device/cuda_memory.h"
 #include "device/kernels.h"
 #include "reduce/reduce.h"
@@ -273,6 +274,12 @@ void bindNccl(py::module_& m) {
            py::arg("why") = "aborted by the user", Release());
 }
 
+struct NpuPlacement {
+  Placement where;
+  std::unique_ptr<PlacementScope> scope;
+  NpuPlacement(int device, uintptr_t stream) : where{device, mptr(stream), true} {}
+};
+
 void bindHccl(py::module_& m) {
   m.def("hccl_available", [] {
     std::string why = hcclUnavailableReason();
@@ -310,6 +317,12 @@ void bindHccl(py::module_& m) {
       }, Release())
       .def("synchronize", [](HcclComm& c, uintptr_t stream) { c.synchronize(mptr(stream)); }, py::arg("stream") = 0,
            Release());
+  // `with _C.on_npu(device, stream):` around a Communicator call made with NPU buffers:
+  // the call runs on that NPU, ordered after the aclrtStream (comm/placement.h).
+  py::class_<NpuPlacement>(m, "on_npu")
+      .def(py::init<int, uintptr_t>(), py::arg("device"), py::arg("stream"))
+      .def("__enter__", [](NpuPlacement& g) { g.scope.reset(new PlacementScope(g.where)); })
+      .def("__exit__", [](NpuPlacement& g, py::args) { g.scope.reset(); });
 }
 
 void bindCuda(py::module_& m) {

@@ -51,7 +51,9 @@ def _from_torch(x, name, writable):
     if not x.is_cpu:
         if x.is_cuda:
             return _device.from_torch_cuda(x, name, dtype)
-        raise InvalidArgument(f"{name}: tensor is on {x.device}; hcomm moves host and CUDA memory")
+        if x.device.type == "npu":
+            return _device.from_torch_npu(x, name, dtype)
+        raise InvalidArgument(f"{name}: tensor is on {x.device}; hcomm moves host, CUDA and NPU memory")
     if not x.is_contiguous():
         raise InvalidArgument(f"{name}: tensor is not contiguous (shape {tuple(x.shape)}, "
                               f"strides {x.stride()}); call .contiguous() first")

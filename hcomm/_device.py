@@ -1,7 +1,8 @@
 """Device arrays in, (pointer, count, dtype, device, stream) out: torch CUDA tensors,
 anything with `__cuda_array_interface__` (CuPy, Numba, ...) and DLPack producers of
-device type CUDA. No copies; an array hcomm cannot use as it is is refused with the
-reason, before any byte moves.
+device type CUDA; for Ascend NPUs, torch_npu tensors (device type "npu") and DLPack
+producers of device type kDLAscend (21, DLPack's enum since after v1.3). No copies; an
+array hcomm cannot use as it is is refused with the reason, before any byte moves.
 
 The stream a call is ordered after: the explicit `stream=` argument when given, else the
 array's own (torch: the current stream of its device; `__cuda_array_interface__`: its
@@ -23,6 +24,7 @@ _DLPACK_DTYPES = {
     (0, 32): "int32", (0, 64): "int64", (4, 16): "bfloat16", (6, 8): "bool", (1, 1): "bool",
 }
 _KDL_CUDA, _KDL_CUDA_MANAGED = 2, 13
+_KDL_ASCEND = 21  # dlpack.h DLDeviceType kDLAscend
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1,
              "int32": 4, "int64": 8, "bool": 1}
 
@@ -30,9 +32,10 @@ _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1,
 class DeviceBuffer:
     """A device array as the core sees it, and the array, kept alive while in use."""
 
-    __slots__ = ("ptr", "count", "dtype", "obj", "device", "stream", "current_stream")
+    __slots__ = ("ptr", "count", "dtype", "obj", "device", "stream", "current_stream", "kind")
 
-    def __init__(self, ptr, count, dtype, obj, device, stream, current_stream):
+    def __init__(self, ptr, count, dtype, obj, device, stream, current_stream, kind="cuda"):
+        self.kind = kind                      # "cuda" or "npu"
         self.ptr = ptr
         self.count = count
         self.dtype = dtype
@@ -44,6 +47,10 @@ class DeviceBuffer:
     @property
     def nbytes(self):
         return self.count * _ITEMSIZE[self.dtype]
+
+    @property
+    def where(self):
+        return f"{self.kind}:{self.device}"
 
 
 def _contiguous(shape, strides, itemsize):
@@ -138,9 +145,9 @@ def is_dlpack_device(x):
 
 def from_dlpack(x, name):
     kind, dev = x.__dlpack_device__()
-    if int(kind) not in (_KDL_CUDA, _KDL_CUDA_MANAGED):
-        raise InvalidArgument(f"{name}: DLPack device type {int(kind)} is not CUDA (2) or CUDA managed (13); "
-                              "hcomm moves host and CUDA memory through DLPack")
+    if int(kind) not in (_KDL_CUDA, _KDL_CUDA_MANAGED, _KDL_ASCEND):
+        raise InvalidArgument(f"{name}: DLPack device type {int(kind)} is not CUDA (2), CUDA managed (13) or "
+                              "Ascend (21); hcomm moves host, CUDA and NPU memory through DLPack")
     capsule = x.__dlpack__(stream=None)
     get = ctypes.pythonapi.PyCapsule_GetPointer
     get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
@@ -160,7 +167,23 @@ def from_dlpack(x, name):
         count *= d
     ptr = (t.data or 0) + t.byte_offset
     # The capsule (and so the tensor's memory) stays alive with the buffer.
-    return DeviceBuffer(ptr if count else 0, count, dtype, (x, capsule), int(dev), 0, lambda: 0)
+    where = "npu" if int(kind) == _KDL_ASCEND else "cuda"
+    return DeviceBuffer(ptr if count else 0, count, dtype, (x, capsule), int(dev), 0, lambda: 0, where)
+
+
+def from_torch_npu(x, name, dtype):
+    """A torch_npu tensor (device type "npu"), ordered after torch_npu's current stream."""
+    import torch_npu  # noqa: F401 - only a torch_npu build makes npu tensors
+
+    if not x.is_contiguous():
+        raise InvalidArgument(f"{name}: NPU tensor is not contiguous (shape {tuple(x.shape)}, "
+                              f"strides {x.stride()}); call .contiguous() first")
+    dev = x.device.index if x.device.index is not None else torch_npu.npu.current_device()
+
+    def current():
+        return torch_npu.npu.current_stream(dev).npu_stream
+
+    return DeviceBuffer(x.data_ptr() if x.numel() else 0, x.numel(), dtype, x, dev, current(), current, "npu")
 
 
 def any_device(bufs):
@@ -180,7 +203,9 @@ def place(bufs, stream, bound_device):
         host = next(b for b in devs if not isinstance(b, DeviceBuffer))
         dev = on_dev[0]
         raise InvalidArgument(f"buffers in two kinds of memory: a host {type(host.obj).__name__} and a "
-                              f"cuda:{dev.device} array in one call; pass both on the same device")
+                              f"{dev.where} array in one call; pass both on the same device")
+    if any(b.kind == "npu" for b in on_dev):
+        return _place_npu(on_dev, stream)
     placed = [b for b in on_dev if b.device is not None] or on_dev
     first = placed[0]
     device = first.device if first.device is not None else max(bound_device, 0)
@@ -194,8 +219,24 @@ def place(bufs, stream, bound_device):
     return device, s, first.current_stream if stream is None else (lambda: s)
 
 
+def _place_npu(bufs, stream):
+    """place() for NPU buffers: one NPU, no CUDA buffer beside it. The core binds the NPU
+    per communicator (a second one raises there)."""
+    first = next(b for b in bufs if b.kind == "npu")
+    for b in bufs:
+        if b.kind != "npu":
+            raise InvalidArgument(f"buffers on two kinds of device in one call: {first.where} and {b.where}; "
+                                  "pass both on the same NPU")
+        if b.device != first.device:
+            raise InvalidArgument(f"buffers on two devices in one call: {first.where} and {b.where}")
+    s = first.stream if stream is None else _stream_handle(stream)
+    from . import _C
+
+    return first.device, s, first.current_stream if stream is None else (lambda: s), _C.on_npu
+
+
 def _stream_handle(stream):
-    for attr in ("cuda_stream", "ptr", "handle"):  # torch, CuPy, Numba
+    for attr in ("cuda_stream", "npu_stream", "ptr", "handle"):  # torch, torch_npu, CuPy, Numba
         if hasattr(stream, attr):
             return int(getattr(stream, attr))
     if isinstance(stream, int) and stream >= 0:

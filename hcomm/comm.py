@@ -106,14 +106,15 @@ class _PlacedCore:
     """The core communicator, with every call made inside `_C.on_device(device, stream)`.
     Its Works remember how to find the caller's current stream, for Work.wait()."""
 
-    def __init__(self, core, device, stream, current_stream):
+    def __init__(self, core, device, stream, current_stream, guard=None):
         self._core, self._device, self._stream, self._current = core, device, stream, current_stream
+        self._guard = guard or _C.on_device  # _C.on_npu for NPU buffers
 
     def __getattr__(self, name):
         fn = getattr(self._core, name)
 
         def call(*args):
-            with _C.on_device(self._device, self._stream):
+            with self._guard(self._device, self._stream):
                 w = fn(*args)
             return None if w is None else _PlacedWork(w, self._current)
 

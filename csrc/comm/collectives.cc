@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "algo/algorithms.h"
+#include "algo/native_hccl.h"
 #include "comm/engine.h"
 #include "comm/native_call.h"
 #include "comm/placement.h"
@@ -120,6 +121,7 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
                               world_->policy, [&] { return describe(info, nextSeq_); });
   return submit(info, false, 0, [=, levels = std::move(levels)](Links& l, Work&) {
     if (count == 0) return;
+    if (runOnHccl(l, native, automatic, HcclCall{CollKind::ALLREDUCE, in, out, count, dt, op, premul})) return;
     if (runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
           nc.allreduce(in, out, count, dt, op, premul, s);
         }))
@@ -160,6 +162,7 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
+    if (runOnHccl(l, native, automatic, HcclCall{CollKind::REDUCE, in, out, count, dt, op, premul, root})) return;
     if (runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
           nc.reduce(in, out, count, dt, op, premul, root, s);
         }))
@@ -197,6 +200,7 @@ WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataTyp
   int me = rank_, n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
+    if (runOnHccl(l, native, automatic, HcclCall{CollKind::BROADCAST, in, out, count, dt, ReduceOp::SUM, 1, root})) return;
     if (runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
           nc.broadcast(me == root && in ? in : out, out, count, dt, root, s);
         }))
@@ -230,6 +234,7 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
+    if (even && runOnHccl(l, native, automatic, HcclCall{CollKind::ALLGATHER, in, out, counts[0], dt})) return;
     if (even && runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {  // NCCL's is equal counts only
           nc.allgather(in, out, counts[0], dt, s);
         }))
@@ -265,6 +270,7 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
+    if (even && runOnHccl(l, native, automatic, HcclCall{CollKind::REDUCE_SCATTER, in, out, counts[0], dt, op, premul})) return;
     if (even && runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
           nc.reduceScatter(in, out, counts[0], dt, op, premul, s);
         }))

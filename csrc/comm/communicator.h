@@ -36,6 +36,7 @@ class MpiComm;          // transport/mpi.h
 class DeviceContext;    // comm/device_context.h
 class NcclTransport;    // transport/nccl.h
 struct DeviceCall;      // comm/engine.h
+struct HcclCall;       // algo/native_hccl.h
 
 struct CollectiveInfo {  // names a call in errors and logs
   std::string op;
@@ -159,6 +160,9 @@ class Communicator {
   void setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::steady_clock::time_point deadline);
   bool runOnNccl(const Links& l, bool native, bool automatic, const std::function<void(NcclTransport&, void*)>& run);
   bool automaticPick(const std::string& requested, const char* collective) const;
+  // NPU calls (npu_call.cc): HCCL made at the first NPU collective; native HCCL as runOnNccl.
+  void prepareNpu(DeviceContext& ctx, uint64_t tagBase, std::chrono::steady_clock::time_point deadline);
+  bool runOnHccl(const Links& l, bool native, bool automatic, const HcclCall& call);
   void finishOnDevice(const DeviceCall& dev, Work& work);
   void waitTurn();  // blocks until nothing queued or running, then marks a call running
   void endTurn();
@@ -181,6 +185,7 @@ class Communicator {
   // The state for calls on `device` (device_call.cc), made on first use; throws
   // InvalidArgument-worthy Errors for a second device or a peer no transport reaches.
   std::shared_ptr<DeviceContext> deviceContext(int device);
+  std::shared_ptr<DeviceContext> npuContext(int device);  // the same for an NPU (npu_call.cc)
 
   std::shared_ptr<World> world_;
   std::vector<int> worldRanks_;  // communicator rank -> world rank

@@ -7,6 +7,7 @@
 #include "algo/algorithms.h"
 #include "comm/device_context.h"
 #include "comm/engine.h"
+#include "device/npu_context.h"
 #include "common/param.h"
 #include "topo/policy.h"
 #include "topo/topology.h"
@@ -18,8 +19,8 @@ namespace hcomm {
 std::shared_ptr<DeviceContext> Communicator::deviceContext(int device) {
   std::lock_guard<std::mutex> lock(deviceMu_);
   if (device_) {
-    if (device_->device() != device)
-      throw Error("this communicator's calls use cuda:" + std::to_string(device_->device()) + ", not cuda:" +
+    if (device_->device() != device || asNpu(device_.get()))
+      throw Error("this communicator's calls use " + std::string(device_->memory().name()) + ", not cuda:" +
                   std::to_string(device) + " (one device per rank)");
     return device_;
   }
@@ -59,6 +60,7 @@ std::vector<std::string> Communicator::deviceTransports() {
 std::string Communicator::deviceEngine() {
   std::lock_guard<std::mutex> lock(deviceMu_);
   if (!device_ || !device_->ncclTried()) return "";
+  if (asNpu(device_.get())) return "hccl";
   return device_->nccl() ? "nccl" : "hcomm: " + device_->ncclWhy();
 }
 
@@ -66,7 +68,7 @@ DeviceCall Communicator::placeOnDevice(uint64_t flightId) {
   const Placement& where = currentPlacement();
   if (!where.onDevice()) return DeviceCall();
   DeviceCall dev;
-  dev.ctx = deviceContext(where.device);
+  dev.ctx = where.npu ? npuContext(where.device) : deviceContext(where.device);
   dev.ready = dev.ctx->record(where.stream);
   dev.done = std::make_shared<std::shared_ptr<CUevent_st>>();
   flight_->placed(flightId, where.device, where.stream);

@@ -16,9 +16,12 @@ DeviceContext::DeviceContext(int device, std::shared_ptr<const std::vector<Route
   memory_.reset(new CudaMemory(device_, stream_));
 }
 
+DeviceContext::DeviceContext(int device, std::nullptr_t) : device_(device), rt_(nullptr) {}
+
 DeviceContext::~DeviceContext() {
   nccl_.reset();
   memory_.reset();
+  if (!rt_) return;  // another kind of device (the protected constructor)
   rt_->api.StreamSynchronize(stream_);
   for (cuda::Event e : all_) rt_->api.EventDestroy(e);
   rt_->api.StreamDestroy(stream_);

@@ -29,10 +29,12 @@ class NcclTransport;
 class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
  public:
   DeviceContext(int device, std::shared_ptr<const std::vector<Route>> routes);
-  ~DeviceContext();
+  virtual ~DeviceContext();
 
   int device() const { return device_; }
-  const Memory& memory() const;
+  virtual const Memory& memory() const;
+  // At submission: refuses a call this kind of device cannot run yet (npu_context.h).
+  virtual void admit(bool p2p) { (void)p2p; }
   const std::shared_ptr<const std::vector<Route>>& routes() const { return routes_; }
 
   cuda::Stream stream() const { return stream_; }
@@ -49,20 +51,26 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   }
 
   // An event recorded now on `stream` (the caller's).
-  std::shared_ptr<CUevent_st> record(void* stream);
+  virtual std::shared_ptr<CUevent_st> record(void* stream);
   // Blocks this host thread until `e` is reached; TimeoutError after `deadline`.
-  void waitHost(CUevent_st* e, std::chrono::steady_clock::time_point deadline) const;
+  virtual void waitHost(CUevent_st* e, std::chrono::steady_clock::time_point deadline) const;
   // An event recorded on the communicator's stream after everything queued on it.
-  std::shared_ptr<CUevent_st> recordDone();
+  virtual std::shared_ptr<CUevent_st> recordDone();
   // Makes `stream` wait for `e` on the device (returns at once).
-  void streamWait(void* stream, CUevent_st* e) const;
+  virtual void streamWait(void* stream, CUevent_st* e) const;
   // Makes `stream` wait for `work` without blocking this thread: when the work is done,
   // for its end event (`done`, set before it finished); while it is still running, for
   // a host function queued on `stream` that returns when the work completes (the
   // algorithms are host-driven, so their end is a host event; the stream, not the
   // caller, blocks on it).
-  void streamWaitFor(void* stream, const std::shared_ptr<class Work>& work,
-                     const std::shared_ptr<std::shared_ptr<CUevent_st>>& done);
+  virtual void streamWaitFor(void* stream, const std::shared_ptr<class Work>& work,
+                             const std::shared_ptr<std::shared_ptr<CUevent_st>>& done);
+
+ protected:
+  // For another kind of device (device/npu_context.h): no CUDA runtime is touched; the
+  // subclass brings its memory, events and routes.
+  DeviceContext(int device, std::nullptr_t);
+  void setRoutes(std::shared_ptr<const std::vector<Route>> r) { routes_ = std::move(r); }
 
  private:
   void check(int err, const char* what) const;

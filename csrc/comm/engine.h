@@ -54,6 +54,7 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     const WaitPolicy& policy = onWorkerThread() ? world.backgroundPolicy : world.policy;
     if (dev) dev.ctx->waitHost(dev.ready.get(), deadline);
     if (dev && collective && !dev.ctx->ncclTried()) setupNccl(*dev.ctx, tagBase, deadline);
+    if (dev && collective) prepareNpu(*dev.ctx, tagBase, deadline);  // npu_call.cc
     Links links(rank_, size_, dev ? dev.ctx->routes() : linkRoutes_, tagBase, fp, info.dtype, op, deadline, policy,
                 [&what] { return what(); }, dev ? dev.ctx->memory() : hostMemory());
     body(links, work);
@@ -90,6 +91,7 @@ WorkPtr Communicator::submit(CollectiveInfo info, bool p2p, uint64_t tagBase, Bo
   auto now = std::chrono::steady_clock::now();
   uint64_t flightId = flight_->record(seq, info.op, dtypeName(info.dtype), info.count, info.root, info.algo, now);
   DeviceCall dev = placeOnDevice(flightId);
+  if (dev) dev.ctx->admit(p2p);
   if (dev) armStreamWait(dev, work);
   if (async) {
     // close() runs what is queued before it drops the world, so the task may use members.

@@ -10,6 +10,7 @@ namespace hcomm {
 struct Placement {
   int device = -1;          // -1: host memory
   void* stream = nullptr;   // the caller's cudaStream_t (null: the legacy default stream)
+  bool npu = false;         // an Ascend NPU (stream: an aclrtStream), not a CUDA device
   bool onDevice() const { return device >= 0; }
 };
 

@@ -2,7 +2,10 @@
 
 #include <dlfcn.h>
 
+#include <chrono>
 #include <cstring>
+#include <functional>
+#include <thread>
 #include <memory>
 #include <mutex>
 
@@ -163,9 +166,13 @@ void HcclComm::check(hccl::Result r, const char* what) const {
 }
 
 void HcclComm::checkAcl(hccl::AclError e, const char* what) const {
+  constexpr hccl::AclError kStreamTaskFailed = 507899;  // ACL_ERROR_RT_INTERNAL_ERROR: work on the stream failed
   if (e != 0)
     throw Error(std::string("hccl: ") + what + " failed with aclError " + std::to_string(e) + " [rank " +
-                std::to_string(rank_) + ", device " + std::to_string(device_) + "]");
+                std::to_string(rank_) + ", device " + std::to_string(device_) + "]" +
+                (e == kStreamTaskFailed ? ": an HCCL collective on this stream failed (the ranks' calls differ in "
+                                          "count, dtype, op or root, or a peer failed; HCCL's log says which)"
+                                        : ""));
 }
 
 void HcclComm::checkPeer(int peer, const char* what) const {
@@ -179,6 +186,14 @@ void HcclComm::allreduce(const void* in, void* out, size_t count, DataType dt, R
   if (count == 0) return;
   check(lib_->api.AllReduce(const_cast<void*>(in), out, count, hcclType(dt), hcclOp(dt, op), comm_, pick(stream)),
         "HcclAllReduce");
+}
+
+void HcclComm::reduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, int root, void* stream) {
+  if (count == 0) return;
+  if (root < 0 || root >= size_) throw Error("hccl: reduce root " + std::to_string(root) + " is out of range");
+  check(lib_->api.Reduce(const_cast<void*>(in), out, count, hcclType(dt), hcclOp(dt, op), uint32_t(root), comm_,
+                         pick(stream)),
+        "HcclReduce");
 }
 
 void HcclComm::broadcast(void* buf, size_t count, DataType dt, int root, void* stream) {
@@ -214,6 +229,25 @@ void HcclComm::recv(void* buf, size_t count, DataType dt, int peer, void* stream
 
 void HcclComm::synchronize(void* stream) {
   checkAcl(lib_->api.AclrtSynchronizeStream(pick(stream)), "aclrtSynchronizeStream");
+}
+
+void HcclComm::synchronize(void* stream, double timeoutSec) {
+  hccl::AclEvent e = nullptr;
+  checkAcl(lib_->api.AclrtCreateEvent(&e), "aclrtCreateEvent");
+  std::unique_ptr<void, std::function<void(void*)>> owned(e, [this](void* ev) { lib_->api.AclrtDestroyEvent(ev); });
+  checkAcl(lib_->api.AclrtRecordEvent(e, pick(stream)), "aclrtRecordEvent");
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutSec);
+  for (int idle = 0;; ++idle) {
+    int status = hccl::kEventNotReady;
+    checkAcl(lib_->api.AclrtQueryEventStatus(e, &status), "aclrtQueryEventStatus");
+    if (status == hccl::kEventComplete) break;
+    if (std::chrono::steady_clock::now() > deadline)
+      throw TimeoutError("hccl: the collective did not finish within the timeout (HCOMM_TIMEOUT) [rank " +
+                         std::to_string(rank_) + ", npu:" + std::to_string(device_) + "]: a rank did not join it");
+    if (idle > 200) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    else std::this_thread::yield();
+  }
+  synchronize(stream);  // finished: returns at once, with the error HCCL's work recorded
 }
 
 }  // namespace hcomm

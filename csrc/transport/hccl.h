@@ -10,10 +10,10 @@
 // The shape follows the NCCL path (transport/nccl.h): rank 0 makes the root info
 // (HcclGetRootInfo, 4108 bytes) and hands it out of band; every rank then calls
 // HcclCommInitRootInfo. Work is queued on an aclrt stream (the caller's, or the
-// communicator's own) and synchronize() waits for it. Not done yet: a tag-matching
-// point-to-point Transport for hcomm's ring/tree algorithms over HCCL (HCCL has no
-// pair-communicator split in the declared API subset), and AVG / PREMUL_SUM, which
-// need a device kernel; both raise a clear Error.
+// communicator's own) and synchronize() waits for it. AVG and PREMUL_SUM are not HCCL
+// ops: HcclComm refuses them, and the native engine (algo/native_hccl.h) builds them from
+// SUM and the NPU Memory's scale / divide. The point-to-point Transport for hcomm's own
+// algorithms is transport/hccl_transport.h.
 #pragma once
 #include <string>
 #include <vector>
@@ -46,12 +46,16 @@ class HcclComm {
 
   // On `stream` (an aclrtStream; null: the communicator's own stream).
   void allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, void* stream);
+  void reduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, int root, void* stream);
   void broadcast(void* buf, size_t count, DataType dt, int root, void* stream);
   void allgather(const void* in, void* out, size_t sendCount, DataType dt, void* stream);
   void reduceScatter(const void* in, void* out, size_t recvCount, DataType dt, ReduceOp op, void* stream);
   void send(const void* buf, size_t count, DataType dt, int peer, void* stream);
   void recv(void* buf, size_t count, DataType dt, int peer, void* stream);
   void synchronize(void* stream);
+  // Waits for `stream` with a deadline (an event polled), so a peer that never joins a
+  // collective raises TimeoutError instead of hanging; then reports the stream's error.
+  void synchronize(void* stream, double timeoutSec);
 
  private:
   void check(hccl::Result r, const char* what) const;

@@ -12,6 +12,7 @@ namespace hccl {
 using Comm = void*;       // HcclComm
 using AclStream = void*;  // aclrtStream
 using AclError = int;     // aclError; 0 is ACL_SUCCESS
+using AclEvent = void*;   // aclrtEvent
 
 constexpr size_t kRootInfoBytes = 4108;  // HCCL_ROOT_INFO_BYTES
 struct RootInfo {
@@ -53,6 +54,8 @@ using GetRootInfoFn = Result (*)(RootInfo* rootInfo);
 using CommInitRootInfoFn = Result (*)(uint32_t nRanks, const RootInfo* rootInfo, uint32_t rank, Comm* comm);
 using AllReduceFn = Result (*)(void* sendBuf, void* recvBuf, uint64_t count, DataType dataType, ReduceOp op,
                                Comm comm, AclStream stream);
+using ReduceFn = Result (*)(void* sendBuf, void* recvBuf, uint64_t count, DataType dataType, ReduceOp op,
+                            uint32_t root, Comm comm, AclStream stream);
 using BroadcastFn = Result (*)(void* buf, uint64_t count, DataType dataType, uint32_t root, Comm comm,
                                AclStream stream);
 using AllGatherFn = Result (*)(void* sendBuf, void* recvBuf, uint64_t sendCount, DataType dataType, Comm comm,
@@ -66,8 +69,8 @@ using RecvFn = Result (*)(void* recvBuf, uint64_t count, DataType dataType, uint
 using CommDestroyFn = Result (*)(Comm comm);
 
 #define HCOMM_HCCL_FUNCTIONS(X)                                                                        \
-  X(GetRootInfo) X(CommInitRootInfo) X(AllReduce) X(Broadcast) X(AllGather) X(ReduceScatter) X(Send) \
-  X(Recv) X(CommDestroy)
+  X(GetRootInfo) X(CommInitRootInfo) X(AllReduce) X(Reduce) X(Broadcast) X(AllGather) X(ReduceScatter) \
+  X(Send) X(Recv) X(CommDestroy)
 
 // libascendcl.so
 using AclInitFn = AclError (*)(const char* configPath);
@@ -76,11 +79,30 @@ using AclrtGetDeviceCountFn = AclError (*)(uint32_t* count);
 using AclrtCreateStreamFn = AclError (*)(AclStream* stream);
 using AclrtSynchronizeStreamFn = AclError (*)(AclStream stream);
 using AclrtDestroyStreamFn = AclError (*)(AclStream stream);
+// Device memory and events: what the NPU Memory (device/npu_memory.h) and the HCCL
+// transport (transport/hccl_transport.h) use.
+enum MemcpyKind : int { kHostToHost = 0, kHostToDevice = 1, kDeviceToHost = 2, kDeviceToDevice = 3 };
+constexpr int kMallocHugeFirst = 0;    // ACL_MEM_MALLOC_HUGE_FIRST
+constexpr int kEventNotReady = 0;      // ACL_EVENT_RECORDED_STATUS_NOT_READY
+constexpr int kEventComplete = 1;      // ACL_EVENT_RECORDED_STATUS_COMPLETE
+using AclrtMallocFn = AclError (*)(void** devPtr, size_t size, int policy);
+using AclrtFreeFn = AclError (*)(void* devPtr);
+using AclrtMemcpyFn = AclError (*)(void* dst, size_t destMax, const void* src, size_t count, int kind);
+using AclrtMemcpyAsyncFn = AclError (*)(void* dst, size_t destMax, const void* src, size_t count, int kind,
+                                        AclStream stream);
+using AclrtCreateEventFn = AclError (*)(AclEvent* event);
+using AclrtDestroyEventFn = AclError (*)(AclEvent event);
+using AclrtRecordEventFn = AclError (*)(AclEvent event, AclStream stream);
+using AclrtQueryEventStatusFn = AclError (*)(AclEvent event, int* status);
+using AclrtStreamWaitEventFn = AclError (*)(AclStream stream, AclEvent event);
 
 #define HCOMM_ACL_FUNCTIONS(X)                                                                  \
   X(aclInit, AclInit) X(aclrtSetDevice, AclrtSetDevice) X(aclrtGetDeviceCount, AclrtGetDeviceCount) \
   X(aclrtCreateStream, AclrtCreateStream) X(aclrtSynchronizeStream, AclrtSynchronizeStream)         \
-  X(aclrtDestroyStream, AclrtDestroyStream)
+  X(aclrtDestroyStream, AclrtDestroyStream) X(aclrtMalloc, AclrtMalloc) X(aclrtFree, AclrtFree)               \
+  X(aclrtMemcpy, AclrtMemcpy) X(aclrtMemcpyAsync, AclrtMemcpyAsync) X(aclrtCreateEvent, AclrtCreateEvent)    \
+  X(aclrtDestroyEvent, AclrtDestroyEvent) X(aclrtRecordEvent, AclrtRecordEvent)                              \
+  X(aclrtQueryEventStatus, AclrtQueryEventStatus) X(aclrtStreamWaitEvent, AclrtStreamWaitEvent)
 
 struct Api {
 #define HCOMM_HCCL_MEMBER(name) name##Fn name = nullptr;

@@ -13,14 +13,24 @@
 //     device's default stream); aclrtLaunchCallback queues a host function in order;
 //     aclrtSynchronizeStream waits, then reports (once) an error that stream work
 //     recorded (an HCCL operation that failed: ACL_ERROR_RT_INTERNAL_ERROR, 507899).
+//   - device memory: aclrtMalloc (needs aclrtSetDevice on the thread) hands out host
+//     memory that the fake remembers as the device's; aclrtMemcpy / aclrtMemcpyAsync
+//     check that `kind` matches where dst and src live (a device pointer on the host
+//     side or the reverse, or count > destMax, gives ACL_ERROR_RT_PARAM_INVALID, 107000)
+//     and run in stream order when async.
+//   - events: aclrtRecordEvent marks the work queued on a stream so far;
+//     aclrtQueryEventStatus says COMPLETE once that work ran (an event never recorded is
+//     complete); aclrtStreamWaitEvent makes a stream wait for it.
 //
-// Where it differs (known, on purpose): no device memory (aclrtMalloc and friends are
-// absent: HCCL's buffers are host memory here), no events, no contexts beyond "the
-// thread's device", aclrtLaunchCallback's block type is ignored, error codes other than
-// those above are not modelled. hcommFakeAclStreamError is the fake's own entry point
-// (not AscendCL's), through which fake_hccl.cc fails a stream.
+// Where it differs (known, on purpose): device memory is host memory (HCCL's buffers may
+// be host memory here, where HCCL needs device memory), no contexts beyond "the thread's
+// device", aclrtLaunchCallback runs without aclrtSubscribeReport and ignores its block
+// type, error codes other than those above are not modelled. hcommFakeAclStreamError is
+// the fake's own entry point (not AscendCL's), through which fake_hccl.cc fails a
+// stream.
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -46,11 +56,19 @@ struct Stream {
   std::atomic<int> error{0};
 };
 
+struct Event {
+  std::shared_ptr<fake::Worker> worker;  // null until recorded
+  uint64_t ticket = 0;
+  bool done() const { return !worker || worker->done() >= ticket; }
+};
+
 struct State {
   std::mutex mu;
   bool initialized = false;
   std::set<Stream*> streams;
   std::map<int, Stream*> defaults;
+  std::map<uintptr_t, size_t> device;  // aclrtMalloc'ed blocks: start -> bytes
+  std::set<Event*> events;
 };
 
 State& state() {
@@ -77,6 +95,27 @@ Stream* resolve(AclStream handle) {
   }
   auto* st = static_cast<Stream*>(handle);
   return s.streams.count(st) ? st : nullptr;
+}
+
+// Is [p, p + n) inside one aclrtMalloc'ed block?
+bool onDevice(const void* p, size_t n) {
+  State& s = state();
+  std::lock_guard<std::mutex> l(s.mu);
+  auto a = uintptr_t(p);
+  auto it = s.device.upper_bound(a);
+  if (it == s.device.begin()) return false;
+  --it;
+  return a >= it->first && a + n <= it->first + it->second;
+}
+
+// The check aclrtMemcpy makes: kind says where each side lives.
+AclError checkCopy(void* dst, size_t destMax, const void* src, size_t count, int kind) {
+  if (count > destMax || kind < 0 || kind > 3) return kParamInvalid;
+  if (count == 0) return 0;
+  if (!dst || !src) return kParamInvalid;
+  bool dstDev = kind == 1 || kind == 3, srcDev = kind == 2 || kind == 3;
+  if (onDevice(dst, count) != dstDev || onDevice(src, count) != srcDev) return kParamInvalid;
+  return 0;
 }
 
 }  // namespace
@@ -143,6 +182,81 @@ AclError aclrtLaunchCallback(void (*fn)(void*), void* userData, int blockType, A
   Stream* s = resolve(stream);
   if (!s || !fn) return kParamInvalid;
   s->worker->push([fn, userData] { fn(userData); });
+  return 0;
+}
+
+AclError aclrtMalloc(void** devPtr, size_t size, int policy) {
+  (void)policy;
+  if (!devPtr || size == 0) return kParamInvalid;
+  if (currentDevice < 0) return kContextNull;
+  void* p = std::aligned_alloc(512, (size + 511) / 512 * 512);
+  if (!p) return 207001;  // ACL_ERROR_RT_MEMORY_ALLOCATION
+  std::lock_guard<std::mutex> l(state().mu);
+  state().device[uintptr_t(p)] = size;
+  *devPtr = p;
+  return 0;
+}
+
+AclError aclrtFree(void* devPtr) {
+  {
+    std::lock_guard<std::mutex> l(state().mu);
+    if (!state().device.erase(uintptr_t(devPtr))) return kParamInvalid;
+  }
+  std::free(devPtr);
+  return 0;
+}
+
+AclError aclrtMemcpy(void* dst, size_t destMax, const void* src, size_t count, int kind) {
+  AclError e = checkCopy(dst, destMax, src, count, kind);
+  if (e == 0 && count) std::memmove(dst, src, count);
+  return e;
+}
+
+AclError aclrtMemcpyAsync(void* dst, size_t destMax, const void* src, size_t count, int kind, AclStream stream) {
+  AclError e = checkCopy(dst, destMax, src, count, kind);
+  if (e != 0) return e;
+  Stream* s = resolve(stream);
+  if (!s) return kParamInvalid;
+  if (count) s->worker->push([dst, src, count] { std::memmove(dst, src, count); });
+  return 0;
+}
+
+AclError aclrtCreateEvent(void** event) {
+  if (!event) return kParamInvalid;
+  auto* e = new Event;
+  std::lock_guard<std::mutex> l(state().mu);
+  state().events.insert(e);
+  *event = e;
+  return 0;
+}
+
+AclError aclrtDestroyEvent(void* event) {
+  std::lock_guard<std::mutex> l(state().mu);
+  if (!state().events.erase(static_cast<Event*>(event))) return kParamInvalid;
+  delete static_cast<Event*>(event);
+  return 0;
+}
+
+AclError aclrtRecordEvent(void* event, AclStream stream) {
+  Stream* s = resolve(stream);
+  if (!s || !event) return kParamInvalid;
+  auto* e = static_cast<Event*>(event);
+  e->worker = s->worker;
+  e->ticket = s->worker->pushed();
+  return 0;
+}
+
+AclError aclrtQueryEventStatus(void* event, int* status) {
+  if (!event || !status) return kParamInvalid;
+  *status = static_cast<Event*>(event)->done() ? 1 : 0;  // COMPLETE : NOT_READY
+  return 0;
+}
+
+AclError aclrtStreamWaitEvent(AclStream stream, void* event) {
+  Stream* s = resolve(stream);
+  if (!s || !event) return kParamInvalid;
+  Event at = *static_cast<Event*>(event);  // the record as it is now, as ACL takes it
+  if (at.worker) s->worker->push([at] { at.worker->waitDone(at.ticket); });
   return 0;
 }
 

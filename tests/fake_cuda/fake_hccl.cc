@@ -2,13 +2,14 @@
 // with no NPU, over the fake AscendCL (fake_ascendcl.cc: work is queued on its streams
 // with aclrtLaunchCallback). hcomm loads it through HCOMM_HCCL_LIB; it exports the
 // HCOMM_HCCL_FUNCTIONS of csrc/transport/hccl_api.h with exactly those types
-// (static_assert at the end), plus HcclGetCommAsyncError and HcclGetErrorString.
+// (static_assert at the end), plus HcclGetCommAsyncError and HcclGetErrorString, and
+// hcommFakeHcclCalls (the fake's own: calls queued per entry point, for tests).
 //
 // What it models, as HCCL does it:
 //   - communicators across PROCESSES: HcclGetRootInfo names a shared-memory file in
 //     its 4108 bytes; HcclCommInitRootInfo blocks until all ranks joined; the rank's
 //     device is the thread's aclrtSetDevice.
-//   - AllReduce, Broadcast (in place), AllGather, ReduceScatter on every HcclDataType
+//   - AllReduce, Reduce, Broadcast (in place), AllGather, ReduceScatter on every HcclDataType
 //     and op (sum, prod, max, min), Send/Recv matched in order per (sender, receiver),
 //     all in stream order; the arithmetic is fake_coll.h's (rank order, one rounding
 //     for fp16/bf16).
@@ -99,7 +100,19 @@ void run(void* arg) {
   c->turn.fetch_add(1);
 }
 
+// Calls made per entry point in this process, for tests that must tell the native engine
+// from hcomm's algorithms over HcclSend/HcclRecv (hcommFakeHcclCalls).
+std::mutex countsMu;
+std::map<std::string, uint64_t>& counts() {
+  static auto* m = new std::map<std::string, uint64_t>;
+  return *m;
+}
+
 Result submit(Op* op) {
+  {
+    std::lock_guard<std::mutex> l(countsMu);
+    ++counts()[op->what];
+  }
   // Ticket and launch under the lock: a launch that fails gives its ticket back.
   std::lock_guard<std::mutex> l(op->comm->mu);
   op->ticket = op->comm->launched;
@@ -213,6 +226,11 @@ Result HcclAllReduce(void* sendBuf, void* recvBuf, uint64_t count, DataType data
   return collective("HcclAllReduce", fake::KAllReduce, sendBuf, recvBuf, count, dataType, op, 0, comm, stream);
 }
 
+Result HcclReduce(void* sendBuf, void* recvBuf, uint64_t count, DataType dataType, ReduceOp op, uint32_t root,
+                  Comm comm, AclStream stream) {
+  return collective("HcclReduce", fake::KReduce, sendBuf, recvBuf, count, dataType, op, int(root), comm, stream);
+}
+
 Result HcclBroadcast(void* buf, uint64_t count, DataType dataType, uint32_t root, Comm comm, AclStream stream) {
   return collective("HcclBroadcast", fake::KBroadcast, buf, buf, count, dataType, HCCL_REDUCE_SUM, int(root), comm,
                     stream);
@@ -260,6 +278,13 @@ Result HcclGetCommAsyncError(Comm comm, Result* asyncError) {
   return HCCL_SUCCESS;
 }
 
+// The fake's own: how many calls of `what` ("HcclAllReduce", "HcclSend", ...) were queued.
+uint64_t hcommFakeHcclCalls(const char* what) {
+  std::lock_guard<std::mutex> l(countsMu);
+  auto it = counts().find(what);
+  return it == counts().end() ? 0 : it->second;
+}
+
 const char* HcclGetErrorString(Result code) {
   static const char* text[] = {"no error", "parameter error", "empty pointer", "memory error", "internal error",
                                "not support feature", "not found specific resource", "resource unavailable",
@@ -273,8 +298,8 @@ const char* HcclGetErrorString(Result code) {
   static_assert(std::is_same<decltype(&::Hccl##name), hcomm::hccl::name##Fn>::value, \
                 "Hccl" #name ": the fake's type differs from hccl_api.h");
 #ifdef HCOMM_FAKE_HCCL_NO_SEND
-#define HCOMM_FAKE_CHECK_ALL(X) X(GetRootInfo) X(CommInitRootInfo) X(AllReduce) X(Broadcast) X(AllGather) \
-  X(ReduceScatter) X(Recv) X(CommDestroy)
+#define HCOMM_FAKE_CHECK_ALL(X) X(GetRootInfo) X(CommInitRootInfo) X(AllReduce) X(Reduce) X(Broadcast) \
+  X(AllGather) X(ReduceScatter) X(Recv) X(CommDestroy)
 HCOMM_FAKE_CHECK_ALL(HCOMM_FAKE_CHECK)
 #else
 HCOMM_HCCL_FUNCTIONS(HCOMM_FAKE_CHECK)
