@@ -17,7 +17,7 @@ DeviceContext::DeviceContext(int device, std::shared_ptr<const std::vector<Route
 }
 
 DeviceContext::~DeviceContext() {
-  nccl_.reset();
+  nccl_ = Nccl();  // the NCCL transport goes before the stream its work was ordered on
   memory_.reset();
   rt_->api.StreamSynchronize(stream_);
   for (cuda::Event e : all_) rt_->api.EventDestroy(e);
