@@ -236,6 +236,10 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("_comm_explain", [decisionDict](Communicator& c, const std::string& collective, size_t nbytes,
                                         const std::string& algo, int root) {
+    // A communicator with NCCL is explained as its device calls decide (comm/device_nccl.cc).
+    Placement where;
+    if (c.deviceEngine() == "nccl") where.device = c.boundDevice();
+    PlacementScope scope(where);
     if (collective == "gather" || collective == "scatter") return decisionDict(c.planGather(collective, nbytes, root, algo));
     auto [kind, d] = collective == "broadcast"        ? std::make_pair(CollKind::BROADCAST, c.planBroadcast(nbytes, root, algo))
                      : collective == "allgather"      ? std::make_pair(CollKind::ALLGATHER, c.planAllgather(nbytes, algo))

@@ -229,6 +229,13 @@ def _priced(comm):
         c.allreduce(x)  # automatic: NCCL or hcomm, as the table says
         np.testing.assert_array_equal(x.to_numpy(), np.full(size // 4, comm.size ** 2, np.float32))
         out[label] = (table.chosen, rows, _C._comm_device_native_calls(c._c) - before)
+        if label == "dear":  # HCOMM_ALGO=native forces NCCL whatever its price
+            os.environ["HCOMM_ALGO"] = "native"
+            forced = hcomm.explain("allreduce", size, comm=c)
+            c.allreduce(x)
+            out["forced"] = (forced.chosen, forced.why, _C._comm_device_native_calls(c._c) - before)
+            del os.environ["HCOMM_ALGO"]
+            print(forced)
         c.close()
     return out
 
@@ -248,6 +255,7 @@ def test_the_tuner_prices_native_nccl_from_its_measured_cost():
         assert rows["native"] == pytest.approx(1e-9 + size / 1e15, rel=1e-6)  # 0.001 us + S / (10^6 GB/s)
         chosen, rows, ran = r["dear"]
         assert chosen != "native" and ran == 0 and rows["native"] == pytest.approx(1000 + size / 1e6, rel=1e-9)
+        assert r["forced"] == ("native", "HCOMM_ALGO", 1)
 
 
 def _one_rank_missing(comm, how):
