@@ -290,3 +290,28 @@ def test_a_missing_rank_over_nccl_point_to_point_fails_naming_it(how):
         assert "rank 2" in why and "allreduce" in why, why
         if how == "late":
             assert "did not" in why or "timed out" in why or "timeout" in why.lower(), why
+
+
+def _first_device_collective(comm):
+    import hcomm
+
+    cuda = fake_device.FakeCuda()
+    x = fake_device.DeviceArray.from_numpy(np.ones(5, np.float32), cuda=cuda, device=comm.rank)
+    with pytest.raises(hcomm.Error) as err:
+        comm.allreduce(x)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ([{"HCOMM_NCCL_P2P": "1"}, {"HCOMM_NCCL_P2P": "auto"}], "HCOMM_NCCL_P2P differs between ranks: rank 0 has '1', rank 1 'a'"),
+    ([{}, {"HCOMM_NCCL_P2P": "always"}], "HCOMM_NCCL_P2P must be auto, 1 or 0, not 'always'|rank 1 could not read"),
+    ([{"HCOMM_NCCL_COST": "fast"}, {}], "HCOMM_NCCL_COST must be|rank 0 could not read"),
+])
+def test_nccl_settings_that_ranks_cannot_share_fail_on_every_rank(settings, message):
+    """Checked after the set-up's exchange, so that every rank raises (none waits alone)."""
+    import re
+
+    envs = [fake_device.child_env(devices=2, **extra) for extra in settings]
+    out = run_comm(_first_device_collective, 2, mode="process", start_method="spawn", env=envs, timeout=90)
+    for why in out:
+        assert re.search(message, why), why

@@ -34,7 +34,8 @@ constexpr int kProbeIters = 5;
 struct NcclOffer {  // what one rank brings to the NCCL set-up
   char loaded = 0;
   char p2p = 'a';       // HCOMM_NCCL_P2P: 'a'uto, '1' every peer, '0' none
-  char gpu[126] = {0};  // "<machine>|<PCI bus id>"
+  char badEnv = 0;      // an HCOMM_NCCL_* setting there cannot be read
+  char gpu[125] = {0};  // "<machine>|<PCI bus id>"
 };
 
 char p2pMode() {
@@ -44,9 +45,14 @@ char p2pMode() {
   throw Error("HCOMM_NCCL_P2P must be auto, 1 or 0, not '" + v + "'");
 }
 
-// Why NCCL cannot serve these ranks ("" when it can); throws when the ranks disagree on
-// a setting that must be the same everywhere.
-std::string refusal(const std::vector<NcclOffer>& all) {
+// Why NCCL cannot serve these ranks ("" when it can). Throws on every rank alike when a
+// rank could not read its settings (`mine`: this rank's reason) or the ranks disagree on
+// one that must be the same everywhere.
+std::string refusal(const std::vector<NcclOffer>& all, const std::string& mine) {
+  for (size_t r = 0; r < all.size(); ++r)
+    if (all[r].badEnv)
+      throw Error(!mine.empty() ? mine
+                                : "rank " + std::to_string(r) + " could not read its HCOMM_NCCL_* settings (its error says which)");
   std::set<std::string> seen;
   for (size_t r = 0; r < all.size(); ++r) {
     if (all[r].p2p != all[0].p2p)
@@ -109,8 +115,19 @@ std::shared_ptr<const std::vector<Route>> ncclRoutes(const std::vector<Route>& d
 }  // namespace
 
 void Communicator::setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::steady_clock::time_point deadline) {
+  // Settings are read before the exchange and any error raised after it, on every rank:
+  // a rank throwing alone would leave the others waiting for it until the timeout.
   NcclOffer mine;
-  mine.p2p = p2pMode();
+  double given[2] = {0, 0};
+  bool costGiven = false;
+  std::string badEnv;
+  try {
+    mine.p2p = p2pMode();
+    costGiven = costFromEnv(&given[0], &given[1]);
+  } catch (const Error& e) {
+    badEnv = e.what();
+    mine.badEnv = 1;
+  }
   std::string why;
   if (envStr("HCOMM_NCCL", "1") == "0") {
     why = "HCOMM_NCCL=0";
@@ -133,7 +150,8 @@ void Communicator::setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::
   Links host = hostLinks(kNcclSetupChannel, "NCCL set-up for device calls");
   if (size_ > 1) algo::allgathervRing(host, &mine, all.data(), std::vector<size_t>(size_, sizeof(NcclOffer)));
   else all[0] = mine;
-  if (why.empty()) why = refusal(all);
+  std::string refused = refusal(all, badEnv);
+  if (why.empty()) why = refused;
   if (!why.empty()) {
     ctx.setNccl(DeviceContext::Nccl{nullptr, why, NativeCost(), nullptr});
     return;
@@ -145,8 +163,8 @@ void Communicator::setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::
   n.transport = std::make_shared<NcclTransport>(rank_, size_, uid, ctx.device(), timeoutSec_);
   // The price of NCCL's allreduce on the links that exist, the slowest rank's (every rank
   // must decide alike, or some would call NCCL and others not).
-  double mineT[2];
-  if (!costFromEnv(&mineT[0], &mineT[1])) {
+  double mineT[2] = {given[0], given[1]};
+  if (!costGiven) {
     mineT[0] = timeAllreduce(*n.transport, ctx.memory(), ctx.stream(), kProbeSmall, timeoutSec_);
     mineT[1] = timeAllreduce(*n.transport, ctx.memory(), ctx.stream(), kProbeLarge, timeoutSec_);
   }
