@@ -303,7 +303,8 @@ def _first_device_collective(comm):
 
 
 @pytest.mark.parametrize("settings,message", [
-    ([{"HCOMM_NCCL_P2P": "1"}, {"HCOMM_NCCL_P2P": "auto"}], "HCOMM_NCCL_P2P differs between ranks: rank 0 has '1', rank 1 'a'"),
+    ([{"HCOMM_NCCL_P2P": "1"}, {"HCOMM_NCCL_P2P": "auto"}],
+     "HCOMM_NCCL_P2P differs between ranks: rank 0 has '1', rank 1 'a'"),
     ([{}, {"HCOMM_NCCL_P2P": "always"}], "HCOMM_NCCL_P2P must be auto, 1 or 0, not 'always'|rank 1 could not read"),
     ([{"HCOMM_NCCL_COST": "fast"}, {}], "HCOMM_NCCL_COST must be|rank 0 could not read"),
 ])

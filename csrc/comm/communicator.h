@@ -107,8 +107,8 @@ class Communicator {
   std::vector<int> worldRanks() const { return worldRanks_; }
   // The CUDA device this rank's device calls use; -1 before the first one.
   int boundDevice() const;
-  // The transport device buffers take to each rank ("cuda_ipc", "staging", "self");
-  // empty before this communicator's first device call.
+  // The transport a device collective's messages take to each rank ("cuda_ipc",
+  // "staging", "nccl", "self"); empty before this communicator's first device call.
   std::vector<std::string> deviceTransports();
   // What runs this communicator's device collectives: "nccl", or "hcomm: <why not NCCL>";
   // "" before its first device collective.

@@ -57,8 +57,8 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     const WaitPolicy& policy = onWorkerThread() ? world.backgroundPolicy : world.policy;
     if (dev) dev.ctx->waitHost(dev.ready.get(), deadline);
     if (dev && collective && !dev.ctx->ncclTried()) setupNccl(*dev.ctx, tagBase, deadline);
-    Links links(rank_, size_, dev ? dev.ctx->routes(collective) : linkRoutes_, tagBase, fp, info.dtype, op, deadline, policy,
-                [&what] { return what(); }, dev ? dev.ctx->memory() : hostMemory());
+    Links links(rank_, size_, dev ? dev.ctx->routes(collective) : linkRoutes_, tagBase, fp, info.dtype, op, deadline,
+                policy, [&what] { return what(); }, dev ? dev.ctx->memory() : hostMemory());
     body(links, work);
     if (dev) finishOnDevice(dev, work);
     std::string stray = collective ? strayMessage(tagBase) : "";
