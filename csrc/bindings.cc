@@ -236,12 +236,18 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("_comm_explain", [decisionDict](Communicator& c, const std::string& collective, size_t nbytes,
                                         const std::string& algo, int root) {
-    if (collective == "broadcast") return decisionDict(c.planBroadcast(nbytes, root, algo));
-    if (collective == "allgather") return decisionDict(c.planAllgather(nbytes, algo));
-    if (collective == "reduce_scatter") return decisionDict(c.planReduceScatter(nbytes, algo));
-    if (collective == "reduce") return decisionDict(c.planReduce(nbytes, root, algo));
+    // A communicator with NCCL is explained as its device calls decide (comm/device_nccl.cc).
+    Placement where;
+    if (c.deviceEngine() == "nccl") where.device = c.boundDevice();
+    PlacementScope scope(where);
     if (collective == "gather" || collective == "scatter") return decisionDict(c.planGather(collective, nbytes, root, algo));
-    return decisionDict(c.planAllreduce(nbytes, algo));
+    auto [kind, d] = collective == "broadcast"        ? std::make_pair(CollKind::BROADCAST, c.planBroadcast(nbytes, root, algo))
+                     : collective == "allgather"      ? std::make_pair(CollKind::ALLGATHER, c.planAllgather(nbytes, algo))
+                     : collective == "reduce_scatter" ? std::make_pair(CollKind::REDUCE_SCATTER, c.planReduceScatter(nbytes, algo))
+                     : collective == "reduce"         ? std::make_pair(CollKind::REDUCE, c.planReduce(nbytes, root, algo))
+                                                      : std::make_pair(CollKind::ALLREDUCE, c.planAllreduce(nbytes, algo));
+    c.priceDeviceNative(d, kind, nbytes);  // NCCL's own, as a device call would price it (once measured)
+    return decisionDict(d);
   });
   m.def("_comm_topology_json", [](Communicator& c) {
     auto t = c.topology();

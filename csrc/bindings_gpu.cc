@@ -1,8 +1,8 @@
-// hcomm._C, GPU and NPU part: the NCCL and HCCL loaders, their communicators, and the
-// CUDA kernels' entry points. Marshalling only, plus one helper (DeviceAlgo) that runs
-// the core's ring/tree allreduce over the NCCL transport until the Communicator routes
-// device buffers itself. Pointers and streams travel as integers (torch's data_ptr()
-// and cuda_stream, CuPy's .data.ptr and .ptr); every call that may block releases the GIL.
+// hcomm._C, GPU and NPU part: the NCCL loader (NCCL's collectives and point to point run
+// inside the Communicator: comm/device_nccl.cc), HCCL's communicator, and the CUDA
+// kernels' entry points. Marshalling only. Pointers and streams travel as integers
+// (torch's data_ptr() and cuda_stream, CuPy's .data.ptr and .ptr); every call that may
+// block releases the GIL.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -12,11 +12,15 @@
 
 #include "algo/algorithms.h"
 #include "comm/placement.h"
+#include "comm/communicator.h"
 #include "device/cuda_memory.h"
 #include "device/kernels.h"
 #include "reduce/reduce.h"
+#include "topo/native_cost.h"
+#include "topo/topology.h"
+#include "transport/cuda_runtime.h"
 #include "transport/hccl.h"
-#include "transport/nccl.h"
+#include "transport/nccl_loader.h"
 
 #if HCOMM_WITH_CUDA
 #include "reduce/cuda_reduce.h"
@@ -31,82 +35,34 @@ using Release = py::call_guard<py::gil_scoped_release>;
 const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
 void* mptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
 
-// Runs the core's allreduce algorithms over an NcclTransport: device buffers, the
-// transport's streams ordered after the caller's stream and before its later work.
-class DeviceAlgo {
- public:
-  DeviceAlgo(std::shared_ptr<NcclTransport> t, double timeoutSec) : t_(std::move(t)), timeoutSec_(timeoutSec) {}
+// The model's decision for `collective` of `nbytes` (roots 0; `forced`: an algorithm
+// asked for, or ""), as explain() prices it.
+std::pair<CollKind, Decision> tuneFor(const CommShape& s, const std::string& collective, size_t nbytes,
+                                      const std::string& forced) {
+  const std::string why = "requested";
+  if (collective == "allreduce") return {CollKind::ALLREDUCE, tuneAllreduce(s, nbytes, forced, why)};
+  if (collective == "broadcast") return {CollKind::BROADCAST, tuneBroadcast(s, nbytes, 0, forced, why)};
+  if (collective == "allgather") return {CollKind::ALLGATHER, tuneAllgather(s, nbytes, forced, why)};
+  if (collective == "reduce_scatter") return {CollKind::REDUCE_SCATTER, tuneReduceScatter(s, nbytes, forced, why)};
+  if (collective == "reduce") return {CollKind::REDUCE, tuneReduce(s, nbytes, 0, forced, why)};
+  throw Error("no native NCCL collective '" + collective + "' (allreduce, broadcast, allgather, reduce_scatter, reduce)");
+}
 
-  void allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, const std::string& algo,
-                 void* stream) {
-    if (count == 0) return;
-    if (op == ReduceOp::AVG || op == ReduceOp::PREMUL_SUM)
-      throw Error("nccl " + algo + " allreduce: " + opName(op) + " runs natively only (algo='native')");
-    int n = t_->size(), r = t_->rank();
-    if (n == 1) {  // nothing to exchange; NCCL copies in to out on the stream
-      t_->allreduce(in, out, count, dt, op, 1.0, stream);
-      return;
-    }
-    auto routes = std::make_shared<std::vector<Route>>(n);
-    for (int p = 0; p < n; ++p) (*routes)[p] = Route{t_.get(), p};
-    uint64_t seq = seq_++;
-    auto deadline = std::chrono::steady_clock::now() +
-                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                        std::chrono::duration<double>(timeoutSec_));
-    // Tags: [63] device-algorithm space, [62..8] call number, [7..0] channel.
-    Links l(r, n, routes, (1ull << 63) | (seq << 8), 0, dt, op, deadline, WaitPolicy(), [=] {
-      return "nccl " + algo + " allreduce #" + std::to_string(seq) + " (" + dtypeName(dt) + ", count " +
-             std::to_string(count) + ") rank " + std::to_string(r) + "/" + std::to_string(n);
-    });
-    t_->waitFor(stream);
-    size_t seg = algo == "tree" ? (512u << 10) : (4u << 20);
-    if (algo == "ring") algo::allreduceRing(l, in, out, count, seg);
-    else if (algo == "tree") algo::allreduceTree(l, in, out, count, seg);
-    else throw Error("unknown device allreduce algorithm '" + algo + "' (native, ring, tree)");
-    // Links waited for every request, and a request completes when the GPU has reached
-    // its event: the result is in place, the caller's stream needs no extra wait.
+py::dict decisionDict(const Decision& d) {
+  py::list cands;
+  for (const Candidate& c : d.candidates) {
+    py::dict x;
+    x["algo"] = c.algo;
+    x["seconds"] = c.seconds;
+    x["applicable"] = c.applicable;
+    cands.append(x);
   }
-
-  // Point to point over the transport, after the caller's stream's earlier work; blocks
-  // the host until the GPU has finished it (or the timeout), so later work is ordered.
-  void send(const void* buf, size_t nbytes, int peer, int64_t tag, void* stream) {
-    t_->waitFor(stream);
-    finish(t_->isend(peer, userTag(tag), buf, nbytes, 0));
-  }
-  void recv(void* buf, size_t nbytes, int peer, int64_t tag, void* stream) {
-    t_->waitFor(stream);
-    finish(t_->irecv(peer, userTag(tag), buf, nbytes, nullptr, 0));
-  }
-
- private:
-  static uint64_t userTag(int64_t tag) {  // [62] user space, below the algorithms' [63]
-    if (tag < 0 || tag >= (1ll << 40)) throw Error("nccl send/recv: tag must be in [0, 2^40), got " + std::to_string(tag));
-    return (1ull << 62) | (uint64_t(tag) << 8);
-  }
-  void finish(const RequestPtr& r) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutSec_);
-    while (!r->done.load(std::memory_order_acquire)) {
-      if (!t_->progress()) t_->sleepFor(50);
-      if (std::chrono::steady_clock::now() > deadline && !r->done.load(std::memory_order_acquire)) {
-        std::string why = std::string(r->isSend ? "send to" : "receive from") + " rank " + std::to_string(r->peer) +
-                          " timed out after " + std::to_string(timeoutSec_) + " s";
-        t_->abort("nccl: " + why);
-        throw TimeoutError("nccl: " + why);
-      }
-    }
-    if (!r->error.empty()) throw Error(r->error);
-  }
-
-  std::shared_ptr<NcclTransport> t_;
-  double timeoutSec_;
-  uint64_t seq_ = 0;
-};
-
-struct NcclComm {
-  std::shared_ptr<NcclTransport> transport;
-  DeviceAlgo algos;
-  double timeout;
-};
+  py::dict out;
+  out["candidates"] = cands;
+  out["chosen"] = d.choice().algo;
+  out["why"] = d.why;
+  return out;
+}
 
 #if HCOMM_WITH_CUDA
 void cudaCheck(int err, const char* what) {
@@ -223,55 +179,24 @@ void bindNccl(py::module_& m) {
     return py::bytes(ncclNewUniqueId(candidates));
   }, py::arg("candidates") = std::vector<std::string>{});
 
-  py::class_<NcclComm, std::shared_ptr<NcclComm>>(m, "NcclComm")
-      .def(py::init([](int rank, int size, py::bytes uid, int device, double timeout,
-                       const std::vector<std::string>& candidates) {
-             std::string id = uid;
-             py::gil_scoped_release release;
-             auto t = std::make_shared<NcclTransport>(rank, size, id, device, timeout, candidates);
-             return std::make_shared<NcclComm>(NcclComm{t, DeviceAlgo(t, timeout), timeout});
-           }),
-           py::arg("rank"), py::arg("size"), py::arg("unique_id"), py::arg("device"), py::arg("timeout") = 300.0,
-           py::arg("candidates") = std::vector<std::string>{})
-      .def_property_readonly("rank", [](NcclComm& c) { return c.transport->rank(); })
-      .def_property_readonly("size", [](NcclComm& c) { return c.transport->size(); })
-      .def_property_readonly("device", [](NcclComm& c) { return c.transport->device(); })
-      .def_property_readonly("nccl_version", [](NcclComm& c) { return c.transport->ncclVersion(); })
-      .def("allreduce", [](NcclComm& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt,
-                           const std::string& op, double premul, const std::string& algo, uintptr_t stream) {
-        if (algo.empty() || algo == "native" || algo == "auto")
-          c.transport->allreduce(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul, mptr(stream));
-        else
-          c.algos.allreduce(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), algo, mptr(stream));
-      }, py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("op") = "sum",
-         py::arg("premul") = 1.0, py::arg("algo") = "native", py::arg("stream") = 0, Release())
-      .def("reduce", [](NcclComm& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt,
-                        const std::string& op, double premul, int root, uintptr_t stream) {
-        c.transport->reduce(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul, root, mptr(stream));
-      }, Release())
-      .def("broadcast", [](NcclComm& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt, int root,
-                           uintptr_t stream) {
-        c.transport->broadcast(cptr(in), mptr(out), n, parseDataType(dt), root, mptr(stream));
-      }, Release())
-      .def("allgather", [](NcclComm& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt,
-                           uintptr_t stream) {
-        c.transport->allgather(cptr(in), mptr(out), n, parseDataType(dt), mptr(stream));
-      }, Release())
-      .def("reduce_scatter", [](NcclComm& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt,
-                                const std::string& op, double premul, uintptr_t stream) {
-        c.transport->reduceScatter(cptr(in), mptr(out), n, parseDataType(dt), parseReduceOp(op), premul,
-                                   mptr(stream));
-      }, Release())
-      .def("send", [](NcclComm& c, uintptr_t buf, size_t nbytes, int peer, int64_t tag, uintptr_t stream) {
-        c.algos.send(cptr(buf), nbytes, peer, tag, mptr(stream));
-      }, py::arg("buf"), py::arg("nbytes"), py::arg("peer"), py::arg("tag") = 0, py::arg("stream") = 0, Release())
-      .def("recv", [](NcclComm& c, uintptr_t buf, size_t nbytes, int peer, int64_t tag, uintptr_t stream) {
-        c.algos.recv(mptr(buf), nbytes, peer, tag, mptr(stream));
-      }, py::arg("buf"), py::arg("nbytes"), py::arg("peer"), py::arg("tag") = 0, py::arg("stream") = 0, Release())
-      .def("synchronize", [](NcclComm& c, uintptr_t stream) { c.transport->synchronize(mptr(stream), c.timeout); },
-           py::arg("stream") = 0, Release())
-      .def("abort", [](NcclComm& c, const std::string& why) { c.transport->abort(why); },
-           py::arg("why") = "aborted by the user", Release());
+  // NCCL inside the Communicator (comm/device_nccl.cc): what ran, and the tuner's
+  // pricing of NCCL's own collectives (topo/native_cost.h), for tests and reports.
+  m.def("_comm_device_native_calls", [](Communicator& c) { return c.deviceNativeCalls(); });
+  m.def("_price_native_on", [](const std::string& topologyJson, const std::string& collective, size_t nbytes,
+                               std::vector<int> ranks, double alpha, double beta, const std::string& algo) {
+    Topology t = Topology::fromJson(Json::parse(topologyJson));
+    if (ranks.empty())
+      for (int r = 0; r < t.size(); ++r) ranks.push_back(r);
+    CommShape shape = CommShape::of(t, ranks);
+    auto [kind, d] = tuneFor(shape, collective, nbytes, algo);
+    NativeCost cost;
+    cost.alpha = alpha;
+    cost.beta = beta;
+    cost.measured = true;
+    priceNative(d, cost, kind, nbytes, shape.n);
+    return decisionDict(d);
+  }, py::arg("topology_json"), py::arg("collective"), py::arg("nbytes"), py::arg("ranks"), py::arg("alpha"),
+     py::arg("beta"), py::arg("algo") = "");
 }
 
 struct NpuPlacement {

@@ -111,7 +111,8 @@ class Explanation:
             if c.algo == self.chosen:
                 row += "   <- chosen"
             elif c.algo == "native":
-                row += "   (MPI's own: not modelled, used when forced)"
+                row += ("   (NCCL's own, priced as measured at set-up)" if c.applicable
+                        else "   (MPI's own: not modelled, used when forced)")
             elif not c.applicable:
                 row += "   (one level: same as flat)"
             lines.append(row)

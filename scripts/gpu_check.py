@@ -62,7 +62,7 @@ def parts(py, out_dir):
              tuple(helper + ["build"]), 200, needs_build=False),
         Part("kernel_self_test", "hcomm._C.cuda_self_test(): CUDA kernels bit for bit against the CPU kernels",
              tuple(helper + ["selftest"]), 60),
-        Part("gpu_tests", "pytest -m gpu tests/test_gpu_device.py (kernels vs numpy, NcclComm)",
+        Part("gpu_tests", "pytest -m gpu tests/test_gpu_device.py (kernels vs numpy, NCCL in the Communicator)",
              tuple(pytest + ["-m", "gpu", "tests/test_gpu_device.py"]), 120),
         Part("cuda_ipc_2_ranks", "every collective, 2 ranks on the one GPU over cuda_ipc, against numpy",
              tuple(pytest + ["tests/test_gpu_collectives.py", "-k", "ranks2"]), 90),

@@ -151,50 +151,51 @@ def run_pytest(args):
 
 # ------------------------------------------------------------------ NCCL at world size 1
 def nccl1(_args):
-    """NCCL at world size 1 through the Communicator: algo="native" on a CUDA tensor must
-    run on its NCCL engine (device_engine() == "nccl") and be right; NcclComm (the older
-    separate object) is run beside it and must agree."""
+    """NCCL at world size 1 through the Communicator: algo="native" on CUDA tensors must
+    run on its NCCL engine (device_engine() == "nccl", NCCL's call count up by one per
+    call) and be right; hcomm's ring on the same communicator must agree; explain() must
+    list NCCL's price as measured at set-up beside hcomm's algorithms."""
     import numpy as np
     import torch
 
     import hcomm
     import hcomm.gpu as gpu
+    from hcomm import _C
 
     torch.cuda.set_device(0)
     rng = np.random.default_rng(5)
     host = rng.standard_normal(10007).astype(np.float32)
+    code, text, path = gpu.nccl_version()
     comm = hcomm.init(rank=0, size=1, unique_id="", timeout=60)
-    x = torch.from_numpy(host).cuda()
+    checks = []
     try:
-        comm.allreduce(x, algo="native")
+        for algo in ("native", "ring"):
+            y = torch.from_numpy(host).cuda()
+            before = _C._comm_device_native_calls(comm._c)
+            comm.allreduce(y, algo=algo)
+            torch.cuda.synchronize()
+            ran_native = _C._comm_device_native_calls(comm._c) - before == 1
+            checks.append((f"allreduce {algo}", np.array_equal(y.cpu().numpy(), host) and
+                           ran_native == (algo == "native")))
+        b = torch.from_numpy(host).cuda()
+        comm.broadcast(b, root=0, algo="native")
+        g = torch.empty(host.size, device="cuda")
+        comm.allgather(torch.from_numpy(host).cuda(), g, algo="native")
         torch.cuda.synchronize()
-        same = np.array_equal(x.cpu().numpy(), host)
-        engine = comm._c.device_engine()
-        same = same and engine == "nccl"
-        via = f"ran ({'correct' if np.array_equal(x.cpu().numpy(), host) else 'WRONG'}), engine {engine!r}"
+        checks += [("broadcast", np.array_equal(b.cpu().numpy(), host)),
+                   ("allgather", np.array_equal(g.cpu().numpy(), host)),
+                   ("engine", comm._c.device_engine() == "nccl")]
+        table = hcomm.explain("allreduce", 64 << 20, comm=comm)
+        print(table)
+        checks.append(("explain lists native", "native" in [c.algo for c in table.candidates]))
     except Exception as e:  # noqa: BLE001 - reported; the part fails
-        same, via = False, f"refused algo='native' on a CUDA tensor: {type(e).__name__}: {e}"
+        checks.append((f"{type(e).__name__}: {e}", False))
     finally:
         comm.close()
-    print("Communicator:", via)
-    code, text, path = gpu.nccl_version()
-    nc = gpu.NcclComm(0, 1, gpu.nccl_unique_id(), device=0, timeout=60)
-    checks = []
-    for algo in ("native", "ring"):
-        y = torch.from_numpy(host).cuda()
-        nc.allreduce(y, algo=algo)
-        torch.cuda.synchronize()
-        checks.append((f"allreduce {algo}", np.array_equal(y.cpu().numpy(), host)))
-    b = torch.from_numpy(host).cuda()
-    nc.broadcast(b, root=0)
-    g = torch.empty(host.size, device="cuda")
-    nc.allgather(torch.from_numpy(host).cuda(), g)
-    torch.cuda.synchronize()
-    checks += [("broadcast", np.array_equal(b.cpu().numpy(), host)), ("allgather", np.array_equal(g.cpu().numpy(), host))]
     bad = [name for name, ok in checks if not ok]
-    result(f"NcclComm (NCCL {text}, {path}) at world size 1: {len(checks) - len(bad)}/{len(checks)} correct"
-           f"{' (wrong: ' + ', '.join(bad) + ')' if bad else ''}; Communicator: {via}")
-    return 1 if bad or not same else 0
+    result(f"Communicator with NCCL {text} ({path}) at world size 1: {len(checks) - len(bad)}/{len(checks)} correct"
+           f"{' (wrong: ' + ', '.join(bad) + ')' if bad else ''}")
+    return 1 if bad else 0
 
 
 # ------------------------------------------------------------------ DDP

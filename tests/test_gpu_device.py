@@ -2,8 +2,9 @@
 development and CI machines. Where one does, they check:
 - the CUDA kernels against the CPU kernels bit for bit (every dtype and op, odd sizes,
   misaligned and aliased pointers: _C.cuda_self_test) and against numpy through torch;
-- NcclComm end to end with one process per GPU (up to 4): NCCL's collectives and hcomm's
-  ring and tree over the NCCL transport, against numpy on seeded data.
+- NCCL inside hcomm.init()'s Communicator with one process per GPU (up to 4): NCCL's
+  collectives (algo="native") and hcomm's ring and tree, against numpy on seeded data,
+  and explain() listing NCCL's measured price.
 """
 import os
 import sys
@@ -11,10 +12,11 @@ import sys
 import numpy as np
 import pytest
 
+import hcomm
 import hcomm.gpu as gpu
 from hcomm import _C
 
-from harness import run_ranks
+from harness import run_comm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 from gpu_check import detect_device  # noqa: E402
@@ -96,11 +98,11 @@ def _rank_data(rank, n, dtype):
     return _random(np.random.default_rng(100 + rank), dtype, n)
 
 
-def _nccl_body(rank, size, uid):
+def _nccl_body(comm):
     import torch
 
+    rank, size = comm.rank, comm.size
     torch.cuda.set_device(rank)
-    comm = gpu.NcclComm(rank, size, uid, device=rank, timeout=60)
     n = 10007
     everyone = [_rank_data(r, n, "float32") for r in range(size)]
     for algo in ("native", "ring", "tree"):
@@ -109,27 +111,31 @@ def _nccl_body(rank, size, uid):
         torch.cuda.synchronize()
         np.testing.assert_allclose(x.cpu().numpy(), np.sum(everyone, axis=0), rtol=1e-5, atol=1e-5 * size,
                                    err_msg=algo)
+    assert comm._c.device_engine() == "nccl", comm._c.device_engine()
+    assert _C._comm_device_native_calls(comm._c) == 1  # "native" ran on NCCL, ring and tree on hcomm's
     ints = [_rank_data(r, 1001, "int32") for r in range(size)]
     x = torch.from_numpy(ints[rank].copy()).cuda()
     comm.allreduce(x, op="max", algo="ring")
     torch.cuda.synchronize()
     np.testing.assert_array_equal(x.cpu().numpy(), np.max(ints, axis=0))
     x = torch.from_numpy(everyone[rank].copy()).cuda()
-    comm.allreduce(x, op="avg")
+    comm.allreduce(x, op="avg", algo="native")
     torch.cuda.synchronize()
     np.testing.assert_allclose(x.cpu().numpy(), np.mean(everyone, axis=0), rtol=1e-5, atol=1e-5)
     b = torch.from_numpy(everyone[rank].copy()).cuda()
-    comm.broadcast(b, root=size - 1)
+    comm.broadcast(b, root=size - 1, algo="native")
     g = torch.empty(n * size, device="cuda")
-    comm.allgather(torch.from_numpy(everyone[rank]).cuda(), g)
+    comm.allgather(torch.from_numpy(everyone[rank]).cuda(), g, algo="native")
     torch.cuda.synchronize()
     np.testing.assert_array_equal(b.cpu().numpy(), everyone[-1])
     np.testing.assert_array_equal(g.cpu().numpy(), np.concatenate(everyone))
+    table = hcomm.explain("allreduce", 64 << 20, comm=comm)  # NCCL's measured price beside hcomm's
+    assert "native" in [c.algo for c in table.candidates], table
     return True
 
 
 @needs_device
-def test_nccl_comm_end_to_end():
+def test_nccl_in_the_communicator_end_to_end():
     if not gpu.nccl_library_candidates():
         try:
             gpu.nccl_version()
@@ -137,5 +143,4 @@ def test_nccl_comm_end_to_end():
             pytest.skip(str(e))
     _torch_cuda()
     size = min(DEVICES, 4)
-    uid = gpu.nccl_unique_id()
-    run_ranks(_nccl_body, size, mode="process", start_method="spawn", args=(uid,), timeout=300)
+    run_comm(_nccl_body, size, mode="process", start_method="spawn", timeout=300)

@@ -10,7 +10,7 @@
 #include "comm/engine.h"
 #include "comm/native_call.h"
 #include "comm/placement.h"
-#include "transport/nccl.h"
+#include "algo/native_nccl.h"
 #include "reduce/reduce.h"
 #include "topo/policy.h"
 #include "topo/topology.h"
@@ -116,14 +116,15 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
   std::vector<std::vector<int>> levels;
   if (hier) levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int n = size_;
-  bool native = pick.algo == "native", automatic = automaticPick(algo, "allreduce");
+  bool native = pick.algo == "native";
+  NcclChoice viaNccl = ncclChoice(CollKind::ALLREDUCE, bytes, pick, algo);
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "allreduce", timeoutSec_,
                               world_->policy, [&] { return describe(info, nextSeq_); });
   return submit(info, false, 0, [=, levels = std::move(levels)](Links& l, Work&) {
     if (count == 0) return;
-    if (runOnHccl(l, native, automatic, HcclCall{CollKind::ALLREDUCE, in, out, count, dt, op, premul})) return;
-    if (runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
-          nc.allreduce(in, out, count, dt, op, premul, s);
+    if (runOnHccl(l, native, viaNccl.automatic, HcclCall{CollKind::ALLREDUCE, in, out, count, dt, op, premul})) return;
+    if (runOnNccl(l, viaNccl, [&](NcclTransport& nc, void* s) {
+          algo::allreduceNccl(nc, in, out, count, dt, op, premul, s);
         }))
       return;
     l.setOrdered(ordered);
@@ -154,7 +155,8 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
                               [&] { return planReduce(bytes, root, algo, fold); });
   if (pick.algo == "native") refuseNativeIfDeterministic("reduce", dt, op);
   CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, pick.algo, op};
-  bool native = pick.algo == "native", automatic = automaticPick(algo, "reduce");
+  bool native = pick.algo == "native";
+  NcclChoice viaNccl = ncclChoice(CollKind::REDUCE, bytes, pick, algo);
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "reduce", timeoutSec_,
                               world_->policy, [&] { return describe(info, nextSeq_); });
   size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", pick.segBytes ? pick.segBytes : 512u << 10);
@@ -162,9 +164,9 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
-    if (runOnHccl(l, native, automatic, HcclCall{CollKind::REDUCE, in, out, count, dt, op, premul, root})) return;
-    if (runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
-          nc.reduce(in, out, count, dt, op, premul, root, s);
+    if (runOnHccl(l, native, viaNccl.automatic, HcclCall{CollKind::REDUCE, in, out, count, dt, op, premul, root})) return;
+    if (runOnNccl(l, viaNccl, [&](NcclTransport& nc, void* s) {
+          algo::reduceNccl(nc, in, out, count, dt, op, premul, root, s);
         }))
       return;
     l.setOrdered(ordered);
@@ -191,7 +193,8 @@ WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataTyp
   Candidate choice = this->pick(CollKind::BROADCAST, bytes, root, algo, [&] { return planBroadcast(bytes, root, algo); });
   const std::string& pick = choice.algo;
   CollectiveInfo info{"broadcast", CollKind::BROADCAST, dt, count, root, pick, ReduceOp::SUM};
-  bool native = pick == "native", automatic = automaticPick(algo, "broadcast");
+  bool native = pick == "native";
+  NcclChoice viaNccl = ncclChoice(CollKind::BROADCAST, bytes, choice, algo);
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "broadcast", timeoutSec_,
                               world_->policy, [&] { return describe(info, nextSeq_); });
   size_t seg = choice.segBytes;
@@ -200,9 +203,9 @@ WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataTyp
   int me = rank_, n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
-    if (runOnHccl(l, native, automatic, HcclCall{CollKind::BROADCAST, in, out, count, dt, ReduceOp::SUM, 1, root})) return;
-    if (runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
-          nc.broadcast(me == root && in ? in : out, out, count, dt, root, s);
+    if (runOnHccl(l, native, viaNccl.automatic, HcclCall{CollKind::BROADCAST, in, out, count, dt, ReduceOp::SUM, 1, root})) return;
+    if (runOnNccl(l, viaNccl, [&](NcclTransport& nc, void* s) {
+          algo::broadcastNccl(nc, me == root && in ? in : out, out, count, dt, root, s);
         }))
       return;
     if (me == root && in) l.copy(out, in, count * dtypeSize(dt));
@@ -223,7 +226,8 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   Candidate choice = this->pick(CollKind::ALLGATHER, bytes, -1, algo, [&] { return planAllgather(bytes, algo); });
   const std::string& pick = choice.algo;
   CollectiveInfo info{"allgather", CollKind::ALLGATHER, dt, total, -1, pick, ReduceOp::SUM};
-  bool native = pick == "native", automatic = automaticPick(algo, "allgather");
+  bool native = pick == "native";
+  NcclChoice viaNccl = ncclChoice(CollKind::ALLGATHER, bytes, choice, algo);
   bool even = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "allgather", timeoutSec_,
                               world_->policy, [&] { return describe(info, nextSeq_); });
@@ -234,9 +238,9 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
-    if (even && runOnHccl(l, native, automatic, HcclCall{CollKind::ALLGATHER, in, out, counts[0], dt})) return;
-    if (even && runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {  // NCCL's is equal counts only
-          nc.allgather(in, out, counts[0], dt, s);
+    if (even && runOnHccl(l, native, viaNccl.automatic, HcclCall{CollKind::ALLGATHER, in, out, counts[0], dt})) return;
+    if (even && runOnNccl(l, viaNccl, [&](NcclTransport& nc, void* s) {  // NCCL's is equal counts only
+          algo::allgatherNccl(nc, in, out, counts[0], dt, s);
         }))
       return;
     if (n == 1) {
@@ -262,7 +266,8 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
                               [&] { return planReduceScatter(total * dtypeSize(dt), "", fold); });
   if (pick.algo == "native") refuseNativeIfDeterministic("reduce_scatter", dt, op);
   CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, pick.algo, op};
-  bool native = pick.algo == "native", automatic = automaticPick("", "reduce_scatter");
+  bool native = pick.algo == "native";
+  NcclChoice viaNccl = ncclChoice(CollKind::REDUCE_SCATTER, total * dtypeSize(dt), pick, "");
   bool even = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "reduce_scatter", timeoutSec_,
                               world_->policy, [&] { return describe(info, nextSeq_); });
@@ -270,9 +275,9 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
-    if (even && runOnHccl(l, native, automatic, HcclCall{CollKind::REDUCE_SCATTER, in, out, counts[0], dt, op, premul})) return;
-    if (even && runOnNccl(l, native, automatic, [&](NcclTransport& nc, void* s) {
-          nc.reduceScatter(in, out, counts[0], dt, op, premul, s);
+    if (even && runOnHccl(l, native, viaNccl.automatic, HcclCall{CollKind::REDUCE_SCATTER, in, out, counts[0], dt, op, premul})) return;
+    if (even && runOnNccl(l, viaNccl, [&](NcclTransport& nc, void* s) {
+          algo::reduceScatterNccl(nc, in, out, counts[0], dt, op, premul, s);
         }))
       return;
     l.setOrdered(ordered);

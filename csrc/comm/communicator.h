@@ -35,6 +35,7 @@ class ShmTransport;     // transport/shm.h
 class MpiComm;          // transport/mpi.h
 class DeviceContext;    // comm/device_context.h
 class NcclTransport;    // transport/nccl.h
+struct NcclChoice;      // comm/device_context.h
 struct DeviceCall;      // comm/engine.h
 struct HcclCall;       // algo/native_hccl.h
 
@@ -62,13 +63,18 @@ class Communicator {
   std::vector<int> worldRanks() const { return worldRanks_; }
   // The CUDA device this rank's device calls use; -1 before the first one.
   int boundDevice() const;
-  // The transport device buffers take to each rank ("cuda_ipc", "staging", "mpi" when
-  // MPI is CUDA-aware, "self");
-  // empty before this communicator's first device call.
+  // The transport a device collective's messages take to each rank ("cuda_ipc",
+  // "staging", "nccl", "mpi" when MPI is CUDA-aware, "self"); empty before this
+  // communicator's first device call.
   std::vector<std::string> deviceTransports();
   // What runs this communicator's device collectives: "nccl", or "hcomm: <why not NCCL>";
   // "" before its first device collective.
   std::string deviceEngine();
+  // explain(): `d` as a device call would decide it, NCCL's own collective priced as
+  // measured (comm/device_nccl.cc); unchanged before NCCL is set up. And how many device
+  // collectives NCCL ran whole.
+  void priceDeviceNative(Decision& d, CollKind kind, size_t bytes);
+  uint64_t deviceNativeCalls();
   // The transport host buffers take to each rank ("shm", "tcp", "mpi").
   std::vector<std::string> transports() const;
   std::string lastAlgorithm() const { return lastAlgo_; }
@@ -152,14 +158,15 @@ class Communicator {
   // Work.wait_stream() for a device call (any time after submission), and the end of
   // its body: the device work drained and the end event recorded.
   void armStreamWait(const DeviceCall& dev, const WorkPtr& work);
-  // NCCL for device calls (device_call.cc): set up collectively at the first device
-  // collective; runOnNccl runs a call's whole collective with NCCL when its buffers are
-  // on a device with an NCCL engine and the call asked for "native" (or made no choice
-  // of its own: NCCL is the automatic choice there, deterministic mode aside). False:
-  // the caller runs hcomm's algorithm.
+  // NCCL for device calls (comm/device_nccl.cc): set up collectively at the first device
+  // collective (its allreduce timed for the tuner, its point to point routed where
+  // HCOMM_NCCL_P2P prefers). runOnNccl runs a call's whole collective with NCCL when its
+  // buffers are on a device with an NCCL engine and the call asked for "native", or made
+  // no choice of its own and NCCL's measured price beats the planned algorithm's
+  // (deterministic mode aside). False: the caller runs hcomm's algorithm.
   void setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::steady_clock::time_point deadline);
-  bool runOnNccl(const Links& l, bool native, bool automatic, const std::function<void(NcclTransport&, void*)>& run);
-  bool automaticPick(const std::string& requested, const char* collective) const;
+  NcclChoice ncclChoice(CollKind kind, size_t bytes, const Candidate& pick, const std::string& requested) const;
+  bool runOnNccl(const Links& l, const NcclChoice& c, const std::function<void(NcclTransport&, void*)>& run);
   // NPU calls (npu_call.cc): HCCL made at the first NPU collective; native HCCL as runOnNccl.
   void prepareNpu(DeviceContext& ctx, uint64_t tagBase, std::chrono::steady_clock::time_point deadline);
   bool runOnHccl(const Links& l, bool native, bool automatic, const HcclCall& call);

@@ -19,7 +19,7 @@ DeviceContext::DeviceContext(int device, std::shared_ptr<const std::vector<Route
 DeviceContext::DeviceContext(int device, std::nullptr_t) : device_(device), rt_(nullptr) {}
 
 DeviceContext::~DeviceContext() {
-  nccl_.reset();
+  nccl_ = Nccl();  // the NCCL transport goes before the stream its work was ordered on
   memory_.reset();
   if (!rt_) return;  // another kind of device (the protected constructor)
   rt_->api.StreamSynchronize(stream_);

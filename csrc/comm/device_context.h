@@ -11,6 +11,7 @@
 // after its last device work lets Work.wait_stream() make any stream wait for the
 // result without blocking the host (streamWaitFor).
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "algo/links.h"
+#include "topo/native_cost.h"
 #include "transport/cuda_api.h"
 
 namespace hcomm {
@@ -25,6 +27,16 @@ namespace hcomm {
 struct CudaRuntime;
 class CudaMemory;
 class NcclTransport;
+
+// What a call decides NCCL-or-hcomm with, captured when it is submitted
+// (Communicator::ncclChoice): its kind and size, whether "native" was asked for, whether
+// the planner chose freely, and the planned algorithm's predicted seconds.
+struct NcclChoice {
+  CollKind kind = CollKind::NONE;
+  size_t bytes = 0;
+  bool native = false, automatic = false;
+  double hcommSeconds = 0;
+};
 
 class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
  public:
@@ -38,17 +50,31 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   const std::shared_ptr<const std::vector<Route>>& routes() const { return routes_; }
 
   cuda::Stream stream() const { return stream_; }
-  // NCCL for this communicator's device calls (device_call.cc, setupNccl): made at the
-  // first device collective when every rank has a GPU of its own and NCCL loads; null
-  // otherwise, with the reason in ncclWhy().
-  NcclTransport* nccl() const { return nccl_.get(); }
-  const std::string& ncclWhy() const { return ncclWhy_; }
+  // NCCL for this communicator's device calls (comm/device_nccl.cc): set up at the first
+  // device collective when every rank has a GPU of its own and NCCL loads; `transport`
+  // null otherwise, with the reason in `why`. `cost` prices NCCL's own collectives
+  // (timed when it was set up); `routes`, when set, are the collectives' routes with
+  // NCCL point to point where HCOMM_NCCL_P2P prefers it.
+  struct Nccl {
+    std::shared_ptr<NcclTransport> transport;
+    std::string why;
+    NativeCost cost;
+    std::shared_ptr<const std::vector<Route>> routes;
+  };
+  NcclTransport* nccl() const { return nccl_.transport.get(); }
+  const std::string& ncclWhy() const { return nccl_.why; }
+  const NativeCost& ncclCost() const { return nccl_.cost; }
   bool ncclTried() const { return ncclTried_; }
-  void setNccl(std::shared_ptr<NcclTransport> n, const std::string& why) {
+  void setNccl(Nccl n) {
     nccl_ = std::move(n);
-    ncclWhy_ = why;
     ncclTried_ = true;
   }
+  // The routes of a call: a collective's go over NCCL point to point where chosen, a
+  // point-to-point call's never (its peer may have posted before NCCL was set up).
+  const std::shared_ptr<const std::vector<Route>>& routes(bool collective) const {
+    return collective && nccl_.routes ? nccl_.routes : routes_;
+  }
+  std::atomic<uint64_t> nativeCalls{0};  // collectives run whole by NCCL (for tests and reports)
 
   // An event recorded now on `stream` (the caller's).
   virtual std::shared_ptr<CUevent_st> record(void* stream);
@@ -82,8 +108,7 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   std::shared_ptr<const std::vector<Route>> routes_;
   std::mutex mu_;
   std::vector<cuda::Event> free_, all_;
-  std::shared_ptr<NcclTransport> nccl_;
-  std::string ncclWhy_;
+  Nccl nccl_;
   bool ncclTried_ = false;
 };
 

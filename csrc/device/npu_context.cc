@@ -23,7 +23,7 @@ NpuContext::NpuContext(int device) : DeviceContext(device, nullptr), lib_(&loadH
   check(lib_->api.AclrtCreateStream(&stream_), "aclrtCreateStream");
   memory_.reset(new NpuMemory(device, stream_));
   // NCCL never serves NPU buffers: mark it decided so the engine does not try it.
-  setNccl(nullptr, "npu buffers: HCCL serves them");
+  setNccl(Nccl{nullptr, "npu buffers: HCCL serves them", {}, nullptr});
 }
 
 NpuContext::~NpuContext() {

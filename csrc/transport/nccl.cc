@@ -1,7 +1,5 @@
 #include "transport/nccl.h"
 
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -10,11 +8,7 @@
 #include "common/fingerprint.h"
 #include "common/param.h"
 #include "device/kernels.h"
-#include "transport/loader.h"
 
-#if HCOMM_WITH_CUDA
-#include "reduce/cuda_reduce.h"
-#endif
 
 namespace hcomm {
 
@@ -24,72 +18,7 @@ constexpr uint64_t kHeaderMagic = 0x68636f6d6e63636cull;  // "hcomnccl"
 constexpr size_t kSlotsPerBlock = 64;
 constexpr int kMinSplitVersion = 21800;  // ncclCommSplit arrived in NCCL 2.18
 
-struct NcclState {  // the loaded library is process-wide by nature; loaded once
-  std::mutex mu;
-  std::unique_ptr<NcclLibrary> lib;
-};
-
-NcclState& ncclState() {
-  static NcclState s;
-  return s;
-}
-
-uint64_t bytesOf(size_t count, DataType dt) { return uint64_t(count) * dtypeSize(dt); }
-
-nccl::DataType ncclType(DataType dt) {
-  switch (dt) {
-    case DataType::F16: return nccl::ncclFloat16;
-    case DataType::BF16: return nccl::ncclBfloat16;
-    case DataType::F32: return nccl::ncclFloat32;
-    case DataType::F64: return nccl::ncclFloat64;
-    case DataType::I8: return nccl::ncclInt8;
-    case DataType::U8: case DataType::BOOL: return nccl::ncclUint8;
-    case DataType::I32: return nccl::ncclInt32;
-    case DataType::I64: return nccl::ncclInt64;
-  }
-  throw Error("nccl: unknown dtype");
-}
-
 }  // namespace
-
-// ---------------------------------------------------------------- loading
-
-std::string ncclVersionString(int v) {
-  // NCCL_VERSION(X,Y,Z): X*1000+Y*100+Z up to 2.8, X*10000+Y*100+Z after.
-  int major = v >= 10000 ? v / 10000 : v / 1000;
-  int minor = v >= 10000 ? (v / 100) % 100 : (v / 100) % 10;
-  return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(v % 100);
-}
-
-const NcclLibrary& loadNccl(const std::vector<std::string>& given) {
-  NcclState& s = ncclState();
-  std::lock_guard<std::mutex> lock(s.mu);
-  if (s.lib) return *s.lib;
-  auto lib = std::make_unique<NcclLibrary>();
-  auto candidates = libraryCandidates("HCOMM_NCCL_LIB", given, {"libnccl.so.2", "libnccl.so"});
-  lib->path = openFirst(candidates, "NCCL (libnccl.so.2; set HCOMM_NCCL_LIB or pip install nvidia-nccl-cu13)",
-                        [&](void* h) -> std::string {
-#define HCOMM_NCCL_RESOLVE(name)                                                     \
-  lib->api.name = reinterpret_cast<nccl::name##Fn>(dlsym(h, "nccl" #name));          \
-  if (!lib->api.name) return "nccl" #name;
-                          HCOMM_NCCL_FUNCTIONS(HCOMM_NCCL_RESOLVE)
-#undef HCOMM_NCCL_RESOLVE
-                          return "";
-                        });
-  nccl::Result r = lib->api.GetVersion(&lib->version);
-  if (r != nccl::ncclSuccess)
-    throw Error("ncclGetVersion failed in " + lib->path + ": " + lib->api.GetErrorString(r));
-  s.lib = std::move(lib);
-  return *s.lib;
-}
-
-std::string ncclNewUniqueId(const std::vector<std::string>& candidates) {
-  const NcclLibrary& lib = loadNccl(candidates);
-  nccl::UniqueId id;
-  nccl::Result r = lib.api.GetUniqueId(&id);
-  if (r != nccl::ncclSuccess) throw Error(std::string("ncclGetUniqueId failed: ") + lib.api.GetErrorString(r));
-  return std::string(id.internal, sizeof id.internal);
-}
 
 // ---------------------------------------------------------------- creation
 
@@ -270,8 +199,10 @@ RequestPtr NcclTransport::isend(int peer, uint64_t tag, const void* buf, size_t 
   std::memcpy(f.slot.host, &h, sizeof h);
   cu(rt_->api.MemcpyAsync(f.slot.dev, f.slot.host, sizeof h, cuda::cudaMemcpyHostToDevice, p.outStream),
      "cudaMemcpyAsync (header)");
-  nc(lib_->api.Send(f.slot.dev, sizeof h, nccl::ncclUint8, p.outPeer, p.outComm, p.outStream), "ncclSend", p.outComm);
-  if (nbytes) nc(lib_->api.Send(buf, nbytes, nccl::ncclUint8, p.outPeer, p.outComm, p.outStream), "ncclSend", p.outComm);
+  std::string call = "ncclSend to rank " + std::to_string(peer);
+  nc(lib_->api.Send(f.slot.dev, sizeof h, nccl::ncclUint8, p.outPeer, p.outComm, p.outStream), call.c_str(), p.outComm);
+  if (nbytes)
+    nc(lib_->api.Send(buf, nbytes, nccl::ncclUint8, p.outPeer, p.outComm, p.outStream), call.c_str(), p.outComm);
   f.event = takeEvent();
   cu(rt_->api.EventRecord(f.event, p.outStream), "cudaEventRecord");
   p.sending.push_back(f);
@@ -331,7 +262,8 @@ void NcclTransport::enqueueReduce(const ReduceSpec& spec, void* dst, const void*
 }
 
 void NcclTransport::postHeaderRecv(Peer& p) {
-  nc(lib_->api.Recv(p.headerSlot.dev, sizeof(Header), nccl::ncclUint8, p.inPeer, p.inComm, p.inStream), "ncclRecv",
+  std::string call = "ncclRecv from rank " + std::to_string(p.rank);
+  nc(lib_->api.Recv(p.headerSlot.dev, sizeof(Header), nccl::ncclUint8, p.inPeer, p.inComm, p.inStream), call.c_str(),
      p.inComm);
   cu(rt_->api.MemcpyAsync(p.headerSlot.host, p.headerSlot.dev, sizeof(Header), cuda::cudaMemcpyDeviceToHost,
                           p.inStream),
@@ -349,7 +281,7 @@ void NcclTransport::receivePayload(Peer& p, PostedRecv* r, const Header& h) {
   if (h.nbytes && !direct) f.stage = takeStage(h.nbytes);
   if (h.nbytes)
     nc(lib_->api.Recv(direct ? r->dst : f.stage.dev, h.nbytes, nccl::ncclUint8, p.inPeer, p.inComm, p.inStream),
-       "ncclRecv", p.inComm);
+       ("ncclRecv from rank " + std::to_string(p.rank)).c_str(), p.inComm);
   if (!r) {  // unexpected: keep it staged until its receive is posted
     p.unexpected.push_back({h, f.stage});
     return;
@@ -429,16 +361,18 @@ bool NcclTransport::progress() {
 }
 
 void NcclTransport::checkAsyncErrors() {
-  auto check = [&](nccl::Comm c) {
+  // Names the link by the world rank at its other end: NCCL's own text counts ranks of
+  // the 2-rank pair communicator.
+  auto check = [&](nccl::Comm c, const std::string& what) {
     nccl::Result err = nccl::ncclSuccess;
     if (c && lib_->api.CommGetAsyncError(c, &err) == nccl::ncclSuccess && err != nccl::ncclSuccess &&
         err != nccl::ncclInProgress)
-      nc(err, "an asynchronous operation", c);
+      nc(err, what.c_str(), c);
   };
-  check(world_);
+  check(world_, "an asynchronous operation");
   for (Peer& p : peers_) {
-    check(p.outComm);
-    check(p.inComm);
+    check(p.outComm, "the link to rank " + std::to_string(p.rank));
+    check(p.inComm, "the link from rank " + std::to_string(p.rank));
   }
 }
 
@@ -561,114 +495,15 @@ void NcclTransport::synchronize(void* stream, double timeoutSec) {
   for (cuda::Event e : marks) freeEvents_.push_back(e);
 }
 
-// ---------------------------------------------------------------- native collectives
+// ---------------------------------------------------------------- the world communicator
 
-nccl::RedOp NcclTransport::redOp(DataType dt, ReduceOp op, double premul, bool* custom) {
-  *custom = false;
-  if (dt == DataType::BOOL) {  // logical or / and on 0-1 bytes
-    if (op == ReduceOp::SUM) return nccl::ncclMax;
-    if (op == ReduceOp::PROD) return nccl::ncclMin;
-  }
-  switch (op) {
-    case ReduceOp::SUM: return nccl::ncclSum;
-    case ReduceOp::PROD: return nccl::ncclProd;
-    case ReduceOp::MIN: return nccl::ncclMin;
-    case ReduceOp::MAX: return nccl::ncclMax;
-    case ReduceOp::AVG: return isFloating(dt) ? nccl::ncclAvg : nccl::ncclSum;  // integers: divided after
-    case ReduceOp::PREMUL_SUM:
-      if (dt == DataType::F32 || dt == DataType::F64) {
-        nccl::RedOp r;
-        float f = float(premul);
-        void* scalar = dt == DataType::F32 ? static_cast<void*>(&f) : static_cast<void*>(&premul);
-        nc(lib_->api.RedOpCreatePreMulSum(&r, scalar, ncclType(dt), nccl::ncclScalarHostImmediate, world_),
-           "ncclRedOpCreatePreMulSum", world_);
-        *custom = true;
-        return r;
-      }
-      return nccl::ncclSum;  // other types: scaled copy first (preScale)
-  }
-  throw Error("nccl: unknown reduce op");
-}
-
-const void* NcclTransport::preScale(DataType dt, ReduceOp op, double premul, const void* in, void* out,
-                                    size_t count, nccl::Stream s) {
-  if (op != ReduceOp::PREMUL_SUM || dt == DataType::F32 || dt == DataType::F64) return in;
-  deviceKernels().scale(dt, out, in, count, premul, s);
-  return out;
-}
-
-void NcclTransport::postDivide(DataType dt, ReduceOp op, void* out, size_t count, nccl::Stream s) {
-  if (op != ReduceOp::AVG || isFloating(dt)) return;
-  deviceKernels().divide(dt, out, out, count, size_, s);
-}
-
-void NcclTransport::allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
-                              void* stream) {
+void NcclTransport::withWorld(void* stream, const std::function<void(nccl::Comm, nccl::Stream)>& call) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   if (!aborted_.empty()) throw Error(aborted_);
-  if (count == 0) return;
   setDevice();
-  nccl::Stream s = collStream(stream);
-  in = preScale(dt, op, premul, in, out, count, s);
-  bool custom = false;
-  nccl::RedOp r = redOp(dt, op, premul, &custom);
-  nccl::Result res = lib_->api.AllReduce(in, out, count, ncclType(dt), r, world_, s);
-  if (custom) lib_->api.RedOpDestroy(r, world_);
-  nc(res, "ncclAllReduce", world_);
-  postDivide(dt, op, out, count, s);
+  call(world_, collStream(stream));
 }
 
-void NcclTransport::reduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul,
-                           int root, void* stream) {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  if (!aborted_.empty()) throw Error(aborted_);
-  if (count == 0) return;
-  setDevice();
-  nccl::Stream s = collStream(stream);
-  // Other types would need a scaled copy of the input on every rank, and non-roots have
-  // no output buffer to hold it.
-  if (op == ReduceOp::PREMUL_SUM && dt != DataType::F32 && dt != DataType::F64)
-    throw Error(std::string("nccl: reduce with premul_sum supports float32 and float64, not ") + dtypeName(dt));
-  bool custom = false;
-  nccl::RedOp r = redOp(dt, op, premul, &custom);
-  nccl::Result res = lib_->api.Reduce(in, out, count, ncclType(dt), r, root, world_, s);
-  if (custom) lib_->api.RedOpDestroy(r, world_);
-  nc(res, "ncclReduce", world_);
-  if (rank_ == root) postDivide(dt, op, out, count, s);
-}
-
-void NcclTransport::broadcast(const void* in, void* out, size_t count, DataType dt, int root, void* stream) {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  if (!aborted_.empty()) throw Error(aborted_);
-  if (count == 0) return;
-  setDevice();
-  nc(lib_->api.Broadcast(in, out, count, ncclType(dt), root, world_, collStream(stream)), "ncclBroadcast", world_);
-}
-
-void NcclTransport::allgather(const void* in, void* out, size_t sendCount, DataType dt, void* stream) {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  if (!aborted_.empty()) throw Error(aborted_);
-  if (sendCount == 0) return;
-  setDevice();
-  nc(lib_->api.AllGather(in, out, sendCount, ncclType(dt), world_, collStream(stream)), "ncclAllGather", world_);
-}
-
-void NcclTransport::reduceScatter(const void* in, void* out, size_t recvCount, DataType dt, ReduceOp op,
-                                  double premul, void* stream) {
-  std::lock_guard<std::recursive_mutex> lock(mu_);
-  if (!aborted_.empty()) throw Error(aborted_);
-  if (recvCount == 0) return;
-  setDevice();
-  if (op == ReduceOp::PREMUL_SUM && dt != DataType::F32 && dt != DataType::F64)
-    throw Error(std::string("nccl: reduce_scatter with premul_sum supports float32 and float64, not ") +
-                dtypeName(dt));
-  nccl::Stream s = collStream(stream);
-  bool custom = false;
-  nccl::RedOp r = redOp(dt, op, premul, &custom);
-  nccl::Result res = lib_->api.ReduceScatter(in, out, recvCount, ncclType(dt), r, world_, s);
-  if (custom) lib_->api.RedOpDestroy(r, world_);
-  nc(res, "ncclReduceScatter", world_);
-  postDivide(dt, op, out, recvCount, s);
-}
+void NcclTransport::check(nccl::Result r, const char* what) const { nc(r, what, world_); }
 
 }  // namespace hcomm

@@ -1,13 +1,8 @@
-// NCCL, loaded at run time: the library loader, a point-to-point Transport over
-// ncclSend/ncclRecv for device buffers, and NCCL's own collectives (the "native"
-// algorithm).
-//
-// Loading. libnccl.so.2 is opened with dlopen from, in order: HCOMM_NCCL_LIB, the
-// paths the caller passes (Python passes the nvidia-nccl wheel's lib/ folder, found
-// through importlib), then the system search path. The CUDA runtime calls go to
-// HCOMM_CUDART_LIB when set, else to the runtime linked into hcomm when it was built
-// with nvcc (HCOMM_WITH_CUDA), else to a dlopen'ed libcudart.so.13 / .12. Nothing here needs
-// nccl.h or cuda_runtime.h to build (transport/nccl_api.h declares what is used).
+// NCCL's point-to-point calls as a hcomm Transport for device buffers (ncclSend /
+// ncclRecv), and the world communicator that NCCL's own collectives run on
+// (algo/native_nccl.h). The library loader is transport/nccl_loader.h. The Communicator
+// routes device messages here when NCCL is set up and HCOMM_NCCL_P2P prefers it
+// (comm/device_call.cc).
 //
 // The transport. NCCL matches a send with the receive the peer posted in the same
 // position, has no tags, and a posted receive blocks its stream (and every later op
@@ -22,19 +17,22 @@
 //     user code cannot hang on hcomm). The host reads the header, then posts the
 //     payload receive straight into the matching buffer, or into a staging buffer when
 //     the message came first ("unexpected"); a reducing receive stages the payload and
-//     runs the CUDA reduction kernel (needs HCOMM_WITH_CUDA).
+//     combines it with the device kernel table (device/kernels.h).
 // The price is one header round per message: fine for the ring and tree algorithms'
-// large segments, which is what this path is for; small collectives go native. Each
+// large segments, which is what this path is for; the tuner prices NCCL's own
+// collectives against them (topo/native_cost.h). Each
 // pair communicator holds NCCL buffers of its own (2(n-1) per rank), and a parked
 // receive kernel must run beside other kernels: with CUDA_DEVICE_MAX_CONNECTIONS=1
 // (one hardware queue) the GPU may serialise them and this transport can stall.
 //
 // Stream semantics are torch's: waitFor(s) makes the transport's streams wait for work
 // already queued on the caller's stream s; signal(s) makes s wait for the transport's
-// matched work in flight (never for a header receive parked on an idle link). Device memory is never freed while the transport lives
-// (cudaFree synchronises the whole device); staging buffers are reused.
+// matched work in flight (never for a header receive parked on an idle link). Device
+// memory is never freed while the transport lives (cudaFree synchronises the whole
+// device); staging buffers are reused.
 #pragma once
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -43,22 +41,10 @@
 #include "transport/cuda_runtime.h"
 #include "transport/matcher.h"
 #include "transport/nccl_api.h"
+#include "transport/nccl_loader.h"
 #include "transport/transport.h"
 
 namespace hcomm {
-
-struct NcclLibrary {
-  std::string path;  // the file that was opened
-  int version = 0;   // ncclGetVersion: 22703 for 2.27.3
-  nccl::Api api;
-};
-
-// Opens libnccl once per process (the first success is kept; a failure is retried on
-// the next call). Throws Error listing every path tried and why it failed.
-const NcclLibrary& loadNccl(const std::vector<std::string>& candidates = {});
-std::string ncclVersionString(int version);  // "2.27.3"
-// A fresh ncclUniqueId (128 bytes), made by rank 0 and handed to every rank.
-std::string ncclNewUniqueId(const std::vector<std::string>& candidates = {});
 
 class NcclTransport : public Transport {
  public:
@@ -72,15 +58,13 @@ class NcclTransport : public Transport {
   int device() const { return device_; }
   int ncclVersion() const { return lib_->version; }
 
-  // NCCL's own collectives on `stream` (null: the transport's collective stream).
-  // AVG and PREMUL_SUM as the core defines them; bool reduces as logical or / and.
-  void allreduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul, void* stream);
-  void reduce(const void* in, void* out, size_t count, DataType dt, ReduceOp op, double premul, int root,
-              void* stream);
-  void broadcast(const void* in, void* out, size_t count, DataType dt, int root, void* stream);
-  void allgather(const void* in, void* out, size_t sendCount, DataType dt, void* stream);
-  void reduceScatter(const void* in, void* out, size_t recvCount, DataType dt, ReduceOp op, double premul,
-                     void* stream);
+  // For NCCL's own collectives (algo/native_nccl.h): runs `call` under the transport's
+  // lock on its device, with the world communicator and the stream to queue on (`stream`,
+  // or the transport's collective stream when null). Throws if the transport was aborted.
+  void withWorld(void* stream, const std::function<void(nccl::Comm, nccl::Stream)>& call);
+  // Throws Error naming the call, NCCL's last error text, this rank and device.
+  void check(nccl::Result r, const char* what) const;
+  const nccl::Api& api() const { return lib_->api; }
 
   void waitFor(void* stream);
   void signal(void* stream);
@@ -151,14 +135,7 @@ class NcclTransport : public Transport {
   cuda::Event takeEvent();
   void recycle(Inflight& f);
 
-  // The NCCL reduction op for (dt, op), creating a premul-sum op when needed
-  // (`custom` says so: destroy it after the call).
-  nccl::RedOp redOp(DataType dt, ReduceOp op, double premul, bool* custom);
   nccl::Stream collStream(void* stream) const;
-  // For ops NCCL cannot do directly: scaled copy before / divide after (CUDA kernels).
-  const void* preScale(DataType dt, ReduceOp op, double premul, const void* in, void* out, size_t count,
-                       nccl::Stream s);
-  void postDivide(DataType dt, ReduceOp op, void* out, size_t count, nccl::Stream s);
 
   const NcclLibrary* lib_;
   const CudaRuntime* rt_;
