@@ -11,6 +11,7 @@
 #include "comm/placement.h"
 #include "reduce/reduce.h"
 #include "topo/host.h"
+#include "topo/policy.h"
 #include "topo/probe.h"
 #include "topo/topology.h"
 #include "topo/tuner.h"
@@ -189,14 +190,15 @@ PYBIND11_MODULE(_C, m) {
         return asyncOnly(c.allgatherv(cptr(in), mptr(out), std::move(counts), parseDataType(dt), async, algo), async);
       }, Release())
       .def("reduce_scatterv", [](Communicator& c, uintptr_t in, uintptr_t out, std::vector<size_t> counts,
-                                 const std::string& dt, const std::string& op, double premul, bool async) {
+                                 const std::string& dt, const std::string& op, double premul, const std::string& algo,
+                                 bool async) {
         return asyncOnly(c.reduceScatterv(cptr(in), mptr(out), std::move(counts), parseDataType(dt), parseReduceOp(op),
-                                premul, async), async);
+                                premul, async, algo), async);
       }, Release())
       .def("alltoallv", [](Communicator& c, uintptr_t in, std::vector<size_t> sc, std::vector<size_t> sd,
                            uintptr_t out, std::vector<size_t> rc, std::vector<size_t> rd, const std::string& dt,
-                           bool async) {
-        return asyncOnly(c.alltoallv(cptr(in), sc, sd, mptr(out), rc, rd, parseDataType(dt), async), async);
+                           const std::string& algo, bool async) {
+        return asyncOnly(c.alltoallv(cptr(in), sc, sd, mptr(out), rc, rd, parseDataType(dt), async, algo), async);
       }, Release())
       .def("gather", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt, int root,
                         bool async) { return asyncOnly(c.gather(cptr(in), mptr(out), n, parseDataType(dt), root, async), async); },
@@ -234,14 +236,22 @@ PYBIND11_MODULE(_C, m) {
   m.def("_comm_explain_allreduce", [decisionDict](Communicator& c, size_t nbytes, const std::string& algo) {
     return decisionDict(c.planAllreduce(nbytes, algo));
   });
-  m.def("_comm_explain", [decisionDict](Communicator& c, const std::string& collective, size_t nbytes,
-                                        const std::string& algo, int root) {
+  // How a SUM of `dtype` folds (the collectives' rule, comm/collectives.cc): explain per dtype.
+  auto foldFor = [](const std::string& dtype, bool reduction) {
+    DataType dt = parseDataType(dtype);
+    if (!reduction || !orderedReduction(dt, ReduceOp::SUM)) return Fold::PLAIN;
+    return dt == DataType::F16 || dt == DataType::BF16 ? Fold::ORDERED_WIDE : Fold::ORDERED;
+  };
+  m.def("_comm_explain", [decisionDict, foldFor](Communicator& c, const std::string& collective, size_t nbytes,
+                                                 const std::string& algo, int root, const std::string& dtype) {
+    Fold fold = foldFor(dtype, collective == "allreduce" || collective == "reduce" || collective == "reduce_scatter");
     if (collective == "broadcast") return decisionDict(c.planBroadcast(nbytes, root, algo));
     if (collective == "allgather") return decisionDict(c.planAllgather(nbytes, algo));
-    if (collective == "reduce_scatter") return decisionDict(c.planReduceScatter(nbytes, algo));
-    if (collective == "reduce") return decisionDict(c.planReduce(nbytes, root, algo));
+    if (collective == "reduce_scatter") return decisionDict(c.planReduceScatter(nbytes, algo, fold));
+    if (collective == "reduce") return decisionDict(c.planReduce(nbytes, root, algo, fold));
     if (collective == "gather" || collective == "scatter") return decisionDict(c.planGather(collective, nbytes, root, algo));
-    return decisionDict(c.planAllreduce(nbytes, algo));
+    if (collective == "alltoall") return decisionDict(c.planAlltoall(nbytes, true, algo));
+    return decisionDict(c.planAllreduce(nbytes, algo, fold));
   });
   m.def("_comm_topology_json", [](Communicator& c) {
     auto t = c.topology();
@@ -262,17 +272,19 @@ PYBIND11_MODULE(_C, m) {
                                                          const std::string& algo, std::vector<int> ranks) {
     return decisionDict(tuneAllreduce(shapeOf(topologyJson, std::move(ranks)), nbytes, algo, "requested"));
   });
-  m.def("_explain_on", [decisionDict, shapeOf](const std::string& topologyJson, const std::string& collective,
-                                               size_t nbytes, const std::string& algo, std::vector<int> ranks,
-                                               int root) {
+  m.def("_explain_on", [decisionDict, shapeOf, foldFor](const std::string& topologyJson, const std::string& collective,
+                                                        size_t nbytes, const std::string& algo, std::vector<int> ranks,
+                                                        int root, const std::string& dtype) {
     CommShape shape = shapeOf(topologyJson, std::move(ranks));
+    Fold fold = foldFor(dtype, collective == "allreduce" || collective == "reduce" || collective == "reduce_scatter");
     if (collective == "broadcast") return decisionDict(tuneBroadcast(shape, nbytes, root, algo, "requested"));
     if (collective == "allgather") return decisionDict(tuneAllgather(shape, nbytes, algo, "requested"));
-    if (collective == "reduce_scatter") return decisionDict(tuneReduceScatter(shape, nbytes, algo, "requested"));
-    if (collective == "reduce") return decisionDict(tuneReduce(shape, nbytes, root, algo, "requested"));
+    if (collective == "reduce_scatter") return decisionDict(tuneReduceScatter(shape, nbytes, algo, "requested", fold));
+    if (collective == "reduce") return decisionDict(tuneReduce(shape, nbytes, root, algo, "requested", fold));
     if (collective == "gather" || collective == "scatter")
       return decisionDict(tuneGather(shape, collective, nbytes, root, algo, "requested"));
-    return decisionDict(tuneAllreduce(shape, nbytes, algo, "requested"));
+    if (collective == "alltoall") return decisionDict(tuneAlltoall(shape, nbytes, true, algo, "requested"));
+    return decisionDict(tuneAllreduce(shape, nbytes, algo, "requested", fold));
   });
   m.def("_topology_from_json", [](const std::string& text) { return Topology::fromJson(Json::parse(text)).toJson().dump(); });
   m.def("_probe_local", [] { return probeToJson(probeLocal()); });

@@ -26,7 +26,8 @@ from ._errors import InvalidArgument
 # "native" is left out (planning adds it where MPI is present) and so are aliases.
 _TUNED_NAMES = {c: tuple(a for a in names if a != "native" and not (a == "tree" and c in ("broadcast", "reduce")))
                 for c, names in _C.algorithms().items()
-                if c in ("allreduce", "broadcast", "allgather", "reduce_scatter", "reduce")}
+                if c in ("allreduce", "broadcast", "allgather", "reduce_scatter", "reduce", "gather", "scatter",
+                         "alltoall")}
 ALLREDUCE_ALGOS = _TUNED_NAMES["allreduce"]
 BROADCAST_ALGOS = _TUNED_NAMES["broadcast"]  # "tree" is accepted for binomial
 ALLGATHER_ALGOS = _TUNED_NAMES["allgather"]
@@ -87,6 +88,7 @@ class Explanation:
     chosen: str
     why: str                  # "model", "HCOMM_ALGO" or "requested"
     domains: int = 0          # GPU domains of the ranks (nvlink link class inside one)
+    dtype: str = "float32"    # reductions of 16-bit dtypes fold in float32 (priced so)
 
     def candidate(self, algo):
         for c in self.candidates:
@@ -96,7 +98,8 @@ class Explanation:
 
     def __str__(self):
         gpu = f", {self.domains} GPU domain(s)" if self.domains else ""
-        lines = [f"{self.collective} {human_bytes(self.nbytes)} on {self.world} ranks, {self.hosts} host(s){gpu}: "
+        lines = [f"{self.collective} {human_bytes(self.nbytes)} {self.dtype} on {self.world} ranks, "
+                 f"{self.hosts} host(s){gpu}: "
                  f"{self.chosen} ({self.why})"]
         measured = any(c.measured is not None for c in self.candidates)
         width = max(len(c.algo) + (len(c.inner) + 2 if c.inner else 0) for c in self.candidates) + 2
@@ -118,10 +121,10 @@ class Explanation:
         return "\n".join(lines)
 
 
-def _explanation(collective, nbytes, d, world, hosts, domains=0):
+def _explanation(collective, nbytes, d, world, hosts, domains=0, dtype="float32"):
     cands = tuple(Candidate(c["algo"], c["seconds"], c["seg_bytes"], c["inner"], c["inner_seg_bytes"],
                             c["applicable"]) for c in d["candidates"])
-    return Explanation(collective, nbytes, world, hosts, cands, d["chosen"], d["why"], domains)
+    return Explanation(collective, nbytes, world, hosts, cands, d["chosen"], d["why"], domains, dtype)
 
 
 def gpu_domains(topo):
@@ -164,38 +167,76 @@ def topology(comm):
     return json.loads(_C._comm_topology_json(comm._c))
 
 
-def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None, measure=False, iters=3, root=0):
-    """The tuner's table for `collective` (allreduce, broadcast, allgather) of `nbytes`
-    (allgather: the gathered total): every candidate with its predicted time, the choice
-    marked. From a communicator (comm=) or a described topology (topology= dict / JSON /
-    path, optionally a subset of its ranks). root: the broadcast's root. measure=True
-    (with comm, every rank calls) times each candidate too."""
+def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None, measure=False, iters=3, root=0,
+            dtype="float32"):
+    """The tuner's table for `collective` (see TUNED) of `nbytes` (allgather: the gathered
+    total; reduce_scatter: the whole input; gather/scatter: one rank's block; alltoall:
+    what one rank sends): every candidate with its predicted time, the choice marked.
+    From a communicator (comm=) or a described topology (topology= dict / JSON / path,
+    optionally a subset of its ranks). root: the rooted collectives' root. dtype: a
+    reduction of float16/bfloat16 (or any float under HCOMM_DETERMINISTIC=1) is priced
+    as the rank-order fold it runs. measure=True (with comm, every rank calls) times
+    each candidate too, in that dtype."""
     _check_collective(collective)
     nbytes = parse_size(nbytes)
+    if dtype not in _DTYPE_ITEMSIZE:
+        raise InvalidArgument(f"explain: unknown dtype {dtype!r} ({', '.join(_DTYPE_ITEMSIZE)})")
     if (comm is None) == (topology is None):
         raise InvalidArgument("explain needs exactly one of comm= or topology=")
     names = ALGOS[collective] + (("tree",) if collective in ("broadcast", "reduce") else ())
     if algo is not None and algo not in ("auto", "native") + names:
         raise InvalidArgument(f"unknown {collective} algorithm {algo!r} ({', '.join(ALGOS[collective])}, auto)")
     if comm is not None:
-        d = _C._comm_explain(comm._c, collective, nbytes, algo or "", int(root))
+        d = _C._comm_explain(comm._c, collective, nbytes, algo or "", int(root), dtype)
         topo = globals()["topology"](comm)
         members = [topo["ranks"][w] for w in comm._c.world_ranks()]
         hosts = len({m["host_id"] or m["host"] for m in members})
-        out = _explanation(collective, nbytes, d, comm.size, hosts, _domain_count(topo, comm._c.world_ranks()))
+        out = _explanation(collective, nbytes, d, comm.size, hosts, _domain_count(topo, comm._c.world_ranks()), dtype)
         return _measured(comm, out, iters, root) if measure else out
     if measure:
         raise InvalidArgument("explain(measure=True) needs comm=")
     topo = load(topology)
     ranks = list(range(len(topo["ranks"]))) if ranks is None else [int(r) for r in ranks]
-    d = _C._explain_on(json.dumps(topo), collective, nbytes, algo or "", ranks, int(root))
+    d = _C._explain_on(json.dumps(topo), collective, nbytes, algo or "", ranks, int(root), dtype)
     hosts = len({topo["ranks"][r]["host_id"] or topo["ranks"][r]["host"] for r in ranks})
-    return _explanation(collective, nbytes, d, len(ranks), hosts, _domain_count(topo, ranks))
+    return _explanation(collective, nbytes, d, len(ranks), hosts, _domain_count(topo, ranks), dtype)
+
+
+_DTYPE_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int32": 4,
+                   "int64": 8}
+
+
+def _calls(comm, collective, nbytes, algo, root, dtype):
+    """One blocking call of `collective` moving nbytes of `dtype` (as explain() counts
+    them) through the core with `algo` forced: the timed body of time_collective."""
+    import numpy as np
+
+    item, n, c = _DTYPE_ITEMSIZE[dtype], comm.size, comm._c
+    count = max(1, nbytes // item)             # allreduce, broadcast, reduce; gather/scatter's block
+    per = max(1, count // n)                   # one block of the collectives that cut the buffer in n
+    a, b = np.ones(count * n * item, np.uint8), np.ones(count * n * item, np.uint8)  # raw bytes
+    pa, pb = a.ctypes.data, b.ctypes.data
+    displs = [i * per for i in range(n)]
+    if collective == "allreduce":
+        return lambda: c.allreduce(pa, pa, count, dtype, "sum", 1.0, algo, False)
+    if collective == "broadcast":
+        return lambda: c.broadcast(pa, pa, count, dtype, root, algo, False)
+    if collective == "reduce":
+        return lambda: c.reduce(pa, pb, count, dtype, "sum", 1.0, root, algo, False)
+    if collective == "allgather":
+        return lambda: c.allgatherv(pa, pb, [per] * n, dtype, algo, False)
+    if collective == "reduce_scatter":
+        return lambda: c.reduce_scatterv(pa, pb, [per] * n, dtype, "sum", 1.0, algo, False)
+    if collective == "alltoall":
+        return lambda: c.alltoallv(pa, [per] * n, displs, pb, [per] * n, displs, dtype, algo, False)
+    env = f"{collective}:{algo}" if algo else None  # gather/scatter take their algorithm from HCOMM_ALGO
+    if collective == "gather":
+        return lambda: _with_env("HCOMM_ALGO", env, lambda: c.gather(pa, pb, count, dtype, root, False))
+    return lambda: _with_env("HCOMM_ALGO", env, lambda: c.scatter(pa, pb, count, dtype, root, False))
 
 
 def _with_env(name, value, fn):
-    """fn() with os.environ[name] = value (unchanged when value is None): reduce_scatter
-    takes its algorithm from HCOMM_ALGO only."""
+    """fn() with os.environ[name] = value (unchanged when value is None)."""
     if value is None:
         return fn()
     old = os.environ.get(name)
@@ -209,35 +250,12 @@ def _with_env(name, value, fn):
             os.environ[name] = old
 
 
-def time_collective(comm, collective, nbytes, algo, iters=3, root=0):
-    """Median seconds of `collective` of nbytes (float32; allgather: the gathered total)
-    with `algo` forced, the slowest rank's view (every rank calls)."""
+def time_collective(comm, collective, nbytes, algo, iters=3, root=0, dtype="float32"):
+    """Median seconds of `collective` of nbytes (as explain() counts them) with `algo`
+    forced, the slowest rank's view (every rank calls)."""
     import numpy as np
 
-    if collective == "allgather":
-        x = np.ones(max(1, nbytes // 4 // comm.size), np.float32)
-        out = np.empty(x.size * comm.size, np.float32)
-        call = lambda: comm._c.allgatherv(x.ctypes.data, out.ctypes.data, [x.size] * comm.size,  # noqa: E731
-                                          "float32", algo, False)
-    else:
-        x = np.ones(max(1, nbytes // 4), np.float32)
-        if collective == "broadcast":
-            call = lambda: comm._c.broadcast(x.ctypes.data, x.ctypes.data, x.size, "float32", root,  # noqa: E731
-                                             algo, False)
-        elif collective == "reduce":
-            y = np.empty_like(x)
-            call = lambda: comm._c.reduce(x.ctypes.data, y.ctypes.data, x.size, "float32", "sum", 1.0,  # noqa: E731
-                                          root, algo, False)
-        elif collective == "reduce_scatter":
-            x = np.ones(max(1, nbytes // 4 // comm.size) * comm.size, np.float32)
-            y = np.empty(x.size // comm.size, np.float32)
-            call = lambda: _with_env("HCOMM_ALGO", f"reduce_scatter:{algo}" if algo else None,  # noqa: E731
-                                     lambda: comm._c.reduce_scatterv(x.ctypes.data, y.ctypes.data,
-                                                                     [y.size] * comm.size, "float32", "sum", 1.0,
-                                                                     False))
-        else:
-            call = lambda: comm._c.allreduce(x.ctypes.data, x.ctypes.data, x.size, "float32", "sum",  # noqa: E731
-                                             1.0, algo, False)
+    call = _calls(comm, collective, nbytes, algo, root, dtype)
     call()  # warm-up (connections, page faults)
     times = []
     for _ in range(iters):
@@ -258,7 +276,7 @@ def time_allreduce(comm, nbytes, algo, iters=3):
 
 def _measured(comm, explanation, iters, root=0):
     cands = tuple(replace(c, measured=time_collective(comm, explanation.collective, explanation.nbytes, c.algo,
-                                                      iters, root))
+                                                      iters, root, explanation.dtype))
                   for c in explanation.candidates)
     return replace(explanation, candidates=cands)
 

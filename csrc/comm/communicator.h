@@ -149,9 +149,10 @@ class Communicator {
   WorkPtr allgatherv(const void* in, void* out, std::vector<size_t> counts, DataType dt, bool async,
                      const std::string& algo = "");
   WorkPtr reduceScatterv(const void* in, void* out, std::vector<size_t> counts, DataType dt, ReduceOp op,
-                         double premul, bool async);
+                         double premul, bool async, const std::string& algo = "");
   WorkPtr alltoallv(const void* in, std::vector<size_t> sendCounts, std::vector<size_t> sendDispls, void* out,
-                    std::vector<size_t> recvCounts, std::vector<size_t> recvDispls, DataType dt, bool async);
+                    std::vector<size_t> recvCounts, std::vector<size_t> recvDispls, DataType dt, bool async,
+                    const std::string& algo = "");
   WorkPtr gather(const void* in, void* out, size_t count, DataType dt, int root, bool async);
   WorkPtr scatter(const void* in, void* out, size_t count, DataType dt, int root, bool async);
   WorkPtr barrier(bool async);
@@ -171,6 +172,8 @@ class Communicator {
   // hierarchical, native); bytes is the whole message (allgather: the gathered total).
   Decision planBroadcast(size_t bytes, int root, const std::string& requested) const;
   Decision planAllgather(size_t bytes, const std::string& requested) const;
+  // alltoall(v): bytes one rank sends; even: equal blocks in rank order (Bruck needs them).
+  Decision planAlltoall(size_t bytes, bool even, const std::string& requested) const;
   std::shared_ptr<const Topology> topology() const { return world_ ? world_->topology : nullptr; }
 
  private:

@@ -126,4 +126,20 @@ Decision Communicator::planGather(const std::string& collective, size_t bytes, i
                   });
 }
 
+Decision Communicator::planAlltoall(size_t bytes, bool even, const std::string& requested) const {
+  if (!world_) throw Error("communicator is closed");
+  bool asked = !requested.empty() && requested != "auto";
+  Decision d = planWith("alltoall", alltoallAlgorithms(), requested, nullptr, world_->tuner != nullptr,
+                        [&](const std::string& forced, const std::string& why) {
+                          return world_->tuner->alltoall(worldRanks_, bytes, even, forced, why);
+                        });
+  if (d.choice().algo == "bruck" && !even) {
+    // Bruck moves equal blocks only: a request is refused, HCOMM_ALGO (job-wide) yields here.
+    if (asked) throw Error("alltoallv: algorithm 'bruck' needs equal counts in rank order (use 'pairwise')");
+    d.chosen = 0;
+    d.why = "HCOMM_ALGO (bruck needs equal blocks)";
+  }
+  return d;
+}
+
 }  // namespace hcomm

@@ -100,6 +100,11 @@ const std::vector<std::string>& gatherAlgorithms() {
   return v;
 }
 
+const std::vector<std::string>& alltoallAlgorithms() {
+  static const std::vector<std::string> v = algorithmsOf("alltoall", false);
+  return v;
+}
+
 const std::vector<std::string>& reduceAlgorithms() {
   static const std::vector<std::string> v = algorithmsOf("reduce", false);
   return v;
@@ -109,6 +114,12 @@ Decision Tuner::gather(const std::vector<int>& worldRanks, const std::string& co
                        const std::string& forced, const std::string& why) const {
   return cached(Key{collective, worldRanks, bytes, root, forced, why},
                 [&](const CommShape& s) { return tuneGather(s, collective, bytes, root, forced, why); });
+}
+
+Decision Tuner::alltoall(const std::vector<int>& worldRanks, size_t bytes, bool even, const std::string& forced,
+                         const std::string& why) const {
+  return cached(Key{"alltoall", worldRanks, bytes, even ? 1 : 0, forced, why},
+                [&](const CommShape& s) { return tuneAlltoall(s, bytes, even, forced, why); });
 }
 
 Decision Tuner::reduceScatter(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,

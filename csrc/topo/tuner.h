@@ -84,6 +84,7 @@ const std::vector<std::string>& allgatherAlgorithms();
 const std::vector<std::string>& reduceScatterAlgorithms();
 const std::vector<std::string>& reduceAlgorithms();         // "tree" is accepted for binomial
 const std::vector<std::string>& gatherAlgorithms();         // gather and scatter: linear, binomial
+const std::vector<std::string>& alltoallAlgorithms();       // pairwise, bruck
 double gammaSecondsPerByte();
 
 // Every candidate with its prediction; `forced` (an algorithm name, or "" / "auto")
@@ -104,6 +105,11 @@ Decision tuneReduce(const CommShape& shape, size_t bytes, int root, const std::s
 Decision tuneGather(const CommShape& shape, const std::string& collective, size_t bytes, int root,
                     const std::string& forced, const std::string& why);
 
+// alltoall(v); bytes: what one rank sends in all. even: every block has the same count
+// and sits in rank order (alltoall, not a ragged alltoallv): Bruck needs it.
+Decision tuneAlltoall(const CommShape& shape, size_t bytes, bool even, const std::string& forced,
+                      const std::string& why);
+
 // The tuner of one job: decisions cached per (communicator ranks, bytes, forced name), so
 // the model runs once per message size and a small collective pays a map lookup.
 class Tuner {
@@ -122,6 +128,8 @@ class Tuner {
                   const std::string& why, Fold fold) const;
   Decision gather(const std::vector<int>& worldRanks, const std::string& collective, size_t bytes, int root,
                   const std::string& forced, const std::string& why) const;
+  Decision alltoall(const std::vector<int>& worldRanks, size_t bytes, bool even, const std::string& forced,
+                    const std::string& why) const;
 
  private:
   // (collective, ranks, bytes, root (allreduce, reduce_scatter: the Fold; reduce: 3*root + Fold), forced, why)

@@ -185,16 +185,18 @@ Decision tuneReduceScatter(const CommShape& s, size_t bytes, const std::string& 
   double b = static_cast<double>(bytes);
   double direct = orderedReduceScatterSeconds(net, b, fold);
   Decision d;
-  if (fold != Fold::PLAIN && s.n > 2) {  // ring.cc runs the direct reduce-scatter then
-    d.candidates = {Candidate{"ring", direct, 0}, Candidate{"direct", direct, 0}};
+  if (fold != Fold::PLAIN && s.n > 2) {  // ring.cc (and hierarchical) run the direct reduce-scatter then
+    d.candidates = {Candidate{"ring", direct, 0}, Candidate{"direct", direct, 0}, Candidate{"hierarchical", direct, 0}};
   } else {
     // ring.cc: n-1 steps, each passing a block on and reducing the one received.
     std::vector<std::pair<int, int>> edges;
     for (int i = 0; i < s.n; ++i) edges.push_back({i, (i + 1) % s.n});
     StepCost st = step(net, edges);
     double ring = (s.n - 1) * (st.alpha + b / s.n * st.perByte) + (s.n - 1.0) / s.n * b * gammaSecondsPerByte();
-    d.candidates = {Candidate{"ring", ring, 0}, Candidate{"direct", direct, 0}};
+    d.candidates = {Candidate{"ring", ring, 0}, Candidate{"direct", direct, 0},
+                    Candidate{"hierarchical", hierarchicalReduceScatterSeconds(s, b), 0}};
   }
+  d.candidates[2].applicable = hierarchyApplies(s);
   choose(d, forced, why);
   return d;
 }

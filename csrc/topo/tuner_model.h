@@ -3,6 +3,7 @@
 //                        lists, choosing among candidates
 //   tuner_allreduce.cc   allreduce: ring, tree, halving-doubling, hierarchical, ordered folds
 //   tuner_collectives.cc broadcast, allgather, reduce_scatter, reduce, gather/scatter
+//   tuner_exchange.cc    hierarchical reduce_scatter, alltoall (pairwise, Bruck)
 //   tuner.cc             CommShape (the communicator's view of the topology) and the cache
 #pragma once
 #include <functional>
@@ -52,6 +53,8 @@ double ringAllgatherSeconds(const Net& net, double bytes);
 double hierarchicalAllgatherSeconds(const CommShape& s, const std::vector<std::vector<int>>& levels,
                                     const std::vector<int>& members, size_t depth, double bytes, double seg);
 double binomialSeconds(const Net& net, double bytes, int root, double seg);
+// tuner_exchange.cc: reduce_scatter_hierarchical.cc over the innermost level, S = bytes.
+double hierarchicalReduceScatterSeconds(const CommShape& s, double bytes);
 
 // Members of `members` grouped by levels[depth] (first appearance order), or the first
 // level at or after depth that splits them (returns levels.size() when none does).
