@@ -113,8 +113,10 @@ class Explanation:
                 row += f"{_human_time(c.measured):>12}"
             if c.algo == self.chosen:
                 row += "   <- chosen"
+            elif c.algo == "native" and not c.applicable:
+                row += "   (MPI's own: not measured or not allowed here; used when forced)"
             elif c.algo == "native":
-                row += "   (MPI's own: not modelled, used when forced)"
+                row += "   (MPI's own, timed at init)"
             elif not c.applicable:
                 row += "   (one level: same as flat)"
             lines.append(row)

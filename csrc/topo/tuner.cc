@@ -3,6 +3,7 @@
 #include "topo/tuner.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -53,6 +54,13 @@ CommShape CommShape::of(const Topology& t, const std::vector<int>& worldRanks) {
   double slice = std::min(100e-6, static_cast<double>(envInt("HCOMM_SLEEP_US", 1000)) * 1e-6);
   s.lateWake = 2 * slice / 2;
   return s;
+}
+
+double NativeCosts::seconds(const std::string& collective, double bytes, int n) const {
+  auto it = byCollective.find(collective);
+  if (it == byCollective.end()) return -1;
+  double scale = ranks > 2 ? std::log2(std::max(2, n)) / std::log2(ranks) : 1.0;
+  return it->second.alpha * scale + bytes * it->second.beta;
 }
 
 int CommShape::hosts() const { return host.empty() ? 1 : *std::max_element(host.begin(), host.end()) + 1; }

@@ -110,12 +110,27 @@ Decision tuneGather(const CommShape& shape, const std::string& collective, size_
 Decision tuneAlltoall(const CommShape& shape, size_t bytes, bool even, const std::string& forced,
                       const std::string& why);
 
+// MPI's own collectives as measured at init (algo/native_mpi_probe.cc): the native
+// candidate's price, equal on every rank. Fitted on the job's `ranks`; a communicator of
+// m ranks scales alpha by log2(m)/log2(ranks) (MPI's latency-bound algorithms are trees
+// and dissemination) and keeps beta (its bandwidth-bound ones move about the same bytes
+// per rank at any size).
+struct NativeCosts {
+  int ranks = 0;
+  std::map<std::string, LinkCost> byCollective;
+  // Predicted seconds, or a negative number when `collective` was not measured.
+  double seconds(const std::string& collective, double bytes, int n) const;
+};
+
 // The tuner of one job: decisions cached per (communicator ranks, bytes, forced name), so
 // the model runs once per message size and a small collective pays a map lookup.
 class Tuner {
  public:
-  explicit Tuner(std::shared_ptr<const Topology> topology) : topology_(std::move(topology)) {}
+  explicit Tuner(std::shared_ptr<const Topology> topology, std::shared_ptr<const NativeCosts> native = nullptr)
+      : topology_(std::move(topology)), native_(std::move(native)) {}
   const Topology& topology() const { return *topology_; }
+  // MPI's measured costs, or null when the job has no MPI (or HCOMM_NATIVE_PROBE=0).
+  const NativeCosts* native() const { return native_.get(); }
   Decision allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
                      const std::string& why, Fold fold = Fold::PLAIN) const;
   Decision broadcast(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
@@ -136,6 +151,7 @@ class Tuner {
   using Key = std::tuple<std::string, std::vector<int>, size_t, int, std::string, std::string>;
   Decision cached(Key key, const std::function<Decision(const CommShape&)>& tune) const;
   std::shared_ptr<const Topology> topology_;
+  std::shared_ptr<const NativeCosts> native_;
   mutable std::mutex mu_;
   mutable std::map<Key, Decision> cache_;
 };
