@@ -225,6 +225,7 @@ PYBIND11_MODULE(_C, m) {
       x["inner"] = c.inner;
       x["inner_seg_bytes"] = c.innerSegBytes;
       x["applicable"] = c.applicable;
+      x["measured"] = c.measured;
       cands.append(x);
     }
     py::dict out;
@@ -252,6 +253,19 @@ PYBIND11_MODULE(_C, m) {
     if (collective == "gather" || collective == "scatter") return decisionDict(c.planGather(collective, nbytes, root, algo));
     if (collective == "alltoall") return decisionDict(c.planAlltoall(nbytes, true, algo));
     return decisionDict(c.planAllreduce(nbytes, algo, fold));
+  });
+  // Drift (topo/tuner_drift.h): the re-fits this communicator made, and the trigger rule
+  // on its own: the index of the (predicted, measured) sample at which a key counts as
+  // drifted, or -1 (process-free tests).
+  m.def("_comm_drift_events", [](Communicator& c) { return c.drift().events(); });
+  m.def("_drift_first_trigger", [](const std::vector<std::pair<double, double>>& samples) {
+    DriftSettings s = DriftSettings::fromEnv();
+    DriftKey key;
+    for (size_t i = 0; i < samples.size(); ++i) {
+      key.add(samples[i].first, samples[i].second, s);
+      if (key.drifted(s)) return static_cast<int>(i);
+    }
+    return -1;
   });
   m.def("_comm_topology_json", [](Communicator& c) {
     auto t = c.topology();
@@ -285,6 +299,18 @@ PYBIND11_MODULE(_C, m) {
       return decisionDict(tuneGather(shape, collective, nbytes, root, algo, "requested"));
     if (collective == "alltoall") return decisionDict(tuneAlltoall(shape, nbytes, true, algo, "requested"));
     return decisionDict(tuneAllreduce(shape, nbytes, algo, "requested", fold));
+  });
+  // refit() on a described topology: the link class re-fitted and its new (alpha, beta)
+  // so that `algo`'s price for the call is `ratio` times today's; None when none can.
+  m.def("_drift_refit_on", [shapeOf](const std::string& topologyJson, const std::string& collective, size_t nbytes,
+                                     const std::string& algo, double ratio) -> py::object {
+    CommShape shape = shapeOf(topologyJson, {});
+    PlannedCall call{collective, algo, nbytes, 0, Fold::PLAIN, 0};
+    call.predicted = tuneByName(shape, collective, nbytes, 0, Fold::PLAIN, algo).choice().seconds;
+    LinkClass cls;
+    LinkCost cost;
+    if (!refit(shape, call, ratio * call.predicted, &cls, &cost)) return py::none();
+    return py::make_tuple(linkClassName(cls), cost.alpha, cost.beta);
   });
   m.def("_topology_from_json", [](const std::string& text) { return Topology::fromJson(Json::parse(text)).toJson().dump(); });
   m.def("_probe_local", [] { return probeToJson(probeLocal()); });

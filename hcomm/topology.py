@@ -75,7 +75,7 @@ class Candidate:
     inner: str = ""           # hierarchical: the flat algorithm among group leaders
     inner_seg_bytes: int = 0
     applicable: bool = True   # hierarchical on one level is the flat algorithm
-    measured: float = None    # seconds, when measured (explain(..., measure=True))
+    measured: float = None    # seconds: this communicator's recent calls (drift), or explain(measure=True)
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,8 @@ class Explanation:
 
 def _explanation(collective, nbytes, d, world, hosts, domains=0, dtype="float32"):
     cands = tuple(Candidate(c["algo"], c["seconds"], c["seg_bytes"], c["inner"], c["inner_seg_bytes"],
-                            c["applicable"]) for c in d["candidates"])
+                            c["applicable"], c["measured"] if c.get("measured", -1) >= 0 else None)
+                  for c in d["candidates"])
     return Explanation(collective, nbytes, world, hosts, cands, d["chosen"], d["why"], domains, dtype)
 
 

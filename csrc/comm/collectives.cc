@@ -39,8 +39,7 @@ Fold foldOf(DataType dt, bool ordered) {
 }  // namespace
 
 template <class Plan>
-Candidate Communicator::pick(CollKind kind, size_t bytes, int root, const std::string& requested,
-                             const Plan& plan) const {
+Candidate Communicator::pick(CollKind kind, size_t bytes, int root, const std::string& requested, const Plan& plan) {
   // HCOMM_ALGO (and HCOMM_NATIVE_BYTES under MPI) are read at every call, as documented;
   // the model's choice per (collective, size, root) is remembered while they stay the
   // same. Explicit requests are rare in hot loops and take the full path.
@@ -48,6 +47,19 @@ Candidate Communicator::pick(CollKind kind, size_t bytes, int root, const std::s
   const char* native = mpi_ ? std::getenv("HCOMM_NATIVE_BYTES") : nullptr;
   bool cacheable = (requested.empty() || requested == "auto") && world_ && world_->tuner;
   auto key = std::make_tuple(static_cast<int>(kind), bytes, root);
+  auto planned = [&] {
+    Candidate c = plan().choice();
+    c.segBytes = resolvedSegment(kind, c.algo, c.segBytes);
+    if (kind == CollKind::ALLREDUCE && !c.inner.empty()) c.innerSegBytes = resolvedSegment(kind, c.inner, c.innerSegBytes);
+    if (cacheable) {
+      std::lock_guard<std::mutex> lock(planMu_);
+      if (plans_.size() >= 1024) plans_.clear();  // many distinct sizes: start over rather than grow
+      plans_.emplace(key, c);
+    }
+    return c;
+  };
+  Candidate c;
+  bool found = false;
   if (cacheable) {
     std::lock_guard<std::mutex> lock(planMu_);
     if (planEnv_ != (env ? env : "") || planNative_ != (native ? native : "")) {
@@ -56,16 +68,10 @@ Candidate Communicator::pick(CollKind kind, size_t bytes, int root, const std::s
       planNative_ = native ? native : "";
     }
     auto it = plans_.find(key);
-    if (it != plans_.end()) return it->second;
+    if ((found = it != plans_.end())) c = it->second;
   }
-  Candidate c = plan().choice();
-  c.segBytes = resolvedSegment(kind, c.algo, c.segBytes);
-  if (kind == CollKind::ALLREDUCE && !c.inner.empty()) c.innerSegBytes = resolvedSegment(kind, c.inner, c.innerSegBytes);
-  if (cacheable) {
-    std::lock_guard<std::mutex> lock(planMu_);
-    if (plans_.size() >= 1024) plans_.clear();  // many distinct sizes: start over rather than grow
-    plans_.emplace(key, c);
-  }
+  if (!found) c = planned();
+  if (noteDrift(kind, bytes, root, c)) c = planned();  // re-fitted at this checkpoint: plan again
   return c;
 }
 

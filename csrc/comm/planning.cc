@@ -15,6 +15,7 @@ namespace hcomm {
 
 void addNative(Decision& d, const std::string& collective, size_t bytes, int n, const Tuner& tuner, Fold fold,
                bool automatic);
+void withMeasured(Decision& d, const std::string& collective, size_t bytes, const DriftMonitor& drift);
 
 std::string Communicator::chooseAllreduce(size_t bytes, const std::string& requested) const {
   return planAllreduce(bytes, requested).choice().algo;
@@ -23,8 +24,9 @@ std::string Communicator::chooseAllreduce(size_t bytes, const std::string& reque
 Decision Communicator::planAllreduce(size_t bytes, const std::string& requested, Fold fold) const {
   bool asked = !requested.empty() && requested != "auto";
   if (!world_) throw Error("communicator is closed");
+  std::shared_ptr<const Tuner> tuner = this->tuner();
   std::string forced = asked ? canonicalAlgorithm("allreduce", requested)
-                             : forcedByEnv("allreduce", allreduceAlgorithms(), world_->tuner != nullptr);
+                             : forcedByEnv("allreduce", allreduceAlgorithms(), tuner != nullptr);
   if (forced == "native") {  // MPI's own allreduce (algo/native_mpi.h), NCCL's on device buffers
     if (!currentPlacement().onDevice()) requireMpi(mpi_, "allreduce");
     Decision d;
@@ -32,16 +34,22 @@ Decision Communicator::planAllreduce(size_t bytes, const std::string& requested,
     d.why = asked ? "requested" : "HCOMM_ALGO";
     return d;
   }
-  if (!world_->tuner) {  // during create, before the topology exists: only explicit requests
+  if (!tuner) {  // during create, before the topology exists: only explicit requests
     if (!asked) throw Error("allreduce during init needs an explicit algorithm");
     Decision d;
     d.candidates = {Candidate{requested}};
     d.why = "requested";
     return d;
   }
-  Decision d = world_->tuner->allreduce(worldRanks_, bytes, forced, asked ? "requested" : "HCOMM_ALGO", fold);
-  if (mpi_) addNative(d, "allreduce", bytes, size_, *world_->tuner, fold, forced.empty() || forced == "auto");
+  Decision d = tuner->allreduce(worldRanks_, bytes, forced, asked ? "requested" : "HCOMM_ALGO", fold);
+  if (mpi_) addNative(d, "allreduce", bytes, size_, *tuner, fold, forced.empty() || forced == "auto");
+  withMeasured(d, "allreduce", bytes, *drift_);
   return d;
+}
+
+// explain(): each candidate's recent measured time beside its prediction.
+void withMeasured(Decision& d, const std::string& collective, size_t bytes, const DriftMonitor& drift) {
+  for (Candidate& c : d.candidates) c.measured = drift.measuredFor(collective, c.algo, bytes);
 }
 
 // MPI's own collective as a candidate, priced from the init probe (algo/native_mpi_probe.cc).
@@ -86,6 +94,7 @@ namespace {
 // an explicit request before the tuner exists (init), else the tuner's decision.
 Decision planWith(const std::string& collective, const std::vector<std::string>& names, const std::string& requested,
                   const std::shared_ptr<MpiComm>& mpi, const Tuner* tuner, int n, size_t bytes, Fold fold,
+                  const DriftMonitor& drift,
                   const std::function<Decision(const std::string& forced, const std::string& why)>& tune) {
   bool tunerReady = tuner != nullptr;
   bool asked = !requested.empty() && requested != "auto";
@@ -106,6 +115,7 @@ Decision planWith(const std::string& collective, const std::vector<std::string>&
   }
   Decision d = tune(forced, why);
   if (mpi) addNative(d, collective, bytes, n, *tuner, fold, forced.empty() || forced == "auto");
+  withMeasured(d, collective, bytes, drift);
   return d;
 }
 
@@ -114,59 +124,65 @@ Decision planWith(const std::string& collective, const std::vector<std::string>&
 
 Decision Communicator::planBroadcast(size_t bytes, int root, const std::string& requested) const {
   if (!world_) throw Error("communicator is closed");
+  std::shared_ptr<const Tuner> tuner = this->tuner();
   if (root < 0 || root >= size_)
     throw Error("broadcast root " + std::to_string(root) + " is out of range for size " + std::to_string(size_));
-  return planWith("broadcast", broadcastAlgorithms(), requested, mpi_, world_->tuner.get(), size_, bytes, Fold::PLAIN,
+  return planWith("broadcast", broadcastAlgorithms(), requested, mpi_, tuner.get(), size_, bytes, Fold::PLAIN, *drift_,
                   [&](const std::string& forced, const std::string& why) {
-                    return world_->tuner->broadcast(worldRanks_, bytes, root, forced, why);
+                    return tuner->broadcast(worldRanks_, bytes, root, forced, why);
                   });
 }
 
 Decision Communicator::planAllgather(size_t bytes, const std::string& requested) const {
   if (!world_) throw Error("communicator is closed");
-  return planWith("allgather", allgatherAlgorithms(), requested, mpi_, world_->tuner.get(), size_, bytes, Fold::PLAIN,
+  std::shared_ptr<const Tuner> tuner = this->tuner();
+  return planWith("allgather", allgatherAlgorithms(), requested, mpi_, tuner.get(), size_, bytes, Fold::PLAIN, *drift_,
                   [&](const std::string& forced, const std::string& why) {
-                    return world_->tuner->allgather(worldRanks_, bytes, forced, why);
+                    return tuner->allgather(worldRanks_, bytes, forced, why);
                   });
 }
 
 Decision Communicator::planReduceScatter(size_t bytes, const std::string& requested, Fold fold) const {
   if (!world_) throw Error("communicator is closed");
-  return planWith("reduce_scatter", reduceScatterAlgorithms(), requested, mpi_, world_->tuner.get(), size_, bytes, fold,
+  std::shared_ptr<const Tuner> tuner = this->tuner();
+  return planWith("reduce_scatter", reduceScatterAlgorithms(), requested, mpi_, tuner.get(), size_, bytes, fold, *drift_,
                   [&](const std::string& forced, const std::string& why) {
-                    return world_->tuner->reduceScatter(worldRanks_, bytes, forced, why, fold);
+                    return tuner->reduceScatter(worldRanks_, bytes, forced, why, fold);
                   });
 }
 
 Decision Communicator::planReduce(size_t bytes, int root, const std::string& requested, Fold fold) const {
   if (!world_) throw Error("communicator is closed");
+  std::shared_ptr<const Tuner> tuner = this->tuner();
   if (root < 0 || root >= size_)
     throw Error("reduce root " + std::to_string(root) + " is out of range for size " + std::to_string(size_));
-  return planWith("reduce", reduceAlgorithms(), requested, mpi_, world_->tuner.get(), size_, bytes, fold,
+  return planWith("reduce", reduceAlgorithms(), requested, mpi_, tuner.get(), size_, bytes, fold, *drift_,
                   [&](const std::string& forced, const std::string& why) {
-                    return world_->tuner->reduce(worldRanks_, bytes, root, forced, why, fold);
+                    return tuner->reduce(worldRanks_, bytes, root, forced, why, fold);
                   });
 }
 
 Decision Communicator::planGather(const std::string& collective, size_t bytes, int root,
                                   const std::string& requested) const {
   if (!world_) throw Error("communicator is closed");
+  std::shared_ptr<const Tuner> tuner = this->tuner();
   if (root < 0 || root >= size_)
     throw Error(collective + " root " + std::to_string(root) + " is out of range for size " + std::to_string(size_));
-  return planWith(collective, gatherAlgorithms(), requested, nullptr, world_->tuner.get(), size_, bytes,  // no native gather
-                  Fold::PLAIN,
+  return planWith(collective, gatherAlgorithms(), requested, nullptr, tuner.get(), size_, bytes,  // no native gather
+                  Fold::PLAIN, *drift_,
                   [&](const std::string& forced, const std::string& why) {
-                    return world_->tuner->gather(worldRanks_, collective, bytes, root, forced, why);
+                    return tuner->gather(worldRanks_, collective, bytes, root, forced, why);
                   });
 }
 
 Decision Communicator::planAlltoall(size_t bytes, bool even, const std::string& requested) const {
   if (!world_) throw Error("communicator is closed");
+  std::shared_ptr<const Tuner> tuner = this->tuner();
   bool asked = !requested.empty() && requested != "auto";
-  Decision d = planWith("alltoall", alltoallAlgorithms(), requested, nullptr, world_->tuner.get(), size_, bytes,
-                        Fold::PLAIN,
+  Decision d = planWith("alltoall", alltoallAlgorithms(), requested, nullptr, tuner.get(), size_, bytes,
+                        Fold::PLAIN, *drift_,
                         [&](const std::string& forced, const std::string& why) {
-                          return world_->tuner->alltoall(worldRanks_, bytes, even, forced, why);
+                          return tuner->alltoall(worldRanks_, bytes, even, forced, why);
                         });
   if (d.choice().algo == "bruck" && !even) {
     // Bruck moves equal blocks only: a request is refused, HCOMM_ALGO (job-wide) yields here.

@@ -142,6 +142,12 @@ Decision Tuner::reduce(const std::vector<int>& worldRanks, size_t bytes, int roo
                 [&](const CommShape& s) { return tuneReduce(s, bytes, root, forced, why, fold); });
 }
 
+std::shared_ptr<const Tuner> Tuner::withLink(LinkClass c, const LinkCost& cost) const {
+  auto t = std::make_shared<Topology>(*topology_);
+  t->links[static_cast<int>(c)] = cost;
+  return std::make_shared<Tuner>(t, native_);
+}
+
 Decision Tuner::cached(Key key, const std::function<Decision(const CommShape&)>& tune) const {
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -61,6 +61,7 @@ struct Candidate {
   std::string inner;       // hierarchical: the flat algorithm among group leaders
   size_t innerSegBytes = 0;
   bool applicable = true;  // hierarchical on one host is just the flat algorithm
+  double measured = -1;    // seconds this communicator's recent calls took (drift), or -1
 };
 
 struct Decision {
@@ -131,6 +132,8 @@ class Tuner {
   const Topology& topology() const { return *topology_; }
   // MPI's measured costs, or null when the job has no MPI (or HCOMM_NATIVE_PROBE=0).
   const NativeCosts* native() const { return native_.get(); }
+  // The same tuner over a copy of the topology with one link class re-fitted (drift).
+  std::shared_ptr<const Tuner> withLink(LinkClass c, const LinkCost& cost) const;
   Decision allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
                      const std::string& why, Fold fold = Fold::PLAIN) const;
   Decision broadcast(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
