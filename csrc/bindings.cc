@@ -258,6 +258,12 @@ PYBIND11_MODULE(_C, m) {
   // on its own: the index of the (predicted, measured) sample at which a key counts as
   // drifted, or -1 (process-free tests).
   m.def("_comm_drift_events", [](Communicator& c) { return c.drift().events(); });
+  // The topology this communicator's tuner plans with: the job's, or its re-fitted copy.
+  m.def("_comm_tuner_topology_json", [](Communicator& c) {
+    auto t = c.tuner();
+    if (!t) throw Error("communicator is closed");
+    return t->topology().toJson().dump();
+  });
   m.def("_drift_first_trigger", [](const std::vector<std::pair<double, double>>& samples) {
     DriftSettings s = DriftSettings::fromEnv();
     DriftKey key;

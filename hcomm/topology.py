@@ -220,22 +220,19 @@ def _calls(comm, collective, nbytes, algo, root, dtype):
     a, b = np.ones(count * n * item, np.uint8), np.ones(count * n * item, np.uint8)  # raw bytes
     pa, pb = a.ctypes.data, b.ctypes.data
     displs = [i * per for i in range(n)]
-    if collective == "allreduce":
-        return lambda: c.allreduce(pa, pa, count, dtype, "sum", 1.0, algo, False)
-    if collective == "broadcast":
-        return lambda: c.broadcast(pa, pa, count, dtype, root, algo, False)
-    if collective == "reduce":
-        return lambda: c.reduce(pa, pb, count, dtype, "sum", 1.0, root, algo, False)
-    if collective == "allgather":
-        return lambda: c.allgatherv(pa, pb, [per] * n, dtype, algo, False)
-    if collective == "reduce_scatter":
-        return lambda: c.reduce_scatterv(pa, pb, [per] * n, dtype, "sum", 1.0, algo, False)
-    if collective == "alltoall":
-        return lambda: c.alltoallv(pa, [per] * n, displs, pb, [per] * n, displs, dtype, algo, False)
     env = f"{collective}:{algo}" if algo else None  # gather/scatter take their algorithm from HCOMM_ALGO
-    if collective == "gather":
-        return lambda: _with_env("HCOMM_ALGO", env, lambda: c.gather(pa, pb, count, dtype, root, False))
-    return lambda: _with_env("HCOMM_ALGO", env, lambda: c.scatter(pa, pb, count, dtype, root, False))
+    calls = {
+        "allreduce": lambda: c.allreduce(pa, pa, count, dtype, "sum", 1.0, algo, False),
+        "broadcast": lambda: c.broadcast(pa, pa, count, dtype, root, algo, False),
+        "reduce": lambda: c.reduce(pa, pb, count, dtype, "sum", 1.0, root, algo, False),
+        "allgather": lambda: c.allgatherv(pa, pb, [per] * n, dtype, algo, False),
+        "reduce_scatter": lambda: c.reduce_scatterv(pa, pb, [per] * n, dtype, "sum", 1.0, algo, False),
+        "alltoall": lambda: c.alltoallv(pa, [per] * n, displs, pb, [per] * n, displs, dtype, algo, False),
+        "gather": lambda: _with_env("HCOMM_ALGO", env, lambda: c.gather(pa, pb, count, dtype, root, False)),
+        "scatter": lambda: _with_env("HCOMM_ALGO", env, lambda: c.scatter(pa, pb, count, dtype, root, False)),
+    }
+    call = calls[collective]
+    return lambda buffers=(a, b): call()  # the arrays live as long as the call does
 
 
 def _with_env(name, value, fn):
@@ -447,6 +444,15 @@ class NetnsCluster:
         self._run("ip", "link", "set", dev, "up")
         self._run("ip", "link", "set", "pr", "master", "br0", ns=hub)
         self._run("ip", "link", "set", "pr", "up", ns=hub)
+
+    def set_rate(self, rate, hosts=None):
+        """Change the tc rate of host links mid-run (tc qdisc change), both directions:
+        every host's, or those in `hosts`."""
+        hub = f"{self.prefix}hub"
+        for h in range(self.hosts) if hosts is None else hosts:
+            for ns, dev in ((self.namespace(h), self.interface(h)), (hub, f"p{h}")):
+                self._run("tc", "qdisc", "change", "dev", dev, "root", "tbf", "rate", rate, "burst", "128kb",
+                          "latency", "100ms", ns=ns)
 
     def popen(self, h, argv, env=None, **kwargs):
         """Start argv inside host h's namespace."""

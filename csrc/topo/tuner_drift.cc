@@ -65,11 +65,12 @@ int sizeClass(size_t bytes) {
 bool DriftMonitor::planned(const PlannedCall& call) {
   std::lock_guard<std::mutex> lock(mu_);
   DriftKeyId id{call.collective, call.algo, sizeClass(call.bytes)};
-  if (keys_.emplace(id, DriftKey()).second) order_.push_back(id);
+  keys_.emplace(id, DriftKey());
   lastOfKey_[id] = call;
+  lastPlanned_[id] = ++calls_;
   if (last_.size() >= 4096) last_.clear();  // many distinct sizes: keep the memory bounded
   last_[std::make_tuple(call.collective, call.algo, call.bytes)] = call;
-  return ++calls_ % s_.interval == 0;
+  return calls_ % s_.interval == 0;
 }
 
 void DriftMonitor::measured(const std::string& collective, const std::string& algo, size_t bytes, double seconds) {
@@ -81,9 +82,14 @@ void DriftMonitor::measured(const std::string& collective, const std::string& al
 
 std::vector<double> DriftMonitor::notes() const {
   std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<long, DriftKeyId>> recent;
+  for (const auto& k : lastPlanned_) recent.push_back({k.second, k.first});
+  std::sort(recent.rbegin(), recent.rend());  // call numbers are unique: a total order
+  slots_.clear();
+  for (size_t i = 0; i < recent.size() && i < static_cast<size_t>(kSlots); ++i) slots_.push_back(recent[i].second);
   std::vector<double> v(2 * kSlots, 0.0);
-  for (size_t i = 0; i < order_.size() && i < static_cast<size_t>(kSlots); ++i) {
-    const DriftKey& k = keys_.at(order_[i]);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const DriftKey& k = keys_.at(slots_[i]);
     v[i] = k.drifted(s_) ? k.medianRatio() : 0.0;
     v[kSlots + i] = k.samples() ? k.medianMeasured() : 0.0;
   }
@@ -93,9 +99,9 @@ std::vector<double> DriftMonitor::notes() const {
 int DriftMonitor::agreedKey(const std::vector<double>& agreed, PlannedCall* call) const {
   std::lock_guard<std::mutex> lock(mu_);
   int best = -1;
-  for (size_t i = 0; i < order_.size() && i < static_cast<size_t>(kSlots); ++i)
+  for (size_t i = 0; i < slots_.size(); ++i)
     if (agreed[i] > s_.threshold && (best < 0 || agreed[i] > agreed[best])) best = static_cast<int>(i);
-  if (best >= 0) *call = lastOfKey_.at(order_[best]);
+  if (best >= 0) *call = lastOfKey_.at(slots_[best]);
   return best;
 }
 

@@ -72,7 +72,8 @@ class DriftMonitor {
   // `interval` tracked calls: the same call on every rank).
   bool planned(const PlannedCall& call);
   void measured(const std::string& collective, const std::string& algo, size_t bytes, double seconds);
-  // The checkpoint's local notes: for the first kSlots keys in planning order,
+  // The checkpoint's local notes: for the kSlots keys planned most recently (the same
+  // keys in the same order on every rank: every rank plans the same calls),
   // [median ratio if drifted else 0 ..., median measured seconds ...].
   static constexpr int kSlots = 32;
   std::vector<double> notes() const;
@@ -88,7 +89,8 @@ class DriftMonitor {
  private:
   DriftSettings s_;
   mutable std::mutex mu_;
-  std::vector<DriftKeyId> order_;                    // first planned, first
+  std::map<DriftKeyId, long> lastPlanned_;           // the call number of each key's last plan
+  mutable std::vector<DriftKeyId> slots_;            // notes()'s keys, for agreedKey()
   std::map<DriftKeyId, DriftKey> keys_;
   std::map<std::tuple<std::string, std::string, size_t>, PlannedCall> last_;  // by exact bytes
   std::map<DriftKeyId, PlannedCall> lastOfKey_;
