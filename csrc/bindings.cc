@@ -13,6 +13,7 @@
 #include "topo/host.h"
 #include "topo/policy.h"
 #include "topo/probe.h"
+#include "topo/racks.h"
 #include "topo/topology.h"
 #include "topo/tuner.h"
 
@@ -318,6 +319,7 @@ PYBIND11_MODULE(_C, m) {
     if (!refit(shape, call, ratio * call.predicted, &cls, &cost)) return py::none();
     return py::make_tuple(linkClassName(cls), cost.alpha, cost.beta);
   });
+  m.def("_racks_from_times", [](int hosts, const std::vector<double>& times) { return racksFromTimes(hosts, times); });
   m.def("_topology_from_json", [](const std::string& text) { return Topology::fromJson(Json::parse(text)).toJson().dump(); });
   m.def("_probe_local", [] { return probeToJson(probeLocal()); });
   m.def("_probe_sys", [](const std::string& sysRoot, const std::vector<int>& cpus) {

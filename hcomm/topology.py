@@ -352,9 +352,14 @@ class NetnsCluster:
     Everything is torn down on exit, also after a failure half-way through setup.
     Needs root and iproute2: see NetnsCluster.unavailable()."""
 
-    def __init__(self, hosts, rate="1gbit", net=231, prefix=None, root_link=False):
+    def __init__(self, hosts, rate="1gbit", net=231, prefix=None, root_link=False, racks=None, rack_rate="100mbit"):
         if not isinstance(hosts, int) or hosts < 1:
             raise InvalidArgument(f"hosts must be a positive int, got {hosts!r}")
+        # racks: each host's rack (0, 1, ...): one bridge per rack ("top-of-rack switch"),
+        # the bridges chained by veth links shaped at rack_rate. None: one bridge.
+        if racks is not None and (len(racks) != hosts or sorted(set(racks)) != list(range(max(racks) + 1))):
+            raise InvalidArgument(f"racks must give each of the {hosts} hosts a rack 0, 1, ..., got {racks!r}")
+        self.racks, self.rack_rate = list(racks) if racks else [0] * hosts, rack_rate
         if not 0 <= int(net) <= 255:
             raise InvalidArgument(f"net must be in 0..255 (the second octet of 10.x.0.0/24), got {net!r}")
         self.hosts, self.rate, self.net = hosts, rate, int(net)
@@ -405,8 +410,16 @@ class NetnsCluster:
         try:
             hub = f"{self.prefix}hub"
             self._add_namespace(hub)
-            self._run("ip", "link", "add", "br0", "type", "bridge", ns=hub)
-            self._run("ip", "link", "set", "br0", "up", ns=hub)
+            for k in range(max(self.racks) + 1):
+                self._run("ip", "link", "add", f"br{k}", "type", "bridge", ns=hub)
+                self._run("ip", "link", "set", f"br{k}", "up", ns=hub)
+                if k:  # rack k-1's switch to rack k's, shaped both ways
+                    self._run("ip", "link", "add", f"up{k}", "type", "veth", "peer", "name", f"dn{k}", ns=hub)
+                    for dev, br in ((f"up{k}", f"br{k - 1}"), (f"dn{k}", f"br{k}")):
+                        self._run("ip", "link", "set", dev, "master", br, ns=hub)
+                        self._run("ip", "link", "set", dev, "up", ns=hub)
+                        self._run("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rack_rate, "burst",
+                                  "128kb", "latency", "100ms", ns=hub)
             for h in range(self.hosts):
                 self._add_host(h, hub)
             if self.root_link:
@@ -427,7 +440,7 @@ class NetnsCluster:
         self._run("ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns", hub)
         self._run("ip", "addr", "add", f"{self.address(h)}/24", "dev", dev, ns=ns)
         self._run("ip", "link", "set", dev, "up", ns=ns)
-        self._run("ip", "link", "set", port, "master", "br0", ns=hub)
+        self._run("ip", "link", "set", port, "master", f"br{self.racks[h]}", ns=hub)
         self._run("ip", "link", "set", port, "up", ns=hub)
         self._shape(ns, dev)     # host -> network
         self._shape(hub, port)   # network -> host

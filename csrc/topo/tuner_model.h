@@ -65,7 +65,7 @@ Candidate bestSegment(const std::string& name, const std::function<double(double
 void checkForced(const std::string& collective, const std::vector<std::string>& names, const std::string& forced);
 // The smallest applicable prediction, unless `forced` names a candidate.
 void choose(Decision& d, const std::string& forced, const std::string& why);
-// Whether the hierarchy has more than one level here (else hierarchical is the flat algorithm).
+// Whether some level of the hierarchy groups ranks here (else hierarchical is the flat algorithm).
 bool hierarchyApplies(const CommShape& s);
 
 }  // namespace tuning

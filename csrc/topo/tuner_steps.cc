@@ -134,9 +134,13 @@ void choose(Decision& d, const std::string& forced, const std::string& why) {
 // the flat algorithm. Applies across hosts sharing ranks, or on hosts split into GPU
 // domains of which some holds several ranks.
 bool hierarchyApplies(const CommShape& s) {
-  if (s.hosts() > 1 && s.hosts() < s.n) return true;
-  std::vector<int> gpu = s.domainLevel();
-  return !gpu.empty() && static_cast<int>(std::set<int>(gpu.begin(), gpu.end()).size()) < s.n;
+  // Some level (GPU domain, host, rack) splits the ranks into several groups, one of
+  // them holding two ranks or more: one rank per host in two racks counts too.
+  for (const std::vector<int>& level : s.levels()) {
+    size_t groups = std::set<int>(level.begin(), level.end()).size();
+    if (groups > 1 && static_cast<int>(groups) < s.n) return true;
+  }
+  return false;
 }
 
 }  // namespace tuning
