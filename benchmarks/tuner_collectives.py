@@ -83,18 +83,37 @@ def main(argv=None):
     p.add_argument("--alltoall-ranks", type=int, default=8)
     p.add_argument("--rs-ranks", type=int, default=4)
     p.add_argument("--baseline", help="a checkout with a built .venv (e.g. /work/main) for the drift overhead")
+    p.add_argument("--parts", default="alltoall,reduce_scatter,drift", help="which of the three to run")
     args = p.parse_args(argv)
+    parts = args.parts.split(",")
     print("load before:", uptime())
+    if "alltoall" in parts:
+        run_alltoall(args)
+    if "reduce_scatter" in parts:
+        run_reduce_scatter(args)
+    if "drift" in parts:
+        run_drift(args)
+    print("load after:", uptime())
+    return 0
+
+
+def run_alltoall(args):
     n = args.alltoall_ranks
     runs = interleaved(args.repeats, {
         a: (lambda a=a: bench(HERE, "alltoall", n, "8", "1M", args.iters, a)) for a in ("auto", "pairwise", "bruck")})
     side_by_side(f"alltoall, {n} ranks, one host: forced / auto (range over {args.repeats} runs)", runs, "auto")
+
+
+def run_reduce_scatter(args):
     n = args.rs_ranks
     env = {"HCOMM_TOPO_FILE": topo_file(n)}
     runs = interleaved(args.repeats, {
         a: (lambda a=a: bench(HERE, "reduce_scatter", n, "64K", "32M", args.iters, a, env))
         for a in ("auto", "ring", "hierarchical")})
     side_by_side(f"reduce_scatter, {n} ranks on 2 simulated hosts: forced / auto", runs, "auto")
+
+
+def run_drift(args):
     configs = {"drift on": lambda: bench(HERE, "allreduce", 2, "8", "64K", args.iters * 5),
                "HCOMM_DRIFT=0": lambda: bench(HERE, "allreduce", 2, "8", "64K", args.iters * 5, "auto",
                                               {"HCOMM_DRIFT": "0"})}
@@ -102,8 +121,6 @@ def main(argv=None):
         configs["baseline"] = lambda: bench(args.baseline, "allreduce", 2, "8", "64K", args.iters * 5)
     runs = interleaved(args.repeats, configs)
     side_by_side("allreduce, 2 ranks: drift bookkeeping's cost (ratio to drift on)", runs, "drift on")
-    print("load after:", uptime())
-    return 0
 
 
 if __name__ == "__main__":

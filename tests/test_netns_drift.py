@@ -114,7 +114,9 @@ def test_link_slowdown_is_noticed_refitted_and_repicked(tmp_path):
         assert price[chosen] <= best * 1.001, (key, chosen, d)
     # The calls run what explain() says, before and after: the per-size plans were made
     # again at the re-fit, not kept from the fast link.
-    assert first["ran_before"] == first["before"] and first["ran_after"] == first["after"]
+    assert first["ran_after"] == first["after"]
+    if first["fast_events"] == 0:  # a loaded machine may re-fit on the fast link already
+        assert first["ran_before"] == first["before"]
     # Which choices move is the model's business (on two hosts of two ranks most stay:
     # hierarchical wins at either speed); the checks above hold whichever do.
     moved = {k: (first["before"][k], v) for k, v in first["after"].items() if first["before"][k] != v}

@@ -44,19 +44,19 @@ std::shared_ptr<const Tuner> Communicator::tuner() const {
 
 bool Communicator::noteDrift(CollKind kind, size_t bytes, int rootSlot, const Candidate& c) {
   const char* name = trackedName(kind);
-  if (!name || inDrift_ || size_ < 2 || !drift_->settings().enabled || !world_ || !world_->tuner ||
-      onWorkerThread())
+  if (!name || !drift_->settings().enabled || inDrift_ || size_ < 2 || !world_ || !world_->tuner || onWorkerThread())
     return false;
-  PlannedCall call{name, c.algo, bytes, 0, Fold::PLAIN, c.seconds};
   // The pick cache's root slot (collectives.cc): the fold for allreduce and reduce_scatter,
   // 3 * root + fold for reduce, the root for broadcast.
-  if (kind == CollKind::ALLREDUCE || kind == CollKind::REDUCE_SCATTER) call.fold = static_cast<Fold>(-1 - rootSlot);
+  int root = 0;
+  Fold fold = Fold::PLAIN;
+  if (kind == CollKind::ALLREDUCE || kind == CollKind::REDUCE_SCATTER) fold = static_cast<Fold>(-1 - rootSlot);
   if (kind == CollKind::REDUCE) {
-    call.root = rootSlot / 3;
-    call.fold = static_cast<Fold>(rootSlot % 3);
+    root = rootSlot / 3;
+    fold = static_cast<Fold>(rootSlot % 3);
   }
-  if (kind == CollKind::BROADCAST) call.root = rootSlot;
-  if (!drift_->planned(call)) return false;
+  if (kind == CollKind::BROADCAST) root = rootSlot;
+  if (!drift_->planned(name, c.algo, bytes, root, fold, c.seconds)) return false;
 
   // The checkpoint: every rank's notes, element-wise MIN (a key counts only when every
   // rank saw it drift; the least-delayed rank's times).

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <string_view>
 
 #include "common/param.h"
 #include "common/types.h"
@@ -62,34 +63,52 @@ int sizeClass(size_t bytes) {
   return c;
 }
 
-bool DriftMonitor::planned(const PlannedCall& call) {
+namespace {
+
+uint64_t keyHash(const char* collective, const std::string& algo, uint64_t sizeOrClass, uint64_t tag) {
+  uint64_t h = std::hash<std::string_view>{}(collective);
+  h = h * 1000003 ^ std::hash<std::string_view>{}(algo);
+  return (h * 1000003 ^ sizeOrClass) * 31 + tag;
+}
+uint64_t classKey(const char* c, const std::string& a, size_t bytes) { return keyHash(c, a, sizeClass(bytes), 1); }
+uint64_t callKey(const char* c, const std::string& a, size_t bytes) { return keyHash(c, a, bytes, 2); }
+
+}  // namespace
+
+bool DriftMonitor::planned(const char* collective, const std::string& algo, size_t bytes, int root, Fold fold,
+                           double predicted) {
+  uint64_t id = classKey(collective, algo, bytes), exact = callKey(collective, algo, bytes);
   std::lock_guard<std::mutex> lock(mu_);
-  DriftKeyId id{call.collective, call.algo, sizeClass(call.bytes)};
-  keys_.emplace(id, DriftKey());
-  lastOfKey_[id] = call;
-  lastPlanned_[id] = ++calls_;
-  if (last_.size() >= 4096) last_.clear();  // many distinct sizes: keep the memory bounded
-  last_[std::make_tuple(call.collective, call.algo, call.bytes)] = call;
+  KeyState& k = keys_[id];
+  PlannedCall& c = k.last;
+  if (c.bytes != bytes || c.root != root || c.fold != fold || c.algo != algo || c.collective != collective)
+    c = PlannedCall{collective, algo, bytes, root, fold, predicted};
+  c.predicted = predicted;
+  k.lastPlanned = ++calls_;
+  if (predicted_.size() >= 4096) predicted_.clear();  // many distinct sizes: keep the memory bounded
+  predicted_[exact] = predicted;
   return calls_ % s_.interval == 0;
 }
 
 void DriftMonitor::measured(const std::string& collective, const std::string& algo, size_t bytes, double seconds) {
+  const char* name = collective.c_str();
+  uint64_t exact = callKey(name, algo, bytes);
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = last_.find(std::make_tuple(collective, algo, bytes));
-  if (it == last_.end()) return;
-  keys_[DriftKeyId{collective, algo, sizeClass(bytes)}].add(it->second.predicted, seconds, s_);
+  auto it = predicted_.find(exact);
+  if (it == predicted_.end()) return;
+  keys_[classKey(name, algo, bytes)].drift.add(it->second, seconds, s_);
 }
 
 std::vector<double> DriftMonitor::notes() const {
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<std::pair<long, DriftKeyId>> recent;
-  for (const auto& k : lastPlanned_) recent.push_back({k.second, k.first});
+  std::vector<std::pair<long, uint64_t>> recent;
+  for (const auto& k : keys_) recent.push_back({k.second.lastPlanned, k.first});
   std::sort(recent.rbegin(), recent.rend());  // call numbers are unique: a total order
   slots_.clear();
   for (size_t i = 0; i < recent.size() && i < static_cast<size_t>(kSlots); ++i) slots_.push_back(recent[i].second);
   std::vector<double> v(2 * kSlots, 0.0);
   for (size_t i = 0; i < slots_.size(); ++i) {
-    const DriftKey& k = keys_.at(slots_[i]);
+    const DriftKey& k = keys_.at(slots_[i]).drift;
     v[i] = k.drifted(s_) ? k.medianRatio() : 0.0;
     v[kSlots + i] = k.samples() ? k.medianMeasured() : 0.0;
   }
@@ -101,19 +120,19 @@ int DriftMonitor::agreedKey(const std::vector<double>& agreed, PlannedCall* call
   int best = -1;
   for (size_t i = 0; i < slots_.size(); ++i)
     if (agreed[i] > s_.threshold && (best < 0 || agreed[i] > agreed[best])) best = static_cast<int>(i);
-  if (best >= 0) *call = lastOfKey_.at(slots_[best]);
+  if (best >= 0) *call = keys_.at(slots_[best]).last;
   return best;
 }
 
 void DriftMonitor::reset() {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& k : keys_) k.second = DriftKey();
+  for (auto& k : keys_) k.second.drift = DriftKey();
 }
 
 double DriftMonitor::measuredFor(const std::string& collective, const std::string& algo, size_t bytes) const {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = keys_.find(DriftKeyId{collective, algo, sizeClass(bytes)});
-  return it == keys_.end() || !it->second.samples() ? -1 : it->second.medianMeasured();
+  auto it = keys_.find(classKey(collective.c_str(), algo, bytes));
+  return it == keys_.end() || !it->second.drift.samples() ? -1 : it->second.drift.medianMeasured();
 }
 
 std::vector<std::string> DriftMonitor::events() const {

@@ -13,6 +13,7 @@
 // streak + interval tracked calls after it began.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -58,8 +59,6 @@ class DriftKey {
   int slowRun_ = 0;
 };
 
-using DriftKeyId = std::tuple<std::string, std::string, int>;  // collective, algorithm, size class
-
 int sizeClass(size_t bytes);  // floor(log2 bytes), 0 for 0 and 1
 
 // A communicator's measurements. Thread-safe: calls are planned on the caller's thread
@@ -70,7 +69,8 @@ class DriftMonitor {
   const DriftSettings& settings() const { return s_; }
   // A tracked call about to be submitted; true when this call is a checkpoint (every
   // `interval` tracked calls: the same call on every rank).
-  bool planned(const PlannedCall& call);
+  // Runs on every call: it copies no string unless the key's last call changed.
+  bool planned(const char* collective, const std::string& algo, size_t bytes, int root, Fold fold, double predicted);
   void measured(const std::string& collective, const std::string& algo, size_t bytes, double seconds);
   // The checkpoint's local notes: for the kSlots keys planned most recently (the same
   // keys in the same order on every rank: every rank plans the same calls),
@@ -89,11 +89,16 @@ class DriftMonitor {
  private:
   DriftSettings s_;
   mutable std::mutex mu_;
-  std::map<DriftKeyId, long> lastPlanned_;           // the call number of each key's last plan
-  mutable std::vector<DriftKeyId> slots_;            // notes()'s keys, for agreedKey()
-  std::map<DriftKeyId, DriftKey> keys_;
-  std::map<std::tuple<std::string, std::string, size_t>, PlannedCall> last_;  // by exact bytes
-  std::map<DriftKeyId, PlannedCall> lastOfKey_;
+  // Keys are hashes: of (collective, algorithm, size class) for a key, of (collective,
+  // algorithm, bytes) for one call's prediction (equal on every rank: one binary).
+  struct KeyState {
+    DriftKey drift;
+    PlannedCall last;      // the key's last planned call (what a re-fit prices)
+    long lastPlanned = 0;  // its call number
+  };
+  std::map<uint64_t, KeyState> keys_;
+  std::map<uint64_t, double> predicted_;  // by exact call
+  mutable std::vector<uint64_t> slots_;   // notes()'s keys, for agreedKey()
   long calls_ = 0;
   std::vector<std::string> events_;
 };
