@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "comm/communicator.h"
+#include "comm/placement.h"
 
 namespace hcomm {
 
@@ -63,6 +64,7 @@ bool Communicator::noteDrift(CollKind kind, size_t bytes, int rootSlot, const Ca
   std::vector<double> notes = drift_->notes();
   inDrift_ = true;
   try {
+    PlacementScope host(Placement{});  // the notes are host memory, whatever the user's call's buffers
     allreduce(notes.data(), notes.data(), notes.size(), DataType::F64, ReduceOp::MIN, 1.0, "ring", false);
   } catch (...) {
     inDrift_ = false;
