@@ -11,7 +11,8 @@
 //
 // Cost, h groups of g ranks, S bytes in all (n = h*g), inside a group alpha_in/beta_in,
 // across alpha_x/beta_x:
-//   (g-1)*(alpha_in + S/g * beta_in) + (g-1)/g * S * gamma            ring inside
+//   S * beta_copy                                                      repack by handler
+//   + (g-1)*(alpha_in + S/g * beta_in) + (g-1)/g * S * gamma          ring inside
 //   + alpha_x + (h-1)/h * S * beta_x  (each host's NIC: g ranks x (h-1) blocks of S/n)
 //   + (h-1)/n * S * gamma                                              owner adds
 // so a host's NIC carries (h-1)/h * S instead of the flat ring's (n-1)/n * S: 2 hosts

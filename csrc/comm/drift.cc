@@ -44,8 +44,11 @@ std::shared_ptr<const Tuner> Communicator::tuner() const {
 }
 
 bool Communicator::noteDrift(CollKind kind, size_t bytes, int rootSlot, const Candidate& c) {
+  // Device buffers are not tracked: NCCL may run them instead of the planned algorithm,
+  // and the host model does not price device copies.
   const char* name = trackedName(kind);
-  if (!name || !drift_->settings().enabled || inDrift_ || size_ < 2 || !world_ || !world_->tuner || onWorkerThread())
+  if (!name || !drift_->settings().enabled || inDrift_ || size_ < 2 || !world_ || !world_->tuner ||
+      onWorkerThread() || currentPlacement().onDevice())
     return false;
   // The pick cache's root slot (collectives.cc): the fold for allreduce and reduce_scatter,
   // 3 * root + fold for reduce, the root for broadcast.

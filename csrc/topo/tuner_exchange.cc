@@ -36,7 +36,9 @@ double hierarchicalReduceScatterSeconds(const CommShape& s, double bytes) {
   const std::vector<int>* largest = &groups[0];
   for (const auto& g : groups)
     if (g.size() > largest->size()) largest = &g;
-  double g = static_cast<double>(largest->size()), gamma = gammaSecondsPerByte(), t = 0;
+  // The input is first repacked by handling member: one local pass over S.
+  double g = static_cast<double>(largest->size()), gamma = gammaSecondsPerByte();
+  double t = bytes * s.links[static_cast<int>(LinkClass::SHM)].beta;
   if (g > 1) {  // ring inside the largest group over the whole buffer
     std::vector<std::pair<int, int>> ring;
     for (int i = 0; i < static_cast<int>(g); ++i) ring.push_back({i, (i + 1) % static_cast<int>(g)});
