@@ -11,7 +11,9 @@
 #include "comm/placement.h"
 #include "reduce/reduce.h"
 #include "topo/host.h"
+#include "topo/policy.h"
 #include "topo/probe.h"
+#include "topo/racks.h"
 #include "topo/topology.h"
 #include "topo/tuner.h"
 
@@ -189,14 +191,15 @@ PYBIND11_MODULE(_C, m) {
         return asyncOnly(c.allgatherv(cptr(in), mptr(out), std::move(counts), parseDataType(dt), async, algo), async);
       }, Release())
       .def("reduce_scatterv", [](Communicator& c, uintptr_t in, uintptr_t out, std::vector<size_t> counts,
-                                 const std::string& dt, const std::string& op, double premul, bool async) {
+                                 const std::string& dt, const std::string& op, double premul, const std::string& algo,
+                                 bool async) {
         return asyncOnly(c.reduceScatterv(cptr(in), mptr(out), std::move(counts), parseDataType(dt), parseReduceOp(op),
-                                premul, async), async);
+                                premul, async, algo), async);
       }, Release())
       .def("alltoallv", [](Communicator& c, uintptr_t in, std::vector<size_t> sc, std::vector<size_t> sd,
                            uintptr_t out, std::vector<size_t> rc, std::vector<size_t> rd, const std::string& dt,
-                           bool async) {
-        return asyncOnly(c.alltoallv(cptr(in), sc, sd, mptr(out), rc, rd, parseDataType(dt), async), async);
+                           const std::string& algo, bool async) {
+        return asyncOnly(c.alltoallv(cptr(in), sc, sd, mptr(out), rc, rd, parseDataType(dt), async, algo), async);
       }, Release())
       .def("gather", [](Communicator& c, uintptr_t in, uintptr_t out, size_t n, const std::string& dt, int root,
                         bool async) { return asyncOnly(c.gather(cptr(in), mptr(out), n, parseDataType(dt), root, async), async); },
@@ -223,6 +226,7 @@ PYBIND11_MODULE(_C, m) {
       x["inner"] = c.inner;
       x["inner_seg_bytes"] = c.innerSegBytes;
       x["applicable"] = c.applicable;
+      x["measured"] = c.measured;
       cands.append(x);
     }
     py::dict out;
@@ -234,20 +238,47 @@ PYBIND11_MODULE(_C, m) {
   m.def("_comm_explain_allreduce", [decisionDict](Communicator& c, size_t nbytes, const std::string& algo) {
     return decisionDict(c.planAllreduce(nbytes, algo));
   });
-  m.def("_comm_explain", [decisionDict](Communicator& c, const std::string& collective, size_t nbytes,
-                                        const std::string& algo, int root) {
+  // How a SUM of `dtype` folds (the collectives' rule, comm/collectives.cc): explain per dtype.
+  auto foldFor = [](const std::string& dtype, bool reduction) {
+    DataType dt = parseDataType(dtype);
+    if (!reduction || !orderedReduction(dt, ReduceOp::SUM)) return Fold::PLAIN;
+    return dt == DataType::F16 || dt == DataType::BF16 ? Fold::ORDERED_WIDE : Fold::ORDERED;
+  };
+  m.def("_comm_explain", [decisionDict, foldFor](Communicator& c, const std::string& collective, size_t nbytes,
+                                                 const std::string& algo, int root, const std::string& dtype) {
     // A communicator with NCCL is explained as its device calls decide (comm/device_nccl.cc).
     Placement where;
     if (c.deviceEngine() == "nccl") where.device = c.boundDevice();
     PlacementScope scope(where);
+    Fold fold = foldFor(dtype, collective == "allreduce" || collective == "reduce" || collective == "reduce_scatter");
     if (collective == "gather" || collective == "scatter") return decisionDict(c.planGather(collective, nbytes, root, algo));
+    if (collective == "alltoall") return decisionDict(c.planAlltoall(nbytes, true, algo));
     auto [kind, d] = collective == "broadcast"        ? std::make_pair(CollKind::BROADCAST, c.planBroadcast(nbytes, root, algo))
                      : collective == "allgather"      ? std::make_pair(CollKind::ALLGATHER, c.planAllgather(nbytes, algo))
-                     : collective == "reduce_scatter" ? std::make_pair(CollKind::REDUCE_SCATTER, c.planReduceScatter(nbytes, algo))
-                     : collective == "reduce"         ? std::make_pair(CollKind::REDUCE, c.planReduce(nbytes, root, algo))
-                                                      : std::make_pair(CollKind::ALLREDUCE, c.planAllreduce(nbytes, algo));
+                     : collective == "reduce_scatter" ? std::make_pair(CollKind::REDUCE_SCATTER, c.planReduceScatter(nbytes, algo, fold))
+                     : collective == "reduce"         ? std::make_pair(CollKind::REDUCE, c.planReduce(nbytes, root, algo, fold))
+                                                      : std::make_pair(CollKind::ALLREDUCE, c.planAllreduce(nbytes, algo, fold));
     c.priceDeviceNative(d, kind, nbytes);  // NCCL's own, as a device call would price it (once measured)
     return decisionDict(d);
+  });
+  // Drift (topo/tuner_drift.h): the re-fits this communicator made, and the trigger rule
+  // on its own: the index of the (predicted, measured) sample at which a key counts as
+  // drifted, or -1 (process-free tests).
+  m.def("_comm_drift_events", [](Communicator& c) { return c.drift().events(); });
+  // The topology this communicator's tuner plans with: the job's, or its re-fitted copy.
+  m.def("_comm_tuner_topology_json", [](Communicator& c) {
+    auto t = c.tuner();
+    if (!t) throw Error("communicator is closed");
+    return t->topology().toJson().dump();
+  });
+  m.def("_drift_first_trigger", [](const std::vector<std::pair<double, double>>& samples) {
+    DriftSettings s = DriftSettings::fromEnv();
+    DriftKey key;
+    for (size_t i = 0; i < samples.size(); ++i) {
+      key.add(samples[i].first, samples[i].second, s);
+      if (key.drifted(s)) return static_cast<int>(i);
+    }
+    return -1;
   });
   m.def("_comm_topology_json", [](Communicator& c) {
     auto t = c.topology();
@@ -268,18 +299,33 @@ PYBIND11_MODULE(_C, m) {
                                                          const std::string& algo, std::vector<int> ranks) {
     return decisionDict(tuneAllreduce(shapeOf(topologyJson, std::move(ranks)), nbytes, algo, "requested"));
   });
-  m.def("_explain_on", [decisionDict, shapeOf](const std::string& topologyJson, const std::string& collective,
-                                               size_t nbytes, const std::string& algo, std::vector<int> ranks,
-                                               int root) {
+  m.def("_explain_on", [decisionDict, shapeOf, foldFor](const std::string& topologyJson, const std::string& collective,
+                                                        size_t nbytes, const std::string& algo, std::vector<int> ranks,
+                                                        int root, const std::string& dtype) {
     CommShape shape = shapeOf(topologyJson, std::move(ranks));
+    Fold fold = foldFor(dtype, collective == "allreduce" || collective == "reduce" || collective == "reduce_scatter");
     if (collective == "broadcast") return decisionDict(tuneBroadcast(shape, nbytes, root, algo, "requested"));
     if (collective == "allgather") return decisionDict(tuneAllgather(shape, nbytes, algo, "requested"));
-    if (collective == "reduce_scatter") return decisionDict(tuneReduceScatter(shape, nbytes, algo, "requested"));
-    if (collective == "reduce") return decisionDict(tuneReduce(shape, nbytes, root, algo, "requested"));
+    if (collective == "reduce_scatter") return decisionDict(tuneReduceScatter(shape, nbytes, algo, "requested", fold));
+    if (collective == "reduce") return decisionDict(tuneReduce(shape, nbytes, root, algo, "requested", fold));
     if (collective == "gather" || collective == "scatter")
       return decisionDict(tuneGather(shape, collective, nbytes, root, algo, "requested"));
-    return decisionDict(tuneAllreduce(shape, nbytes, algo, "requested"));
+    if (collective == "alltoall") return decisionDict(tuneAlltoall(shape, nbytes, true, algo, "requested"));
+    return decisionDict(tuneAllreduce(shape, nbytes, algo, "requested", fold));
   });
+  // refit() on a described topology: the link class re-fitted and its new (alpha, beta)
+  // so that `algo`'s price for the call is `ratio` times today's; None when none can.
+  m.def("_drift_refit_on", [shapeOf](const std::string& topologyJson, const std::string& collective, size_t nbytes,
+                                     const std::string& algo, double ratio) -> py::object {
+    CommShape shape = shapeOf(topologyJson, {});
+    PlannedCall call{collective, algo, nbytes, 0, Fold::PLAIN, 0};
+    call.predicted = tuneByName(shape, collective, nbytes, 0, Fold::PLAIN, algo).choice().seconds;
+    LinkClass cls;
+    LinkCost cost;
+    if (!refit(shape, call, ratio * call.predicted, &cls, &cost)) return py::none();
+    return py::make_tuple(linkClassName(cls), cost.alpha, cost.beta);
+  });
+  m.def("_racks_from_times", [](int hosts, const std::vector<double>& times) { return racksFromTimes(hosts, times); });
   m.def("_topology_from_json", [](const std::string& text) { return Topology::fromJson(Json::parse(text)).toJson().dump(); });
   m.def("_probe_local", [] { return probeToJson(probeLocal()); });
   m.def("_probe_sys", [](const std::string& sysRoot, const std::vector<int>& cpus) {

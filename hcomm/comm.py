@@ -19,6 +19,8 @@ _ALLREDUCE_ALGOS = _ALGOS["allreduce"]
 _BROADCAST_ALGOS = _ALGOS["broadcast"]  # "tree" is the binomial tree
 _ALLGATHER_ALGOS = _ALGOS["allgather"]
 _REDUCE_ALGOS = _ALGOS["reduce"]
+_REDUCE_SCATTER_ALGOS = _ALGOS["reduce_scatter"]
+_ALLTOALL_ALGOS = _ALGOS["alltoall"]
 
 
 def _check_algo(collective, algo, known):
@@ -323,9 +325,11 @@ class Communicator:
         w = self._core(stream, src, dst).allgatherv(src.ptr, dst.ptr, counts, src.dtype, algo or "", async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def reduce_scatter(self, x, out, op="sum", async_op=False, factor=None, stream=None):
-        """Reduce x (size * out.size elements) over ranks; this rank keeps its block in out."""
+    def reduce_scatter(self, x, out, op="sum", async_op=False, factor=None, stream=None, algo=None):
+        """Reduce x (size * out.size elements) over ranks; this rank keeps its block in out.
+        algo: None (the tuner), "ring", "direct", "hierarchical" or "native"."""
         op = _op_name(op)
+        _check_algo("reduce_scatter", algo, _REDUCE_SCATTER_ALGOS)
         src = as_buffer(x, "input")
         dst = as_buffer(out, "output", writable=True)
         _same_dtype(src, dst, "reduce_scatter")
@@ -334,12 +338,13 @@ class Communicator:
                                   f"size({self.size}) * output({dst.count}) = {dst.count * self.size}")
         _check_op_dtype(op, src.dtype, factor)
         w = self._core(stream, src, dst).reduce_scatterv(src.ptr, dst.ptr, [dst.count] * self.size, src.dtype, op,
-                                    float(factor or 1.0), async_op)
+                                    float(factor or 1.0), algo or "", async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def reduce_scatterv(self, x, out, counts, op="sum", async_op=False, factor=None, stream=None):
+    def reduce_scatterv(self, x, out, counts, op="sum", async_op=False, factor=None, stream=None, algo=None):
         """reduce_scatter with per-rank element counts."""
         op = _op_name(op)
+        _check_algo("reduce_scatterv", algo, _REDUCE_SCATTER_ALGOS)
         counts = self._counts(counts, "counts")
         src = as_buffer(x, "input")
         dst = as_buffer(out, "output", writable=True)
@@ -350,11 +355,14 @@ class Communicator:
             raise InvalidArgument(f"reduce_scatterv: output has {dst.count} elements but counts[{self.rank}] "
                                   f"= {counts[self.rank]}")
         _check_op_dtype(op, src.dtype, factor)
-        w = self._core(stream, src, dst).reduce_scatterv(src.ptr, dst.ptr, counts, src.dtype, op, float(factor or 1.0), async_op)
+        w = self._core(stream, src, dst).reduce_scatterv(src.ptr, dst.ptr, counts, src.dtype, op, float(factor or 1.0),
+                                                         algo or "", async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
-    def alltoall(self, x, out, async_op=False, stream=None):
-        """Block j of x goes to rank j; block i of out comes from rank i."""
+    def alltoall(self, x, out, async_op=False, stream=None, algo=None):
+        """Block j of x goes to rank j; block i of out comes from rank i.
+        algo: None (the tuner), "pairwise" or "bruck" (fewer steps, for small blocks)."""
+        _check_algo("alltoall", algo, _ALLTOALL_ALGOS)
         src = as_buffer(x, "input")
         dst = as_buffer(out, "output", writable=True)
         _same_dtype(src, dst, "alltoall")
@@ -363,10 +371,13 @@ class Communicator:
                                   f"number of elements, divisible by size({self.size})")
         n = src.count // self.size
         displs = [i * n for i in range(self.size)]
-        return self._alltoallv(src, dst, [n] * self.size, displs, [n] * self.size, displs, async_op, stream)
+        return self._alltoallv(src, dst, [n] * self.size, displs, [n] * self.size, displs, async_op, stream, algo)
 
-    def alltoallv(self, x, out, send_counts, recv_counts, send_displs=None, recv_displs=None, async_op=False, stream=None):
-        """alltoall with per-rank counts (elements) and optional displacements."""
+    def alltoallv(self, x, out, send_counts, recv_counts, send_displs=None, recv_displs=None, async_op=False, stream=None,
+                  algo=None):
+        """alltoall with per-rank counts (elements) and optional displacements; algo "bruck"
+        needs equal counts in rank order."""
+        _check_algo("alltoallv", algo, _ALLTOALL_ALGOS)
         send_counts = self._counts(send_counts, "send_counts")
         recv_counts = self._counts(recv_counts, "recv_counts")
         send_displs = self._displs(send_displs, send_counts, "send_displs")
@@ -379,16 +390,16 @@ class Communicator:
             if end > buf.count:
                 raise InvalidArgument(f"alltoallv: {what} has {buf.count} elements but counts/displacements "
                                       f"reach element {end}")
-        return self._alltoallv(src, dst, send_counts, send_displs, recv_counts, recv_displs, async_op, stream)
+        return self._alltoallv(src, dst, send_counts, send_displs, recv_counts, recv_displs, async_op, stream, algo)
 
-    def _alltoallv(self, src, dst, sc, sd, rc, rd, async_op, stream=None):
+    def _alltoallv(self, src, dst, sc, sd, rc, rd, async_op, stream=None, algo=None):
         if src.ptr == dst.ptr and src.count and not _device.any_device((src,)):  # device: the core copies
             import numpy as np
 
             copy = np.frombuffer(bytearray(memoryview(_bytes_view(src))), dtype=np.uint8)
             src = as_buffer(copy, "input")
             src = type(src)(src.ptr, src.count // ITEMSIZE[dst.dtype], dst.dtype, copy)
-        w = self._core(stream, src, dst).alltoallv(src.ptr, sc, sd, dst.ptr, rc, rd, dst.dtype, async_op)
+        w = self._core(stream, src, dst).alltoallv(src.ptr, sc, sd, dst.ptr, rc, rd, dst.dtype, algo or "", async_op)
         return self._finish(w, dst.obj, (src, dst), async_op)
 
     def gather(self, x, out=None, root=0, async_op=False, stream=None):

@@ -26,7 +26,8 @@ from ._errors import InvalidArgument
 # "native" is left out (planning adds it where MPI is present) and so are aliases.
 _TUNED_NAMES = {c: tuple(a for a in names if a != "native" and not (a == "tree" and c in ("broadcast", "reduce")))
                 for c, names in _C.algorithms().items()
-                if c in ("allreduce", "broadcast", "allgather", "reduce_scatter", "reduce")}
+                if c in ("allreduce", "broadcast", "allgather", "reduce_scatter", "reduce", "gather", "scatter",
+                         "alltoall")}
 ALLREDUCE_ALGOS = _TUNED_NAMES["allreduce"]
 BROADCAST_ALGOS = _TUNED_NAMES["broadcast"]  # "tree" is accepted for binomial
 ALLGATHER_ALGOS = _TUNED_NAMES["allgather"]
@@ -74,7 +75,7 @@ class Candidate:
     inner: str = ""           # hierarchical: the flat algorithm among group leaders
     inner_seg_bytes: int = 0
     applicable: bool = True   # hierarchical on one level is the flat algorithm
-    measured: float = None    # seconds, when measured (explain(..., measure=True))
+    measured: float = None    # seconds: this communicator's recent calls (drift), or explain(measure=True)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Explanation:
     chosen: str
     why: str                  # "model", "HCOMM_ALGO" or "requested"
     domains: int = 0          # GPU domains of the ranks (nvlink link class inside one)
+    dtype: str = "float32"    # reductions of 16-bit dtypes fold in float32 (priced so)
 
     def candidate(self, algo):
         for c in self.candidates:
@@ -96,7 +98,8 @@ class Explanation:
 
     def __str__(self):
         gpu = f", {self.domains} GPU domain(s)" if self.domains else ""
-        lines = [f"{self.collective} {human_bytes(self.nbytes)} on {self.world} ranks, {self.hosts} host(s){gpu}: "
+        lines = [f"{self.collective} {human_bytes(self.nbytes)} {self.dtype} on {self.world} ranks, "
+                 f"{self.hosts} host(s){gpu}: "
                  f"{self.chosen} ({self.why})"]
         measured = any(c.measured is not None for c in self.candidates)
         width = max(len(c.algo) + (len(c.inner) + 2 if c.inner else 0) for c in self.candidates) + 2
@@ -110,19 +113,22 @@ class Explanation:
                 row += f"{_human_time(c.measured):>12}"
             if c.algo == self.chosen:
                 row += "   <- chosen"
+            elif c.algo == "native" and not c.applicable:
+                row += "   (MPI's own: not measured or not allowed here; used when forced)"
             elif c.algo == "native":
-                row += ("   (NCCL's own, priced as measured at set-up)" if c.applicable
-                        else "   (MPI's own: not modelled, used when forced)")
+                row += ("   (NCCL's own, priced as measured at set-up)" if c.inner == "nccl"
+                        else "   (MPI's own, timed at init)")
             elif not c.applicable:
                 row += "   (one level: same as flat)"
             lines.append(row)
         return "\n".join(lines)
 
 
-def _explanation(collective, nbytes, d, world, hosts, domains=0):
+def _explanation(collective, nbytes, d, world, hosts, domains=0, dtype="float32"):
     cands = tuple(Candidate(c["algo"], c["seconds"], c["seg_bytes"], c["inner"], c["inner_seg_bytes"],
-                            c["applicable"]) for c in d["candidates"])
-    return Explanation(collective, nbytes, world, hosts, cands, d["chosen"], d["why"], domains)
+                            c["applicable"], c["measured"] if c.get("measured", -1) >= 0 else None)
+                  for c in d["candidates"])
+    return Explanation(collective, nbytes, world, hosts, cands, d["chosen"], d["why"], domains, dtype)
 
 
 def gpu_domains(topo):
@@ -165,38 +171,73 @@ def topology(comm):
     return json.loads(_C._comm_topology_json(comm._c))
 
 
-def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None, measure=False, iters=3, root=0):
-    """The tuner's table for `collective` (allreduce, broadcast, allgather) of `nbytes`
-    (allgather: the gathered total): every candidate with its predicted time, the choice
-    marked. From a communicator (comm=) or a described topology (topology= dict / JSON /
-    path, optionally a subset of its ranks). root: the broadcast's root. measure=True
-    (with comm, every rank calls) times each candidate too."""
+def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None, measure=False, iters=3, root=0,
+            dtype="float32"):
+    """The tuner's table for `collective` (see TUNED) of `nbytes` (allgather: the gathered
+    total; reduce_scatter: the whole input; gather/scatter: one rank's block; alltoall:
+    what one rank sends): every candidate with its predicted time, the choice marked.
+    From a communicator (comm=) or a described topology (topology= dict / JSON / path,
+    optionally a subset of its ranks). root: the rooted collectives' root. dtype: a
+    reduction of float16/bfloat16 (or any float under HCOMM_DETERMINISTIC=1) is priced
+    as the rank-order fold it runs. measure=True (with comm, every rank calls) times
+    each candidate too, in that dtype."""
     _check_collective(collective)
     nbytes = parse_size(nbytes)
+    if dtype not in _DTYPE_ITEMSIZE:
+        raise InvalidArgument(f"explain: unknown dtype {dtype!r} ({', '.join(_DTYPE_ITEMSIZE)})")
     if (comm is None) == (topology is None):
         raise InvalidArgument("explain needs exactly one of comm= or topology=")
     names = ALGOS[collective] + (("tree",) if collective in ("broadcast", "reduce") else ())
     if algo is not None and algo not in ("auto", "native") + names:
         raise InvalidArgument(f"unknown {collective} algorithm {algo!r} ({', '.join(ALGOS[collective])}, auto)")
     if comm is not None:
-        d = _C._comm_explain(comm._c, collective, nbytes, algo or "", int(root))
+        d = _C._comm_explain(comm._c, collective, nbytes, algo or "", int(root), dtype)
         topo = globals()["topology"](comm)
         members = [topo["ranks"][w] for w in comm._c.world_ranks()]
         hosts = len({m["host_id"] or m["host"] for m in members})
-        out = _explanation(collective, nbytes, d, comm.size, hosts, _domain_count(topo, comm._c.world_ranks()))
+        out = _explanation(collective, nbytes, d, comm.size, hosts, _domain_count(topo, comm._c.world_ranks()), dtype)
         return _measured(comm, out, iters, root) if measure else out
     if measure:
         raise InvalidArgument("explain(measure=True) needs comm=")
     topo = load(topology)
     ranks = list(range(len(topo["ranks"]))) if ranks is None else [int(r) for r in ranks]
-    d = _C._explain_on(json.dumps(topo), collective, nbytes, algo or "", ranks, int(root))
+    d = _C._explain_on(json.dumps(topo), collective, nbytes, algo or "", ranks, int(root), dtype)
     hosts = len({topo["ranks"][r]["host_id"] or topo["ranks"][r]["host"] for r in ranks})
-    return _explanation(collective, nbytes, d, len(ranks), hosts, _domain_count(topo, ranks))
+    return _explanation(collective, nbytes, d, len(ranks), hosts, _domain_count(topo, ranks), dtype)
+
+
+_DTYPE_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int32": 4,
+                   "int64": 8}
+
+
+def _calls(comm, collective, nbytes, algo, root, dtype):
+    """One blocking call of `collective` moving nbytes of `dtype` (as explain() counts
+    them) through the core with `algo` forced: the timed body of time_collective."""
+    import numpy as np
+
+    item, n, c = _DTYPE_ITEMSIZE[dtype], comm.size, comm._c
+    count = max(1, nbytes // item)             # allreduce, broadcast, reduce; gather/scatter's block
+    per = max(1, count // n)                   # one block of the collectives that cut the buffer in n
+    a, b = np.ones(count * n * item, np.uint8), np.ones(count * n * item, np.uint8)  # raw bytes
+    pa, pb = a.ctypes.data, b.ctypes.data
+    displs = [i * per for i in range(n)]
+    env = f"{collective}:{algo}" if algo else None  # gather/scatter take their algorithm from HCOMM_ALGO
+    calls = {
+        "allreduce": lambda: c.allreduce(pa, pa, count, dtype, "sum", 1.0, algo, False),
+        "broadcast": lambda: c.broadcast(pa, pa, count, dtype, root, algo, False),
+        "reduce": lambda: c.reduce(pa, pb, count, dtype, "sum", 1.0, root, algo, False),
+        "allgather": lambda: c.allgatherv(pa, pb, [per] * n, dtype, algo, False),
+        "reduce_scatter": lambda: c.reduce_scatterv(pa, pb, [per] * n, dtype, "sum", 1.0, algo, False),
+        "alltoall": lambda: c.alltoallv(pa, [per] * n, displs, pb, [per] * n, displs, dtype, algo, False),
+        "gather": lambda: _with_env("HCOMM_ALGO", env, lambda: c.gather(pa, pb, count, dtype, root, False)),
+        "scatter": lambda: _with_env("HCOMM_ALGO", env, lambda: c.scatter(pa, pb, count, dtype, root, False)),
+    }
+    call = calls[collective]
+    return lambda buffers=(a, b): call()  # the arrays live as long as the call does
 
 
 def _with_env(name, value, fn):
-    """fn() with os.environ[name] = value (unchanged when value is None): reduce_scatter
-    takes its algorithm from HCOMM_ALGO only."""
+    """fn() with os.environ[name] = value (unchanged when value is None)."""
     if value is None:
         return fn()
     old = os.environ.get(name)
@@ -210,35 +251,12 @@ def _with_env(name, value, fn):
             os.environ[name] = old
 
 
-def time_collective(comm, collective, nbytes, algo, iters=3, root=0):
-    """Median seconds of `collective` of nbytes (float32; allgather: the gathered total)
-    with `algo` forced, the slowest rank's view (every rank calls)."""
+def time_collective(comm, collective, nbytes, algo, iters=3, root=0, dtype="float32"):
+    """Median seconds of `collective` of nbytes (as explain() counts them) with `algo`
+    forced, the slowest rank's view (every rank calls)."""
     import numpy as np
 
-    if collective == "allgather":
-        x = np.ones(max(1, nbytes // 4 // comm.size), np.float32)
-        out = np.empty(x.size * comm.size, np.float32)
-        call = lambda: comm._c.allgatherv(x.ctypes.data, out.ctypes.data, [x.size] * comm.size,  # noqa: E731
-                                          "float32", algo, False)
-    else:
-        x = np.ones(max(1, nbytes // 4), np.float32)
-        if collective == "broadcast":
-            call = lambda: comm._c.broadcast(x.ctypes.data, x.ctypes.data, x.size, "float32", root,  # noqa: E731
-                                             algo, False)
-        elif collective == "reduce":
-            y = np.empty_like(x)
-            call = lambda: comm._c.reduce(x.ctypes.data, y.ctypes.data, x.size, "float32", "sum", 1.0,  # noqa: E731
-                                          root, algo, False)
-        elif collective == "reduce_scatter":
-            x = np.ones(max(1, nbytes // 4 // comm.size) * comm.size, np.float32)
-            y = np.empty(x.size // comm.size, np.float32)
-            call = lambda: _with_env("HCOMM_ALGO", f"reduce_scatter:{algo}" if algo else None,  # noqa: E731
-                                     lambda: comm._c.reduce_scatterv(x.ctypes.data, y.ctypes.data,
-                                                                     [y.size] * comm.size, "float32", "sum", 1.0,
-                                                                     False))
-        else:
-            call = lambda: comm._c.allreduce(x.ctypes.data, x.ctypes.data, x.size, "float32", "sum",  # noqa: E731
-                                             1.0, algo, False)
+    call = _calls(comm, collective, nbytes, algo, root, dtype)
     call()  # warm-up (connections, page faults)
     times = []
     for _ in range(iters):
@@ -259,7 +277,7 @@ def time_allreduce(comm, nbytes, algo, iters=3):
 
 def _measured(comm, explanation, iters, root=0):
     cands = tuple(replace(c, measured=time_collective(comm, explanation.collective, explanation.nbytes, c.algo,
-                                                      iters, root))
+                                                      iters, root, explanation.dtype))
                   for c in explanation.candidates)
     return replace(explanation, candidates=cands)
 
@@ -335,9 +353,14 @@ class NetnsCluster:
     Everything is torn down on exit, also after a failure half-way through setup.
     Needs root and iproute2: see NetnsCluster.unavailable()."""
 
-    def __init__(self, hosts, rate="1gbit", net=231, prefix=None, root_link=False):
+    def __init__(self, hosts, rate="1gbit", net=231, prefix=None, root_link=False, racks=None, rack_rate="100mbit"):
         if not isinstance(hosts, int) or hosts < 1:
             raise InvalidArgument(f"hosts must be a positive int, got {hosts!r}")
+        # racks: each host's rack (0, 1, ...): one bridge per rack ("top-of-rack switch"),
+        # the bridges chained by veth links shaped at rack_rate. None: one bridge.
+        if racks is not None and (len(racks) != hosts or sorted(set(racks)) != list(range(max(racks) + 1))):
+            raise InvalidArgument(f"racks must give each of the {hosts} hosts a rack 0, 1, ..., got {racks!r}")
+        self.racks, self.rack_rate = list(racks) if racks else [0] * hosts, rack_rate
         if not 0 <= int(net) <= 255:
             raise InvalidArgument(f"net must be in 0..255 (the second octet of 10.x.0.0/24), got {net!r}")
         self.hosts, self.rate, self.net = hosts, rate, int(net)
@@ -388,8 +411,16 @@ class NetnsCluster:
         try:
             hub = f"{self.prefix}hub"
             self._add_namespace(hub)
-            self._run("ip", "link", "add", "br0", "type", "bridge", ns=hub)
-            self._run("ip", "link", "set", "br0", "up", ns=hub)
+            for k in range(max(self.racks) + 1):
+                self._run("ip", "link", "add", f"br{k}", "type", "bridge", ns=hub)
+                self._run("ip", "link", "set", f"br{k}", "up", ns=hub)
+                if k:  # rack k-1's switch to rack k's, shaped both ways
+                    self._run("ip", "link", "add", f"up{k}", "type", "veth", "peer", "name", f"dn{k}", ns=hub)
+                    for dev, br in ((f"up{k}", f"br{k - 1}"), (f"dn{k}", f"br{k}")):
+                        self._run("ip", "link", "set", dev, "master", br, ns=hub)
+                        self._run("ip", "link", "set", dev, "up", ns=hub)
+                        self._run("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rack_rate, "burst",
+                                  "128kb", "latency", "100ms", ns=hub)
             for h in range(self.hosts):
                 self._add_host(h, hub)
             if self.root_link:
@@ -410,7 +441,7 @@ class NetnsCluster:
         self._run("ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns", hub)
         self._run("ip", "addr", "add", f"{self.address(h)}/24", "dev", dev, ns=ns)
         self._run("ip", "link", "set", dev, "up", ns=ns)
-        self._run("ip", "link", "set", port, "master", "br0", ns=hub)
+        self._run("ip", "link", "set", port, "master", f"br{self.racks[h]}", ns=hub)
         self._run("ip", "link", "set", port, "up", ns=hub)
         self._shape(ns, dev)     # host -> network
         self._shape(hub, port)   # network -> host
@@ -427,6 +458,15 @@ class NetnsCluster:
         self._run("ip", "link", "set", dev, "up")
         self._run("ip", "link", "set", "pr", "master", "br0", ns=hub)
         self._run("ip", "link", "set", "pr", "up", ns=hub)
+
+    def set_rate(self, rate, hosts=None):
+        """Change the tc rate of host links mid-run (tc qdisc change), both directions:
+        every host's, or those in `hosts`."""
+        hub = f"{self.prefix}hub"
+        for h in range(self.hosts) if hosts is None else hosts:
+            for ns, dev in ((self.namespace(h), self.interface(h)), (hub, f"p{h}")):
+                self._run("tc", "qdisc", "change", "dev", dev, "root", "tbf", "rate", rate, "burst", "128kb",
+                          "latency", "100ms", ns=ns)
 
     def popen(self, h, argv, env=None, **kwargs):
         """Start argv inside host h's namespace."""

@@ -190,6 +190,7 @@ def _rooted(comm, seed):
 
 def _gathers(comm, seed):
     from hcomm import explain
+    from hcomm._buffers import ITEMSIZE
     from reference import check, make, reduce_ref, zeros
 
     n, r = comm.size, comm.rank
@@ -210,7 +211,8 @@ def _gathers(comm, seed):
         out = zeros(dtype, counts[r])
         comm.reduce_scatterv(inputs[r], out, counts, op=op)
         check(out, expected[start:start + counts[r]], dtype, n, f"reduce_scatterv {dtype} {op}")
-        _expect_algo(comm, "ring", "reduce_scatterv")
+        planned = explain("reduce_scatter", sum(counts) * ITEMSIZE[dtype], comm=comm, dtype=dtype).chosen
+        _expect_algo(comm, planned, f"reduce_scatterv {dtype}")  # the tuner's pick, native priced from init
     comm.barrier()
     _expect_algo(comm, "dissemination", "barrier")
 
@@ -285,6 +287,7 @@ def job_collectives():
     _gathers(comm, seed=23)
     _split(comm, ["native"], seed=25)
     os.environ["HCOMM_ALGO"] = ""
+    _native_priced(comm)
     _native_size_rule(comm)
     _deterministic_refuses_native(comm)
     comm.close()
@@ -331,6 +334,28 @@ def job_mismatch():
     # The signature check must name the mismatch; a plain timeout would mean it never ran.
     assert "allreduce" in with_error and "mismatch" in with_error, with_error
     print(f"rank {comm.rank}/{comm.size} mismatch ok: {with_error[:160]}", flush=True)
+
+
+def _native_priced(comm):
+    """MPI's own collectives are timed at init and priced like any candidate: every rank
+    sees the same price (the probe's slowest rank), and the automatic choice is the
+    cheapest applicable candidate, native included; a 16-bit sum on 3+ ranks (float32
+    fold in rank order) never goes to MPI."""
+    from hcomm import explain
+
+    for collective in ("allreduce", "broadcast", "allgather", "reduce_scatter", "reduce"):
+        for nbytes in (8, 1 << 20):
+            e = explain(collective, nbytes, comm=comm)
+            nat = e.candidate("native")
+            assert nat.applicable and nat.seconds > 0, str(e)
+            prices = np.array([nat.seconds])
+            comm.allreduce(prices, op="max")
+            assert prices[0] == nat.seconds, f"{collective}: ranks price native differently"
+            best = min((c for c in e.candidates if c.applicable), key=lambda c: c.seconds)
+            assert e.chosen == best.algo, str(e)
+    if comm.size > 2:
+        e = explain("allreduce", 8, comm=comm, dtype="bfloat16")
+        assert not e.candidate("native").applicable and e.chosen != "native", str(e)
 
 
 def _native_size_rule(comm):

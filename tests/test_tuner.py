@@ -169,7 +169,8 @@ def test_table_marks_the_choice_once():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(collective="gather", nbytes=8, topology=hosts(2)), "single algorithm"),
+    (dict(collective="barrier", nbytes=8, topology=hosts(2)), "single algorithm"),
+    (dict(collective="allreduce", nbytes=8, topology=hosts(2), dtype="complex64"), "unknown dtype"),
     (dict(collective="broadcast", nbytes=8, topology=hosts(2), algo="ring"), "unknown broadcast algorithm"),
     (dict(collective="allgather", nbytes=8, topology=hosts(2), algo="tree"), "unknown allgather algorithm"),
     (dict(collective="allreduce", nbytes=8), "exactly one of"),

@@ -25,6 +25,10 @@ void allreduceHierarchical(Links& l, const void* in, void* out, size_t count,
 // ring reduce-scatter / allgather with per-rank counts (the v variants)
 void reduceScattervRing(Links& l, const void* in, void* out, const std::vector<size_t>& counts);
 void allgathervRing(Links& l, const void* in, void* out, const std::vector<size_t>& counts);
+// reduce_scatter_hierarchical.cc: group[r] is rank r's group (its host); reduce inside
+// the groups, then only group partials cross them.
+void reduceScattervHierarchical(Links& l, const void* in, void* out, const std::vector<size_t>& counts,
+                                const std::vector<int>& group);
 
 // rooted, binomial trees pipelined in segments
 void broadcastBinomial(Links& l, void* buf, size_t count, int root, size_t segBytes);
@@ -49,6 +53,9 @@ void scatterBinomial(Links& l, const void* in, void* out, size_t count, int root
 void alltoallvPairwise(Links& l, const void* in, const std::vector<size_t>& sendCounts,
                        const std::vector<size_t>& sendDispls, void* out,
                        const std::vector<size_t>& recvCounts, const std::vector<size_t>& recvDispls);
+
+// alltoall_bruck.cc: equal blocks of `count` elements, ceil(log2 n) steps (small messages).
+void alltoallBruck(Links& l, const void* in, void* out, size_t count);
 
 void barrierDissemination(Links& l);
 

@@ -21,6 +21,7 @@ const std::vector<AlgorithmName>& algorithmTable() {
       {"allgather", "native", nullptr},
       {"reduce_scatter", "ring", nullptr},
       {"reduce_scatter", "direct", nullptr},
+      {"reduce_scatter", "hierarchical", nullptr},
       {"reduce_scatter", "native", nullptr},
       {"reduce", "binomial", nullptr},
       {"reduce", "reduce_scatter_gather", nullptr},
@@ -31,6 +32,7 @@ const std::vector<AlgorithmName>& algorithmTable() {
       {"scatter", "linear", nullptr},
       {"scatter", "binomial", nullptr},
       {"alltoall", "pairwise", nullptr},
+      {"alltoall", "bruck", nullptr},
       {"barrier", "dissemination", nullptr},
       {"barrier", "native", nullptr},
   };

@@ -41,5 +41,13 @@ void reduceScattervNative(const MpiComm& c, const void* in, void* out, const std
                           DataType dt, ReduceOp op, const NativeWait& w);
 void barrierNative(const MpiComm& c, const NativeWait& w);
 
+// native_mpi_probe.cc: MPI's own collectives timed at init (collective over `c`, n ranks):
+// seconds = alpha + beta * bytes per collective, the slowest rank's, equal on every rank.
+struct NativeTiming {
+  std::string collective;
+  double alpha = 0, beta = 0;
+};
+std::vector<NativeTiming> probeNativeMpi(const MpiComm& c, int n, const NativeWait& w);
+
 }  // namespace algo
 }  // namespace hcomm

@@ -40,15 +40,28 @@ Fold foldOf(DataType dt, bool ordered) {
 }  // namespace
 
 template <class Plan>
-Candidate Communicator::pick(CollKind kind, size_t bytes, int root, const std::string& requested,
-                             const Plan& plan) const {
+Candidate Communicator::pick(CollKind kind, size_t bytes, int root, const std::string& requested, const Plan& plan) {
   // HCOMM_ALGO (and HCOMM_NATIVE_BYTES under MPI) are read at every call, as documented;
   // the model's choice per (collective, size, root) is remembered while they stay the
   // same. Explicit requests are rare in hot loops and take the full path.
   const char* env = std::getenv("HCOMM_ALGO");
   const char* native = mpi_ ? std::getenv("HCOMM_NATIVE_BYTES") : nullptr;
   bool cacheable = (requested.empty() || requested == "auto") && world_ && world_->tuner;
-  auto key = std::make_tuple(static_cast<int>(kind), bytes, root);
+  // Host and device calls plan apart (MPI's own collectives are candidates on host only).
+  auto key = std::make_tuple(static_cast<int>(kind), bytes, root, currentPlacement().onDevice());
+  auto planned = [&] {
+    Candidate c = plan().choice();
+    c.segBytes = resolvedSegment(kind, c.algo, c.segBytes);
+    if (kind == CollKind::ALLREDUCE && !c.inner.empty()) c.innerSegBytes = resolvedSegment(kind, c.inner, c.innerSegBytes);
+    if (cacheable) {
+      std::lock_guard<std::mutex> lock(planMu_);
+      if (plans_.size() >= 1024) plans_.clear();  // many distinct sizes: start over rather than grow
+      plans_.emplace(key, c);
+    }
+    return c;
+  };
+  Candidate c;
+  bool found = false;
   if (cacheable) {
     std::lock_guard<std::mutex> lock(planMu_);
     if (planEnv_ != (env ? env : "") || planNative_ != (native ? native : "")) {
@@ -57,16 +70,10 @@ Candidate Communicator::pick(CollKind kind, size_t bytes, int root, const std::s
       planNative_ = native ? native : "";
     }
     auto it = plans_.find(key);
-    if (it != plans_.end()) return it->second;
+    if ((found = it != plans_.end())) c = it->second;
   }
-  Candidate c = plan().choice();
-  c.segBytes = resolvedSegment(kind, c.algo, c.segBytes);
-  if (kind == CollKind::ALLREDUCE && !c.inner.empty()) c.innerSegBytes = resolvedSegment(kind, c.inner, c.innerSegBytes);
-  if (cacheable) {
-    std::lock_guard<std::mutex> lock(planMu_);
-    if (plans_.size() >= 1024) plans_.clear();  // many distinct sizes: start over rather than grow
-    plans_.emplace(key, c);
-  }
+  if (!found) c = planned();
+  if (noteDrift(kind, bytes, root, c)) c = planned();  // re-fitted at this checkpoint: plan again
   return c;
 }
 
@@ -255,23 +262,25 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
 }
 
 WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size_t> counts, DataType dt, ReduceOp op,
-                                     double premul, bool async) {
+                                     double premul, bool async, const std::string& algo) {
   checkUsable();
   if (static_cast<int>(counts.size()) != size_)
     throw Error("reduce_scatterv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
   bool ordered = orderedReduction(dt, op);
   Fold fold = foldOf(dt, ordered);
-  Candidate pick = this->pick(CollKind::REDUCE_SCATTER, total * dtypeSize(dt), -1 - static_cast<int>(fold), "",
-                              [&] { return planReduceScatter(total * dtypeSize(dt), "", fold); });
+  Candidate pick = this->pick(CollKind::REDUCE_SCATTER, total * dtypeSize(dt), -1 - static_cast<int>(fold), algo,
+                              [&] { return planReduceScatter(total * dtypeSize(dt), algo, fold); });
   if (pick.algo == "native") refuseNativeIfDeterministic("reduce_scatter", dt, op);
   CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, pick.algo, op};
   bool native = pick.algo == "native";
-  NcclChoice viaNccl = ncclChoice(CollKind::REDUCE_SCATTER, total * dtypeSize(dt), pick, "");
+  NcclChoice viaNccl = ncclChoice(CollKind::REDUCE_SCATTER, total * dtypeSize(dt), pick, algo);
   bool even = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "reduce_scatter", timeoutSec_,
                               world_->policy, [&] { return describe(info, nextSeq_); });
   bool direct = pick.algo == "direct";
+  std::vector<int> hosts;  // hierarchical: each rank's group at the innermost level
+  if (pick.algo == "hierarchical") hosts = CommShape::of(*world_->topology, worldRanks_).levels()[0];
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
@@ -289,6 +298,8 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
       algo::reduceScattervNative(*nat.comm, src, out, counts, dt, l.op(), nat.wait());
     } else if (direct) {
       algo::reduceScattervOrdered(l, src, out, counts);  // any op: each owner folds its block
+    } else if (!hosts.empty()) {
+      algo::reduceScattervHierarchical(l, src, out, counts, hosts);
     } else {
       algo::reduceScattervRing(l, src, out, counts);
     }
@@ -298,13 +309,20 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
 
 WorkPtr Communicator::alltoallv(const void* in, std::vector<size_t> sendCounts, std::vector<size_t> sendDispls,
                                 void* out, std::vector<size_t> recvCounts, std::vector<size_t> recvDispls,
-                                DataType dt, bool async) {
+                                DataType dt, bool async, const std::string& algo) {
   checkUsable();
   for (auto* v : {&sendCounts, &sendDispls, &recvCounts, &recvDispls})
     if (static_cast<int>(v->size()) != size_)
       throw Error("alltoallv: every count/displacement list needs " + std::to_string(size_) + " entries");
-  CollectiveInfo info{"alltoall", CollKind::ALLTOALL, dt, std::accumulate(sendCounts.begin(), sendCounts.end(), size_t(0)), -1,
-                      "pairwise", ReduceOp::SUM};
+  size_t sent = std::accumulate(sendCounts.begin(), sendCounts.end(), size_t(0));
+  bool even = true;  // alltoall: one block size everywhere, blocks in rank order (Bruck)
+  for (int r = 0; r < size_; ++r)
+    even &= sendCounts[r] == sendCounts[0] && recvCounts[r] == sendCounts[0] && sendDispls[r] == r * sendCounts[0] &&
+            recvDispls[r] == r * sendCounts[0];
+  Candidate pick = this->pick(CollKind::ALLTOALL, sent * dtypeSize(dt), even ? 1 : 0, algo,
+                              [&] { return planAlltoall(sent * dtypeSize(dt), even, algo); });
+  CollectiveInfo info{"alltoall", CollKind::ALLTOALL, dt, sent, -1, pick.algo, ReduceOp::SUM};
+  bool bruck = pick.algo == "bruck";
   int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     const void* src = in;
@@ -315,7 +333,8 @@ WorkPtr Communicator::alltoallv(const void* in, std::vector<size_t> sendCounts, 
       l.copy(copy, in, end);
       src = copy;
     }
-    algo::alltoallvPairwise(l, src, sendCounts, sendDispls, out, recvCounts, recvDispls);
+    if (bruck && n > 1) algo::alltoallBruck(l, src, out, sendCounts[0]);
+    else algo::alltoallvPairwise(l, src, sendCounts, sendDispls, out, recvCounts, recvDispls);
   }, async);
 }
 

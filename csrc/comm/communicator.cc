@@ -13,6 +13,7 @@
 
 #include "comm/bootstrap.h"
 #include "comm/engine.h"
+#include "comm/native_call.h"
 #include "common/log.h"
 #include "common/param.h"
 #include "topo/host.h"
@@ -194,7 +195,8 @@ std::shared_ptr<Communicator> Communicator::createWorld(int rank, int size, cons
     comm->allreduce(v, v, n, DataType::F64, ReduceOp::MAX, 1.0, "halving_doubling", false);
   };
   world->topology = buildTopology(ch, myHost, topoPath.empty() ? nullptr : &topoFile, topoPath);
-  world->tuner = std::make_shared<Tuner>(world->topology);
+  auto native = measureNativeCosts(world->mpiComm, size, timeoutSec, world->policy);  // MPI's own, timed
+  world->tuner = std::make_shared<Tuner>(world->topology, native);
   if (size > 1) openRescue(*comm, *world, ip);
   return comm;
 }

@@ -28,6 +28,7 @@
 #include "common/fingerprint.h"
 #include "common/types.h"
 #include "topo/tuner.h"
+#include "topo/tuner_drift.h"
 
 namespace hcomm {
 
@@ -112,9 +113,10 @@ class Communicator {
   WorkPtr allgatherv(const void* in, void* out, std::vector<size_t> counts, DataType dt, bool async,
                      const std::string& algo = "");
   WorkPtr reduceScatterv(const void* in, void* out, std::vector<size_t> counts, DataType dt, ReduceOp op,
-                         double premul, bool async);
+                         double premul, bool async, const std::string& algo = "");
   WorkPtr alltoallv(const void* in, std::vector<size_t> sendCounts, std::vector<size_t> sendDispls, void* out,
-                    std::vector<size_t> recvCounts, std::vector<size_t> recvDispls, DataType dt, bool async);
+                    std::vector<size_t> recvCounts, std::vector<size_t> recvDispls, DataType dt, bool async,
+                    const std::string& algo = "");
   WorkPtr gather(const void* in, void* out, size_t count, DataType dt, int root, bool async);
   WorkPtr scatter(const void* in, void* out, size_t count, DataType dt, int root, bool async);
   WorkPtr barrier(bool async);
@@ -134,7 +136,13 @@ class Communicator {
   // hierarchical, native); bytes is the whole message (allgather: the gathered total).
   Decision planBroadcast(size_t bytes, int root, const std::string& requested) const;
   Decision planAllgather(size_t bytes, const std::string& requested) const;
+  // alltoall(v): bytes one rank sends; even: equal blocks in rank order (Bruck needs them).
+  Decision planAlltoall(size_t bytes, bool even, const std::string& requested) const;
   std::shared_ptr<const Topology> topology() const { return world_ ? world_->topology : nullptr; }
+  // The tuner this communicator plans with: the job's, or its own after a drift re-fit
+  // (comm/drift.cc); null during init. drift(): its measurements and re-fit events.
+  std::shared_ptr<const Tuner> tuner() const;
+  const DriftMonitor& drift() const { return *drift_; }
 
  private:
   Communicator(std::shared_ptr<World> world, std::vector<int> worldRanks, uint32_t id, double timeoutSec);
@@ -186,7 +194,7 @@ class Communicator {
   // The algorithm for a call: plan()'s choice with its segment resolved, remembered per
   // (collective, size, root).
   template <class Plan>
-  Candidate pick(CollKind kind, size_t bytes, int root, const std::string& requested, const Plan& plan) const;
+  Candidate pick(CollKind kind, size_t bytes, int root, const std::string& requested, const Plan& plan);
   void checkUsable() const;
   void checkRoot(int root, const char* what) const;
   // The state for calls on `device` (device_call.cc), made on first use; throws
@@ -214,8 +222,14 @@ class Communicator {
   std::shared_ptr<DeviceContext> device_;
   // pick()'s memory: (collective, bytes, root) -> choice, valid while HCOMM_ALGO and
   // HCOMM_NATIVE_BYTES keep the values below.
+  // Drift (comm/drift.cc): records a planned call; at a checkpoint agrees with the other
+  // ranks, re-fits and returns true when the plans must be made again.
+  bool noteDrift(CollKind kind, size_t bytes, int rootSlot, const Candidate& c);
+  std::shared_ptr<DriftMonitor> drift_ = std::make_shared<DriftMonitor>(DriftSettings::fromEnv());
+  std::shared_ptr<const Tuner> refitTuner_;  // guarded by planMu_
+  bool inDrift_ = false;                     // the checkpoint's own allreduce is not tracked
   mutable std::mutex planMu_;
-  mutable std::map<std::tuple<int, size_t, int>, Candidate> plans_;
+  mutable std::map<std::tuple<int, size_t, int, bool>, Candidate> plans_;
   mutable std::string planEnv_, planNative_;
 
   // Async point-to-point calls are posted at once (a queued send must not wait behind

@@ -77,6 +77,9 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     abortWorld(world, error);
   }
   if (collective) board_->noteEnded(boardSlot_, seq);
+  if (collective && error.empty() && !dev && drift_->settings().enabled)  // drift: time beside prediction (drift.cc)
+    drift_->measured(info.op, info.algo, info.count * dtypeSize(info.dtype),
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world.rank, "end " + describe(info, seq));
   work.finish(error);
 }

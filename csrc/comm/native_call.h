@@ -41,4 +41,11 @@ NativeCall nativeCall(bool native, const std::shared_ptr<MpiComm>& c, const std:
   return NativeCall{c, timeout, policy, what()};
 }
 
+struct NativeCosts;
+// MPI's own collectives timed at init (comm/planning.cc, algo/native_mpi_probe.cc): the
+// native candidate's prices, agreed by every rank. Collective over `mpi`; null without
+// MPI, with one rank, under HCOMM_DETERMINISTIC=1 or HCOMM_NATIVE_PROBE=0.
+std::shared_ptr<const NativeCosts> measureNativeCosts(const std::shared_ptr<MpiComm>& mpi, int size,
+                                                      double timeoutSec, const WaitPolicy& policy);
+
 }  // namespace hcomm

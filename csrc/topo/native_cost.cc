@@ -42,6 +42,7 @@ void priceNative(Decision& d, const NativeCost& c, CollKind kind, size_t bytes, 
   }
   it->seconds = c.seconds(kind, bytes, n);
   it->applicable = true;
+  it->inner = "nccl";  // explain() labels the row NCCL's (MPI's native row has no inner)
   if (d.why != "model") return;
   int best = d.chosen;
   for (size_t i = 0; i < d.candidates.size(); ++i)

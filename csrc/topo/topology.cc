@@ -9,6 +9,7 @@
 
 #include "common/param.h"
 #include "common/types.h"
+#include "topo/racks.h"
 
 namespace hcomm {
 
@@ -560,6 +561,7 @@ std::shared_ptr<Topology> buildTopology(const InitChannel& ch, const std::string
   if (file) t->origin = filePath;
   t->index();
   bool probe = envInt("HCOMM_PROBE", 1) != 0 && !deterministicMode() && ch.size > 1;
+  if (probe) inferRacks(*t, ch);  // racks.h: only when no rank names its rack
   if (probe) measureLinks(*t, ch);
   if (file) applyFileLinks(*file, t->links);
   std::string dump = envStr("HCOMM_TOPO_DUMP_FILE");

@@ -61,6 +61,7 @@ struct Candidate {
   std::string inner;       // hierarchical: the flat algorithm among group leaders
   size_t innerSegBytes = 0;
   bool applicable = true;  // hierarchical on one host is just the flat algorithm
+  double measured = -1;    // seconds this communicator's recent calls took (drift), or -1
 };
 
 struct Decision {
@@ -84,6 +85,7 @@ const std::vector<std::string>& allgatherAlgorithms();
 const std::vector<std::string>& reduceScatterAlgorithms();
 const std::vector<std::string>& reduceAlgorithms();         // "tree" is accepted for binomial
 const std::vector<std::string>& gatherAlgorithms();         // gather and scatter: linear, binomial
+const std::vector<std::string>& alltoallAlgorithms();       // pairwise, bruck
 double gammaSecondsPerByte();
 
 // Every candidate with its prediction; `forced` (an algorithm name, or "" / "auto")
@@ -104,12 +106,34 @@ Decision tuneReduce(const CommShape& shape, size_t bytes, int root, const std::s
 Decision tuneGather(const CommShape& shape, const std::string& collective, size_t bytes, int root,
                     const std::string& forced, const std::string& why);
 
+// alltoall(v); bytes: what one rank sends in all. even: every block has the same count
+// and sits in rank order (alltoall, not a ragged alltoallv): Bruck needs it.
+Decision tuneAlltoall(const CommShape& shape, size_t bytes, bool even, const std::string& forced,
+                      const std::string& why);
+
+// MPI's own collectives as measured at init (algo/native_mpi_probe.cc): the native
+// candidate's price, equal on every rank. Fitted on the job's `ranks`; a communicator of
+// m ranks scales alpha by log2(m)/log2(ranks) (MPI's latency-bound algorithms are trees
+// and dissemination) and keeps beta (its bandwidth-bound ones move about the same bytes
+// per rank at any size).
+struct NativeCosts {
+  int ranks = 0;
+  std::map<std::string, LinkCost> byCollective;
+  // Predicted seconds, or a negative number when `collective` was not measured.
+  double seconds(const std::string& collective, double bytes, int n) const;
+};
+
 // The tuner of one job: decisions cached per (communicator ranks, bytes, forced name), so
 // the model runs once per message size and a small collective pays a map lookup.
 class Tuner {
  public:
-  explicit Tuner(std::shared_ptr<const Topology> topology) : topology_(std::move(topology)) {}
+  explicit Tuner(std::shared_ptr<const Topology> topology, std::shared_ptr<const NativeCosts> native = nullptr)
+      : topology_(std::move(topology)), native_(std::move(native)) {}
   const Topology& topology() const { return *topology_; }
+  // MPI's measured costs, or null when the job has no MPI (or HCOMM_NATIVE_PROBE=0).
+  const NativeCosts* native() const { return native_.get(); }
+  // The same tuner over a copy of the topology with one link class re-fitted (drift).
+  std::shared_ptr<const Tuner> withLink(LinkClass c, const LinkCost& cost) const;
   Decision allreduce(const std::vector<int>& worldRanks, size_t bytes, const std::string& forced,
                      const std::string& why, Fold fold = Fold::PLAIN) const;
   Decision broadcast(const std::vector<int>& worldRanks, size_t bytes, int root, const std::string& forced,
@@ -122,12 +146,15 @@ class Tuner {
                   const std::string& why, Fold fold) const;
   Decision gather(const std::vector<int>& worldRanks, const std::string& collective, size_t bytes, int root,
                   const std::string& forced, const std::string& why) const;
+  Decision alltoall(const std::vector<int>& worldRanks, size_t bytes, bool even, const std::string& forced,
+                    const std::string& why) const;
 
  private:
   // (collective, ranks, bytes, root (allreduce, reduce_scatter: the Fold; reduce: 3*root + Fold), forced, why)
   using Key = std::tuple<std::string, std::vector<int>, size_t, int, std::string, std::string>;
   Decision cached(Key key, const std::function<Decision(const CommShape&)>& tune) const;
   std::shared_ptr<const Topology> topology_;
+  std::shared_ptr<const NativeCosts> native_;
   mutable std::mutex mu_;
   mutable std::map<Key, Decision> cache_;
 };

@@ -19,7 +19,7 @@ def hcomm_missing():
 
 
 # the collectives whose hcomm call takes algo=; the core names the algorithms it knows
-ALGO_COLLECTIVES = ("allreduce", "reduce", "broadcast")
+ALGO_COLLECTIVES = ("allreduce", "reduce", "broadcast", "reduce_scatter", "alltoall")
 
 
 class HcommRunner(Runner):
@@ -96,10 +96,10 @@ class HcommRunner(Runner):
         self.comm.allgather(s, r)  # in place: s is r's rank-th block
 
     def _reduce_scatter(self, s, r, ip):
-        self.comm.reduce_scatter(s, r, op=self.spec.op)  # in place: r is s's rank-th block
+        self.comm.reduce_scatter(s, r, op=self.spec.op, algo=self.algo)  # in place: r is s's rank-th block
 
     def _alltoall(self, s, r, ip):
-        self.comm.alltoall(s, r)  # in place (s is r): hcomm copies the input first
+        self.comm.alltoall(s, r, algo=self.algo)  # in place (s is r): hcomm copies the input first
 
     def _sendrecv(self, s, r, ip):
         # Blocking send/recv: even ranks send first and odd ranks receive first, so a

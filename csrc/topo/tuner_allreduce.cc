@@ -1,0 +1,239 @@
+// The allreduce model: ring, tree and halving-doubling over a set of ranks, the
+// hierarchical recursion over the levels, and the ordered folds (HCOMM_DETERMINISTIC=1,
+// 16-bit float32 partials) of algo/ordered.cc.
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
+#include <set>
+
+#include "algo/names.h"
+#include "common/param.h"
+#include "common/types.h"
+#include "topo/tuner_model.h"
+
+namespace hcomm {
+namespace tuning {
+
+Candidate ringModel(const Net& net, double bytes) {
+  int m = net.size();
+  Candidate best{"ring", std::numeric_limits<double>::infinity(), ringSegments().back()};
+  std::vector<std::pair<int, int>> edges;
+  for (int i = 0; i < m; ++i) edges.push_back({i, (i + 1) % m});
+  StepCost st = step(net, edges);
+  for (size_t seg : ringSegments()) {
+    double chunks = std::max(1.0, std::ceil(bytes / (double(m) * seg)));
+    double lat = 2.0 * (m - 1) * std::ceil(chunks / 4) * st.alpha;  // 4 chunks travel at once (ring.cc)
+    double wire = 2.0 * (m - 1) / m * bytes * st.perByte;
+    double red = double(m - 1) / m * bytes * gammaSecondsPerByte();
+    double t = lat + (st.cpuCopies ? wire + red : overlap(wire, red, std::min(chunks, 4.0)));
+    if (t < best.seconds) {
+      best.seconds = t;
+      best.segBytes = seg;
+    }
+  }
+  return best;
+}
+
+Candidate treeModel(const Net& net, double bytes) {
+  int m = net.size();
+  std::vector<std::pair<int, int>> edges;  // child -> parent in both trees (tree.cc)
+  for (int i = 1; i < m; ++i) {
+    edges.push_back({i, (i - 1) / 2});
+    edges.push_back({m - 1 - i, m - 1 - (i - 1) / 2});
+  }
+  StepCost st = step(net, edges);
+  double depth = std::floor(std::log2(std::max(1, m)));
+  Candidate best{"tree", std::numeric_limits<double>::infinity(), treeSegments().back()};
+  double g = gammaSecondsPerByte();
+  for (size_t seg : treeSegments()) {
+    double s = std::min<double>(seg, std::max(1.0, bytes / 2));
+    double k = std::max(1.0, std::ceil(bytes / 2 / s));
+    double up = (depth + k - 1) * (st.alpha + 2 * s * st.perByte + 2 * s * g);  // two children per stage
+    double down = (depth + k - 1) * (st.alpha + 2 * s * st.perByte);
+    if (up + down < best.seconds) {
+      best.seconds = up + down;
+      best.segBytes = seg;
+    }
+  }
+  return best;
+}
+
+Candidate halvingDoublingModel(const Net& net, double bytes) {
+  int m = net.size(), p = 1;
+  while (p * 2 <= m) p *= 2;
+  int rem = m - p;
+  double g = gammaSecondsPerByte(), t = 0;
+  if (rem) {  // the non-power-of-two fold and the result's way back
+    std::vector<std::pair<int, int>> fold;
+    for (int i = 0; i < rem; ++i) fold.push_back({2 * i, 2 * i + 1});
+    StepCost st = step(net, fold);
+    t += 2 * (st.alpha + bytes * st.perByte) + bytes * g;
+  }
+  auto realRank = [&](int v) { return v < rem ? 2 * v + 1 : v + rem; };
+  bool large = bytes >= static_cast<double>(envInt("HCOMM_HD_LARGE_BYTES", 256 << 10));  // halving_doubling.cc
+  for (int mask = 1; mask < p; mask <<= 1) {
+    std::vector<std::pair<int, int>> edges;
+    for (int v = 0; v < p; ++v) edges.push_back({realRank(v), realRank(v ^ mask)});
+    StepCost st = step(net, edges);
+    if (large) {
+      double b = bytes * mask / p;  // halving then doubling move the same bytes at this mask
+      t += 2 * (st.alpha + b * st.perByte) + b * g;
+    } else {
+      t += st.alpha + bytes * st.perByte + bytes * g;
+    }
+  }
+  return {"halving_doubling", t, 0};
+}
+
+// ---------------------------------------------------------------- ordered reductions
+// algo/ordered.cc and the "Ordered reductions" paragraph of each algorithm's header.
+
+// The reduction kernel's bytes per byte of payload: a float32 partial doubles them.
+// Direct reduce-scatter: every rank sends a block of S/m to every other at once (each
+// host's NIC carries all its crossing blocks: step()'s load), each owner takes its m-1
+// blocks one after another and folds m times.
+double orderedReduceScatterSeconds(const Net& net, double bytes, Fold f) {
+  int m = net.size();
+  std::vector<std::pair<int, int>> edges;
+  double beta = 0;
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < m; ++j)
+      if (i != j) {
+        edges.push_back({i, j});
+        beta = std::max(beta, net.s.links[static_cast<int>(classOf(net.s, net.members[i], net.members[j]))].beta);
+      }
+  StepCost st = step(net, edges);
+  double block = bytes / m;
+  return (m - 1) * st.alpha + std::max((m - 1) * block * beta, block * st.perByte) + bytes * foldGamma(f);
+}
+
+Candidate orderedRing(const Net& net, double bytes, Fold f) {
+  return {"ring", orderedReduceScatterSeconds(net, bytes, f) + ringAllgatherSeconds(net, bytes), 0};
+}
+
+// Small: Bruck-allgather every input and fold all m locally; large: direct
+// reduce-scatter + Bruck allgather (halving_doubling.cc's same switch).
+Candidate orderedHalvingDoubling(const Net& net, double bytes, Fold f) {
+  int m = net.size();
+  bool large = bytes >= static_cast<double>(envInt("HCOMM_HD_LARGE_BYTES", 256 << 10));
+  double t = large ? orderedReduceScatterSeconds(net, bytes, f) + bruckAllgatherSeconds(net, bytes)
+                   : bruckAllgatherSeconds(net, m * bytes) + m * bytes * foldGamma(f);
+  return {"halving_doubling", t, 0};
+}
+
+// The two roots (ranks 0 and m-1) take S/2 from every rank one after another and fold;
+// then each tree broadcasts its half down, pipelined in segments.
+Candidate orderedTree(const Net& net, double bytes, Fold f) {
+  int m = net.size();
+  double gather = 0;
+  for (int root : {0, m - 1}) {
+    double t = 0;
+    for (int i = 0; i < m; ++i) {
+      if (i == root) continue;
+      const LinkCost& c = net.s.links[static_cast<int>(classOf(net.s, net.members[i], net.members[root]))];
+      t += c.alpha + bytes / 2 * c.beta * net.share;
+    }
+    gather = std::max(gather, t + m * bytes / 2 * foldGamma(f));
+  }
+  std::vector<std::pair<int, int>> edges;  // parent -> child in both trees
+  for (int i = 1; i < m; ++i) {
+    edges.push_back({(i - 1) / 2, i});
+    edges.push_back({m - 1 - (i - 1) / 2, m - 1 - i});
+  }
+  StepCost st = step(net, edges);
+  double depth = std::floor(std::log2(std::max(1, m)));
+  Candidate best{"tree", std::numeric_limits<double>::infinity(), treeSegments().back()};
+  for (size_t seg : treeSegments()) {
+    double s = std::min<double>(seg, std::max(1.0, bytes / 2));
+    double k = std::max(1.0, std::ceil(bytes / 2 / s));
+    double down = (depth + k - 1) * (st.alpha + 2 * s * st.perByte);
+    if (gather + down < best.seconds) {
+      best.seconds = gather + down;
+      best.segBytes = seg;
+    }
+  }
+  return best;
+}
+
+Candidate bestFlat(const Net& net, double bytes) {
+  Candidate c[3] = {ringModel(net, bytes), treeModel(net, bytes), halvingDoublingModel(net, bytes)};
+  return *std::min_element(c, c + 3, [](const Candidate& a, const Candidate& b) { return a.seconds < b.seconds; });
+}
+
+// hierarchical.cc, level by level: ring reduce-scatter inside each group into k blocks
+// (k = the smallest group), the leaders of block i across groups recurse one level up,
+// ring allgather inside the group. The top level runs the best flat algorithm.
+Candidate hierarchicalModel(const CommShape& s, const std::vector<std::vector<int>>& levels,
+                            const std::vector<int>& members, size_t depth, double bytes, int share) {
+  if (depth == levels.size()) {
+    Candidate top = bestFlat(Net{s, members, share}, bytes);
+    return {"hierarchical", top.seconds, 0, top.algo, top.segBytes};
+  }
+  std::vector<std::vector<int>> groups;
+  std::map<int, size_t> index;
+  for (int r : members) {
+    auto it = index.emplace(levels[depth][r], groups.size());
+    if (it.second) groups.emplace_back();
+    groups[it.first->second].push_back(r);
+  }
+  size_t k = groups[0].size(), gmax = 0;
+  const std::vector<int>* largest = &groups[0];
+  for (const auto& g : groups) {
+    k = std::min(k, g.size());
+    if (g.size() > gmax) {
+      gmax = g.size();
+      largest = &g;
+    }
+  }
+  if (groups.size() == 1 || gmax == 1) return hierarchicalModel(s, levels, members, depth + 1, bytes, share);
+  std::vector<int> leaders;
+  for (const auto& g : groups) leaders.push_back(g[0]);
+  Candidate up = hierarchicalModel(s, levels, leaders, depth + 1, bytes / k, share * static_cast<int>(k));
+  std::vector<std::pair<int, int>> ring;
+  for (size_t i = 0; i < gmax; ++i) ring.push_back({static_cast<int>(i), static_cast<int>((i + 1) % gmax)});
+  StepCost st = step(Net{s, *largest, share}, ring);
+  double block = bytes / k;
+  up.seconds += (gmax - 1) * (2 * st.alpha + 2 * block * st.perByte + block * gammaSecondsPerByte());
+  return up;
+}
+
+}  // namespace tuning
+
+using namespace tuning;
+
+Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forced, const std::string& why,
+                       Fold fold) {
+  const auto& names = allreduceAlgorithms();
+  checkForced("allreduce", names, forced);
+  std::vector<int> all(s.n);
+  for (int r = 0; r < s.n; ++r) all[r] = r;
+  Net net{s, all, 1};
+  double b = static_cast<double>(bytes);
+  Decision d;
+  if (fold != Fold::PLAIN && s.n > 2) {  // two ranks: one a op b, the plain algorithms (links.h)
+    constexpr double kSpreadSegment = 512 << 10;  // hierarchical.cc's ordered allgather segment
+    d.candidates = {orderedRing(net, b, fold), orderedTree(net, b, fold), orderedHalvingDoubling(net, b, fold),
+                    {"hierarchical", orderedReduceScatterSeconds(net, b, fold) +
+                                         hierarchicalAllgatherSeconds(s, s.levels(), all, 0, b, kSpreadSegment), 0}};
+  } else {
+    d.candidates = {ringModel(net, b), treeModel(net, b), halvingDoublingModel(net, b),
+                    hierarchicalModel(s, s.levels(), all, 0, b, 1)};
+  }
+  // On one host with one GPU domain, or one rank per host, the hierarchy has one level:
+  // it is the flat algorithm.
+  d.candidates[3].applicable = hierarchyApplies(s);
+  d.chosen = 0;
+  for (size_t i = 1; i < d.candidates.size(); ++i)
+    if (d.candidates[i].applicable && d.candidates[i].seconds < d.candidates[d.chosen].seconds) d.chosen = static_cast<int>(i);
+  d.why = "model";
+  if (!forced.empty() && forced != "auto") {
+    d.chosen = static_cast<int>(std::find(names.begin(), names.end(), forced) - names.begin());
+    d.why = why;
+  }
+  return d;
+}
+
+
+}  // namespace hcomm

@@ -1,0 +1,147 @@
+// One step of the tuner's model on the topology: which link class an edge uses, how
+// many transfers share a host's NIC, and the small pieces every collective's model
+// shares (segments, choosing among candidates).
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
+#include <set>
+
+#include "algo/names.h"
+#include "common/param.h"
+#include "common/types.h"
+#include "topo/tuner_model.h"
+
+namespace hcomm {
+namespace tuning {
+
+LinkClass classOf(const CommShape& s, int a, int b) {
+  if (!s.domain.empty() && s.domain[a] >= 0 && s.domain[a] == s.domain[b]) return LinkClass::NVLINK;
+  if (s.host[a] == s.host[b]) return LinkClass::SHM;
+  return s.rack[a] == s.rack[b] ? LinkClass::TCP : LinkClass::RACK;
+}
+
+// What a step in which every rank sends and receives costs on top of alpha when the
+// ranks outnumber the CPUs and the Links mixes transports (CommShape::lateWake). Not
+// charged to a broadcast tree: there a rank waits once, idle, while its parent runs, and
+// the namespace cluster measured no such delay (binomial 0.2-0.6 ms for 8 B from rank 1).
+static double wakePenalty(const Net& net) {
+  if (!net.s.oversubscribed || net.size() < 3) return 0;
+  std::map<int, int> perHost;
+  for (int m : net.members) ++perHost[net.s.host[m]];
+  bool shared = false;
+  for (auto& h : perHost) shared |= h.second > 1;
+  return shared && perHost.size() > 1 ? net.s.lateWake : 0;
+}
+
+StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
+  std::map<int, int> out, in;  // crossing transfers per host
+  for (auto e : edges) {
+    int a = net.members[e.first], b = net.members[e.second];
+    if (net.s.host[a] != net.s.host[b]) {
+      ++out[net.s.host[a]];
+      ++in[net.s.host[b]];
+    }
+  }
+  StepCost c;
+  for (auto e : edges) {
+    int a = net.members[e.first], b = net.members[e.second];
+    LinkClass k = classOf(net.s, a, b);
+    const LinkCost& l = net.s.links[static_cast<int>(k)];
+    bool inHost = k == LinkClass::SHM || k == LinkClass::NVLINK;  // no NIC shared
+    int load = inHost ? 1 : std::max(out[net.s.host[a]], in[net.s.host[b]]) * net.share;
+    c.alpha = std::max(c.alpha, l.alpha);
+    c.perByte = std::max(c.perByte, l.beta * load);
+    c.cpuCopies |= k == LinkClass::SHM;
+  }
+  c.alpha += wakePenalty(net);
+  return c;
+}
+
+const LinkCost& linkOf(const CommShape& s, int a, int b) { return s.links[static_cast<int>(classOf(s, a, b))]; }
+
+const std::vector<size_t>& ringSegments() {
+  static const std::vector<size_t> v = {256u << 10, 1u << 20, 4u << 20};
+  return v;
+}
+const std::vector<size_t>& treeSegments() {
+  static const std::vector<size_t> v = {16u << 10, 64u << 10, 256u << 10, 512u << 10, 1u << 20, 4u << 20};
+  return v;
+}
+
+double overlap(double b, double g, double inFlight) { return std::max(b, g) + std::min(b, g) / std::max(1.0, inFlight); }
+
+std::vector<int> allRanks(const CommShape& s) {
+  std::vector<int> all(s.n);
+  for (int r = 0; r < s.n; ++r) all[r] = r;
+  return all;
+}
+
+double foldGamma(Fold f) { return gammaSecondsPerByte() * (f == Fold::ORDERED_WIDE ? 2.0 : 1.0); }
+
+size_t splitAt(const std::vector<std::vector<int>>& levels, const std::vector<int>& members, size_t depth,
+               std::vector<std::vector<int>>* groups) {
+  for (; depth < levels.size(); ++depth) {
+    groups->clear();
+    std::map<int, size_t> index;
+    for (int r : members) {
+      auto it = index.emplace(levels[depth][r], groups->size());
+      if (it.second) groups->emplace_back();
+      (*groups)[it.first->second].push_back(r);
+    }
+    if (groups->size() > 1 && groups->size() < members.size()) return depth;
+  }
+  return depth;
+}
+
+
+Candidate bestSegment(const std::string& name, const std::function<double(double)>& seconds) {
+  Candidate best{name, std::numeric_limits<double>::infinity(), treeSegments().back()};
+  bool matters = false;  // no segment changes the time: the algorithm uses none
+  for (size_t seg : treeSegments()) {
+    double t = seconds(static_cast<double>(seg));
+    matters |= best.seconds != std::numeric_limits<double>::infinity() && t != best.seconds;
+    if (t < best.seconds) {
+      best.seconds = t;
+      best.segBytes = seg;
+    }
+  }
+  if (!matters) best.segBytes = 0;
+  return best;
+}
+
+void checkForced(const std::string& collective, const std::vector<std::string>& names, const std::string& forced) {
+  if (forced.empty() || forced == "auto" || std::find(names.begin(), names.end(), forced) != names.end()) return;
+  std::string list;
+  for (const auto& n : names) list += n + ", ";
+  throw Error("unknown " + collective + " algorithm '" + forced + "' (" + list + "auto)");
+}
+
+void choose(Decision& d, const std::string& forced, const std::string& why) {
+  d.chosen = 0;
+  for (size_t i = 1; i < d.candidates.size(); ++i)
+    if (d.candidates[i].applicable && d.candidates[i].seconds < d.candidates[d.chosen].seconds)
+      d.chosen = static_cast<int>(i);
+  d.why = "model";
+  if (forced.empty() || forced == "auto") return;
+  for (size_t i = 0; i < d.candidates.size(); ++i)
+    if (d.candidates[i].algo == forced) d.chosen = static_cast<int>(i);
+  d.why = why;
+}
+
+// One level (a single host with one GPU domain, or one rank per host): hierarchical is
+// the flat algorithm. Applies across hosts sharing ranks, or on hosts split into GPU
+// domains of which some holds several ranks.
+bool hierarchyApplies(const CommShape& s) {
+  // Some level (GPU domain, host, rack) splits the ranks into several groups, one of
+  // them holding two ranks or more: one rank per host in two racks counts too.
+  for (const std::vector<int>& level : s.levels()) {
+    size_t groups = std::set<int>(level.begin(), level.end()).size();
+    if (groups > 1 && static_cast<int>(groups) < s.n) return true;
+  }
+  return false;
+}
+
+}  // namespace tuning
+}  // namespace hcomm
