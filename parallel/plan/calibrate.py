@@ -1,24 +1,28 @@
-"""Detect the job's machines: hcomm's topology (probe + fitted links) plus two numbers the
+"""Detect the job's machines: hcomm's topology (probe + fitted links) plus what the
 tuner's alpha-beta model does not hold, measured on the ranks themselves.
 
-    together_s  one piece of compute on each rank while every rank computes at once: the
-             cost model scales the profile's times by together_s over the same piece
-             timed alone during the profile (time-sharing of cores and whatever else
-             loads the machine, measured as it is now); share = together / alone now
-    sync_s   what one blocking collective costs beyond the tuner's price when the ranks
-             reach it straight from compute: on a machine with more ranks than cores a
-             rank that finished early has gone to sleep, and the last one to arrive may
-             be waiting for a core; this wake-up is the dominant cost of a small
-             collective there (measured: ms, where the tuner prices tens of us). It
-             grows with the compute before the collective (the ranks drift apart while
-             they time-share), so it is measured after a long (~2 ms) and a short
-             (~0.1 ms) piece, and Cluster.sync_after() interpolates between the two.
+A training step on a rank alternates compute with blocking collectives. When a machine
+has more ranks than cores (or other jobs), what a rank's compute costs depends on how
+many ranks compute at the same time, and every collective costs more than the tuner's
+price because ranks that arrive early sleep and must be woken. Both are measured on the
+job's ranks, in that alternating pattern, for k = 1 .. ranks-per-machine ranks active
+at once (the others wait in a barrier, asleep):
 
-Measured with a numpy matmul loop on one thread per rank, in three phases: rank 0 alone
-(the others sleep), every rank at once, every rank at once with an 8-byte allreduce
-after each piece of compute; three samples of the three, medians throughout (the machine
-may be shared). share = phase 2 / phase 1 per piece; sync_s = (phase 3 - phase 2) per
-piece - the tuner's price of that allreduce, at least 0.
+    a round = one piece of compute (a numpy matmul loop of n repetitions, one thread),
+              then an 8-byte allreduce among the k active ranks
+
+    rep_s[k]       seconds per repetition with k active: the slope of the round time
+                   between a short (SHORT_REPS) and a long (PIECE_REPS) piece. The cost
+                   model scales the profile's compute by rep_s[k] / (the profile's own
+                   seconds per repetition, timed alone while it ran): the time-sharing
+                   of cores, the CPU that waiting ranks burn, and whatever else loads
+                   the machine now.
+    coll_s[k]      what one blocking collective costs beyond the tuner's price: the
+                   round time at the short piece minus its compute (slope x reps) minus
+                   the tuner's price, at least 0.
+
+Medians of ROUNDS rounds, the slowest active rank's view. Also kept for the summary:
+"share" (rep_s[k] / rep_s[1] at the largest k).
 
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
@@ -32,10 +36,9 @@ import statistics
 import sys
 import time
 
-PIECE_REPS = 200     # matmuls in one piece of compute (about 2 ms on one core here)
-SHORT_REPS = 10      # a short piece (about 0.1 ms): the wake-up after little compute
-ROUNDS = 15
-ALONE_WINDOW_S = 0.3  # what the other ranks sleep while rank 0 computes alone
+PIECE_REPS = 200     # matmuls in a long piece of compute (about 2 ms on one core here)
+SHORT_REPS = 20      # a short piece (about 0.2 ms)
+ROUNDS = 11
 
 
 def _compute(n):
@@ -47,10 +50,10 @@ def _compute(n):
     return a
 
 
-def piece_seconds(rounds=ROUNDS):
-    """One piece alone, median: the profile records it too, so that profile times taken
-    on a differently loaded machine can be rescaled to now (cost.py)."""
-    return _timed(lambda: _compute(PIECE_REPS), rounds)
+def piece_seconds(rounds=15):
+    """One long piece alone, its least time (as the profile times layers): the profile
+    records it, and the calibration's times are divided by it (cost.py)."""
+    return _timed(lambda: _compute(PIECE_REPS), rounds, min)
 
 
 def _timed(fn, rounds, pick=statistics.median):
@@ -62,56 +65,60 @@ def _timed(fn, rounds, pick=statistics.median):
     return pick(times)
 
 
-def _phases(comm, reps, tiny):
-    """One (alone, together, synced) sample, each the median seconds of a piece."""
-    import numpy as np
-
-    comm.barrier()
-    if comm.rank == 0:
-        alone = _timed(lambda: _compute(reps), ROUNDS)
-    else:                      # sleep, not a collective: a waiting rank spins at first
-        time.sleep(ALONE_WINDOW_S)
-        alone = 0.0
-    comm.barrier()
-    together = _timed(lambda: _compute(reps), ROUNDS)
-    comm.barrier()
-
-    def piece_and_allreduce():
+def _rounds(sub, reps, tiny):
+    """Median round time: `reps` of compute, then the allreduce."""
+    def one():
         _compute(reps)
-        comm.allreduce(tiny)
-    synced = _timed(piece_and_allreduce, ROUNDS)
-    out = np.array([alone, together, synced])
-    comm.allreduce(out, op="max")
-    return out
+        sub.allreduce(tiny)
+    sub.barrier()
+    return _timed(one, ROUNDS)
 
 
-def measure(comm, samples=3):
-    """Every rank calls; returns the medians of `samples` rounds of the three phases, the
-    slowest rank's view, for a long and a short piece of compute:
-    {"share", "sync_s", "piece_s", "together_s", "sync_short_s", "together_short_s"}."""
+def _machine_peers(comm, topo):
+    """This rank's index among the ranks of its machine, and their count (by the probe's
+    hostname, so network-namespace hosts on one machine count together)."""
+    records = {r["rank"]: r.get("hostname", "") for r in topo.get("ranks", [])}
+    names = [records.get(r, "") for r in range(comm.size)]
+    peers = [r for r, n in enumerate(names) if n == names[comm.rank]]
+    return peers.index(comm.rank), len(peers)
+
+
+def measure(comm, topo):
+    """Every rank calls. Returns {"rep_s": {k: s}, "coll_s": {k: s}, "share", "piece_s",
+    "ranks_per_machine"} with k the number of ranks active at once on each machine."""
     import numpy as np
 
     from hcomm.topology import explain
 
     tiny = np.zeros(2, np.float32)
-    predicted = explain("allreduce", 8, comm=comm)
-    price = predicted.candidate(predicted.chosen).seconds
-    out = {}
-    for reps, suffix in ((PIECE_REPS, ""), (SHORT_REPS, "_short")):
-        rows = np.array([_phases(comm, reps, tiny) for _ in range(samples)])
-        alone, together, synced = np.median(rows, axis=0)
-        out["sync" + suffix + "_s"] = max(0.0, float(synced - together) - price)
-        out["together" + suffix + "_s"] = float(together)
-        if not suffix:
-            out["share"], out["piece_s"] = max(1.0, float(together / alone)), float(alone)
-    return out
+    local, per_machine = _machine_peers(comm, topo)
+    rep_s, coll_s = {}, {}
+    for k in range(1, per_machine + 1):
+        active = local < k
+        sub = comm.split(0 if active else 1)
+        row = np.zeros(3)
+        if active:
+            short, long_ = _rounds(sub, SHORT_REPS, tiny), _rounds(sub, PIECE_REPS, tiny)
+            slope = max(0.0, (long_ - short) / (PIECE_REPS - SHORT_REPS))
+            price = 0.0
+            if sub.size > 1:
+                e = explain("allreduce", 8, comm=sub)
+                price = e.candidate(e.chosen).seconds
+            row[:] = (slope, max(0.0, short - slope * SHORT_REPS - price), 1.0)
+        comm.allreduce(row, op="max")        # the slowest machine's and rank's view
+        rep_s[k], coll_s[k] = float(row[0]), float(row[1])
+        sub.close()
+        comm.barrier()
+    top = max(rep_s)
+    return {"rep_s": rep_s, "coll_s": coll_s, "share": rep_s[top] / max(rep_s[1], 1e-12),
+            "piece_s": rep_s[1] * PIECE_REPS, "ranks_per_machine": per_machine}
 
 
 def _report(comm):
     from hcomm.topology import topology
 
     topo = topology(comm)
-    cal = measure(comm)
+    cal = measure(comm, topo)
     comm.barrier()
     if comm.rank == 0:
         topo["planner"] = dict(cal, cores=os.cpu_count() or 1)

@@ -212,6 +212,9 @@ def format_explain(result: PlanResult, est: Estimate) -> str:
              f"  {d['microbatches']} micro-batches of {c.micro_batch_size} per pipeline; slowest pp rank "
              f"{d['slowest_pp_rank']}: F {_ms(d['F'])} ms, B {_ms(d['B'])} ms per micro-batch; p2p "
              f"{_ms(d['p2p_s'])} ms per message; bubble {d['bubble']:.3f}; peak stash {d['peak_stash']}",
+             f"  compute factor {d['compute_factor']:.2f} with "
+             + ", ".join(f"{k:.1f}" for k in d["active_ranks"].values())
+             + f" ranks active per machine; {_ms(d['call_overhead_s'])} ms overhead per collective call",
              "  time per step (ms):"]
     for k, v in est.terms.items():
         if k != "total":
