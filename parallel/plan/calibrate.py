@@ -20,6 +20,9 @@ at once (the others wait in a barrier, asleep):
     coll_s[k]      what one blocking collective costs beyond the tuner's price: the
                    round time at the short piece minus its compute (slope x reps) minus
                    the tuner's price, at least 0.
+    coll_async_s[k]  the same for a collective issued async and waited for (the core's
+                   progress thread completes it: one more thread to wake). ZeRO's
+                   bucketed and per-unit collectives and the pipeline's p2p take it.
 
 Medians of ROUNDS rounds, the slowest active rank's view. Also kept for the summary:
 "share" (rep_s[k] / rep_s[1] at the largest k).
@@ -65,11 +68,15 @@ def _timed(fn, rounds, pick=statistics.median):
     return pick(times)
 
 
-def _rounds(sub, reps, tiny):
-    """Median round time: `reps` of compute, then the allreduce."""
+def _rounds(sub, reps, tiny, async_op=False):
+    """Median round time: `reps` of compute, then the allreduce (blocking, or issued
+    async and waited for: the progress thread's path, which ZeRO and p2p take)."""
     def one():
         _compute(reps)
-        sub.allreduce(tiny)
+        if async_op:
+            sub.allreduce(tiny, async_op=True).wait()
+        else:
+            sub.allreduce(tiny)
     sub.barrier()
     return _timed(one, ROUNDS)
 
@@ -92,25 +99,27 @@ def measure(comm, topo):
 
     tiny = np.zeros(2, np.float32)
     local, per_machine = _machine_peers(comm, topo)
-    rep_s, coll_s = {}, {}
+    rep_s, coll_s, async_s = {}, {}, {}
     for k in range(1, per_machine + 1):
         active = local < k
-        sub = comm.split(0 if active else 1)
+        sub = comm.split(0 if active else -1)      # the others opt out and wait below
         row = np.zeros(3)
         if active:
             short, long_ = _rounds(sub, SHORT_REPS, tiny), _rounds(sub, PIECE_REPS, tiny)
+            short_async = _rounds(sub, SHORT_REPS, tiny, async_op=True)
             slope = max(0.0, (long_ - short) / (PIECE_REPS - SHORT_REPS))
             price = 0.0
             if sub.size > 1:
                 e = explain("allreduce", 8, comm=sub)
                 price = e.candidate(e.chosen).seconds
-            row[:] = (slope, max(0.0, short - slope * SHORT_REPS - price), 1.0)
+            base = slope * SHORT_REPS + price
+            row[:] = (slope, max(0.0, short - base), max(0.0, short_async - base))
+            sub.close()
         comm.allreduce(row, op="max")        # the slowest machine's and rank's view
-        rep_s[k], coll_s[k] = float(row[0]), float(row[1])
-        sub.close()
+        rep_s[k], coll_s[k], async_s[k] = (float(x) for x in row)
         comm.barrier()
     top = max(rep_s)
-    return {"rep_s": rep_s, "coll_s": coll_s, "share": rep_s[top] / max(rep_s[1], 1e-12),
+    return {"rep_s": rep_s, "coll_s": coll_s, "coll_async_s": async_s, "share": rep_s[top] / max(rep_s[1], 1e-12),
             "piece_s": rep_s[1] * PIECE_REPS, "ranks_per_machine": per_machine}
 
 

@@ -127,10 +127,11 @@ class Cluster:
             return _interpolate(rep, active) / profile_rep_s
         return max(1.0, active / max(1, self.cores_of_machine(machine)))
 
-    def collective_overhead(self, active: float) -> float:
-        """Measured cost of a blocking collective beyond the tuner's price with `active`
-        ranks computing on each machine (calibrate.py); 0 when not measured."""
-        table = self._table("coll_s")
+    def collective_overhead(self, active: float, async_op: bool = False) -> float:
+        """Measured cost of a collective call beyond the tuner's price with `active` ranks
+        computing on each machine (calibrate.py; blocking, or async and waited for); 0
+        when not measured."""
+        table = self._table("coll_async_s" if async_op else "coll_s") or self._table("coll_s")
         return _interpolate(table, active) if table else 0.0
 
     def _table(self, name):

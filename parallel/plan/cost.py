@@ -159,18 +159,19 @@ class CostModel:
         memory = self._memory(c, per_rank, report)
         return Estimate(c, terms, memory, detail, self.s.budget)
 
-    def _coll(self, kind, nbytes, groups) -> float:
-        """The tuner's price of one collective call plus the measured per-call overhead."""
+    def _coll(self, kind, nbytes, groups, async_op=False) -> float:
+        """The tuner's price of one collective call plus the measured per-call overhead
+        (async_op: issued async and waited for, as ZeRO's and the pipeline's are)."""
         price = self.pricer.collective(kind, nbytes, groups)
         if price <= 0:
             return 0.0
-        return price + self._call_overhead(max(len(grp) for grp in groups))
+        return price + self._call_overhead(max(len(grp) for grp in groups), async_op)
 
-    def _call_overhead(self, group_size) -> float:
+    def _call_overhead(self, group_size, async_op=False) -> float:
         """calibrate.py's overhead of a call among k ranks that compute between calls, with
         k = the group's size, or more when more ranks of the machine are active: every
         member must be running for the call to finish."""
-        return max(self.cluster.collective_overhead(max(group_size, k)) for k in self.active.values())
+        return max(self.cluster.collective_overhead(max(group_size, k), async_op) for k in self.active.values())
 
     def _overhead(self, name, stage) -> float:
         return float((self.overheads.get(name) or {}).get(str(stage), 0.0))
@@ -214,8 +215,8 @@ class CostModel:
             for r in rows:
                 units = max(1, r["units"])
                 unit_bytes = r["params"] * pb / units
-                gather = self._coll("allgather", unit_bytes, dp_groups)
-                rs = self._coll("reduce_scatter", unit_bytes, dp_groups)
+                gather = self._coll("allgather", unit_bytes, dp_groups, async_op=True)
+                rs = self._coll("reduce_scatter", unit_bytes, dp_groups, async_op=True)
                 check = self._coll("allgather", 24 * c.dp, dp_groups)   # the control-flow check per unit
                 f += units * (gather + check)
                 b += units * (gather + check + rs)
@@ -224,17 +225,17 @@ class CostModel:
         return f, b
 
     def _bucketed(self, kind, nbytes, groups):
-        """nbytes in 25 MiB buckets, one call each."""
+        """nbytes in 25 MiB buckets, one async call each (ZeRO's Collectives)."""
         full, rest = divmod(int(nbytes), BUCKET_BYTES)
         sizes = [BUCKET_BYTES] * full + ([rest] if rest else [])
-        return sum(self._coll(kind, size, groups) for size in sizes)
+        return sum(self._coll(kind, size, groups, async_op=True) for size in sizes)
 
     # ------------------------------------------------------------------ pipeline
     def _p2p(self, c, g, per_rank):
         if c.pp == 1:
             return 0.0
         out = max(chunk[-1]["out_bytes"] for chunks in per_rank for chunk in chunks)
-        return self._coll("send", out + P2P_HEADER_BYTES, pairs(g["pp"]))
+        return self._coll("send", out + P2P_HEADER_BYTES, pairs(g["pp"]), async_op=True)
 
     def _pipeline(self, c, m, f, b, p2p):
         """The schedule checker's report for per-rank costs (f, b) and p2p per message.
