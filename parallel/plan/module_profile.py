@@ -86,8 +86,8 @@ def profile_module(module, sample_batch, micro_batch_sizes, loss_fn=None, repeat
         out["optimizer_s_per_element"] = optimizer_seconds_per_element()
     finally:
         torch.set_num_threads(threads)
+    out["baseline_rss"] = baseline_rss_bytes()       # this process: the caller's own baseline
     out.update(overheads if overheads is not None else step_overheads())
-    out["baseline_rss"] = baseline_rss_bytes()
     out["measured_s"] = time.perf_counter() - t0
     return out
 

@@ -252,11 +252,12 @@ def _profile_gpt_here(model_section, shapes, dtype, repeat):
             out["shapes"][shape_key(tp, mb, sp)] = rows
             del model
     out["optimizer_s_per_element"] = optimizer_seconds_per_element(dtype)
-    out.update(_step_overheads())
     gc.collect()
     # after forward, backward and an optimizer step have run (kernels, autograd engine,
-    # allocator pools loaded) with the models freed: what every rank carries besides its share
+    # allocator pools loaded) with the models freed: what every rank carries besides its
+    # share; taken before the bookkeeping runs below build their own pipelines and optimizers
     out["baseline_rss"] = baseline_rss_bytes()
+    out.update(_step_overheads())
     return out
 
 
