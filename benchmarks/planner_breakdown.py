@@ -1,7 +1,7 @@
 """Where a real training step's time goes, beside the planner's terms for the same plan.
 
     python benchmarks/planner_breakdown.py --np 4 --plans 6          # plan here, run 6 plans, print both
-    python benchmarks/planner_breakdown.py --np 4 --config plan.json  # one given layout
+    python benchmarks/planner_breakdown.py --np 4 --only "z3 mb1"     # the plans whose name holds this
 
 Each plan runs examples/train_gpt.py's Trainer under torchrun with timers around what a
 step does, on every rank, as exclusive times (a collective inside a forward counts as
@@ -159,6 +159,7 @@ def main(argv=None):
     ap.add_argument("--global-batch-size", type=int, default=8)
     ap.add_argument("--plans", type=int, default=6, help="plans run: evenly spaced over the ranking")
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--only", help="run only plans whose name contains this (the first --plans of them)")
     ap.add_argument("--rank-main", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -170,8 +171,8 @@ def main(argv=None):
     cluster = Cluster.detect(args.np)
     print(cluster.summary(), flush=True)
     result = plan(json.loads(args.model), args.global_batch_size, cluster=cluster)
-    fits = [e for e in result.ranked if e.fits]
-    step = max(1, len(fits) // args.plans)
+    fits = [e for e in result.ranked if e.fits and (not args.only or args.only in e.cand.name)]
+    step = 1 if args.only else max(1, len(fits) // args.plans)
     for est in fits[::step][:args.plans]:
         print("\n" + format_explain(result, est), flush=True)
         print(format_measured(measure(result.config(est), args.steps, args.np)), flush=True)

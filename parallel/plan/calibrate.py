@@ -123,11 +123,83 @@ def measure(comm, topo):
             "piece_s": rep_s[1] * PIECE_REPS, "ranks_per_machine": per_machine}
 
 
+def _torch_group(comm):
+    """torch.distributed on the hcomm backend over the same ranks (a TCPStore that rank 0
+    opens on MASTER_ADDR, default 127.0.0.1, its port sent over `comm`)."""
+    from datetime import timedelta
+
+    import numpy as np
+    import torch.distributed as dist
+
+    import hcomm.torch  # noqa: F401  registers the backend
+
+    host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = np.zeros(1, np.int64)
+    store = None
+    if comm.rank == 0:
+        store = dist.TCPStore(host, 0, comm.size, True, timedelta(seconds=120), wait_for_workers=False)
+        port[0] = store.port
+    comm.broadcast(port, root=0)
+    if store is None:
+        store = dist.TCPStore(host, int(port[0]), comm.size, False, timedelta(seconds=120))
+    dist.init_process_group("hcomm", store=dist.PrefixStore("calibrate", store), rank=comm.rank,
+                            world_size=comm.size)
+
+
+def torch_call_overheads(comm, topo, rep_s):
+    """coll_s[k] and coll_async_s[k] through torch.distributed on the hcomm backend, the
+    path a training job's collectives take (the c10d call, Work and its future, the
+    completion pool: each a thread to wake on a loaded machine). Same rounds as measure():
+    a short piece, then an 8-byte all_reduce (blocking) or all_gather_into_tensor issued
+    async and waited for, among the k active ranks of each machine."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from hcomm.topology import explain
+
+    records = {r["rank"]: r.get("hostname", "") for r in topo.get("ranks", [])}
+    names = [records.get(r, "") for r in range(comm.size)]
+    local = [names[:r].count(names[r]) for r in range(comm.size)]
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor    # torch 2.13's name
+    _torch_group(comm)
+    try:
+        x = torch.zeros(2)
+        coll, asyn = {}, {}
+        for k in sorted(rep_s):
+            members = [r for r in range(comm.size) if local[r] < k]
+            group = dist.new_group(members)
+            row = np.zeros(2)
+            if comm.rank in members:
+                out = torch.zeros(2 * len(members))
+                price = 0.0
+                if len(members) > 1:
+                    e = explain("allreduce", 8, topology=topo, ranks=members)
+                    price = e.candidate(e.chosen).seconds
+                base = rep_s[k] * SHORT_REPS + price
+
+                def blocking():
+                    _compute(SHORT_REPS)
+                    dist.all_reduce(x, group=group)
+
+                def waited():
+                    _compute(SHORT_REPS)
+                    gather(out, x, group=group, async_op=True).wait()
+                dist.barrier(group=group)
+                row[:] = (max(0.0, _timed(blocking, ROUNDS) - base), max(0.0, _timed(waited, ROUNDS) - base))
+            comm.allreduce(row, op="max")
+            coll[k], asyn[k] = float(row[0]), float(row[1])
+        return {"coll_s": coll, "coll_async_s": asyn}
+    finally:
+        dist.destroy_process_group()
+
+
 def _report(comm):
     from hcomm.topology import topology
 
     topo = topology(comm)
     cal = measure(comm, topo)
+    cal.update(torch_call_overheads(comm, topo, cal["rep_s"]))
     comm.barrier()
     if comm.rank == 0:
         topo["planner"] = dict(cal, cores=os.cpu_count() or 1)
