@@ -5,10 +5,12 @@ and memory for the plans of two GPT sizes, on
     (b) 2 simulated hosts x 2 ranks, 1 Gbit/s between them        --case b   (network namespaces, tc)
     (c) an uneven 3 + 1 layout of simulated hosts, 1 Gbit/s       --case c
 
-    python benchmarks/planner_accuracy.py --case a,b,c --plans 8 --steps 6   # all three, ~10-15 min
+    python benchmarks/planner_accuracy.py --case a,b,c --plans 8 --steps 6   # all three
+    (27 min at load 11-17 on the 2-core development machine; mostly the 48 launches of 4 ranks)
 
 Per case: the cluster is detected on the ranks themselves (hcomm's topology dump plus
-calibrate.py's compute share and collective wake-up; in the namespaces too), then for
+calibrate.py's compute factor per number of active ranks and per-call collective
+overheads; in the namespaces too), then for
 each model the planner ranks every plan (profile included, from an empty cache, so the
 planning time printed is the whole cost), and a sample of the plans that fit is run with
 examples/train_gpt.py for --steps steps each (median step after the first). The sample
