@@ -239,7 +239,7 @@ def _profile_gpt_here(model_section, shapes, dtype, repeat):
     torch.set_num_threads(1)
     world = max(tp for tp, _, _ in shapes)
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=max(world, 1))
-    out = {"shapes": {}}
+    out = {"shapes": {}, "baseline_rss": _baseline_after_warm_up()}
     gen = torch.Generator().manual_seed(0)
     with CollectiveLog() as log:
         for tp, mb, sp in shapes:
@@ -251,13 +251,23 @@ def _profile_gpt_here(model_section, shapes, dtype, repeat):
             out["shapes"][shape_key(tp, mb, sp)] = rows
             del model
     out["optimizer_s_per_element"] = optimizer_seconds_per_element(dtype)
-    gc.collect()
-    # after forward, backward and an optimizer step have run (kernels, autograd engine,
-    # allocator pools loaded) with the models freed: what every rank carries besides its
-    # share; taken before the bookkeeping runs below build their own pipelines and optimizers
-    out["baseline_rss"] = baseline_rss_bytes()
     out.update(_step_overheads())
     return out
+
+
+def _baseline_after_warm_up():
+    """What every rank carries besides its share: this process's resident bytes after one
+    training step of a tiny one-rank pipeline (torch, hcomm, the autograd engine, the
+    pipeline runtime and AdamW loaded), taken before any model of the profile is built:
+    the allocator keeps what a larger profiled shape freed, which inflated this figure by
+    up to 60 MiB on the wide GPT when it was taken at the end."""
+    import torch.distributed as dist
+
+    from .overhead import _pipeline_step
+
+    _pipeline_step(2, 1, 0, dist.new_group([0]))()
+    gc.collect()
+    return baseline_rss_bytes()
 
 
 def _step_overheads():
