@@ -6,7 +6,8 @@ and memory for the plans of two GPT sizes, on
     (c) an uneven 3 + 1 layout of simulated hosts, 1 Gbit/s       --case c
 
     python benchmarks/planner_accuracy.py --case a,b,c --plans 8 --steps 6   # all three
-    (27 min at load 11-17 on the 2-core development machine; mostly the 48 launches of 4 ranks)
+    (7-9 min at load 4-9 on the 2-core development machine, 21-27 at load 10-17; mostly the
+    48 launches of 4 ranks)
 
 Per case: the cluster is detected on the ranks themselves (hcomm's topology dump plus
 calibrate.py's compute factor per number of active ranks and per-call collective
