@@ -1,24 +1,32 @@
-"""Detect the job's machines: hcomm's topology (probe + fitted links) plus two numbers the
+"""Detect the job's machines: hcomm's topology (probe + fitted links) plus what the
 tuner's alpha-beta model does not hold, measured on the ranks themselves.
 
-    together_s  one piece of compute on each rank while every rank computes at once: the
-             cost model scales the profile's times by together_s over the same piece
-             timed alone during the profile (time-sharing of cores and whatever else
-             loads the machine, measured as it is now); share = together / alone now
-    sync_s   what one blocking collective costs beyond the tuner's price when the ranks
-             reach it straight from compute: on a machine with more ranks than cores a
-             rank that finished early has gone to sleep, and the last one to arrive may
-             be waiting for a core; this wake-up is the dominant cost of a small
-             collective there (measured: ms, where the tuner prices tens of us). It
-             grows with the compute before the collective (the ranks drift apart while
-             they time-share), so it is measured after a long (~2 ms) and a short
-             (~0.1 ms) piece, and Cluster.sync_after() interpolates between the two.
+A training step on a rank alternates compute with blocking collectives. When a machine
+has more ranks than cores (or other jobs), what a rank's compute costs depends on how
+many ranks compute at the same time, and every collective costs more than the tuner's
+price because ranks that arrive early sleep and must be woken. Both are measured on the
+job's ranks, in that alternating pattern, for k = 1 .. ranks-per-machine ranks active
+at once (the others wait in a barrier, asleep):
 
-Measured with a numpy matmul loop on one thread per rank, in three phases: rank 0 alone
-(the others sleep), every rank at once, every rank at once with an 8-byte allreduce
-after each piece of compute; three samples of the three, medians throughout (the machine
-may be shared). share = phase 2 / phase 1 per piece; sync_s = (phase 3 - phase 2) per
-piece - the tuner's price of that allreduce, at least 0.
+    a round = one piece of compute (a numpy matmul loop of n repetitions, one thread),
+              then an 8-byte allreduce among the k active ranks
+
+    rep_s[k]       seconds per repetition with k active: the slope of the round time
+                   between a short (SHORT_REPS) and a long (PIECE_REPS) piece. The cost
+                   model scales the profile's compute by rep_s[k] / (the profile's own
+                   seconds per repetition, timed alone while it ran): the time-sharing
+                   of cores, the CPU that waiting ranks burn, and whatever else loads
+                   the machine now.
+    coll_s[k]      what one blocking collective costs beyond the tuner's price: the
+                   round time at the short piece minus its compute (slope x reps) minus
+                   the tuner's price, at least 0.
+    coll_async_s[k]  the same for a collective issued async and waited for (the core's
+                   progress thread completes it: one more thread to wake). ZeRO's
+                   bucketed and per-unit collectives and the pipeline's p2p take it.
+
+Medians of ROUNDS rounds, the slowest active rank's view; the sweep over k is run
+PASSES times and the median per k kept. Also kept for the summary:
+"share" (rep_s[k] / rep_s[1] at the largest k).
 
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
@@ -32,10 +40,10 @@ import statistics
 import sys
 import time
 
-PIECE_REPS = 200     # matmuls in one piece of compute (about 2 ms on one core here)
-SHORT_REPS = 10      # a short piece (about 0.1 ms): the wake-up after little compute
-ROUNDS = 15
-ALONE_WINDOW_S = 0.3  # what the other ranks sleep while rank 0 computes alone
+PIECE_REPS = 200     # matmuls in a long piece of compute (about 2 ms on one core here)
+SHORT_REPS = 20      # a short piece (about 0.2 ms)
+ROUNDS = 11
+PASSES = 3           # the sweeps are repeated and their medians kept
 
 
 def _compute(n):
@@ -47,10 +55,10 @@ def _compute(n):
     return a
 
 
-def piece_seconds(rounds=ROUNDS):
-    """One piece alone, median: the profile records it too, so that profile times taken
-    on a differently loaded machine can be rescaled to now (cost.py)."""
-    return _timed(lambda: _compute(PIECE_REPS), rounds)
+def piece_seconds(rounds=15):
+    """One long piece alone, its least time (as the profile times layers): the profile
+    records it, and the calibration's times are divided by it (cost.py)."""
+    return _timed(lambda: _compute(PIECE_REPS), rounds, min)
 
 
 def _timed(fn, rounds, pick=statistics.median):
@@ -62,56 +70,149 @@ def _timed(fn, rounds, pick=statistics.median):
     return pick(times)
 
 
-def _phases(comm, reps, tiny):
-    """One (alone, together, synced) sample, each the median seconds of a piece."""
-    import numpy as np
-
-    comm.barrier()
-    if comm.rank == 0:
-        alone = _timed(lambda: _compute(reps), ROUNDS)
-    else:                      # sleep, not a collective: a waiting rank spins at first
-        time.sleep(ALONE_WINDOW_S)
-        alone = 0.0
-    comm.barrier()
-    together = _timed(lambda: _compute(reps), ROUNDS)
-    comm.barrier()
-
-    def piece_and_allreduce():
+def _rounds(sub, reps, tiny, async_op=False):
+    """Median round time: `reps` of compute, then the allreduce (blocking, or issued
+    async and waited for: the progress thread's path, which ZeRO and p2p take)."""
+    def one():
         _compute(reps)
-        comm.allreduce(tiny)
-    synced = _timed(piece_and_allreduce, ROUNDS)
-    out = np.array([alone, together, synced])
-    comm.allreduce(out, op="max")
-    return out
+        if async_op:
+            sub.allreduce(tiny, async_op=True).wait()
+        else:
+            sub.allreduce(tiny)
+    sub.barrier()
+    return _timed(one, ROUNDS)
 
 
-def measure(comm, samples=3):
-    """Every rank calls; returns the medians of `samples` rounds of the three phases, the
-    slowest rank's view, for a long and a short piece of compute:
-    {"share", "sync_s", "piece_s", "together_s", "sync_short_s", "together_short_s"}."""
+def _machine_peers(comm, topo):
+    """This rank's index among the ranks of its machine, and their count (by the probe's
+    hostname, so network-namespace hosts on one machine count together)."""
+    records = {r["rank"]: r.get("hostname", "") for r in topo.get("ranks", [])}
+    names = [records.get(r, "") for r in range(comm.size)]
+    peers = [r for r, n in enumerate(names) if n == names[comm.rank]]
+    return peers.index(comm.rank), len(peers)
+
+
+def measure(comm, topo):
+    """Every rank calls. Returns {"rep_s": {k: s}, "coll_s": {k: s}, "share", "piece_s",
+    "ranks_per_machine"} with k the number of ranks active at once on each machine."""
     import numpy as np
 
     from hcomm.topology import explain
 
     tiny = np.zeros(2, np.float32)
-    predicted = explain("allreduce", 8, comm=comm)
-    price = predicted.candidate(predicted.chosen).seconds
-    out = {}
-    for reps, suffix in ((PIECE_REPS, ""), (SHORT_REPS, "_short")):
-        rows = np.array([_phases(comm, reps, tiny) for _ in range(samples)])
-        alone, together, synced = np.median(rows, axis=0)
-        out["sync" + suffix + "_s"] = max(0.0, float(synced - together) - price)
-        out["together" + suffix + "_s"] = float(together)
-        if not suffix:
-            out["share"], out["piece_s"] = max(1.0, float(together / alone)), float(alone)
-    return out
+    local, per_machine = _machine_peers(comm, topo)
+    rep_s, coll_s, async_s = {}, {}, {}
+    for k in range(1, per_machine + 1):
+        active = local < k
+        sub = comm.split(0 if active else -1)      # the others opt out and wait below
+        row = np.zeros(3)
+        if active:
+            short, long_ = _rounds(sub, SHORT_REPS, tiny), _rounds(sub, PIECE_REPS, tiny)
+            short_async = _rounds(sub, SHORT_REPS, tiny, async_op=True)
+            slope = max(0.0, (long_ - short) / (PIECE_REPS - SHORT_REPS))
+            price = 0.0
+            if sub.size > 1:
+                e = explain("allreduce", 8, comm=sub)
+                price = e.candidate(e.chosen).seconds
+            base = slope * SHORT_REPS + price
+            row[:] = (slope, max(0.0, short - base), max(0.0, short_async - base))
+            sub.close()
+        comm.allreduce(row, op="max")        # the slowest machine's and rank's view
+        rep_s[k], coll_s[k], async_s[k] = (float(x) for x in row)
+        comm.barrier()
+    top = max(rep_s)
+    return {"rep_s": rep_s, "coll_s": coll_s, "coll_async_s": async_s, "share": rep_s[top] / max(rep_s[1], 1e-12),
+            "piece_s": rep_s[1] * PIECE_REPS, "ranks_per_machine": per_machine}
 
 
-def _report(comm):
+def _torch_group(comm):
+    """torch.distributed on the hcomm backend over the same ranks (a TCPStore that rank 0
+    opens on MASTER_ADDR, default 127.0.0.1, its port sent over `comm`)."""
+    from datetime import timedelta
+
+    import numpy as np
+    import torch.distributed as dist
+
+    import hcomm.torch  # noqa: F401  registers the backend
+
+    host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = np.zeros(1, np.int64)
+    store = None
+    if comm.rank == 0:
+        store = dist.TCPStore(host, 0, comm.size, True, timedelta(seconds=120), wait_for_workers=False)
+        port[0] = store.port
+    comm.broadcast(port, root=0)
+    if store is None:
+        store = dist.TCPStore(host, int(port[0]), comm.size, False, timedelta(seconds=120))
+    dist.init_process_group("hcomm", store=dist.PrefixStore("calibrate", store), rank=comm.rank,
+                            world_size=comm.size)
+
+
+def torch_call_overheads(comm, topo, rep_s):
+    """coll_s[k] and coll_async_s[k] through torch.distributed on the hcomm backend, the
+    path a training job's collectives take (the c10d call, Work and its future, the
+    completion pool: each a thread to wake on a loaded machine). Same rounds as measure():
+    a short piece, then an 8-byte all_reduce (blocking) or all_gather_into_tensor issued
+    async and waited for, among the k active ranks of each machine."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from hcomm.topology import explain
+
+    records = {r["rank"]: r.get("hostname", "") for r in topo.get("ranks", [])}
+    names = [records.get(r, "") for r in range(comm.size)]
+    local = [names[:r].count(names[r]) for r in range(comm.size)]
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor    # torch 2.13's name
+    _torch_group(comm)
+    try:
+        x = torch.zeros(2)
+        coll, asyn = {}, {}
+        for k in sorted(rep_s):
+            members = [r for r in range(comm.size) if local[r] < k]
+            group = dist.new_group(members)
+            row = np.zeros(2)
+            if comm.rank in members:
+                out = torch.zeros(2 * len(members))
+                price = 0.0
+                if len(members) > 1:
+                    e = explain("allreduce", 8, topology=topo, ranks=members)
+                    price = e.candidate(e.chosen).seconds
+                base = rep_s[k] * SHORT_REPS + price
+
+                def blocking():
+                    _compute(SHORT_REPS)
+                    dist.all_reduce(x, group=group)
+
+                def waited():
+                    _compute(SHORT_REPS)
+                    gather(out, x, group=group, async_op=True).wait()
+                dist.barrier(group=group)
+                row[:] = (max(0.0, _timed(blocking, ROUNDS) - base), max(0.0, _timed(waited, ROUNDS) - base))
+            comm.allreduce(row, op="max")
+            coll[k], asyn[k] = float(row[0]), float(row[1])
+        return {"coll_s": coll, "coll_async_s": asyn}
+    finally:
+        dist.destroy_process_group()
+
+
+def _median_tables(samples):
+    """Per key and k, the median over samples of the {k: seconds} tables."""
+    return {name: {k: statistics.median(s[name][k] for s in samples) for k in samples[0][name]}
+            for name in samples[0]}
+
+
+def _report(comm, passes=PASSES):
     from hcomm.topology import topology
 
     topo = topology(comm)
-    cal = measure(comm)
+    # the whole sweep `passes` times, medians per k: one burst of another job's load falls
+    # on one pass, not on every k of the result
+    runs = [measure(comm, topo) for _ in range(passes)]
+    cal = dict(runs[0], **_median_tables([{"rep_s": r["rep_s"]} for r in runs]))
+    cal["share"] = cal["rep_s"][max(cal["rep_s"])] / max(cal["rep_s"][1], 1e-12)
+    cal["piece_s"] = cal["rep_s"][1] * PIECE_REPS
+    cal.update(_median_tables([torch_call_overheads(comm, topo, cal["rep_s"]) for _ in range(passes)]))
     comm.barrier()
     if comm.rank == 0:
         topo["planner"] = dict(cal, cores=os.cpu_count() or 1)

@@ -47,7 +47,7 @@ class Cluster:
     cores_per_host: Dict[str, int] = field(default_factory=dict)
     memory_per_host: Dict[str, int] = field(default_factory=dict)
     origin: str = "described"
-    calibration: Optional[dict] = None   # calibrate.py's {"share", "sync_s"}: measured on the ranks
+    calibration: Optional[dict] = None   # calibrate.py's {"rep_s", "coll_s", ...}: measured on the ranks
 
     def __post_init__(self):
         hosts = self.topology.get("hosts") or []
@@ -117,20 +117,26 @@ class Cluster:
         n = machine.count(machine[rank])
         return max(1.0, n / max(1, self.cores_of_machine(machine[rank])))
 
-    def sync_after(self, compute_s=None) -> float:
-        """Measured cost of a blocking collective beyond the tuner's price when the ranks
-        come to it from `compute_s` seconds of compute (None: a long stretch); linear
-        between calibrate.py's short and long pieces, flat outside; 0 when not measured."""
-        cal = self.calibration
-        if not cal:
-            return 0.0
-        long_x, long_y = cal["together_s"], cal["sync_s"]
-        if compute_s is None or "sync_short_s" not in cal or compute_s >= long_x:
-            return long_y
-        short_x, short_y = cal["together_short_s"], cal["sync_short_s"]
-        if compute_s <= short_x:
-            return short_y
-        return short_y + (long_y - short_y) * (compute_s - short_x) / (long_x - short_x)
+    def compute_factor(self, machine: str, active: float, profile_rep_s=None) -> float:
+        """How much longer compute takes on `machine` than in the one-process profile when
+        `active` of its ranks compute at once. Calibrated: calibrate.py's seconds per
+        repetition with that many ranks active (interpolated) over the profile's own
+        (`profile_rep_s`, timed alone while it ran). Described: active ranks per core (>= 1)."""
+        rep = self._table("rep_s")
+        if rep and profile_rep_s:
+            return _interpolate(rep, active) / profile_rep_s
+        return max(1.0, active / max(1, self.cores_of_machine(machine)))
+
+    def collective_overhead(self, active: float, async_op: bool = False) -> float:
+        """Measured cost of a collective call beyond the tuner's price with `active` ranks
+        computing on each machine (calibrate.py; blocking, or async and waited for); 0
+        when not measured."""
+        table = self._table("coll_async_s" if async_op else "coll_s") or self._table("coll_s")
+        return _interpolate(table, active) if table else 0.0
+
+    def _table(self, name):
+        cal = self.calibration or {}
+        return {int(k): float(v) for k, v in (cal.get(name) or {}).items()}
 
     def memory_budget(self) -> int:
         """Default per-rank budget: each host's memory divided by its ranks, the smallest."""
@@ -144,9 +150,13 @@ class Cluster:
         return (f"{self.world_size} ranks on {len(self.hosts)} host(s) [{sizes}]"
                 + (f" in {len(racks)} racks" if len(racks) > 1 else "")
                 + f"; cores/host {sorted(set(self.cores_per_host.values()))}; links: {links}"
-                + (f"; measured compute share {self.calibration['share']:.2f}, collective wake-up "
-                   f"{self.calibration.get('sync_short_s', 0) * 1e3:.2f}-{self.calibration['sync_s'] * 1e3:.2f} ms"
-                   if self.calibration else "") + f" ({self.origin})")
+                + (f"; measured compute slowdown {self._slowdowns()}, collective overhead "
+                   f"{max(self._table('coll_s').values(), default=0) * 1e3:.2f} ms at most"
+                   if self._table("rep_s") else "") + f" ({self.origin})")
+
+    def _slowdowns(self) -> str:
+        rep = self._table("rep_s")
+        return " ".join(f"{k}:{rep[k] / rep[min(rep)]:.2f}" for k in sorted(rep)) + " (active ranks: x alone)"
 
     # ---------------------------------------------------------------- constructors
     @classmethod
@@ -222,6 +232,20 @@ class Cluster:
         names = [h["name"] for h in topo["hosts"]]
         return cls(topo, {n: cal["cores"] for n in names}, {}, origin="detected (hcomm probe, calibrated)",
                    calibration=cal)
+
+
+def _interpolate(table: Dict[int, float], x: float) -> float:
+    """table[k] at a fractional k: linear between neighbouring keys, flat outside."""
+    keys = sorted(table)
+    if x <= keys[0]:
+        return table[keys[0]]
+    if x >= keys[-1]:
+        return table[keys[-1]]
+    lo = max(k for k in keys if k <= x)
+    hi = min(k for k in keys if k >= x)
+    if hi == lo:
+        return table[lo]
+    return table[lo] + (table[hi] - table[lo]) * (x - lo) / (hi - lo)
 
 
 def distinct_hosts(raw: dict) -> dict:

@@ -3,18 +3,24 @@
 Every term is stated in docs/planner.md; in short, for a candidate with m micro-batches
 per pipeline, on the slowest pipeline rank:
 
-    per micro-batch   F = share * sum(fwd_s) + tp collectives (forward) [+ ZeRO-3 gathers]
-                      B = share * sum(bwd_s) + tp collectives (backward)
+    per micro-batch   F = f * (sum(fwd_s) + runtime/2) + tp collectives (forward) [+ ZeRO-3 gathers]
+                      B = f * (sum(bwd_s) + runtime/2) + tp collectives (backward)
                           [+ ZeRO-2 reduce-scatter, + ZeRO-3 gathers and reduce-scatter]
     pipeline          the schedule checker's makespan with (F, B) per rank and the p2p price
                       per message: m (F + B) plus the bubble (parallel/pipeline/check.py)
     step end          dp gradient sync (ZeRO 0: allreduce; 1: reduce-scatter + all-gather;
-                      2: all-gather), the optimizer step, clipping and the step's control
-                      collectives (status all-gather over the world, loss allreduce over dp)
+                      2: all-gather), the optimizer step and the step's own bookkeeping
+                      (f * profiled), clipping and the step's control collectives (status
+                      all-gather over the world, loss allreduce over dp)
 
-`share` = ranks per core on the rank's machine (>= 1). Communication is never hidden
-behind compute unless every machine has a spare core per rank (`overlap`): the ranks
-then overlap the ZeRO-2/3 collectives with the backward.
+Every collective call also pays the measured per-call overhead (calibrate.py's coll_s,
+coll_async_s at all of the machine's ranks).
+`f` = the compute factor of the rank's machine with k of its ranks active at once
+(Cluster.compute_factor): k starts at all of them and is then set to the ranks' busy
+time over the step (a pipeline's idle ranks leave the cores to the others), three
+rounds. Communication is never hidden behind compute unless every machine has a spare
+core per rank (`overlap`): the ranks then overlap the ZeRO-2/3 collectives with the
+backward.
 
 Memory per rank: parameters, gradients, master weights and optimizer state by the ZeRO
 formulas of parallel/zero/memory.py (P = parameter bytes, M = master bytes, K = AdamW's
@@ -90,30 +96,44 @@ def chunks_of_rank(rows, pp, vpp) -> List[List[List[dict]]]:
 class CostModel:
     def __init__(self, cluster, pricer, profile, settings: Settings):
         self.cluster, self.pricer, self.profile, self.s = cluster, pricer, profile, settings
-        machine = cluster.machine_of()
-        self.share = {r: self.compute_factor(cluster, profile, r) for r in range(cluster.world_size)}
-        counts = {}
-        for r in range(cluster.world_size):
-            counts[machine[r]] = counts.get(machine[r], 0) + 1
+        self.machine = cluster.machine_of()
+        self.ranks_on = {}
+        for mc in self.machine:
+            self.ranks_on[mc] = self.ranks_on.get(mc, 0) + 1
         self._reports = {}
-        self.overlap = all(cluster.cores_of_machine(mc) >= 2 * n for mc, n in counts.items())
+        self.overlap = all(cluster.cores_of_machine(mc) >= 2 * n for mc, n in self.ranks_on.items())
+        self.overheads = profile.get("overheads") or {}
+        self.share, self.active = {}, {}      # set for each round of estimate()
 
-    @staticmethod
-    def compute_factor(cluster, profile, rank) -> float:
-        """How much slower than in the profile a rank computes in the job. Calibrated: the
-        numpy piece with every rank computing at once (now) over the same piece alone
-        during the profile, measured directly. Described: ranks per core (>= 1)."""
-        cal = cluster.calibration or {}
-        if cal.get("together_s") and profile.get("piece_s"):
-            return max(1.0, cal["together_s"] / profile["piece_s"])
-        return cluster.compute_share_of_rank(rank)
+    def _set_active(self, active: Dict[str, float]):
+        """Compute factor of every rank and the per-call collective overhead when `active`
+        ranks of each machine compute at once."""
+        rep = self.profile.get("piece_rep_s")
+        self.share = {r: self.cluster.compute_factor(mc, active[mc], rep) for r, mc in enumerate(self.machine)}
+        self.active = active
 
     def rows(self, c: Candidate):
         from .profile import shape_key
 
         return self.profile["shapes"][shape_key(c.tp, c.micro_batch_size, c.sequence_parallel)]
 
-    def estimate(self, c: Candidate) -> Estimate:
+    def estimate(self, c: Candidate, rounds: int = 3) -> Estimate:
+        active = {mc: float(n) for mc, n in self.ranks_on.items()}
+        for i in range(rounds):
+            self._set_active(active)
+            est = self._estimate(c)
+            est.detail["active_ranks"] = dict(active)      # what this estimate was made with
+            if i == rounds - 1:
+                break
+            busy = est.detail["busy"]
+            now = {mc: 0.0 for mc in self.ranks_on}
+            for r, mc in enumerate(self.machine):
+                now[mc] += min(1.0, busy[r] / est.step_s)
+            # halfway to the new count: the count and the step depend on each other
+            active = {mc: max(1.0, (active[mc] + k) / 2) for mc, k in now.items()}
+        return est
+
+    def _estimate(self, c: Candidate) -> Estimate:
         g = axis_groups(c.rank_order, c.dp, c.tp, c.pp)
         per_rank = chunks_of_rank(self.rows(c), c.pp, c.vpp)
         m = c.microbatches(self.s.global_batch_size)
@@ -121,20 +141,46 @@ class CostModel:
         fb = [self._microbatch(c, g, chunks, r) for r, chunks in enumerate(per_rank)]
         worst = max(range(c.pp), key=lambda r: fb[r]["F"] + fb[r]["B"])
         for k, v in fb[worst].items():
-            if k not in ("F", "B"):
+            if k not in ("F", "B", "busy"):
                 terms[k] = v * m
         p2p = self._p2p(c, g, per_rank)
         report = self._pipeline(c, m, fb[worst]["F"], fb[worst]["B"], p2p)
         busy = m * (fb[worst]["F"] + fb[worst]["B"])
         terms["pipeline bubble + p2p"] = max(0.0, report.makespan - busy) if report else 0.0
-        terms.update(self._step_end(c, g, per_rank))
+        end, busy_end = self._step_end(c, g, per_rank)
+        terms.update(end)
         terms["total"] = (report.makespan if report else busy) + sum(
             v for k, v in terms.items() if k.startswith(("dp ", "optimizer", "control", "clip")))
+        busy_rank = [0.0] * len(c.rank_order)
+        for pos, rank in enumerate(c.rank_order):
+            r = pos // (c.dp * c.tp)
+            busy_rank[rank] = m * fb[r]["busy"] + busy_end[r]
         detail.update(microbatches=m, slowest_pp_rank=worst, F=fb[worst]["F"], B=fb[worst]["B"], p2p_s=p2p,
                       bubble=report.bubble_fraction if report else 0.0,
-                      peak_stash=report.peak_in_flight if report else [1], groups=g)
+                      peak_stash=report.peak_in_flight if report else [1], groups=g, busy=busy_rank,
+                      compute_factor=max(self.share.values()), call_overhead_s=self._call_overhead(2))
         memory = self._memory(c, per_rank, report)
         return Estimate(c, terms, memory, detail, self.s.budget)
+
+    def _coll(self, kind, nbytes, groups, async_op=False) -> float:
+        """The tuner's price of one collective call plus the measured per-call overhead
+        (async_op: issued async and waited for, as ZeRO's and the pipeline's are)."""
+        price = self.pricer.collective(kind, nbytes, groups)
+        if price <= 0:
+            return 0.0
+        return price + self._call_overhead(max(len(grp) for grp in groups), async_op)
+
+    def _call_overhead(self, group_size, async_op=False) -> float:
+        """calibrate.py's overhead of a call, measured with every rank of the machine
+        alternating compute and calls: a rank waiting in a collective keeps polling and
+        yielding before it sleeps, so during a plan's collectives all of a machine's ranks
+        compete for its cores, not only those computing (ZeRO-3's per-unit gathers on 4
+        ranks and 2 cores: 1.8 ms a call measured, where the pattern with 2 active ranks
+        gave 0.3)."""
+        return max(self.cluster.collective_overhead(max(group_size, n), async_op) for n in self.ranks_on.values())
+
+    def _overhead(self, name, stage) -> float:
+        return float((self.overheads.get(name) or {}).get(str(stage), 0.0))
 
     # ---------------------------------------------------------- per micro-batch
     def _microbatch(self, c, g, chunks, pp_rank) -> Dict[str, float]:
@@ -143,65 +189,59 @@ class CostModel:
         rows = [row for chunk in chunks for row in chunk]
         tp_groups = [grp for grp in g["tp"] if grp[0] in ranks]
         dp_groups = [grp for grp in g["dp"] if grp[0] in ranks]
-        tp_f = sum(self._calls(r["fwd_collectives"], tp_groups, share * r["fwd_s"]) for r in rows)
-        tp_b = sum(self._calls(r["bwd_collectives"], tp_groups, share * r["bwd_s"]) for r in rows)
+        tp_f = sum(self._calls(r["fwd_collectives"], tp_groups) for r in rows)
+        tp_b = sum(self._calls(r["bwd_collectives"], tp_groups) for r in rows)
+        units = sum(max(1, r["units"]) for r in rows)
+        z = c.zero_stage if c.dp > 1 else 0
+        runtime = share * (len(chunks) * self._overhead("microbatch_s", z)
+                           + units * self._overhead("unit_microbatch_s", z))
         out = {"compute forward": share * sum(r["fwd_s"] for r in rows),
-               "compute backward": share * sum(r["bwd_s"] for r in rows), "tp collectives": tp_f + tp_b}
-        z_f, z_b = self._zero_microbatch(c, rows, dp_groups, out["compute backward"], share)
+               "compute backward": share * sum(r["bwd_s"] for r in rows),
+               "runtime per micro-batch": runtime, "tp collectives": tp_f + tp_b}
+        z_f, z_b = self._zero_microbatch(c, rows, dp_groups, out["compute backward"])
         out["dp ZeRO per micro-batch"] = z_f + z_b
-        out["F"] = out["compute forward"] + tp_f + z_f
-        out["B"] = out["compute backward"] + tp_b + z_b
+        out["F"] = out["compute forward"] + runtime / 2 + tp_f + z_f
+        out["B"] = out["compute backward"] + runtime / 2 + tp_b + z_b
+        out["busy"] = out["compute forward"] + out["compute backward"] + runtime
         return out
 
-    def _calls(self, calls, tp_groups, compute_s):
-        """A layer's collectives; the layer's compute is spread evenly between them (what
-        the wake-up cost depends on)."""
-        after = compute_s / max(1, len(calls))
-        return sum(self.pricer.collective(kind, nbytes, tp_groups, after) for kind, nbytes, _ in calls)
+    def _calls(self, calls, tp_groups):
+        return sum(self._coll(kind, nbytes, tp_groups) for kind, nbytes, _ in calls)
 
-    def _zero_microbatch(self, c, rows, dp_groups, backward_s, share):
+    def _zero_microbatch(self, c, rows, dp_groups, backward_s):
         """(forward, backward) seconds of ZeRO-2's reduce-scatter and ZeRO-3's gathers,
         issued inside every micro-batch."""
         if c.dp == 1 or c.zero_stage < 2:
             return 0.0, 0.0
         pb = self.s.param_bytes
         if c.zero_stage == 2:
-            f, b = 0.0, self._bucketed("reduce_scatter", sum(r["params"] for r in rows) * pb, dp_groups, backward_s)
+            f, b = 0.0, self._bucketed("reduce_scatter", sum(r["params"] for r in rows) * pb, dp_groups)
         else:
             f = b = 0.0
             for r in rows:
                 units = max(1, r["units"])
                 unit_bytes = r["params"] * pb / units
-                gather = self.pricer.collective("allgather", unit_bytes, dp_groups, 0.0)
-                rs = self.pricer.collective("reduce_scatter", unit_bytes, dp_groups, 0.0)
-                # the control-flow check opens each unit's use, after the previous unit's compute
-                check_f = self.pricer.collective("allgather", 24 * c.dp, dp_groups, share * r["fwd_s"] / units)
-                check_b = self.pricer.collective("allgather", 24 * c.dp, dp_groups, share * r["bwd_s"] / units)
-                f += units * (gather + check_f)
-                b += units * (gather + check_b + rs)
+                gather = self._coll("allgather", unit_bytes, dp_groups, async_op=True)
+                rs = self._coll("reduce_scatter", unit_bytes, dp_groups, async_op=True)
+                check = self._coll("allgather", 24 * c.dp, dp_groups)   # the control-flow check per unit
+                f += units * (gather + check)
+                b += units * (gather + check + rs)
         if self.overlap:    # a spare core per rank: the backward's collectives run beside it
             b -= min(b, backward_s)
         return f, b
 
-    def _bucketed(self, kind, nbytes, groups, compute_s=None):
-        """nbytes in 25 MiB buckets; `compute_s` spread over them (None: the first comes
-        after a long stretch of compute, the others right after it)."""
+    def _bucketed(self, kind, nbytes, groups):
+        """nbytes in 25 MiB buckets, one async call each (ZeRO's Collectives)."""
         full, rest = divmod(int(nbytes), BUCKET_BYTES)
-        n = full + (1 if rest else 0)
-        if compute_s is None:
-            afters = [None] + [0.0] * (n - 1)
-        else:
-            afters = [compute_s / max(1, n)] * n
         sizes = [BUCKET_BYTES] * full + ([rest] if rest else [])
-        return sum(self.pricer.collective(kind, size, groups, a) for size, a in zip(sizes, afters))
+        return sum(self._coll(kind, size, groups, async_op=True) for size in sizes)
 
     # ------------------------------------------------------------------ pipeline
     def _p2p(self, c, g, per_rank):
         if c.pp == 1:
             return 0.0
         out = max(chunk[-1]["out_bytes"] for chunks in per_rank for chunk in chunks)
-        fwd = min(sum(r["fwd_s"] for r in chunk) for chunks in per_rank for chunk in chunks)
-        return self.pricer.collective("send", out + P2P_HEADER_BYTES, pairs(g["pp"]), fwd * max(self.share.values()))
+        return self._coll("send", out + P2P_HEADER_BYTES, pairs(g["pp"]), async_op=True)
 
     def _pipeline(self, c, m, f, b, p2p):
         """The schedule checker's report for per-rank costs (f, b) and p2p per message.
@@ -218,34 +258,39 @@ class CostModel:
         return replace(r, makespan=r.makespan * f, busy=[x * f for x in r.busy])
 
     # ------------------------------------------------------------------ step end
-    def _step_end(self, c, g, per_rank) -> Dict[str, float]:
-        pb, terms = self.s.param_bytes, {}
+    def _step_end(self, c, g, per_rank):
+        """(terms, busy seconds per pp rank) of what runs once per step after the pipeline."""
+        pb, terms, busy = self.s.param_bytes, {}, []
         sync, opt = 0.0, 0.0
+        z = c.zero_stage if c.dp > 1 else 0
         for r, chunks in enumerate(per_rank):
-            psi = sum(row["params"] for chunk in chunks for row in chunk)
+            rows = [row for chunk in chunks for row in chunk]
+            psi = sum(row["params"] for row in rows)
+            units = sum(max(1, row["units"]) for row in rows)
             ranks = [grp[r] for grp in g["pp"]]
             dp_groups = [grp for grp in g["dp"] if grp[0] in ranks]
             share = max(self.share[x] for x in ranks)
             sync = max(sync, self._dp_sync(c, psi * pb, dp_groups))
             updated = psi / c.dp if c.zero_stage else psi
-            opt = max(opt, share * updated * self.profile["optimizer_s_per_element"])
+            mine = share * (updated * self.profile["optimizer_s_per_element"] + self._overhead("step_s", z)
+                            + units * self._overhead("unit_step_s", z))
+            busy.append(mine)
+            opt = max(opt, mine)
         terms["dp gradient sync"] = sync
-        terms["optimizer step"] = opt
+        terms["optimizer step + bookkeeping"] = opt
         world = [list(range(len(c.rank_order)))]
-        # the status all-gather follows the pipeline's last message; the loss allreduce the
-        # optimizer step; the norm allreduces follow each other
-        terms["control (status, loss)"] = (self.pricer.collective("allgather", 16 * len(c.rank_order), world, 0.0)
-                                           + self.pricer.collective("allreduce", 8, g["dp"], opt))
+        terms["control (status, loss)"] = (self._coll("allgather", 16 * len(c.rank_order), world)
+                                           + self._coll("allreduce", 8, g["dp"]))
         if self.s.clip:
             axes = ("tp", "pp") + (("dp",) if c.zero_stage else ())
-            terms["clip (norm allreduces)"] = sum(self.pricer.collective("allreduce", 8, g[a], 0.0) for a in axes)
-        return terms
+            terms["clip (norm allreduces)"] = sum(self._coll("allreduce", 8, g[a]) for a in axes)
+        return terms, busy
 
     def _dp_sync(self, c, nbytes, dp_groups):
         if c.dp == 1:
             return 0.0
         if c.zero_stage == 0:       # the pipeline's _average_grads: one flat allreduce
-            return self.pricer.collective("allreduce", nbytes, dp_groups)
+            return self._coll("allreduce", nbytes, dp_groups)
         gather = self._bucketed("allgather", nbytes, dp_groups)
         if c.zero_stage == 1:
             return self._bucketed("reduce_scatter", nbytes, dp_groups) + gather

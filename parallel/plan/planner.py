@@ -70,20 +70,33 @@ class PlanResult:
                          f"{self.ranked[0].cand.name!r}")
 
 
-def plan(model: dict, global_batch_size: int, cluster=None, world_size: Optional[int] = None,
-         memory_budget: Optional[int] = None, dtype: str = "float32", optimizer: str = "AdamW",
-         train: Optional[dict] = None, zero_stages=(0, 1, 2, 3), micro_batch_sizes=None, max_vpp: int = 4,
-         placement: Optional[bool] = None, profile: Optional[dict] = None, cache: bool = True,
-         clip: bool = True) -> PlanResult:
-    """Rank every valid plan for `model` (examples/train_gpt.py's "model" section) on `cluster`
-    (a Cluster, a description such as "2 hosts x 4 ranks, 1 Gbit/s between hosts", a topology
-    file path; default: HCOMM_TOPO_FILE, else `world_size` ranks on this machine).
+def plan(model: Optional[dict] = None, global_batch_size: Optional[int] = None, cluster=None,
+         world_size: Optional[int] = None, memory_budget: Optional[int] = None, dtype: str = "float32",
+         optimizer: str = "AdamW", train: Optional[dict] = None, zero_stages=(0, 1, 2, 3), micro_batch_sizes=None,
+         max_vpp: int = 4, placement: Optional[bool] = None, profile: Optional[dict] = None, cache: bool = True,
+         clip: bool = True, module=None, sample_batch=None, loss_fn=None) -> PlanResult:
+    """Rank every valid plan for `model` (examples/train_gpt.py's "model" section), or for
+    any `module` whose `layers` list can be cut into pipeline stages, profiled on
+    `sample_batch` ((inputs, targets) or inputs; `loss_fn(output, targets)`, default mean
+    squared; tp = 1: see module_profile.py), on `cluster` (a Cluster, a description such as
+    "2 hosts x 4 ranks, 1 Gbit/s between hosts", a topology file path; default:
+    HCOMM_TOPO_FILE, else `world_size` ranks on this machine).
 
     memory_budget: bytes per rank (default: each host's memory / its ranks). placement:
     search rank placements (default: when the mesh applies "rank_order"). Raises ValueError
     when no plan is valid, or when none fits the budget (naming the smallest one's need)."""
     t0 = time.perf_counter()
-    model = check_model(model)
+    if (model is None) == (module is None):
+        raise ValueError("give either model (train_gpt.py's model section) or module= with sample_batch=, not "
+                         + ("both" if model is not None else "neither"))
+    if module is not None and sample_batch is None:
+        raise ValueError("module= needs sample_batch= (a batch of inputs, or (inputs, targets)) to profile it")
+    if global_batch_size is None:
+        raise ValueError("global_batch_size is required")
+    if module is not None:
+        model = _module_section(module, sample_batch)
+    else:
+        model = check_model(model)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if optimizer != "AdamW":
@@ -98,13 +111,20 @@ def plan(model: dict, global_batch_size: int, cluster=None, world_size: Optional
         if not placement:
             notes.append("hcomm.parallel.mesh has no rank_order here: only the default placement (tp<dp<pp) "
                          "is searched")
-    shape = ModelShape.gpt(model)
+    shape = ModelShape.gpt(model) if module is None else ModelShape(len(module.layers), max_tp=1)
     physical = cluster.physical_order()
     cands = enumerate_candidates(world, global_batch_size, shape, physical, zero_stages, micro_batch_sizes, max_vpp)
     if not placement:
         cands = [c for c in cands if c.nesting == "tp<dp<pp"]     # the identity rank_order
     shapes = sorted({(c.tp, c.micro_batch_size, c.sequence_parallel) for c in cands})
-    prof = profile if profile is not None else profile_gpt(model, shapes, dtype, cache=cache)
+    if profile is not None:
+        prof = profile
+    elif module is not None:
+        from .module_profile import profile_module
+
+        prof = profile_module(module, sample_batch, [mb for _, mb, _ in shapes], loss_fn)
+    else:
+        prof = profile_gpt(model, shapes, dtype, cache=cache)
     p, m = DTYPES[dtype]
     budget = memory_budget if memory_budget is not None else cluster.memory_budget()
     settings = Settings(global_batch_size, p, m, 8, budget, clip)
@@ -119,6 +139,16 @@ def plan(model: dict, global_batch_size: int, cluster=None, world_size: Optional
                          f"{small.cand.name}, needs {_mib(small.memory_total)} MiB "
                          f"({_memory_words(small.memory)})")
     return result
+
+
+def _module_section(module, sample_batch) -> dict:
+    """What PlanResult keeps of a module: its class name and, for token ids [batch, seq],
+    the sequence length (tokens per sample)."""
+    from .module_profile import check_module
+
+    layers, inputs, _ = check_module(module, sample_batch)
+    seq = inputs.shape[1] if inputs.dim() >= 2 and not inputs.is_floating_point() else 1
+    return {"module": type(module).__name__, "layers": len(layers), "seq_len": seq}
 
 
 def resolve_cluster(cluster, world_size) -> Cluster:
@@ -212,6 +242,9 @@ def format_explain(result: PlanResult, est: Estimate) -> str:
              f"  {d['microbatches']} micro-batches of {c.micro_batch_size} per pipeline; slowest pp rank "
              f"{d['slowest_pp_rank']}: F {_ms(d['F'])} ms, B {_ms(d['B'])} ms per micro-batch; p2p "
              f"{_ms(d['p2p_s'])} ms per message; bubble {d['bubble']:.3f}; peak stash {d['peak_stash']}",
+             f"  compute factor {d['compute_factor']:.2f} with "
+             + ", ".join(f"{k:.1f}" for k in d["active_ranks"].values())
+             + f" ranks active per machine; {_ms(d['call_overhead_s'])} ms overhead per collective call",
              "  time per step (ms):"]
     for k, v in est.terms.items():
         if k != "total":

@@ -11,9 +11,6 @@ the step's end) and returns the slowest group's time:
     ranks on both sides of one host's boundary, their inter-host bytes share that link,
     so the group is priced on the topology with the tcp and rack beta multiplied by k
     (the tuner already charges a host's NIC for its own ranks within one group);
-  * on a calibrated cluster (calibrate.py) every collective also pays the measured
-    wake-up cost of ranks reaching it from the compute before it (Cluster.sync_after,
-    by the length of that compute; 0 when not measured);
   * reduce-scatter has a single algorithm in hcomm (ring: n-1 steps of total/n bytes,
     what the ring allgather moves), so it is priced as the tuner's ring allgather of the
     same total; a point-to-point send as a two-rank broadcast (alpha + bytes * beta).
@@ -38,10 +35,10 @@ class Pricer:
         self.calls = 0     # tuner queries made (for the report)
 
     # ----------------------------------------------------------------- public
-    def collective(self, kind: str, nbytes: int, groups: Sequence[Sequence[int]], after_s=None) -> float:
+    def collective(self, kind: str, nbytes: int, groups: Sequence[Sequence[int]]) -> float:
         """Seconds of `kind` (allreduce, allgather, reduce_scatter, broadcast, send) of
-        nbytes run by all `groups` at once: the slowest group, plus the measured wake-up
-        after `after_s` seconds of compute (Cluster.sync_after; None: a long stretch)."""
+        nbytes run by all `groups` at once: the slowest group (the cost model adds the
+        measured per-call overhead, cost.py)."""
         if nbytes <= 0:
             return 0.0
         gkey = tuple(tuple(g) for g in groups if len(g) > 1)
@@ -53,7 +50,7 @@ class Pricer:
                 self._sharing[gkey] = self.sharing(gkey)
             k = self._sharing[gkey]
             self._by_groups[key] = max(self._price(kind, nbytes, g, k) for g in set(gkey))
-        return self._by_groups[key] + self.cluster.sync_after(after_s)
+        return self._by_groups[key]
 
     def sharing(self, groups: Sequence[Sequence[int]]) -> int:
         """The most groups that cross one host's boundary at once (>= 1)."""

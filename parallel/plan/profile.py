@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -120,13 +119,15 @@ def _saved_bytes(layer, x):
 
 
 def _time(fn, repeat):
+    """The least of `repeat` runs after a warm-up: the uninterrupted time (the machine may
+    be shared; how the job's ranks share it is the calibration's factor, cost.py)."""
     fn()                                  # warm-up: allocator, first-call dispatch
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def _signature(layer):
@@ -238,7 +239,7 @@ def _profile_gpt_here(model_section, shapes, dtype, repeat):
     torch.set_num_threads(1)
     world = max(tp for tp, _, _ in shapes)
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=max(world, 1))
-    out = {"shapes": {}}
+    out = {"shapes": {}, "baseline_rss": _baseline_after_warm_up()}
     gen = torch.Generator().manual_seed(0)
     with CollectiveLog() as log:
         for tp, mb, sp in shapes:
@@ -250,13 +251,37 @@ def _profile_gpt_here(model_section, shapes, dtype, repeat):
             out["shapes"][shape_key(tp, mb, sp)] = rows
             del model
     out["optimizer_s_per_element"] = optimizer_seconds_per_element(dtype)
-    from .calibrate import piece_seconds
+    out.update(_step_overheads())
+    return out
 
-    out["piece_s"] = piece_seconds()       # this machine's speed while the profile ran
+
+def _baseline_after_warm_up():
+    """What every rank carries besides its share: this process's resident bytes after one
+    training step of a tiny one-rank pipeline (torch, hcomm, the autograd engine, the
+    pipeline runtime and AdamW loaded), taken before any model of the profile is built:
+    the allocator keeps what a larger profiled shape freed, which inflated this figure by
+    up to 60 MiB on the wide GPT when it was taken at the end."""
+    import torch.distributed as dist
+
+    from .overhead import _pipeline_step
+
+    _pipeline_step(2, 1, 0, dist.new_group([0]))()
     gc.collect()
-    # after forward, backward and an optimizer step have run (kernels, autograd engine,
-    # allocator pools loaded) with the models freed: what every rank carries besides its share
-    out["baseline_rss"] = baseline_rss_bytes()
+    return baseline_rss_bytes()
+
+
+def _step_overheads():
+    """The runtime's and optimizer's bookkeeping (overhead.py), and this machine's speed
+    while the profile ran (calibrate.py's piece, alone): the calibration's times are
+    divided by it."""
+    import torch.distributed as dist
+
+    from .calibrate import PIECE_REPS, piece_seconds
+    from .overhead import measure_overheads
+
+    out = {"overheads": measure_overheads(dist.new_group([0]))}
+    out["piece_s"] = piece_seconds()
+    out["piece_rep_s"] = out["piece_s"] / PIECE_REPS
     return out
 
 
@@ -276,7 +301,7 @@ def machine_id():
     return f"{platform.node()}|{cpu}|{os.cpu_count()}|torch {torch.__version__}"
 
 
-PROFILE_FORMAT = 2   # bump when what a profile records changes, so old caches are not read
+PROFILE_FORMAT = 3   # bump when what a profile records changes, so old caches are not read
 
 
 def _cache_path(model_section, dtype):
@@ -302,7 +327,8 @@ def profile_gpt(model_section, shapes, dtype="float32", repeat=5, cache=True, ti
         have.setdefault("shapes", {}).update(fresh["shapes"])
         have["optimizer_s_per_element"] = fresh["optimizer_s_per_element"]
         have["baseline_rss"] = fresh["baseline_rss"]
-        have["piece_s"] = fresh["piece_s"]
+        for key in ("piece_s", "piece_rep_s", "overheads"):
+            have[key] = fresh[key]
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

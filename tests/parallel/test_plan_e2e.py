@@ -77,3 +77,22 @@ def test_cli_prints_the_table_the_config_and_the_memory(tmp_path):
     assert "no process started" in proc.stdout and "optimizer state" in proc.stdout
     bad = subprocess.run(cli + ["--budget", "1M"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no plan fits the memory budget of 1.0 MiB" in bad.stderr
+
+
+def test_detected_cluster_carries_the_calibration_tables():
+    """calibrate.py on 3 local ranks (odd): hcomm's topology plus, for every number k of
+    active ranks, the compute seconds per repetition and the blocking / async per-call
+    overheads through torch.distributed; a plan is priced from them. Values depend on the
+    machine and its load, so only their presence and signs are checked."""
+    from hcomm.parallel.plan import Cluster, plan
+    from plan_helpers import synthetic_profile
+
+    cluster = Cluster.detect(3)
+    cal = cluster.calibration
+    assert cluster.world_size == 3 and cal["ranks_per_machine"] == 3
+    for name in ("rep_s", "coll_s", "coll_async_s"):
+        assert sorted(int(k) for k in cal[name]) == [1, 2, 3], name
+        assert all(v >= 0 for v in cal[name].values()), name
+    assert all(v > 0 for v in cal["rep_s"].values())
+    result = plan(MODEL, 6, cluster=cluster, profile=dict(synthetic_profile(), piece_rep_s=cal["rep_s"]["1"]))
+    assert result.best.detail["compute_factor"] > 0 and result.best.step_s > 0

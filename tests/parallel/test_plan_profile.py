@@ -141,3 +141,15 @@ def test_memory_of_a_given_layout_without_processes(prof):
         psi = sum(t - s + s // 2 for t, s in layers)
         assert mem_r["parameters"] == 4 * psi and mem_r["optimizer state"] == 8 * psi   # dp = 1
     assert per_rank[0]["activations"] > 0 and mem["estimate"].memory == max(per_rank, key=lambda m: m["total"])
+
+
+def test_the_step_bookkeeping_is_measured_for_every_zero_stage(prof):
+    """overhead.py ran in the profile's child (a one-rank pipeline of tiny modules per ZeRO
+    stage): every term is there, for every stage, and none is negative (no timing is
+    asserted: the values depend on the machine and its load)."""
+    first, again = prof
+    over = first["overheads"]
+    assert set(over) == {"microbatch_s", "unit_microbatch_s", "step_s", "unit_step_s"}
+    for term in over.values():
+        assert set(term) == {"0", "1", "2", "3"} and all(v >= 0 for v in term.values())
+    assert first["piece_rep_s"] > 0 and again["overheads"] == over

@@ -1,0 +1,184 @@
+"""Where a real training step's time goes, beside the planner's terms for the same plan.
+
+    python benchmarks/planner_breakdown.py --np 4 --plans 6          # plan here, run 6 plans, print both
+    python benchmarks/planner_breakdown.py --np 4 --only "z3 mb1"     # the plans whose name holds this
+
+Each plan runs examples/train_gpt.py's Trainer under torchrun with timers around what a
+step does, on every rank, as exclusive times (a collective inside a forward counts as
+the collective, not the forward):
+
+    forward      stage modules' forward (hooks on each stage), loss included
+    backward     torch.autograd.backward (gradient hooks' collectives excluded)
+    optimizer    opt.step (ZeRO's collectives inside it excluded)
+    coll <kind>  time inside the hcomm process group's blocking collective calls, by kind
+                 and group size; p2p send/recv posting; Work.wait (async collectives, p2p)
+    other        step - all of the above: the pipeline runtime's Python, batch slicing
+
+The slowest rank's row (by step time) is printed beside the planner's terms for the plan
+(`format_explain`). This is the tool the cost model was checked with term by term
+(docs/planner.md); it asserts nothing.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+_PG_METHODS = {"allreduce": "allreduce", "allgather": "allgather", "all_gather_single": "allgather",
+               "reduce_scatter": "reduce_scatter", "reduce_scatter_single": "reduce_scatter",
+               "broadcast": "broadcast", "send": "p2p post", "recv": "p2p post", "barrier": "barrier"}
+
+
+class Clock:
+    """Exclusive time per category: entering a category pauses the one around it."""
+
+    def __init__(self):
+        self.totals, self.counts, self.stack = {}, {}, []
+
+    def enter(self, cat):
+        now = time.perf_counter()
+        if self.stack:
+            top, t0 = self.stack[-1]
+            self.totals[top] = self.totals.get(top, 0.0) + now - t0
+        self.stack.append((cat, now))
+        self.counts[cat] = self.counts.get(cat, 0) + 1
+
+    def exit(self):
+        now = time.perf_counter()
+        cat, t0 = self.stack.pop()
+        self.totals[cat] = self.totals.get(cat, 0.0) + now - t0
+        if self.stack:
+            self.stack[-1] = (self.stack[-1][0], now)
+
+    def wrap(self, fn, cat):
+        def timed(*a, **k):
+            name = cat(*a, **k) if callable(cat) else cat
+            self.enter(name)
+            try:
+                return fn(*a, **k)
+            finally:
+                self.exit()
+        return timed
+
+    def take(self):
+        out, self.totals = self.totals, {}
+        out.update({"#" + k: v for k, v in self.counts.items() if k.startswith(("coll", "wait"))})
+        self.counts = {}
+        return out
+
+
+def _instrument(clock, trainer):
+    import torch
+    from hcomm.torch.backend import ProcessGroupHcomm
+    from hcomm.torch.work import HcommWork
+
+    for meth, kind in _PG_METHODS.items():
+        orig = getattr(ProcessGroupHcomm, meth)
+        setattr(ProcessGroupHcomm, meth,
+                clock.wrap(orig, lambda self, *a, _k=kind, **kw: f"coll {_k} n{self.size()}"))
+    HcommWork.wait = clock.wrap(HcommWork.wait, "wait")
+    torch.autograd.backward = clock.wrap(torch.autograd.backward, "backward")
+    for stage in trainer.stages.values():
+        stage.register_forward_pre_hook(lambda *a: clock.enter("forward"))
+        stage.register_forward_hook(lambda *a: clock.exit())
+    trainer.opt.step = clock.wrap(trainer.opt.step, "optimizer")
+    trainer.pipe.loss_fn = clock.wrap(trainer.pipe.loss_fn, "forward")
+
+
+def rank_main(config_path, steps, out_path):
+    """One rank (under torchrun): run `steps` steps; rank 0 writes every rank's rows."""
+    import hcomm.torch  # noqa: F401
+    import torch
+    import torch.distributed as dist
+    import train_gpt
+    from hcomm.parallel.mesh import ParallelConfig, build_mesh
+
+    torch.set_num_threads(1)
+    config = json.loads(Path(config_path).read_text())
+    dist.init_process_group("hcomm")
+    pcfg = ParallelConfig.from_config(config, dist.get_world_size())
+    trainer = train_gpt.Trainer(config, pcfg, build_mesh(pcfg), verbose=False)
+    clock = Clock()
+    _instrument(clock, trainer)
+    rows = []
+    for step in range(steps):
+        clock.take()
+        t0 = time.perf_counter()
+        trainer.step(step)
+        row = clock.take()
+        row["step"] = time.perf_counter() - t0
+        row["other"] = row["step"] - sum(v for k, v in row.items() if k != "step" and not k.startswith("#"))
+        rows.append(row)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, rows)
+    if dist.get_rank() == 0:
+        Path(out_path).write_text(json.dumps(everyone))
+    dist.destroy_process_group()
+
+
+def measure(config, steps=6, np_=4):
+    """Per rank, the median over steps (first left out) of every category, in seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, out = os.path.join(tmp, "c.json"), os.path.join(tmp, "r.json")
+        Path(cfg).write_text(json.dumps(config))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={np_}",
+               __file__, "--rank-main", cfg, "--steps", str(steps), "--out", out]
+        proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                              timeout=600)
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-3000:])
+        ranks = json.loads(Path(out).read_text())
+    out = []
+    for rows in ranks:
+        rows = rows[1:] or rows
+        keys = sorted({k for r in rows for k in r})
+        out.append({k: statistics.median(r.get(k, 0.0) for r in rows) for k in keys})
+    return out
+
+
+def format_measured(ranks):
+    keys = sorted({k for r in ranks for k in r if k not in ("step",)})
+    lines = [f"    {'measured (ms)':<28}" + "".join(f"{'rank ' + str(i):>9}" for i in range(len(ranks)))]
+    for k in keys + ["step"]:
+        scale = 1 if k.startswith("#") else 1e3
+        lines.append(f"    {k:<28}" + "".join(f"{r.get(k, 0.0) * scale:9.2f}" for r in ranks))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--np", type=int, default=4)
+    ap.add_argument("--model", default='{"vocab_size": 64, "seq_len": 32, "hidden": 64, "heads": 4, "n_layers": 4}')
+    ap.add_argument("--global-batch-size", type=int, default=8)
+    ap.add_argument("--plans", type=int, default=6, help="plans run: evenly spaced over the ranking")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--only", help="run only plans whose name contains this (the first --plans of them)")
+    ap.add_argument("--rank-main", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.rank_main:
+        return rank_main(args.rank_main, args.steps, args.out)
+    from hcomm.parallel.plan import Cluster, format_explain, plan
+
+    print(f"load {os.getloadavg()}", flush=True)
+    cluster = Cluster.detect(args.np)
+    print(cluster.summary(), flush=True)
+    result = plan(json.loads(args.model), args.global_batch_size, cluster=cluster)
+    fits = [e for e in result.ranked if e.fits and (not args.only or args.only in e.cand.name)]
+    step = 1 if args.only else max(1, len(fits) // args.plans)
+    for est in fits[::step][:args.plans]:
+        print("\n" + format_explain(result, est), flush=True)
+        print(format_measured(measure(result.config(est), args.steps, args.np)), flush=True)
+    print(f"load {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
