@@ -4,7 +4,7 @@ For every (tp, micro_batch_size, sequence_parallel) the planner may choose, one 
 builds the model's tp shard and times each distinct entry of `model.layers` (the GPT's
 blocks are all alike, so one is timed for all) on one thread:
 
-    fwd_s, bwd_s     median forward and backward seconds of one micro-batch
+    fwd_s, bwd_s     least forward and backward CPU seconds of one micro-batch (_time)
     saved_bytes      bytes autograd keeps for the backward (saved_tensors_hooks; the
                      parameters themselves are not counted): what a stashed micro-batch holds
     out_bytes        bytes of the layer's output: what a pipeline boundary sends
@@ -119,14 +119,21 @@ def _saved_bytes(layer, x):
 
 
 def _time(fn, repeat):
-    """The least of `repeat` runs after a warm-up: the uninterrupted time (the machine may
-    be shared; how the job's ranks share it is the calibration's factor, cost.py)."""
+    """The least CPU time of this thread over `repeat` runs after a warm-up: the
+    uninterrupted time. How the job's ranks share the machine is the calibration's factor
+    (cost.py), so the profile must not carry the load of the moment. Wall-clock minima did:
+    at load 5-8 on the 2-core machine a run longer than a scheduler slice was rarely
+    uninterrupted in 5 tries, and the wide GPT's block backward at micro-batch 8 read 17,
+    27 and 36 ms in three profiles against 10 alone (the plans with large micro-batches
+    were over-priced). The profile runs on one thread (torch.set_num_threads(1); CPU
+    autograd runs the backward on the calling thread), so this thread's CPU time is all
+    of the work, page faults included, and none of the waiting for a core."""
     fn()                                  # warm-up: allocator, first-call dispatch
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.thread_time() - t0)
     return min(times)
 
 
@@ -301,7 +308,7 @@ def machine_id():
     return f"{platform.node()}|{cpu}|{os.cpu_count()}|torch {torch.__version__}"
 
 
-PROFILE_FORMAT = 3   # bump when what a profile records changes, so old caches are not read
+PROFILE_FORMAT = 4   # bump when what a profile records changes, so old caches are not read
 
 
 def _cache_path(model_section, dtype):

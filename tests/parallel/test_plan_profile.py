@@ -153,3 +153,41 @@ def test_the_step_bookkeeping_is_measured_for_every_zero_stage(prof):
     for term in over.values():
         assert set(term) == {"0", "1", "2", "3"} and all(v >= 0 for v in term.values())
     assert first["piece_rep_s"] > 0 and again["overheads"] == over
+
+
+def test_a_layer_is_timed_by_its_own_work_not_by_waiting_for_a_core():
+    """A rank of a loaded machine is taken off its core in the middle of a layer; the
+    profile must time the layer's work, not that wait (the load of the moment is the
+    calibration's factor). Here the wait is a sleep inside forward and backward, 20 ms
+    each, against work of microseconds; a wall clock counted it (the wide GPT's block read
+    17-36 ms backward at load 5-10 against 10 alone, so large micro-batches were
+    over-priced)."""
+    import time
+
+    import torch
+    from torch import nn
+
+    from hcomm.parallel.plan.profile import profile_layers
+
+    class Preempted(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            time.sleep(0.02)
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            time.sleep(0.02)
+            return g * 2
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return Preempted.apply(x) * self.w
+
+    rows = profile_layers([Layer()], torch.randn(3, 4), lambda y, t: ((y - t) ** 2).mean(), torch.zeros(3, 4),
+                          repeat=2)
+    assert rows[0]["fwd_s"] < 0.01 and rows[0]["bwd_s"] < 0.01, rows[0]
