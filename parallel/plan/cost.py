@@ -150,7 +150,7 @@ class CostModel:
         end, busy_end = self._step_end(c, g, per_rank)
         terms.update(end)
         terms["total"] = (report.makespan if report else busy) + sum(
-            v for k, v in terms.items() if k.startswith(("dp ", "optimizer", "control", "clip")))
+            v for k, v in terms.items() if k.startswith(("dp ", "optimizer", "sp ", "control", "clip")))
         busy_rank = [0.0] * len(c.rank_order)
         for pos, rank in enumerate(c.rank_order):
             r = pos // (c.dp * c.tp)
@@ -286,6 +286,8 @@ class CostModel:
             opt = max(opt, mine)
         terms["dp gradient sync"] = sync
         terms["optimizer step + bookkeeping"] = opt
+        if c.sequence_parallel and c.tp > 1:
+            terms["sp grads (allreduce)"] = self._sp_grads(c, g, per_rank)
         world = [list(range(len(c.rank_order)))]
         terms["control (status, loss)"] = (self._coll("allgather", 16 * len(c.rank_order), world)
                                            + self._coll("allreduce", 8, g["dp"]))
@@ -293,6 +295,21 @@ class CostModel:
             axes = ("tp", "pp") + (("dp",) if c.zero_stage else ())
             terms["clip (norm allreduces)"] = sum(self._coll("allreduce", 8, g[a]) for a in axes)
         return terms, busy
+
+    def _sp_grads(self, c, g, per_rank):
+        """Sequence parallelism's one allreduce a step over tp of the replicated parameters'
+        partial gradients (train_gpt.py's reduce_sequence_parallel_grads, or ZeroOptimizer
+        on the rank's shard of them: /dp), the slowest pp rank's."""
+        worst = 0.0
+        for r, chunks in enumerate(per_rank):
+            elems = sum(row.get("sp_params", 0) for chunk in chunks for row in chunk)
+            width = self.s.param_bytes      # p.grad's dtype; ZeroOptimizer reduces its fp32 master grads
+            if c.zero_stage and c.dp > 1:
+                elems, width = elems / c.dp, 4
+            ranks = {grp[r] for grp in g["pp"]}
+            tp_groups = [grp for grp in g["tp"] if grp[0] in ranks]
+            worst = max(worst, self._coll("allreduce", int(elems * width), tp_groups))
+        return worst
 
     def _dp_sync(self, c, nbytes, dp_groups):
         if c.dp == 1:

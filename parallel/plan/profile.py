@@ -10,6 +10,8 @@ blocks are all alike, so one is timed for all) on one thread:
     out_bytes        bytes of the layer's output: what a pipeline boundary sends
     params           trainable elements this tp rank holds
     units            modules that directly own parameters (ZeRO-3's gather units)
+    sp_params        elements of the tp-replicated parameters that see a sequence shard
+                     (their gradients are summed over tp once a step: sp_grads.py)
     collectives      every collective the layer's own code issues, forward and backward,
                      with its total bytes and group size
 
@@ -202,9 +204,12 @@ def _profile_one(layer, x_in, loss_fn, targets, repeat, log):
     if loss_fn is not None:
         fwd_s += _time(lambda: loss_fn(out.detach(), targets), repeat)
     both = _time(step, repeat)
+    from hcomm.parallel.tensor.sp_grads import sequence_parallel_params
+
     params = sum(p.numel() for p in layer.parameters() if p.requires_grad)
     row = {"fwd_s": fwd_s, "bwd_s": max(both - fwd_s, 0.0), "saved_bytes": saved, "out_bytes": out_bytes,
-           "params": params, "units": _units(layer), "fwd_collectives": fwd_calls, "bwd_collectives": bwd_calls}
+           "params": params, "units": _units(layer), "fwd_collectives": fwd_calls, "bwd_collectives": bwd_calls,
+           "sp_params": sum(p.numel() for _, p in sequence_parallel_params(layer))}
     return row, out.detach()
 
 
@@ -308,7 +313,7 @@ def machine_id():
     return f"{platform.node()}|{cpu}|{os.cpu_count()}|torch {torch.__version__}"
 
 
-PROFILE_FORMAT = 4   # bump when what a profile records changes, so old caches are not read
+PROFILE_FORMAT = 5   # bump when what a profile records changes, so old caches are not read
 
 
 def _cache_path(model_section, dtype):
