@@ -14,7 +14,8 @@ then simulates all ranks together under the strictest semantics a backend may ha
 If the simulation stops with ranks still waiting, the schedule would hang: the error
 names each stuck rank, its action index and the operation that found no partner.  While
 simulating, each action is given a time (forward cost per stage fwd_cost / v, backward
-bwd_cost / v, each message comm_cost, free by default), from which the predicted bubble
+bwd_cost / v, each a number or one per rank when stages differ; each message comm_cost,
+free by default), from which the predicted bubble
 fraction follows, and the number of stashed activations (F done, B not yet; W not yet in
 a split-backward schedule) is tracked per rank.
 
