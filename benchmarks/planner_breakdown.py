@@ -2,6 +2,7 @@
 
     python benchmarks/planner_breakdown.py --np 4 --plans 6          # plan here, run 6 plans, print both
     python benchmarks/planner_breakdown.py --np 4 --only "z3 mb1"     # the plans whose name holds this
+    python benchmarks/planner_breakdown.py --topology c.json ...      # a calibration kept in a file
 
 Each plan runs examples/train_gpt.py's Trainer under torchrun with timers around what a
 step does, on every rank, as exclusive times (a collective inside a forward counts as
@@ -160,6 +161,8 @@ def main(argv=None):
     ap.add_argument("--plans", type=int, default=6, help="plans run: evenly spaced over the ranking")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--only", help="run only plans whose name contains this (the first --plans of them)")
+    ap.add_argument("--topology", help="a calibrated topology file (python -m hcomm.parallel.plan.calibrate "
+                    "--np 4 --out FILE) instead of calibrating again: the same cluster for several runs")
     ap.add_argument("--rank-main", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -168,7 +171,7 @@ def main(argv=None):
     from hcomm.parallel.plan import Cluster, format_explain, plan
 
     print(f"load {os.getloadavg()}", flush=True)
-    cluster = Cluster.detect(args.np)
+    cluster = Cluster.from_file(args.topology) if args.topology else Cluster.detect(args.np)
     print(cluster.summary(), flush=True)
     result = plan(json.loads(args.model), args.global_batch_size, cluster=cluster)
     fits = [e for e in result.ranked if e.fits and (not args.only or args.only in e.cand.name)]

@@ -14,7 +14,8 @@ then simulates all ranks together under the strictest semantics a backend may ha
 If the simulation stops with ranks still waiting, the schedule would hang: the error
 names each stuck rank, its action index and the operation that found no partner.  While
 simulating, each action is given a time (forward cost per stage fwd_cost / v, backward
-bwd_cost / v, each message comm_cost, free by default), from which the predicted bubble
+bwd_cost / v, each a number or one per rank when stages differ; each message comm_cost,
+free by default), from which the predicted bubble
 fraction follows, and the number of stashed activations (F done, B not yet; W not yet in
 a split-backward schedule) is tracked per rank.
 
@@ -157,14 +158,24 @@ def _needs(act: Action, num_stages: int, local_prev: bool, local_next: bool):
     return []
 
 
+def _per_rank(cost, num_ranks: int, what: str) -> List[float]:
+    """One cost for every rank, or a list with one per rank (stages of unequal weight)."""
+    if isinstance(cost, (int, float)):
+        return [float(cost)] * num_ranks
+    costs = [float(c) for c in cost]
+    if len(costs) != num_ranks:
+        raise ValueError(f"{what} has {len(costs)} entries for {num_ranks} ranks")
+    return costs
+
+
 class _Simulator:
-    def __init__(self, sched: Schedule, fwd_cost: float, bwd_cost: float, comm_cost: float,
-                 buffered: bool = False):
+    def __init__(self, sched: Schedule, fwd_cost, bwd_cost, comm_cost: float, buffered: bool = False):
         self.sched, self.buffered = sched, buffered
         self.comm_cost = comm_cost
         v, split = sched.virtual_stages, sched.split_backward
+        fwd, bwd = _per_rank(fwd_cost, sched.num_ranks, "fwd_cost"), _per_rank(bwd_cost, sched.num_ranks, "bwd_cost")
         # a split backward: input and weight gradients cost half of the whole backward each
-        self.cost = {"F": fwd_cost / v, "B": bwd_cost / v / (2 if split else 1), "W": bwd_cost / v / 2}
+        self.cost = [{"F": f / v, "B": b / v / (2 if split else 1), "W": b / v / 2} for f, b in zip(fwd, bwd)]
         self.release = "W" if split else "B"   # the action after which a stage's activations go
         self.ranks = [_RankState() for _ in range(sched.num_ranks)]
         self.sends: Dict[Tuple[int, int], deque] = {}
@@ -183,8 +194,8 @@ class _Simulator:
     def _compute(self, rank: int, act: Action):
         state = self.ranks[rank]
         self._require(rank, act)
-        state.clock += self.cost[act.op]
-        state.busy += self.cost[act.op]
+        state.clock += self.cost[rank][act.op]
+        state.busy += self.cost[rank][act.op]
         state.have.add((act.op, act.mb, act.stage))
         state.stashed += 1 if act.op == "F" else -1 if act.op == self.release else 0
         state.peak = max(state.peak, state.stashed)
@@ -284,12 +295,12 @@ class _Simulator:
                               [s.peak for s in self.ranks])
 
 
-def check_schedule(sched: Schedule, fwd_cost: float = 1.0, bwd_cost: float = 2.0,
-                   comm_cost: float = 0.0) -> ScheduleReport:
+def check_schedule(sched: Schedule, fwd_cost=1.0, bwd_cost=2.0, comm_cost: float = 0.0) -> ScheduleReport:
     """Raise ScheduleError if sched is malformed or can deadlock; else predict its behaviour.
 
-    fwd_cost / bwd_cost: time of one micro-batch through all of a rank's layers; each of
-    its v stages costs 1/v of that.  comm_cost: time from both sides posting a message
+    fwd_cost / bwd_cost: time of one micro-batch through all of a rank's layers (one number
+    for every rank, or a list with one per rank when stages differ); each of its v stages
+    costs 1/v of that.  comm_cost: time from both sides posting a message
     to its arrival (0: the schedule alone; a measured latency: what to expect on a
     given machine).
     """

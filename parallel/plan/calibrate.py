@@ -56,17 +56,18 @@ def _compute(n):
 
 
 def piece_seconds(rounds=15):
-    """One long piece alone, its least time (as the profile times layers): the profile
-    records it, and the calibration's times are divided by it (cost.py)."""
-    return _timed(lambda: _compute(PIECE_REPS), rounds, min)
+    """One long piece alone, its least CPU time (as the profile times layers): the profile
+    records it, and the calibration's wall times with k ranks active are divided by it
+    (cost.py)."""
+    return _timed(lambda: _compute(PIECE_REPS), rounds, min, clock=time.thread_time)
 
 
-def _timed(fn, rounds, pick=statistics.median):
+def _timed(fn, rounds, pick=statistics.median, clock=time.perf_counter):
     times = []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return pick(times)
 
 

@@ -4,12 +4,14 @@ For every (tp, micro_batch_size, sequence_parallel) the planner may choose, one 
 builds the model's tp shard and times each distinct entry of `model.layers` (the GPT's
 blocks are all alike, so one is timed for all) on one thread:
 
-    fwd_s, bwd_s     median forward and backward seconds of one micro-batch
+    fwd_s, bwd_s     least forward and backward CPU seconds of one micro-batch (_time)
     saved_bytes      bytes autograd keeps for the backward (saved_tensors_hooks; the
                      parameters themselves are not counted): what a stashed micro-batch holds
     out_bytes        bytes of the layer's output: what a pipeline boundary sends
     params           trainable elements this tp rank holds
     units            modules that directly own parameters (ZeRO-3's gather units)
+    sp_params        elements of the tp-replicated parameters that see a sequence shard
+                     (their gradients are summed over tp once a step: sp_grads.py)
     collectives      every collective the layer's own code issues, forward and backward,
                      with its total bytes and group size
 
@@ -119,14 +121,21 @@ def _saved_bytes(layer, x):
 
 
 def _time(fn, repeat):
-    """The least of `repeat` runs after a warm-up: the uninterrupted time (the machine may
-    be shared; how the job's ranks share it is the calibration's factor, cost.py)."""
+    """The least CPU time of this thread over `repeat` runs after a warm-up: the
+    uninterrupted time. How the job's ranks share the machine is the calibration's factor
+    (cost.py), so the profile must not carry the load of the moment. Wall-clock minima did:
+    at load 5-8 on the 2-core machine a run longer than a scheduler slice was rarely
+    uninterrupted in 5 tries, and the wide GPT's block backward at micro-batch 8 read 17,
+    27 and 36 ms in three profiles against 10 alone (the plans with large micro-batches
+    were over-priced). The profile runs on one thread (torch.set_num_threads(1); CPU
+    autograd runs the backward on the calling thread), so this thread's CPU time is all
+    of the work, page faults included, and none of the waiting for a core."""
     fn()                                  # warm-up: allocator, first-call dispatch
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.thread_time() - t0)
     return min(times)
 
 
@@ -195,9 +204,12 @@ def _profile_one(layer, x_in, loss_fn, targets, repeat, log):
     if loss_fn is not None:
         fwd_s += _time(lambda: loss_fn(out.detach(), targets), repeat)
     both = _time(step, repeat)
+    from hcomm.parallel.tensor.sp_grads import sequence_parallel_params
+
     params = sum(p.numel() for p in layer.parameters() if p.requires_grad)
     row = {"fwd_s": fwd_s, "bwd_s": max(both - fwd_s, 0.0), "saved_bytes": saved, "out_bytes": out_bytes,
-           "params": params, "units": _units(layer), "fwd_collectives": fwd_calls, "bwd_collectives": bwd_calls}
+           "params": params, "units": _units(layer), "fwd_collectives": fwd_calls, "bwd_collectives": bwd_calls,
+           "sp_params": sum(p.numel() for _, p in sequence_parallel_params(layer))}
     return row, out.detach()
 
 
@@ -301,7 +313,7 @@ def machine_id():
     return f"{platform.node()}|{cpu}|{os.cpu_count()}|torch {torch.__version__}"
 
 
-PROFILE_FORMAT = 3   # bump when what a profile records changes, so old caches are not read
+PROFILE_FORMAT = 5   # bump when what a profile records changes, so old caches are not read
 
 
 def _cache_path(model_section, dtype):

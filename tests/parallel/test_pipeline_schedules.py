@@ -257,3 +257,36 @@ def test_control_block_round_trip_and_errors():
         encode_control(Message(ACTIVATION, 0, 0, tensors), 16)
     with pytest.raises(TypeError, match="sends a list at position 0"):
         encode_control(Message(ACTIVATION, 0, 0, ([1],)), 64)
+
+
+def _gpipe_makespan(fwd, bwd, m):
+    """GPipe with free messages, as a recurrence over (stage, micro-batch): a forward starts
+    when the stage's previous forward and the previous stage's same forward are done; the
+    backwards run after the stage's last forward, in micro-batch order, each after the next
+    stage's same backward."""
+    p = len(fwd)
+    f_end = [[0.0] * m for _ in range(p)]
+    for s in range(p):
+        for i in range(m):
+            f_end[s][i] = max(f_end[s][i - 1] if i else 0.0, f_end[s - 1][i] if s else 0.0) + fwd[s]
+    b_end = [[0.0] * m for _ in range(p)]
+    for s in reversed(range(p)):
+        for i in range(m):
+            ready = max(b_end[s][i - 1] if i else f_end[s][m - 1], b_end[s + 1][i] if s < p - 1 else 0.0)
+            b_end[s][i] = ready + bwd[s]
+    return max(b_end[s][m - 1] for s in range(p))
+
+
+def test_ranks_of_unequal_cost_follow_the_gpipe_recurrence():
+    gen = torch.Generator().manual_seed(5)
+    for p, m in [(2, 3), (3, 5), (4, 4), (5, 2)]:
+        fwd = (torch.rand(p, generator=gen) * 3 + 0.1).tolist()
+        bwd = (torch.rand(p, generator=gen) * 5 + 0.1).tolist()
+        report = check_schedule(gpipe(p, m), fwd, bwd)
+        assert report.makespan == pytest.approx(_gpipe_makespan(fwd, bwd, m))
+        assert report.busy == pytest.approx([m * (f + b) for f, b in zip(fwd, bwd)])
+
+
+def test_per_rank_costs_of_the_wrong_length_are_named():
+    with pytest.raises(ValueError, match="fwd_cost has 2 entries for 3 ranks"):
+        check_schedule(gpipe(3, 2), [1.0, 2.0], 1.0)

@@ -153,3 +153,78 @@ def test_the_step_bookkeeping_is_measured_for_every_zero_stage(prof):
     for term in over.values():
         assert set(term) == {"0", "1", "2", "3"} and all(v >= 0 for v in term.values())
     assert first["piece_rep_s"] > 0 and again["overheads"] == over
+
+
+def test_a_layer_is_timed_by_its_own_work_not_by_waiting_for_a_core():
+    """A rank of a loaded machine is taken off its core in the middle of a layer; the
+    profile must time the layer's work, not that wait (the load of the moment is the
+    calibration's factor). Here the wait is a sleep inside forward and backward, 20 ms
+    each, against work of microseconds; a wall clock counted it (the wide GPT's block read
+    17-36 ms backward at load 5-10 against 10 alone, so large micro-batches were
+    over-priced)."""
+    import time
+
+    import torch
+    from torch import nn
+
+    from hcomm.parallel.plan.profile import profile_layers
+
+    class Preempted(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            time.sleep(0.02)
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            time.sleep(0.02)
+            return g * 2
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return Preempted.apply(x) * self.w
+
+    rows = profile_layers([Layer()], torch.randn(3, 4), lambda y, t: ((y - t) ** 2).mean(), torch.zeros(3, 4),
+                          repeat=2)
+    assert rows[0]["fwd_s"] < 0.01 and rows[0]["bwd_s"] < 0.01, rows[0]
+
+
+_SP_GRADS_CALLS = textwrap.dedent("""
+    import json, sys, torch, torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from hcomm.parallel.models import GPT, GPTConfig
+    from hcomm.parallel.plan.profile import CollectiveLog
+    from hcomm.parallel.tensor import reduce_sequence_parallel_grads
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    model = GPT(GPTConfig(**json.loads(sys.argv[1])), group=dist.group.WORLD, sequence_parallel=True, seed=0)
+    with CollectiveLog() as log:
+        reduce_sequence_parallel_grads(model, dist.group.WORLD)
+    print(json.dumps(log.calls))
+""")
+
+
+def test_sequence_parallel_pays_the_runtimes_one_gradient_allreduce_a_step(prof):
+    """train_gpt.py sums the sequence-parallel replicated parameters' gradients over tp
+    once a step (sp_grads.py): counted here from that code path on a fake process group,
+    and the plan must price exactly that call. The old model had no such term."""
+    from hcomm.parallel.plan import ModelShape, enumerate_candidates
+    from hcomm.parallel.plan.cost import CostModel, Settings
+    from hcomm.parallel.plan.pricing import Pricer
+
+    proc = subprocess.run([sys.executable, "-c", _SP_GRADS_CALLS, json.dumps(MODEL)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    calls = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(kind, n) for kind, _, n in calls] == [("allreduce", 2)]
+    cluster = Cluster.describe("1 hosts x 2 ranks, 2 cores per host")
+    pricer = Pricer(cluster)
+    model = CostModel(cluster, pricer, prof[0], Settings(3, budget=1 << 40))
+    cand = next(c for c in enumerate_candidates(2, 3, ModelShape.gpt(MODEL), cluster.physical_order())
+                if c.tp == 2 and c.sequence_parallel and c.pp == 1 and c.micro_batch_size == 3)
+    est = model.estimate(cand)
+    assert est.terms["sp grads (allreduce)"] == pytest.approx(pricer.collective("allreduce", calls[0][1], [[0, 1]]))
+    assert est.terms["sp grads (allreduce)"] > 0
