@@ -6,7 +6,7 @@ import math
 import pytest
 
 import hcomm
-from test_tuner import GBIT, TCP_ALPHA, hosts
+from test_tuner import TCP_ALPHA, hosts
 
 
 @pytest.mark.parametrize("n", [3, 4, 8])

@@ -112,7 +112,9 @@ double orderedReduceScatterSeconds(const Net& net, double bytes, Fold f) {
       }
   StepCost st = step(net, edges);
   double block = bytes / m;
-  return (m - 1) * st.alpha + std::max((m - 1) * block * beta, block * st.perByte) + bytes * foldGamma(f);
+  // The m-1 arrivals are awaited in turn, but all were sent at once: one late wake.
+  return (m - 1) * (st.alpha - st.wake) + st.wake + std::max((m - 1) * block * beta, block * st.perByte) +
+         bytes * foldGamma(f);
 }
 
 Candidate orderedRing(const Net& net, double bytes, Fold f) {
