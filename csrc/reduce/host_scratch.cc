@@ -58,11 +58,4 @@ std::shared_ptr<char> HostScratchMemory::alloc(size_t bytes) const {
   });
 }
 
-size_t HostScratchMemory::cachedBytes() const {
-  std::lock_guard<std::mutex> lock(pool_->mu);
-  size_t total = 0;
-  for (auto& kv : pool_->free) total += kv.first;
-  return total;
-}
-
 }  // namespace hcomm

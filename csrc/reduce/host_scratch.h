@@ -40,9 +40,6 @@ class HostScratchMemory final : public Memory {
   void divide(DataType dt, void* dst, const void* src, size_t count, int64_t divisor) const override;
   std::shared_ptr<char> alloc(size_t bytes) const override;
 
-  // Bytes held in free blocks now (for tests).
-  size_t cachedBytes() const;
-
  private:
   // The free list, shared with the deleters of the blocks handed out, so that a block
   // released after the communicator is gone finds the list closed and frees itself.
