@@ -485,21 +485,27 @@ class NetnsCluster:
         self.close()
 
     def launch(self, ranks_per_host, argv, env=None, port=None):
-        """Start `ranks_per_host` copies of argv in every host namespace, with the
-        torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
-        MASTER_ADDR = host 0, MASTER_PORT) set; returns the Popen objects by rank."""
+        """Start `ranks_per_host` copies of argv in every host namespace (an int: as many
+        on each host; a list: that many on host 0, 1, ..., for uneven layouts such as
+        [2, 1]), with the torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK,
+        LOCAL_WORLD_SIZE, MASTER_ADDR = host 0, MASTER_PORT) set; returns the Popen
+        objects by rank (host 0's ranks first)."""
         import subprocess
 
+        per_host = [ranks_per_host] * self.hosts if isinstance(ranks_per_host, int) else list(ranks_per_host)
+        if len(per_host) != self.hosts or any(not isinstance(k, int) or k < 1 for k in per_host):
+            raise InvalidArgument(f"ranks_per_host must be a positive int or {self.hosts} positive ints, "
+                                  f"got {ranks_per_host!r}")
         port = port or 29500 + os.getpid() % 1000
-        size = self.hosts * ranks_per_host
+        size = sum(per_host)
         procs = []
-        for r in range(size):
-            h = r // ranks_per_host
-            e = dict(os.environ if env is None else env)
-            e.update(RANK=str(r), WORLD_SIZE=str(size), LOCAL_RANK=str(r % ranks_per_host),
-                     LOCAL_WORLD_SIZE=str(ranks_per_host), MASTER_ADDR=self.address(0), MASTER_PORT=str(port),
-                     HCOMM_NETNS_HOST=str(h), GLOO_SOCKET_IFNAME=self.interface(h))
-            procs.append(self.popen(h, argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for h, k in enumerate(per_host):
+            for local in range(k):
+                e = dict(os.environ if env is None else env)
+                e.update(RANK=str(len(procs)), WORLD_SIZE=str(size), LOCAL_RANK=str(local),
+                         LOCAL_WORLD_SIZE=str(k), MASTER_ADDR=self.address(0), MASTER_PORT=str(port),
+                         HCOMM_NETNS_HOST=str(h), GLOO_SOCKET_IFNAME=self.interface(h))
+                procs.append(self.popen(h, argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         return procs
 
 

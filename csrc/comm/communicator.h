@@ -27,6 +27,7 @@
 #include "comm/world.h"
 #include "common/fingerprint.h"
 #include "common/types.h"
+#include "reduce/host_scratch.h"
 #include "topo/tuner.h"
 #include "topo/tuner_drift.h"
 
@@ -206,6 +207,8 @@ class Communicator {
   std::vector<int> worldRanks_;  // communicator rank -> world rank
   std::vector<Route> routes_;
   std::shared_ptr<const std::vector<Route>> linkRoutes_;  // the same, shared with every Links
+  // Host calls' Memory: scratch kept between calls (reduce/host_scratch.h).
+  std::unique_ptr<HostScratchMemory> hostScratch_ = std::make_unique<HostScratchMemory>();
   ShmTransport* board_ = nullptr;  // the world's shm transport, which holds the progress board
   int boardSlot_ = -1;  // this communicator's entry on the board
   std::shared_ptr<MpiComm> mpi_;  // mirrors this communicator in MPI, for algo "native"; may be null

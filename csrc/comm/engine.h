@@ -56,7 +56,7 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     if (dev && collective && !dev.ctx->ncclTried()) setupNccl(*dev.ctx, tagBase, deadline);
     if (dev && collective) prepareNpu(*dev.ctx, tagBase, deadline);  // npu_call.cc
     Links links(rank_, size_, dev ? dev.ctx->routes(collective) : linkRoutes_, tagBase, fp, info.dtype, op, deadline,
-                policy, [&what] { return what(); }, dev ? dev.ctx->memory() : hostMemory());
+                policy, [&what] { return what(); }, dev ? dev.ctx->memory() : static_cast<const Memory&>(*hostScratch_));
     body(links, work);
     if (dev) finishOnDevice(dev, work);
     std::string stray = collective ? strayMessage(tagBase) : "";

@@ -45,14 +45,25 @@ CommShape CommShape::of(const Topology& t, const std::vector<int>& worldRanks) {
     ++m.first;
     m.second.insert(p.cpus.begin(), p.cpus.end());
   }
+  bool everyCpuShared = false;
   for (int w : worldRanks) {
     auto it = machines.find(t.ranks.at(w).hostname);
-    if (it != machines.end() && it->second.first > static_cast<int>(it->second.second.size())) s.oversubscribed = true;
+    if (it == machines.end()) continue;
+    int ranks = it->second.first, cpus = static_cast<int>(it->second.second.size());
+    s.oversubscribed |= ranks > cpus;
+    everyCpuShared |= ranks >= 2 * cpus;
   }
-  // links.cc's backoff round with two transports: a sleep slice of at most 100 us in each;
-  // an arrival on the other transport lands anywhere in the round: half of it on average.
+  // A waiting rank reaches links.cc's sleep (and wakes late) when its CPU is shared:
+  // its spins and yields hand the CPU to a peer for whole time slices. With a rank per
+  // CPU to spare (3 ranks on 2 CPUs) the wait ends while it still yields. Measured with
+  // benchmarks/tuner_validation.py (docs/tuner.md): 3 ranks on 2 CPUs, 8 B - 4 KiB,
+  // halving-doubling 55-69 us over 3 steps, no slower than on 3 hosts of 1 rank (73 us);
+  // 4 ranks on 2 CPUs, every algorithm ~100 us a dependent step, hierarchical's
+  // single-transport phases included (hierarchical 406-414 us over 3 phases,
+  // halving-doubling 191-381 over 2). A late wake waits out the rest of one sleep slice
+  // (at most 100 us with two transports, HCOMM_SLEEP_US with one): one slice a step.
   double slice = std::min(100e-6, static_cast<double>(envInt("HCOMM_SLEEP_US", 1000)) * 1e-6);
-  s.lateWake = 2 * slice / 2;
+  s.lateWake = everyCpuShared ? slice : 0;
   return s;
 }
 

@@ -34,13 +34,11 @@ struct CommShape {
   std::vector<int> domain;
   LinkCost links[kLinkClasses];
   // A machine (hostname) holding some of these ranks runs more of the job's ranks than
-  // it has CPUs (namespaces or a topology file can put several simulated hosts on one):
-  // when every rank sends and receives in a step, waits outlast the spin and sleep, and a
-  // sleep in a Links that mixes shm and tcp wakes late, by `lateWake` on average
-  // (algo/links.cc sleeps in one transport at a time, each deaf to the other's arrivals,
-  // in slices of at most 100 us when there are two). Flat ring/tree/halving-doubling steps across hosts pay it; the phases of a
-  // hierarchical algorithm each wait on a single transport.
+  // it has CPUs (namespaces or a topology file can put several simulated hosts on one).
   bool oversubscribed = false;
+  // When every CPU of such a machine is shared by two ranks or more, each dependent wait
+  // of an algorithm outlasts the spin and yields and sleeps; a sleep wakes up to one
+  // slice late (algo/links.cc). Charged per step (tuner_steps.cc); else 0.
   double lateWake = 0;
 
   static CommShape of(const Topology& t, const std::vector<int>& worldRanks);

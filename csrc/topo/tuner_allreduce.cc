@@ -47,10 +47,16 @@ Candidate treeModel(const Net& net, double bytes) {
   double depth = std::floor(std::log2(std::max(1, m)));
   Candidate best{"tree", std::numeric_limits<double>::infinity(), treeSegments().back()};
   double g = gammaSecondsPerByte();
+  // tree.cc handles a segment of tree 0, then of tree 1, blocking on each: a rank that is
+  // inner in tree 0 (a leaf of tree 1) sends its tree-1 segment only once its tree-0
+  // subtree has arrived, so tree 1's reduction finishes 2*depth hops after the start,
+  // and its broadcast (which starts at its root then) depth hops later: 3*depth hops in
+  // all for one segment (traced: 3 hops on 3 ranks, 6 on 4), not 2*depth as for two
+  // trees running side by side. Later segments follow one step apart.
   for (size_t seg : treeSegments()) {
     double s = std::min<double>(seg, std::max(1.0, bytes / 2));
     double k = std::max(1.0, std::ceil(bytes / 2 / s));
-    double up = (depth + k - 1) * (st.alpha + 2 * s * st.perByte + 2 * s * g);  // two children per stage
+    double up = (2 * depth + k - 1) * (st.alpha + 2 * s * st.perByte + 2 * s * g);  // two children per stage
     double down = (depth + k - 1) * (st.alpha + 2 * s * st.perByte);
     if (up + down < best.seconds) {
       best.seconds = up + down;
@@ -106,7 +112,9 @@ double orderedReduceScatterSeconds(const Net& net, double bytes, Fold f) {
       }
   StepCost st = step(net, edges);
   double block = bytes / m;
-  return (m - 1) * st.alpha + std::max((m - 1) * block * beta, block * st.perByte) + bytes * foldGamma(f);
+  // The m-1 arrivals are awaited in turn, but all were sent at once: one late wake.
+  return (m - 1) * (st.alpha - st.wake) + st.wake + std::max((m - 1) * block * beta, block * st.perByte) +
+         bytes * foldGamma(f);
 }
 
 Candidate orderedRing(const Net& net, double bytes, Fold f) {

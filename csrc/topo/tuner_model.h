@@ -32,6 +32,9 @@ struct StepCost {
   // Some edge is shared memory, where the receiving rank's own CPU copies (single-copy
   // pull): its reduction cannot overlap the transfer the way it overlaps a NIC's.
   bool cpuCopies = false;
+  // The part of alpha that is a late wake-up (CommShape::lateWake): paid once per wait,
+  // so a step whose messages all travel at once pays it once.
+  double wake = 0;
 };
 
 LinkClass classOf(const CommShape& s, int a, int b);

@@ -22,18 +22,12 @@ LinkClass classOf(const CommShape& s, int a, int b) {
   return s.rack[a] == s.rack[b] ? LinkClass::TCP : LinkClass::RACK;
 }
 
-// What a step in which every rank sends and receives costs on top of alpha when the
-// ranks outnumber the CPUs and the Links mixes transports (CommShape::lateWake). Not
-// charged to a broadcast tree: there a rank waits once, idle, while its parent runs, and
-// the namespace cluster measured no such delay (binomial 0.2-0.6 ms for 8 B from rank 1).
-static double wakePenalty(const Net& net) {
-  if (!net.s.oversubscribed || net.size() < 3) return 0;
-  std::map<int, int> perHost;
-  for (int m : net.members) ++perHost[net.s.host[m]];
-  bool shared = false;
-  for (auto& h : perHost) shared |= h.second > 1;
-  return shared && perHost.size() > 1 ? net.s.lateWake : 0;
-}
+// What a step costs on top of alpha when every CPU of the machine is shared by two or
+// more ranks (CommShape::lateWake): each dependent wait of a reduction, allgather or
+// exchange ends in a sleep that wakes late, whatever its transports. Not charged to a
+// broadcast tree (binomialSeconds does not use step()): there a rank waits once, idle,
+// and the namespace cluster measured no such delay (binomial 30 us for 8 B on 2 x 2).
+static double wakePenalty(const Net& net) { return net.size() >= 2 ? net.s.lateWake : 0; }
 
 StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
   std::map<int, int> out, in;  // crossing transfers per host
@@ -55,7 +49,8 @@ StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
     c.perByte = std::max(c.perByte, l.beta * load);
     c.cpuCopies |= k == LinkClass::SHM;
   }
-  c.alpha += wakePenalty(net);
+  c.wake = wakePenalty(net);
+  c.alpha += c.wake;
   return c;
 }
 
