@@ -1,6 +1,6 @@
 """Speed of exact numerics, side by side with a baseline build (issue 20's speed checks).
 
-1. float16 SUM allreduce, 1-64 MiB on 2 and 4 ranks: this tree (float32 accumulation,
+1. float16 and bfloat16 SUM allreduce, 1-64 MiB on 2 and 4 ranks: this tree (float32 accumulation,
    rounded once) against a baseline checkout (e.g. /work/main: partials rounded to 16
    bits at every hop). Ratio = this / baseline time; <= 1 means no slower.
 2. HCOMM_DETERMINISTIC=1 float32 SUM allreduce at 64 MiB on 4 ranks against this tree's
@@ -49,24 +49,31 @@ def uptime():
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def half_vs_baseline(args, dtype, ranks):
+    """Prints this / baseline time per size for one 16-bit dtype and rank count."""
+    mine, base = [], []
+    for _ in range(args.repeats):
+        base.append(bench(args.baseline, ranks, dtype, "1M", "64M", args.iters))
+        mine.append(bench(HERE, ranks, dtype, "1M", "64M", args.iters))
+    print(f"{dtype} sum allreduce, {ranks} ranks: this / baseline time (min-max over {args.repeats} runs)", flush=True)
+    for size, (lo, hi, all_) in ratios(mine, base).items():
+        print(f"  {size >> 20:3d} MiB  {lo:.2f}-{hi:.2f}  {all_}  this {min(m[size] for m in mine):.0f} us"
+              f"  baseline {min(b[size] for b in base):.0f} us (best)", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", required=True, help="a checkout with a built .venv (e.g. /work/main)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--ranks", default="2,4")
+    p.add_argument("--dtypes", default="half,bfloat16", help="hcomm-bench -d names, comma-separated")
     p.add_argument("--skip-deterministic", action="store_true")
     args = p.parse_args(argv)
     print("load before:", uptime())
-    for ranks in [int(x) for x in args.ranks.split(",")]:
-        mine, base = [], []
-        for _ in range(args.repeats):
-            base.append(bench(args.baseline, ranks, "half", "1M", "64M", args.iters))
-            mine.append(bench(HERE, ranks, "half", "1M", "64M", args.iters))
-        print(f"float16 sum allreduce, {ranks} ranks: this / baseline time (min-max over {args.repeats} runs)")
-        for size, (lo, hi, all_) in ratios(mine, base).items():
-            print(f"  {size >> 20:3d} MiB  {lo:.2f}-{hi:.2f}  {all_}  this {min(m[size] for m in mine):.0f} us"
-                  f"  baseline {min(b[size] for b in base):.0f} us (best)")
+    for dtype in args.dtypes.split(","):
+        for ranks in [int(x) for x in args.ranks.split(",")]:
+            half_vs_baseline(args, dtype, ranks)
     if not args.skip_deterministic:
         det, auto = [], []
         for _ in range(args.repeats):
