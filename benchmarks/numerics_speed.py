@@ -6,6 +6,8 @@
 2. HCOMM_DETERMINISTIC=1 float32 SUM allreduce at 64 MiB on 4 ranks against this tree's
    automatic choice without it. Ratio = deterministic / auto; the target is <= 1.3.
 
+Both sides run this tree's hcomm.bench (the baseline's build through a package overlay,
+so that bfloat16, which older benches lack, is measured the same way on both).
 Each configuration runs `repeats` times, interleaved (A B A B ...) so that a change in
 the machine's load hits both sides; hcomm-bench's median-free mean of `iters` timed
 iterations per run, out-of-place, and the ratio's range over the repeats is printed
@@ -23,14 +25,30 @@ import tempfile
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def overlay(tree, where):
+    """A package folder under `where` whose hcomm is `tree`'s build with this tree's
+    hcomm.bench, so that both sides run the same harness (older benches lack bfloat16)."""
+    pkg = os.path.join(where, "hcomm")
+    os.makedirs(pkg)
+    for name in os.listdir(os.path.join(tree, "hcomm")):
+        src = os.path.join(HERE if name == "bench" else tree, "hcomm", name)
+        os.symlink(src, os.path.join(pkg, name))
+    return where
+
+
 def bench(tree, ranks, dtype, lo, hi, iters, env_extra=None):
-    """{size: microseconds} from one hcomm-bench run with `tree`'s virtual environment."""
-    exe = os.path.join(tree, ".venv", "bin", "hcomm-bench")
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        cmd = [exe, "allreduce", "-b", lo, "-e", hi, "-f", "4", "-d", dtype, "--ranks", str(ranks),
-               "-n", str(iters), "-w", "3", "-c", "0", "--json", f.name]
+    """{size: microseconds} from one hcomm-bench run with `tree`'s virtual environment
+    and build; a tree other than this one runs under this tree's bench (overlay())."""
+    py = os.path.join(tree, ".venv", "bin", "python")
+    with tempfile.NamedTemporaryFile(suffix=".json") as f, tempfile.TemporaryDirectory() as tmp:
+        cmd = [py, "-m", "hcomm.bench", "allreduce", "-b", lo, "-e", hi, "-f", "4", "-d", dtype, "--ranks",
+               str(ranks), "-n", str(iters), "-w", "3", "-c", "0", "--json", f.name]
         env = dict(os.environ, **(env_extra or {}))
-        subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd = tree
+        if os.path.realpath(tree) != os.path.realpath(HERE):
+            env["PYTHONPATH"] = overlay(tree, tmp)
+            cwd = tmp  # not the tree: its own hcomm/ would come first on sys.path
+        subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        timeout=600)
         rows = json.load(open(f.name))["implementations"]["hcomm"]["rows"]
     return {r["size"]: r["out_of_place"]["time"] for r in rows}
