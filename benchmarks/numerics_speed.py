@@ -14,10 +14,12 @@ iterations per run, out-of-place, and the ratio's range over the repeats is prin
 with the load (uptime) before and after.
 
     python benchmarks/numerics_speed.py --baseline /work/main --repeats 3
+    python benchmarks/numerics_speed.py --baseline /work/main --repeats 3 --cpu --skip-deterministic
 """
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,34 @@ def overlay(tree, where):
         src = os.path.join(HERE if name == "bench" else tree, "hcomm", name)
         os.symlink(src, os.path.join(pkg, name))
     return where
+
+
+def cpu_seconds(tree, ranks, dtype, size, iters):
+    """CPU seconds (user + system, every rank) of one out-of-place + in-place allreduce
+    pair: a run of `iters` timed iterations less a run of one, so that start-up and the
+    input's set-up cancel. With more ranks than cores, wall time follows the CPU time the
+    ranks need (waits spin and yield), and this figure moves far less with other jobs'
+    load than wall time does."""
+    def run(n):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        bench(tree, ranks, dtype, size, size, n)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return (run(iters) - run(1)) / (iters - 1)
+
+
+def cpu_vs_baseline(args, dtype, ranks):
+    """Prints this and the baseline's CPU time per allreduce pair, interleaved, per size."""
+    for size in ("4M", "64M"):
+        iters = 200 if size == "4M" else 16  # enough calls that start-up noise (~0.1 s) is small
+        mine, base = [], []
+        for _ in range(args.repeats):
+            base.append(cpu_seconds(args.baseline, ranks, dtype, size, iters))
+            mine.append(cpu_seconds(HERE, ranks, dtype, size, iters))
+        rs = sorted(m / b for m, b in zip(mine, base))
+        print(f"  cpu {dtype} {ranks} ranks {size:>3}: this/baseline {rs[0]:.2f}-{rs[-1]:.2f}  this "
+              f"{min(mine) * 1e3:.1f}-{max(mine) * 1e3:.1f} ms  baseline {min(base) * 1e3:.1f}-{max(base) * 1e3:.1f} ms",
+              flush=True)
 
 
 def bench(tree, ranks, dtype, lo, hi, iters, env_extra=None):
@@ -87,11 +117,12 @@ def main(argv=None):
     p.add_argument("--ranks", default="2,4")
     p.add_argument("--dtypes", default="half,bfloat16", help="hcomm-bench -d names, comma-separated")
     p.add_argument("--skip-deterministic", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="CPU time per call instead of wall time (cpu_seconds)")
     args = p.parse_args(argv)
     print("load before:", uptime())
     for dtype in args.dtypes.split(","):
         for ranks in [int(x) for x in args.ranks.split(",")]:
-            half_vs_baseline(args, dtype, ranks)
+            (cpu_vs_baseline if args.cpu else half_vs_baseline)(args, dtype, ranks)
     if not args.skip_deterministic:
         det, auto = [], []
         for _ in range(args.repeats):
