@@ -133,6 +133,16 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("level"), py::arg("dtype"), py::arg("op"), py::arg("dst"), py::arg("a"), py::arg("b"), py::arg("count"),
      py::arg("streamed") = false);
 
+  // One fold step (reduce.h's accumulate) at an explicit SIMD level, for the kernel tests;
+  // a = 0 means none.
+  m.def("_local_accumulate", [](const std::string& level, const std::string& dt, const std::string& op, uintptr_t dst,
+                                bool dstWide, uintptr_t a, bool aWide, uintptr_t b, size_t count) {
+    SimdLevel lv = level == "avx512" ? SimdLevel::AVX512 : level == "avx2" ? SimdLevel::AVX2 : SimdLevel::GENERIC;
+    accumulateAt(lv, parseDataType(dt), parseReduceOp(op), mptr(dst), dstWide, a ? cptr(a) : nullptr, aWide, cptr(b),
+                 count);
+  }, py::arg("level"), py::arg("dtype"), py::arg("op"), py::arg("dst"), py::arg("dst_wide"), py::arg("a"),
+     py::arg("a_wide"), py::arg("b"), py::arg("count"));
+
   py::class_<Work, WorkPtr>(m, "Work")
       .def("wait", &Work::wait, py::arg("timeout") = -1.0, Release())
       .def("is_completed", &Work::isCompleted)

@@ -20,6 +20,8 @@ ALGOS = ["ring", "tree", "halving_doubling", "hierarchical", ""]
 def small_pieces(monkeypatch):
     # Ordered folds go in pieces (ordered.cc): small ones so that the counts below cross many.
     monkeypatch.setenv("HCOMM_ORDERED_PIECE_BYTES", "65536")
+    # ...and an allreduce chunk's block in fold pieces smaller still (several per block).
+    monkeypatch.setenv("HCOMM_ORDERED_FOLD_BYTES", "12000")
 
 
 def _allreduce_core(comm, x, algo):
@@ -82,7 +84,8 @@ def test_every_algorithm_and_layout_gives_the_rank_order_sum(layout, tmp_path, m
 
 def test_segment_sizes_do_not_change_the_bits(monkeypatch):
     monkeypatch.setenv("HCOMM_DETERMINISTIC", "1")
-    for ring, tree, piece in (("4096", "1024", "4096"), ("1048576", "65536", "8388608")):
+    for ring, tree, piece, fold in (("4096", "1024", "4096", "1000"), ("1048576", "65536", "8388608", "262144")):
+        monkeypatch.setenv("HCOMM_ORDERED_FOLD_BYTES", fold)
         monkeypatch.setenv("HCOMM_RING_SEGMENT_BYTES", ring)
         monkeypatch.setenv("HCOMM_TREE_SEGMENT_BYTES", tree)
         monkeypatch.setenv("HCOMM_ORDERED_PIECE_BYTES", piece)

@@ -23,6 +23,8 @@ ALGOS = ["ring", "tree", "halving_doubling"]
 def small_pieces(monkeypatch):
     # Ordered folds go in pieces (ordered.cc): small ones so that the counts below cross many.
     monkeypatch.setenv("HCOMM_ORDERED_PIECE_BYTES", "65536")
+    # ...and an allreduce chunk's block in fold pieces smaller still (several per block).
+    monkeypatch.setenv("HCOMM_ORDERED_FOLD_BYTES", "12000")
 # Odd counts around the halving-doubling switch (256 KiB) and the tree halves.
 COUNTS = [1, 7, 1001, 70_001, 200_003]  # the last two: several 64 KiB pieces and chunks (ordered.cc)
 

@@ -91,17 +91,24 @@ void divide(DataType dt, void* dst, const void* src, size_t n, int64_t divisor) 
   }
 }
 
-void accumulate(DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide, const void* b,
-                size_t n) {
+void accumulateAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide,
+                  const void* b, size_t n) {
   bool half = dt == DataType::F16 || dt == DataType::BF16;
   if (!half && (dstWide || aWide))
     throw Error(std::string("accumulate: a float32 accumulator is only for float16 and bfloat16, not ") +
                 dtypeName(dt));
-  switch (simdLevel()) {
+  if (static_cast<int>(level) > static_cast<int>(simdLevel()))
+    throw Error(std::string("SIMD level ") + simdName(level) + " is not available on this CPU");
+  switch (level) {
     case SimdLevel::AVX512: return kernels::avx512::accumulate(dt, op, dst, dstWide, a, aWide, b, n);
     case SimdLevel::AVX2: return kernels::avx2::accumulate(dt, op, dst, dstWide, a, aWide, b, n);
     default: return kernels::generic::accumulate(dt, op, dst, dstWide, a, aWide, b, n);
   }
+}
+
+void accumulate(DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide, const void* b,
+                size_t n) {
+  accumulateAt(simdLevel(), dt, op, dst, dstWide, a, aWide, b, n);
 }
 
 }  // namespace hcomm

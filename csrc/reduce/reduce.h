@@ -32,6 +32,8 @@ const char* simdName(SimdLevel level);
 // The same kernels at an explicit level, for tests of every path.
 void reduceAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, const void* a,
               const void* b, size_t count);
+void accumulateAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide,
+                  const void* b, size_t count);
 void reduceStreamedAt(SimdLevel level, DataType dt, ReduceOp op, void* dst, const void* a, const void* b,
                       size_t count);
 

@@ -10,6 +10,7 @@
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #define HCOMM_KERNEL_F16C 1
+#define HCOMM_KERNEL_AVX512 1
 
 namespace hcomm {
 namespace kernels {
