@@ -26,7 +26,9 @@ PASSES times and the median per k kept. Also kept for the summary:
 The calls, directly (torch_call_overheads), with every rank of the job running:
 
     call_s[g]        one blocking tiny collective in groups of g ranks, beyond the tuner's
-                     price: a burst of BURST_CALLS calls, median of BURSTS bursts.
+                     price: the time inside the call of the rank that arrived last, each
+                     after a short piece of compute, mean of BURST_CALLS calls, median
+                     of BURSTS bursts.
     call_async_s[g]  the same issued async and waited for (ZeRO's bucketed and per-unit
                      collectives, the pipeline's messages).
     post_s           posting one send or receive, before any wait (the pipeline's messages
@@ -48,7 +50,7 @@ PIECE_REPS = 200     # matmuls in a long piece of compute (about 2 ms on one cor
 SHORT_REPS = 20      # a short piece (about 0.2 ms)
 ROUNDS = 11
 PASSES = 3           # the sweeps are repeated and their medians kept
-BURST_CALLS = 20     # tiny calls per timed burst (call overheads)
+BURST_CALLS = 20     # calls per burst (call and p2p posting overheads)
 BURSTS = 7           # bursts per group size; the median is kept
 
 
@@ -147,9 +149,36 @@ def _group_sizes(size):
     return [g for g in range(1, size + 1) if size % g == 0]
 
 
-def _burst(fn, calls=BURST_CALLS, bursts=BURSTS):
-    """Seconds per call: the median over `bursts` of a burst of `calls` back-to-back calls."""
-    return _timed(lambda: [fn() for _ in range(calls)], bursts) / calls
+def _inside(fn, calls=BURST_CALLS, bursts=BURSTS, untimed=lambda: None):
+    """Seconds inside each call of fn, as an array (bursts, calls); each call right after
+    a short piece of compute, as a step issues them (in a tight loop two 2-rank groups on
+    2 cores fell into lockstep and read 0.008 ms a call in one calibration, 0.3-1.8 ms in
+    five others). `untimed` runs before each piece of compute."""
+    import numpy as np
+
+    out = []
+    for _ in range(bursts * calls):
+        untimed()
+        _compute(SHORT_REPS)
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return np.array(out).reshape(bursts, calls)
+
+
+def _last_arrivals(comm, mine, blocks):
+    """Per group, the overhead of its calls from every rank's in-call times: per call the
+    least over the group's ranks (the rank that arrived last waits for no one's compute:
+    what it spends inside is the call's own cost; the others' waits are the compute skew
+    that the compute factor already prices), the mean over a burst (a step pays the sum,
+    tail included), the median of the bursts; the slowest group's. Only calls are timed,
+    so nothing is subtracted (the old residual inherited the compute slope's noise)."""
+    import numpy as np
+
+    every = np.zeros((comm.size,) + mine.shape)
+    every[comm.rank] = mine
+    comm.allreduce(every)
+    return max(float(np.median(every[b].min(axis=0).mean(axis=1))) for b in blocks)
 
 
 def torch_call_overheads(comm, topo):
@@ -161,12 +190,12 @@ def torch_call_overheads(comm, topo):
 
     call_s[g], call_async_s[g]: for each group size g the plans use, every rank of the job
     in a group of g consecutive ranks (all groups at once, as a plan's tp or dp groups run),
-    a burst of BURST_CALLS 8-byte all_reduce (blocking) or all_gather_into_tensor issued
-    async and waited for; median burst / calls, minus the tuner's price, the slowest rank's.
+    the time inside an 8-byte all_reduce (blocking) or all_gather_into_tensor issued async
+    and waited for, each after a short piece of compute (_inside), of the rank that
+    arrived last (_last_arrivals), minus the tuner's price.
     post_s: what posting one point-to-point operation costs a rank before any wait (the
     pipeline posts a control block and then each tensor of every message: Exchanger._post),
     ranks paired (0, 1), (2, 3), .. each posting a send and a receive per round."""
-    import numpy as np
     import torch
     import torch.distributed as dist
 
@@ -188,19 +217,21 @@ def torch_call_overheads(comm, topo):
                 e = explain("allreduce", 8, topology=topo, ranks=members)
                 price = e.candidate(e.chosen).seconds
             dist.barrier()
-            row = np.zeros(2)
-            row[0] = max(0.0, _burst(lambda: dist.all_reduce(x, group=group)) - price)
-            row[1] = max(0.0, _burst(lambda: gather(out, x, group=group, async_op=True).wait()) - price)
-            comm.allreduce(row, op="max")
-            coll[g], asyn[g] = float(row[0]), float(row[1])
+            blocking = _inside(lambda: dist.all_reduce(x, group=group))
+            waited = _inside(lambda: gather(out, x, group=group, async_op=True).wait())
+            coll[g] = max(0.0, _last_arrivals(comm, blocking, blocks) - price)
+            asyn[g] = max(0.0, _last_arrivals(comm, waited, blocks) - price)
         return {"call_s": coll, "call_async_s": asyn, "post_s": _post_seconds(comm)}
     finally:
         dist.destroy_process_group()
 
 
 def _post_seconds(comm):
-    """Median seconds to post one send or receive (Exchanger's way: straight on the process
-    group, a 64-word control block), the slowest rank's; 0 for a single rank."""
+    """Seconds to post one send or receive (Exchanger's way: straight on the process group,
+    a 64-word control block) right after a short piece of compute, as a pipeline posts
+    (_inside: a burst's mean, since a step pays the sum of its posts, tail included:
+    single posts took a median 0.03-0.1 ms and a 90th percentile 0.4-0.8 ms on 4 ranks at
+    load 7), the slowest rank's; 0 for a single rank."""
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -210,14 +241,18 @@ def _post_seconds(comm):
     if peer < comm.size:
         pg = dist.group.WORLD
         send, recv = torch.zeros(64, dtype=torch.int64), torch.zeros(64, dtype=torch.int64)
-        posts = []
-        for _ in range(BURSTS * BURST_CALLS):
-            t0 = time.perf_counter()
-            works = [pg.send([send], peer, 0), pg.recv([recv], peer, 0)]
-            posts.append((time.perf_counter() - t0) / 2)
-            for w in works:
+        pending = []
+
+        def post():
+            pending[:] = [pg.send([send], peer, 0), pg.recv([recv], peer, 0)]
+
+        def wait():             # the previous pair's waits, outside the timing
+            for w in pending:
                 w.wait()
-        row[0] = statistics.median(posts)
+            pending.clear()
+        # two posts per call; a post waits for no one: the mean of a burst, median of bursts
+        row[0] = statistics.median(_inside(post, untimed=wait).mean(axis=1)) / 2
+        wait()
     comm.allreduce(row, op="max")
     return float(row[0])
 
