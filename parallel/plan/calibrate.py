@@ -26,13 +26,14 @@ PASSES times and the median per k kept. Also kept for the summary:
 The calls, directly (torch_call_overheads), with every rank of the job running:
 
     call_s[g]        one blocking tiny collective in groups of g ranks, beyond the tuner's
-                     price: the time inside the call of the rank that arrived last, each
-                     after a short piece of compute, mean of BURST_CALLS calls, median
+                     price: the time inside the call, each after a short piece of
+                     compute, mean over the group's ranks and BURST_CALLS calls, median
                      of BURSTS bursts.
     call_async_s[g]  the same issued async and waited for (ZeRO's bucketed and per-unit
                      collectives, the pipeline's messages).
     post_s           posting one send or receive, before any wait (the pipeline's messages
-                     are a control block and then the tensors, each one post).
+                     are a control block and then the tensors, each one post), the
+                     receive posted after its message arrived, as in a pipeline.
 
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
@@ -52,6 +53,7 @@ ROUNDS = 11
 PASSES = 3           # the sweeps are repeated and their medians kept
 BURST_CALLS = 20     # calls per burst (call and p2p posting overheads)
 BURSTS = 7           # bursts per group size; the median is kept
+POST_REPS = 100      # compute between a receive being posted and its message's send
 
 
 def _compute(n):
@@ -166,19 +168,22 @@ def _inside(fn, calls=BURST_CALLS, bursts=BURSTS, untimed=lambda: None):
     return np.array(out).reshape(bursts, calls)
 
 
-def _last_arrivals(comm, mine, blocks):
+def _group_means(comm, mine, blocks):
     """Per group, the overhead of its calls from every rank's in-call times: per call the
-    least over the group's ranks (the rank that arrived last waits for no one's compute:
-    what it spends inside is the call's own cost; the others' waits are the compute skew
-    that the compute factor already prices), the mean over a burst (a step pays the sum,
-    tail included), the median of the bursts; the slowest group's. Only calls are timed,
-    so nothing is subtracted (the old residual inherited the compute slope's noise)."""
+    mean over the group's ranks, the mean over a burst (a step pays the sum, tail
+    included), the median of the bursts; the slowest group's. Only calls are timed, so
+    nothing is subtracted (the old residual inherited the compute slope's noise). The
+    group's mean, not its last arriver's time alone: on 4 ranks and 2 cores at load 5, a
+    dp1 tp2 pp2 step's 2-rank allreduces spent 1.9 ms a call inside on average
+    (planner_breakdown), the calibration's group mean read 1.8-2.2 ms, its last arriver
+    0.13-0.23 ms and its first 3.5-4.2 ms: a partner off its core is a wait per call,
+    which the compute factor (a slope per repetition) does not price."""
     import numpy as np
 
     every = np.zeros((comm.size,) + mine.shape)
     every[comm.rank] = mine
     comm.allreduce(every)
-    return max(float(np.median(every[b].min(axis=0).mean(axis=1))) for b in blocks)
+    return max(float(np.median(every[b].mean(axis=0).mean(axis=1))) for b in blocks)
 
 
 def torch_call_overheads(comm, topo):
@@ -191,11 +196,11 @@ def torch_call_overheads(comm, topo):
     call_s[g], call_async_s[g]: for each group size g the plans use, every rank of the job
     in a group of g consecutive ranks (all groups at once, as a plan's tp or dp groups run),
     the time inside an 8-byte all_reduce (blocking) or all_gather_into_tensor issued async
-    and waited for, each after a short piece of compute (_inside), of the rank that
-    arrived last (_last_arrivals), minus the tuner's price.
+    and waited for, each after a short piece of compute (_inside), the mean over the
+    group's ranks (_group_means), minus the tuner's price.
     post_s: what posting one point-to-point operation costs a rank before any wait (the
     pipeline posts a control block and then each tensor of every message: Exchanger._post),
-    ranks paired (0, 1), (2, 3), .. each posting a send and a receive per round."""
+    _post_seconds."""
     import torch
     import torch.distributed as dist
 
@@ -219,8 +224,8 @@ def torch_call_overheads(comm, topo):
             dist.barrier()
             blocking = _inside(lambda: dist.all_reduce(x, group=group))
             waited = _inside(lambda: gather(out, x, group=group, async_op=True).wait())
-            coll[g] = max(0.0, _last_arrivals(comm, blocking, blocks) - price)
-            asyn[g] = max(0.0, _last_arrivals(comm, waited, blocks) - price)
+            coll[g] = max(0.0, _group_means(comm, blocking, blocks) - price)
+            asyn[g] = max(0.0, _group_means(comm, waited, blocks) - price)
         return {"call_s": coll, "call_async_s": asyn, "post_s": _post_seconds(comm)}
     finally:
         dist.destroy_process_group()
@@ -228,10 +233,13 @@ def torch_call_overheads(comm, topo):
 
 def _post_seconds(comm):
     """Seconds to post one send or receive (Exchanger's way: straight on the process group,
-    a 64-word control block) right after a short piece of compute, as a pipeline posts
-    (_inside: a burst's mean, since a step pays the sum of its posts, tail included:
-    single posts took a median 0.03-0.1 ms and a 90th percentile 0.4-0.8 ms on 4 ranks at
-    load 7), the slowest rank's; 0 for a single rank."""
+    a 64-word control block) in a pipeline's pattern: the receiver posts its receive early
+    (Exchanger posts the next batch's receives when a batch ends) and then computes; the
+    sender computes and then posts. Ranks paired (0, 1), (2, 3), .., taking turns to send;
+    a burst's mean (a step pays the sum, tail included), the median of bursts, the slowest
+    rank's; 0 for a single rank. (A receive posted after its message had arrived read
+    1.6-1.8 ms a post at load 8-9, against 0.04-0.11 ms a post measured by
+    planner_breakdown on dp1 pp4, whose receives are posted early.)"""
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -240,19 +248,22 @@ def _post_seconds(comm):
     row = np.zeros(1)
     if peer < comm.size:
         pg = dist.group.WORLD
-        send, recv = torch.zeros(64, dtype=torch.int64), torch.zeros(64, dtype=torch.int64)
-        pending = []
-
-        def post():
-            pending[:] = [pg.send([send], peer, 0), pg.recv([recv], peer, 0)]
-
-        def wait():             # the previous pair's waits, outside the timing
-            for w in pending:
-                w.wait()
-            pending.clear()
-        # two posts per call; a post waits for no one: the mean of a burst, median of bursts
-        row[0] = statistics.median(_inside(post, untimed=wait).mean(axis=1)) / 2
-        wait()
+        buf = torch.zeros(64, dtype=torch.int64)
+        bursts = []
+        for _ in range(BURSTS):
+            posting = 0.0
+            for i in range(BURST_CALLS):
+                sending = (comm.rank + i) % 2 == 0
+                if sending:
+                    _compute(POST_REPS)
+                t0 = time.perf_counter()
+                work = pg.send([buf], peer, 0) if sending else pg.recv([buf], peer, 0)
+                posting += time.perf_counter() - t0
+                if not sending:
+                    _compute(POST_REPS)
+                work.wait()
+            bursts.append(posting / BURST_CALLS)
+        row[0] = statistics.median(bursts)
     comm.allreduce(row, op="max")
     return float(row[0])
 
