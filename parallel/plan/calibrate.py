@@ -1,12 +1,13 @@
 """Detect the job's machines: hcomm's topology (probe + fitted links) plus what the
 tuner's alpha-beta model does not hold, measured on the ranks themselves.
 
-A training step on a rank alternates compute with blocking collectives. When a machine
-has more ranks than cores (or other jobs), what a rank's compute costs depends on how
-many ranks compute at the same time, and every collective costs more than the tuner's
-price because ranks that arrive early sleep and must be woken. Both are measured on the
-job's ranks, in that alternating pattern, for k = 1 .. ranks-per-machine ranks active
-at once (the others wait in a barrier, asleep):
+A training step on a rank alternates compute with collectives. When a machine has more
+ranks than cores (or other jobs), what a rank's compute costs depends on how many ranks
+compute at the same time, and every collective call costs more than the tuner's price
+(threads to wake, ranks to be scheduled). Both are measured on the job's ranks.
+
+The compute, in the alternating pattern a step has, for k = 1 .. ranks-per-machine ranks
+active at once (the others wait in a barrier, asleep):
 
     a round = one piece of compute (a numpy matmul loop of n repetitions, one thread),
               then an 8-byte allreduce among the k active ranks
@@ -17,16 +18,22 @@ at once (the others wait in a barrier, asleep):
                    seconds per repetition, timed alone while it ran): the time-sharing
                    of cores, the CPU that waiting ranks burn, and whatever else loads
                    the machine now.
-    coll_s[k]      what one blocking collective costs beyond the tuner's price: the
-                   round time at the short piece minus its compute (slope x reps) minus
-                   the tuner's price, at least 0.
-    coll_async_s[k]  the same for a collective issued async and waited for (the core's
-                   progress thread completes it: one more thread to wake). ZeRO's
-                   bucketed and per-unit collectives and the pipeline's p2p take it.
 
 Medians of ROUNDS rounds, the slowest active rank's view; the sweep over k is run
 PASSES times and the median per k kept. Also kept for the summary:
 "share" (rep_s[k] / rep_s[1] at the largest k).
+
+The calls, directly (torch_call_overheads), with every rank of the job running:
+
+    call_s[g]        one blocking tiny collective in groups of g ranks, beyond the tuner's
+                     price: the time inside the call, each after a short piece of
+                     compute, mean over the group's ranks and BURST_CALLS calls, median
+                     of BURSTS bursts.
+    call_async_s[g]  the same issued async and waited for (ZeRO's bucketed and per-unit
+                     collectives, the pipeline's messages).
+    post_s           posting one send or receive, before any wait (the pipeline's messages
+                     are a control block and then the tensors, each one post), the
+                     receive posted after its message arrived, as in a pipeline.
 
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
@@ -44,6 +51,9 @@ PIECE_REPS = 200     # matmuls in a long piece of compute (about 2 ms on one cor
 SHORT_REPS = 20      # a short piece (about 0.2 ms)
 ROUNDS = 11
 PASSES = 3           # the sweeps are repeated and their medians kept
+BURST_CALLS = 20     # calls per burst (call and p2p posting overheads)
+BURSTS = 7           # bursts per group size; the median is kept
+POST_REPS = 100      # compute between a receive being posted and its message's send
 
 
 def _compute(n):
@@ -71,15 +81,11 @@ def _timed(fn, rounds, pick=statistics.median, clock=time.perf_counter):
     return pick(times)
 
 
-def _rounds(sub, reps, tiny, async_op=False):
-    """Median round time: `reps` of compute, then the allreduce (blocking, or issued
-    async and waited for: the progress thread's path, which ZeRO and p2p take)."""
+def _rounds(sub, reps, tiny):
+    """Median round time: `reps` of compute, then the allreduce."""
     def one():
         _compute(reps)
-        if async_op:
-            sub.allreduce(tiny, async_op=True).wait()
-        else:
-            sub.allreduce(tiny)
+        sub.allreduce(tiny)
     sub.barrier()
     return _timed(one, ROUNDS)
 
@@ -94,35 +100,26 @@ def _machine_peers(comm, topo):
 
 
 def measure(comm, topo):
-    """Every rank calls. Returns {"rep_s": {k: s}, "coll_s": {k: s}, "share", "piece_s",
-    "ranks_per_machine"} with k the number of ranks active at once on each machine."""
+    """Every rank calls. Returns {"rep_s": {k: s}, "share", "piece_s", "ranks_per_machine"}
+    with k the number of ranks active at once on each machine."""
     import numpy as np
-
-    from hcomm.topology import explain
 
     tiny = np.zeros(2, np.float32)
     local, per_machine = _machine_peers(comm, topo)
-    rep_s, coll_s, async_s = {}, {}, {}
+    rep_s = {}
     for k in range(1, per_machine + 1):
         active = local < k
         sub = comm.split(0 if active else -1)      # the others opt out and wait below
-        row = np.zeros(3)
+        row = np.zeros(1)
         if active:
             short, long_ = _rounds(sub, SHORT_REPS, tiny), _rounds(sub, PIECE_REPS, tiny)
-            short_async = _rounds(sub, SHORT_REPS, tiny, async_op=True)
-            slope = max(0.0, (long_ - short) / (PIECE_REPS - SHORT_REPS))
-            price = 0.0
-            if sub.size > 1:
-                e = explain("allreduce", 8, comm=sub)
-                price = e.candidate(e.chosen).seconds
-            base = slope * SHORT_REPS + price
-            row[:] = (slope, max(0.0, short - base), max(0.0, short_async - base))
+            row[0] = max(0.0, (long_ - short) / (PIECE_REPS - SHORT_REPS))
             sub.close()
         comm.allreduce(row, op="max")        # the slowest machine's and rank's view
-        rep_s[k], coll_s[k], async_s[k] = (float(x) for x in row)
+        rep_s[k] = float(row[0])
         comm.barrier()
     top = max(rep_s)
-    return {"rep_s": rep_s, "coll_s": coll_s, "coll_async_s": async_s, "share": rep_s[top] / max(rep_s[1], 1e-12),
+    return {"rep_s": rep_s, "share": rep_s[top] / max(rep_s[1], 1e-12),
             "piece_s": rep_s[1] * PIECE_REPS, "ranks_per_machine": per_machine}
 
 
@@ -149,52 +146,126 @@ def _torch_group(comm):
                             world_size=comm.size)
 
 
-def torch_call_overheads(comm, topo, rep_s):
-    """coll_s[k] and coll_async_s[k] through torch.distributed on the hcomm backend, the
-    path a training job's collectives take (the c10d call, Work and its future, the
-    completion pool: each a thread to wake on a loaded machine). Same rounds as measure():
-    a short piece, then an 8-byte all_reduce (blocking) or all_gather_into_tensor issued
-    async and waited for, among the k active ranks of each machine."""
+def _group_sizes(size):
+    """The group sizes a plan's collectives run on: dp, tp and pp each divide the world."""
+    return [g for g in range(1, size + 1) if size % g == 0]
+
+
+def _inside(fn, calls=BURST_CALLS, bursts=BURSTS, untimed=lambda: None):
+    """Seconds inside each call of fn, as an array (bursts, calls); each call right after
+    a short piece of compute, as a step issues them (in a tight loop two 2-rank groups on
+    2 cores fell into lockstep and read 0.008 ms a call in one calibration, 0.3-1.8 ms in
+    five others). `untimed` runs before each piece of compute."""
     import numpy as np
+
+    out = []
+    for _ in range(bursts * calls):
+        untimed()
+        _compute(SHORT_REPS)
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return np.array(out).reshape(bursts, calls)
+
+
+def _group_means(comm, mine, blocks):
+    """Per group, the overhead of its calls from every rank's in-call times: per call the
+    mean over the group's ranks, the mean over a burst (a step pays the sum, tail
+    included), the median of the bursts; the slowest group's. Only calls are timed, so
+    nothing is subtracted (the old residual inherited the compute slope's noise). The
+    group's mean, not its last arriver's time alone: on 4 ranks and 2 cores at load 5, a
+    dp1 tp2 pp2 step's 2-rank allreduces spent 1.9 ms a call inside on average
+    (planner_breakdown), the calibration's group mean read 1.8-2.2 ms, its last arriver
+    0.13-0.23 ms and its first 3.5-4.2 ms: a partner off its core is a wait per call,
+    which the compute factor (a slope per repetition) does not price."""
+    import numpy as np
+
+    every = np.zeros((comm.size,) + mine.shape)
+    every[comm.rank] = mine
+    comm.allreduce(every)
+    return max(float(np.median(every[b].mean(axis=0).mean(axis=1))) for b in blocks)
+
+
+def torch_call_overheads(comm, topo):
+    """Per-call costs through torch.distributed on the hcomm backend, the path a training
+    job's collectives take (the c10d call, Work and its future, the completion pool: each
+    a thread to wake on a loaded machine), measured directly rather than as a residual
+    after subtracting compute (that residual inherited the compute slope's noise: 0.86,
+    2.13 and 0 ms at 4 ranks in three calibrations within 20 minutes at load 5-10).
+
+    call_s[g], call_async_s[g]: for each group size g the plans use, every rank of the job
+    in a group of g consecutive ranks (all groups at once, as a plan's tp or dp groups run),
+    the time inside an 8-byte all_reduce (blocking) or all_gather_into_tensor issued async
+    and waited for, each after a short piece of compute (_inside), the mean over the
+    group's ranks (_group_means), minus the tuner's price.
+    post_s: what posting one point-to-point operation costs a rank before any wait (the
+    pipeline posts a control block and then each tensor of every message: Exchanger._post),
+    _post_seconds."""
     import torch
     import torch.distributed as dist
 
     from hcomm.topology import explain
 
-    records = {r["rank"]: r.get("hostname", "") for r in topo.get("ranks", [])}
-    names = [records.get(r, "") for r in range(comm.size)]
-    local = [names[:r].count(names[r]) for r in range(comm.size)]
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor    # torch 2.13's name
     _torch_group(comm)
     try:
         x = torch.zeros(2)
         coll, asyn = {}, {}
-        for k in sorted(rep_s):
-            members = [r for r in range(comm.size) if local[r] < k]
-            group = dist.new_group(members)
-            row = np.zeros(2)
-            if comm.rank in members:
-                out = torch.zeros(2 * len(members))
-                price = 0.0
-                if len(members) > 1:
-                    e = explain("allreduce", 8, topology=topo, ranks=members)
-                    price = e.candidate(e.chosen).seconds
-                base = rep_s[k] * SHORT_REPS + price
-
-                def blocking():
-                    _compute(SHORT_REPS)
-                    dist.all_reduce(x, group=group)
-
-                def waited():
-                    _compute(SHORT_REPS)
-                    gather(out, x, group=group, async_op=True).wait()
-                dist.barrier(group=group)
-                row[:] = (max(0.0, _timed(blocking, ROUNDS) - base), max(0.0, _timed(waited, ROUNDS) - base))
-            comm.allreduce(row, op="max")
-            coll[k], asyn[k] = float(row[0]), float(row[1])
-        return {"coll_s": coll, "coll_async_s": asyn}
+        for g in _group_sizes(comm.size):
+            blocks = [list(range(s, s + g)) for s in range(0, comm.size, g)]
+            groups = [dist.new_group(b) for b in blocks]       # every rank creates every group
+            members = blocks[comm.rank // g]
+            group = groups[comm.rank // g]
+            out = torch.zeros(2 * g)
+            price = 0.0
+            if g > 1:
+                e = explain("allreduce", 8, topology=topo, ranks=members)
+                price = e.candidate(e.chosen).seconds
+            dist.barrier()
+            blocking = _inside(lambda: dist.all_reduce(x, group=group))
+            waited = _inside(lambda: gather(out, x, group=group, async_op=True).wait())
+            coll[g] = max(0.0, _group_means(comm, blocking, blocks) - price)
+            asyn[g] = max(0.0, _group_means(comm, waited, blocks) - price)
+        return {"call_s": coll, "call_async_s": asyn, "post_s": _post_seconds(comm)}
     finally:
         dist.destroy_process_group()
+
+
+def _post_seconds(comm):
+    """Seconds to post one send or receive (Exchanger's way: straight on the process group,
+    a 64-word control block) in a pipeline's pattern: the receiver posts its receive early
+    (Exchanger posts the next batch's receives when a batch ends) and then computes; the
+    sender computes and then posts. Ranks paired (0, 1), (2, 3), .., taking turns to send;
+    a burst's mean (a step pays the sum, tail included), the median of bursts, the slowest
+    rank's; 0 for a single rank. (A receive posted after its message had arrived read
+    1.6-1.8 ms a post at load 8-9, against 0.04-0.11 ms a post measured by
+    planner_breakdown on dp1 pp4, whose receives are posted early.)"""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    peer = comm.rank ^ 1
+    row = np.zeros(1)
+    if peer < comm.size:
+        pg = dist.group.WORLD
+        buf = torch.zeros(64, dtype=torch.int64)
+        bursts = []
+        for _ in range(BURSTS):
+            posting = 0.0
+            for i in range(BURST_CALLS):
+                sending = (comm.rank + i) % 2 == 0
+                if sending:
+                    _compute(POST_REPS)
+                t0 = time.perf_counter()
+                work = pg.send([buf], peer, 0) if sending else pg.recv([buf], peer, 0)
+                posting += time.perf_counter() - t0
+                if not sending:
+                    _compute(POST_REPS)
+                work.wait()
+            bursts.append(posting / BURST_CALLS)
+        row[0] = statistics.median(bursts)
+    comm.allreduce(row, op="max")
+    return float(row[0])
 
 
 def _median_tables(samples):
@@ -213,7 +284,9 @@ def _report(comm, passes=PASSES):
     cal = dict(runs[0], **_median_tables([{"rep_s": r["rep_s"]} for r in runs]))
     cal["share"] = cal["rep_s"][max(cal["rep_s"])] / max(cal["rep_s"][1], 1e-12)
     cal["piece_s"] = cal["rep_s"][1] * PIECE_REPS
-    cal.update(_median_tables([torch_call_overheads(comm, topo, cal["rep_s"]) for _ in range(passes)]))
+    calls = [torch_call_overheads(comm, topo) for _ in range(passes)]
+    cal.update(_median_tables([{k: v for k, v in c.items() if k != "post_s"} for c in calls]))
+    cal["post_s"] = statistics.median(c["post_s"] for c in calls)
     comm.barrier()
     if comm.rank == 0:
         topo["planner"] = dict(cal, cores=os.cpu_count() or 1)

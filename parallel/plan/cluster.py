@@ -127,12 +127,22 @@ class Cluster:
             return _interpolate(rep, active) / profile_rep_s
         return max(1.0, active / max(1, self.cores_of_machine(machine)))
 
-    def collective_overhead(self, active: float, async_op: bool = False) -> float:
-        """Measured cost of a collective call beyond the tuner's price with `active` ranks
-        computing on each machine (calibrate.py; blocking, or async and waited for); 0
-        when not measured."""
+    def collective_overhead(self, group_size: int, async_op: bool = False, machine_ranks: int = 1) -> float:
+        """Measured cost of one collective call beyond the tuner's price (0 when not
+        measured): calibrate.py's burst of tiny calls in groups of `group_size` with every
+        rank running (`call_s` / `call_async_s`, interpolated between the sizes measured).
+        A file written before those existed has only the residual tables `coll_s` /
+        `coll_async_s` by ranks active, read at all `machine_ranks` of the machine."""
+        table = self._table("call_async_s" if async_op else "call_s") or self._table("call_s")
+        if table:
+            return _interpolate(table, group_size)
         table = self._table("coll_async_s" if async_op else "coll_s") or self._table("coll_s")
-        return _interpolate(table, active) if table else 0.0
+        return _interpolate(table, max(group_size, machine_ranks)) if table else 0.0
+
+    def post_overhead(self) -> float:
+        """Seconds a rank spends posting one point-to-point send or receive (calibrate.py's
+        post_s); 0 when not measured (a described cluster)."""
+        return float((self.calibration or {}).get("post_s", 0.0))
 
     def _table(self, name):
         cal = self.calibration or {}
@@ -151,7 +161,7 @@ class Cluster:
                 + (f" in {len(racks)} racks" if len(racks) > 1 else "")
                 + f"; cores/host {sorted(set(self.cores_per_host.values()))}; links: {links}"
                 + (f"; measured compute slowdown {self._slowdowns()}, collective overhead "
-                   f"{max(self._table('coll_s').values(), default=0) * 1e3:.2f} ms at most"
+                   f"{max((self._table('call_s') or self._table('coll_s')).values(), default=0) * 1e3:.2f} ms at most"
                    if self._table("rep_s") else "") + f" ({self.origin})")
 
     def _slowdowns(self) -> str:

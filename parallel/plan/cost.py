@@ -13,14 +13,19 @@ per pipeline, on the slowest pipeline rank:
                       (f * profiled), clipping and the step's control collectives (status
                       all-gather over the world, loss allreduce over dp)
 
-Every collective call also pays the measured per-call overhead (calibrate.py's coll_s,
-coll_async_s at all of the machine's ranks).
+Every collective call also pays the measured per-call overhead (calibrate.py's call_s,
+call_async_s by group size, every rank running), and every p2p post a rank makes its
+measured posting time (post_s) on that rank's own timeline.
 `f` = the compute factor of the rank's machine with k of its ranks active at once
 (Cluster.compute_factor): k starts at all of them and is then set to the ranks' busy
 time over the step (a pipeline's idle ranks leave the cores to the others), three
-rounds. Communication is never hidden behind compute unless every machine has a spare
-core per rank (`overlap`): the ranks then overlap the ZeRO-2/3 collectives with the
-backward.
+rounds. Shared-memory communication is CPU work and hides behind no compute unless every
+machine has a spare core per rank (`overlap`: the ranks then overlap the ZeRO-2/3
+collectives with the backward). The wire time of an async collective over a network link
+(its dp group spans hosts) hides behind the compute the rank issues after it, up to that
+compute's length: ZeRO-2's reduce-scatters behind the next micro-batch (not the last
+micro-batch's, which the optimizer step waits for), ZeRO-3's prefetched gathers behind
+the unit before (see _zero_microbatch).
 
 Memory per rank: parameters, gradients, master weights and optimizer state by the ZeRO
 formulas of parallel/zero/memory.py (P = parameter bytes, M = master bytes, K = AdamW's
@@ -97,6 +102,7 @@ class CostModel:
     def __init__(self, cluster, pricer, profile, settings: Settings):
         self.cluster, self.pricer, self.profile, self.s = cluster, pricer, profile, settings
         self.machine = cluster.machine_of()
+        self.host = cluster.host_of()
         self.ranks_on = {}
         for mc in self.machine:
             self.ranks_on[mc] = self.ranks_on.get(mc, 0) + 1
@@ -172,13 +178,13 @@ class CostModel:
         return price + self._call_overhead(max(len(grp) for grp in groups), async_op)
 
     def _call_overhead(self, group_size, async_op=False) -> float:
-        """calibrate.py's overhead of a call, measured with every rank of the machine
-        alternating compute and calls: a rank waiting in a collective keeps polling and
-        yielding before it sleeps, so during a plan's collectives all of a machine's ranks
-        compete for its cores, not only those computing (ZeRO-3's per-unit gathers on 4
-        ranks and 2 cores: 1.8 ms a call measured, where the pattern with 2 active ranks
+        """calibrate.py's overhead of a call on a group of `group_size`, measured with every
+        rank of the job running such groups: a rank waiting in a collective keeps polling
+        and yielding before it sleeps, so during a plan's collectives all of a machine's
+        ranks compete for its cores, not only those computing (ZeRO-3's per-unit gathers on
+        4 ranks and 2 cores: 1.8 ms a call measured, where the pattern with 2 active ranks
         gave 0.3)."""
-        return max(self.cluster.collective_overhead(max(group_size, n), async_op) for n in self.ranks_on.values())
+        return self.cluster.collective_overhead(group_size, async_op, max(self.ranks_on.values()))
 
     def _overhead(self, name, stage) -> float:
         return float((self.overheads.get(name) or {}).get(str(stage), 0.0))
@@ -196,29 +202,64 @@ class CostModel:
         z = c.zero_stage if c.dp > 1 else 0
         runtime = share * (len(chunks) * self._overhead("microbatch_s", z)
                            + units * self._overhead("unit_microbatch_s", z))
+        posting = self._posts_each_way(c, pp_rank) * self.cluster.post_overhead()
         out = {"compute forward": share * sum(r["fwd_s"] for r in rows),
                "compute backward": share * sum(r["bwd_s"] for r in rows),
-               "runtime per micro-batch": runtime, "tp collectives": tp_f + tp_b}
-        z_f, z_b = self._zero_microbatch(c, rows, dp_groups, out["compute backward"])
+               "runtime per micro-batch": runtime, "tp collectives": tp_f + tp_b, "p2p posting": 2 * posting}
+        m = c.microbatches(self.s.global_batch_size)
+        z_f, z_b = self._zero_microbatch(c, rows, dp_groups, share, m)
         out["dp ZeRO per micro-batch"] = z_f + z_b
-        out["F"] = out["compute forward"] + runtime / 2 + tp_f + z_f
-        out["B"] = out["compute backward"] + runtime / 2 + tp_b + z_b
-        out["busy"] = out["compute forward"] + out["compute backward"] + runtime
+        out["F"] = out["compute forward"] + runtime / 2 + tp_f + z_f + posting
+        out["B"] = out["compute backward"] + runtime / 2 + tp_b + z_b + posting
+        out["busy"] = out["compute forward"] + out["compute backward"] + runtime + 2 * posting
         return out
+
+    @staticmethod
+    def _posts_each_way(c, pp_rank) -> int:
+        """p2p posts pp_rank makes per micro-batch in the forward (the backward makes as
+        many): each of its stages receives from the stage before (unless first) and sends
+        to the one after (unless last), and every message is two posts, its control block
+        and then its tensor (p2p.py's Exchanger; a GPT stage passes one tensor). Posting
+        is CPU work on the rank's own timeline (0.3-1.5 ms a post at load 5-8), not only
+        latency on the critical path."""
+        last = c.pp * c.vpp - 1
+        return 2 * sum((s > 0) + (s < last) for s in range(pp_rank, last + 1, c.pp))
 
     def _calls(self, calls, tp_groups):
         return sum(self._coll(kind, nbytes, tp_groups) for kind, nbytes, _ in calls)
 
-    def _zero_microbatch(self, c, rows, dp_groups, backward_s):
+    def _crosses_hosts(self, groups) -> bool:
+        return any(len({self.host[r] for r in grp}) > 1 for grp in groups)
+
+    def _zero_microbatch(self, c, rows, dp_groups, share, m):
         """(forward, backward) seconds of ZeRO-2's reduce-scatter and ZeRO-3's gathers,
-        issued inside every micro-batch."""
+        issued inside every micro-batch, less the wire time hidden behind compute.
+
+        A spare core per rank (`overlap`): the backward's collectives run beside it.
+        Otherwise only a network link's wire time hides (over shared memory the copy is
+        the ranks' own CPU work; measured: an async reduce-scatter of 6.6 MB across two
+        namespace hosts at 1 Gbit/s, 27-34 ms alone, added a median ~10 ms to 200-260 ms of
+        compute issued after it; over shared memory it added its whole 3-6 ms), and only
+        behind compute the rank issues before it waits: ZeRO-2's reduce-scatter (waited
+        at most two buckets later, or by the optimizer step) behind the next micro-batch's
+        compute, so the last micro-batch's hides nothing; ZeRO-3's all-gather of a unit,
+        prefetched when the unit before starts (stage3.py _use), behind that unit's
+        compute. ZeRO-3's reduce-scatter hides nothing: the next unit's blocking
+        control-flow check follows at once on the same group, and a communicator's
+        collectives complete in issue order."""
         if c.dp == 1 or c.zero_stage < 2:
             return 0.0, 0.0
         pb = self.s.param_bytes
+        fwd, bwd = share * sum(r["fwd_s"] for r in rows), share * sum(r["bwd_s"] for r in rows)
+        remote = not self.overlap and self._crosses_hosts(dp_groups)
         if c.zero_stage == 2:
-            f, b = 0.0, self._bucketed("reduce_scatter", sum(r["params"] for r in rows) * pb, dp_groups)
+            nbytes = sum(r["params"] for r in rows) * pb
+            f, b = 0.0, self._bucketed("reduce_scatter", nbytes, dp_groups)
+            if remote:
+                wire = sum(self.pricer.collective("reduce_scatter", size, dp_groups) for size in _buckets(nbytes))
+                b -= (m - 1) / m * min(wire, fwd + bwd)
         else:
-            f = b = 0.0
+            f, b, seq = 0.0, 0.0, []
             for r in rows:
                 units = max(1, r["units"])
                 unit_bytes = r["params"] * pb / units
@@ -227,15 +268,18 @@ class CostModel:
                 check = self._coll("allgather", 24 * c.dp, dp_groups)   # the control-flow check per unit
                 f += units * (gather + check)
                 b += units * (gather + check + rs)
-        if self.overlap:    # a spare core per rank: the backward's collectives run beside it
-            b -= min(b, backward_s)
+                wire = self.pricer.collective("allgather", unit_bytes, dp_groups)
+                seq += [(wire, share * r["fwd_s"] / units, share * r["bwd_s"] / units)] * units
+            if remote:   # forward in unit order, backward in reverse: each gather behind the unit before
+                f -= sum(min(w, prev[1]) for (w, _, _), prev in zip(seq[1:], seq[:-1]))
+                b -= sum(min(w, nxt[2]) for (w, _, _), nxt in zip(seq[:-1], seq[1:]))
+        if self.overlap:
+            b -= min(b, bwd)
         return f, b
 
     def _bucketed(self, kind, nbytes, groups):
         """nbytes in 25 MiB buckets, one async call each (ZeRO's Collectives)."""
-        full, rest = divmod(int(nbytes), BUCKET_BYTES)
-        sizes = [BUCKET_BYTES] * full + ([rest] if rest else [])
-        return sum(self._coll(kind, size, groups, async_op=True) for size in sizes)
+        return sum(self._coll(kind, size, groups, async_op=True) for size in _buckets(nbytes))
 
     # ------------------------------------------------------------------ pipeline
     def _p2p(self, c, g, per_rank):
@@ -354,6 +398,12 @@ class CostModel:
             unit = max(r["params"] * pb / max(1, r["units"]) for r in rows)
             return p2p + (2 + ZERO_INFLIGHT + 1) * unit
         return p2p + min(psi_bytes, (ZERO_INFLIGHT + 1) * BUCKET_BYTES)
+
+
+def _buckets(nbytes) -> List[int]:
+    """The sizes of ZeroOptimizer's buckets for nbytes of gradients."""
+    full, rest = divmod(int(nbytes), BUCKET_BYTES)
+    return [BUCKET_BYTES] * full + ([rest] if rest else [])
 
 
 def model_state(psi, n, stage, p, m, k) -> Dict[str, float]:
