@@ -21,3 +21,36 @@ def test_tree_latency_counts_the_trees_taking_turns(n):
     assert e.candidate("tree").seconds >= 3 * depth * TCP_ALPHA * 0.999, str(e)
     if n >= 4:  # halving-doubling: log2(n) hops
         assert e.chosen != "tree", str(e)
+
+
+def _one_box(sizes, cpus):
+    from test_tuner import one_machine
+
+    return one_machine(sizes, cpus=cpus)
+
+
+def test_local_passes_run_at_the_cpu_share_ranks_get():
+    """Four ranks on a 2-CPU machine: every local pass (the reduction kernel, the
+    shared-memory copy of the receiving rank) runs on half a CPU, so the direct
+    reduce-scatter's byte terms cost twice what they cost with a CPU per rank. Measured
+    on one host (2 CPUs, load 5.6-6.0, best of 5 passes, 16 MiB float32): direct 3.9 ms
+    with 2 ranks, 8.8-8.9 ms with 4; the old model, with gamma fixed and shared memory
+    at the probe's one-pair speed, priced 4 ranks at 1.09x 2 ranks' time."""
+    S = 64 << 20
+    busy = hcomm.explain("reduce_scatter", S, topology=_one_box([4], cpus=2)).candidate("direct").seconds
+    idle = hcomm.explain("reduce_scatter", S, topology=_one_box([4], cpus=4)).candidate("direct").seconds
+    # the per-step terms (alpha, a late wake of 0.1 ms) are < 1 ms of either price
+    assert busy / idle == pytest.approx(2.0, rel=0.05), (busy, idle)
+    # 3 ranks on 2 CPUs: two thirds of a CPU each
+    three = hcomm.explain("reduce_scatter", S, topology=_one_box([3], cpus=2)).candidate("direct").seconds
+    alone = hcomm.explain("reduce_scatter", S, topology=_one_box([3], cpus=3)).candidate("direct").seconds
+    assert three / alone == pytest.approx(1.5, rel=0.05), (three, alone)
+
+
+def test_a_nic_link_is_not_priced_at_the_cpu_share():
+    """A broadcast between two hosts of one rank moves its bytes over tcp only: no local
+    pass, nothing the CPU share changes (no late wake either: a tree's ranks wait once)."""
+    S = 16 << 20
+    shared = hcomm.explain("broadcast", S, topology=_one_box([1, 1], cpus=1), root=0).candidate("binomial").seconds
+    spare = hcomm.explain("broadcast", S, topology=_one_box([1, 1], cpus=2), root=0).candidate("binomial").seconds
+    assert shared == pytest.approx(spare, rel=1e-9)

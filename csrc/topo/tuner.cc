@@ -19,8 +19,10 @@ const std::vector<std::string>& allreduceAlgorithms() {
 }
 
 double gammaSecondsPerByte() {
-  // One pass reading two inputs and writing one: a few GB/s per core (HCOMM_GAMMA overrides).
-  return envDouble("HCOMM_GAMMA", 1.0 / 4e9);
+  // One pass reading two inputs and writing one on a core of its own: the kernel ran
+  // 6.7-15.5 GB/s of payload in one process here (docs/tuner.md); HCOMM_GAMMA overrides.
+  // A rank sharing its CPU pays more: CommShape::cpuShare.
+  return envDouble("HCOMM_GAMMA", 1.0 / 8e9);
 }
 
 CommShape CommShape::of(const Topology& t, const std::vector<int>& worldRanks) {
@@ -52,6 +54,7 @@ CommShape CommShape::of(const Topology& t, const std::vector<int>& worldRanks) {
     int ranks = it->second.first, cpus = static_cast<int>(it->second.second.size());
     s.oversubscribed |= ranks > cpus;
     everyCpuShared |= ranks >= 2 * cpus;
+    s.cpuShare = std::min(s.cpuShare, static_cast<double>(cpus) / ranks);
   }
   // A waiting rank reaches links.cc's sleep (and wakes late) when its CPU is shared:
   // its spins and yields hand the CPU to a peer for whole time slices. With a rank per

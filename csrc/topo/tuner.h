@@ -40,6 +40,11 @@ struct CommShape {
   // of an algorithm outlasts the spin and yields and sleeps; a sleep wakes up to one
   // slice late (algo/links.cc). Charged per step (tuner_steps.cc); else 0.
   double lateWake = 0;
+  // The CPU a rank gets while every rank of its machine works at once: CPUs over ranks
+  // on the busiest machine holding these ranks, at most 1. Local passes (reductions,
+  // shared-memory copies) run at this share of the one-rank speed that gamma and the
+  // probe (one pair at a time, the others idle) measure (tuner_steps.cc).
+  double cpuShare = 1;
 
   static CommShape of(const Topology& t, const std::vector<int>& worldRanks);
   int hosts() const;
@@ -84,6 +89,7 @@ const std::vector<std::string>& reduceScatterAlgorithms();
 const std::vector<std::string>& reduceAlgorithms();         // "tree" is accepted for binomial
 const std::vector<std::string>& gatherAlgorithms();         // gather and scatter: linear, binomial
 const std::vector<std::string>& alltoallAlgorithms();       // pairwise, bruck
+// The reduction kernel's cost per byte on one whole core (HCOMM_GAMMA).
 double gammaSecondsPerByte();
 
 // Every candidate with its prediction; `forced` (an algorithm name, or "" / "auto")

@@ -26,7 +26,7 @@ Candidate ringModel(const Net& net, double bytes) {
     double chunks = std::max(1.0, std::ceil(bytes / (double(m) * seg)));
     double lat = 2.0 * (m - 1) * std::ceil(chunks / 4) * st.alpha;  // 4 chunks travel at once (ring.cc)
     double wire = 2.0 * (m - 1) / m * bytes * st.perByte;
-    double red = double(m - 1) / m * bytes * gammaSecondsPerByte();
+    double red = double(m - 1) / m * bytes * gammaOf(net.s);
     double t = lat + (st.cpuCopies ? wire + red : overlap(wire, red, std::min(chunks, 4.0)));
     if (t < best.seconds) {
       best.seconds = t;
@@ -46,7 +46,7 @@ Candidate treeModel(const Net& net, double bytes) {
   StepCost st = step(net, edges);
   double depth = std::floor(std::log2(std::max(1, m)));
   Candidate best{"tree", std::numeric_limits<double>::infinity(), treeSegments().back()};
-  double g = gammaSecondsPerByte();
+  double g = gammaOf(net.s);
   // tree.cc handles a segment of tree 0, then of tree 1, blocking on each: a rank that is
   // inner in tree 0 (a leaf of tree 1) sends its tree-1 segment only once its tree-0
   // subtree has arrived, so tree 1's reduction finishes 2*depth hops after the start,
@@ -70,7 +70,7 @@ Candidate halvingDoublingModel(const Net& net, double bytes) {
   int m = net.size(), p = 1;
   while (p * 2 <= m) p *= 2;
   int rem = m - p;
-  double g = gammaSecondsPerByte(), t = 0;
+  double g = gammaOf(net.s), t = 0;
   if (rem) {  // the non-power-of-two fold and the result's way back
     std::vector<std::pair<int, int>> fold;
     for (int i = 0; i < rem; ++i) fold.push_back({2 * i, 2 * i + 1});
@@ -108,13 +108,13 @@ double orderedReduceScatterSeconds(const Net& net, double bytes, Fold f) {
     for (int j = 0; j < m; ++j)
       if (i != j) {
         edges.push_back({i, j});
-        beta = std::max(beta, net.s.links[static_cast<int>(classOf(net.s, net.members[i], net.members[j]))].beta);
+        beta = std::max(beta, linkOf(net.s, net.members[i], net.members[j]).beta);
       }
   StepCost st = step(net, edges);
   double block = bytes / m;
   // The m-1 arrivals are awaited in turn, but all were sent at once: one late wake.
   return (m - 1) * (st.alpha - st.wake) + st.wake + std::max((m - 1) * block * beta, block * st.perByte) +
-         bytes * foldGamma(f);
+         bytes * foldGamma(net.s, f);
 }
 
 Candidate orderedRing(const Net& net, double bytes, Fold f) {
@@ -127,7 +127,7 @@ Candidate orderedHalvingDoubling(const Net& net, double bytes, Fold f) {
   int m = net.size();
   bool large = bytes >= static_cast<double>(envInt("HCOMM_HD_LARGE_BYTES", 256 << 10));
   double t = large ? orderedReduceScatterSeconds(net, bytes, f) + bruckAllgatherSeconds(net, bytes)
-                   : bruckAllgatherSeconds(net, m * bytes) + m * bytes * foldGamma(f);
+                   : bruckAllgatherSeconds(net, m * bytes) + m * bytes * foldGamma(net.s, f);
   return {"halving_doubling", t, 0};
 }
 
@@ -140,10 +140,10 @@ Candidate orderedTree(const Net& net, double bytes, Fold f) {
     double t = 0;
     for (int i = 0; i < m; ++i) {
       if (i == root) continue;
-      const LinkCost& c = net.s.links[static_cast<int>(classOf(net.s, net.members[i], net.members[root]))];
+      LinkCost c = linkOf(net.s, net.members[i], net.members[root]);
       t += c.alpha + bytes / 2 * c.beta * net.share;
     }
-    gather = std::max(gather, t + m * bytes / 2 * foldGamma(f));
+    gather = std::max(gather, t + m * bytes / 2 * foldGamma(net.s, f));
   }
   std::vector<std::pair<int, int>> edges;  // parent -> child in both trees
   for (int i = 1; i < m; ++i) {
@@ -203,7 +203,7 @@ Candidate hierarchicalModel(const CommShape& s, const std::vector<std::vector<in
   for (size_t i = 0; i < gmax; ++i) ring.push_back({static_cast<int>(i), static_cast<int>((i + 1) % gmax)});
   StepCost st = step(Net{s, *largest, share}, ring);
   double block = bytes / k;
-  up.seconds += (gmax - 1) * (2 * st.alpha + 2 * block * st.perByte + block * gammaSecondsPerByte());
+  up.seconds += (gmax - 1) * (2 * st.alpha + 2 * block * st.perByte + block * gammaOf(s));
   return up;
 }
 

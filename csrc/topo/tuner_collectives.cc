@@ -22,7 +22,7 @@ namespace tuning {
 // the ring's 150 ms).
 double bruckAllgatherSeconds(const Net& net, double total) {
   int m = net.size();
-  double t = 2 * total * net.s.links[static_cast<int>(LinkClass::SHM)].beta;
+  double t = 2 * total * localBeta(net.s);
   for (int have = 1; have < m; have *= 2) {
     std::vector<std::pair<int, int>> edges;
     for (int i = 0; i < m; ++i) edges.push_back({i, (i - have + m) % m});
@@ -46,7 +46,7 @@ double binomialSeconds(const Net& net, double bytes, int root, double seg) {
   std::vector<double> pathTime(m, 0), nodeBytes(m, 0);
   std::map<int, double> hostOut, hostIn;
   double alphaMax = 0, path = 0;
-  auto cost = [&](int a, int b) { return s.links[static_cast<int>(classOf(s, net.members[a], net.members[b]))]; };
+  auto cost = [&](int a, int b) { return linkOf(s, net.members[a], net.members[b]); };
   for (int v = 1; v < m; ++v) {  // v in tree order: a parent's v is below its children's
     int r = (v + root) % m, p = parent[r];
     LinkCost c = cost(p, r);
@@ -126,12 +126,12 @@ double hierarchicalAllgatherSeconds(const CommShape& s, const std::vector<std::v
   for (const auto& g : groups) {  // the leader receives every member's block (shm at the host level)
     leaders.push_back(g[0]);
     for (size_t i = 1; i < g.size(); ++i) {
-      const LinkCost& c = s.links[static_cast<int>(classOf(s, g[0], g[i]))];
+      LinkCost c = linkOf(s, g[0], g[i]);
       gather = std::max(gather, c.alpha + (g.size() - 1) * bytes / m * c.beta);
     }
     inside = std::max(inside, binomialSeconds(Net{s, g, 1}, bytes, 0, seg));
   }
-  double unpack = bytes * s.links[static_cast<int>(LinkClass::SHM)].beta;  // one local copy
+  double unpack = bytes * localBeta(s);  // one local copy
   return gather + hierarchicalAllgatherSeconds(s, levels, leaders, depth + 1, bytes, seg) + unpack + inside;
 }
 
@@ -192,7 +192,7 @@ Decision tuneReduceScatter(const CommShape& s, size_t bytes, const std::string& 
     std::vector<std::pair<int, int>> edges;
     for (int i = 0; i < s.n; ++i) edges.push_back({i, (i + 1) % s.n});
     StepCost st = step(net, edges);
-    double ring = (s.n - 1) * (st.alpha + b / s.n * st.perByte) + (s.n - 1.0) / s.n * b * gammaSecondsPerByte();
+    double ring = (s.n - 1) * (st.alpha + b / s.n * st.perByte) + (s.n - 1.0) / s.n * b * gammaOf(s);
     d.candidates = {Candidate{"ring", ring, 0}, Candidate{"direct", direct, 0},
                     Candidate{"hierarchical", hierarchicalReduceScatterSeconds(s, b), 0}};
   }
@@ -215,7 +215,7 @@ Decision tuneReduce(const CommShape& s, size_t bytes, int root, const std::strin
   double toRoot = 0, alpha = 0;
   for (int i = 0; i < s.n; ++i)
     if (i != root) {
-      const LinkCost& c = s.links[static_cast<int>(classOf(s, i, root))];
+      LinkCost c = linkOf(s, i, root);
       toRoot += b / s.n * c.beta;
       alpha = std::max(alpha, c.alpha);
     }
@@ -227,7 +227,7 @@ Decision tuneReduce(const CommShape& s, size_t bytes, int root, const std::strin
     // binomial.cc: the broadcast tree upwards; the root reduces its ceil(log2 n) children in turn.
     double levels = std::ceil(std::log2(std::max(1, s.n)));
     Candidate bin = bestSegment("binomial", [&](double seg) {
-      return binomialSeconds(net, b, root, seg) + levels * b * gammaSecondsPerByte();
+      return binomialSeconds(net, b, root, seg) + levels * b * gammaOf(s);
     });
     d.candidates = {bin, Candidate{"reduce_scatter_gather", rsg, 0}};
   }
@@ -241,7 +241,7 @@ Decision tuneGather(const CommShape& s, const std::string& collective, size_t by
   if (root < 0 || root >= s.n) throw Error(collective + " root " + std::to_string(root) + " is not among " +
                                            std::to_string(s.n) + " ranks");
   double b = static_cast<double>(bytes);
-  auto link = [&](int a, int c) { return s.links[static_cast<int>(classOf(s, a, c))]; };
+  auto link = [&](int a, int c) { return linkOf(s, a, c); };
   // linear.cc: n-1 messages at the root, which handles them one after another.
   double linear = 0;
   for (int i = 0; i < s.n; ++i)
@@ -256,7 +256,7 @@ Decision tuneGather(const CommShape& s, const std::string& collective, size_t by
   for (int i = 0; i < s.n; ++i)
     for (int j = 0; j < s.n; ++j) alpha = std::max(alpha, link(i, j).alpha);
   // The root also copies the n blocks between rank order and the tree's order (binomial.cc).
-  double copy = s.n * b * s.links[static_cast<int>(LinkClass::SHM)].beta;
+  double copy = s.n * b * localBeta(s);
   Decision d;
   d.candidates = {Candidate{"linear", linear, 0}, Candidate{"binomial", levels * alpha + atRoot + copy, 0}};
   choose(d, forced, why);

@@ -37,8 +37,8 @@ double hierarchicalReduceScatterSeconds(const CommShape& s, double bytes) {
   for (const auto& g : groups)
     if (g.size() > largest->size()) largest = &g;
   // The input is first repacked by handling member: one local pass over S.
-  double g = static_cast<double>(largest->size()), gamma = gammaSecondsPerByte();
-  double t = bytes * s.links[static_cast<int>(LinkClass::SHM)].beta;
+  double g = static_cast<double>(largest->size()), gamma = gammaOf(s);
+  double t = bytes * localBeta(s);
   if (g > 1) {  // ring inside the largest group over the whole buffer
     std::vector<std::pair<int, int>> ring;
     for (int i = 0; i < static_cast<int>(g); ++i) ring.push_back({i, (i + 1) % static_cast<int>(g)});
@@ -68,7 +68,7 @@ Decision tuneAlltoall(const CommShape& s, size_t bytes, bool even, const std::st
   checkForced("alltoall", alltoallAlgorithms(), forced);
   Net net{s, allRanks(s), 1};
   double block = static_cast<double>(bytes) / std::max(1, s.n);
-  double copyBeta = s.links[static_cast<int>(LinkClass::SHM)].beta;  // a local pass, priced as shm
+  double copyBeta = localBeta(s);  // a local pass, priced as shm
   double pairwise = 0, bruck = 2 * bytes * copyBeta;                  // Bruck: rotate in, place out
   for (int k = 1; k < s.n; ++k) {  // pairwise: step k sends block me+k
     std::vector<std::pair<int, int>> edges;

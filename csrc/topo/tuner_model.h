@@ -38,7 +38,15 @@ struct StepCost {
 };
 
 LinkClass classOf(const CommShape& s, int a, int b);
-const LinkCost& linkOf(const CommShape& s, int a, int b);
+// A link class's cost as the model prices it: shared memory is a copy by the receiving
+// rank's CPU, so its probed beta (one pair, a CPU each) grows by 1 / cpuShare; a NIC's
+// link is left as probed.
+LinkCost pricedLink(const CommShape& s, LinkClass k);
+LinkCost linkOf(const CommShape& s, int a, int b);
+// One local pass over a byte (a copy, priced as shared memory) at the rank's CPU share.
+double localBeta(const CommShape& s);
+// The reduction kernel per byte at the rank's CPU share.
+double gammaOf(const CommShape& s);
 StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges);
 const std::vector<size_t>& ringSegments();
 const std::vector<size_t>& treeSegments();
@@ -49,7 +57,7 @@ double overlap(double b, double g, double inFlight);
 std::vector<int> allRanks(const CommShape& s);
 
 // The reduction kernel's bytes per byte of payload: a float32 partial doubles them.
-double foldGamma(Fold f);
+double foldGamma(const CommShape& s, Fold f);
 double orderedReduceScatterSeconds(const Net& net, double bytes, Fold f);
 double bruckAllgatherSeconds(const Net& net, double total);
 double ringAllgatherSeconds(const Net& net, double bytes);

@@ -42,7 +42,7 @@ StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
   for (auto e : edges) {
     int a = net.members[e.first], b = net.members[e.second];
     LinkClass k = classOf(net.s, a, b);
-    const LinkCost& l = net.s.links[static_cast<int>(k)];
+    LinkCost l = pricedLink(net.s, k);
     bool inHost = k == LinkClass::SHM || k == LinkClass::NVLINK;  // no NIC shared
     int load = inHost ? 1 : std::max(out[net.s.host[a]], in[net.s.host[b]]) * net.share;
     c.alpha = std::max(c.alpha, l.alpha);
@@ -54,7 +54,17 @@ StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
   return c;
 }
 
-const LinkCost& linkOf(const CommShape& s, int a, int b) { return s.links[static_cast<int>(classOf(s, a, b))]; }
+LinkCost pricedLink(const CommShape& s, LinkClass k) {
+  LinkCost l = s.links[static_cast<int>(k)];
+  if (k == LinkClass::SHM && s.cpuShare > 0) l.beta /= s.cpuShare;
+  return l;
+}
+
+LinkCost linkOf(const CommShape& s, int a, int b) { return pricedLink(s, classOf(s, a, b)); }
+
+double localBeta(const CommShape& s) { return pricedLink(s, LinkClass::SHM).beta; }
+
+double gammaOf(const CommShape& s) { return gammaSecondsPerByte() / (s.cpuShare > 0 ? s.cpuShare : 1.0); }
 
 const std::vector<size_t>& ringSegments() {
   static const std::vector<size_t> v = {256u << 10, 1u << 20, 4u << 20};
@@ -73,7 +83,7 @@ std::vector<int> allRanks(const CommShape& s) {
   return all;
 }
 
-double foldGamma(Fold f) { return gammaSecondsPerByte() * (f == Fold::ORDERED_WIDE ? 2.0 : 1.0); }
+double foldGamma(const CommShape& s, Fold f) { return gammaOf(s) * (f == Fold::ORDERED_WIDE ? 2.0 : 1.0); }
 
 size_t splitAt(const std::vector<std::vector<int>>& levels, const std::vector<int>& members, size_t depth,
                std::vector<std::vector<int>>* groups) {
