@@ -164,6 +164,9 @@ def _allreduce_cases(comm, algo, seed):
 def _expect_algo(comm, algo, what):
     want = "native" if os.environ.get("HCOMM_ALGO") == "native" else algo
     assert comm._c.last_algorithm() == want, f"{what}: ran {comm._c.last_algorithm()}, expected {want}"
+    # The flight record says what ran: MPI's own collective, or the algorithm over its transports.
+    ran = comm.flight_record()["entries"][-1]["ran"]
+    assert ran == "native mpi" if want == "native" else ran.startswith(want + " over "), f"{what}: recorded {ran!r}"
 
 
 def _rooted(comm, seed):

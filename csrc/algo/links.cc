@@ -24,6 +24,27 @@ Links::Links(int rank, int size, std::shared_ptr<const std::vector<Route>> route
   }
 }
 
+std::string Links::ran(const std::string& planned) const {
+  if (engine_) return engine_;
+  if (size_ == 1) return "local (1 rank)";
+  std::string over;  // distinct transports in rank order (a route may be listed by several peers)
+  std::vector<std::string> seen;
+  for (int r = 0; r < size_; ++r) {
+    const Route& x = (*routes_)[r];
+    if (r == rank_ || !x.transport) continue;
+    std::string v = x.transport->via();
+    if (std::find(seen.begin(), seen.end(), v) != seen.end()) continue;
+    over += (seen.empty() ? "" : " + ") + v;
+    seen.push_back(std::move(v));
+  }
+  return planned + " over " + over;
+}
+
+std::string Links::via(int peer) const {
+  const Route& r = route(peer);
+  return peer == rank_ || !r.transport ? "self" : r.transport->via();
+}
+
 const Route& Links::route(int peer) const {
   if (peer < 0 || peer >= size_)
     throw Error("Links: rank " + std::to_string(peer) + " is out of range for " + std::to_string(size_) + " ranks");

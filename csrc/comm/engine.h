@@ -5,6 +5,7 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <optional>
 
 #include "comm/communicator.h"
 #include "comm/device_context.h"
@@ -37,8 +38,16 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
                            Work& work, std::chrono::steady_clock::time_point start, const DeviceCall& dev) {
   World& world = *world_;
   std::string error;
-  flight_->started(flightId, start);
   bool collective = info.kind != CollKind::NONE;
+  // The call's Links, once made: it knows what ran (Links::ran), for errors and the record.
+  std::optional<Links> made;
+  auto ran = [&] {
+    if (!made) return std::string();
+    if (!collective) return info.root >= 0 ? "over " + made->via(info.root) : std::string("over any source");
+    if (info.algo == "native" && !dev && size_ > 1) return std::string("native mpi");
+    return made->ran(info.algo);
+  };
+  flight_->started(flightId, start);
   if (collective) board_->noteStarted(boardSlot_, seq, static_cast<int>(info.kind));
   if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world.rank, "start " + describe(info, seq));
   try {
@@ -50,13 +59,14 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     auto deadline = start +
                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                         std::chrono::duration<double>(timeoutSec_));
-    auto what = [&] { return describe(info, seq); };  // only an error needs the words
+    auto what = [&] { return describe(info, seq, ran()); };  // only an error needs the words
     const WaitPolicy& policy = onWorkerThread() ? world.backgroundPolicy : world.policy;
     if (dev) dev.ctx->waitHost(dev.ready.get(), deadline);
     if (dev && collective && !dev.ctx->ncclTried()) setupNccl(*dev.ctx, tagBase, deadline);
     if (dev && collective) prepareNpu(*dev.ctx, tagBase, deadline);  // npu_call.cc
-    Links links(rank_, size_, dev ? dev.ctx->routes(collective) : linkRoutes_, tagBase, fp, info.dtype, op, deadline,
-                policy, [&what] { return what(); }, dev ? dev.ctx->memory() : hostMemory());
+    Links& links = made.emplace(rank_, size_, dev ? dev.ctx->routes(collective) : linkRoutes_, tagBase, fp,
+                                info.dtype, op, deadline, policy, [&what] { return what(); },
+                                dev ? dev.ctx->memory() : hostMemory());
     body(links, work);
     if (dev) finishOnDevice(dev, work);
     std::string stray = collective ? strayMessage(tagBase) : "";
@@ -66,7 +76,7 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
   } catch (const std::exception& e) {
     error = e.what();
   }
-  flight_->ended(flightId, error);  // before a dump, so that the dump shows the error
+  flight_->ended(flightId, error, ran());  // before a dump, so that the dump shows the error
   if (!error.empty()) {
     logLine(LogLevel::INFO, world.rank, "error: " + error);
     std::string dir = envStr("HCOMM_DEBUG_DUMP_DIR");
