@@ -24,20 +24,34 @@ Links::Links(int rank, int size, std::shared_ptr<const std::vector<Route>> route
   }
 }
 
-std::string Links::ran(const std::string& planned) const {
-  if (engine_) return engine_;
-  if (size_ == 1) return "local (1 rank)";
-  std::string over;  // distinct transports in rank order (a route may be listed by several peers)
-  std::vector<std::string> seen;
+namespace {
+
+// Is `v` one of the " + "-separated parts of `list`?
+bool listed(const std::string& list, const std::string& v) {
+  for (size_t at = 0; at <= list.size();) {
+    size_t end = list.find(" + ", at);
+    if (end == std::string::npos) end = list.size();
+    if (list.compare(at, end - at, v) == 0) return true;
+    at = end + 3;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string Links::over() const {
+  // Distinct transports in rank order; looked up in the string itself rather than a set,
+  // so that the usual one transport (recorded at every call) costs no allocation.
+  std::string out;
   for (int r = 0; r < size_; ++r) {
     const Route& x = (*routes_)[r];
     if (r == rank_ || !x.transport) continue;
     std::string v = x.transport->via();
-    if (std::find(seen.begin(), seen.end(), v) != seen.end()) continue;
-    over += (seen.empty() ? "" : " + ") + v;
-    seen.push_back(std::move(v));
+    if (listed(out, v)) continue;
+    if (!out.empty()) out += " + ";
+    out += v;
   }
-  return planned + " over " + over;
+  return out;
 }
 
 std::string Links::via(int peer) const {

@@ -97,12 +97,13 @@ class Links {
                              int channel);
 
   // What ran the call, for its flight-record entry and its errors: a native engine that
-  // took the whole collective says so (ranNatively("native nccl")); otherwise the planned
-  // algorithm and the transports its routes go over ("ring over cuda_ipc",
-  // "hierarchical over shm + staging/tcp"). The plan alone cannot tell: NCCL and HCCL
-  // decide at run time, from their measured price, whether they take a call.
+  // took the whole collective says so (ranNatively("native nccl"): engine()); otherwise
+  // the planned algorithm ran over the transports of its routes, over() ("cuda_ipc",
+  // "shm + staging/tcp"). The plan alone cannot tell: NCCL and HCCL decide at run time,
+  // from their measured price, whether they take a call.
   void ranNatively(const char* engine) { engine_ = engine; }
-  std::string ran(const std::string& planned) const;
+  const char* engine() const { return engine_; }
+  std::string over() const;
   // The transport the route to `peer` goes over (Transport::via).
   std::string via(int peer) const;
 

@@ -218,16 +218,15 @@ bool Communicator::pollP2p() {
         p.work->received = p.nbytes;
       }
       p.work->finish(p.req->error.empty() ? "" : describe(p.info, 0) + ": " + p.req->error);
-      flight_->ended(p.flightId, p.req->error, p.work->source >= 0 && p.info.root < 0
-                                                    ? "over " + routes_[p.work->source].transport->via()
-                                                    : "");
+      flight_->ended(p.flightId, p.req->error, "",
+                     p.work->source >= 0 && p.info.root < 0 ? routes_[p.work->source].transport->via() : "");
       moved = true;
     } else if (now > p.deadline) {
       std::string why = describe(p.info, 0) + ": timed out waiting for rank " +
                         (p.info.root >= 0 ? std::to_string(p.info.root) : std::string("any")) + " (HCOMM_TIMEOUT)";
       abortWorld(*world_, why);
       p.work->finish(why);
-      flight_->ended(p.flightId, why, "");
+      flight_->ended(p.flightId, why, "", "");
       moved = true;
     } else {
       still.push_back(std::move(p));

@@ -39,13 +39,27 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
   World& world = *world_;
   std::string error;
   bool collective = info.kind != CollKind::NONE;
-  // The call's Links, once made: it knows what ran (Links::ran), for errors and the record.
+  // The call's Links, once made: it knows what ran (Links::engine, Links::over), for
+  // errors and the record. In two parts, `what` (an engine, or the algorithm) ran `over`
+  // transports, so that recording it allocates nothing on the usual path.
   std::optional<Links> made;
+  auto ranParts = [&](const char** what, std::string* over) {
+    *what = "";
+    if (!made) return;
+    if (!collective) *over = info.root >= 0 ? made->via(info.root) : "any source";
+    else if (info.algo == "native" && !dev && size_ > 1) *what = "native mpi";
+    else if (made->engine()) *what = made->engine();
+    else if (size_ == 1) *what = "local (1 rank)";
+    else {
+      *what = info.algo.c_str();
+      *over = made->over();
+    }
+  };
   auto ran = [&] {
-    if (!made) return std::string();
-    if (!collective) return info.root >= 0 ? "over " + made->via(info.root) : std::string("over any source");
-    if (info.algo == "native" && !dev && size_ > 1) return std::string("native mpi");
-    return made->ran(info.algo);
+    const char* what;
+    std::string over;
+    ranParts(&what, &over);
+    return over.empty() ? std::string(what) : std::string(what) + (*what ? " over " : "over ") + over;
   };
   flight_->started(flightId, start);
   if (collective) board_->noteStarted(boardSlot_, seq, static_cast<int>(info.kind));
@@ -76,7 +90,12 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
   } catch (const std::exception& e) {
     error = e.what();
   }
-  flight_->ended(flightId, error, ran());  // before a dump, so that the dump shows the error
+  {
+    const char* what;
+    std::string over;
+    ranParts(&what, &over);
+    flight_->ended(flightId, error, what, over);  // before a dump, so that the dump shows the error
+  }
   if (!error.empty()) {
     logLine(LogLevel::INFO, world.rank, "error: " + error);
     std::string dir = envStr("HCOMM_DEBUG_DUMP_DIR");

@@ -72,11 +72,14 @@ void FlightRecorder::ran(uint64_t id, const std::string& what) {
   if (FlightEntry* e = find(id)) e->ran = what;
 }
 
-void FlightRecorder::ended(uint64_t id, const std::string& error, const std::string& ran) {
+void FlightRecorder::ended(uint64_t id, const std::string& error, const char* what, const std::string& over) {
   double t = since(Clock::now());
   std::lock_guard<std::mutex> lock(mu_);
   if (FlightEntry* e = find(id)) {
-    if (!ran.empty()) e->ran = ran;
+    if (*what || !over.empty()) {
+      e->ran.assign(what);
+      if (!over.empty()) e->ran.append(*what ? " over " : "over ").append(over);
+    }
     e->state = error.empty() ? "completed" : "failed";
     e->error = error;
     e->ended = t;

@@ -38,7 +38,9 @@ class FlightRecorder {
   void started(uint64_t id, Clock::time_point when);
   // Also when the call is known to run over something (an async point-to-point call).
   void ran(uint64_t id, const std::string& what);
-  void ended(uint64_t id, const std::string& error, const std::string& ran);
+  // `what` ran over `over` (either may be empty): the entry's "ran" is "what over over",
+  // composed in the slot's kept capacity (no allocation once the ring is warm).
+  void ended(uint64_t id, const std::string& error, const char* what, const std::string& over);
   std::string json(int rank, int size, uint32_t commId);
   // Writes json() to <dir>/hcomm_flight_<comm>_rank<r>.json; returns the path ("" on failure).
   std::string dump(const std::string& dir, int rank, int size, uint32_t commId);
