@@ -254,22 +254,36 @@ PYBIND11_MODULE(_C, m) {
     if (!reduction || !orderedReduction(dt, ReduceOp::SUM)) return Fold::PLAIN;
     return dt == DataType::F16 || dt == DataType::BF16 ? Fold::ORDERED_WIDE : Fold::ORDERED;
   };
+  // `device`: explain the calls on this communicator's device buffers (1), on host
+  // buffers (0), or (-1) those its device engine makes when it has one (NCCL, HCCL),
+  // else host ones. The dict's "memory" says which: "host", "cuda:N", "npu:N".
   m.def("_comm_explain", [decisionDict, foldFor](Communicator& c, const std::string& collective, size_t nbytes,
-                                                 const std::string& algo, int root, const std::string& dtype) {
-    // A communicator with NCCL is explained as its device calls decide (comm/device_nccl.cc).
-    Placement where;
-    if (c.deviceEngine() == "nccl") where.device = c.boundDevice();
+                                                 const std::string& algo, int root, const std::string& dtype,
+                                                 int device) {
+    Placement where = c.devicePlacement();
+    std::string engine = c.deviceEngine();
+    bool onDevice = device == 1 || (device < 0 && (engine == "nccl" || engine == "hccl"));
+    if (onDevice && where.device < 0)
+      throw Error("explain(device=True): this communicator has made no call on device buffers yet (its device, "
+                  "routes and engine are set up at the first one)");
+    if (!onDevice) where = Placement();
     PlacementScope scope(where);
+    std::string memory = !onDevice ? std::string("host") : (where.npu ? "npu:" : "cuda:") + std::to_string(where.device);
+    auto described = [&](const Decision& d) {
+      py::dict out = decisionDict(d);
+      out["memory"] = memory;
+      return out;
+    };
     Fold fold = foldFor(dtype, collective == "allreduce" || collective == "reduce" || collective == "reduce_scatter");
-    if (collective == "gather" || collective == "scatter") return decisionDict(c.planGather(collective, nbytes, root, algo));
-    if (collective == "alltoall") return decisionDict(c.planAlltoall(nbytes, true, algo));
+    if (collective == "gather" || collective == "scatter") return described(c.planGather(collective, nbytes, root, algo));
+    if (collective == "alltoall") return described(c.planAlltoall(nbytes, true, algo));
     auto [kind, d] = collective == "broadcast"        ? std::make_pair(CollKind::BROADCAST, c.planBroadcast(nbytes, root, algo))
                      : collective == "allgather"      ? std::make_pair(CollKind::ALLGATHER, c.planAllgather(nbytes, algo))
                      : collective == "reduce_scatter" ? std::make_pair(CollKind::REDUCE_SCATTER, c.planReduceScatter(nbytes, algo, fold))
                      : collective == "reduce"         ? std::make_pair(CollKind::REDUCE, c.planReduce(nbytes, root, algo, fold))
                                                       : std::make_pair(CollKind::ALLREDUCE, c.planAllreduce(nbytes, algo, fold));
-    c.priceDeviceNative(d, kind, nbytes);  // NCCL's own, as a device call would price it (once measured)
-    return decisionDict(d);
+    if (onDevice) c.priceDeviceNative(d, kind, nbytes);  // the engine's own, as a device call prices it
+    return described(d);
   });
   // Drift (topo/tuner_drift.h): the re-fits this communicator made, and the trigger rule
   // on its own: the index of the (predicted, measured) sample at which a key counts as

@@ -179,11 +179,13 @@ void bindNccl(py::module_& m) {
     return py::bytes(ncclNewUniqueId(candidates));
   }, py::arg("candidates") = std::vector<std::string>{});
 
-  // NCCL inside the Communicator (comm/device_nccl.cc): what ran, and the tuner's
-  // pricing of NCCL's own collectives (topo/native_cost.h), for tests and reports.
+  // NCCL and HCCL inside the Communicator (comm/device_nccl.cc, comm/npu_call.cc): how
+  // many calls the engine ran whole, and the tuner's pricing of an engine's own
+  // collectives (topo/native_cost.h), for tests and reports.
   m.def("_comm_device_native_calls", [](Communicator& c) { return c.deviceNativeCalls(); });
   m.def("_price_native_on", [](const std::string& topologyJson, const std::string& collective, size_t nbytes,
-                               std::vector<int> ranks, double alpha, double beta, const std::string& algo) {
+                               std::vector<int> ranks, double alpha, double beta, const std::string& algo,
+                               const std::string& engine) {
     Topology t = Topology::fromJson(Json::parse(topologyJson));
     if (ranks.empty())
       for (int r = 0; r < t.size(); ++r) ranks.push_back(r);
@@ -193,10 +195,11 @@ void bindNccl(py::module_& m) {
     cost.alpha = alpha;
     cost.beta = beta;
     cost.measured = true;
-    priceNative(d, cost, kind, nbytes, shape.n);
+    if (engine != "nccl" && engine != "hccl") throw Error("engine must be 'nccl' or 'hccl', not '" + engine + "'");
+    priceNative(d, cost, kind, nbytes, shape.n, engine.c_str());
     return decisionDict(d);
   }, py::arg("topology_json"), py::arg("collective"), py::arg("nbytes"), py::arg("ranks"), py::arg("alpha"),
-     py::arg("beta"), py::arg("algo") = "");
+     py::arg("beta"), py::arg("algo") = "", py::arg("engine") = "nccl");
 }
 
 struct NpuPlacement {

@@ -89,6 +89,7 @@ class Explanation:
     why: str                  # "model", "HCOMM_ALGO" or "requested"
     domains: int = 0          # GPU domains of the ranks (nvlink link class inside one)
     dtype: str = "float32"    # reductions of 16-bit dtypes fold in float32 (priced so)
+    memory: str = "host"      # the buffers the table is for: "host", "cuda:N", "npu:N"
 
     def candidate(self, algo):
         for c in self.candidates:
@@ -98,8 +99,8 @@ class Explanation:
 
     def __str__(self):
         gpu = f", {self.domains} GPU domain(s)" if self.domains else ""
-        lines = [f"{self.collective} {human_bytes(self.nbytes)} {self.dtype} on {self.world} ranks, "
-                 f"{self.hosts} host(s){gpu}: "
+        lines = [f"{self.collective} {human_bytes(self.nbytes)} {self.dtype} in {self.memory} buffers "
+                 f"on {self.world} ranks, {self.hosts} host(s){gpu}: "
                  f"{self.chosen} ({self.why})"]
         measured = any(c.measured is not None for c in self.candidates)
         width = max(len(c.algo) + (len(c.inner) + 2 if c.inner else 0) for c in self.candidates) + 2
@@ -115,9 +116,10 @@ class Explanation:
                 row += "   <- chosen"
             elif c.algo == "native" and not c.applicable:
                 row += "   (MPI's own: not measured or not allowed here; used when forced)"
+            elif c.algo == "native" and c.inner in ("nccl", "hccl"):
+                row += f"   ({c.inner.upper()}'s own, priced as measured at set-up)"
             elif c.algo == "native":
-                row += ("   (NCCL's own, priced as measured at set-up)" if c.inner == "nccl"
-                        else "   (MPI's own, timed at init)")
+                row += "   (MPI's own, timed at init)"
             elif not c.applicable:
                 row += "   (one level: same as flat)"
             lines.append(row)
@@ -128,7 +130,8 @@ def _explanation(collective, nbytes, d, world, hosts, domains=0, dtype="float32"
     cands = tuple(Candidate(c["algo"], c["seconds"], c["seg_bytes"], c["inner"], c["inner_seg_bytes"],
                             c["applicable"], c["measured"] if c.get("measured", -1) >= 0 else None)
                   for c in d["candidates"])
-    return Explanation(collective, nbytes, world, hosts, cands, d["chosen"], d["why"], domains, dtype)
+    return Explanation(collective, nbytes, world, hosts, cands, d["chosen"], d["why"], domains, dtype,
+                       d.get("memory", "host"))
 
 
 def gpu_domains(topo):
@@ -172,7 +175,7 @@ def topology(comm):
 
 
 def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None, measure=False, iters=3, root=0,
-            dtype="float32"):
+            dtype="float32", device=None):
     """The tuner's table for `collective` (see TUNED) of `nbytes` (allgather: the gathered
     total; reduce_scatter: the whole input; gather/scatter: one rank's block; alltoall:
     what one rank sends): every candidate with its predicted time, the choice marked.
@@ -180,7 +183,11 @@ def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None,
     optionally a subset of its ranks). root: the rooted collectives' root. dtype: a
     reduction of float16/bfloat16 (or any float under HCOMM_DETERMINISTIC=1) is priced
     as the rank-order fold it runs. measure=True (with comm, every rank calls) times
-    each candidate too, in that dtype."""
+    each candidate too, in that dtype. device (with comm): explain calls on the
+    communicator's device buffers (True) or host buffers (False); by default device
+    buffers when it holds a device engine (NCCL, HCCL: the calls it was made for), host
+    ones otherwise (host with measure=True, which times host buffers). The table's
+    `memory` ("host", "cuda:0", "npu:1") says which."""
     _check_collective(collective)
     nbytes = parse_size(nbytes)
     if dtype not in _DTYPE_ITEMSIZE:
@@ -190,8 +197,20 @@ def explain(collective, nbytes, comm=None, topology=None, algo=None, ranks=None,
     names = ALGOS[collective] + (("tree",) if collective in ("broadcast", "reduce") else ())
     if algo is not None and algo not in ("auto", "native") + names:
         raise InvalidArgument(f"unknown {collective} algorithm {algo!r} ({', '.join(ALGOS[collective])}, auto)")
+    if device is not None and not isinstance(device, bool):
+        raise InvalidArgument(f"explain: device must be True, False or None (the default), not {device!r}")
+    if device is not None and comm is None:
+        raise InvalidArgument("explain(device=...) describes a communicator's calls: it needs comm=")
     if comm is not None:
-        d = _C._comm_explain(comm._c, collective, nbytes, algo or "", int(root), dtype)
+        if device and not comm._c.device_engine():
+            raise InvalidArgument("explain(device=True): this communicator has made no collective on device buffers "
+                                  "yet (its device, routes and engine are set up at the first one)")
+        if device and measure:
+            raise InvalidArgument("explain(measure=True) times host buffers; it cannot measure device=True")
+        if measure:
+            device = False
+        d = _C._comm_explain(comm._c, collective, nbytes, algo or "", int(root), dtype,
+                             -1 if device is None else int(device))
         topo = globals()["topology"](comm)
         members = [topo["ranks"][w] for w in comm._c.world_ranks()]
         hosts = len({m["host_id"] or m["host"] for m in members})

@@ -45,6 +45,13 @@ class Acl:
     def free(self, ptr):
         self._call("aclrtFree", ctypes.c_void_p(ptr))
 
+    def memcpy_on_default_stream(self, dst, src, nbytes, kind, device):
+        """aclrtMemcpyAsync on `device`'s default stream, then aclrtSynchronizeStream of it."""
+        self.set_device(device)
+        self._call("aclrtMemcpyAsync", ctypes.c_void_p(dst), ctypes.c_size_t(nbytes), ctypes.c_void_p(src),
+                   ctypes.c_size_t(nbytes), ctypes.c_int(kind), ctypes.c_void_p(None))
+        self._call("aclrtSynchronizeStream", ctypes.c_void_p(None))
+
     def memcpy(self, dst, src, nbytes, kind):
         self._call("aclrtMemcpy", ctypes.c_void_p(dst), ctypes.c_size_t(nbytes), ctypes.c_void_p(src),
                    ctypes.c_size_t(nbytes), ctypes.c_int(kind))
@@ -104,10 +111,12 @@ class NpuArray:
         return _capsule_new(ctypes.addressof(self._managed), b"dltensor", None)
 
     def to_numpy(self):
-        """The values, as float32 for bfloat16."""
+        """The values, as float32 for bfloat16. Read as torch_npu's tensor.cpu() reads: a copy
+        queued on the device's default stream, then that stream synchronised, so the read
+        comes after what that stream waits for (an async call's Work.wait())."""
         host = np.empty(self.count, dtype=self._np)
         if self.nbytes:
-            self.acl.memcpy(host.ctypes.data, self.ptr, self.nbytes, D2H)
+            self.acl.memcpy_on_default_stream(host.ctypes.data, self.ptr, self.nbytes, D2H, self.device)
         return fd.bf16_values(host) if self.dtype == "bfloat16" else host
 
     def __del__(self):

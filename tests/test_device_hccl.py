@@ -29,6 +29,8 @@ from harness import RankFailure, run_comm
 
 DTYPES = ["float32", "float16", "bfloat16", "int32"]
 OPS = ["sum", "max", "min", "prod"]
+CHEAP = "0.001,1000000"  # HCOMM_HCCL_COST: HCCL wins every size
+DEAR = "1000000000,0.001"  # ... and loses every size (1000 s a call)
 NATIVE_CALLS = ("HcclAllReduce", "HcclReduce", "HcclBroadcast", "HcclAllGather", "HcclReduceScatter")
 
 
@@ -115,12 +117,22 @@ def _native_body(comm, seed):
         x = npu.put(inputs[r], dtype)
         comm.allreduce(x, op=op, factor=ref.premul(dtype) if op == "premul_sum" else None)
         ref.check(x.to_numpy(), ref.reduce_ref(inputs, op, dtype), dtype, n, f"allreduce {dtype} {op}")
+    _ran_everywhere(comm, lambda e: "native hccl")
     return comm._c.device_engine(), _calls()
+
+
+def _ran_everywhere(comm, want):
+    """Every flight-record entry is on this rank's NPU and ran what want(entry) says."""
+    entries = [e for e in comm.flight_record()["entries"] if e["device"] != "host"]  # init's own are host calls
+    assert entries and all(e["device"] == f"npu:{comm.rank}" for e in entries), entries[-1]
+    wrong = [(e["op"], e["algo"], e["ran"]) for e in entries if e["ran"] != want(e)]
+    assert not wrong, wrong[:5]
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_native_hccl_collectives_against_numpy(n):
-    for engine, calls in _run(_native_body, n, args=(100 + n,)):
+    # HCCL priced cheap (HCOMM_HCCL_COST): the automatic calls go to HCCL's own too.
+    for engine, calls in _run(_native_body, n, env=_env(HCOMM_HCCL_COST=CHEAP), args=(100 + n,)):
         assert engine == "hccl"
         assert all(calls[k] > 0 for k in NATIVE_CALLS), calls
         # Native collectives never use the point-to-point transport.
@@ -166,6 +178,8 @@ def _algorithms_body(comm, seed):
         comm.allgather(npu.put(parts[r], dtype), out, algo=algo)
         np.testing.assert_array_equal(out.to_numpy(), _exact(parts, dtype), err_msg=f"allgather {algo} {dtype}")
     _movement(comm, npu, seed)
+    # What ran: the algorithm the call named, over the HCCL point-to-point transport.
+    _ran_everywhere(comm, lambda e: "over hccl" if e["op"] in ("send", "recv") else e["algo"] + " over hccl")
     return _calls()
 
 
@@ -218,10 +232,88 @@ def test_hcomm_algorithms_over_the_hccl_transport_against_numpy(n, tmp_path):
     hosts = [{"name": "host0", "ranks": list(range(n // 2))}, {"name": "host1", "ranks": list(range(n // 2, n))}]
     topo = tmp_path / "topo.json"
     topo.write_text(json.dumps({"hosts": hosts}))
-    env = _env(HCOMM_ALGO="reduce_scatter:" + ("direct" if n == 3 else "ring"), HCOMM_TOPO_FILE=topo)
+    # HCCL priced dear (given, so nothing is timed at set-up): no call goes native.
+    env = _env(HCOMM_ALGO="reduce_scatter:" + ("direct" if n == 3 else "ring"), HCOMM_TOPO_FILE=topo,
+               HCOMM_HCCL_COST=DEAR)
     for calls in _run(_algorithms_body, n, env=env, args=(200 + n,)):
         assert calls["HcclSend"] > 0 and calls["HcclRecv"] > 0, calls
         assert all(calls[k] == 0 for k in NATIVE_CALLS), f"an algorithm ran natively: {calls}"
+
+
+# ---------------------------------------------------------------- the tuner prices native HCCL
+
+def _hccl_priced(comm):
+    """HCCL priced as NCCL is (comm/device_price.cc): three communicators, each with its
+    own HCCL set-up, HCCL's cost measured (the timed probe), then given cheap and dear
+    (HCOMM_HCCL_COST, read at each set-up). Each shows HCCL's row in explain() and decides
+    where an automatic call runs; the flight record says what ran."""
+    import hcomm
+    from hcomm import _C
+
+    npu, me, n, size = _Npu(comm.rank), comm.rank, comm.size, 64 << 10
+    out = {}
+    for label, cost in (("measured", None), ("cheap", CHEAP), ("dear", DEAR)):
+        if cost is None:
+            os.environ.pop("HCOMM_HCCL_COST", None)
+        else:
+            os.environ["HCOMM_HCCL_COST"] = cost
+        c = comm.split(0, me)
+        x = npu.put(np.ones(size // 4, np.float32), "float32")
+        c.allreduce(x, algo="ring")  # the first NPU collective makes HCCL (and prices it)
+        table = hcomm.explain("allreduce", size, comm=c)
+        host = hcomm.explain("allreduce", size, comm=c, device=False)
+        before = _C._comm_device_native_calls(c._c)
+        c.allreduce(x)  # automatic: HCCL or hcomm, as the table says
+        np.testing.assert_array_equal(x.to_numpy(), np.full(size // 4, n * n, np.float32))
+        entry = c.flight_record()["entries"][-1]
+        out[label] = {"chosen": table.chosen, "memory": (table.memory, host.memory), "text": str(table),
+                      "rows": {r.algo: (r.seconds, r.inner) for r in table.candidates},
+                      "host_rows": [r.algo for r in host.candidates],
+                      "native_calls": _C._comm_device_native_calls(c._c) - before,
+                      "flight": (entry["algo"], entry["ran"], entry["device"])}
+        c.close()
+    return out
+
+
+def test_the_tuner_prices_native_hccl_from_its_measured_cost():
+    n, size = 2, 64 << 10
+    results = _run(_hccl_priced, n, timeout=180)
+    assert results[0]["measured"]["rows"] == results[1]["measured"]["rows"]  # the slowest rank's: one table
+    for rank, r in enumerate(results):
+        for label in ("measured", "cheap", "dear"):
+            x = r[label]
+            seconds, inner = x["rows"]["native"]
+            assert inner == "hccl" and seconds > 0 and "native(hccl)" in x["text"], x["text"]
+            assert x["chosen"] == "native" or "HCCL's own, priced as measured" in x["text"], x["text"]
+            hcomm_best = min(v[0] for k, v in x["rows"].items() if k != "native")
+            assert (x["chosen"] == "native") == (seconds < hcomm_best), x
+            ran = x["native_calls"]
+            assert ran == (x["chosen"] == "native"), x
+            planned, what, device = x["flight"]
+            assert what == ("native hccl" if ran else f"{planned} over hccl") and device == f"npu:{rank}", x["flight"]
+            # explain() says which buffers it describes; the host table has no HCCL row.
+            assert x["memory"] == (f"npu:{rank}", "host") and "native" not in x["host_rows"], x
+        assert r["cheap"]["chosen"] == "native"
+        assert r["cheap"]["rows"]["native"][0] == pytest.approx(1e-9 + size / 1e15, rel=1e-6)
+        assert r["dear"]["chosen"] != "native"
+        assert r["dear"]["rows"]["native"][0] == pytest.approx(1000 + size / 1e6, rel=1e-9)
+
+
+def _first_npu_collective(comm):
+    import hcomm
+
+    with pytest.raises(hcomm.Error) as err:
+        comm.allreduce(_Npu(comm.rank).put(np.ones(5, np.float32), "float32"))
+    return str(err.value)
+
+
+def test_a_cost_setting_one_rank_cannot_read_fails_on_every_rank():
+    """Checked after the pricing's exchange, so that every rank raises (none waits alone
+    in HCCL's timed allreduce)."""
+    envs = [_env(HCOMM_HCCL_COST="fast"), _env()]
+    out = _run(_first_npu_collective, 2, env=envs, timeout=120)
+    assert "HCOMM_HCCL_COST must be '<latency in us>" in out[0], out[0]
+    assert "rank 0 could not read its HCOMM_HCCL_COST" in out[1], out[1]
 
 
 # ---------------------------------------------------------------- split, async, stream order
@@ -249,6 +341,49 @@ def _split_body(comm, seed):
 
 def test_split_communicators_make_their_own_hccl():
     assert _run(_split_body, 4, args=(11,)) == [2, 2, 2, 2]
+
+
+def _stream_wait_body(comm, board_dir):
+    """Work.wait() on NPU buffers while the call is still running (rank 1 joins only
+    after rank 0's wait() returned): it returns without blocking the host, the caller's
+    stream waits instead (an event recorded on it after the wait is not reached until the
+    call completes), and a copy queued on the stream after the wait reads the result."""
+    npu, r, n = _Npu(comm.rank), comm.rank, comm.size
+    board = fake_device.Board(board_dir)
+    lib = npu.acl.lib
+    comm.allreduce(npu.put(np.ones(3, np.float32), "float32"))  # HCCL is made
+    if r == 1:
+        try:  # joins once rank 0's wait() returned (or, if that wait blocks, after 20 s)
+            board.get("waited", timeout=20)
+        except TimeoutError:
+            pass
+        y = npu.put(np.full(1001, 2.0, np.float32), "float32")
+        comm.allreduce(y, algo="ring")
+        return "joined"
+    npu.acl.set_device(r)
+    stream, event, status = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_int(-1)
+    assert lib.aclrtCreateStream(ctypes.byref(stream)) == 0 and lib.aclrtCreateEvent(ctypes.byref(event)) == 0
+    y = npu.put(np.full(1001, 1.0, np.float32), "float32")
+    work = comm.allreduce(y, algo="ring", async_op=True, stream=stream.value)
+    work.wait()  # the stream waits for the call; the host goes on
+    running = not work.is_completed()  # rank 1 has not joined: it waits for "waited"
+    assert lib.aclrtRecordEvent(event, stream) == 0
+    assert lib.aclrtQueryEventStatus(event, ctypes.byref(status)) == 0
+    stream_held = status.value == 0  # NOT_READY: the stream is held until the call completes
+    seen = np.zeros(1001, np.float32)
+    assert lib.aclrtMemcpyAsync(ctypes.c_void_p(seen.ctypes.data), ctypes.c_size_t(seen.nbytes),
+                                ctypes.c_void_p(y.ptr), ctypes.c_size_t(seen.nbytes), 2, stream) == 0  # D2H
+    board.put("waited", b"1")
+    assert lib.aclrtSynchronizeStream(stream) == 0
+    work.synchronize()
+    assert lib.aclrtDestroyEvent(event) == 0 and lib.aclrtDestroyStream(stream) == 0
+    return running, stream_held, seen.tolist() == [3.0] * 1001
+
+
+def test_work_wait_on_npu_makes_the_stream_wait_not_the_host(tmp_path):
+    got = _run(_stream_wait_body, 2, args=(str(tmp_path),), timeout=120)
+    assert got[1] == "joined"
+    assert got[0] == (True, True, True), got[0]  # (host not blocked, stream held, consumer saw the sum)
 
 
 # ---------------------------------------------------------------- bad input, missing libraries, mismatches
@@ -354,14 +489,37 @@ def test_fake_ascendcl_memory_and_events():
     # An event completes once the work queued before its record ran.
     stream, event, status = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_int(-1)
     assert lib.aclrtCreateStream(ctypes.byref(stream)) == 0 and lib.aclrtCreateEvent(ctypes.byref(event)) == 0
-    gate = threading.Event()
-    hold = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: gate.wait(10))
-    assert lib.aclrtLaunchCallback(hold, None, 0, stream) == 0
+    gate, ran_on = threading.Event(), []
+
+    def hold(_):
+        ran_on.append(threading.get_ident())
+        gate.wait(10)
+
+    hold = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(hold)
+    # Host callbacks: only on a stream bound to a thread, run by that thread's aclrtProcessReport.
+    assert lib.aclrtLaunchCallback(hold, None, 1, stream) == 107015  # ACL_ERROR_RT_STREAM_NO_CB_REG
+    assert lib.aclrtProcessReport(ctypes.c_int32(10)) == 107012     # this thread is bound to no stream
+    stop = threading.Event()
+
+    def report():
+        while not stop.is_set():
+            lib.aclrtProcessReport(ctypes.c_int32(20))
+
+    reporter = threading.Thread(target=report)
+    reporter.start()
+    assert lib.aclrtSubscribeReport(ctypes.c_uint64(reporter.ident), stream) == 0
+    assert lib.aclrtSubscribeReport(ctypes.c_uint64(threading.get_ident()), stream) == 100033  # bound already
+    assert lib.aclrtLaunchCallback(hold, None, 1, stream) == 0  # ACL_CALLBACK_BLOCK: the stream waits for it
     assert lib.aclrtRecordEvent(event, stream) == 0
     assert lib.aclrtQueryEventStatus(event, ctypes.byref(status)) == 0 and status.value == 0  # NOT_READY
     gate.set()
     assert lib.aclrtSynchronizeStream(stream) == 0
     assert lib.aclrtQueryEventStatus(event, ctypes.byref(status)) == 0 and status.value == 1  # COMPLETE
+    assert ran_on == [reporter.ident]
+    assert lib.aclrtUnSubscribeReport(ctypes.c_uint64(reporter.ident), stream) == 0
+    assert lib.aclrtLaunchCallback(hold, None, 0, stream) == 107015
+    stop.set()
+    reporter.join()
     assert lib.aclrtDestroyEvent(event) == 0 and lib.aclrtDestroyStream(stream) == 0
     acl.free(dev)
 

@@ -229,6 +229,10 @@ def _priced(comm):
         c.allreduce(x)  # automatic: NCCL or hcomm, as the table says
         np.testing.assert_array_equal(x.to_numpy(), np.full(size // 4, comm.size ** 2, np.float32))
         out[label] = (table.chosen, rows, _C._comm_device_native_calls(c._c) - before)
+        entry = c.flight_record()["entries"][-1]  # what ran, beside what the host plan said
+        out[label + " flight"] = (entry["algo"], entry["ran"], entry["device"])
+        host = hcomm.explain("allreduce", size, comm=c, device=False)  # the same sizes on host buffers
+        out[label + " explain"] = (table.memory, host.memory, "native" in {r.algo for r in host.candidates})
         if label == "dear":  # HCOMM_ALGO=native forces NCCL whatever its price
             os.environ["HCOMM_ALGO"] = "native"
             forced = hcomm.explain("allreduce", size, comm=c)
@@ -237,6 +241,7 @@ def _priced(comm):
             del os.environ["HCOMM_ALGO"]
             print(forced)
         c.close()
+    out["rank"] = me
     return out
 
 
@@ -256,6 +261,16 @@ def test_the_tuner_prices_native_nccl_from_its_measured_cost():
         chosen, rows, ran = r["dear"]
         assert chosen != "native" and ran == 0 and rows["native"] == pytest.approx(1000 + size / 1e6, rel=1e-9)
         assert r["forced"] == ("native", "HCOMM_ALGO", 1)
+        # The flight record says what ran: NCCL when its price won, even though the plan
+        # (the host tuner's pick, in "algo") named one of hcomm's algorithms.
+        for label in ("measured", "cheap", "dear"):
+            chosen, _, ran = r[label]
+            planned, what, device = r[label + " flight"]
+            assert planned != "native" and device == f"cuda:{r['rank']}", r[label + " flight"]
+            assert what == ("native nccl" if ran else f"{planned} over cuda_ipc"), r[label + " flight"]
+            # explain() says which buffers it describes: device by default on a communicator with
+            # NCCL, host when asked, and the host table has no NCCL row (no MPI here either).
+            assert r[label + " explain"] == (f"cuda:{r['rank']}", "host", False), r[label + " explain"]
 
 
 def _one_rank_missing(comm, how):

@@ -29,6 +29,9 @@ def test_flight_record_lists_calls_in_order():
     assert ops[-3:] == [("allreduce", "float32", 100, -1, "ring", "completed"),
                         ("broadcast", "int64", 7, 2, "binomial", "completed"),
                         ("allreduce", "float64", 3, -1, "halving_doubling", "completed")]
+    # What ran: the algorithm over the transport that links the ranks (threads of one process: shm).
+    assert [e["ran"] for e in entries[-3:]] == ["ring over shm", "binomial over shm", "halving_doubling over shm"]
+    assert all(e["device"] == "host" for e in entries)
     seqs = [e["seq"] for e in entries if e["op"] not in ("send", "recv")]  # point to point has no seq
     assert seqs == sorted(seqs)
     assert all(e["ended"] >= e["started"] >= e["queued"] for e in entries)
@@ -67,6 +70,9 @@ def test_dump_on_error_and_on_sigusr1(tmp_path):
     assert files == ["hcomm_flight_1_rank0.json"], files
     rec = json.loads((tmp_path / files[0]).read_text())
     assert rec["entries"][-1]["state"] == "failed" and "timed out" in rec["entries"][-1]["error"]
+    # The error and the record name what ran (a one-host pair: shm), not the plan alone.
+    ran = rec["entries"][-1]["ran"]
+    assert ran.endswith(" over shm") and f"{ran}) on communicator" in out[0], (ran, out[0])
 
 
 def _dead_peer_body(rank, size, uid):

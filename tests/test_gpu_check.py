@@ -6,6 +6,7 @@ judges parts on a GPU machine (pass / fail / skip / time-out / out of budget / n
 after a failed build) is exercised with small stand-in commands, so a failure on the
 device turns into a non-zero exit as it must.
 """
+import ast
 import json
 import os
 import subprocess
@@ -109,3 +110,182 @@ def test_training_and_bench_parts_on_the_cpu(tmp_path):
         assert "hcomm vs local: 0" in section and "hcomm vs gloo" in section, train
     bench = (tmp_path / "bench.txt").read_text()
     assert "--device cpu" in bench and "# implementation: gloo  [ok]" in bench and "busbw at 4096 B" in bench, bench
+
+
+# ------------------------------------------------------------------ the scripts against the code
+# gpu_check.py and gpu_check_parts.py run only where a GPU is lent, so nothing else notices
+# when they name something that was renamed or removed. These tests read them (ast, no
+# process, no device) and check every hcomm name and every test selection they use.
+SCRIPTS = [os.path.join(ROOT, "scripts", name) for name in ("gpu_check.py", "gpu_check_parts.py")]
+OURS = ("hcomm",)  # hcomm, hcomm._C, hcomm.gpu, hcomm.torch, ...
+
+
+def _trees(path):
+    """The script's tree, and the trees of the Python code it hands to a child as text
+    (e.g. `python -c "import hcomm._C as C; ..."`), each with where it came from."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    out = [(tree, os.path.basename(path))]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "import hcomm" in node.value:
+            out.append((ast.parse(node.value), f"{os.path.basename(path)}:{node.lineno} (code in a string)"))
+    return out
+
+
+def _aliases(tree):
+    """{local name: dotted hcomm module or attribute} from every import of hcomm in `tree`,
+    and the imports themselves as (dotted name, where)."""
+    names, imports = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in OURS:
+                    imports.append((a.name, node.lineno))
+                    names[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OURS:
+            for a in node.names:
+                imports.append((f"{node.module}.{a.name}", node.lineno))
+                names[a.asname or a.name] = f"{node.module}.{a.name}"
+    return names, imports
+
+
+def _resolve(dotted):
+    """The object a dotted hcomm name stands for (importing modules as Python would)."""
+    import importlib
+
+    parts = dotted.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, part in enumerate(parts[1:], 1):
+        if not hasattr(obj, part):  # a submodule not imported yet: import it
+            importlib.import_module(".".join(parts[:i + 1]))
+        obj = getattr(obj, part)
+    return obj
+
+
+def _chain(node):
+    """Attribute chain a.b.c -> ("a", ["b", "c"]); None when it does not start at a name."""
+    attrs = []
+    while isinstance(node, ast.Attribute):
+        attrs.append(node.attr)
+        node = node.value
+    return (node.id, attrs[::-1]) if isinstance(node, ast.Name) else None
+
+
+def _communicators(tree, names):
+    """Local names bound to hcomm.init(...) (a Communicator)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            c = _chain(node.value.func)
+            if c and names.get(c[0]) == "hcomm" and c[1] == ["init"]:
+                out |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return out
+
+
+def _missing_names(path):
+    """Every hcomm name `path` uses that does not exist, as 'where: name (why)'."""
+    import hcomm
+    from hcomm import _C
+
+    missing = []
+    for tree, where in _trees(path):
+        names, imports = _aliases(tree)
+        for dotted, line in imports:
+            try:
+                _resolve(dotted)
+            except (ImportError, AttributeError) as e:
+                missing.append(f"{where}:{line}: import {dotted} ({e})")
+        comms = _communicators(tree, names)
+        for node in ast.walk(tree):
+            c = _chain(node) if isinstance(node, ast.Attribute) and not isinstance(node.value, ast.Attribute) else None
+            if not c:
+                continue
+            base, (attr,) = c[0], c[1]
+            if base in names:
+                try:
+                    _resolve(names[base])
+                except (ImportError, AttributeError):
+                    continue  # reported with its import
+                try:
+                    _resolve(f"{names[base]}.{attr}")  # an attribute, or a submodule not imported yet
+                except (ImportError, AttributeError):
+                    missing.append(f"{where}:{node.lineno}: {names[base]}.{attr}")
+            elif base in comms and not hasattr(hcomm.Communicator, attr) and attr != "_c":
+                missing.append(f"{where}:{node.lineno}: Communicator.{attr}")
+        for node in ast.walk(tree):  # comm._c.NAME: a method of the core's communicator
+            c = _chain(node) if isinstance(node, ast.Attribute) else None
+            if c and c[0] in comms and len(c[1]) == 2 and c[1][0] == "_c" and not hasattr(_C.Communicator, c[1][1]):
+                missing.append(f"{where}:{node.lineno}: hcomm._C.Communicator.{c[1][1]}")
+    return missing
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=os.path.basename)
+def test_every_hcomm_name_the_scripts_use_exists(path):
+    assert _missing_names(path) == []
+
+
+def test_the_name_check_finds_a_removed_name(tmp_path):
+    """The check itself: a script naming what does not exist is caught, in the file, in
+    code handed to a child as text, and on a Communicator."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("import hcomm\nfrom hcomm import _C\nimport hcomm.gpu as gpu\n"
+                   "probe = 'import hcomm._C as C; C.no_such_probe()'\n"
+                   "def f():\n    comm = hcomm.init()\n    comm._c.no_such_method()\n    comm.allreduce\n"
+                   "    hcomm.no_such_function()\n    _C.cuda_report\n    gpu.no_such_gpu_name\n")
+    got = _missing_names(str(bad))
+    assert sorted(g.split(": ", 1)[1] for g in got) == ["hcomm._C.Communicator.no_such_method", "hcomm._C.no_such_probe",
+                                                        "hcomm.gpu.no_such_gpu_name", "hcomm.no_such_function"], got
+
+
+def _test_selections():
+    """The pytest runs of the check: (argv after "pytest", part name)."""
+    out = []
+    for p in gpu_check.parts(sys.executable, "/nonexistent"):
+        argv = list(p.argv)
+        if "pytest" in argv:
+            out.append((argv[argv.index("pytest") + 1:], p.name))
+    return out
+
+
+class _Collected:
+    def __init__(self):
+        self.items, self.errors = [], []
+
+    def pytest_collection_finish(self, session):
+        self.items = [i.nodeid for i in session.items]
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.errors.append(str(report.longrepr)[-2000:])
+
+
+def test_the_scripts_test_files_and_selections_exist():
+    """Every tests/ file the scripts name exists, and each pytest run of the check
+    collects at least one test with its -k / -m selection (collected in this process:
+    pytest --collect-only, nothing runs)."""
+    files = set()
+    for path in SCRIPTS:
+        for tree, _ in _trees(path):
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    files.update(w for w in node.value.split() if w.startswith("tests/") and w.endswith(".py"))
+    selections = _test_selections()
+    assert selections, "the check runs no pytest part"
+    for args, _ in selections:
+        files.update(a for a in args if a.startswith("tests/"))
+    assert [f for f in sorted(files) if not os.path.exists(os.path.join(ROOT, f))] == []
+    modules = set()  # `python -m hcomm.bench ...`: the modules the scripts run
+    for path in SCRIPTS:
+        for tree, _ in _trees(path):
+            modules.update(n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                           and n.value.startswith("hcomm.") and n.value.replace(".", "").replace("_", "").isalnum())
+    assert "hcomm.bench" in modules
+    import importlib.util
+
+    assert [m for m in sorted(modules) if importlib.util.find_spec(m) is None] == []
+    for args, name in selections:
+        collected = _Collected()
+        argv = [os.path.join(ROOT, a) if a.startswith("tests/") else a for a in args]
+        rc = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", ROOT, *argv],
+                         plugins=[collected])
+        assert collected.errors == [] and collected.items, (name, args, int(rc), collected.errors)

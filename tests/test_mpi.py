@@ -164,6 +164,13 @@ def _allreduce_cases(comm, algo, seed):
 def _expect_algo(comm, algo, what):
     want = "native" if os.environ.get("HCOMM_ALGO") == "native" else algo
     assert comm._c.last_algorithm() == want, f"{what}: ran {comm._c.last_algorithm()}, expected {want}"
+    # The flight record says what ran: MPI's own collective, or the algorithm over its
+    # transports; a split communicator of one rank copies locally.
+    ran = comm.flight_record()["entries"][-1]["ran"]
+    if comm.size == 1:
+        assert ran == "local (1 rank)", f"{what}: recorded {ran!r}"
+    else:
+        assert ran == "native mpi" if want == "native" else ran.startswith(want + " over "), f"{what}: recorded {ran!r}"
 
 
 def _rooted(comm, seed):

@@ -176,10 +176,27 @@ def test_table_marks_the_choice_once():
     (dict(collective="allreduce", nbytes=8), "exactly one of"),
     (dict(collective="allreduce", nbytes=8, topology=hosts(2), algo="bogus"), "unknown allreduce algorithm"),
     (dict(collective="allreduce", nbytes=8, topology=hosts(2), measure=True), "needs comm"),
+    (dict(collective="allreduce", nbytes=8, topology=hosts(2), device=True), r"device=\.\.\.\) .* needs comm"),
 ])
 def test_explain_rejects_bad_arguments(kwargs, words):
     with pytest.raises(hcomm.InvalidArgument, match=words):
         hcomm.explain(**kwargs)
+
+
+def test_explain_says_which_buffers_it_describes():
+    """On a communicator with no device engine: host buffers by default and when asked;
+    device=True before any device collective, or a device= that is not a bool, is refused."""
+    comm = hcomm.init(rank=0, size=1)
+    try:
+        assert hcomm.explain("allreduce", 1 << 20, comm=comm).memory == "host"
+        table = hcomm.explain("allreduce", 1 << 20, comm=comm, device=False)
+        assert table.memory == "host" and " in host buffers on 1 ranks" in str(table).splitlines()[0]
+        with pytest.raises(hcomm.InvalidArgument, match="no collective on device buffers yet"):
+            hcomm.explain("allreduce", 1 << 20, comm=comm, device=True)
+        with pytest.raises(hcomm.InvalidArgument, match="device must be True, False or None"):
+            hcomm.explain("allreduce", 1 << 20, comm=comm, device=1)
+    finally:
+        comm.close()
 
 
 def test_subset_rank_out_of_range():

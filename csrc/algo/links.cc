@@ -24,6 +24,41 @@ Links::Links(int rank, int size, std::shared_ptr<const std::vector<Route>> route
   }
 }
 
+namespace {
+
+// Is `v` one of the " + "-separated parts of `list`?
+bool listed(const std::string& list, const std::string& v) {
+  for (size_t at = 0; at <= list.size();) {
+    size_t end = list.find(" + ", at);
+    if (end == std::string::npos) end = list.size();
+    if (list.compare(at, end - at, v) == 0) return true;
+    at = end + 3;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string Links::over() const {
+  // Distinct transports in rank order; looked up in the string itself rather than a set,
+  // so that the usual one transport (recorded at every call) costs no allocation.
+  std::string out;
+  for (int r = 0; r < size_; ++r) {
+    const Route& x = (*routes_)[r];
+    if (r == rank_ || !x.transport) continue;
+    std::string v = x.transport->via();
+    if (listed(out, v)) continue;
+    if (!out.empty()) out += " + ";
+    out += v;
+  }
+  return out;
+}
+
+std::string Links::via(int peer) const {
+  const Route& r = route(peer);
+  return peer == rank_ || !r.transport ? "self" : r.transport->via();
+}
+
 const Route& Links::route(int peer) const {
   if (peer < 0 || peer >= size_)
     throw Error("Links: rank " + std::to_string(peer) + " is out of range for " + std::to_string(size_) + " ranks");

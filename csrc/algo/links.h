@@ -96,6 +96,17 @@ class Links {
   RequestPtr irecvAccumulate(int peer, void* dst, bool dstWide, const void* a, bool aWide, size_t bytes,
                              int channel);
 
+  // What ran the call, for its flight-record entry and its errors: a native engine that
+  // took the whole collective says so (ranNatively("native nccl"): engine()); otherwise
+  // the planned algorithm ran over the transports of its routes, over() ("cuda_ipc",
+  // "shm + staging/tcp"). The plan alone cannot tell: NCCL and HCCL decide at run time,
+  // from their measured price, whether they take a call.
+  void ranNatively(const char* engine) { engine_ = engine; }
+  const char* engine() const { return engine_; }
+  std::string over() const;
+  // The transport the route to `peer` goes over (Transport::via).
+  std::string via(int peer) const;
+
  private:
   bool poll();           // progress every transport once
   void waitAll(const RequestPtr* rs, size_t n);
@@ -119,6 +130,7 @@ class Links {
   const Memory* mem_;
   std::vector<std::shared_ptr<char>> scratch_;
   bool ordered_ = false;
+  const char* engine_ = nullptr;  // set by ranNatively
 };
 
 // Splits `count` elements into n near-equal blocks: block b starts at blockStart(b).

@@ -124,13 +124,13 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
   if (hier) levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int n = size_;
   bool native = pick.algo == "native";
-  NcclChoice viaNccl = ncclChoice(CollKind::ALLREDUCE, bytes, pick, algo);
+  NativeChoice viaNative = nativeChoice(CollKind::ALLREDUCE, bytes, pick, algo);
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "allreduce", timeoutSec_,
-                              world_->policy, [&] { return describe(info, nextSeq_); });
+                              world_->policy, [&] { return describe(info, nextSeq_, "native mpi"); });
   return submit(info, false, 0, [=, levels = std::move(levels)](Links& l, Work&) {
     if (count == 0) return;
-    if (runOnHccl(l, native, viaNccl.automatic, HcclCall{CollKind::ALLREDUCE, in, out, count, dt, op, premul})) return;
-    if (runOnNccl(l, viaNccl, [&](NcclTransport& nc, void* s) {
+    if (runOnHccl(l, viaNative, HcclCall{CollKind::ALLREDUCE, in, out, count, dt, op, premul})) return;
+    if (runOnNccl(l, viaNative, [&](NcclTransport& nc, void* s) {
           algo::allreduceNccl(nc, in, out, count, dt, op, premul, s);
         }))
       return;
@@ -163,16 +163,16 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
   if (pick.algo == "native") refuseNativeIfDeterministic("reduce", dt, op);
   CollectiveInfo info{"reduce", CollKind::REDUCE, dt, count, root, pick.algo, op};
   bool native = pick.algo == "native";
-  NcclChoice viaNccl = ncclChoice(CollKind::REDUCE, bytes, pick, algo);
+  NativeChoice viaNative = nativeChoice(CollKind::REDUCE, bytes, pick, algo);
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "reduce", timeoutSec_,
-                              world_->policy, [&] { return describe(info, nextSeq_); });
+                              world_->policy, [&] { return describe(info, nextSeq_, "native mpi"); });
   size_t seg = segmentBytes("HCOMM_TREE_SEGMENT_BYTES", pick.segBytes ? pick.segBytes : 512u << 10);
   bool rsg = pick.algo == "reduce_scatter_gather";
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
-    if (runOnHccl(l, native, viaNccl.automatic, HcclCall{CollKind::REDUCE, in, out, count, dt, op, premul, root})) return;
-    if (runOnNccl(l, viaNccl, [&](NcclTransport& nc, void* s) {
+    if (runOnHccl(l, viaNative, HcclCall{CollKind::REDUCE, in, out, count, dt, op, premul, root})) return;
+    if (runOnNccl(l, viaNative, [&](NcclTransport& nc, void* s) {
           algo::reduceNccl(nc, in, out, count, dt, op, premul, root, s);
         }))
       return;
@@ -201,17 +201,17 @@ WorkPtr Communicator::broadcast(const void* in, void* out, size_t count, DataTyp
   const std::string& pick = choice.algo;
   CollectiveInfo info{"broadcast", CollKind::BROADCAST, dt, count, root, pick, ReduceOp::SUM};
   bool native = pick == "native";
-  NcclChoice viaNccl = ncclChoice(CollKind::BROADCAST, bytes, choice, algo);
+  NativeChoice viaNative = nativeChoice(CollKind::BROADCAST, bytes, choice, algo);
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "broadcast", timeoutSec_,
-                              world_->policy, [&] { return describe(info, nextSeq_); });
+                              world_->policy, [&] { return describe(info, nextSeq_, "native mpi"); });
   size_t seg = choice.segBytes;
   std::vector<std::vector<int>> levels;
   if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
   int me = rank_, n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (count == 0) return;
-    if (runOnHccl(l, native, viaNccl.automatic, HcclCall{CollKind::BROADCAST, in, out, count, dt, ReduceOp::SUM, 1, root})) return;
-    if (runOnNccl(l, viaNccl, [&](NcclTransport& nc, void* s) {
+    if (runOnHccl(l, viaNative, HcclCall{CollKind::BROADCAST, in, out, count, dt, ReduceOp::SUM, 1, root})) return;
+    if (runOnNccl(l, viaNative, [&](NcclTransport& nc, void* s) {
           algo::broadcastNccl(nc, me == root && in ? in : out, out, count, dt, root, s);
         }))
       return;
@@ -234,10 +234,10 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   const std::string& pick = choice.algo;
   CollectiveInfo info{"allgather", CollKind::ALLGATHER, dt, total, -1, pick, ReduceOp::SUM};
   bool native = pick == "native";
-  NcclChoice viaNccl = ncclChoice(CollKind::ALLGATHER, bytes, choice, algo);
+  NativeChoice viaNative = nativeChoice(CollKind::ALLGATHER, bytes, choice, algo);
   bool even = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "allgather", timeoutSec_,
-                              world_->policy, [&] { return describe(info, nextSeq_); });
+                              world_->policy, [&] { return describe(info, nextSeq_, "native mpi"); });
   size_t seg = choice.segBytes;
   std::vector<std::vector<int>> levels;
   if (pick == "hierarchical") levels = CommShape::of(*world_->topology, worldRanks_).levels();
@@ -245,8 +245,8 @@ WorkPtr Communicator::allgatherv(const void* in, void* out, std::vector<size_t> 
   int n = size_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
-    if (even && runOnHccl(l, native, viaNccl.automatic, HcclCall{CollKind::ALLGATHER, in, out, counts[0], dt})) return;
-    if (even && runOnNccl(l, viaNccl, [&](NcclTransport& nc, void* s) {  // NCCL's is equal counts only
+    if (even && runOnHccl(l, viaNative, HcclCall{CollKind::ALLGATHER, in, out, counts[0], dt})) return;
+    if (even && runOnNccl(l, viaNative, [&](NcclTransport& nc, void* s) {  // NCCL's is equal counts only
           algo::allgatherNccl(nc, in, out, counts[0], dt, s);
         }))
       return;
@@ -274,18 +274,18 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
   if (pick.algo == "native") refuseNativeIfDeterministic("reduce_scatter", dt, op);
   CollectiveInfo info{"reduce_scatter", CollKind::REDUCE_SCATTER, dt, total, -1, pick.algo, op};
   bool native = pick.algo == "native";
-  NcclChoice viaNccl = ncclChoice(CollKind::REDUCE_SCATTER, total * dtypeSize(dt), pick, algo);
+  NativeChoice viaNative = nativeChoice(CollKind::REDUCE_SCATTER, total * dtypeSize(dt), pick, algo);
   bool even = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
   NativeCall nat = nativeCall(native && !currentPlacement().onDevice(), mpi_, "reduce_scatter", timeoutSec_,
-                              world_->policy, [&] { return describe(info, nextSeq_); });
+                              world_->policy, [&] { return describe(info, nextSeq_, "native mpi"); });
   bool direct = pick.algo == "direct";
   std::vector<int> hosts;  // hierarchical: each rank's group at the innermost level
   if (pick.algo == "hierarchical") hosts = CommShape::of(*world_->topology, worldRanks_).levels()[0];
   int n = size_, me = rank_;
   return submit(info, false, 0, [=](Links& l, Work&) {
     if (total == 0) return;
-    if (even && runOnHccl(l, native, viaNccl.automatic, HcclCall{CollKind::REDUCE_SCATTER, in, out, counts[0], dt, op, premul})) return;
-    if (even && runOnNccl(l, viaNccl, [&](NcclTransport& nc, void* s) {
+    if (even && runOnHccl(l, viaNative, HcclCall{CollKind::REDUCE_SCATTER, in, out, counts[0], dt, op, premul})) return;
+    if (even && runOnNccl(l, viaNative, [&](NcclTransport& nc, void* s) {
           algo::reduceScatterNccl(nc, in, out, counts[0], dt, op, premul, s);
         }))
       return;
@@ -371,7 +371,7 @@ WorkPtr Communicator::barrier(bool async) {
   bool native = wantsNative("", "barrier");
   CollectiveInfo info{"barrier", CollKind::BARRIER, DataType::U8, 0, -1, native ? "native" : "dissemination",
                       ReduceOp::SUM};
-  NativeCall nat = nativeCall(native, mpi_, "barrier", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_); });
+  NativeCall nat = nativeCall(native, mpi_, "barrier", timeoutSec_, world_->policy, [&] { return describe(info, nextSeq_, "native mpi"); });
   return submit(info, false, 0, [nat](Links& l, Work&) {
     if (nat) algo::barrierNative(*nat.comm, nat.wait());
     else algo::barrierDissemination(l);

@@ -23,11 +23,13 @@
 
 #include "algo/links.h"
 #include "comm/flight_recorder.h"
+#include "comm/placement.h"
 #include "comm/work.h"
 #include "comm/world.h"
 #include "common/fingerprint.h"
 #include "common/types.h"
 #include "reduce/host_scratch.h"
+#include "topo/native_cost.h"
 #include "topo/tuner.h"
 #include "topo/tuner_drift.h"
 
@@ -37,7 +39,7 @@ class ShmTransport;     // transport/shm.h
 class MpiComm;          // transport/mpi.h
 class DeviceContext;    // comm/device_context.h
 class NcclTransport;    // transport/nccl.h
-struct NcclChoice;      // comm/device_context.h
+struct NativeChoice;    // comm/device_context.h
 struct DeviceCall;      // comm/engine.h
 struct HcclCall;       // algo/native_hccl.h
 
@@ -69,12 +71,15 @@ class Communicator {
   // "staging", "nccl", "mpi" when MPI is CUDA-aware, "self"); empty before this
   // communicator's first device call.
   std::vector<std::string> deviceTransports();
-  // What runs this communicator's device collectives: "nccl", or "hcomm: <why not NCCL>";
-  // "" before its first device collective.
+  // What runs this communicator's device collectives: "nccl", "hccl", or "hcomm: <why not
+  // NCCL>"; "" before its first device collective.
   std::string deviceEngine();
-  // explain(): `d` as a device call would decide it, NCCL's own collective priced as
-  // measured (comm/device_nccl.cc); unchanged before NCCL is set up. And how many device
-  // collectives NCCL ran whole.
+  // The device of this communicator's device calls (explain() describes them), as a
+  // Placement: device -1 before the first one.
+  Placement devicePlacement();
+  // explain(): `d` as a device call would decide it, the device engine's own collective
+  // (NCCL's or HCCL's) priced as measured at its set-up; unchanged before one is set up.
+  // And how many device collectives the engine ran whole.
   void priceDeviceNative(Decision& d, CollKind kind, size_t bytes);
   uint64_t deviceNativeCalls();
   // The transport host buffers take to each rank ("shm", "tcp", "mpi").
@@ -174,16 +179,26 @@ class Communicator {
   // no choice of its own and NCCL's measured price beats the planned algorithm's
   // (deterministic mode aside). False: the caller runs hcomm's algorithm.
   void setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::steady_clock::time_point deadline);
-  NcclChoice ncclChoice(CollKind kind, size_t bytes, const Candidate& pick, const std::string& requested) const;
-  bool runOnNccl(const Links& l, const NcclChoice& c, const std::function<void(NcclTransport&, void*)>& run);
-  // NPU calls (npu_call.cc): HCCL made at the first NPU collective; native HCCL as runOnNccl.
+  NativeChoice nativeChoice(CollKind kind, size_t bytes, const Candidate& pick, const std::string& requested) const;
+  bool runOnNccl(Links& l, const NativeChoice& c, const std::function<void(NcclTransport&, void*)>& run);
+  // NPU calls (npu_call.cc): HCCL made (and priced) at the first NPU collective; native
+  // HCCL decided as runOnNccl decides NCCL.
   void prepareNpu(DeviceContext& ctx, uint64_t tagBase, std::chrono::steady_clock::time_point deadline);
-  bool runOnHccl(const Links& l, bool native, bool automatic, const HcclCall& call);
+  bool runOnHccl(Links& l, const NativeChoice& c, const HcclCall& call);
+  // The price of a device engine's own collectives (comm/device_price.cc), the one path
+  // of both set-ups: `allreduce(buf, bytes)` runs one whole engine allreduce in `mem` and
+  // returns when it is done; `costVar` (HCOMM_NCCL_COST, HCOMM_HCCL_COST) replaces the
+  // timing. Collective over the host routes on channels `channel` and `channel` + 4 of
+  // the call's tags; a setting a rank cannot read raises on every rank.
+  NativeCost priceDeviceEngine(const std::string& costVar, const Memory& mem, uint64_t tagBase, int channel,
+                               std::chrono::steady_clock::time_point deadline,
+                               const std::function<void(void*, size_t)>& allreduce);
   void finishOnDevice(const DeviceCall& dev, Work& work);
   void waitTurn();  // blocks until nothing queued or running, then marks a call running
   void endTurn();
   void workerLoop();
-  std::string describe(const CollectiveInfo& info, uint64_t seq) const;
+  // `ran`: what ran the call (Links::ran), when known; shown in place of the plan.
+  std::string describe(const CollectiveInfo& info, uint64_t seq, const std::string& ran = "") const;
   // After a timeout: how far every rank this one can see got on this communicator
   // ("rank 2 did not reach #17: its last was broadcast #16, completed").
   std::string progressReport(uint64_t seq) const;

@@ -65,7 +65,7 @@ DeviceCall Communicator::placeOnDevice(uint64_t flightId) {
   dev.ctx = where.npu ? npuContext(where.device) : deviceContext(where.device);
   dev.ready = dev.ctx->record(where.stream);
   dev.done = std::make_shared<std::shared_ptr<CUevent_st>>();
-  flight_->placed(flightId, where.device, where.stream);
+  flight_->placed(flightId, where.npu ? "npu" : "cuda", where.device, where.stream);
   return dev;
 }
 

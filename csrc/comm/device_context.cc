@@ -86,16 +86,9 @@ void DeviceContext::streamWaitFor(void* stream, const std::shared_ptr<Work>& wor
     if (*done) streamWait(stream, done->get());
     return;
   }
-  auto* held = new std::shared_ptr<Work>(work);
-  auto until = [](void* p) {
-    std::unique_ptr<std::shared_ptr<Work>> w(static_cast<std::shared_ptr<Work>*>(p));
-    try {
-      (*w)->wait(-1);
-    } catch (const std::exception&) {  // the error is the Work's to report, not the stream's
-    }
-  };
-  cuda::Error err = rt_->api.LaunchHostFunc(static_cast<cuda::Stream>(stream), until, held);
-  if (err != cuda::cudaSuccess) delete held;
+  void* held = holdWork(work);
+  cuda::Error err = rt_->api.LaunchHostFunc(static_cast<cuda::Stream>(stream), waitHeldWork, held);
+  if (err != cuda::cudaSuccess) dropHeldWork(held);
   check(err, "cudaLaunchHostFunc (stream wait for a running call)");
 }
 

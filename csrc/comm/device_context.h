@@ -28,10 +28,11 @@ struct CudaRuntime;
 class CudaMemory;
 class NcclTransport;
 
-// What a call decides NCCL-or-hcomm with, captured when it is submitted
-// (Communicator::ncclChoice): its kind and size, whether "native" was asked for, whether
-// the planner chose freely, and the planned algorithm's predicted seconds.
-struct NcclChoice {
+// What a device call decides engine-or-hcomm with (NCCL on CUDA buffers, HCCL on NPU
+// buffers), captured when it is submitted (Communicator::nativeChoice): its kind and
+// size, whether "native" was asked for, whether the planner chose freely, and the
+// planned algorithm's predicted seconds.
+struct NativeChoice {
   CollKind kind = CollKind::NONE;
   size_t bytes = 0;
   bool native = false, automatic = false;

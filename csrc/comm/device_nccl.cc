@@ -28,9 +28,7 @@ namespace hcomm {
 namespace {
 
 constexpr int kNcclSetupChannel = 240;  // above every algorithm's channels
-constexpr int kNcclCostChannel = 241;
-constexpr size_t kProbeSmall = 8 << 10, kProbeLarge = 2 << 20;  // the two timed allreduce sizes
-constexpr int kProbeIters = 5;
+constexpr int kNcclCostChannel = 241;  // and 245 (comm/device_price.cc)
 
 struct NcclOffer {  // what one rank brings to the NCCL set-up
   char loaded = 0;
@@ -66,35 +64,6 @@ std::string refusal(const std::vector<NcclOffer>& all, const std::string& mine) 
   return "";
 }
 
-// Median seconds of NCCL's allreduce of `bytes` (u8 sum: any bit pattern is a valid
-// input) on this rank, queued on `stream` and waited for on the host.
-double timeAllreduce(NcclTransport& nc, const Memory& mem, void* stream, size_t bytes, double timeoutSec) {
-  std::shared_ptr<char> buf = mem.alloc(bytes);
-  std::vector<double> times;
-  for (int i = 0; i <= kProbeIters; ++i) {  // the first is a warm-up
-    auto t0 = std::chrono::steady_clock::now();
-    algo::allreduceNccl(nc, buf.get(), buf.get(), bytes, DataType::U8, ReduceOp::SUM, 1.0, stream);
-    nc.synchronize(stream, timeoutSec);
-    if (i) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
-}
-
-// HCOMM_NCCL_COST="<alpha us>,<GB/s>" replaces the timing (tests, simulation).
-bool costFromEnv(double* small, double* large) {
-  std::string v = envStr("HCOMM_NCCL_COST");
-  if (v.empty()) return false;
-  double alphaUs = 0, gbps = 0;
-  char extra = 0;
-  if (std::sscanf(v.c_str(), "%lf,%lf%c", &alphaUs, &gbps, &extra) != 2 || alphaUs < 0 || gbps <= 0)
-    throw Error("HCOMM_NCCL_COST must be '<latency in us>,<allreduce bandwidth in GB/s>', e.g. '20,100', not '" + v +
-                "'");
-  *small = alphaUs * 1e-6 + kProbeSmall / (gbps * 1e9);
-  *large = alphaUs * 1e-6 + kProbeLarge / (gbps * 1e9);
-  return true;
-}
-
 // The collectives' routes: NCCL point to point to the peers `mode` prefers it for.
 std::shared_ptr<const std::vector<Route>> ncclRoutes(const std::vector<Route>& device, NcclTransport* nc, char mode,
                                                      const World& w, const std::vector<int>& worldRanks) {
@@ -119,12 +88,9 @@ void Communicator::setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::
   // Settings are read before the exchange and any error raised after it, on every rank:
   // a rank throwing alone would leave the others waiting for it until the timeout.
   NcclOffer mine;
-  double given[2] = {0, 0};
-  bool costGiven = false;
   std::string badEnv;
   try {
     mine.p2p = p2pMode();
-    costGiven = costFromEnv(&given[0], &given[1]);
   } catch (const Error& e) {
     badEnv = e.what();
     mine.badEnv = 1;
@@ -143,12 +109,9 @@ void Communicator::setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::
   char bus[64] = {0};
   loadCudaRuntime().api.DeviceGetPCIBusId(bus, sizeof bus, ctx.device());
   std::snprintf(mine.gpu, sizeof mine.gpu, "%s|%s", world_->machineIds[world_->rank].c_str(), bus);
-  auto hostLinks = [&](int channel, const char* what) {
-    return Links(rank_, size_, linkRoutes_, tagBase + channel, 0, DataType::U8, ReduceOp::SUM, deadline,
-                 world_->policy, [what] { return std::string(what); });
-  };
   std::vector<NcclOffer> all(size_);
-  Links host = hostLinks(kNcclSetupChannel, "NCCL set-up for device calls");
+  Links host(rank_, size_, linkRoutes_, tagBase + kNcclSetupChannel, 0, DataType::U8, ReduceOp::SUM, deadline,
+             world_->policy, [] { return std::string("NCCL set-up for device calls"); });
   if (size_ > 1) algo::allgathervRing(host, &mine, all.data(), std::vector<size_t>(size_, sizeof(NcclOffer)));
   else all[0] = mine;
   std::string refused = refusal(all, badEnv);
@@ -162,21 +125,15 @@ void Communicator::setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::
   if (size_ > 1) algo::broadcastBinomial(host, &uid[0], uid.size(), 0, uid.size());
   DeviceContext::Nccl n;
   n.transport = std::make_shared<NcclTransport>(rank_, size_, uid, ctx.device(), timeoutSec_);
-  // The price of NCCL's allreduce on the links that exist, the slowest rank's (every rank
-  // must decide alike, or some would call NCCL and others not).
-  double mineT[2] = {given[0], given[1]};
-  if (!costGiven) {
-    mineT[0] = timeAllreduce(*n.transport, ctx.memory(), ctx.stream(), kProbeSmall, timeoutSec_);
-    mineT[1] = timeAllreduce(*n.transport, ctx.memory(), ctx.stream(), kProbeLarge, timeoutSec_);
-  }
-  std::vector<double> times(2 * size_);
-  Links costLinks = hostLinks(kNcclCostChannel, "NCCL cost probe");
-  if (size_ > 1) algo::allgathervRing(costLinks, mineT, times.data(), std::vector<size_t>(size_, sizeof mineT));
-  else std::copy(mineT, mineT + 2, times.begin());
-  double t[2] = {0, 0};
-  for (int r = 0; r < size_; ++r)
-    for (int k = 0; k < 2; ++k) t[k] = std::max(t[k], times[2 * r + k]);
-  n.cost = fitNativeCost(kProbeSmall, t[0], kProbeLarge, std::max(t[1], t[0]));
+  // The price of NCCL's allreduce on the links that exist (comm/device_price.cc).
+  NcclTransport& nc = *n.transport;
+  void* stream = ctx.stream();
+  n.cost = priceDeviceEngine("HCOMM_NCCL_COST", ctx.memory(), tagBase, kNcclCostChannel, deadline,
+                             [&nc, stream, this](void* buf, size_t bytes) {
+                               // u8 sum: any bit pattern is a valid input
+                               algo::allreduceNccl(nc, buf, buf, bytes, DataType::U8, ReduceOp::SUM, 1.0, stream);
+                               nc.synchronize(stream, timeoutSec_);
+                             });
   n.routes = ncclRoutes(*ctx.routes(), n.transport.get(), mine.p2p, *world_, worldRanks_);
   // On the world's list, so that an error anywhere aborts NCCL's pending work too (routes
   // never pick it from there: no HCOMM_TRANSPORT order names it).
@@ -184,9 +141,9 @@ void Communicator::setupNccl(DeviceContext& ctx, uint64_t tagBase, std::chrono::
   ctx.setNccl(std::move(n));
 }
 
-NcclChoice Communicator::ncclChoice(CollKind kind, size_t bytes, const Candidate& pick,
+NativeChoice Communicator::nativeChoice(CollKind kind, size_t bytes, const Candidate& pick,
                                     const std::string& requested) const {
-  NcclChoice c;
+  NativeChoice c;
   c.kind = kind;
   c.bytes = bytes;
   c.native = pick.algo == "native";
@@ -198,7 +155,7 @@ NcclChoice Communicator::ncclChoice(CollKind kind, size_t bytes, const Candidate
   return c;
 }
 
-bool Communicator::runOnNccl(const Links& l, const NcclChoice& c,
+bool Communicator::runOnNccl(Links& l, const NativeChoice& c,
                              const std::function<void(NcclTransport&, void*)>& run) {
   if (l.memory().device() < 0) return false;
   std::shared_ptr<DeviceContext> ctx;
@@ -215,6 +172,7 @@ bool Communicator::runOnNccl(const Links& l, const NcclChoice& c,
   bool priced = c.automatic && !deterministicMode() &&
                 nativeWins(ctx->ncclCost(), c.kind, c.bytes, size_, c.hcommSeconds);
   if (!c.native && !priced) return false;
+  l.ranNatively("native nccl");  // before it runs, so that its errors say so
   run(*nc, ctx->stream());
   nc->synchronize(ctx->stream(), timeoutSec_);
   ctx->nativeCalls.fetch_add(1, std::memory_order_relaxed);
@@ -227,8 +185,21 @@ void Communicator::priceDeviceNative(Decision& d, CollKind kind, size_t bytes) {
     std::lock_guard<std::mutex> lock(deviceMu_);
     ctx = device_;
   }
-  if (!ctx || !ctx->nccl() || deterministicMode()) return;
-  priceNative(d, ctx->ncclCost(), kind, bytes, size_);
+  if (!ctx || deterministicMode()) return;
+  if (NpuContext* npu = asNpu(ctx.get())) {  // HCCL's own, priced the same way (npu_call.cc)
+    if (npu->hcclReady()) priceNative(d, npu->hcclCost(), kind, bytes, size_, "hccl");
+    return;
+  }
+  if (ctx->nccl()) priceNative(d, ctx->ncclCost(), kind, bytes, size_, "nccl");
+}
+
+Placement Communicator::devicePlacement() {
+  std::lock_guard<std::mutex> lock(deviceMu_);
+  Placement p;
+  if (!device_) return p;
+  p.device = device_->device();
+  p.npu = asNpu(device_.get()) != nullptr;
+  return p;
 }
 
 uint64_t Communicator::deviceNativeCalls() {

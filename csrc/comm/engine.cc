@@ -10,11 +10,13 @@
 
 namespace hcomm {
 
-std::string Communicator::describe(const CollectiveInfo& info, uint64_t seq) const {
+std::string Communicator::describe(const CollectiveInfo& info, uint64_t seq, const std::string& ran) const {
   std::ostringstream s;
   s << info.op << " #" << seq << " (" << dtypeName(info.dtype) << ", count " << info.count;
   if (info.root >= 0) s << ", root " << info.root;
-  if (!info.algo.empty()) s << ", " << info.algo;
+  if (!ran.empty() && (info.algo.empty() || ran.rfind(info.algo, 0) == 0)) s << ", " << ran;  // "ring over shm"
+  else if (!ran.empty()) s << ", " << ran << " (planned " << info.algo << ")";  // a native engine took it
+  else if (!info.algo.empty()) s << ", " << info.algo;
   s << ") on communicator " << std::hex << id_ << std::dec << " rank " << rank_ << "/" << size_;
   return s.str();
 }
@@ -168,6 +170,7 @@ WorkPtr Communicator::postP2p(CollectiveInfo info, RequestPtr req, void* buf, si
   p.info = info;
   auto now = std::chrono::steady_clock::now();
   p.flightId = flight_->record(0, info.op, "uint8", nbytes, info.root, "async", now);
+  if (info.root >= 0) flight_->ran(p.flightId, "over " + routes_[info.root].transport->via());
   flight_->started(p.flightId, now);
   p.deadline = now +
                std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeoutSec_));
@@ -215,14 +218,15 @@ bool Communicator::pollP2p() {
         p.work->received = p.nbytes;
       }
       p.work->finish(p.req->error.empty() ? "" : describe(p.info, 0) + ": " + p.req->error);
-      flight_->ended(p.flightId, p.req->error);
+      flight_->ended(p.flightId, p.req->error, "",
+                     p.work->source >= 0 && p.info.root < 0 ? routes_[p.work->source].transport->via() : "");
       moved = true;
     } else if (now > p.deadline) {
       std::string why = describe(p.info, 0) + ": timed out waiting for rank " +
                         (p.info.root >= 0 ? std::to_string(p.info.root) : std::string("any")) + " (HCOMM_TIMEOUT)";
       abortWorld(*world_, why);
       p.work->finish(why);
-      flight_->ended(p.flightId, why);
+      flight_->ended(p.flightId, why, "", "");
       moved = true;
     } else {
       still.push_back(std::move(p));

@@ -5,6 +5,7 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <optional>
 
 #include "comm/communicator.h"
 #include "comm/device_context.h"
@@ -37,8 +38,30 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
                            Work& work, std::chrono::steady_clock::time_point start, const DeviceCall& dev) {
   World& world = *world_;
   std::string error;
-  flight_->started(flightId, start);
   bool collective = info.kind != CollKind::NONE;
+  // The call's Links, once made: it knows what ran (Links::engine, Links::over), for
+  // errors and the record. In two parts, `what` (an engine, or the algorithm) ran `over`
+  // transports, so that recording it allocates nothing on the usual path.
+  std::optional<Links> made;
+  auto ranParts = [&](const char** what, std::string* over) {
+    *what = "";
+    if (!made) return;
+    if (!collective) *over = info.root >= 0 ? made->via(info.root) : "any source";
+    else if (info.algo == "native" && !dev && size_ > 1) *what = "native mpi";
+    else if (made->engine()) *what = made->engine();
+    else if (size_ == 1) *what = "local (1 rank)";
+    else {
+      *what = info.algo.c_str();
+      *over = made->over();
+    }
+  };
+  auto ran = [&] {
+    const char* what;
+    std::string over;
+    ranParts(&what, &over);
+    return over.empty() ? std::string(what) : std::string(what) + (*what ? " over " : "over ") + over;
+  };
+  flight_->started(flightId, start);
   if (collective) board_->noteStarted(boardSlot_, seq, static_cast<int>(info.kind));
   if (logLevel() >= LogLevel::TRACE) logLine(LogLevel::TRACE, world.rank, "start " + describe(info, seq));
   try {
@@ -50,13 +73,14 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     auto deadline = start +
                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                         std::chrono::duration<double>(timeoutSec_));
-    auto what = [&] { return describe(info, seq); };  // only an error needs the words
+    auto what = [&] { return describe(info, seq, ran()); };  // only an error needs the words
     const WaitPolicy& policy = onWorkerThread() ? world.backgroundPolicy : world.policy;
     if (dev) dev.ctx->waitHost(dev.ready.get(), deadline);
     if (dev && collective && !dev.ctx->ncclTried()) setupNccl(*dev.ctx, tagBase, deadline);
     if (dev && collective) prepareNpu(*dev.ctx, tagBase, deadline);  // npu_call.cc
-    Links links(rank_, size_, dev ? dev.ctx->routes(collective) : linkRoutes_, tagBase, fp, info.dtype, op, deadline,
-                policy, [&what] { return what(); }, dev ? dev.ctx->memory() : static_cast<const Memory&>(*hostScratch_));
+    Links& links = made.emplace(rank_, size_, dev ? dev.ctx->routes(collective) : linkRoutes_, tagBase, fp,
+                                info.dtype, op, deadline, policy, [&what] { return what(); },
+                                dev ? dev.ctx->memory() : static_cast<const Memory&>(*hostScratch_));
     body(links, work);
     if (dev) finishOnDevice(dev, work);
     std::string stray = collective ? strayMessage(tagBase) : "";
@@ -66,7 +90,12 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
   } catch (const std::exception& e) {
     error = e.what();
   }
-  flight_->ended(flightId, error);  // before a dump, so that the dump shows the error
+  {
+    const char* what;
+    std::string over;
+    ranParts(&what, &over);
+    flight_->ended(flightId, error, what, over);  // before a dump, so that the dump shows the error
+  }
   if (!error.empty()) {
     logLine(LogLevel::INFO, world.rank, "error: " + error);
     std::string dir = envStr("HCOMM_DEBUG_DUMP_DIR");

@@ -33,8 +33,10 @@ uint64_t FlightRecorder::record(uint64_t seq, const std::string& op, const std::
   e.count = count;
   e.root = root;
   e.device = -1;
+  e.deviceKind = "cuda";
   e.stream = 0;
   e.algo = algo;
+  e.ran.clear();
   e.state = "queued";
   e.error.clear();
   e.queued = t;
@@ -42,9 +44,10 @@ uint64_t FlightRecorder::record(uint64_t seq, const std::string& op, const std::
   return next_++;
 }
 
-void FlightRecorder::placed(uint64_t id, int device, const void* stream) {
+void FlightRecorder::placed(uint64_t id, const char* kind, int device, const void* stream) {
   std::lock_guard<std::mutex> lock(mu_);
   if (FlightEntry* e = find(id)) {
+    e->deviceKind = kind;
     e->device = device;
     e->stream = reinterpret_cast<uint64_t>(stream);
   }
@@ -64,10 +67,19 @@ void FlightRecorder::started(uint64_t id, Clock::time_point when) {
   }
 }
 
-void FlightRecorder::ended(uint64_t id, const std::string& error) {
+void FlightRecorder::ran(uint64_t id, const std::string& what) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (FlightEntry* e = find(id)) e->ran = what;
+}
+
+void FlightRecorder::ended(uint64_t id, const std::string& error, const char* what, const std::string& over) {
   double t = since(Clock::now());
   std::lock_guard<std::mutex> lock(mu_);
   if (FlightEntry* e = find(id)) {
+    if (*what || !over.empty()) {
+      e->ran.assign(what);
+      if (!over.empty()) e->ran.append(*what ? " over " : "over ").append(over);
+    }
     e->state = error.empty() ? "completed" : "failed";
     e->error = error;
     e->ended = t;
@@ -83,7 +95,9 @@ std::string FlightRecorder::json(int rank, int size, uint32_t commId) {
     bool first = id == next_ - entries_.size();
     s << (first ? "" : ", ") << "{\"seq\": " << e.seq << ", \"op\": " << quoted(e.op) << ", \"dtype\": " << quoted(e.dtype)
       << ", \"count\": " << e.count << ", \"root\": " << e.root << ", \"algo\": " << quoted(e.algo)
-      << ", \"device\": " << (e.device < 0 ? std::string("\"host\"") : "\"cuda:" + std::to_string(e.device) + "\"")
+      << ", \"ran\": " << quoted(e.ran)
+      << ", \"device\": "
+      << (e.device < 0 ? std::string("\"host\"") : "\"" + std::string(e.deviceKind) + ":" + std::to_string(e.device) + "\"")
       << ", \"stream\": " << e.stream
       << ", \"state\": " << quoted(e.state) << ", \"queued\": " << e.queued << ", \"started\": " << e.started
       << ", \"ended\": " << e.ended << ", \"error\": " << quoted(e.error) << "}";

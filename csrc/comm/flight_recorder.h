@@ -1,6 +1,7 @@
 // Flight recorder: the last N calls of a communicator (HCOMM_FLIGHT_RECORDER_SIZE,
-// default 2000) with their signature, algorithm, state and timestamps, so that after a
-// hang or an error each rank can say what it was doing. Dumped as JSON on error (into
+// default 2000) with their signature, the algorithm planned, what actually ran (a native
+// engine, or the algorithm and the transports it went over), state and timestamps, so
+// that after a hang or an error each rank can say what it was doing. Dumped as JSON on error (into
 // HCOMM_DEBUG_DUMP_DIR) and on demand (comm.flight_record(), SIGUSR1 from Python).
 #pragma once
 #include <chrono>
@@ -14,10 +15,12 @@ namespace hcomm {
 struct FlightEntry {
   uint64_t seq = 0;
   std::string op, dtype, algo, error;
+  std::string ran;          // what ran: "native nccl", "ring over cuda_ipc", ... (Links::ran)
   const char* state = "queued";
   uint64_t count = 0;
   int root = -1;
-  int device = -1;          // -1: host memory; else the CUDA device of the buffers
+  int device = -1;          // -1: host memory; else the device of the buffers
+  const char* deviceKind = "cuda";  // "cuda" or "npu"
   uint64_t stream = 0;      // the caller's stream for a device call
   double queued = 0, started = 0, ended = 0;  // seconds since the recorder was made
 };
@@ -30,10 +33,14 @@ class FlightRecorder {
   // read: a clock read costs more than the rest of recording a small call.
   uint64_t record(uint64_t seq, const std::string& op, const std::string& dtype, uint64_t count, int root,
                   const std::string& algo, Clock::time_point when);
-  // For a call on device memory: the device and the caller's stream.
-  void placed(uint64_t id, int device, const void* stream);
+  // For a call on device memory: its kind ("cuda", "npu"), the device and the caller's stream.
+  void placed(uint64_t id, const char* kind, int device, const void* stream);
   void started(uint64_t id, Clock::time_point when);
-  void ended(uint64_t id, const std::string& error);
+  // Also when the call is known to run over something (an async point-to-point call).
+  void ran(uint64_t id, const std::string& what);
+  // `what` ran over `over` (either may be empty): the entry's "ran" is "what over over",
+  // composed in the slot's kept capacity (no allocation once the ring is warm).
+  void ended(uint64_t id, const std::string& error, const char* what, const std::string& over);
   std::string json(int rank, int size, uint32_t commId);
   // Writes json() to <dir>/hcomm_flight_<comm>_rank<r>.json; returns the path ("" on failure).
   std::string dump(const std::string& dir, int rank, int size, uint32_t commId);

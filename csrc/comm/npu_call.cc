@@ -13,6 +13,7 @@
 
 #include "algo/algorithms.h"
 #include "algo/native_hccl.h"
+#include "comm/device_context.h"
 #include "comm/engine.h"
 #include "device/npu_context.h"
 #include "topo/topology.h"
@@ -24,6 +25,7 @@ namespace hcomm {
 namespace {
 
 constexpr int kHcclSetupChannel = 241;  // above every algorithm's channels (NCCL's is 240)
+constexpr int kHcclCostChannel = 242;  // and 246 (comm/device_price.cc)
 
 }  // namespace
 
@@ -60,14 +62,23 @@ void Communicator::prepareNpu(DeviceContext& ctx, uint64_t tagBase, std::chrono:
   for (size_t i = 0; i < n * n; ++i) pairs[i].assign(&all[i * kInfo], kInfo);
   auto native = std::make_shared<HcclComm>(rank_, size_, pairs[0], ctx.device());
   auto p2p = std::make_shared<HcclTransport>(rank_, size_, pairs, ctx.device());
+  // The price of HCCL's own collectives, measured as NCCL's are (comm/device_price.cc):
+  // an int32 sum, which every HCCL version reduces and any bit pattern is valid for.
+  const Memory& mem = npu->memory();
+  void* stream = npu->aclStream();
+  NativeCost cost = priceDeviceEngine("HCOMM_HCCL_COST", mem, tagBase, kHcclCostChannel, deadline,
+                                      [&](void* buf, size_t bytes) {
+                                        algo::allreduceHccl(*native, mem, buf, buf, bytes / 4, DataType::I32,
+                                                            ReduceOp::SUM, 1.0, stream, timeoutSec_);
+                                      });
   // On the world's list, so that an error anywhere aborts it like every transport
   // (routes never pick it: no HCOMM_TRANSPORT order names it; NPU calls reach it through
   // the NPU context's own routes).
   world_->add(p2p);
-  npu->setHccl(std::move(native), std::move(p2p), size_);
+  npu->setHccl(std::move(native), std::move(p2p), size_, cost);
 }
 
-bool Communicator::runOnHccl(const Links& l, bool native, bool automatic, const HcclCall& call) {
+bool Communicator::runOnHccl(Links& l, const NativeChoice& c, const HcclCall& call) {
   if (l.memory().device() < 0) return false;
   std::shared_ptr<DeviceContext> ctx;
   {
@@ -76,10 +87,14 @@ bool Communicator::runOnHccl(const Links& l, bool native, bool automatic, const 
   }
   NpuContext* npu = asNpu(ctx.get());
   if (!npu) return false;
-  // As for NCCL: native when asked, or when the call made no choice of its own
-  // (deterministic mode keeps hcomm's rank-order algorithms).
-  if (!native && !(automatic && !deterministicMode())) return false;
+  // As for NCCL: native when asked, or when the call made no choice of its own and
+  // HCCL's measured price beats the planned algorithm's (deterministic mode keeps
+  // hcomm's rank-order algorithms). Every rank decides alike: the price is agreed.
+  bool priced = c.automatic && !deterministicMode() && nativeWins(npu->hcclCost(), c.kind, c.bytes, size_, c.hcommSeconds);
+  if (!c.native && !priced) return false;
+  l.ranNatively("native hccl");
   runHcclCall(call, *npu->hccl(), npu->memory(), npu->aclStream(), timeoutSec_);
+  ctx->nativeCalls.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 

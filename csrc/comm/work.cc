@@ -1,6 +1,7 @@
 #include "comm/work.h"
 
 #include <chrono>
+#include <memory>
 
 #include "common/types.h"
 
@@ -64,5 +65,17 @@ void Work::finish(const std::string& error) {
   cv_.notify_all();
   for (auto& cb : cbs) cb(error);
 }
+
+void* holdWork(const WorkPtr& w) { return new WorkPtr(w); }
+
+void waitHeldWork(void* held) {
+  std::unique_ptr<WorkPtr> w(static_cast<WorkPtr*>(held));
+  try {
+    (*w)->wait(-1);
+  } catch (const std::exception&) {
+  }
+}
+
+void dropHeldWork(void* held) { delete static_cast<WorkPtr*>(held); }
 
 }  // namespace hcomm

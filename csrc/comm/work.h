@@ -41,4 +41,12 @@ class Work : public std::enable_shared_from_this<Work> {
 };
 using WorkPtr = std::shared_ptr<Work>;
 
+// A stream callback that holds the stream until a Work completes (cudaLaunchHostFunc,
+// aclrtLaunchCallback with ACL_CALLBACK_BLOCK): holdWork(w) is its argument, which
+// waitHeldWork (the callback) or dropHeldWork (the launch failed) frees. The call's error
+// is the Work's to report, not the stream's: waitHeldWork swallows it.
+void* holdWork(const WorkPtr& w);
+void waitHeldWork(void* held);
+void dropHeldWork(void* held);
+
 }  // namespace hcomm

@@ -1,5 +1,8 @@
 #include "device/npu_context.h"
 
+#include <pthread.h>
+
+#include <future>
 #include <thread>
 
 #include "comm/work.h"
@@ -27,6 +30,7 @@ NpuContext::NpuContext(int device) : DeviceContext(device, nullptr), lib_(&loadH
 }
 
 NpuContext::~NpuContext() {
+  stopReporter();  // its callbacks wait for Works, which every path finishes
   if (p2p_ && p2p_->aborted()) {
     // The communicator failed (a timeout, a peer gone): a collective may still be queued
     // on these streams, waiting for a peer that will not come, and destroying HCCL or
@@ -50,7 +54,9 @@ void NpuContext::check(int err, const char* what) const {
     throw Error("npu:" + std::to_string(device()) + ": " + what + " failed with aclError " + std::to_string(err));
 }
 
-void NpuContext::setHccl(std::shared_ptr<HcclComm> native, std::shared_ptr<HcclTransport> p2p, int size) {
+void NpuContext::setHccl(std::shared_ptr<HcclComm> native, std::shared_ptr<HcclTransport> p2p, int size,
+                         NativeCost cost) {
+  hcclCost_ = cost;
   auto routes = std::make_shared<std::vector<Route>>();
   for (int r = 0; r < size; ++r) routes->push_back(Route{p2p.get(), r});
   hccl_ = std::move(native);
@@ -117,12 +123,60 @@ void NpuContext::streamWait(void* stream, CUevent_st* e) const {
 
 void NpuContext::streamWaitFor(void* stream, const std::shared_ptr<Work>& work,
                                const std::shared_ptr<std::shared_ptr<CUevent_st>>& done) {
+  if (!work->isCompleted() && bindToReporter(stream)) {
+    // The stream waits in a blocking callback until the call completes (its results are
+    // on the device by then: finishOnDevice synchronised this context's stream first).
+    void* held = holdWork(work);
+    int err = lib_->api.AclrtLaunchCallback(waitHeldWork, held, hccl::kCallbackBlock, stream);
+    if (err != 0) dropHeldWork(held);
+    check(err, "aclrtLaunchCallback (stream wait for a running call)");
+    return;
+  }
   try {
-    work->wait(-1);  // see the header: no host callbacks on ACL streams here
-  } catch (const std::exception&) {  // the error is the Work's to report, not the stream's
+    work->wait(-1);  // done already, or the stream is another thread's (see the header)
+  } catch (const std::exception&) {
     return;
   }
   if (*done) streamWait(stream, done->get());
+}
+
+bool NpuContext::bindToReporter(void* stream) {
+  std::lock_guard<std::mutex> lock(reportMu_);
+  if (bound_.count(stream)) return true;
+  if (foreign_.count(stream)) return false;
+  if (!reporter_.joinable()) {
+    std::promise<uint64_t> id;
+    std::future<uint64_t> got = id.get_future();
+    reporter_ = std::thread([lib = lib_, dev = device(), stop = stop_, &id] {
+      lib->api.AclrtSetDevice(dev);
+      id.set_value(uint64_t(pthread_self()));
+      // Runs callbacks as they come; wakes every 100 ms to see whether to stop.
+      while (!stop->load()) {
+        int err = lib->api.AclrtProcessReport(100);
+        if (err != 0 && err != hccl::kCallbackTimeout && !stop->load())
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));  // e.g. no stream bound yet
+      }
+    });
+    reporterId_ = got.get();
+  }
+  int err = lib_->api.AclrtSubscribeReport(reporterId_, stream);
+  if (err == hccl::kRepeatSubscribe) {
+    foreign_.insert(stream);
+    return false;
+  }
+  check(err, "aclrtSubscribeReport");
+  bound_.insert(stream);
+  return true;
+}
+
+void NpuContext::stopReporter() {
+  std::lock_guard<std::mutex> lock(reportMu_);
+  if (!reporter_.joinable()) return;
+  stop_->store(true);
+  if (reporter_.get_id() == std::this_thread::get_id()) reporter_.detach();  // see stop_
+  else reporter_.join();
+  for (void* s : bound_) lib_->api.AclrtUnSubscribeReport(reporterId_, s);  // a stream freed since: ignored
+  bound_.clear();
 }
 
 }  // namespace hcomm

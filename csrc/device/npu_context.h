@@ -12,17 +12,26 @@
 //     through the DeviceCall's CUevent_st* slots as opaque handles: only this class ever
 //     reads the ones it made;
 //   - HCCL, made collectively at the communicator's first NPU collective
-//     (comm/npu_call.cc): one communicator over all its ranks for the native engine, and
-//     the point-to-point HcclTransport (pair communicators) that every route uses.
+//     (comm/npu_call.cc): one communicator over all its ranks for the native engine
+//     (priced there, as NCCL is), and the point-to-point HcclTransport (pair
+//     communicators) that every route uses.
 //
-// Differences from the CUDA context: Work.wait_stream() on a call still running blocks
-// the calling host thread until it ends (an ACL host callback on a stream needs a
-// report thread, aclrtSubscribeReport, that hcomm does not run), then makes the stream
-// wait for the end event.
+// Work.wait_stream() on a call still running does what CUDA's cudaLaunchHostFunc does
+// there: a blocking host callback (aclrtLaunchCallback, ACL_CALLBACK_BLOCK) queued on the
+// caller's stream returns when the call completes, so the stream, not the host, waits.
+// AscendCL runs a stream's callbacks on the host thread bound to it
+// (aclrtSubscribeReport) inside aclrtProcessReport: this context runs one such report
+// thread, started at the first wait on a running call, and binds each caller's stream
+// to it once. A stream already bound to another thread (the caller's own callbacks:
+// ACL_ERROR_REPEAT_SUBSCRIBE) cannot be, and there the wait blocks the host until the
+// call ends, then makes the stream wait for the end event.
 #pragma once
+#include <atomic>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "comm/device_context.h"
@@ -58,20 +67,35 @@ class NpuContext final : public DeviceContext {
   // HCCL (null before the first NPU collective).
   HcclComm* hccl() const { return hccl_.get(); }
   bool hcclReady() const { return hccl_ != nullptr; }
-  // Every route goes through `p2p`, whose ranks are the communicator's.
-  void setHccl(std::shared_ptr<HcclComm> native, std::shared_ptr<HcclTransport> p2p, int size);
+  // Every route goes through `p2p`, whose ranks are the communicator's. `cost` prices
+  // native HCCL's collectives (timed at set-up, comm/device_price.cc).
+  void setHccl(std::shared_ptr<HcclComm> native, std::shared_ptr<HcclTransport> p2p, int size, NativeCost cost);
+  const NativeCost& hcclCost() const { return hcclCost_; }
 
  private:
   void check(int err, const char* what) const;
+  // Binds `stream` to the report thread (started on first use); false when it is bound
+  // to another thread already.
+  bool bindToReporter(void* stream);
+  void stopReporter();
 
   const HcclLibrary* lib_;
   hccl::AclStream stream_ = nullptr;
   std::unique_ptr<NpuMemory> memory_;
   std::shared_ptr<HcclComm> hccl_;
   std::shared_ptr<HcclTransport> p2p_;
+  NativeCost hcclCost_;
   std::mutex mu_;
   std::vector<hccl::AclEvent> free_, all_;
   bool collectiveSubmitted_ = false;  // calls are submitted in order, one thread at a time
+  // The report thread that runs the stream callbacks of running calls' waits.
+  std::mutex reportMu_;
+  std::thread reporter_;
+  uint64_t reporterId_ = 0;                 // its pthread id, as aclrtSubscribeReport takes it
+  // Shared with the thread, which touches nothing else of this context: the last Work a
+  // callback held can be what destroys it, on that very thread.
+  std::shared_ptr<std::atomic<bool>> stop_ = std::make_shared<std::atomic<bool>>(false);
+  std::set<void*> bound_, foreign_;         // streams bound to it; streams bound elsewhere
 };
 
 // The NPU context behind `ctx`, or null when it is a CUDA one.

@@ -33,7 +33,7 @@ NativeCost fitNativeCost(size_t b1, double t1, size_t b2, double t2) {
   return c;
 }
 
-void priceNative(Decision& d, const NativeCost& c, CollKind kind, size_t bytes, int n) {
+void priceNative(Decision& d, const NativeCost& c, CollKind kind, size_t bytes, int n, const char* engine) {
   if (!c.measured) return;
   auto it = std::find_if(d.candidates.begin(), d.candidates.end(), [](const Candidate& x) { return x.algo == "native"; });
   if (it == d.candidates.end()) {
@@ -42,7 +42,7 @@ void priceNative(Decision& d, const NativeCost& c, CollKind kind, size_t bytes, 
   }
   it->seconds = c.seconds(kind, bytes, n);
   it->applicable = true;
-  it->inner = "nccl";  // explain() labels the row NCCL's (MPI's native row has no inner)
+  it->inner = engine;  // explain() labels the row the engine's (MPI's native row has no inner)
   if (d.why != "model") return;
   int best = d.chosen;
   for (size_t i = 0; i < d.candidates.size(); ++i)

@@ -95,6 +95,16 @@ using AclrtDestroyEventFn = AclError (*)(AclEvent event);
 using AclrtRecordEventFn = AclError (*)(AclEvent event, AclStream stream);
 using AclrtQueryEventStatusFn = AclError (*)(AclEvent event, int* status);
 using AclrtStreamWaitEventFn = AclError (*)(AclStream stream, AclEvent event);
+// Host callbacks on a stream: run by the host thread bound to the stream
+// (aclrtSubscribeReport) inside its aclrtProcessReport; ACL_CALLBACK_BLOCK holds the
+// stream until the callback returns.
+constexpr int kCallbackBlock = 1;               // ACL_CALLBACK_BLOCK
+constexpr AclError kCallbackTimeout = 100036;   // ACL_ERROR_WAIT_CALLBACK_TIMEOUT (nothing to run)
+constexpr AclError kRepeatSubscribe = 100033;   // ACL_ERROR_REPEAT_SUBSCRIBE (bound to another thread)
+using AclrtSubscribeReportFn = AclError (*)(uint64_t threadId, AclStream stream);
+using AclrtUnSubscribeReportFn = AclError (*)(uint64_t threadId, AclStream stream);
+using AclrtProcessReportFn = AclError (*)(int32_t timeout);
+using AclrtLaunchCallbackFn = AclError (*)(void (*fn)(void*), void* userData, int blockType, AclStream stream);
 
 #define HCOMM_ACL_FUNCTIONS(X)                                                                  \
   X(aclInit, AclInit) X(aclrtSetDevice, AclrtSetDevice) X(aclrtGetDeviceCount, AclrtGetDeviceCount) \
@@ -102,7 +112,9 @@ using AclrtStreamWaitEventFn = AclError (*)(AclStream stream, AclEvent event);
   X(aclrtDestroyStream, AclrtDestroyStream) X(aclrtMalloc, AclrtMalloc) X(aclrtFree, AclrtFree)               \
   X(aclrtMemcpy, AclrtMemcpy) X(aclrtMemcpyAsync, AclrtMemcpyAsync) X(aclrtCreateEvent, AclrtCreateEvent)    \
   X(aclrtDestroyEvent, AclrtDestroyEvent) X(aclrtRecordEvent, AclrtRecordEvent)                              \
-  X(aclrtQueryEventStatus, AclrtQueryEventStatus) X(aclrtStreamWaitEvent, AclrtStreamWaitEvent)
+  X(aclrtQueryEventStatus, AclrtQueryEventStatus) X(aclrtStreamWaitEvent, AclrtStreamWaitEvent)             \
+  X(aclrtSubscribeReport, AclrtSubscribeReport) X(aclrtUnSubscribeReport, AclrtUnSubscribeReport)            \
+  X(aclrtProcessReport, AclrtProcessReport) X(aclrtLaunchCallback, AclrtLaunchCallback)
 
 struct Api {
 #define HCOMM_HCCL_MEMBER(name) name##Fn name = nullptr;

@@ -39,6 +39,7 @@ class StagingTransport : public Transport {
   ~StagingTransport() override;
 
   const char* name() const override { return "staging"; }
+  std::string via() const override { return std::string("staging/") + host_->name(); }
   // Device memory, to the ranks its host transport reaches with host memory.
   bool canConnect(int peer, MemKind mem) const override {
     return mem == MemKind::DEVICE && host_->canConnect(peer, MemKind::HOST);

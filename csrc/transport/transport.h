@@ -70,6 +70,10 @@ class Transport {
  public:
   virtual ~Transport() = default;
   virtual const char* name() const = 0;
+  // How a route through this transport is named where a call says what ran (flight
+  // record, errors): the name, or for a transport that rides another one both
+  // ("staging/tcp").
+  virtual std::string via() const { return name(); }
   // Can this transport carry buffers of kind `mem` to and from `peer` (world rank)? A
   // world picks the route to a peer as the first transport of a preference order that
   // can (comm/world.h). False by default: a transport outside a world's list (NCCL's,

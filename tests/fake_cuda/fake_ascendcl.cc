@@ -10,9 +10,18 @@
 //     aclrtGetDevice and aclrtCreateStream before any aclrtSetDevice on the thread give
 //     ACL_ERROR_RT_CONTEXT_NULL (107002).
 //   - streams: FIFOs run by a worker thread each (a null stream is the thread's
-//     device's default stream); aclrtLaunchCallback queues a host function in order;
-//     aclrtSynchronizeStream waits, then reports (once) an error that stream work
-//     recorded (an HCCL operation that failed: ACL_ERROR_RT_INTERNAL_ERROR, 507899).
+//     device's default stream); aclrtSynchronizeStream waits, then reports (once) an
+//     error that stream work recorded (an HCCL operation that failed:
+//     ACL_ERROR_RT_INTERNAL_ERROR, 507899).
+//   - host callbacks as AscendCL runs them: aclrtSubscribeReport(threadId, stream) binds
+//     a stream to a host thread (a stream bound twice: ACL_ERROR_REPEAT_SUBSCRIBE,
+//     100033); aclrtLaunchCallback on a stream no thread is bound to gives
+//     ACL_ERROR_RT_STREAM_NO_CB_REG (107015); otherwise, in stream order, the callback
+//     is handed to the bound thread, which runs it inside its aclrtProcessReport(timeout
+//     ms, -1 forever; nothing within it: ACL_ERROR_WAIT_CALLBACK_TIMEOUT, 100036; a
+//     thread bound to no stream: ACL_ERROR_RT_THREAD_SUBSCRIBE, 107012). With
+//     ACL_CALLBACK_BLOCK (1) the stream waits until the callback has returned;
+//     ACL_CALLBACK_NO_BLOCK (0) lets it go on. aclrtUnSubscribeReport unbinds.
 //   - device memory: aclrtMalloc (needs aclrtSetDevice on the thread) hands out host
 //     memory that the fake remembers as the device's; aclrtMemcpy / aclrtMemcpyAsync
 //     check that `kind` matches where dst and src live (a device pointer on the host
@@ -24,12 +33,18 @@
 //
 // Where it differs (known, on purpose): device memory is host memory (HCCL's buffers may
 // be host memory here, where HCCL needs device memory), no contexts beyond "the thread's
-// device", aclrtLaunchCallback runs without aclrtSubscribeReport and ignores its block
-// type, error codes other than those above are not modelled. hcommFakeAclStreamError is
-// the fake's own entry point (not AscendCL's), through which fake_hccl.cc fails a
-// stream.
+// device", a thread id is the pthread_t of the thread calling aclrtProcessReport, error
+// codes other than those above are not modelled. hcommFakeAclStreamError and
+// hcommFakeAclStreamRun are the fake's own entry points (not AscendCL's), through which
+// fake_hccl.cc fails a stream and queues its operations on one (the device work a real
+// HCCL would launch).
+#include <pthread.h>
+
 #include <atomic>
+#include <condition_variable>
 #include <cstdlib>
+#include <deque>
+#include <functional>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -49,6 +64,10 @@ constexpr AclError kRepeatInitialize = 100002;  // ACL_ERROR_REPEAT_INITIALIZE
 constexpr AclError kParamInvalid = 107000;      // ACL_ERROR_RT_PARAM_INVALID
 constexpr AclError kInvalidDevice = 107001;     // ACL_ERROR_RT_INVALID_DEVICEID
 constexpr AclError kContextNull = 107002;       // ACL_ERROR_RT_CONTEXT_NULL
+constexpr AclError kRepeatSubscribe = 100033;   // ACL_ERROR_REPEAT_SUBSCRIBE
+constexpr AclError kCallbackTimeout = 100036;   // ACL_ERROR_WAIT_CALLBACK_TIMEOUT
+constexpr AclError kThreadSubscribe = 107012;   // ACL_ERROR_RT_THREAD_SUBSCRIBE
+constexpr AclError kStreamNoCallback = 107015;  // ACL_ERROR_RT_STREAM_NO_CB_REG
 
 struct Stream {
   std::shared_ptr<fake::Worker> worker = fake::Worker::start();
@@ -62,8 +81,17 @@ struct Event {
   bool done() const { return !worker || worker->done() >= ticket; }
 };
 
+// The callbacks handed to one subscribed thread, run in its aclrtProcessReport.
+struct Reports {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::function<void()>> queue;
+};
+
 struct State {
   std::mutex mu;
+  std::map<Stream*, uint64_t> boundTo;                    // stream -> subscribed thread
+  std::map<uint64_t, std::shared_ptr<Reports>> reports;  // thread -> its callbacks
   bool initialized = false;
   std::set<Stream*> streams;
   std::map<int, Stream*> defaults;
@@ -171,17 +199,83 @@ AclError aclrtDestroyStream(AclStream stream) {
   std::lock_guard<std::mutex> l(state().mu);
   auto* s = static_cast<Stream*>(stream);
   if (!stream || !state().streams.erase(s)) return kParamInvalid;
+  state().boundTo.erase(s);
   s->worker->retire();  // queued work still runs
   delete s;
   return 0;
 }
 
+AclError aclrtSubscribeReport(uint64_t threadId, AclStream stream) {
+  Stream* s = resolve(stream);
+  if (!s) return kParamInvalid;
+  std::lock_guard<std::mutex> l(state().mu);
+  if (state().boundTo.count(s)) return kRepeatSubscribe;
+  state().boundTo[s] = threadId;
+  auto& r = state().reports[threadId];
+  if (!r) r = std::make_shared<Reports>();
+  return 0;
+}
+
+AclError aclrtUnSubscribeReport(uint64_t threadId, AclStream stream) {
+  Stream* s = resolve(stream);
+  if (!s) return kParamInvalid;
+  std::lock_guard<std::mutex> l(state().mu);
+  auto it = state().boundTo.find(s);
+  if (it == state().boundTo.end() || it->second != threadId) return kStreamNoCallback;
+  state().boundTo.erase(it);
+  return 0;
+}
+
 // aclError aclrtLaunchCallback(aclrtCallback fn, void* userData, aclrtCallbackBlockType, aclrtStream)
 AclError aclrtLaunchCallback(void (*fn)(void*), void* userData, int blockType, AclStream stream) {
-  (void)blockType;
   Stream* s = resolve(stream);
-  if (!s || !fn) return kParamInvalid;
-  s->worker->push([fn, userData] { fn(userData); });
+  if (!s || !fn || blockType < 0 || blockType > 1) return kParamInvalid;
+  std::shared_ptr<Reports> to;
+  {
+    std::lock_guard<std::mutex> l(state().mu);
+    auto it = state().boundTo.find(s);
+    if (it == state().boundTo.end()) return kStreamNoCallback;
+    to = state().reports[it->second];
+  }
+  bool block = blockType == 1;  // ACL_CALLBACK_BLOCK
+  s->worker->push([to, fn, userData, block] {
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    {
+      std::lock_guard<std::mutex> l(to->mu);
+      to->queue.push_back([fn, userData, done, to] {
+        fn(userData);
+        std::lock_guard<std::mutex> l2(to->mu);
+        done->store(true);
+        to->cv.notify_all();
+      });
+    }
+    to->cv.notify_all();
+    if (!block) return;
+    std::unique_lock<std::mutex> l(to->mu);  // the stream goes on once the callback returned
+    to->cv.wait(l, [&] { return done->load(); });
+  });
+  return 0;
+}
+
+AclError aclrtProcessReport(int32_t timeout) {
+  if (timeout == 0 || timeout < -1) return kParamInvalid;
+  std::shared_ptr<Reports> mine;
+  {
+    std::lock_guard<std::mutex> l(state().mu);
+    auto it = state().reports.find(uint64_t(pthread_self()));
+    if (it == state().reports.end()) return kThreadSubscribe;
+    mine = it->second;
+  }
+  std::function<void()> next;
+  {
+    std::unique_lock<std::mutex> l(mine->mu);
+    auto ready = [&] { return !mine->queue.empty(); };
+    if (timeout < 0) mine->cv.wait(l, ready);
+    else if (!mine->cv.wait_for(l, std::chrono::milliseconds(timeout), ready)) return kCallbackTimeout;
+    next = std::move(mine->queue.front());
+    mine->queue.pop_front();
+  }
+  next();
   return 0;
 }
 
@@ -257,6 +351,15 @@ AclError aclrtStreamWaitEvent(AclStream stream, void* event) {
   if (!s || !event) return kParamInvalid;
   Event at = *static_cast<Event*>(event);  // the record as it is now, as ACL takes it
   if (at.worker) s->worker->push([at] { at.worker->waitDone(at.ticket); });
+  return 0;
+}
+
+// The fake's own: runs fn(userData) in `stream`'s order, as device work (fake_hccl.cc's
+// operations); 0, or ACL_ERROR_RT_PARAM_INVALID for an unknown stream.
+AclError hcommFakeAclStreamRun(AclStream stream, void (*fn)(void*), void* userData) {
+  Stream* s = resolve(stream);
+  if (!s || !fn) return kParamInvalid;
+  s->worker->push([fn, userData] { fn(userData); });
   return 0;
 }
 

@@ -1,6 +1,6 @@
 // A host-memory fake of libhccl (Huawei's collective library) for tests on machines
 // with no NPU, over the fake AscendCL (fake_ascendcl.cc: work is queued on its streams
-// with aclrtLaunchCallback). hcomm loads it through HCOMM_HCCL_LIB; it exports the
+// with its hcommFakeAclStreamRun). hcomm loads it through HCOMM_HCCL_LIB; it exports the
 // HCOMM_HCCL_FUNCTIONS of csrc/transport/hccl_api.h with exactly those types
 // (static_assert at the end), plus HcclGetCommAsyncError and HcclGetErrorString, and
 // hcommFakeHcclCalls (the fake's own: calls queued per entry point, for tests).
@@ -41,7 +41,7 @@ using namespace hcomm::hccl;
 
 extern "C" {
 AclError aclrtGetDevice(int32_t* deviceId);
-AclError aclrtLaunchCallback(void (*fn)(void*), void* userData, int blockType, AclStream stream);
+AclError hcommFakeAclStreamRun(AclStream stream, void (*fn)(void*), void* userData);
 void hcommFakeAclStreamError(AclStream stream, int error);
 }
 
@@ -116,7 +116,7 @@ Result submit(Op* op) {
   // Ticket and launch under the lock: a launch that fails gives its ticket back.
   std::lock_guard<std::mutex> l(op->comm->mu);
   op->ticket = op->comm->launched;
-  if (aclrtLaunchCallback(run, op, 0, op->stream) != 0) {
+  if (hcommFakeAclStreamRun(op->stream, run, op) != 0) {
     delete op;
     return HCCL_E_PARA;
   }
