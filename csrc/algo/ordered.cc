@@ -11,6 +11,12 @@
 // contribution is staged whole. Step 0 converts, steps 1..n-2 add into a float32 (or
 // dtype) partial, step n-1 adds and rounds into the output.
 //
+// Without HCOMM_DETERMINISTIC (Links::rankOrder() false) a 16-bit result only has to be
+// the float32 sum rounded once, in any order: the owner folds its own contribution first,
+// then each peer's as it arrives (foldAsArrived), on host memory (device transports
+// cannot probe). Same steps, bytes and partial, so the costs below hold for both orders;
+// what it saves is the wait on a descheduled rank while another's piece is ready.
+//
 // Costs, n ranks, S bytes, e = 2 for 16-bit dtypes (the float32 partial) else 1:
 //   reduceScatterOrdered (direct): each rank sends n-1 blocks of S/n to their owners at
 //     once and folds its own block from n-1 arrivals in turn;
@@ -98,7 +104,7 @@ void foldFromAll(Links& l, const void* own, void* out, size_t count, int channel
   // The running partial; the last step writes `out`, which may alias `own` (read by then).
   if (!acc) acc = l.scratch(count * l.accSize());
   // Device transports cannot probe for an arrival; they keep the rank order.
-  if (!l.rankOrder() && &l.memory() == &hostMemory()) return foldAsArrived(l, own, out, count, channel, acc);
+  if (!l.rankOrder() && l.memory().device() < 0) return foldAsArrived(l, own, out, count, channel, acc);
   for (int k = 0; k < n; ++k) {
     bool last = k == n - 1;
     void* dst = last ? out : acc;
