@@ -15,6 +15,7 @@ with the load (uptime) before and after.
 
     python benchmarks/numerics_speed.py --baseline /work/main --repeats 3
     python benchmarks/numerics_speed.py --baseline /work/main --repeats 3 --cpu --skip-deterministic
+    python benchmarks/numerics_speed.py --baseline /work/main --skip-deterministic --ranks 4 --max-size 4M --rank-order
 """
 import argparse
 import json
@@ -98,15 +99,24 @@ def uptime():
 
 
 def half_vs_baseline(args, dtype, ranks):
-    """Prints this / baseline time per size for one 16-bit dtype and rank count."""
-    mine, base = [], []
+    """Prints this / baseline time per size for one 16-bit dtype and rank count; with
+    --rank-order also this tree under HCOMM_DETERMINISTIC=1 (folds in rank order, where
+    without it they take contributions as they arrive), interleaved in the same runs."""
+    mine, base, ordered = [], [], []
     for _ in range(args.repeats):
-        base.append(bench(args.baseline, ranks, dtype, "1M", "64M", args.iters))
-        mine.append(bench(HERE, ranks, dtype, "1M", "64M", args.iters))
-    print(f"{dtype} sum allreduce, {ranks} ranks: this / baseline time (min-max over {args.repeats} runs)", flush=True)
-    for size, (lo, hi, all_) in ratios(mine, base).items():
-        print(f"  {size >> 20:3d} MiB  {lo:.2f}-{hi:.2f}  {all_}  this {min(m[size] for m in mine):.0f} us"
-              f"  baseline {min(b[size] for b in base):.0f} us (best)", flush=True)
+        base.append(bench(args.baseline, ranks, dtype, "1M", args.max_size, args.iters))
+        mine.append(bench(HERE, ranks, dtype, "1M", args.max_size, args.iters, {"HCOMM_DETERMINISTIC": "0"}))
+        if args.rank_order:
+            ordered.append(bench(HERE, ranks, dtype, "1M", args.max_size, args.iters, {"HCOMM_DETERMINISTIC": "1"}))
+    print(f"{dtype} sum allreduce, {ranks} ranks: this / baseline time (min-max (median) over {args.repeats} runs)",
+          flush=True)
+    sides = [("", mine)] + ([("rank order", ordered)] if args.rank_order else [])
+    for size in base[0]:
+        for name, runs in sides:
+            lo, hi, all_ = ratios(runs, base)[size]
+            print(f"  {size >> 20:3d} MiB {name:>10}  {lo:.2f}-{hi:.2f} ({sorted(all_)[len(all_) // 2]:.2f})  {all_}"
+                  f"  this {min(m[size] for m in runs):.0f} us  baseline {min(b[size] for b in base):.0f} us (best)",
+                  flush=True)
 
 
 def main(argv=None):
@@ -117,6 +127,9 @@ def main(argv=None):
     p.add_argument("--ranks", default="2,4")
     p.add_argument("--dtypes", default="half,bfloat16", help="hcomm-bench -d names, comma-separated")
     p.add_argument("--skip-deterministic", action="store_true")
+    p.add_argument("--max-size", default="64M", help="largest size of the 16-bit runs (from 1M, x4 steps)")
+    p.add_argument("--rank-order", action="store_true",
+                   help="also time this tree with HCOMM_DETERMINISTIC=1 (rank-order folds) against the baseline")
     p.add_argument("--cpu", action="store_true", help="CPU time per call instead of wall time (cpu_seconds)")
     args = p.parse_args(argv)
     print("load before:", uptime())

@@ -1,8 +1,11 @@
 """Numerics of the reductions, against numpy, bit for bit.
 
-float16 / bfloat16 SUM: every algorithm returns the float32 fold of the ranks' inputs in
-rank order, rounded once; that is within one 16-bit ulp of the exact sum rounded once
-(checked against float64). HCOMM_DETERMINISTIC=1: every floating SUM (float32 too) is the
+float16 / bfloat16 SUM: every algorithm returns the float32 fold of the ranks' inputs,
+rounded once; that is within one 16-bit ulp of the exact sum rounded once (checked
+against float64). Without HCOMM_DETERMINISTIC the fold takes the inputs as they arrive;
+for these inputs (a few binades) the float32 sums in other orders (six random
+permutations per case, checked once by hand) round to the same 16-bit bits, so the bits
+still equal the rank-order fold's (test_fold_arrival.py uses inputs where order matters). HCOMM_DETERMINISTIC=1: every floating SUM (float32 too) is the
 fold in rank order in the accumulation type, the same bits whatever the algorithm,
 segment size or layout (test_deterministic.py covers layouts and transports).
 

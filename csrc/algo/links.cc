@@ -119,6 +119,17 @@ int Links::recvAny(void* buf, size_t bytes, int channel, size_t* got) {
   }
 }
 
+int Links::nextArrival(const std::vector<int>& peers, int channel) {
+  int idle = 0;
+  while (true) {
+    for (int p : peers) {
+      const Route& r = route(p);
+      if (r.transport->probe(r.peer, tagBase_ + channel, nullptr)) return p;
+    }
+    if (!poll()) backoff(idle, nullptr, 0);
+  }
+}
+
 bool Links::poll() {
   bool moved = false;
   for (int i = 0; i < nTransports_; ++i) moved |= transports_[i]->progress();
@@ -211,6 +222,7 @@ Links Links::sub(const std::vector<int>& ranks, int channelBase) const {
   Links l(me, static_cast<int>(ranks.size()), std::move(routes), tagBase_ + channelBase, fingerprint_, dtype_, op_,
           deadline_, policy_, describe_, *mem_);
   l.ordered_ = ordered_;
+  l.rankOrder_ = rankOrder_;
   // Waiting in a sub-group still progresses every transport of the whole call: a
   // transport with flow control (cuda_ipc's credits and introductions) needs this rank
   // to answer peers outside the sub-group, or they wait on it while it waits on them.

@@ -88,6 +88,15 @@ class Links {
   // The fold's partials are float32 while the dtype is 16 bits.
   bool wide() const { return ordered_ && (dtype_ == DataType::F16 || dtype_ == DataType::BF16); }
   size_t accSize() const { return wide() ? 4 : elemSize_; }
+  // Whether a fold must take the contributions in rank order (HCOMM_DETERMINISTIC=1, the
+  // default) or may take them as they arrive: without the mode a 16-bit result only has
+  // to be the float32 sum rounded once, in any order (ordered.cc, foldFromAll).
+  void setRankOrder(bool on) { rankOrder_ = on; }
+  bool rankOrder() const { return rankOrder_; }
+  // Returns one of `peers` whose next message on `channel` has arrived (the first in
+  // `peers` that has), waiting as wait() does until one has. Host transports only: the
+  // device ones cannot probe.
+  int nextArrival(const std::vector<int>& peers, int channel);
   // One fold step on this rank (Memory::accumulate): dst = [a op] b, b in the dtype.
   void accumulateLocal(void* dst, bool dstWide, const void* a, bool aWide, const void* b, size_t count) const {
     mem_->accumulate(dtype_, op_, dst, dstWide, a, aWide, b, count);
@@ -131,6 +140,7 @@ class Links {
   std::vector<std::shared_ptr<char>> scratch_;
   bool ordered_ = false;
   const char* engine_ = nullptr;  // set by ranNatively
+  bool rankOrder_ = true;
 };
 
 // Splits `count` elements into n near-equal blocks: block b starts at blockStart(b).

@@ -11,6 +11,12 @@
 // contribution is staged whole. Step 0 converts, steps 1..n-2 add into a float32 (or
 // dtype) partial, step n-1 adds and rounds into the output.
 //
+// Without HCOMM_DETERMINISTIC (Links::rankOrder() false) a 16-bit result only has to be
+// the float32 sum rounded once, in any order: the owner folds its own contribution first,
+// then each peer's as it arrives (foldAsArrived), on host memory (device transports
+// cannot probe). Same steps, bytes and partial, so the costs below hold for both orders;
+// what it saves is the wait on a descheduled rank while another's piece is ready.
+//
 // Costs, n ranks, S bytes, e = 2 for 16-bit dtypes (the float32 partial) else 1:
 //   reduceScatterOrdered (direct): each rank sends n-1 blocks of S/n to their owners at
 //     once and folds its own block from n-1 arrivals in turn;
@@ -68,12 +74,37 @@ std::vector<size_t> displacements(const std::vector<size_t>& counts) {
 
 }  // namespace
 
+namespace {
+
+// foldFromAll without HCOMM_DETERMINISTIC: this rank's own contribution first, then each
+// peer's as it arrives (Links::nextArrival), so an owner never idles on a descheduled
+// rank while another's piece waits. Same steps, bytes and partial as the rank-order
+// fold, so the same cost; only the order of the float32 additions changes, and with it
+// at most the last bit of the float32 partial, not the one rounding to 16 bits.
+void foldAsArrived(Links& l, const void* own, void* out, size_t count, int channel, char* acc) {
+  int n = l.size(), me = l.rank();
+  bool wide = l.wide();
+  l.accumulateLocal(acc, wide, nullptr, wide, own, count);  // `out` may alias `own`: read first
+  std::vector<int> left;
+  for (int d = 1; d < n; ++d) left.push_back((me + d) % n);  // the send order of reduceScatter
+  while (!left.empty()) {
+    int k = l.nextArrival(left, channel);
+    left.erase(std::find(left.begin(), left.end(), k));
+    bool last = left.empty();
+    l.wait(l.irecvAccumulate(k, last ? out : acc, !last && wide, acc, wide, count * l.elemSize(), channel));
+  }
+}
+
+}  // namespace
+
 void foldFromAll(Links& l, const void* own, void* out, size_t count, int channel, char* acc) {
   int n = l.size(), me = l.rank();
   if (count == 0) return;
   bool wide = l.wide();
   // The running partial; the last step writes `out`, which may alias `own` (read by then).
   if (!acc) acc = l.scratch(count * l.accSize());
+  // Device transports cannot probe for an arrival; they keep the rank order.
+  if (!l.rankOrder() && l.memory().device() < 0) return foldAsArrived(l, own, out, count, channel, acc);
   for (int k = 0; k < n; ++k) {
     bool last = k == n - 1;
     void* dst = last ? out : acc;

@@ -112,6 +112,7 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
   checkUsable();
   size_t bytes = count * dtypeSize(dt);
   bool ordered = orderedReduction(dt, op);
+  bool rankOrder = deterministicMode();  // else a fold takes contributions as they arrive
   Fold fold = foldOf(dt, ordered);
   // The plan cache keys allreduce by its fold in the root slot (-1 plain, -2, -3).
   int key = -1 - static_cast<int>(fold);
@@ -135,6 +136,7 @@ WorkPtr Communicator::allreduce(const void* in, void* out, size_t count, DataTyp
         }))
       return;
     l.setOrdered(ordered);
+    l.setRankOrder(rankOrder);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, out, count);  // scaled copy into out
     if (n == 1) {
@@ -156,6 +158,7 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
   checkRoot(root, "root");
   size_t bytes = count * dtypeSize(dt);
   bool ordered = orderedReduction(dt, op);
+  bool rankOrder = deterministicMode();  // else a fold takes contributions as they arrive
   Fold fold = foldOf(dt, ordered);
   // The plan cache keys reduce by root and fold together in its root slot.
   Candidate pick = this->pick(CollKind::REDUCE, bytes, 3 * root + static_cast<int>(fold), algo,
@@ -177,6 +180,7 @@ WorkPtr Communicator::reduce(const void* in, void* out, size_t count, DataType d
         }))
       return;
     l.setOrdered(ordered);
+    l.setRankOrder(rankOrder);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, l.scratch(count * dtypeSize(dt)), count);
     if (n == 1) {
@@ -268,6 +272,7 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
     throw Error("reduce_scatterv: " + std::to_string(counts.size()) + " counts for " + std::to_string(size_) + " ranks");
   size_t total = std::accumulate(counts.begin(), counts.end(), size_t(0));
   bool ordered = orderedReduction(dt, op);
+  bool rankOrder = deterministicMode();  // else a fold takes contributions as they arrive
   Fold fold = foldOf(dt, ordered);
   Candidate pick = this->pick(CollKind::REDUCE_SCATTER, total * dtypeSize(dt), -1 - static_cast<int>(fold), algo,
                               [&] { return planReduceScatter(total * dtypeSize(dt), algo, fold); });
@@ -290,6 +295,7 @@ WorkPtr Communicator::reduceScatterv(const void* in, void* out, std::vector<size
         }))
       return;
     l.setOrdered(ordered);
+    l.setRankOrder(rankOrder);
     const void* src = in;
     if (op == ReduceOp::PREMUL_SUM) prescale(l, dt, op, premul, src, l.scratch(total * dtypeSize(dt)), total);
     if (n == 1) {
