@@ -72,9 +72,6 @@ std::vector<size_t> displacements(const std::vector<size_t>& counts) {
   return d;
 }
 
-}  // namespace
-
-namespace {
 
 // foldFromAll without HCOMM_DETERMINISTIC: this rank's own contribution first, then each
 // peer's as it arrives (Links::nextArrival), so an owner never idles on a descheduled

@@ -12,26 +12,6 @@ HostScratchMemory::~HostScratchMemory() {
   pool_->free.clear();
 }
 
-void HostScratchMemory::copy(void* dst, const void* src, size_t bytes) const { hostMemory().copy(dst, src, bytes); }
-
-void HostScratchMemory::reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t count,
-                               bool streamed) const {
-  hostMemory().reduce(dt, op, dst, a, b, count, streamed);
-}
-
-void HostScratchMemory::accumulate(DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide,
-                                   const void* b, size_t count) const {
-  hostMemory().accumulate(dt, op, dst, dstWide, a, aWide, b, count);
-}
-
-void HostScratchMemory::scale(DataType dt, void* dst, const void* src, size_t count, double factor) const {
-  hostMemory().scale(dt, dst, src, count, factor);
-}
-
-void HostScratchMemory::divide(DataType dt, void* dst, const void* src, size_t count, int64_t divisor) const {
-  hostMemory().divide(dt, dst, src, count, divisor);
-}
-
 std::shared_ptr<char> HostScratchMemory::alloc(size_t bytes) const {
   size_t cap = 4096;
   while (cap < bytes) cap <<= 1;

@@ -11,7 +11,7 @@
 // list when their last owner lets go, so a communicator keeps about the scratch of its
 // largest concurrent calls (at most twice the bytes asked, by the rounding); the blocks
 // are freed with the communicator (a block that outlives it is freed by its owner).
-// Everything else (copies, reductions) is the host kernels' (hostMemory()).
+// Everything else (copies, reductions) is HostMemory's.
 #pragma once
 #include <cstddef>
 #include <map>
@@ -19,25 +19,17 @@
 #include <mutex>
 #include <vector>
 
-#include "reduce/memory.h"
+#include "reduce/host_memory.h"
 
 namespace hcomm {
 
-class HostScratchMemory final : public Memory {
+class HostScratchMemory final : public HostMemory {
  public:
   HostScratchMemory();
   ~HostScratchMemory() override;
   HostScratchMemory(const HostScratchMemory&) = delete;
   HostScratchMemory& operator=(const HostScratchMemory&) = delete;
 
-  const char* name() const override { return "host"; }
-  void copy(void* dst, const void* src, size_t bytes) const override;
-  void reduce(DataType dt, ReduceOp op, void* dst, const void* a, const void* b, size_t count,
-              bool streamed) const override;
-  void accumulate(DataType dt, ReduceOp op, void* dst, bool dstWide, const void* a, bool aWide, const void* b,
-                  size_t count) const override;
-  void scale(DataType dt, void* dst, const void* src, size_t count, double factor) const override;
-  void divide(DataType dt, void* dst, const void* src, size_t count, int64_t divisor) const override;
   std::shared_ptr<char> alloc(size_t bytes) const override;
 
  private:
