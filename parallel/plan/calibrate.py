@@ -32,8 +32,8 @@ The calls, directly (torch_call_overheads), with every rank of the job running:
     call_async_s[g]  the same issued async and waited for (ZeRO's bucketed and per-unit
                      collectives, the pipeline's messages).
     post_s           posting one send or receive, before any wait (the pipeline's messages
-                     are a control block and then the tensors, each one post), the
-                     receive posted after its message arrived, as in a pipeline.
+                     are a control block and then the tensors, each one post), with the
+                     next receive posted ahead as the pipeline's Exchanger keeps it.
 
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
@@ -232,14 +232,9 @@ def torch_call_overheads(comm, topo):
 
 
 def _post_seconds(comm):
-    """Seconds to post one send or receive (Exchanger's way: straight on the process group,
-    a 64-word control block) in a pipeline's pattern: the receiver posts its receive early
-    (Exchanger posts the next batch's receives when a batch ends) and then computes; the
-    sender computes and then posts. Ranks paired (0, 1), (2, 3), .., taking turns to send;
-    a burst's mean (a step pays the sum, tail included), the median of bursts, the slowest
-    rank's; 0 for a single rank. (A receive posted after its message had arrived read
-    1.6-1.8 ms a post at load 8-9, against 0.04-0.11 ms a post measured by
-    planner_breakdown on dp1 pp4, whose receives are posted early.)"""
+    """Seconds to post one send or receive in the pipeline's pattern (_post_times), ranks
+    paired (0, 1), (2, 3), ..: a burst's mean (a step pays the sum, tail included), the
+    median of bursts, the slowest rank's; 0 for a single rank."""
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -247,25 +242,48 @@ def _post_seconds(comm):
     peer = comm.rank ^ 1
     row = np.zeros(1)
     if peer < comm.size:
-        pg = dist.group.WORLD
-        buf = torch.zeros(64, dtype=torch.int64)
-        bursts = []
-        for _ in range(BURSTS):
-            posting = 0.0
-            for i in range(BURST_CALLS):
-                sending = (comm.rank + i) % 2 == 0
-                if sending:
-                    _compute(POST_REPS)
-                t0 = time.perf_counter()
-                work = pg.send([buf], peer, 0) if sending else pg.recv([buf], peer, 0)
-                posting += time.perf_counter() - t0
-                if not sending:
-                    _compute(POST_REPS)
-                work.wait()
-            bursts.append(posting / BURST_CALLS)
-        row[0] = statistics.median(bursts)
+        times = _post_times(dist.group.WORLD, peer, comm.rank, BURSTS * BURST_CALLS,
+                            lambda: _compute(POST_REPS), lambda: torch.zeros(64, dtype=torch.int64))
+        row[0] = float(np.median(np.reshape(times, (BURSTS, BURST_CALLS)).mean(axis=1)))
     comm.allreduce(row, op="max")
     return float(row[0])
+
+
+def _post_times(pg, peer, rank, calls, compute, buffer, clock=time.perf_counter):
+    """Seconds of each of `calls` posts (one per message, sends and receives in turn) that
+    `rank` makes with `peer` on the process group `pg`, as the Exchanger posts (p2p.py):
+    straight on the group, a 64-word control block, and a receive always outstanding. The
+    Exchanger posts the next batch's receives as soon as a batch ends (`then`), so a rank
+    computes and then sends while its next receive is posted; here each rank keeps one
+    receive from its peer posted ahead, re-posts it as soon as it completes (that post
+    timed), computes, and the sender computes and then posts its send (timed). A final
+    untimed send on each side matches the receive left outstanding.
+
+    Measured on 4 ranks, 2 cores, load 4-6 (sends | receives, mean per rank): with a
+    receive outstanding 0.05-0.26 | 0.02-0.07 ms a post; with none, as this calibration
+    posted before (receive posted then compute, sender compute then send), 0.36-1.7 |
+    0.03-0.12 ms, 26-60 % of sends over 0.5 ms: a send posted while nothing else is
+    outstanding pays for waking the rank's idle communication thread on a loaded machine,
+    which the pipeline's sends almost never do. planner_breakdown read 0.04-0.12 ms a post
+    inside real dp1 pp4 steps."""
+    posted = pg.recv([buffer()], peer, 0)
+    times = []
+    for i in range(calls):
+        if (rank + i) % 2 == 0:
+            compute()
+            t0 = clock()
+            work = pg.send([buffer()], peer, 0)
+            times.append(clock() - t0)
+            work.wait()
+        else:
+            posted.wait()
+            t0 = clock()
+            posted = pg.recv([buffer()], peer, 0)
+            times.append(clock() - t0)
+            compute()
+    pg.send([buffer()], peer, 0).wait()
+    posted.wait()
+    return times
 
 
 def _median_tables(samples):
