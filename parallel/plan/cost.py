@@ -35,7 +35,6 @@ bytes (profile), communication buffers, and the process's own baseline (torch + 
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from .pricing import pairs
 from .space import Candidate, groups as axis_groups
 
 BUCKET_BYTES = 25 * 2 ** 20     # ZeroOptimizer's default bucket_mb
@@ -161,7 +160,8 @@ class CostModel:
         for pos, rank in enumerate(c.rank_order):
             r = pos // (c.dp * c.tp)
             busy_rank[rank] = m * fb[r]["busy"] + busy_end[r]
-        detail.update(microbatches=m, slowest_pp_rank=worst, F=fb[worst]["F"], B=fb[worst]["B"], p2p_s=p2p,
+        detail.update(microbatches=m, slowest_pp_rank=worst, F=fb[worst]["F"], B=fb[worst]["B"], p2p_s=max(p2p),
+                      p2p_per_link=p2p,
                       makespan=report.makespan if report else busy, F_per_rank=[x["F"] for x in fb],
                       bubble=report.bubble_fraction if report else 0.0,
                       peak_stash=report.peak_in_flight if report else [1], groups=g, busy=busy_rank,
@@ -282,15 +282,22 @@ class CostModel:
         return sum(self._coll(kind, size, groups, async_op=True) for size in _buckets(nbytes))
 
     # ------------------------------------------------------------------ pipeline
-    def _p2p(self, c, g, per_rank):
+    def _p2p(self, c, g, per_rank) -> List[float]:
+        """The price of one message on each link of the pipeline: entry r between pp ranks r
+        and (r + 1) % pp (the schedule checker's links), the slowest of the pipelines'. Each
+        link is priced on its own: in an uneven layout (hosts of 3 + 1 ranks, pp 4) one
+        boundary crosses hosts and the others stay in shared memory, and pricing every
+        message at the slowest pair's (as before) charged 1.86 ms to each of the six
+        messages of dp1 pp4 mb8 where four cost 1.33."""
         if c.pp == 1:
-            return 0.0
+            return [0.0]
         out = max(chunk[-1]["out_bytes"] for chunks in per_rank for chunk in chunks)
-        return self._coll("send", out + P2P_HEADER_BYTES, pairs(g["pp"]), async_op=True)
+        links = [[[grp[r], grp[(r + 1) % c.pp]] for grp in g["pp"]] for r in range(c.pp)]
+        return [self._coll("send", out + P2P_HEADER_BYTES, link, async_op=True) for link in links]
 
     def _pipeline(self, c, m, f, b, p2p):
         """The schedule checker's report for each pp rank's own per-micro-batch costs
-        (lists f, b) and p2p per message. Each rank keeps its own stage's cost: pricing
+        (lists f, b) and p2p per message on each link (list, _p2p). Each rank keeps its own stage's cost: pricing
         every rank at the slowest one's (as before) put the lighter stages' time on the
         critical path too (dp1 pp4 of the wide GPT, stages of 2, 2, 1 and 0 blocks:
         +35-39 %). The makespan scales with all the costs together, so reports are cached
@@ -301,11 +308,11 @@ class CostModel:
         from hcomm.parallel.pipeline import build_schedule, check_schedule
 
         unit = max(f)
-        ratios = tuple(float(f"{x / unit:.3g}") for x in list(f) + list(b) + [p2p])
+        ratios = tuple(float(f"{x / unit:.3g}") for x in list(f) + list(b) + list(p2p))
         key = (c.schedule, c.pp, m, c.vpp, ratios)
         if key not in self._reports:
             self._reports[key] = check_schedule(build_schedule(c.schedule, c.pp, m, c.vpp),
-                                                ratios[:c.pp], ratios[c.pp:2 * c.pp], ratios[-1])
+                                                ratios[:c.pp], ratios[c.pp:2 * c.pp], ratios[2 * c.pp:])
         r = self._reports[key]
         return replace(r, makespan=r.makespan * unit, busy=[x * unit for x in r.busy])
 

@@ -210,3 +210,27 @@ def test_zero3_prefetched_gathers_across_hosts_hide_behind_the_unit_before():
     hidden += sum(min(price("allgather", seq[i][0], dp), seq[i + 1][2]) for i in range(len(seq) - 1))
     assert hidden > 0
     assert est.terms["dp ZeRO per micro-batch"] == pytest.approx(m * (full - hidden))
+
+
+# -------------------------------------------------------------- issue 19, fifth round
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_each_pipeline_message_is_priced_on_its_own_link(schedule):
+    """Hosts of 3 + 1 ranks (planner_accuracy.py's case c), pp 4: only the link between
+    stages 2 and 3 crosses hosts. One micro-batch is a chain with one message over each
+    link each way, so it gains 2 x (shm + shm + tcp). The old model priced every message
+    at the slowest pair's (2 x 3 x tcp: dp1 pp4 mb8 charged 1.86 ms a message where four
+    of the six cost 1.33)."""
+    # f = 1; a slow link, so that the link's price is a visible share of the chain
+    cluster = Cluster.describe("hosts of 3+1 ranks, 10 Mbit/s between hosts, 4 cores per host")
+    est = next(e for c, e in _estimates(cluster, dp=1, tp=1, pp=4, schedule=schedule, zero_stage=0,
+                                        micro_batch_size=8).items() if c.rank_order == (0, 1, 2, 3))
+    assert est.detail["microbatches"] == 1 and est.detail["compute_factor"] == 1.0
+    stages = _train_gpt_stage_rows(synthetic_profile()["shapes"]["tp1-mb8-sp0"], 4)
+    chain = sum(r["fwd_s"] + r["bwd_s"] for rows in stages for r in rows)
+    out = max(rows[-1]["out_bytes"] for rows in stages) + 64 * 8
+    price = [Pricer(cluster).collective("send", out, [[a, b]]) for a, b in ((0, 1), (1, 2), (2, 3))]
+    assert price[2] > 10 * price[0] and price[0] == price[1]       # tcp against shared memory
+    assert est.detail["p2p_per_link"][:3] == pytest.approx(price)
+    assert est.detail["makespan"] == pytest.approx(chain + 2 * sum(price), rel=1e-2)
+    assert chain + 2 * 3 * price[2] > est.detail["makespan"] * 1.3     # what the old model charged
