@@ -34,6 +34,8 @@ The calls, directly (torch_call_overheads), with every rank of the job running:
     post_s           posting one send or receive, before any wait (the pipeline's messages
                      are a control block and then the tensors, each one post), with the
                      next receive posted ahead as the pipeline's Exchanger keeps it.
+    message_s        a pipeline message's one-way time to a rank waiting for it, beyond
+                     the tuner's price (pairs ping-pong a control block).
 
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
@@ -54,6 +56,8 @@ PASSES = 3           # the sweeps are repeated and their medians kept
 BURST_CALLS = 20     # calls per burst (call and p2p posting overheads)
 BURSTS = 7           # bursts per group size; the median is kept
 POST_REPS = 100      # compute between a receive being posted and its message's send
+P2P_BLOCK_BYTES = 64 * 8     # the pipeline's control block (p2p.py header_words int64)
+SCALARS = ("post_s", "message_s")     # torch_call_overheads' single figures (not tables by size)
 
 
 def _compute(n):
@@ -200,7 +204,8 @@ def torch_call_overheads(comm, topo):
     group's ranks (_group_means), minus the tuner's price.
     post_s: what posting one point-to-point operation costs a rank before any wait (the
     pipeline posts a control block and then each tensor of every message: Exchanger._post),
-    _post_seconds."""
+    _post_seconds. message_s: a pipeline message's one-way time to a waiting receiver,
+    _message_seconds."""
     import torch
     import torch.distributed as dist
 
@@ -226,7 +231,8 @@ def torch_call_overheads(comm, topo):
             waited = _inside(lambda: gather(out, x, group=group, async_op=True).wait())
             coll[g] = max(0.0, _group_means(comm, blocking, blocks) - price)
             asyn[g] = max(0.0, _group_means(comm, waited, blocks) - price)
-        return {"call_s": coll, "call_async_s": asyn, "post_s": _post_seconds(comm)}
+        return {"call_s": coll, "call_async_s": asyn, "post_s": _post_seconds(comm),
+                "message_s": _message_seconds(comm, topo)}
     finally:
         dist.destroy_process_group()
 
@@ -286,6 +292,72 @@ def _post_times(pg, peer, rank, calls, compute, buffer, clock=time.perf_counter)
     return times
 
 
+def _message_seconds(comm, topo):
+    """One-way time of a pipeline message to a receiver that waits for it, beyond the
+    tuner's price: ranks paired (0, 1), (2, 3), .., all pairs at once; the even rank of a
+    pair computes a short piece, sends a 64-word control block and waits for the echo
+    (its receive posted first), the odd rank waits with its receive posted ahead (as the
+    Exchanger posts) and echoes at once. Per pair, half the round trip: a burst's mean, the
+    median of bursts, less the tuner's price of the message between the pair; the slowest
+    pair's; 0 for a single rank.
+
+    The cost model charged each message the async call overhead (call_async_s[2]), which
+    is measured with both sides computing and arriving apart; the schedule checker
+    already lets a message wait for its sender, so what is left is the delivery to a
+    waiting rank: 0.11-0.70 ms one way (4 ranks, 2 cores, load 7.6) where call_async_s[2]
+    read 1.0-5.2 ms in calibrations at load 4-9."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from hcomm.topology import explain
+
+    peer = comm.rank ^ 1
+    row = np.zeros(1)
+    if peer < comm.size:
+        pg, n = dist.group.WORLD, BURSTS * BURST_CALLS
+        block = lambda: torch.zeros(64, dtype=torch.int64)      # noqa: E731
+        if comm.rank % 2 == 0:
+            rtt = _round_trips(pg, peer, n, lambda: _compute(SHORT_REPS), block)
+            price = explain("broadcast", P2P_BLOCK_BYTES, topology=topo, ranks=[comm.rank, peer]).candidate(
+                "binomial").seconds
+            row[0] = _one_way(np.reshape(rtt, (BURSTS, BURST_CALLS)), price)
+        else:
+            _echo(pg, peer, n, block)
+    comm.allreduce(row, op="max")
+    return float(row[0])
+
+
+def _one_way(round_trips, price):
+    """Half the round trip per call, a burst's mean, the median of bursts, less price (>= 0)."""
+    import numpy as np
+
+    return max(0.0, float(np.median(np.asarray(round_trips).mean(axis=1))) / 2 - price)
+
+
+def _round_trips(pg, peer, calls, compute, buffer, clock=time.perf_counter):
+    """The pinging side of _message_seconds: seconds from posting each message to its echo."""
+    out = []
+    for _ in range(calls):
+        echo = pg.recv([buffer()], peer, 0)
+        compute()
+        t0 = clock()
+        pg.send([buffer()], peer, 0).wait()
+        echo.wait()
+        out.append(clock() - t0)
+    return out
+
+
+def _echo(pg, peer, calls, buffer):
+    """The echoing side: a receive always posted ahead, each message sent back at once."""
+    posted = pg.recv([buffer()], peer, 0)
+    for i in range(calls):
+        posted.wait()
+        if i + 1 < calls:
+            posted = pg.recv([buffer()], peer, 0)
+        pg.send([buffer()], peer, 0).wait()
+
+
 def _median_tables(samples):
     """Per key and k, the median over samples of the {k: seconds} tables."""
     return {name: {k: statistics.median(s[name][k] for s in samples) for k in samples[0][name]}
@@ -303,8 +375,8 @@ def _report(comm, passes=PASSES):
     cal["share"] = cal["rep_s"][max(cal["rep_s"])] / max(cal["rep_s"][1], 1e-12)
     cal["piece_s"] = cal["rep_s"][1] * PIECE_REPS
     calls = [torch_call_overheads(comm, topo) for _ in range(passes)]
-    cal.update(_median_tables([{k: v for k, v in c.items() if k != "post_s"} for c in calls]))
-    cal["post_s"] = statistics.median(c["post_s"] for c in calls)
+    cal.update(_median_tables([{k: v for k, v in c.items() if k not in SCALARS} for c in calls]))
+    cal.update({k: statistics.median(c[k] for c in calls) for k in SCALARS})
     comm.barrier()
     if comm.rank == 0:
         topo["planner"] = dict(cal, cores=os.cpu_count() or 1)

@@ -92,3 +92,30 @@ def test_every_send_is_posted_with_a_receive_outstanding_as_the_pipeline_posts(r
     # the peer's sends match these receives in order: as many receives as the peer sends
     peer_sends = sum(1 for i in range(10) if ((rank ^ 1) + i) % 2 == 0) + 1
     assert len(recvs) == peer_sends
+
+
+def test_message_time_is_half_the_median_bursts_round_trip_less_the_price():
+    rng = np.random.default_rng(3)
+    rtt = rng.exponential(1e-3, (7, 20))
+    ref = np.median([np.mean(b) for b in rtt]) / 2 - 1e-5
+    assert calibrate._one_way(rtt, 1e-5) == pytest.approx(ref)
+    assert calibrate._one_way(rtt, 1.0) == 0.0                   # never below zero
+
+
+def test_the_echoing_side_keeps_a_receive_posted_ahead_of_every_message():
+    # the Exchanger's receiver has its receive posted before the message comes; so does
+    # the echo, so that what is timed is the delivery to a waiting rank
+    pg = _RecordingGroup()
+    calibrate._echo(pg, 1, 6, lambda: [0] * 64)
+    posts = [e for e in pg.log if e[0] == "post"]
+    assert [op[0] for _, op, _ in posts].count("send") == 6 and [op[0] for _, op, _ in posts].count("recv") == 6
+    waits = [op for kind, op in ((e[0], e[1]) for e in pg.log) if kind == "wait" and op[0] == "recv"]
+    for op in waits[:-1]:       # when a message is taken, the next receive is posted before the echo is sent
+        after = pg.log[pg.log.index(("wait", op)) + 1]
+        assert after[0] == "post" and after[1][0] == "recv"
+    assert all(w.waited for w in pg.works)
+    pinger = _RecordingGroup()
+    times = calibrate._round_trips(pinger, 0, 5, lambda: None, lambda: [0] * 64, clock=iter(range(100)).__next__)
+    assert times == [1] * 5 and all(w.waited for w in pinger.works)
+    sends = [e for e in pinger.log if e[0] == "post" and e[1][0] == "send"]
+    assert all(outstanding for _, _, outstanding in sends)     # the echo's receive is posted first

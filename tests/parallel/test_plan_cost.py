@@ -234,3 +234,21 @@ def test_each_pipeline_message_is_priced_on_its_own_link(schedule):
     assert est.detail["p2p_per_link"][:3] == pytest.approx(price)
     assert est.detail["makespan"] == pytest.approx(chain + 2 * sum(price), rel=1e-2)
     assert chain + 2 * 3 * price[2] > est.detail["makespan"] * 1.3     # what the old model charged
+
+
+def test_a_pipeline_message_pays_its_delivery_not_the_async_call_overhead():
+    """calibrate.py's message_s (a message's one-way time to a waiting rank) replaces the
+    2-rank async call overhead on every pipeline message: that overhead holds the partners
+    arriving apart, which the schedule checker already simulates (1.0-5.2 ms a call against
+    0.11-0.70 ms delivered, load 4-9). A file calibrated before message_s existed keeps the
+    old charge."""
+    base = Cluster.describe("1 hosts x 4 ranks, 4 cores per host")            # f = 1
+    slow_calls = {"call_s": {"2": 0.0, "4": 0.0}, "call_async_s": {"2": 5e-3, "4": 5e-3}}
+    pick = dict(dp=1, tp=1, pp=4, schedule="1f1b", zero_stage=0, micro_batch_size=8)
+    plain = _one(base, **pick)
+    new = _one(dataclasses.replace(base, calibration=dict(slow_calls, message_s=2e-4)), **pick)
+    old_file = _one(dataclasses.replace(base, calibration=slow_calls), **pick)
+    price = plain.detail["p2p_s"]
+    assert price > 0 and new.detail["p2p_per_link"][:3] == pytest.approx([price + 2e-4] * 3)
+    assert new.detail["makespan"] - plain.detail["makespan"] == pytest.approx(6 * 2e-4, rel=2e-2)
+    assert old_file.detail["p2p_s"] == pytest.approx(price + 5e-3)
