@@ -252,3 +252,20 @@ def test_a_pipeline_message_pays_its_delivery_not_the_async_call_overhead():
     assert price > 0 and new.detail["p2p_per_link"][:3] == pytest.approx([price + 2e-4] * 3)
     assert new.detail["makespan"] - plain.detail["makespan"] == pytest.approx(6 * 2e-4, rel=2e-2)
     assert old_file.detail["p2p_s"] == pytest.approx(price + 5e-3)
+
+
+@pytest.mark.parametrize("pick", [dict(dp=1, tp=1, pp=4, schedule="1f1b", micro_batch_size=8),
+                                  dict(dp=2, tp=1, pp=2, schedule="1f1b", micro_batch_size=1),
+                                  dict(dp=4, tp=1, pp=1, micro_batch_size=2)])
+def test_a_plan_is_priced_at_the_active_ranks_its_own_step_implies(pick):
+    """The compute factor depends on how many ranks compute at once, and that on the step
+    it predicts: the estimate is made at the fixed point, where the ranks' busy share of the
+    predicted step is the count it was made with. With f(k) = k (one core), the earlier
+    three rounds halfway each priced one micro-batch through four stages at 1.75 active
+    ranks where its own step says 1."""
+    cluster = Cluster.describe("1 hosts x 4 ranks, 1 cores per host")     # f = active ranks
+    est = _one(cluster, zero_stage=0, **pick)
+    (k,) = est.detail["active_ranks"].values()
+    share = max(1.0, sum(min(1.0, b / est.step_s) for b in est.detail["busy"]))
+    assert share == pytest.approx(k, rel=0.03)
+    assert est.detail["compute_factor"] == pytest.approx(k)
