@@ -3,6 +3,8 @@
     python benchmarks/planner_breakdown.py --np 4 --plans 6          # plan here, run 6 plans, print both
     python benchmarks/planner_breakdown.py --np 4 --only "z3 mb1"     # the plans whose name holds this
     python benchmarks/planner_breakdown.py --topology c.json ...      # a calibration kept in a file
+    python benchmarks/planner_breakdown.py --layout 0,0,0,1 --only "pp4 z0 mb8"   # simulated hosts 3 + 1
+                                                 # (network namespaces as planner_accuracy.py's case c)
 
 Each plan runs examples/train_gpt.py's Trainer under torchrun with timers around what a
 step does, on every rank, as exclusive times (a collective inside a forward counts as
@@ -124,17 +126,22 @@ def rank_main(config_path, steps, out_path):
     dist.destroy_process_group()
 
 
-def measure(config, steps=6, np_=4):
-    """Per rank, the median over steps (first left out) of every category, in seconds."""
+def measure(config, steps=6, np_=4, launch=None):
+    """Per rank, the median over steps (first left out) of every category, in seconds.
+    `launch(argv)`: start the ranks another way (network-namespace hosts, _netns_launcher);
+    default torchrun here."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg, out = os.path.join(tmp, "c.json"), os.path.join(tmp, "r.json")
         Path(cfg).write_text(json.dumps(config))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={np_}",
-               __file__, "--rank-main", cfg, "--steps", str(steps), "--out", out]
-        proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                              timeout=600)
-        if proc.returncode:
-            raise RuntimeError(proc.stderr[-3000:])
+        argv = [__file__, "--rank-main", cfg, "--steps", str(steps), "--out", out]
+        if launch:
+            launch([sys.executable] + argv)
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={np_}"] + argv
+            proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                                  timeout=600)
+            if proc.returncode:
+                raise RuntimeError(proc.stderr[-3000:])
         ranks = json.loads(Path(out).read_text())
     out = []
     for rows in ranks:
@@ -153,6 +160,20 @@ def format_measured(ranks):
     return "\n".join(lines)
 
 
+def _netns_launcher(ns, layout):
+    """Run argv on the ranks of `layout` (simulated host of each rank) in the namespaces of
+    `ns`, as planner_accuracy.py runs its cases b and c."""
+    from planner_accuracy import _launch
+
+    from hcomm.topology import wait_all
+
+    def launch(argv):
+        results = wait_all(_launch(ns, layout, argv, 29500 + os.getpid() % 100), 600)
+        if any(rc for rc, _, _ in results):
+            raise RuntimeError("\n".join(se[-1500:] for rc, _, se in results if rc))
+    return launch
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--np", type=int, default=4)
@@ -163,22 +184,44 @@ def main(argv=None):
     ap.add_argument("--only", help="run only plans whose name contains this (the first --plans of them)")
     ap.add_argument("--topology", help="a calibrated topology file (python -m hcomm.parallel.plan.calibrate "
                     "--np 4 --out FILE) instead of calibrating again: the same cluster for several runs")
+    ap.add_argument("--layout", help="simulated host of each rank, e.g. 0,0,0,1: network-namespace hosts "
+                    "(root), calibrated and run inside them as planner_accuracy.py's cases b and c")
+    ap.add_argument("--rate", default="1gbit", help="inter-host rate with --layout")
     ap.add_argument("--rank-main", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rank_main:
         return rank_main(args.rank_main, args.steps, args.out)
-    from hcomm.parallel.plan import Cluster, format_explain, plan
-
     print(f"load {os.getloadavg()}", flush=True)
-    cluster = Cluster.from_file(args.topology) if args.topology else Cluster.detect(args.np)
+    if not args.layout:
+        from hcomm.parallel.plan import Cluster
+
+        cluster = Cluster.from_file(args.topology) if args.topology else Cluster.detect(args.np)
+        return _run_plans(args, cluster, None)
+    from planner_accuracy import detect_netns
+
+    from hcomm.parallel.plan import Cluster
+    from hcomm.topology import NetnsCluster
+
+    layout = [int(h) for h in args.layout.split(",")]
+    with NetnsCluster(max(layout) + 1, rate=args.rate) as ns, tempfile.TemporaryDirectory() as tmp:
+        path = args.topology or os.path.join(tmp, "cluster.json")
+        if not os.path.exists(path):      # --topology names a file to keep the calibration in
+            detect_netns(ns, layout, path, 29400 + os.getpid() % 100)
+        args.np = len(layout)
+        return _run_plans(args, Cluster.from_file(path), _netns_launcher(ns, layout))
+
+
+def _run_plans(args, cluster, launch):
+    from hcomm.parallel.plan import format_explain, plan
+
     print(cluster.summary(), flush=True)
     result = plan(json.loads(args.model), args.global_batch_size, cluster=cluster)
     fits = [e for e in result.ranked if e.fits and (not args.only or args.only in e.cand.name)]
     step = 1 if args.only else max(1, len(fits) // args.plans)
     for est in fits[::step][:args.plans]:
         print("\n" + format_explain(result, est), flush=True)
-        print(format_measured(measure(result.config(est), args.steps, args.np)), flush=True)
+        print(format_measured(measure(result.config(est), args.steps, args.np, launch)), flush=True)
     print(f"load {os.getloadavg()}")
     return 0
 

@@ -15,7 +15,8 @@ If the simulation stops with ranks still waiting, the schedule would hang: the e
 names each stuck rank, its action index and the operation that found no partner.  While
 simulating, each action is given a time (forward cost per stage fwd_cost / v, backward
 bwd_cost / v, each a number or one per rank when stages differ; each message comm_cost,
-free by default), from which the predicted bubble
+free by default, a number or one per link between neighbouring ranks when links differ),
+from which the predicted bubble
 fraction follows, and the number of stashed activations (F done, B not yet; W not yet in
 a split-backward schedule) is tracked per rank.
 
@@ -168,10 +169,17 @@ def _per_rank(cost, num_ranks: int, what: str) -> List[float]:
     return costs
 
 
+def _link(src: int, dst: int, num_ranks: int) -> int:
+    """The link a message between neighbouring ranks src and dst takes: link r joins rank r
+    and rank r + 1, link num_ranks - 1 the last rank and the first (interleaved schedules'
+    wrap-around), in both directions."""
+    return min(src, dst) if abs(src - dst) == 1 else num_ranks - 1
+
+
 class _Simulator:
-    def __init__(self, sched: Schedule, fwd_cost, bwd_cost, comm_cost: float, buffered: bool = False):
+    def __init__(self, sched: Schedule, fwd_cost, bwd_cost, comm_cost, buffered: bool = False):
         self.sched, self.buffered = sched, buffered
-        self.comm_cost = comm_cost
+        self.links = _per_rank(comm_cost, sched.num_ranks, "comm_cost")
         v, split = sched.virtual_stages, sched.split_backward
         fwd, bwd = _per_rank(fwd_cost, sched.num_ranks, "fwd_cost"), _per_rank(bwd_cost, sched.num_ranks, "bwd_cost")
         # a split backward: input and weight gradients cost half of the whole backward each
@@ -233,7 +241,7 @@ class _Simulator:
                         f"order mismatch on channel {chan[0]} -> {chan[1]}: "
                         f"{_where(send.rank, send.index, send.action)} meets "
                         f"{_where(recv.rank, recv.index, recv.action)}")
-                recv.matched_at = max(send.time, recv.time) + self.comm_cost
+                recv.matched_at = max(send.time, recv.time) + self.links[_link(*chan, self.sched.num_ranks)]
                 if not self.buffered:
                     send.matched_at = recv.matched_at
 
@@ -295,14 +303,16 @@ class _Simulator:
                               [s.peak for s in self.ranks])
 
 
-def check_schedule(sched: Schedule, fwd_cost=1.0, bwd_cost=2.0, comm_cost: float = 0.0) -> ScheduleReport:
+def check_schedule(sched: Schedule, fwd_cost=1.0, bwd_cost=2.0, comm_cost=0.0) -> ScheduleReport:
     """Raise ScheduleError if sched is malformed or can deadlock; else predict its behaviour.
 
     fwd_cost / bwd_cost: time of one micro-batch through all of a rank's layers (one number
     for every rank, or a list with one per rank when stages differ); each of its v stages
     costs 1/v of that.  comm_cost: time from both sides posting a message
     to its arrival (0: the schedule alone; a measured latency: what to expect on a
-    given machine).
+    given machine); one number, or a list with one per link, entry r for the messages
+    between rank r and rank (r + 1) % num_ranks either way (a pipeline whose stages
+    straddle a host boundary at one link only).
     """
     _check_static(sched)
     report = _Simulator(sched, fwd_cost, bwd_cost, comm_cost).run()

@@ -32,8 +32,10 @@ The calls, directly (torch_call_overheads), with every rank of the job running:
     call_async_s[g]  the same issued async and waited for (ZeRO's bucketed and per-unit
                      collectives, the pipeline's messages).
     post_s           posting one send or receive, before any wait (the pipeline's messages
-                     are a control block and then the tensors, each one post), the
-                     receive posted after its message arrived, as in a pipeline.
+                     are a control block and then the tensors, each one post), with the
+                     next receive posted ahead as the pipeline's Exchanger keeps it.
+    message_s        a pipeline message's one-way time to a rank waiting for it, beyond
+                     the tuner's price (pairs ping-pong a control block).
 
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
@@ -54,6 +56,8 @@ PASSES = 3           # the sweeps are repeated and their medians kept
 BURST_CALLS = 20     # calls per burst (call and p2p posting overheads)
 BURSTS = 7           # bursts per group size; the median is kept
 POST_REPS = 100      # compute between a receive being posted and its message's send
+P2P_BLOCK_BYTES = 64 * 8     # the pipeline's control block (p2p.py header_words int64)
+SCALARS = ("post_s", "message_s")     # torch_call_overheads' single figures (not tables by size)
 
 
 def _compute(n):
@@ -200,7 +204,8 @@ def torch_call_overheads(comm, topo):
     group's ranks (_group_means), minus the tuner's price.
     post_s: what posting one point-to-point operation costs a rank before any wait (the
     pipeline posts a control block and then each tensor of every message: Exchanger._post),
-    _post_seconds."""
+    _post_seconds. message_s: a pipeline message's one-way time to a waiting receiver,
+    _message_seconds."""
     import torch
     import torch.distributed as dist
 
@@ -226,20 +231,16 @@ def torch_call_overheads(comm, topo):
             waited = _inside(lambda: gather(out, x, group=group, async_op=True).wait())
             coll[g] = max(0.0, _group_means(comm, blocking, blocks) - price)
             asyn[g] = max(0.0, _group_means(comm, waited, blocks) - price)
-        return {"call_s": coll, "call_async_s": asyn, "post_s": _post_seconds(comm)}
+        return {"call_s": coll, "call_async_s": asyn, "post_s": _post_seconds(comm),
+                "message_s": _message_seconds(comm, topo)}
     finally:
         dist.destroy_process_group()
 
 
 def _post_seconds(comm):
-    """Seconds to post one send or receive (Exchanger's way: straight on the process group,
-    a 64-word control block) in a pipeline's pattern: the receiver posts its receive early
-    (Exchanger posts the next batch's receives when a batch ends) and then computes; the
-    sender computes and then posts. Ranks paired (0, 1), (2, 3), .., taking turns to send;
-    a burst's mean (a step pays the sum, tail included), the median of bursts, the slowest
-    rank's; 0 for a single rank. (A receive posted after its message had arrived read
-    1.6-1.8 ms a post at load 8-9, against 0.04-0.11 ms a post measured by
-    planner_breakdown on dp1 pp4, whose receives are posted early.)"""
+    """Seconds to post one send or receive in the pipeline's pattern (_post_times), ranks
+    paired (0, 1), (2, 3), ..: a burst's mean (a step pays the sum, tail included), the
+    median of bursts, the slowest rank's; 0 for a single rank."""
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -247,25 +248,114 @@ def _post_seconds(comm):
     peer = comm.rank ^ 1
     row = np.zeros(1)
     if peer < comm.size:
-        pg = dist.group.WORLD
-        buf = torch.zeros(64, dtype=torch.int64)
-        bursts = []
-        for _ in range(BURSTS):
-            posting = 0.0
-            for i in range(BURST_CALLS):
-                sending = (comm.rank + i) % 2 == 0
-                if sending:
-                    _compute(POST_REPS)
-                t0 = time.perf_counter()
-                work = pg.send([buf], peer, 0) if sending else pg.recv([buf], peer, 0)
-                posting += time.perf_counter() - t0
-                if not sending:
-                    _compute(POST_REPS)
-                work.wait()
-            bursts.append(posting / BURST_CALLS)
-        row[0] = statistics.median(bursts)
+        times = _post_times(dist.group.WORLD, peer, comm.rank, BURSTS * BURST_CALLS,
+                            lambda: _compute(POST_REPS), lambda: torch.zeros(64, dtype=torch.int64))
+        row[0] = float(np.median(np.reshape(times, (BURSTS, BURST_CALLS)).mean(axis=1)))
     comm.allreduce(row, op="max")
     return float(row[0])
+
+
+def _post_times(pg, peer, rank, calls, compute, buffer, clock=time.perf_counter):
+    """Seconds of each of `calls` posts (one per message, sends and receives in turn) that
+    `rank` makes with `peer` on the process group `pg`, as the Exchanger posts (p2p.py):
+    straight on the group, a 64-word control block, and a receive always outstanding. The
+    Exchanger posts the next batch's receives as soon as a batch ends (`then`), so a rank
+    computes and then sends while its next receive is posted; here each rank keeps one
+    receive from its peer posted ahead, re-posts it as soon as it completes (that post
+    timed), computes, and the sender computes and then posts its send (timed). A final
+    untimed send on each side matches the receive left outstanding.
+
+    Measured on 4 ranks, 2 cores, load 4-6 (sends | receives, mean per rank): with a
+    receive outstanding 0.05-0.26 | 0.02-0.07 ms a post; with none, as this calibration
+    posted before (receive posted then compute, sender compute then send), 0.36-1.7 |
+    0.03-0.12 ms, 26-60 % of sends over 0.5 ms: a send posted while nothing else is
+    outstanding pays for waking the rank's idle communication thread on a loaded machine,
+    which the pipeline's sends almost never do. planner_breakdown read 0.04-0.12 ms a post
+    inside real dp1 pp4 steps."""
+    posted = pg.recv([buffer()], peer, 0)
+    times = []
+    for i in range(calls):
+        if (rank + i) % 2 == 0:
+            compute()
+            t0 = clock()
+            work = pg.send([buffer()], peer, 0)
+            times.append(clock() - t0)
+            work.wait()
+        else:
+            posted.wait()
+            t0 = clock()
+            posted = pg.recv([buffer()], peer, 0)
+            times.append(clock() - t0)
+            compute()
+    pg.send([buffer()], peer, 0).wait()
+    posted.wait()
+    return times
+
+
+def _message_seconds(comm, topo):
+    """One-way time of a pipeline message to a receiver that waits for it, beyond the
+    tuner's price: ranks paired (0, 1), (2, 3), .., all pairs at once; the even rank of a
+    pair computes a short piece, sends a 64-word control block and waits for the echo
+    (its receive posted first), the odd rank waits with its receive posted ahead (as the
+    Exchanger posts) and echoes at once. Per pair, half the round trip: a burst's mean, the
+    median of bursts, less the tuner's price of the message between the pair; the slowest
+    pair's; 0 for a single rank.
+
+    The cost model charged each message the async call overhead (call_async_s[2]), which
+    is measured with both sides computing and arriving apart; the schedule checker
+    already lets a message wait for its sender, so what is left is the delivery to a
+    waiting rank: 0.11-0.70 ms one way (4 ranks, 2 cores, load 7.6) where call_async_s[2]
+    read 1.0-5.2 ms in calibrations at load 4-9."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from hcomm.topology import explain
+
+    peer = comm.rank ^ 1
+    row = np.zeros(1)
+    if peer < comm.size:
+        pg, n = dist.group.WORLD, BURSTS * BURST_CALLS
+        block = lambda: torch.zeros(64, dtype=torch.int64)      # noqa: E731
+        if comm.rank % 2 == 0:
+            rtt = _round_trips(pg, peer, n, lambda: _compute(SHORT_REPS), block)
+            price = explain("broadcast", P2P_BLOCK_BYTES, topology=topo, ranks=[comm.rank, peer]).candidate(
+                "binomial").seconds
+            row[0] = _one_way(np.reshape(rtt, (BURSTS, BURST_CALLS)), price)
+        else:
+            _echo(pg, peer, n, block)
+    comm.allreduce(row, op="max")
+    return float(row[0])
+
+
+def _one_way(round_trips, price):
+    """Half the round trip per call, a burst's mean, the median of bursts, less price (>= 0)."""
+    import numpy as np
+
+    return max(0.0, float(np.median(np.asarray(round_trips).mean(axis=1))) / 2 - price)
+
+
+def _round_trips(pg, peer, calls, compute, buffer, clock=time.perf_counter):
+    """The pinging side of _message_seconds: seconds from posting each message to its echo."""
+    out = []
+    for _ in range(calls):
+        echo = pg.recv([buffer()], peer, 0)
+        compute()
+        t0 = clock()
+        pg.send([buffer()], peer, 0).wait()
+        echo.wait()
+        out.append(clock() - t0)
+    return out
+
+
+def _echo(pg, peer, calls, buffer):
+    """The echoing side: a receive always posted ahead, each message sent back at once."""
+    posted = pg.recv([buffer()], peer, 0)
+    for i in range(calls):
+        posted.wait()
+        if i + 1 < calls:
+            posted = pg.recv([buffer()], peer, 0)
+        pg.send([buffer()], peer, 0).wait()
 
 
 def _median_tables(samples):
@@ -285,8 +375,8 @@ def _report(comm, passes=PASSES):
     cal["share"] = cal["rep_s"][max(cal["rep_s"])] / max(cal["rep_s"][1], 1e-12)
     cal["piece_s"] = cal["rep_s"][1] * PIECE_REPS
     calls = [torch_call_overheads(comm, topo) for _ in range(passes)]
-    cal.update(_median_tables([{k: v for k, v in c.items() if k != "post_s"} for c in calls]))
-    cal["post_s"] = statistics.median(c["post_s"] for c in calls)
+    cal.update(_median_tables([{k: v for k, v in c.items() if k not in SCALARS} for c in calls]))
+    cal.update({k: statistics.median(c[k] for c in calls) for k in SCALARS})
     comm.barrier()
     if comm.rank == 0:
         topo["planner"] = dict(cal, cores=os.cpu_count() or 1)

@@ -139,6 +139,16 @@ class Cluster:
         table = self._table("coll_async_s" if async_op else "coll_s") or self._table("coll_s")
         return _interpolate(table, max(group_size, machine_ranks)) if table else 0.0
 
+    def message_overhead(self) -> float:
+        """Seconds a pipeline message takes to reach a rank waiting for it, beyond the
+        tuner's price (calibrate.py's message_s); a file calibrated before that was measured
+        gives the async call overhead of a 2-rank group, as the model charged before; 0
+        when not measured (a described cluster)."""
+        cal = self.calibration or {}
+        if "message_s" in cal:
+            return float(cal["message_s"])
+        return self.collective_overhead(2, async_op=True)
+
     def post_overhead(self) -> float:
         """Seconds a rank spends posting one point-to-point send or receive (calibrate.py's
         post_s); 0 when not measured (a described cluster)."""

@@ -18,8 +18,8 @@ call_async_s by group size, every rank running), and every p2p post a rank makes
 measured posting time (post_s) on that rank's own timeline.
 `f` = the compute factor of the rank's machine with k of its ranks active at once
 (Cluster.compute_factor): k starts at all of them and is then set to the ranks' busy
-time over the step (a pipeline's idle ranks leave the cores to the others), three
-rounds. Shared-memory communication is CPU work and hides behind no compute unless every
+time over the step (a pipeline's idle ranks leave the cores to the others), until it
+settles (estimate()). Shared-memory communication is CPU work and hides behind no compute unless every
 machine has a spare core per rank (`overlap`: the ranks then overlap the ZeRO-2/3
 collectives with the backward). The wire time of an async collective over a network link
 (its dp group spans hosts) hides behind the compute the rank issues after it, up to that
@@ -35,7 +35,6 @@ bytes (profile), communication buffers, and the process's own baseline (torch + 
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from .pricing import pairs
 from .space import Candidate, groups as axis_groups
 
 BUCKET_BYTES = 25 * 2 ** 20     # ZeroOptimizer's default bucket_mb
@@ -123,21 +122,37 @@ class CostModel:
 
         return self.profile["shapes"][shape_key(c.tp, c.micro_batch_size, c.sequence_parallel)]
 
-    def estimate(self, c: Candidate, rounds: int = 3) -> Estimate:
+    def estimate(self, c: Candidate, rounds: int = 10, tol: float = 0.02) -> Estimate:
+        """The estimate at the fixed point of the active ranks k (per machine) and the busy
+        share of the step it predicts, k = sum over the machine's ranks of min(1, busy /
+        step): from every rank active, each round takes the new count, or halfway to it
+        where the count turned back (so it cannot oscillate), until no machine's count
+        moves by more than tol x k (at most `rounds` estimates). The earlier three rounds,
+        each halfway, stopped short where f(k) is steep: dp1 pp4 mb8 (one micro-batch
+        through four stages; fixed point k = 1.0) was priced at k = 1.8, f 3.7 against
+        f(1) = 1.1 in that calibration, 41 ms against 18 at the fixed point (measured
+        10-12)."""
         active = {mc: float(n) for mc, n in self.ranks_on.items()}
+        step = {mc: 0.0 for mc in active}
         for i in range(rounds):
             self._set_active(active)
             est = self._estimate(c)
             est.detail["active_ranks"] = dict(active)      # what this estimate was made with
-            if i == rounds - 1:
+            now = self._busy_ranks(est)
+            if i == rounds - 1 or all(abs(now[mc] - k) <= tol * k for mc, k in active.items()):
                 break
-            busy = est.detail["busy"]
-            now = {mc: 0.0 for mc in self.ranks_on}
-            for r, mc in enumerate(self.machine):
-                now[mc] += min(1.0, busy[r] / est.step_s)
-            # halfway to the new count: the count and the step depend on each other
-            active = {mc: max(1.0, (active[mc] + k) / 2) for mc, k in now.items()}
+            for mc, k in active.items():
+                turned = step[mc] * (now[mc] - k) < 0
+                active[mc] = (k + now[mc]) / 2 if turned else now[mc]
+                step[mc] = active[mc] - k
         return est
+
+    def _busy_ranks(self, est) -> Dict[str, float]:
+        """Per machine, its ranks' busy share of the predicted step (>= 1)."""
+        now = {mc: 0.0 for mc in self.ranks_on}
+        for r, mc in enumerate(self.machine):
+            now[mc] += min(1.0, est.detail["busy"][r] / est.step_s)
+        return {mc: max(1.0, k) for mc, k in now.items()}
 
     def _estimate(self, c: Candidate) -> Estimate:
         g = axis_groups(c.rank_order, c.dp, c.tp, c.pp)
@@ -161,7 +176,8 @@ class CostModel:
         for pos, rank in enumerate(c.rank_order):
             r = pos // (c.dp * c.tp)
             busy_rank[rank] = m * fb[r]["busy"] + busy_end[r]
-        detail.update(microbatches=m, slowest_pp_rank=worst, F=fb[worst]["F"], B=fb[worst]["B"], p2p_s=p2p,
+        detail.update(microbatches=m, slowest_pp_rank=worst, F=fb[worst]["F"], B=fb[worst]["B"], p2p_s=max(p2p),
+                      p2p_per_link=p2p,
                       makespan=report.makespan if report else busy, F_per_rank=[x["F"] for x in fb],
                       bubble=report.bubble_fraction if report else 0.0,
                       peak_stash=report.peak_in_flight if report else [1], groups=g, busy=busy_rank,
@@ -282,15 +298,30 @@ class CostModel:
         return sum(self._coll(kind, size, groups, async_op=True) for size in _buckets(nbytes))
 
     # ------------------------------------------------------------------ pipeline
-    def _p2p(self, c, g, per_rank):
+    def _p2p(self, c, g, per_rank) -> List[float]:
+        """The price of one message on each link of the pipeline: entry r between pp ranks r
+        and (r + 1) % pp (the schedule checker's links), the slowest of the pipelines'. Each
+        link is priced on its own: in an uneven layout (hosts of 3 + 1 ranks, pp 4) one
+        boundary crosses hosts and the others stay in shared memory, and pricing every
+        message at the slowest pair's (as before) charged 1.86 ms to each of the six
+        messages of dp1 pp4 mb8 where four cost 1.33."""
         if c.pp == 1:
-            return 0.0
+            return [0.0]
         out = max(chunk[-1]["out_bytes"] for chunks in per_rank for chunk in chunks)
-        return self._coll("send", out + P2P_HEADER_BYTES, pairs(g["pp"]), async_op=True)
+        links = [[[grp[r], grp[(r + 1) % c.pp]] for grp in g["pp"]] for r in range(c.pp)]
+        return [self._message(out + P2P_HEADER_BYTES, link) for link in links]
+
+    def _message(self, nbytes, pairs) -> float:
+        """One pipeline message: the tuner's price plus its delivery to a waiting rank
+        (calibrate.py's message_s). The async call overhead charged before is measured with
+        both sides computing and arriving apart, a wait the schedule checker already
+        simulates: 1.0-5.2 ms a message against 0.11-0.70 ms delivered (load 4-9)."""
+        price = self.pricer.collective("send", nbytes, pairs)
+        return price + self.cluster.message_overhead() if price > 0 else 0.0
 
     def _pipeline(self, c, m, f, b, p2p):
         """The schedule checker's report for each pp rank's own per-micro-batch costs
-        (lists f, b) and p2p per message. Each rank keeps its own stage's cost: pricing
+        (lists f, b) and p2p per message on each link (list, _p2p). Each rank keeps its own stage's cost: pricing
         every rank at the slowest one's (as before) put the lighter stages' time on the
         critical path too (dp1 pp4 of the wide GPT, stages of 2, 2, 1 and 0 blocks:
         +35-39 %). The makespan scales with all the costs together, so reports are cached
@@ -301,11 +332,11 @@ class CostModel:
         from hcomm.parallel.pipeline import build_schedule, check_schedule
 
         unit = max(f)
-        ratios = tuple(float(f"{x / unit:.3g}") for x in list(f) + list(b) + [p2p])
+        ratios = tuple(float(f"{x / unit:.3g}") for x in list(f) + list(b) + list(p2p))
         key = (c.schedule, c.pp, m, c.vpp, ratios)
         if key not in self._reports:
             self._reports[key] = check_schedule(build_schedule(c.schedule, c.pp, m, c.vpp),
-                                                ratios[:c.pp], ratios[c.pp:2 * c.pp], ratios[-1])
+                                                ratios[:c.pp], ratios[c.pp:2 * c.pp], ratios[2 * c.pp:])
         r = self._reports[key]
         return replace(r, makespan=r.makespan * unit, busy=[x * unit for x in r.busy])
 

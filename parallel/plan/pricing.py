@@ -103,7 +103,3 @@ class Pricer:
         e = explain(kind, nbytes, topology=topo, ranks=group)
         return e.candidate(e.chosen).seconds
 
-
-def pairs(pp_groups: List[List[int]]) -> List[List[int]]:
-    """Neighbouring stages of every pipeline, as two-rank groups (what p2p sends use)."""
-    return [[g[i], g[i + 1]] for g in pp_groups for i in range(len(g) - 1)]

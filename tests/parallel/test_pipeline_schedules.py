@@ -290,3 +290,30 @@ def test_ranks_of_unequal_cost_follow_the_gpipe_recurrence():
 def test_per_rank_costs_of_the_wrong_length_are_named():
     with pytest.raises(ValueError, match="fwd_cost has 2 entries for 3 ranks"):
         check_schedule(gpipe(3, 2), [1.0, 2.0], 1.0)
+
+
+def test_each_message_takes_its_own_links_cost():
+    # One micro-batch is a chain: every stage's forward in turn, then every backward in
+    # reverse, one message over each link each way. Links of unequal cost (a pipeline
+    # whose stages straddle a host boundary at one link only) add each their own, twice.
+    gen = torch.Generator().manual_seed(7)
+    for p in (2, 3, 4, 5):
+        fwd = (torch.rand(p, generator=gen) * 3 + 0.1).tolist()
+        bwd = (torch.rand(p, generator=gen) * 5 + 0.1).tolist()
+        links = (torch.rand(p, generator=gen) * 2).tolist()     # entry p - 1: the wrap-around, unused here
+        for sched in (gpipe(p, 1), one_f_one_b(p, 1)):
+            report = check_schedule(sched, fwd, bwd, links)
+            assert report.makespan == pytest.approx(sum(fwd) + sum(bwd) + 2 * sum(links[:p - 1]))
+    with pytest.raises(ValueError, match="comm_cost has 2 entries for 3 ranks"):
+        check_schedule(gpipe(3, 2), 1.0, 1.0, [0.5, 0.5])
+
+
+def test_only_interleaved_schedules_use_the_wrap_around_link():
+    # Link p - 1 joins the last rank and the first: interleaved 1F1B's chunk boundary
+    # crosses it, plain 1F1B never does.
+    p, m, wrap = 3, 6, [0.1, 0.1, 5.0]
+    plain = build_schedule("1f1b", p, m, 1)
+    same = check_schedule(plain, 1.0, 2.0, 0.1).makespan
+    assert check_schedule(plain, 1.0, 2.0, wrap).makespan == pytest.approx(same)
+    inter = build_schedule("interleaved", p, m, 2)
+    assert check_schedule(inter, 1.0, 2.0, wrap).makespan > check_schedule(inter, 1.0, 2.0, 0.1).makespan + 5.0

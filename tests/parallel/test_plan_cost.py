@@ -210,3 +210,62 @@ def test_zero3_prefetched_gathers_across_hosts_hide_behind_the_unit_before():
     hidden += sum(min(price("allgather", seq[i][0], dp), seq[i + 1][2]) for i in range(len(seq) - 1))
     assert hidden > 0
     assert est.terms["dp ZeRO per micro-batch"] == pytest.approx(m * (full - hidden))
+
+
+# -------------------------------------------------------------- issue 19, fifth round
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_each_pipeline_message_is_priced_on_its_own_link(schedule):
+    """Hosts of 3 + 1 ranks (planner_accuracy.py's case c), pp 4: only the link between
+    stages 2 and 3 crosses hosts. One micro-batch is a chain with one message over each
+    link each way, so it gains 2 x (shm + shm + tcp). The old model priced every message
+    at the slowest pair's (2 x 3 x tcp: dp1 pp4 mb8 charged 1.86 ms a message where four
+    of the six cost 1.33)."""
+    # f = 1; a slow link, so that the link's price is a visible share of the chain
+    cluster = Cluster.describe("hosts of 3+1 ranks, 10 Mbit/s between hosts, 4 cores per host")
+    est = next(e for c, e in _estimates(cluster, dp=1, tp=1, pp=4, schedule=schedule, zero_stage=0,
+                                        micro_batch_size=8).items() if c.rank_order == (0, 1, 2, 3))
+    assert est.detail["microbatches"] == 1 and est.detail["compute_factor"] == 1.0
+    stages = _train_gpt_stage_rows(synthetic_profile()["shapes"]["tp1-mb8-sp0"], 4)
+    chain = sum(r["fwd_s"] + r["bwd_s"] for rows in stages for r in rows)
+    out = max(rows[-1]["out_bytes"] for rows in stages) + 64 * 8
+    price = [Pricer(cluster).collective("send", out, [[a, b]]) for a, b in ((0, 1), (1, 2), (2, 3))]
+    assert price[2] > 10 * price[0] and price[0] == price[1]       # tcp against shared memory
+    assert est.detail["p2p_per_link"][:3] == pytest.approx(price)
+    assert est.detail["makespan"] == pytest.approx(chain + 2 * sum(price), rel=1e-2)
+    assert chain + 2 * 3 * price[2] > est.detail["makespan"] * 1.3     # what the old model charged
+
+
+def test_a_pipeline_message_pays_its_delivery_not_the_async_call_overhead():
+    """calibrate.py's message_s (a message's one-way time to a waiting rank) replaces the
+    2-rank async call overhead on every pipeline message: that overhead holds the partners
+    arriving apart, which the schedule checker already simulates (1.0-5.2 ms a call against
+    0.11-0.70 ms delivered, load 4-9). A file calibrated before message_s existed keeps the
+    old charge."""
+    base = Cluster.describe("1 hosts x 4 ranks, 4 cores per host")            # f = 1
+    slow_calls = {"call_s": {"2": 0.0, "4": 0.0}, "call_async_s": {"2": 5e-3, "4": 5e-3}}
+    pick = dict(dp=1, tp=1, pp=4, schedule="1f1b", zero_stage=0, micro_batch_size=8)
+    plain = _one(base, **pick)
+    new = _one(dataclasses.replace(base, calibration=dict(slow_calls, message_s=2e-4)), **pick)
+    old_file = _one(dataclasses.replace(base, calibration=slow_calls), **pick)
+    price = plain.detail["p2p_s"]
+    assert price > 0 and new.detail["p2p_per_link"][:3] == pytest.approx([price + 2e-4] * 3)
+    assert new.detail["makespan"] - plain.detail["makespan"] == pytest.approx(6 * 2e-4, rel=2e-2)
+    assert old_file.detail["p2p_s"] == pytest.approx(price + 5e-3)
+
+
+@pytest.mark.parametrize("pick", [dict(dp=1, tp=1, pp=4, schedule="1f1b", micro_batch_size=8),
+                                  dict(dp=2, tp=1, pp=2, schedule="1f1b", micro_batch_size=1),
+                                  dict(dp=4, tp=1, pp=1, micro_batch_size=2)])
+def test_a_plan_is_priced_at_the_active_ranks_its_own_step_implies(pick):
+    """The compute factor depends on how many ranks compute at once, and that on the step
+    it predicts: the estimate is made at the fixed point, where the ranks' busy share of the
+    predicted step is the count it was made with. With f(k) = k (one core), the earlier
+    three rounds halfway each priced one micro-batch through four stages at 1.75 active
+    ranks where its own step says 1."""
+    cluster = Cluster.describe("1 hosts x 4 ranks, 1 cores per host")     # f = active ranks
+    est = _one(cluster, zero_stage=0, **pick)
+    (k,) = est.detail["active_ranks"].values()
+    share = max(1.0, sum(min(1.0, b / est.step_s) for b in est.detail["busy"]))
+    assert share == pytest.approx(k, rel=0.03)
+    assert est.detail["compute_factor"] == pytest.approx(k)
