@@ -134,18 +134,30 @@ def whole_replicas(pcfg, old_ranks):
     return sorted(r for members in by_replica.values() if len(members) == stages for r in members)
 
 
+def phase(msg):
+    """Every rank says on stderr where its recovery is, so a stuck one names the phase it
+    stopped in (a launcher's log shows the last line of each rank)."""
+    print(f"[rank {os.environ.get('RANK', os.environ.get('SLURM_PROCID', '?'))} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def recover(config, pcfg, root):
     """After a failure: shrink, drop broken pipelines, rebuild. None when this rank leaves."""
     import hcomm.torch
 
+    phase("shrink_world: agreeing on who is left")
     rank, world, old_ranks = hcomm.torch.shrink_world()
+    phase(f"shrunk: rank {rank} of {world} (old ranks {old_ranks})")
     keep = whole_replicas(pcfg, old_ranks)
     if rank not in keep:
+        phase("leaving with exit 0: my pipeline lost a stage")
         dist.destroy_process_group()
         return None
     if len(keep) < world:
+        phase(f"shrink_world: dropping ranks {[r for r in range(world) if r not in keep]} (broken pipelines)")
         hcomm.torch.shrink_world(exclude=[r for r in range(world) if r not in keep])
+    phase("discarding unfinished checkpoints")
     discard_unfinished(root)
+    phase("rebuilding the mesh")
     return build(config)
 
 
@@ -174,7 +186,7 @@ def run(config, args, log):
                 save(trainer, args.ckpt, step, die=(note or os.devnull) if dying_in_save else None)
         except (hcomm.Error, RuntimeError) as e:  # the collective that saw the death (hcomm, or torch's wrapper)
             events["failed_at"] = time.time()
-            log(f"step {step + 1}: {type(e).__name__}: {str(e)[:160]}")
+            phase(f"step {step + 1} failed: {type(e).__name__}: {str(e)[:300]}")
             built = recover(config, pcfg, args.ckpt)
             if built is None:
                 events["left"] = True
@@ -182,10 +194,11 @@ def run(config, args, log):
             pcfg, mesh, trainer = built
             step = last_checkpoint(args.ckpt) or 0
             if step:
+                phase(f"loading step {step}'s checkpoint")
                 load(trainer, args.ckpt, step)
             events.update(resumed_at=time.time(), resumed_from=step, dp=pcfg.dp)
             losses = {s: v for s, v in losses.items() if s < step}
-            log(f"resumed from step {step}'s checkpoint on {dist.get_world_size()} ranks: dp={pcfg.dp} pp={pcfg.pp}")
+            phase(f"resumed from step {step}'s checkpoint on {dist.get_world_size()} ranks: dp={pcfg.dp} pp={pcfg.pp}")
     return losses, events
 
 

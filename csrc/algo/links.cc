@@ -120,13 +120,40 @@ int Links::recvAny(void* buf, size_t bytes, int channel, size_t* got) {
 }
 
 int Links::nextArrival(const std::vector<int>& peers, int channel) {
+  // This wait only probes: no receive is posted, so the failures that end a posted
+  // receive at once (a peer that exited, this world aborted by another call's error)
+  // never reach it. Without asking the transports it lasted until the deadline, and
+  // every call queued behind an aborted one waited a whole timeout more (issue 22: the
+  // survivors of a kill sat in queued ZeRO reduce-scatters). Asked once the spinning
+  // is over, after 100 ms of waiting and every 100 ms then: the spin loop of a short
+  // wait (the 16-bit fold's usual one) is the same as before.
+  constexpr auto kEvery = std::chrono::milliseconds(100);
   int idle = 0;
+  auto ask = std::chrono::steady_clock::now() + kEvery;
   while (true) {
     for (int p : peers) {
       const Route& r = route(p);
       if (r.transport->probe(r.peer, tagBase_ + channel, nullptr)) return p;
     }
-    if (!poll()) backoff(idle, nullptr, 0);
+    if (poll()) continue;
+    if (idle >= policy_.spins) {
+      auto now = std::chrono::steady_clock::now();
+      if (now >= ask) {
+        failIfGone(peers, channel);
+        ask = now + kEvery;
+      }
+    }
+    backoff(idle, nullptr, 0);
+  }
+}
+
+void Links::failIfGone(const std::vector<int>& peers, int channel) const {
+  for (int p : peers) {
+    const Route& r = route(p);
+    std::string why = r.transport->peerFailure(r.peer);
+    // What it sent before it went still counts: the caller's next probe takes it.
+    if (!why.empty() && !r.transport->probe(r.peer, tagBase_ + channel, nullptr))
+      throw Error(describe_() + ": receive from rank " + std::to_string(r.peer) + " failed: " + why);
   }
 }
 

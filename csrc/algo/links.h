@@ -121,6 +121,9 @@ class Links {
   void waitAll(const RequestPtr* rs, size_t n);
   void backoff(int& idle, const RequestPtr* rs, size_t n);
   void check(const RequestPtr& r) const;
+  // Throws as check() does when one of `peers` will send nothing more on `channel`
+  // (Transport::peerFailure) and nothing from it waits there.
+  void failIfGone(const std::vector<int>& peers, int channel) const;
   [[noreturn]] void timeout(const RequestPtr* rs, size_t n) const;
   const Route& route(int peer) const;
 

@@ -498,6 +498,12 @@ bool MpiTransport::probe(int peer, uint64_t tag, size_t* nbytes) {
   return u != nullptr;
 }
 
+std::string MpiTransport::peerFailure(int peer) {
+  (void)peer;
+  std::lock_guard<std::mutex> lock(mu_);
+  return aborted_;
+}
+
 void MpiTransport::abort(const std::string& why) {
   std::lock_guard<std::mutex> lock(mu_);
   aborted_ = why;

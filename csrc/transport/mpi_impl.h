@@ -97,6 +97,8 @@ class MpiTransport : public Transport {
   void sleepFor(int us) override;
   bool probe(int peer, uint64_t tag, size_t* nbytes) override;
   void abort(const std::string& why) override;
+  // Only this rank's abort: MPI without ULFM does not say that a peer died.
+  std::string peerFailure(int peer) override;
 
  private:
   struct Header {

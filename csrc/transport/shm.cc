@@ -473,6 +473,15 @@ bool ShmTransport::progress() {
   return moved;
 }
 
+std::string ShmTransport::goneWhy(const Peer& p) const {
+  if (!p.seg || p.seg == mine_) return "";
+  std::string cause = failureOf(p);
+  if (!cause.empty()) return "rank " + std::to_string(p.rank) + " gave up after an error: " + cause;
+  if (p.seg->pid != getpid() && !processAlive(p.seg->pid))
+    return "rank " + std::to_string(p.rank) + " (pid " + std::to_string(p.seg->pid) + ") has exited";
+  return "";
+}
+
 void ShmTransport::failDeadPeers() {
   // A peer process that died, or that aborted after an error, never answers: fail what
   // waits on it now rather than at the timeout, naming the first cause. Checked at most
@@ -481,22 +490,26 @@ void ShmTransport::failDeadPeers() {
   if (now - lastLivenessCheck_ < std::chrono::milliseconds(100)) return;
   lastLivenessCheck_ = now;
   std::lock_guard<std::recursive_mutex> lock(mu_);
+  auto waiting = [](const Peer& p) {
+    return !p.sending.empty() || !p.awaiting.empty() || !p.match.posted.empty() || p.inCurrent;
+  };
   for (auto& kv : peers_) {
     Peer& p = kv.second;
-    bool waiting = !p.sending.empty() || !p.awaiting.empty() || !p.match.posted.empty() || p.inCurrent;
-    if (!waiting || p.seg == mine_) continue;
-    std::string cause = failureOf(p);
-    if (!cause.empty()) {
-      failPeer(p, "rank " + std::to_string(p.rank) + " gave up after an error: " + cause);
-    } else if (p.seg->pid != getpid() && !processAlive(p.seg->pid)) {
-      // What it published before it left is still in our segment: a peer that sent its
-      // last message and exited (closed early) must not lose it. Take it, then fail
-      // only what it can no longer complete.
-      progressRecvs(p);
-      if (!p.sending.empty() || !p.awaiting.empty() || !p.match.posted.empty() || p.inCurrent)
-        failPeer(p, "rank " + std::to_string(p.rank) + " (pid " + std::to_string(p.seg->pid) + ") has exited");
-    }
+    if (!waiting(p)) continue;
+    std::string why = goneWhy(p);
+    if (why.empty()) continue;
+    // What an exited peer published before it left is still in our segment: a peer that
+    // sent its last message and exited (closed early) must not lose it. Take it, then
+    // fail only what it can no longer complete.
+    if (failureOf(p).empty()) progressRecvs(p);
+    if (waiting(p)) failPeer(p, why);
   }
+}
+
+std::string ShmTransport::peerFailure(int peer) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (!aborted_.empty()) return aborted_;
+  return goneWhy(peerOf(peer));
 }
 
 void ShmTransport::failPeer(Peer& p, const std::string& why) {

@@ -48,6 +48,7 @@ class ShmTransport : public Transport {
   bool probe(int peer, uint64_t tag, size_t* nbytes) override;
   bool stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint64_t* fingerprint) override;
   void abort(const std::string& why) override;
+  std::string peerFailure(int peer) override;
   bool usesCma(int peer) const;
 
   // The progress board: every rank publishes in its own segment, per communicator, the
@@ -96,6 +97,7 @@ class ShmTransport : public Transport {
   void failDeadPeers();
   void failPeer(Peer& p, const std::string& why);  // every request waiting on p fails
   std::string failureOf(const Peer& p) const;      // why p aborted, "" if it has not
+  std::string goneWhy(const Peer& p) const;        // why p sends nothing more (aborted, exited), or ""
 
   int rank_;
   std::vector<int> localRanks_;

@@ -228,6 +228,14 @@ bool StagingTransport::progress() {
   return moved;
 }
 
+std::string StagingTransport::peerFailure(int peer) {
+  {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    if (!aborted_.empty()) return aborted_;
+  }
+  return host_->peerFailure(peer);
+}
+
 void StagingTransport::failAll(const std::string& why) {
   if (aborted_.empty()) aborted_ = why;
   for (auto& kv : sends_)

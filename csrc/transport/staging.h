@@ -52,6 +52,7 @@ class StagingTransport : public Transport {
   void sleepFor(int us) override { host_->sleepFor(us); }
   bool probe(int peer, uint64_t tag, size_t* nbytes) override { return host_->probe(peer, tag, nbytes); }
   void abort(const std::string& why) override;
+  std::string peerFailure(int peer) override;  // its own abort, else the host transport's word
 
  private:
   struct Piece {  // one piece in flight

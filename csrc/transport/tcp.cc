@@ -463,6 +463,15 @@ bool TcpTransport::stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint
   return true;
 }
 
+std::string TcpTransport::peerFailure(int peer) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (!aborted_.empty()) return aborted_;
+  auto it = peers_.find(peer);
+  if (it == peers_.end() || it->second.fd < 0) return "";
+  drain(it->second);  // reads up to a close or an abort notice, which sets `broken`
+  return it->second.broken;
+}
+
 void TcpTransport::abort(const std::string& why) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   bool first = aborted_.empty();

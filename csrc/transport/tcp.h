@@ -46,6 +46,7 @@ class TcpTransport : public Transport {
   bool probe(int peer, uint64_t tag, size_t* nbytes) override;
   bool stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint64_t* fingerprint) override;
   void abort(const std::string& why) override;
+  std::string peerFailure(int peer) override;
 
   // Progress queries, for the report after a timeout: query() tells every connected peer
   // how far this rank got on communicator `comm` (from `source`) and asks the same back;

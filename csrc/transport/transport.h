@@ -95,6 +95,15 @@ class Transport {
   virtual bool probe(int peer, uint64_t tag, size_t* nbytes) = 0;
   // Fails every outstanding request with `why` (abort after an error or a timeout).
   virtual void abort(const std::string& why) = 0;
+  // Why no further message can come from `peer`: it exited, it gave up after an error,
+  // its connection broke, or this transport was aborted; "" while one still may (and by
+  // default: then only the caller's timeout ends the wait). What the peer sent before it
+  // went is not lost: probe() still finds it. For a waiter that has no posted receive
+  // (Links::nextArrival only probes), which the failures above never reach otherwise.
+  virtual std::string peerFailure(int peer) {
+    (void)peer;
+    return "";
+  }
   // A message from `peer` that arrived with a tag in [lo, hi) and was never received:
   // sent for an earlier collective that this rank finished without asking for it, so the
   // ranks disagreed about that call (e.g. each thought itself the broadcast root). Its

@@ -16,6 +16,7 @@ reduce_scatter, all_to_all_single, the coalesced variants and send/recv. The oth
 (reduce, gather, scatter, all_gather_single, reduce_scatter_single, recv_anysource,
 alltoall, allgather_coalesced) are reached from Python only, so they are plain methods.
 """
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -544,8 +545,16 @@ def create_hcomm(store, rank, size, timeout):
     """The creator torch calls once per group on each member (world, new_group, mesh axes).
 
     Group rank 0 starts a bootstrap root and publishes its unique id in the group's store
-    (already prefixed per group by torch, so groups never collide); the others read it."""
+    (already prefixed per group by torch, so groups never collide); the others read it.
+
+    HCOMM_TIMEOUT, when set, caps the group's timeout: torch gives a group its own default
+    (30 minutes) unless the caller passes one, and DeviceMesh's groups get that default
+    whatever the world's was, so the bound a user set for every hcomm call was lost there
+    (a survivor of a dead rank could wait half an hour: issue 22)."""
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+    if "HCOMM_TIMEOUT" in os.environ:
+        seconds = min(seconds, hcomm.default_timeout())
+        timeout = timedelta(seconds=seconds)
     if rank == 0:
         uid = hcomm.get_unique_id(seconds) if size > 1 else ""
         store.set(UID_KEY, uid)

@@ -55,6 +55,18 @@ def _share_store(comm, timeout):
     return store
 
 
+def _abort_every_group(reason):
+    """Abort the in-flight work of every hcomm group of this process, not only the default
+    group's: each torch group is its own hcomm world, so aborting the default one leaves
+    the others running. A survivor whose peer is blocked in another group's collective
+    (a pipeline or gradient-norm all_reduce the dead rank never broke, issue 22) would
+    keep that peer waiting until its timeout, and the agreement waiting for it in turn;
+    the abort notice ends that wait at once and sends the peer to shrink_world() too."""
+    for pg in list(dist.distributed_c10d._world.pg_map):
+        if isinstance(pg, ProcessGroupHcomm) and not pg.comm.closed:
+            pg.comm.abort(reason)
+
+
 def shrink_world(exclude=None, timeout=None):
     """Call on every survivor after a rank died (or to drop ranks on purpose: exclude=
     global ranks, who do not call). Aborts the old groups' in-flight work, agrees on who
@@ -70,7 +82,8 @@ def shrink_world(exclude=None, timeout=None):
         timeout = datetime.timedelta(seconds=old.timeout)
     elif not isinstance(timeout, datetime.timedelta):
         timeout = datetime.timedelta(seconds=float(timeout))
-    new = old.shrink(exclude=exclude, abort=True)
+    _abort_every_group(f"aborted for shrink_world() on global rank {old.rank}")
+    new = old.shrink(exclude=exclude)
     try:
         members = np.zeros(new.size, np.int64)
         new.allgather(np.array([old.rank], np.int64), members)

@@ -1,0 +1,157 @@
+"""Issue 22's intermittent hang of the elastic example, one mechanism per test, each put
+in place deterministically: a survivor of a SIGKILL must leave every wait of the old
+world through an error that names the cause, never through its timeout.
+
+1. The arrival-order fold (the "direct" reduce-scatter and 16-bit folds without
+   HCOMM_DETERMINISTIC) only probes for messages, so a dead peer or an aborted world
+   never reached it: it waited the whole timeout, and each call queued behind it one
+   timeout more (the survivors sat in queued ZeRO reduce-scatters).
+2. shrink_world() aborted only the default group's world; a survivor blocked in another
+   group's collective with a rank that had gone to shrink kept waiting, and the
+   agreement waited for it (pp=2: a gradient-norm all_reduce over the pipeline group).
+3. torch gave each group its own 30-minute default, so HCOMM_TIMEOUT bounded nothing
+   in the example's groups.
+
+Each test gives the ranks a timeout far longer than the work needs and checks WHAT ended
+the wait (its error text), not how long it took."""
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from harness import free_port
+
+TIMEOUT = 40  # every rank's HCOMM_TIMEOUT: what a wait that misses the death would last
+
+FOLD = r"""
+import json, os, signal, sys
+import numpy as np
+import hcomm
+comm = hcomm.init()
+r, n = comm.rank, comm.size
+count = 1237                                    # odd: blocks of unequal bytes across pieces
+rng = [np.random.default_rng([22, q]) for q in range(n)]
+inputs = [g.standard_normal(count * n).astype(np.float32) for g in rng]
+out = np.zeros(count, np.float32)
+comm.reduce_scatter(inputs[r].copy(), out, algo="direct")   # healthy: against numpy
+want = np.sum(np.array(inputs, np.float64), axis=0)[r * count:(r + 1) * count]
+ok = bool(np.allclose(out, want, rtol=1e-5, atol=1e-5))
+comm.barrier()
+if r == n - 1:
+    os.kill(os.getpid(), signal.SIGKILL)
+# Rank n-1 is gone: three queued calls, each folding in arrival order and waiting on it.
+works = [comm.reduce_scatter(inputs[r].copy(), np.zeros(count, np.float32), algo="direct", async_op=True)
+         for _ in range(3)]
+errors = []
+for w in works:
+    try:
+        w.wait()
+        errors.append(None)
+    except hcomm.Error as e:
+        errors.append(str(e))
+print(json.dumps({"rank": r, "correct_before": ok, "errors": errors}), flush=True)
+"""
+
+REGROUP = r"""
+import json, os, signal
+import numpy as np
+import torch, torch.distributed as dist
+import hcomm, hcomm.torch
+dist.init_process_group("hcomm")
+rank = dist.get_rank()
+pair = dist.new_group([0, 1])           # every rank calls new_group; 2 is not a member
+dist.barrier()
+if rank == 2:
+    os.kill(os.getpid(), signal.SIGKILL)
+error = None
+try:
+    if rank == 0:
+        dist.recv(torch.zeros(3), src=2)    # sees rank 2 die, then goes to shrink
+    else:
+        dist.all_reduce(torch.ones(3), group=pair)   # rank 0 never comes: only an abort ends it
+except (RuntimeError, hcomm.Error) as e:
+    error = str(e)
+new_rank, size, old_ranks = hcomm.torch.shrink_world()
+x = torch.full((5,), float(rank + 1))
+dist.all_reduce(x)
+print(json.dumps({"rank": rank, "error": error, "new": [new_rank, size, old_ranks], "sum": x.tolist()}), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def _launch(n, code, env_extra=None, timeout=3 * TIMEOUT):
+    port = free_port()
+    procs = []
+    for r in range(n):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HCOMM_", "SLURM_", "OMPI_"))}
+        env.update(RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", HCOMM_TIMEOUT=str(TIMEOUT), **(env_extra or {}))
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"a rank hung (no exit within {timeout} s)")
+        results.append((p.returncode, out, err))
+    return results
+
+
+def _rows(results, victim):
+    rows = {}
+    for r, (rc, out, err) in enumerate(results):
+        if r == victim:
+            assert rc == -9, f"victim rc {rc}\n{err[-2000:]}"
+            continue
+        assert rc == 0, f"rank {r} rc {rc}\n{err[-3000:]}"
+        rows[r] = json.loads(out.strip().splitlines()[-1])
+    return rows
+
+
+@pytest.mark.parametrize("hosts", [None, [[0, 1], [2, 3]]], ids=["shm", "tcp+shm"])
+def test_arrival_order_fold_fails_on_a_dead_peer_not_at_the_timeout(hosts, tmp_path):
+    env = {}
+    if hosts:  # simulated hosts: ranks 0, 1 reach the victim (3) over tcp, rank 2 over shm
+        path = tmp_path / "topo.json"
+        path.write_text(json.dumps({"hosts": [{"name": f"h{i}", "ranks": rs} for i, rs in enumerate(hosts)]}))
+        env["HCOMM_TOPO_FILE"] = str(path)
+    rows = _rows(_launch(4, FOLD, env), victim=3)
+    for r, row in rows.items():
+        assert row["correct_before"], row
+        first, *queued = row["errors"]
+        assert first and "rank 3" in first and "timed out" not in first, row
+        assert "has exited" in first or "connection to rank 3 failed" in first or "gave up" in first, row
+        for e in queued:   # behind the failed call: ended by the abort, not each by its own timeout
+            assert e and "timed out" not in e, row
+
+
+def test_shrink_world_releases_a_survivor_blocked_in_another_group():
+    rows = _rows(_launch(3, REGROUP), victim=2)
+    assert "rank 2" in rows[0]["error"], rows[0]
+    stuck = rows[1]["error"]
+    assert stuck and "aborted for shrink_world() on global rank 0" in stuck and "timed out" not in stuck, rows[1]
+    for r, row in rows.items():
+        assert row["new"] == [r, 2, [0, 1]], row
+        assert row["sum"] == [3.0] * 5, row   # (0 + 1) + (1 + 1) on the shrunk world
+
+
+def test_hcomm_timeout_caps_a_torch_groups_default(monkeypatch):
+    import torch.distributed as dist
+
+    from hcomm.torch.backend import create_hcomm
+
+    monkeypatch.setenv("HCOMM_TIMEOUT", "7")
+    pg = create_hcomm(dist.HashStore(), 0, 1, timedelta(minutes=30))  # torch's default for a group
+    assert pg.comm.timeout == 7 and pg._timeout == timedelta(seconds=7)
+    shorter = create_hcomm(dist.HashStore(), 0, 1, timedelta(seconds=3))  # the caller's own, smaller: kept
+    assert shorter.comm.timeout == 3
+    monkeypatch.delenv("HCOMM_TIMEOUT")
+    assert create_hcomm(dist.HashStore(), 0, 1, timedelta(minutes=30)).comm.timeout == 1800
+    for g in (pg, shorter):
+        g.shutdown()
