@@ -4,9 +4,9 @@
     python benchmarks/p2p_latency.py --apis array torch --sizes 8 4K --iters 200 --repeats 5
 
 Patterns (all timed on rank 1, the receiver; one row per api x pattern x size):
-  late   rank 0 sends and waits for its send, then both ranks pass a barrier; messages
-         from one peer arrive in order, so when rank 1 leaves the barrier the message is
-         in its inbound queue.  Timed: rank 1 posts the receive and waits for it.  A
+  late   rank 0 posts a send, then both ranks pass a barrier; messages from one peer
+         arrive in order, so when rank 1 leaves the barrier the message (or, above the
+         rendezvous size, its descriptor) is in its inbound queue.  Timed: rank 1 posts the receive and waits for it.  A
          posted receive of an arrived message should cost a copy (microseconds).
   both   both ranks post a send and a receive at once and wait for both (an exchange).
          Timed: the whole exchange; per post = exchange / 2.
@@ -26,6 +26,7 @@ The difference between array and torch isolates the torch backend's share.
 """
 import argparse
 import os
+import queue
 import socket
 import statistics
 import sys
@@ -102,8 +103,9 @@ def time_late(ops, rank, sbuf, rbuf, iters):
     out = []
     for _ in range(iters):
         if rank == 0:
-            ops.send(sbuf, 1).wait()
+            w = ops.send(sbuf, 1)  # not waited yet: above the rendezvous size it waits for the receive
             ops.barrier()
+            w.wait()
         else:
             ops.barrier()  # the message is in rank 1's queue once the barrier is passed
             t0 = time.perf_counter()
@@ -226,11 +228,17 @@ def main(argv=None):
     procs = [ctx.Process(target=rank_main, args=(r, args, port, uid, results)) for r in range(2)]
     for p in procs:
         p.start()
-    rows = results.get(timeout=1800)
+    rows = None
+    while rows is None:
+        try:
+            rows = results.get(timeout=5)
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                sys.exit(f"a rank failed: exit codes {[p.exitcode for p in procs]}")
     for p in procs:
         p.join(60)
-    if any(p.exitcode != 0 for p in procs):
-        sys.exit(f"a rank failed: exit codes {[p.exitcode for p in procs]}")
     print(f"# {' '.join(sys.argv)}  (load {os.getloadavg()[0]:.1f})")
     print_table(rows)
 

@@ -10,6 +10,11 @@ callbacks inline, and those are user code that may block on another collective: 
 own PowerSGD hook waits on a nested all_reduce inside .then(). Run on the progress
 thread, that wait would stop the very thread that must finish the nested op (a
 deadlock); on the pool it is just a busy worker, and the next completion gets another.
+Two shortcuts skip that hand-off on the CPU, where each hop is a thread wake-up that
+costs milliseconds on a loaded machine: a Work whose core works were all done when
+posted (an eager send, a receive of a message that had arrived) completes at once on the
+caller's thread, and wait() waits on the core works themselves and completes the future
+on the waiting thread. Whichever of these and the pool comes first completes it, once.
 
 CUDA tensors: `stream` is the caller's stream at the call; the future is CUDA-aware
 and the completion runs with that stream current (streams.py says what that orders).
@@ -53,28 +58,47 @@ class HcommWork(dist.Work):
             return
         self._fut = streams.new_future(stream)
         self._completions = completions  # an Executor; None completes on the core's thread
+        self._result, self._finish = result, finish
         self._pending = len(self._core)
         self._lock = threading.Lock()
         self._first_error = None
+        self._settled = False  # the completion is claimed: it runs exactly once, by whoever comes first
+        self._attaching = True  # callbacks that finish before all are attached leave completion to us
         for w in self._core:
-            w.add_done_callback(lambda err, r=result, f=finish: self._one_done(err, r, f))
+            w.add_done_callback(self._one_done)
+        with self._lock:
+            self._attaching = False
+            ready = self._pending == 0
+        if ready:
+            # Every core work was done when posted (an eager send, a receive whose message
+            # had arrived): complete here, with no hop to a completion thread and back.
+            self._hand_off(inline=stream is None)
 
-    # -- completion (progress thread) ------------------------------------------------
-    def _one_done(self, err, result, finish):
+    # -- completion (progress thread, the caller's thread, or a waiter) ------------------
+    def _one_done(self, err):
         with self._lock:
             self._pending -= 1
             if err and self._first_error is None:
                 self._first_error = err
-            if self._pending:
+            if self._pending or self._attaching:
                 return
-        done = lambda: self._complete(result, finish, self._first_error)  # noqa: E731
-        if self._completions is None:
-            done()
+        self._hand_off(inline=self._completions is None)
+
+    def _hand_off(self, inline):
+        if inline:
+            self._settle(self._first_error)
             return
         try:
-            self._completions.submit(done)
+            self._completions.submit(lambda: self._settle(self._first_error))
         except RuntimeError:  # the pool is shut down (group destroyed): finish here
-            done()
+            self._settle(self._first_error)
+
+    def _settle(self, err):
+        with self._lock:
+            if self._settled:
+                return
+            self._settled = True
+        self._complete(self._result, self._finish, err)
 
     def _complete(self, result, finish, err):
         # The core works (and the callbacks they hold, which hold self) are no longer
@@ -98,14 +122,23 @@ class HcommWork(dist.Work):
         if self._fut is None:
             return True
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout or 0)
-        if seconds > 0 and not self._fut.done():
-            for w in self._core:
+        core = self._core  # _complete drops it
+        if (seconds > 0 or self._stream is None) and not self._fut.done():
+            errors = []
+            for w in core:
                 try:
-                    done = w.wait(seconds)
-                except Exception:  # noqa: BLE001 - the same error reaches the future, raised below
+                    done = w.wait(seconds if seconds > 0 else None)
+                except Exception as e:  # noqa: BLE001 - the same error reaches the future, raised below
+                    errors.append(str(e))
                     done = True
                 if not done:
                     raise _as_error(self._what, f"not completed within {seconds:g} s (Work.wait timeout)")
+            if self._stream is None:
+                # The core works are done; complete here rather than wait for the progress
+                # thread to hand the completion to a pool thread and that to wake us: on a
+                # loaded machine each hop is a scheduler wake-up (milliseconds, measured by
+                # benchmarks/p2p_latency.py). Whoever settles first completes; once only.
+                self._settle(errors[0] if errors else None)
         self._fut.wait()  # raises the operation's error
         return True
 
