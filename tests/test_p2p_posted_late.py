@@ -101,3 +101,36 @@ def _torch_wait_body(rank, world):
 
 def test_torch_wait_completes_each_future_once():
     assert all(run_torch(_torch_wait_body, 2, backend="hcomm"))
+
+
+# Waits that sleep at once and for long: a sleeper not woken when its request completes
+# would stay asleep for HCOMM_SLEEP_US (20 s a time), and the test would run past the
+# harness timeout instead of finishing in a second.
+LONG_SLEEPS = {"HCOMM_SPIN_ITERS": "0", "HCOMM_YIELD_ITERS": "0", "HCOMM_SLEEP_US": "20000000"}
+
+
+def _two_threads_body(comm):
+    """Rank 1's progress thread drives an async receive while its own thread sleeps in a
+    blocking receive on the same transport: whichever thread drains the queue completes
+    the other's request and must wake it (peers' rings wake it only when they write)."""
+    rounds, n = 3000, 4099
+    rng = np.random.default_rng(7)
+    if comm.rank == 0:
+        for k in range(rounds):
+            comm.send(_payload(2 * k, n), 1, tag=2 * k)
+            if rng.random() < 0.5:  # vary which message lands while rank 1 sleeps
+                np.linalg.norm(rng.random(2000))
+            comm.send(_payload(2 * k + 1, n), 1, tag=2 * k + 1)
+        return True
+    for k in range(rounds):
+        a, b = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+        w = comm.recv(a, 0, tag=2 * k, async_op=True)
+        comm.recv(b, 0, tag=2 * k + 1)
+        assert w.wait(timeout=60)
+        np.testing.assert_array_equal(a, _payload(2 * k, n), err_msg=f"round {k}, async")
+        np.testing.assert_array_equal(b, _payload(2 * k + 1, n), err_msg=f"round {k}, blocking")
+    return True
+
+
+def test_a_thread_that_completes_anothers_request_wakes_it():
+    assert all(run_comm(_two_threads_body, 2, mode="process", env=LONG_SLEEPS, timeout=60))

@@ -64,6 +64,7 @@ class HcommWork(dist.Work):
         self._first_error = None
         self._settled = False  # the completion is claimed: it runs exactly once, by whoever comes first
         self._attaching = True  # callbacks that finish before all are attached leave completion to us
+        self._waiters = 0  # threads in an unbounded wait(): they complete it, so no pool hop
         for w in self._core:
             w.add_done_callback(self._one_done)
         with self._lock:
@@ -80,7 +81,7 @@ class HcommWork(dist.Work):
             self._pending -= 1
             if err and self._first_error is None:
                 self._first_error = err
-            if self._pending or self._attaching:
+            if self._pending or self._attaching or self._waiters:
                 return
         self._hand_off(inline=self._completions is None)
 
@@ -124,6 +125,10 @@ class HcommWork(dist.Work):
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout or 0)
         core = self._core  # _complete drops it
         if (seconds > 0 or self._stream is None) and not self._fut.done():
+            waiter = seconds <= 0  # an unbounded wait always ends in _settle below
+            if waiter:
+                with self._lock:
+                    self._waiters += 1
             errors = []
             for w in core:
                 try:
