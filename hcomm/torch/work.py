@@ -13,8 +13,8 @@ deadlock); on the pool it is just a busy worker, and the next completion gets an
 Two shortcuts skip that hand-off on the CPU, where each hop is a thread wake-up that
 costs milliseconds on a loaded machine: a Work whose core works were all done when
 posted (an eager send, a receive of a message that had arrived) completes at once on the
-caller's thread, and wait() waits on the core works themselves and completes the future
-on the waiting thread. Whichever of these and the pool comes first completes it, once.
+caller's thread, and a thread in wait() is woken by the last core callback itself and
+completes the future there (no pool thread). Whichever comes first completes it, once.
 
 CUDA tensors: `stream` is the caller's stream at the call; the future is CUDA-aware
 and the completion runs with that stream current (streams.py says what that orders).
@@ -64,7 +64,8 @@ class HcommWork(dist.Work):
         self._first_error = None
         self._settled = False  # the completion is claimed: it runs exactly once, by whoever comes first
         self._attaching = True  # callbacks that finish before all are attached leave completion to us
-        self._waiters = 0  # threads in an unbounded wait(): they complete it, so no pool hop
+        self._waiters = 0  # threads in wait(): the last callback wakes them instead of using the pool
+        self._ready = None  # their threading.Event, made by the first of them
         for w in self._core:
             w.add_done_callback(self._one_done)
         with self._lock:
@@ -81,8 +82,12 @@ class HcommWork(dist.Work):
             self._pending -= 1
             if err and self._first_error is None:
                 self._first_error = err
-            if self._pending or self._attaching or self._waiters:
+            if self._pending or self._attaching:
                 return
+            ready = self._ready if self._waiters else None
+        if ready is not None:  # a waiter completes it: one wake-up, no pool thread
+            ready.set()
+            return
         self._hand_off(inline=self._completions is None)
 
     def _hand_off(self, inline):
@@ -123,29 +128,40 @@ class HcommWork(dist.Work):
         if self._fut is None:
             return True
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout or 0)
-        core = self._core  # _complete drops it
-        if (seconds > 0 or self._stream is None) and not self._fut.done():
-            waiter = seconds <= 0  # an unbounded wait always ends in _settle below
-            if waiter:
-                with self._lock:
-                    self._waiters += 1
-            errors = []
-            for w in core:
+        if seconds > 0 and not self._fut.done():
+            for w in self._core:
                 try:
-                    done = w.wait(seconds if seconds > 0 else None)
-                except Exception as e:  # noqa: BLE001 - the same error reaches the future, raised below
-                    errors.append(str(e))
+                    done = w.wait(seconds)
+                except Exception:  # noqa: BLE001 - the same error reaches the future, raised below
                     done = True
                 if not done:
                     raise _as_error(self._what, f"not completed within {seconds:g} s (Work.wait timeout)")
-            if self._stream is None:
-                # The core works are done; complete here rather than wait for the progress
-                # thread to hand the completion to a pool thread and that to wake us: on a
-                # loaded machine each hop is a scheduler wake-up (milliseconds, measured by
-                # benchmarks/p2p_latency.py). Whoever settles first completes; once only.
-                self._settle(errors[0] if errors else None)
+        if self._stream is None and not self._fut.done():
+            self._wait_ready()
         self._fut.wait()  # raises the operation's error
         return True
+
+    def _wait_ready(self):
+        """Wait for the last core work's callback, then complete the future here.
+
+        One wake-up (the progress thread's callback sets our event) instead of two
+        (callback -> completion pool -> the future's waiter): on a loaded machine each is a
+        scheduler hop (benchmarks/p2p_latency.py). Not the core works' own wait, although
+        it wakes us sooner: it wakes us before the progress thread has run our callback,
+        which then waits for the GIL while we compute and takes it at our next call that
+        releases it (the next post): measured in the planner's post_s pattern (compute
+        holding the GIL between posts), a turn cost 3.3-4.1 ms that way against 1.1-4.0
+        before any of this; p2p_latency.py, which has no compute between posts, favoured it."""
+        with self._lock:
+            ready = self._pending == 0
+            if not ready:
+                if self._ready is None:
+                    self._ready = threading.Event()
+                self._waiters += 1
+                event = self._ready
+        if not ready:
+            event.wait()
+        self._settle(self._first_error)
 
     def get_future(self):
         if self._fut is None:  # a blocking call: its result is already ordered on the caller's stream
