@@ -169,7 +169,18 @@ void Links::backoff(int& idle, const RequestPtr* rs, size_t n) {
 #if defined(__x86_64__)
     __builtin_ia32_pause();
 #endif
-    if ((idle & 1023) == 0 && std::chrono::steady_clock::now() > deadline_) timeout(rs, n);
+    // The spin is capped in time as well as in polls: 20000 polls take about 1 ms here,
+    // and when the peer shares our core (two ranks on one core of a loaded machine, which
+    // a count of our own ranks against the cores cannot see) it runs only once we yield,
+    // so every message cost a whole spin (allreduce of 8 B: 1.09 ms a call with both
+    // ranks pinned to one core, 37 us with a 50 us cap; hcomm-bench, see docs/environment.md).
+    if (idle == 1) {
+      spinStart_ = std::chrono::steady_clock::now();
+    } else if ((idle & 63) == 0) {
+      auto now = std::chrono::steady_clock::now();
+      if (now > deadline_) timeout(rs, n);
+      if (now - spinStart_ > std::chrono::microseconds(policy_.spinUs)) idle = policy_.spins;  // on to yielding
+    }
     return;
   }
   if (std::chrono::steady_clock::now() > deadline_) timeout(rs, n);

@@ -30,6 +30,7 @@ struct Route {
 
 struct WaitPolicy {
   int spins = 2000;   // busy polls before yielding
+  int spinUs = 50;    // ... and at most this long: see Links::backoff
   int yields = 200;   // sched_yield polls before sleeping
   int sleepUs = 1000; // one sleep in the transport
 };
@@ -138,6 +139,7 @@ class Links {
   size_t elemSize_;
   std::chrono::steady_clock::time_point deadline_;
   WaitPolicy policy_;
+  std::chrono::steady_clock::time_point spinStart_;  // when the current spin began
   std::function<std::string()> describe_;
   const Memory* mem_;
   std::vector<std::shared_ptr<char>> scratch_;

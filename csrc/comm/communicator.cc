@@ -43,6 +43,7 @@ WaitPolicy waitPolicy(int ranksOnMachine) {
   bool oversubscribed = ranksOnMachine > static_cast<int>(cores);
   WaitPolicy p;
   p.spins = static_cast<int>(envInt("HCOMM_SPIN_ITERS", oversubscribed ? 16 : 20000));
+  p.spinUs = static_cast<int>(envInt("HCOMM_SPIN_US", 50));
   p.yields = static_cast<int>(envInt("HCOMM_YIELD_ITERS", oversubscribed ? 5000 : 200));
   p.sleepUs = static_cast<int>(envInt("HCOMM_SLEEP_US", 1000));
   return p;

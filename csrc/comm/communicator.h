@@ -264,6 +264,7 @@ class Communicator {
   };
   WorkPtr postP2p(CollectiveInfo info, RequestPtr req, void* buf, size_t nbytes, uint64_t tag);
   bool pollP2p();  // true when anything completed
+  void finishP2p(PendingP2p& p);  // its request is done: complete the Work
 
   // progress thread
   std::deque<PendingP2p> p2p_;

@@ -175,6 +175,14 @@ WorkPtr Communicator::postP2p(CollectiveInfo info, RequestPtr req, void* buf, si
   p.deadline = now +
                std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeoutSec_));
   WorkPtr work = p.work;
+  // An eager send, or a receive whose message had arrived (or a rendezvous the receive
+  // just pulled), is done once posted: complete it here. Queued, it would wait for the
+  // progress thread to wake, take the lock and poll, which on a loaded machine is a
+  // scheduler hop (and the waiter's wake another); the torch backend added more on top.
+  if (p.req && p.req->done.load(std::memory_order_acquire)) {
+    finishP2p(p);
+    return work;
+  }
   {
     std::lock_guard<std::mutex> lock(qmu_);
     p2p_.push_back(std::move(p));
@@ -182,6 +190,17 @@ WorkPtr Communicator::postP2p(CollectiveInfo info, RequestPtr req, void* buf, si
   }
   qcv_.notify_all();
   return work;
+}
+
+void Communicator::finishP2p(PendingP2p& p) {
+  if (p.work->source < 0) {
+    p.work->source = p.info.root;
+    p.work->received = p.nbytes;
+  }
+  // The record first: the Work's callbacks may run user code that reads it.
+  flight_->ended(p.flightId, p.req->error, "",
+                 p.work->source >= 0 && p.info.root < 0 ? routes_[p.work->source].transport->via() : "");
+  p.work->finish(p.req->error.empty() ? "" : describe(p.info, 0) + ": " + p.req->error);
 }
 
 bool Communicator::pollP2p() {
@@ -213,13 +232,7 @@ bool Communicator::pollP2p() {
       if (p.work->isCompleted()) continue;
     }
     if (p.req && p.req->done.load(std::memory_order_acquire)) {
-      if (p.work->source < 0) {
-        p.work->source = p.info.root;
-        p.work->received = p.nbytes;
-      }
-      p.work->finish(p.req->error.empty() ? "" : describe(p.info, 0) + ": " + p.req->error);
-      flight_->ended(p.flightId, p.req->error, "",
-                     p.work->source >= 0 && p.info.root < 0 ? routes_[p.work->source].transport->via() : "");
+      finishP2p(p);
       moved = true;
     } else if (now > p.deadline) {
       std::string why = describe(p.info, 0) + ": timed out waiting for rank " +

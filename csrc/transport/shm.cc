@@ -470,6 +470,13 @@ bool ShmTransport::progress() {
     moved |= progressRecvs(kv.second);
     moved |= progressSends(kv.second);
   }
+  // What moved may complete a request another thread of this process sleeps on (the
+  // progress thread's async receive, drained by a blocking call on the caller's thread,
+  // or the reverse). Peers ring our bell; a thread of ours must too, or that sleeper
+  // stays asleep for its whole timeout (up to 1 ms in Links::backoff).
+  if (moved && mine_->sleepers.load(std::memory_order_seq_cst) != 0) {
+    ring(mine_);
+  }
   return moved;
 }
 
@@ -525,9 +532,11 @@ void ShmTransport::failPeer(Peer& p, const std::string& why) {
 void ShmTransport::sleepFor(int us) {
   failDeadPeers();
   uint32_t v = mine_->bell.load(std::memory_order_seq_cst);
+  // Counted as a sleeper before the last look: another thread of ours that moves our
+  // request while we look (it holds the lock, our progress() finds nothing) sees us and
+  // rings, so the futex wait below returns at once. Anything that changed between the
+  // caller's last progress() and the bell read would otherwise be slept through.
   mine_->sleepers.fetch_add(1, std::memory_order_seq_cst);
-  // Anything that changed between the caller's last progress() and the bell read above
-  // would otherwise be slept through.
   if (!progress()) futexWait(&mine_->bell, v, us);
   mine_->sleepers.fetch_sub(1, std::memory_order_seq_cst);
 }

@@ -10,6 +10,11 @@ callbacks inline, and those are user code that may block on another collective: 
 own PowerSGD hook waits on a nested all_reduce inside .then(). Run on the progress
 thread, that wait would stop the very thread that must finish the nested op (a
 deadlock); on the pool it is just a busy worker, and the next completion gets another.
+Two shortcuts skip that hand-off on the CPU, where each hop is a thread wake-up that
+costs milliseconds on a loaded machine: a Work whose core works were all done when
+posted (an eager send, a receive of a message that had arrived) completes at once on the
+caller's thread, and a thread in wait() is woken by the last core callback itself and
+completes the future there (no pool thread). Whichever comes first completes it, once.
 
 CUDA tensors: `stream` is the caller's stream at the call; the future is CUDA-aware
 and the completion runs with that stream current (streams.py says what that orders).
@@ -53,28 +58,53 @@ class HcommWork(dist.Work):
             return
         self._fut = streams.new_future(stream)
         self._completions = completions  # an Executor; None completes on the core's thread
+        self._result, self._finish = result, finish
         self._pending = len(self._core)
         self._lock = threading.Lock()
         self._first_error = None
+        self._settled = False  # the completion is claimed: it runs exactly once, by whoever comes first
+        self._attaching = True  # callbacks that finish before all are attached leave completion to us
+        self._waiters = 0  # threads in wait(): the last callback wakes them instead of using the pool
+        self._ready = None  # their threading.Event, made by the first of them
         for w in self._core:
-            w.add_done_callback(lambda err, r=result, f=finish: self._one_done(err, r, f))
+            w.add_done_callback(self._one_done)
+        with self._lock:
+            self._attaching = False
+            ready = self._pending == 0
+        if ready:
+            # Every core work was done when posted (an eager send, a receive whose message
+            # had arrived): complete here, with no hop to a completion thread and back.
+            self._hand_off(inline=stream is None)
 
-    # -- completion (progress thread) ------------------------------------------------
-    def _one_done(self, err, result, finish):
+    # -- completion (progress thread, the caller's thread, or a waiter) ------------------
+    def _one_done(self, err):
         with self._lock:
             self._pending -= 1
             if err and self._first_error is None:
                 self._first_error = err
-            if self._pending:
+            if self._pending or self._attaching:
                 return
-        done = lambda: self._complete(result, finish, self._first_error)  # noqa: E731
-        if self._completions is None:
-            done()
+            ready = self._ready if self._waiters else None
+        if ready is not None:  # a waiter completes it: one wake-up, no pool thread
+            ready.set()
+            return
+        self._hand_off(inline=self._completions is None)
+
+    def _hand_off(self, inline):
+        if inline:
+            self._settle(self._first_error)
             return
         try:
-            self._completions.submit(done)
+            self._completions.submit(lambda: self._settle(self._first_error))
         except RuntimeError:  # the pool is shut down (group destroyed): finish here
-            done()
+            self._settle(self._first_error)
+
+    def _settle(self, err):
+        with self._lock:
+            if self._settled:
+                return
+            self._settled = True
+        self._complete(self._result, self._finish, err)
 
     def _complete(self, result, finish, err):
         # The core works (and the callbacks they hold, which hold self) are no longer
@@ -106,8 +136,32 @@ class HcommWork(dist.Work):
                     done = True
                 if not done:
                     raise _as_error(self._what, f"not completed within {seconds:g} s (Work.wait timeout)")
+        if self._stream is None and not self._fut.done():
+            self._wait_ready()
         self._fut.wait()  # raises the operation's error
         return True
+
+    def _wait_ready(self):
+        """Wait for the last core work's callback, then complete the future here.
+
+        One wake-up (the progress thread's callback sets our event) instead of two
+        (callback -> completion pool -> the future's waiter): on a loaded machine each is a
+        scheduler hop (benchmarks/p2p_latency.py). Not the core works' own wait, although
+        it wakes us sooner: it wakes us before the progress thread has run our callback,
+        which then waits for the GIL while we compute and takes it at our next call that
+        releases it (the next post): measured in the planner's post_s pattern (compute
+        holding the GIL between posts), a turn cost 3.3-4.1 ms that way against 1.1-4.0
+        before any of this; p2p_latency.py, which has no compute between posts, favoured it."""
+        with self._lock:
+            ready = self._pending == 0
+            if not ready:
+                if self._ready is None:
+                    self._ready = threading.Event()
+                self._waiters += 1
+                event = self._ready
+        if not ready:
+            event.wait()
+        self._settle(self._first_error)
 
     def get_future(self):
         if self._fut is None:  # a blocking call: its result is already ordered on the caller's stream
