@@ -24,7 +24,7 @@ from datetime import timedelta
 
 import pytest
 
-from harness import free_port
+from harness import free_port, run_comm
 
 TIMEOUT = 40  # every rank's HCOMM_TIMEOUT: what a wait that misses the death would last
 
@@ -253,3 +253,43 @@ def test_any_source_receive_fails_once_the_world_is_aborted(mode):
         row = json.loads(out.strip().splitlines()[-1])
         assert row["error"] and "the test aborts the world" in row["error"], row
         assert "timed out" not in row["error"], row
+
+
+def _late_sender_body(comm, mode):
+    """Rank 0 waits from any source across several failure checks (one every 100 ms)
+    while the others are alive and send late: the check must not end a live wait."""
+    import time
+
+    import numpy as np
+
+    import hcomm
+
+    payload = [np.random.default_rng([22, q]).standard_normal(1237).astype(np.float32) for q in range(comm.size)]
+    if comm.rank != 0:
+        time.sleep(0.4 * comm.rank)   # several 100 ms failure checks pass on rank 0 meanwhile
+        comm.send(payload[comm.rank], 0, tag=5)
+        return True
+    seen = set()
+    for _ in range(comm.size - 1):
+        buf = np.zeros(1237, np.float32)
+        if mode == "blocking":
+            src = comm.recv(buf, tag=5)
+        else:
+            w = comm.recv(buf, tag=5, async_op=True)
+            assert w.wait()
+            src = w.source
+        np.testing.assert_array_equal(buf, payload[src])
+        seen.add(src)
+    assert seen == set(range(1, comm.size)), seen
+    if comm.size == 1:  # alone: only an abort can end the wait
+        w = comm.recv(np.zeros(3, np.float32), tag=5, async_op=True)
+        comm.abort("the test aborts a world of one")
+        with pytest.raises(hcomm.Error, match="a world of one"):
+            w.wait()
+    return True
+
+
+@pytest.mark.parametrize("mode", ["blocking", "async"])
+@pytest.mark.parametrize("world", [1, 3])
+def test_any_source_receive_outlasts_failure_checks_while_senders_live(world, mode):
+    assert all(run_comm(_late_sender_body, world, mode="process", args=(mode,), timeout=ANY_LIMIT))
