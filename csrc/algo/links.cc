@@ -26,13 +26,13 @@ Links::Links(int rank, int size, std::shared_ptr<const std::vector<Route>> route
 
 namespace {
 
-// Is `v` one of the " + "-separated parts of `list`?
-bool listed(const std::string& list, const std::string& v) {
+// Is `v` one of the `sep`-separated parts of `list`?
+bool listed(const std::string& list, const std::string& v, const std::string& sep = " + ") {
   for (size_t at = 0; at <= list.size();) {
-    size_t end = list.find(" + ", at);
+    size_t end = list.find(sep, at);
     if (end == std::string::npos) end = list.size();
     if (list.compare(at, end - at, v) == 0) return true;
-    at = end + 3;
+    at = end + sep.size();
   }
   return false;
 }
@@ -100,61 +100,96 @@ RequestPtr Links::irecvAccumulate(int peer, void* dst, bool dstWide, const void*
   return r.transport->irecv(r.peer, tagBase_ + channel, dst, bytes, &spec, fingerprint_);
 }
 
-int Links::recvAny(void* buf, size_t bytes, int channel, size_t* got) {
-  int idle = 0;
-  while (true) {
-    for (int p = 0; p < size_; ++p) {
-      size_t n = 0;
-      const Route& r = route(p);
-      if (r.transport->probe(r.peer, tagBase_ + channel, &n)) {
-        if (n > bytes)
-          throw Error("recv from any source: rank " + std::to_string(p) + " sent " + std::to_string(n) +
-                      " bytes, more than the " + std::to_string(bytes) + "-byte buffer");
-        if (got) *got = n;
-        wait(r.transport->irecv(r.peer, tagBase_ + channel, buf, n, nullptr));
-        return p;
-      }
-    }
-    if (!poll()) backoff(idle, nullptr, 0);
-  }
-}
-
-int Links::nextArrival(const std::vector<int>& peers, int channel) {
-  // This wait only probes: no receive is posted, so the failures that end a posted
-  // receive at once (a peer that exited, this world aborted by another call's error)
-  // never reach it. Without asking the transports it lasted until the deadline, and
-  // every call queued behind an aborted one waited a whole timeout more (issue 22: the
-  // survivors of a kill sat in queued ZeRO reduce-scatters). Asked once the spinning
-  // is over, after 100 ms of waiting and every 100 ms then: the spin loop of a short
-  // wait (the 16-bit fold's usual one) is the same as before.
+// Both probing waits below post no receive, so the failures that end a posted receive
+// at once (a peer that exited, this world aborted by another call's error) never reach
+// them. Without asking the transports they lasted until the deadline, and every call
+// queued behind an aborted one waited a whole timeout more (issue 22: the survivors of a
+// kill sat in queued ZeRO reduce-scatters, or in a receive from any source). Asked once
+// the spinning is over, after 100 ms of waiting and every 100 ms then: the spin loop of
+// a short wait (the 16-bit fold's usual one) is the same as without the check.
+template <class Probe, class Ask>
+int Links::waitProbing(Probe arrived, Ask ask) {
   constexpr auto kEvery = std::chrono::milliseconds(100);
   int idle = 0;
-  auto ask = std::chrono::steady_clock::now() + kEvery;
+  auto next = std::chrono::steady_clock::now() + kEvery;
   while (true) {
-    for (int p : peers) {
-      const Route& r = route(p);
-      if (r.transport->probe(r.peer, tagBase_ + channel, nullptr)) return p;
-    }
+    int p = arrived();
+    if (p >= 0) return p;
     if (poll()) continue;
     if (idle >= policy_.spins) {
       auto now = std::chrono::steady_clock::now();
-      if (now >= ask) {
-        failIfGone(peers, channel);
-        ask = now + kEvery;
+      if (now >= next) {
+        ask();
+        next = now + kEvery;
       }
     }
     backoff(idle, nullptr, 0);
   }
 }
 
+int Links::recvAny(void* buf, size_t bytes, int channel, size_t* got) {
+  const uint64_t tag = tagBase_ + channel;
+  size_t n = 0;
+  auto arrived = [&] {
+    for (int p = 0; p < size_; ++p) {
+      const Route& r = route(p);
+      if (r.transport->probe(r.peer, tag, &n)) return p;
+    }
+    return -1;
+  };
+  auto ask = [&] {
+    std::string why = noSenderLeft(*routes_, rank_, tag);
+    if (!why.empty()) throw Error(describe_() + ": receive from any rank failed: " + why);
+  };
+  int p = waitProbing(arrived, ask);
+  if (n > bytes)
+    throw Error("recv from any source: rank " + std::to_string(p) + " sent " + std::to_string(n) +
+                " bytes, more than the " + std::to_string(bytes) + "-byte buffer");
+  if (got) *got = n;
+  const Route& r = route(p);
+  wait(r.transport->irecv(r.peer, tag, buf, n, nullptr));
+  return p;
+}
+
+int Links::nextArrival(const std::vector<int>& peers, int channel) {
+  auto arrived = [&] {
+    for (int p : peers) {
+      const Route& r = route(p);
+      if (r.transport->probe(r.peer, tagBase_ + channel, nullptr)) return p;
+    }
+    return -1;
+  };
+  return waitProbing(arrived, [&] { failIfGone(peers, channel); });
+}
+
 void Links::failIfGone(const std::vector<int>& peers, int channel) const {
   for (int p : peers) {
     const Route& r = route(p);
-    std::string why = r.transport->peerFailure(r.peer);
     // What it sent before it went still counts: the caller's next probe takes it.
-    if (!why.empty() && !r.transport->probe(r.peer, tagBase_ + channel, nullptr))
+    std::string why = goneWhy(r, tagBase_ + channel);
+    if (!why.empty())
       throw Error(describe_() + ": receive from rank " + std::to_string(r.peer) + " failed: " + why);
   }
+}
+
+std::string goneWhy(const Route& r, uint64_t tag) {
+  if (!r.transport) return "";
+  std::string why = r.transport->peerFailure(r.peer);
+  if (why.empty() || r.transport->probe(r.peer, tag, nullptr)) return "";
+  return why;
+}
+
+std::string noSenderLeft(const std::vector<Route>& routes, int self, uint64_t tag) {
+  const bool alone = routes.size() == 1;
+  std::string all;
+  for (size_t p = 0; p < routes.size(); ++p) {
+    if (static_cast<int>(p) == self && !alone) continue;
+    std::string why = goneWhy(routes[p], tag);
+    if (why.empty()) return "";  // this one may still send
+    // An abort gives every rank the same cause: say it once.
+    if (!listed(all, why, "; ")) all += (all.empty() ? "" : "; ") + why;
+  }
+  return all;
 }
 
 bool Links::poll() {

@@ -28,6 +28,18 @@ struct Route {
   int peer = -1;  // the rank as the transport knows it
 };
 
+// Why rank `r` can send nothing more on `tag`: its transport's peerFailure (it exited,
+// gave up, its connection broke, or this world was aborted), but only once nothing it sent
+// before it went is still waiting there to be received; "" while a message may come.
+std::string goneWhy(const Route& r, uint64_t tag);
+// For a receive from any of `routes` (a communicator's, `self` its own rank): why no
+// rank is left that could send on `tag`, the distinct causes joined by "; "; "" while one
+// could. Its own rank counts only when it is alone (then only this world's abort ends
+// the wait; with others, the abort reaches each one's peerFailure). Not counting it means
+// that with every other rank gone the wait ends although another thread of this rank
+// could still send to it: an any-source receive is not how a process talks to itself.
+std::string noSenderLeft(const std::vector<Route>& routes, int self, uint64_t tag);
+
 struct WaitPolicy {
   int spins = 2000;   // busy polls before yielding
   int spinUs = 50;    // ... and at most this long: see Links::backoff
@@ -125,6 +137,10 @@ class Links {
   // Throws as check() does when one of `peers` will send nothing more on `channel`
   // (Transport::peerFailure) and nothing from it waits there.
   void failIfGone(const std::vector<int>& peers, int channel) const;
+  // The wait of nextArrival and recvAny: `arrived()` probes (a rank >= 0 ends the wait),
+  // `ask()` checks for failures nothing else reports (see nextArrival). Defined in links.cc.
+  template <class Probe, class Ask>
+  int waitProbing(Probe arrived, Ask ask);
   [[noreturn]] void timeout(const RequestPtr* rs, size_t n) const;
   const Route& route(int peer) const;
 

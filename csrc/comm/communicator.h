@@ -259,11 +259,17 @@ class Communicator {
     size_t nbytes = 0;
     uint64_t tag = 0;
     std::chrono::steady_clock::time_point deadline;
+    // An unmatched any-source receive asks next whether any rank can still send
+    // (noSenderLeft): 100 ms after its post and every 100 ms then, as Links' waits do.
+    std::chrono::steady_clock::time_point askGone;
     CollectiveInfo info;
     uint64_t flightId = 0;
   };
   WorkPtr postP2p(CollectiveInfo info, RequestPtr req, void* buf, size_t nbytes, uint64_t tag);
   bool pollP2p();  // true when anything completed
+  // An any-source receive not yet matched: posts it to the first rank with a message;
+  // true when its Work ended instead (a message too big, or nobody left to send).
+  bool matchAnySource(PendingP2p& p, std::chrono::steady_clock::time_point now);
   void finishP2p(PendingP2p& p);  // its request is done: complete the Work
 
   // progress thread

@@ -174,6 +174,7 @@ WorkPtr Communicator::postP2p(CollectiveInfo info, RequestPtr req, void* buf, si
   flight_->started(p.flightId, now);
   p.deadline = now +
                std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeoutSec_));
+  p.askGone = now + std::chrono::milliseconds(100);
   WorkPtr work = p.work;
   // An eager send, or a receive whose message had arrived (or a rendezvous the receive
   // just pulled), is done once posted: complete it here. Queued, it would wait for the
@@ -203,6 +204,34 @@ void Communicator::finishP2p(PendingP2p& p) {
   p.work->finish(p.req->error.empty() ? "" : describe(p.info, 0) + ": " + p.req->error);
 }
 
+bool Communicator::matchAnySource(PendingP2p& p, std::chrono::steady_clock::time_point now) {
+  for (int peer = 0; peer < size_; ++peer) {
+    size_t n = 0;
+    const Route& r = routes_[peer];
+    if (!r.transport->probe(r.peer, p.tag, &n)) continue;
+    if (n > p.nbytes) {
+      p.work->finish(describe(p.info, 0) + ": rank " + std::to_string(peer) + " sent " + std::to_string(n) +
+                     " bytes, more than the " + std::to_string(p.nbytes) + "-byte buffer");
+      return true;
+    }
+    p.req = r.transport->irecv(r.peer, p.tag, p.buf, n, nullptr);
+    p.work->source = peer;
+    p.work->received = n;
+    return false;
+  }
+  // Only probed, so no transport fails it when the senders die or the world is aborted
+  // (see Links::waitProbing). Asked every 100 ms, not at every poll: this runs in the
+  // progress thread's loop, and peerFailure reads /proc for each peer over shm.
+  if (now < p.askGone) return false;
+  p.askGone = now + std::chrono::milliseconds(100);
+  std::string why = noSenderLeft(routes_, rank_, p.tag);
+  if (why.empty()) return false;
+  why = describe(p.info, 0) + ": receive from any rank failed: " + why;
+  flight_->ended(p.flightId, why, "", "");  // first: the Work's callbacks may read it
+  p.work->finish(why);
+  return true;
+}
+
 bool Communicator::pollP2p() {
   std::deque<PendingP2p> pending;
   {
@@ -214,22 +243,9 @@ bool Communicator::pollP2p() {
   auto now = std::chrono::steady_clock::now();
   std::deque<PendingP2p> still;
   for (auto& p : pending) {
-    if (!p.req) {  // any-source receive: match the first peer with a message waiting
-      for (int peer = 0; peer < size_ && !p.req; ++peer) {
-        size_t n = 0;
-        if (routes_[peer].transport->probe(routes_[peer].peer, p.tag, &n)) {
-          if (n > p.nbytes) {
-            p.work->finish(describe(p.info, 0) + ": rank " + std::to_string(peer) + " sent " + std::to_string(n) +
-                           " bytes, more than the " + std::to_string(p.nbytes) + "-byte buffer");
-            moved = true;
-            break;
-          }
-          p.req = routes_[peer].transport->irecv(routes_[peer].peer, p.tag, p.buf, n, nullptr);
-          p.work->source = peer;
-          p.work->received = n;
-        }
-      }
-      if (p.work->isCompleted()) continue;
+    if (!p.req && matchAnySource(p, now)) {
+      moved = true;
+      continue;
     }
     if (p.req && p.req->done.load(std::memory_order_acquire)) {
       finishP2p(p);

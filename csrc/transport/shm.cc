@@ -1,13 +1,8 @@
 #include "transport/shm.h"
 
-#include <fcntl.h>
 #include <linux/futex.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <signal.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,74 +13,13 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
-#include <thread>
 
 #include "common/param.h"
+#include "transport/shm_segment.h"
 
 namespace hcomm {
 
 namespace {
-constexpr uint64_t kMagic = 0x68636f6d6d534d31ull;  // "hcommSM1"
-constexpr int kSlots = 8;
-constexpr size_t kSlotBytes = 128 << 10;
-constexpr int kAcks = 1024;  // rendezvous messages one pair may have outstanding
-constexpr uint32_t kData = 1, kRendezvous = 2;
-// A word whose address every peer reads once at connect() to see whether cross-memory
-// attach works between the two processes. Constant, so not mutable state.
-const volatile uint64_t kCmaProbe = 0x6863636d61707262ull;
-}  // namespace
-
-struct ShmSlot {
-  uint64_t tag;
-  uint64_t total;   // message bytes
-  uint64_t offset;  // of this chunk (data) ; 0 for rendezvous
-  uint32_t len;     // bytes in this chunk
-  uint32_t kind;
-  int64_t pid;      // rendezvous: sender process and buffer
-  uint64_t addr;
-  uint64_t seq;
-  uint64_t fingerprint;  // the sender's collective signature
-  char data[kSlotBytes];
-};
-
-struct alignas(64) ShmQueue {
-  alignas(64) std::atomic<uint64_t> head;  // slots published (sender writes)
-  alignas(64) std::atomic<uint64_t> tail;  // slots consumed (receiver writes)
-  alignas(64) std::atomic<uint64_t> acks[kAcks];  // rendezvous done: acks[seq % kAcks] = seq
-  ShmSlot slots[kSlots];
-};
-
-constexpr int kBoardSlots = 64;  // communicators one rank can publish progress for
-constexpr uint64_t kClosed = 1ull << 63;  // the communicator was closed: slot reusable, still readable
-
-// One communicator's progress on the segment's owner (see ShmTransport::noteStarted).
-struct alignas(64) ShmProgress {
-  std::atomic<uint64_t> comm;     // communicator id + 1, | kClosed once closed; 0: never used
-  std::atomic<uint64_t> started;  // (seq + 1) << 8 | kind of the last collective entered; 0: none
-  std::atomic<uint64_t> ended;    // seq + 1 of the last collective finished; 0: none
-};
-
-struct alignas(64) ShmSegment {
-  std::atomic<uint64_t> magic;
-  int64_t pid;
-  uint64_t probeAddr;
-  int32_t nLocal;
-  alignas(64) std::atomic<uint32_t> bell;      // bumped by anyone who changed my queues
-  alignas(64) std::atomic<uint32_t> sleepers;  // threads of mine in futex wait
-  alignas(64) uint8_t canRead[256];            // canRead[i]: I can read local rank i's memory
-  ShmProgress board[kBoardSlots];              // written by the owner only
-  // Why the owner aborted (set once, then `failed`): a rank waiting on it fails at once
-  // with the first cause instead of timing out or blaming the rank that merely gave up.
-  alignas(64) std::atomic<uint32_t> failed;
-  char failure[448];
-  ShmQueue queues[1];                          // nLocal of them, by sender's local index
-};
-
-namespace {
-
-size_t segmentBytes(int nLocal) {
-  return sizeof(ShmSegment) + sizeof(ShmQueue) * (nLocal > 1 ? nLocal - 1 : 0);
-}
 
 void futexWait(std::atomic<uint32_t>* word, uint32_t expected, int us) {
   struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
@@ -109,136 +43,7 @@ bool processAlive(int64_t pid) {
   return !(close && close + 2 < buf + n && (close[2] == 'Z' || close[2] == 'X'));
 }
 
-// Reads `len` bytes at `addr` of process `pid` into `dst`.
-bool cmaRead(int64_t pid, uint64_t addr, void* dst, size_t len, std::string* err) {
-  if (pid == getpid()) {
-    std::memcpy(dst, reinterpret_cast<const void*>(addr), len);
-    return true;
-  }
-  size_t done = 0;
-  while (done < len) {
-    struct iovec local = {static_cast<char*>(dst) + done, len - done};
-    struct iovec remote = {reinterpret_cast<void*>(addr + done), len - done};
-    ssize_t n = process_vm_readv(static_cast<pid_t>(pid), &local, 1, &remote, 1, 0);
-    if (n <= 0) {
-      if (n < 0 && errno == EINTR) continue;
-      if (err) *err = std::string("process_vm_readv from pid ") + std::to_string(pid) + ": " + strerror(errno);
-      return false;
-    }
-    done += static_cast<size_t>(n);
-  }
-  return true;
-}
-
 }  // namespace
-
-ShmTransport::ShmTransport(int rank, std::vector<int> localRanks, std::string prefix, double timeoutSec)
-    : rank_(rank),
-      localRanks_(std::move(localRanks)),
-      prefix_(std::move(prefix)),
-      timeoutSec_(timeoutSec),
-      hugePages_(static_cast<size_t>(std::max<int64_t>(0, envInt("HCOMM_SHM_HUGEPAGE_BYTES", 4 << 20)))) {
-  if (localRanks_.size() > 256) throw Error("shm transport: more than 256 ranks on one host");
-  // Let peers of any ancestry read our memory (Yama ptrace_scope=1 would refuse them).
-  prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
-  int nLocal = static_cast<int>(localRanks_.size());
-  mineName_ = prefix_ + "_" + std::to_string(rank_);
-  mineBytes_ = segmentBytes(nLocal);
-  int fd = shm_open(mineName_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-  if (fd < 0) throw Error("shm_open(" + mineName_ + "): " + strerror(errno));
-  if (ftruncate(fd, static_cast<off_t>(mineBytes_)) != 0) {
-    int e = errno;
-    close(fd);
-    shm_unlink(mineName_.c_str());
-    throw Error("shm segment of " + std::to_string(mineBytes_) + " bytes: " + strerror(e) +
-                " (is /dev/shm large enough?)");
-  }
-  void* p = mmap(nullptr, mineBytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  if (p == MAP_FAILED) {
-    shm_unlink(mineName_.c_str());
-    throw Error(std::string("mmap of shm segment: ") + strerror(errno));
-  }
-  mine_ = static_cast<ShmSegment*>(p);  // fresh pages are zero: counters start at 0
-  mine_->pid = getpid();
-  mine_->probeAddr = reinterpret_cast<uint64_t>(&kCmaProbe);
-  mine_->nLocal = nLocal;
-  mine_->magic.store(kMagic, std::memory_order_release);
-}
-
-ShmTransport::~ShmTransport() {
-  for (auto& kv : peers_)
-    if (kv.second.seg && kv.second.seg != mine_) munmap(kv.second.seg, kv.second.segBytes);
-  if (mine_) {
-    shm_unlink(mineName_.c_str());  // no-op when already unlinked
-    munmap(mine_, mineBytes_);
-  }
-}
-
-bool ShmTransport::canConnect(int peer, MemKind mem) const {
-  return mem == MemKind::HOST && std::find(localRanks_.begin(), localRanks_.end(), peer) != localRanks_.end();
-}
-
-void ShmTransport::connect() {
-  bool allowCma = envInt("HCOMM_SHM_CMA", 1) != 0;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutSec_);
-  int nLocal = static_cast<int>(localRanks_.size());
-  int myIndex = static_cast<int>(std::find(localRanks_.begin(), localRanks_.end(), rank_) - localRanks_.begin());
-  for (int i = 0; i < nLocal; ++i) {
-    Peer& p = peers_[localRanks_[i]];
-    p.rank = localRanks_[i];
-    p.index = i;
-    if (p.rank == rank_) {
-      p.seg = mine_;
-      p.segBytes = mineBytes_;
-    } else {
-      std::string name = prefix_ + "_" + std::to_string(p.rank);
-      int fd = -1;
-      while ((fd = shm_open(name.c_str(), O_RDWR, 0600)) < 0) {
-        if (std::chrono::steady_clock::now() > deadline)
-          throw TimeoutError("shm transport: rank " + std::to_string(p.rank) +
-                             " did not create its segment " + name + " in time");
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
-      }
-      struct stat st;
-      while (fstat(fd, &st) == 0 && static_cast<size_t>(st.st_size) < segmentBytes(nLocal))
-        std::this_thread::sleep_for(std::chrono::microseconds(100));
-      p.segBytes = segmentBytes(nLocal);
-      void* m = mmap(nullptr, p.segBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-      close(fd);
-      if (m == MAP_FAILED) throw Error(std::string("mmap of peer shm segment: ") + strerror(errno));
-      p.seg = static_cast<ShmSegment*>(m);
-      while (p.seg->magic.load(std::memory_order_acquire) != kMagic) {
-        if (std::chrono::steady_clock::now() > deadline)
-          throw TimeoutError("shm transport: segment of rank " + std::to_string(p.rank) + " never initialised");
-        std::this_thread::sleep_for(std::chrono::microseconds(100));
-      }
-      uint64_t v = 0;
-      mine_->canRead[i] = allowCma && cmaRead(p.seg->pid, p.seg->probeAddr, &v, sizeof v, nullptr) &&
-                          v == kCmaProbe;
-    }
-    p.out = &p.seg->queues[myIndex];
-    p.in = &mine_->queues[i];
-  }
-}
-
-void ShmTransport::unlinkOwn() {
-  // Every peer has mapped us once it has sent to us; the name is no longer needed and
-  // removing it now means nothing is left in /dev/shm if the job dies.
-  for (auto& kv : peers_) {
-    Peer& p = kv.second;
-    if (p.rank == rank_) continue;
-    // The peer wrote its probe verdict on us before its first message; read it now.
-    int myIndex = peers_[rank_].index;
-    p.cma = p.seg->canRead[myIndex] != 0;
-  }
-  shm_unlink(mineName_.c_str());
-}
-
-bool ShmTransport::usesCma(int peer) const {
-  auto it = peers_.find(peer);
-  return it != peers_.end() && it->second.cma;
-}
 
 ShmTransport::Peer& ShmTransport::peerOf(int rank) {
   auto it = peers_.find(rank);

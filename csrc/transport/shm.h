@@ -7,7 +7,8 @@
 // sender's memory with process_vm_readv (cross-memory attach), so a large message
 // costs one copy. Where the kernel refuses cross-memory attach, every message streams
 // through the slots (two copies, pipelined). Waiting ranks sleep on a futex in their
-// own segment ("doorbell") that senders ring.
+// own segment ("doorbell") that senders ring. The segment's layout is in shm_segment.h;
+// creating, mapping and probing segments in shm_segment.cc; moving messages in shm.cc.
 #pragma once
 #include <chrono>
 #include <map>
