@@ -54,3 +54,71 @@ def test_a_nic_link_is_not_priced_at_the_cpu_share():
     shared = hcomm.explain("broadcast", S, topology=_one_box([1, 1], cpus=1), root=0).candidate("binomial").seconds
     spare = hcomm.explain("broadcast", S, topology=_one_box([1, 1], cpus=2), root=0).candidate("binomial").seconds
     assert shared == pytest.approx(spare, rel=1e-9)
+
+
+# ---------------------------------------------------------------- the socket path's CPU
+
+def _sock_box(sizes, cpus, wire, send_cpu, recv_cpu):
+    """Simulated hosts on one `cpus`-CPU machine whose tcp wire moves `wire` s/byte and
+    whose socket calls cost send_cpu / recv_cpu s/byte on a whole core."""
+    topo = _one_box(sizes, cpus)
+    topo["links"]["tcp"].update(beta=wire, send_cpu=send_cpu, recv_cpu=recv_cpu)
+    return topo
+
+
+def test_a_wire_faster_than_the_cpus_is_priced_at_the_socket_calls():
+    """4 hosts x 1 rank on 2 CPUs (half a CPU each), a wire of 10 GB/s, socket calls of
+    2 GB/s a side on a whole core: in each of ring reduce-scatter's n-1 steps every rank
+    sends and receives S/n through its own half CPU, (S/n)(send + recv)/0.5 at least;
+    the wire alone says a tenth of that (the model before the term)."""
+    S, n, cs, cr = 64 << 20, 4, 1 / 2e9, 1 / 2e9
+    e = hcomm.explain("reduce_scatter", S, topology=_sock_box([1] * n, 2, 1 / 10e9, cs, cr))
+    bound = (n - 1) * S / n * (cs + cr) / 0.5
+    assert e.candidate("ring").seconds >= bound * 0.999, str(e)
+    # a broadcast hop: the root's sends and the leaf's receives run side by side
+    b = hcomm.explain("broadcast", S, topology=_sock_box([1, 1], 2, 1 / 10e9, cs, cr), root=0)
+    assert b.candidate("binomial").seconds >= S * max(cs, cr) / 1.0 * 0.999, str(b)   # 2 ranks, 2 CPUs: a CPU each
+
+
+def test_socket_calls_cheaper_than_the_wire_change_nothing():
+    """Measured here (loopback, one core): send calls 13-19 GB/s, receive calls 9-25 GB/s,
+    far above a 1 Gbit/s or 10 Gbit/s wire: the wire keeps setting the price."""
+    S = 16 << 20
+    for collective in ("allreduce", "reduce_scatter", "allgather", "broadcast"):
+        plain = hcomm.explain(collective, S, topology=_one_box([2, 2], cpus=2), root=1)
+        sock = hcomm.explain(collective, S, topology=_sock_box([2, 2], 2, 1 / 0.11e9, 1 / 15e9, 1 / 15e9), root=1)
+        for c in plain.candidates:
+            assert sock.candidate(c.algo).seconds == pytest.approx(c.seconds, rel=1e-9), (collective, c.algo)
+
+
+def test_socket_costs_survive_a_dump_and_bad_ones_are_refused():
+    from hcomm import topology
+
+    topo = _sock_box([1, 1], 2, 1 / 10e9, 1 / 2e9, 1 / 3e9)
+    again = topology.load(topology.load(topo))
+    assert again["links"]["tcp"]["send_cpu"] == pytest.approx(1 / 2e9)
+    assert again["links"]["tcp"]["recv_cpu"] == pytest.approx(1 / 3e9)
+    topo["links"]["tcp"]["recv_cpu"] = -1e-9
+    with pytest.raises(hcomm.Error, match=r"links\.tcp.*recv_cpu"):
+        topology.load(topo)
+
+
+def test_a_dump_keeps_namespace_hosts_that_share_a_hostname_apart():
+    """The network-namespace cluster's hosts share one hostname; a dump lists each under
+    that name with the rank records' probed identities. Loaded back (the validation
+    benchmark re-prices from the dump) they must stay 2 hosts, not merge into one."""
+    rec = lambda r, ns: {"rank": r, "hostname": "box", "host_id": f"boot|box|{ns}", "host": "box", "cpus": "0-1"}  # noqa: E731
+    dump = {"hosts": [{"name": "box", "ranks": [0, 1]}, {"name": "box", "ranks": [2]}],
+            "ranks": [rec(0, "ns0"), rec(1, "ns0"), rec(2, "ns1")]}
+    e = hcomm.explain("allreduce", 1 << 20, topology=dump)
+    assert e.hosts == 2, str(e)
+    assert e.candidate("hierarchical").applicable
+
+
+def test_the_socket_probe_measures_both_sides():
+    from hcomm import _C
+
+    send, recv = _C._socket_cpu(1 << 20, 1)
+    assert 0 < send < 1e-6 and 0 < recv < 1e-6   # below 1 ms per KB: a real measurement, not a sentinel
+    with pytest.raises(hcomm.Error, match="bytes and sweeps must be positive"):
+        _C._socket_cpu(0, 1)
