@@ -23,10 +23,10 @@ def test_tree_latency_counts_the_trees_taking_turns(n):
         assert e.chosen != "tree", str(e)
 
 
-def _one_box(sizes, cpus):
+def _one_box(sizes, cpus, tcp_beta=1 / 0.11e9):
     from test_tuner import one_machine
 
-    return one_machine(sizes, cpus=cpus)
+    return one_machine(sizes, cpus=cpus, tcp_beta=tcp_beta)
 
 
 def test_local_passes_run_at_the_cpu_share_ranks_get():
@@ -122,3 +122,35 @@ def test_the_socket_probe_measures_both_sides():
     assert 0 < send < 1e-6 and 0 < recv < 1e-6   # below 1 ms per KB: a real measurement, not a sentinel
     with pytest.raises(hcomm.Error, match="bytes and sweeps must be positive"):
         _C._socket_cpu(0, 1)
+
+
+# ---------------------------------------------------------------- CPU share by phase
+
+TEN_GBIT = 1 / 1.2e9   # what the 10 Gbit/s namespace links probe at (0.5-1.3 GB/s): local passes matter
+
+def test_a_phase_gets_the_cpus_that_waiting_ranks_leave():
+    """2 + 1 on a 2-CPU machine: hierarchical allreduce's ring inside host 0 runs while
+    rank 2 waits (asleep after its spins and yields), and the leaders' allreduce while
+    rank 1 waits: two busy ranks on 2 CPUs in every phase, a whole CPU each. Measured
+    (benchmarks/tuner_validation.py, 2 + 1 at 10 Gbit/s, load 5.3-5.7, 3 passes):
+    hierarchical 16.8 ms against ring's 22.2 at 16 MiB, 1.98 against 2.44 at 2 MiB; the
+    model that priced every phase at 2/3 of a CPU picked ring at both."""
+    S = 16 << 20
+    busy = hcomm.explain("allreduce", S, topology=_one_box([2, 1], 2, TEN_GBIT))
+    spare = hcomm.explain("allreduce", S, topology=_one_box([2, 1], 3, TEN_GBIT))
+    assert busy.candidate("hierarchical").seconds == pytest.approx(spare.candidate("hierarchical").seconds)
+    assert busy.candidate("ring").seconds > spare.candidate("ring").seconds   # all three work at once
+    assert busy.chosen == "hierarchical", str(busy)
+    rs_busy = hcomm.explain("reduce_scatter", S, topology=_one_box([2, 1], 2, TEN_GBIT)).candidate("hierarchical")
+    rs_spare = hcomm.explain("reduce_scatter", S, topology=_one_box([2, 1], 3, TEN_GBIT)).candidate("hierarchical")
+    # the repack and the last exchange involve every rank (2/3 of a CPU); the ring inside host 0 does not
+    assert rs_busy.seconds > rs_spare.seconds
+
+
+def test_every_phase_busy_keeps_the_machine_share():
+    """2 x 2 on 2 CPUs: both hosts' rings, then both leader pairs, run at once: every phase
+    has four busy ranks, half a CPU each, as before."""
+    S = 16 << 20
+    busy = hcomm.explain("allreduce", S, topology=_one_box([2, 2], 2, TEN_GBIT)).candidate("hierarchical").seconds
+    idle = hcomm.explain("allreduce", S, topology=_one_box([2, 2], 4, TEN_GBIT)).candidate("hierarchical").seconds
+    assert busy > idle * 1.2
