@@ -57,7 +57,11 @@ LADDER = "8,64,512,4K,32K,256K,2M,16M,64M"
 QUICK = {"rates": "1gbit", "sizes": "8,4K,256K,16M"}
 BCAST_ROOT = 1
 # What each verdict judges: the model's pick, the pick without the socket-CPU term, auto's own time.
-JUDGES = (("pick", "model's pick"), ("pick_no_sock", "without socket CPU"), ("auto", "auto's own time"))
+JUDGES = (("pick", "model's pick"), ("pick_old", "--old-model's pick"), ("pick_no_sock", "without socket CPU"),
+          ("auto", "auto's own time"))
+# Run in the old build's tree (--old-model): its model's picks from the job's dumped topology.
+OLD_PICKS = ("import json, sys, hcomm; d = json.load(open(sys.argv[1])); "
+             "print(json.dumps([hcomm.explain(c, b, topology=d['topology'], root=r).chosen for c, b, r in d['points']]))")
 
 
 def rate_bits(rate):
@@ -168,7 +172,7 @@ def worker(collectives, sizes, rate, repeats):
     _settle(comm)
     comm.close()
     if rank == 0:
-        print(json.dumps({"collectives": out, "links": links}))
+        print(json.dumps({"collectives": out, "links": links, "topology": topo}))
 
 
 # ---------------------------------------------------------------- driver side
@@ -187,7 +191,32 @@ def run_cluster(layout, rate, args, sizes):
     with NetnsCluster(len(per_host), rate=rate, prefix=f"tv{os.getpid() % 100000}") as cluster:
         result = _last_json(wait_all(cluster.launch(per_host, argv, env=env), args.timeout), f"{layout} {rate}")
     result["load"] = load + [_uptime()]
+    if args.old_model:
+        old_picks(result, args.old_model)
     return result
+
+
+def old_picks(result, tree):
+    """Each point's pick by the model of another build (`tree`: a source tree with its
+    extension built in place, e.g. main's), from this job's dumped topology: the old and
+    the new model judged on the same measurements. Hosts are renamed apart (name#k), as
+    an older build keyed a dump's hosts by name alone and the namespace hosts share one."""
+    import tempfile
+
+    topo = dict(result["topology"], hosts=[dict(h, name=f"{h['name']}#{k}")
+                                            for k, h in enumerate(result["topology"]["hosts"])])
+    points = [(c, row["bytes"], BCAST_ROOT) for c, rows in result["collectives"].items() for row in rows]
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump({"topology": topo, "points": points}, f)
+        f.flush()
+        r = subprocess.run([sys.executable, "-c", OLD_PICKS, f.name], cwd=tree, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=os.path.abspath(tree)))
+    if r.returncode:
+        raise RuntimeError(f"--old-model {tree}: {r.stderr.strip()[-2000:]}")
+    picks = iter(json.loads(r.stdout))
+    for rows in result["collectives"].values():
+        for row in rows:
+            row["picks"]["old"] = next(picks)
 
 
 def _uptime():
@@ -200,6 +229,8 @@ def judge(row):
     out = {"best": best_forced(forced)}
     out["pick"] = verdict(forced, row["auto_algo"])
     out["pick_no_sock"] = verdict(forced, row["picks"]["no_sock"])
+    if "old" in row["picks"]:
+        out["pick_old"] = verdict(forced, row["picks"]["old"])
     out["auto"] = verdict(forced, row["auto_algo"], times=row["passes"]["auto"])
     return out
 
@@ -229,11 +260,12 @@ def report_cluster(layout, rate, result):
         for row in rows:
             j = judge(row)
             p = row["predicted"]
-            marks = " ".join(f"{key}={j[key][0][0]}{j[key][1]:.2f}" for key, _ in JUDGES)
+            marks = " ".join(f"{key}={j[key][0][0]}{j[key][1]:.2f}" for key, _ in JUDGES if key in j)
             sanity = "" if row["picks"]["model"] == row["auto_algo"] else f" (dump's model picks {row['picks']['model']})"
             print(f"{human_bytes(row['bytes']):>9} " + "  ".join(f"{a} {_span(t)}" for a, t in row["passes"].items()) +
                   f" | chose {row['auto_algo']} (pred {p.get(row['auto_algo'], float('nan')) * 1e3:.3g}), "
-                  f"without socket CPU {row['picks']['no_sock']}, best {j['best']} | {marks}{sanity}")
+                  f"without socket CPU {row['picks']['no_sock']}, old model {row['picks'].get('old', '-')}, "
+                  f"best {j['best']} | {marks}{sanity}")
             points.append(dict(j, layout=layout, rate=rate, collective=collective, bytes=row["bytes"]))
     return points
 
@@ -247,7 +279,7 @@ def summary(points):
     groups = (("cluster", lambda p: f"{p['layout']} {p['rate']}"), ("collective", lambda p: p["collective"]),
               ("size band", lambda p: band(p["bytes"])), ("all", lambda p: "all"))
     for title, key in groups:
-        tables = {name: tally(points, key, lambda p, k=k: p[k][0]) for k, name in JUDGES}
+        tables = {name: tally(points, key, lambda p, k=k: p[k][0] if k in p else "-") for k, name in JUDGES}
         print(f"{title:>12}: " + "".join(f"{name:>22}" for _, name in JUDGES))
         for g in dict.fromkeys(key(p) for p in points):
             print(f"{g:>12}: " + "".join(f"{counts(tables[name][g]):>22}" for _, name in JUDGES))
@@ -271,6 +303,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help=f"1 Gbit/s only, sizes {QUICK['sizes']}")
     p.add_argument("--drift", action="store_true", help="leave drift re-fit on (HCOMM_DRIFT unset)")
     p.add_argument("--json", help="also write every measured point to this file")
+    p.add_argument("--old-model", help="a source tree with its extension built in place (e.g. main's): its "
+                                       "model's picks are judged on the same measurements")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per cluster")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -241,7 +241,7 @@ Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forc
   d.candidates[3].applicable = hierarchyApplies(s);
   d.chosen = 0;
   for (size_t i = 1; i < d.candidates.size(); ++i)
-    if (d.candidates[i].applicable && d.candidates[i].seconds < d.candidates[d.chosen].seconds) d.chosen = static_cast<int>(i);
+    if (d.candidates[i].applicable && clearlyFaster(d.candidates[i], d.candidates[d.chosen])) d.chosen = static_cast<int>(i);
   d.why = "model";
   if (!forced.empty() && forced != "auto") {
     d.chosen = static_cast<int>(std::find(names.begin(), names.end(), forced) - names.begin());
