@@ -61,6 +61,11 @@ struct CommShape {
   // This shape with cpuShare (and the late wake-up, which needs every CPU shared by two
   // ranks or more) set for a phase in which only `active` (x copies) work.
   CommShape duringPhase(const std::vector<int>& active, int copies = 1) const;
+  // What a phase with `busy` of the n members at work costs the others when a machine
+  // holds more ranks than CPUs: they sleep through it (their CPUs go to the busy ones)
+  // and wake up to one sleep slice late for the next phase. 0 when all are busy or a
+  // CPU is left for every rank (a waiting rank then keeps spinning on its own).
+  double idleWake(int busy) const { return oversubscribed && busy < n ? wakeSlice : 0; }
   int hosts() const;
   // Groups per level for hierarchical algorithms: the GPU domain (only when some host
   // holds more than one), then host, then rack (only when there are several racks).

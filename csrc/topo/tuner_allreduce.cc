@@ -211,6 +211,11 @@ Candidate hierarchicalModel(const CommShape& s, const std::vector<std::vector<in
   StepCost st = step(Net{phase, *largest, share}, ring);
   double block = bytes / k;
   up.seconds += (gmax - 1) * (2 * st.alpha + 2 * block * st.perByte + block * gammaOf(phase));
+  // The other side of that coin: a rank that waits out a phase gives its CPU away and
+  // wakes up to a sleep slice late for the next one (2 + 1: rank 2 after the rings,
+  // rank 1 after the leaders' phase).
+  int holders = static_cast<int>(k * groups.size()) * share;
+  up.seconds += s.idleWake(static_cast<int>(inside.size()) * share) + s.idleWake(holders);
   return up;
 }
 
@@ -241,7 +246,7 @@ Decision tuneAllreduce(const CommShape& s, size_t bytes, const std::string& forc
   d.candidates[3].applicable = hierarchyApplies(s);
   d.chosen = 0;
   for (size_t i = 1; i < d.candidates.size(); ++i)
-    if (d.candidates[i].applicable && clearlyFaster(d.candidates[i], d.candidates[d.chosen])) d.chosen = static_cast<int>(i);
+    if (d.candidates[i].applicable && d.candidates[i].seconds < d.candidates[d.chosen].seconds) d.chosen = static_cast<int>(i);
   d.why = "model";
   if (!forced.empty() && forced != "auto") {
     d.chosen = static_cast<int>(std::find(names.begin(), names.end(), forced) - names.begin());

@@ -81,8 +81,6 @@ size_t splitAt(const std::vector<std::vector<int>>& levels, const std::vector<in
 // The best segment of treeSegments() for a pipelined tree cost.
 Candidate bestSegment(const std::string& name, const std::function<double(double)>& seconds);
 void checkForced(const std::string& collective, const std::vector<std::string>& names, const std::string& forced);
-// a's price more than 1 % below b's (a tie goes to the candidate listed first).
-bool clearlyFaster(const Candidate& a, const Candidate& b);
 // The smallest applicable prediction, unless `forced` names a candidate.
 void choose(Decision& d, const std::string& forced, const std::string& why);
 // Whether some level of the hierarchy groups ranks here (else hierarchical is the flat algorithm).

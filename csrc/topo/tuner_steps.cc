@@ -164,18 +164,10 @@ void checkForced(const std::string& collective, const std::vector<std::string>& 
   throw Error("unknown " + collective + " algorithm '" + forced + "' (" + list + "auto)");
 }
 
-bool clearlyFaster(const Candidate& a, const Candidate& b) {
-  // Prices within 1 % are a tie, far below what the model or a benchmark resolves (the
-  // same hops priced alike, only an 8-byte reduction at another CPU share between them:
-  // 2 + 1, 8 B, halving-doubling 14.011 us, hierarchical 14.010 us, measured 26 against
-  // 33 us). The candidate listed first keeps a tie: flat before hierarchical, fewer phases.
-  return a.seconds < b.seconds * 0.99;
-}
-
 void choose(Decision& d, const std::string& forced, const std::string& why) {
   d.chosen = 0;
   for (size_t i = 1; i < d.candidates.size(); ++i)
-    if (d.candidates[i].applicable && clearlyFaster(d.candidates[i], d.candidates[d.chosen]))
+    if (d.candidates[i].applicable && d.candidates[i].seconds < d.candidates[d.chosen].seconds)
       d.chosen = static_cast<int>(i);
   d.why = "model";
   if (forced.empty() || forced == "auto") return;
