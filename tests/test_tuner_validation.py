@@ -174,6 +174,7 @@ def test_a_rank_that_sleeps_through_a_phase_wakes_late():
     spare["links"]["tcp"]["alpha"], spare["links"]["shm"]["alpha"] = 4.0e-6, 5.0e-6
     e = hcomm.explain("allreduce", 512, topology=spare)
     assert e.candidate("hierarchical").seconds == pytest.approx(e.candidate("halving_doubling").seconds)
-    # reduce_scatter: rank 2 sleeps through host 0's ring, once
+    # not charged to hierarchical reduce_scatter: its ring inside host 0 is one short
+    # step, and measured on 2 + 1 (second run) it was no slower than ring at 8 B - 4 KiB
     rs = [hcomm.explain("reduce_scatter", 512, topology=t).candidate("hierarchical").seconds for t in (topo, spare)]
-    assert rs[0] - rs[1] > 0.99e-4
+    assert rs[0] - rs[1] < 1e-5

@@ -49,7 +49,6 @@ double hierarchicalReduceScatterSeconds(const CommShape& s, double bytes) {
     for (int i = 0; i < static_cast<int>(g); ++i) ring.push_back({i, (i + 1) % static_cast<int>(g)});
     StepCost st = step(Net{phase, *largest, 1}, ring);
     t += (g - 1) * (st.alpha + bytes / g * st.perByte) + (g - 1) / g * bytes * gammaOf(phase);
-    t += s.idleWake(static_cast<int>(inside.size()));  // a group of one slept through the rings
   }
   // Every handler sends its partial of block b to b at once (one message per edge).
   std::vector<std::pair<int, int>> edges;
