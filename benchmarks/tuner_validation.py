@@ -270,7 +270,7 @@ def report_cluster(layout, rate, result):
     return points
 
 
-def summary(points):
+def summary(points, judges=JUDGES):
     """Counts of verdicts (within/indistinguishable/missed) per cluster, collective and
     size band, for each judge; then every miss of the model's pick."""
     from hcomm.topology import human_bytes
@@ -279,14 +279,39 @@ def summary(points):
     groups = (("cluster", lambda p: f"{p['layout']} {p['rate']}"), ("collective", lambda p: p["collective"]),
               ("size band", lambda p: band(p["bytes"])), ("all", lambda p: "all"))
     for title, key in groups:
-        tables = {name: tally(points, key, lambda p, k=k: p[k][0] if k in p else "-") for k, name in JUDGES}
-        print(f"{title:>12}: " + "".join(f"{name:>22}" for _, name in JUDGES))
+        tables = {name: tally(points, key, lambda p, k=k: p[k][0] if k in p else "-") for k, name in judges}
+        print(f"{title:>12}: " + "".join(f"{name:>22}" for _, name in judges))
         for g in dict.fromkeys(key(p) for p in points):
-            print(f"{g:>12}: " + "".join(f"{counts(tables[name][g]):>22}" for _, name in JUDGES))
+            print(f"{g:>12}: " + "".join(f"{counts(tables[name][g]):>22}" for _, name in judges))
     for p in points:
         if p["pick"][0] == "missed":
             print(f"missed: {p['layout']} {p['rate']} {p['collective']} {human_bytes(p['bytes'])} "
-                  f"{p['pick'][1]:.2f}x the best ({p['best']})")
+                  f"{p['pick'][1]:.2f}x the best ({p['pick'][2]})")
+
+
+def rejudge(path):
+    """A saved run (--json) judged again: each point's pick by this build's model,
+    re-priced from the cluster's dumped topology, beside the picks the run recorded
+    (what auto ran; --old-model's). No processes: a model change is scored on the same
+    measurements as the model it replaces."""
+    import hcomm
+
+    with open(path) as f:
+        raw = json.load(f)
+    points = []
+    for name, result in raw.items():
+        layout, rate = name.split()
+        for collective, rows in result["collectives"].items():
+            for row in rows:
+                forced = {a: t for a, t in row["passes"].items() if a != "auto"}
+                now = hcomm.explain(collective, row["bytes"], topology=result["topology"], root=BCAST_ROOT).chosen
+                point = {"layout": layout, "rate": rate, "collective": collective, "bytes": row["bytes"],
+                         "pick": verdict(forced, now), "pick_ran": verdict(forced, row["auto_algo"])}
+                if "old" in row["picks"]:
+                    point["pick_old"] = verdict(forced, row["picks"]["old"])
+                points.append(point)
+    print(f"{path} judged again")
+    summary(points, (("pick", "this build's pick"), ("pick_ran", "the run's pick"), ("pick_old", "--old-model's pick")))
 
 
 def _exit_on_sigterm(signum, frame):
@@ -306,8 +331,11 @@ def main(argv=None):
     p.add_argument("--old-model", help="a source tree with its extension built in place (e.g. main's): its "
                                        "model's picks are judged on the same measurements")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per cluster")
+    p.add_argument("--rejudge", metavar="JSON", help="judge a saved run (--json) with this build's model; no processes")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rejudge:
+        return rejudge(args.rejudge)
     if args.quick:
         args.rates, args.sizes = QUICK["rates"], QUICK["sizes"]
     from hcomm.topology import NetnsCluster, parse_size
