@@ -15,14 +15,18 @@ factor-of-8 ladder (8, 64, 512, 4K, 32K, 256K, 2M, 16M) plus 64M. `--quick`: 1 G
 only, sizes 8, 4K, 256K, 16M.
 
 Per point: every forced algorithm of the collective and the automatic choice (what it
-chose), interleaved (A B C auto A B C auto ...) so a change in the machine's load hits
-every side; each pass is the mean of a few calls, the slowest rank's; best of the passes.
-Calls and passes shrink as the wire time grows (one pass of one call for 64 MiB at
-100 Mbit/s, ~5 s). Printed: per point the times, auto/best-forced time ratio (1.00: auto
-picked the best; 1.25: 25 % slower than the best forced one), the model's prediction
-for the chosen and the best algorithm; then per cluster the points within 10 % and the
-worst points. Drift re-fit is off (HCOMM_DRIFT=0) unless --drift: this checks the
-model, and forced calls would otherwise feed re-fits that move the automatic choice.
+chose), interleaved (A B C auto A B C auto ...) and rotated each pass so a change in the
+machine's load hits every side; each pass is the mean of a few calls, the slowest
+rank's; every pass is kept. Calls and passes shrink as the wire time grows (one pass of
+one call for 64 MiB at 100 Mbit/s, ~5 s). Each point gets a verdict (tuner_verdict.py:
+within 10 %, indistinguishable from the best within the passes' spread, or missed) for
+three things judged on the same measurements: the model's pick (the forced time of the
+algorithm auto chose), the pick of the model without the socket-CPU term (the same
+probed links with sendCpu/recvCpu dropped: the model before that term, side by side),
+and auto's own time. Printed per cluster: the load, the probed link costs, per point the
+median pass of each algorithm with its range; then counts per cluster, collective and
+size band. Drift re-fit is off (HCOMM_DRIFT=0) unless --drift: this checks the model,
+and forced calls would otherwise feed re-fits that move the automatic choice.
 
 Namespaces are named tv<pid>h<k> / tv<pid>hub and removed on exit, on Ctrl-C and on
 SIGTERM (which is turned into an exit so the cluster's context manager runs).
@@ -41,6 +45,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from hierarchical_cluster import _last_json, _settle  # noqa: E402  (namespace set-up reused, not copied)
+from tuner_verdict import VERDICTS, band, best_forced, counts, median, tally, verdict  # noqa: E402
 
 ALGOS = {"allreduce": ("ring", "tree", "halving_doubling", "hierarchical"),
          "reduce_scatter": ("ring", "direct", "hierarchical"),
@@ -51,7 +56,12 @@ RATES = ("100mbit", "1gbit", "10gbit")
 LADDER = "8,64,512,4K,32K,256K,2M,16M,64M"
 QUICK = {"rates": "1gbit", "sizes": "8,4K,256K,16M"}
 BCAST_ROOT = 1
-WITHIN = 1.10
+# What each verdict judges: the model's pick, the pick without the socket-CPU term, auto's own time.
+JUDGES = (("pick", "model's pick"), ("pick_old", "--old-model's pick"), ("pick_no_sock", "without socket CPU"),
+          ("auto", "auto's own time"))
+# Run in the old build's tree (--old-model): its model's picks from the job's dumped topology.
+OLD_PICKS = ("import json, sys, hcomm; d = json.load(open(sys.argv[1])); "
+             "print(json.dumps([hcomm.explain(c, b, topology=d['topology'], root=r).chosen for c, b, r in d['points']]))")
 
 
 def rate_bits(rate):
@@ -105,11 +115,11 @@ def _timed(comm, call, calls, warm):
 
 
 def _point(comm, collective, nbytes, rate, repeats):
-    """Best-of-passes time of every forced algorithm and of auto at one size (slowest rank)."""
+    """Every pass's time of every forced algorithm and of auto at one size (slowest rank)."""
     import numpy as np
 
     calls, passes, warm = schedule(nbytes, rate, repeats)
-    row = {"bytes": nbytes, "times": {}}
+    row = {"bytes": nbytes, "passes": {}}
     order = ALGOS[collective] + ("",)
     for k in range(passes):
         # Rotated each pass: whichever runs first after a size change meets cold caches
@@ -119,36 +129,50 @@ def _point(comm, collective, nbytes, rate, repeats):
             if not algo:
                 row["auto_algo"] = comm._c.last_algorithm()  # before the max below replaces it
             comm.allreduce(t, op="max")
-            key = algo or "auto"
-            row["times"][key] = min(row["times"].get(key, float("inf")), float(t[0]))
+            row["passes"].setdefault(algo or "auto", []).append(float(t[0]))
     return row
 
 
 def _predicted(comm, collective, nbytes):
     from hcomm import _C
 
-    d = _C._comm_explain(comm._c, collective, nbytes, "", BCAST_ROOT, "float32")
+    d = _C._comm_explain(comm._c, collective, nbytes, "", BCAST_ROOT, "float32", -1)  # -1: host buffers here
     return {c["algo"]: c["seconds"] for c in d["candidates"] if c["applicable"]}
+
+
+def _without_socket_cpu(topo):
+    """The job's topology (dump) with the socket-CPU costs dropped: the model before them."""
+    return dict(topo, links={k: {f: v for f, v in c.items() if f not in ("send_cpu", "recv_cpu")}
+                             for k, c in topo["links"].items()})
+
+
+def _picks(hcomm, topo, collective, nbytes):
+    """What the model decides from the job's dumped topology, with and without the socket
+    CPU term (the first must equal what auto ran: a check that the dump is the model's input)."""
+    return {key: hcomm.explain(collective, nbytes, topology=t, root=BCAST_ROOT).chosen
+            for key, t in (("model", topo), ("no_sock", _without_socket_cpu(topo)))}
 
 
 def worker(collectives, sizes, rate, repeats):
     import hcomm
 
     comm = hcomm.init(timeout=900)
+    topo = hcomm.topology.topology(comm)
     out = {}
     for collective in collectives:
         rows = []
         for nbytes in sizes:
             row = _point(comm, collective, nbytes, rate, repeats)
             row["predicted"] = _predicted(comm, collective, nbytes)
+            row["picks"] = _picks(hcomm, topo, collective, nbytes)
             rows.append(row)
         out[collective] = rows
-    links = hcomm.topology.topology(comm)["links"]
+    links = topo["links"]
     rank = comm.rank
     _settle(comm)
     comm.close()
     if rank == 0:
-        print(json.dumps({"collectives": out, "links": links}))
+        print(json.dumps({"collectives": out, "links": links, "topology": topo}))
 
 
 # ---------------------------------------------------------------- driver side
@@ -163,61 +187,131 @@ def run_cluster(layout, rate, args, sizes):
     env = dict(os.environ, PYTHONPATH=ROOT)
     if not args.drift:
         env["HCOMM_DRIFT"] = "0"
+    load = [_uptime()]
     with NetnsCluster(len(per_host), rate=rate, prefix=f"tv{os.getpid() % 100000}") as cluster:
-        return _last_json(wait_all(cluster.launch(per_host, argv, env=env), args.timeout), f"{layout} {rate}")
+        result = _last_json(wait_all(cluster.launch(per_host, argv, env=env), args.timeout), f"{layout} {rate}")
+    result["load"] = load + [_uptime()]
+    if args.old_model:
+        old_picks(result, args.old_model)
+    return result
 
 
-def ratio(row):
-    """(auto's time over the best forced algorithm's, the same for the forced run of the
-    algorithm auto chose, the best's name). 1.0: auto is the best. The second ratio is the
-    model's error alone: it leaves out what differs between an automatic call and a
-    forced call of the same algorithm (noise, or anything outside the model)."""
-    forced = {a: t for a, t in row["times"].items() if a != "auto"}
-    best = min(forced, key=forced.get)
-    pick = forced.get(row["auto_algo"], row["times"]["auto"])
-    return row["times"]["auto"] / forced[best], pick / forced[best], best
+def old_picks(result, tree):
+    """Each point's pick by the model of another build (`tree`: a source tree with its
+    extension built in place, e.g. main's), from this job's dumped topology: the old and
+    the new model judged on the same measurements. Hosts are renamed apart (name#k), as
+    an older build keyed a dump's hosts by name alone and the namespace hosts share one."""
+    import tempfile
+
+    topo = dict(result["topology"], hosts=[dict(h, name=f"{h['name']}#{k}")
+                                            for k, h in enumerate(result["topology"]["hosts"])])
+    points = [(c, row["bytes"], BCAST_ROOT) for c, rows in result["collectives"].items() for row in rows]
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump({"topology": topo, "points": points}, f)
+        f.flush()
+        r = subprocess.run([sys.executable, "-c", OLD_PICKS, f.name], cwd=tree, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=os.path.abspath(tree)))
+    if r.returncode:
+        raise RuntimeError(f"--old-model {tree}: {r.stderr.strip()[-2000:]}")
+    picks = iter(json.loads(r.stdout))
+    for rows in result["collectives"].values():
+        for row in rows:
+            row["picks"]["old"] = next(picks)
+
+
+def _uptime():
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def judge(row):
+    """The point's verdicts and ratios (tuner_verdict.verdict), one per JUDGES entry."""
+    forced = {a: t for a, t in row["passes"].items() if a != "auto"}
+    out = {"best": best_forced(forced)}
+    out["pick"] = verdict(forced, row["auto_algo"])
+    out["pick_no_sock"] = verdict(forced, row["picks"]["no_sock"])
+    if "old" in row["picks"]:
+        out["pick_old"] = verdict(forced, row["picks"]["old"])
+    out["auto"] = verdict(forced, row["auto_algo"], times=row["passes"]["auto"])
+    return out
+
+
+def _link_line(name, c):
+    sock = (f", socket CPU send {1e-9 / c['send_cpu']:.1f} GB/s recv {1e-9 / c['recv_cpu']:.1f} GB/s a core"
+            if c.get("send_cpu") else "")
+    return f"{name} alpha {c['alpha'] * 1e6:.1f} us, {1e-9 / c['beta']:.3f} GB/s ({c['source']}){sock}"
+
+
+def _span(ts):
+    return f"{median(ts) * 1e3:.3g} [{min(ts) * 1e3:.3g}-{max(ts) * 1e3:.3g}]"
 
 
 def report_cluster(layout, rate, result):
+    """Prints one cluster's points; returns them as dicts for the summary."""
     from hcomm.topology import human_bytes
 
     points = []
     links = result["links"]
-    print(f"\n== {layout} ({'+'.join(map(str, LAYOUTS[layout]))} ranks), links {rate}; tuner's tcp link: "
-          f"alpha {links['tcp']['alpha'] * 1e6:.1f} us, {1e-9 / links['tcp']['beta']:.3f} GB/s "
-          f"({links['tcp']['source']}); shm {1e-9 / links['shm']['beta']:.2f} GB/s")
+    print(f"\n== {layout} ({'+'.join(map(str, LAYOUTS[layout]))} ranks), links {rate}; load {result['load'][0]}"
+          f" -> {result['load'][1]}")
+    print("probed: " + "; ".join(_link_line(k, links[k]) for k in ("tcp", "shm")))
     for collective, rows in result["collectives"].items():
-        algos = ALGOS[collective]
-        print(f"{collective}: time in ms (slowest rank, best of passes); pred = the model's ms for auto's "
-              f"choice / for the measured best")
-        print(f"{'size':>9} " + " ".join(f"{a[:9]:>9}" for a in algos) +
-              f" {'auto':>9} {'auto chose':>17} {'best':>17} {'auto/best':>9} {'pick/best':>9} {'pred':>17}")
+        print(f"{collective}: ms per call, median [range] of the passes (slowest rank); verdicts: pick, "
+              f"pick without socket CPU, auto's time (w within 10 %, i indistinguishable, m missed)")
         for row in rows:
-            r, rp, best = ratio(row)
-            t, p = row["times"], row["predicted"]
-            pred = f"{p.get(row['auto_algo'], float('nan')) * 1e3:.3g}/{p.get(best, float('nan')) * 1e3:.3g}"
-            print(f"{human_bytes(row['bytes']):>9} " + " ".join(f"{t[a] * 1e3:9.3f}" for a in algos) +
-                  f" {t['auto'] * 1e3:9.3f} {row['auto_algo']:>17} {best:>17} {r:9.2f} {rp:9.2f} {pred:>17}")
-            points.append((r, rp, collective, row["bytes"], row["auto_algo"], best))
+            j = judge(row)
+            p = row["predicted"]
+            marks = " ".join(f"{key}={j[key][0][0]}{j[key][1]:.2f}" for key, _ in JUDGES if key in j)
+            sanity = "" if row["picks"]["model"] == row["auto_algo"] else f" (dump's model picks {row['picks']['model']})"
+            print(f"{human_bytes(row['bytes']):>9} " + "  ".join(f"{a} {_span(t)}" for a, t in row["passes"].items()) +
+                  f" | chose {row['auto_algo']} (pred {p.get(row['auto_algo'], float('nan')) * 1e3:.3g}), "
+                  f"without socket CPU {row['picks']['no_sock']}, old model {row['picks'].get('old', '-')}, "
+                  f"best {j['best']} | {marks}{sanity}")
+            points.append(dict(j, layout=layout, rate=rate, collective=collective, bytes=row["bytes"]))
     return points
 
 
-def summary(all_points):
-    """Per cluster: points within 10 % by auto's own time and by its pick's forced time,
-    and the worst points by the latter (the model's errors)."""
+def summary(points, judges=JUDGES):
+    """Counts of verdicts (within/indistinguishable/missed) per cluster, collective and
+    size band, for each judge; then every miss of the model's pick."""
     from hcomm.topology import human_bytes
 
-    print("\n== summary: auto within 10 % of the best forced algorithm (auto's time; its pick's forced time)")
-    for (layout, rate), points in all_points.items():
-        ok = sum(1 for p in points if p[0] <= WITHIN)
-        ok_pick = sum(1 for p in points if p[1] <= WITHIN)
-        worst = sorted(points, key=lambda p: p[1], reverse=True)[:3]
-        print(f"{layout:>4} {rate:>7}: {ok}/{len(points)}; {ok_pick}/{len(points)} by pick; worst picks " + "; ".join(
-            f"{c} {human_bytes(b)} {rp:.2f}x ({a}, best {best}; auto {r:.2f}x)" for r, rp, c, b, a, best in worst))
-    total = sum(len(p) for p in all_points.values())
-    ok = sum(1 for ps in all_points.values() for p in ps if p[0] <= WITHIN)
-    ok_pick = sum(1 for ps in all_points.values() for p in ps if p[1] <= WITHIN)
-    print(f"all: {ok}/{total} points within 10 % by auto's time, {ok_pick}/{total} by its pick's forced time")
+    print(f"\n== summary: {'/'.join(VERDICTS)} of {len(points)} points (indistinguishable is not counted as met)")
+    groups = (("cluster", lambda p: f"{p['layout']} {p['rate']}"), ("collective", lambda p: p["collective"]),
+              ("size band", lambda p: band(p["bytes"])), ("all", lambda p: "all"))
+    for title, key in groups:
+        tables = {name: tally(points, key, lambda p, k=k: p[k][0] if k in p else "-") for k, name in judges}
+        print(f"{title:>12}: " + "".join(f"{name:>22}" for _, name in judges))
+        for g in dict.fromkeys(key(p) for p in points):
+            print(f"{g:>12}: " + "".join(f"{counts(tables[name][g]):>22}" for _, name in judges))
+    for p in points:
+        if p["pick"][0] == "missed":
+            print(f"missed: {p['layout']} {p['rate']} {p['collective']} {human_bytes(p['bytes'])} "
+                  f"{p['pick'][1]:.2f}x the best ({p['pick'][2]})")
+
+
+def rejudge(path):
+    """A saved run (--json) judged again: each point's pick by this build's model,
+    re-priced from the cluster's dumped topology, beside the picks the run recorded
+    (what auto ran; --old-model's). No processes: a model change is scored on the same
+    measurements as the model it replaces."""
+    import hcomm
+
+    with open(path) as f:
+        raw = json.load(f)
+    points = []
+    for name, result in raw.items():
+        layout, rate = name.split()
+        for collective, rows in result["collectives"].items():
+            for row in rows:
+                forced = {a: t for a, t in row["passes"].items() if a != "auto"}
+                now = hcomm.explain(collective, row["bytes"], topology=result["topology"], root=BCAST_ROOT).chosen
+                point = {"layout": layout, "rate": rate, "collective": collective, "bytes": row["bytes"],
+                         "pick": verdict(forced, now), "pick_ran": verdict(forced, row["auto_algo"])}
+                if "old" in row["picks"]:
+                    point["pick_old"] = verdict(forced, row["picks"]["old"])
+                points.append(point)
+    print(f"{path} judged again")
+    summary(points, (("pick", "this build's pick"), ("pick_ran", "the run's pick"), ("pick_old", "--old-model's pick")))
 
 
 def _exit_on_sigterm(signum, frame):
@@ -234,9 +328,14 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help=f"1 Gbit/s only, sizes {QUICK['sizes']}")
     p.add_argument("--drift", action="store_true", help="leave drift re-fit on (HCOMM_DRIFT unset)")
     p.add_argument("--json", help="also write every measured point to this file")
+    p.add_argument("--old-model", help="a source tree with its extension built in place (e.g. main's): its "
+                                       "model's picks are judged on the same measurements")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per cluster")
+    p.add_argument("--rejudge", metavar="JSON", help="judge a saved run (--json) with this build's model; no processes")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rejudge:
+        return rejudge(args.rejudge)
     if args.quick:
         args.rates, args.sizes = QUICK["rates"], QUICK["sizes"]
     from hcomm.topology import NetnsCluster, parse_size
@@ -259,18 +358,17 @@ def main(argv=None):
     if reason:
         raise SystemExit(f"tuner_validation: {reason}")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    uptime = lambda: subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()  # noqa: E731
-    print(f"tuner_validation: {' '.join(sys.argv)}\nload before: {uptime()}")
+    print(f"tuner_validation: {' '.join(sys.argv)}\nload before: {_uptime()}")
     t0 = time.monotonic()
-    all_points, raw = {}, {}
+    points, raw = [], {}
     for rate in rates:
         for layout in layouts:
             result = run_cluster(layout, rate, args, sizes)
             raw[f"{layout} {rate}"] = result
-            all_points[(layout, rate)] = report_cluster(layout, rate, result)
+            points += report_cluster(layout, rate, result)
             sys.stdout.flush()
-    summary(all_points)
-    print(f"load after: {uptime()}; {time.monotonic() - t0:.0f} s")
+    summary(points)
+    print(f"load after: {_uptime()}; {time.monotonic() - t0:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(raw, f, indent=1)

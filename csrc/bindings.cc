@@ -14,6 +14,7 @@
 #include "topo/policy.h"
 #include "topo/probe.h"
 #include "topo/racks.h"
+#include "topo/socket_cpu.h"
 #include "topo/topology.h"
 #include "topo/tuner.h"
 
@@ -352,6 +353,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("_racks_from_times", [](int hosts, const std::vector<double>& times) { return racksFromTimes(hosts, times); });
   m.def("_topology_from_json", [](const std::string& text) { return Topology::fromJson(Json::parse(text)).toJson().dump(); });
   m.def("_probe_local", [] { return probeToJson(probeLocal()); });
+  m.def("_socket_cpu", [](size_t bytes, int sweeps) {
+    py::gil_scoped_release release;
+    SocketCpu c = measureSocketCpu(bytes, sweeps);
+    return std::make_pair(c.send, c.recv);
+  }, py::arg("bytes") = 8u << 20, py::arg("sweeps") = 3);
   m.def("_probe_sys", [](const std::string& sysRoot, const std::vector<int>& cpus) {
     RankProbe p;
     p.nics = readNics(sysRoot);

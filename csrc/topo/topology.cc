@@ -10,6 +10,7 @@
 #include "common/param.h"
 #include "common/types.h"
 #include "topo/racks.h"
+#include "topo/socket_cpu.h"
 
 namespace hcomm {
 
@@ -358,6 +359,10 @@ Json Topology::toJson() const {
   for (int c = 0; c < kLinkClasses; ++c) {
     Json x = obj();
     x.obj = {{"alpha", num(links[c].alpha)}, {"beta", num(links[c].beta)}, {"source", str(links[c].source)}};
+    if (links[c].sendCpu > 0 || links[c].recvCpu > 0) {
+      x.obj.emplace_back("send_cpu", num(links[c].sendCpu));
+      x.obj.emplace_back("recv_cpu", num(links[c].recvCpu));
+    }
     ls.obj.emplace_back(linkClassName(static_cast<LinkClass>(c)), x);
   }
   for (const RankProbe& p : ranks) rs.arr.push_back(Json::parse(probeToJson(p)));
@@ -386,8 +391,10 @@ Topology Topology::fromJson(const Json& j) {
   for (size_t r = 0; r < t.ranks.size(); ++r) {
     TopoFilePlacement place = placementFor(j, static_cast<int>(r));
     if (!place.host.empty()) {
+      // A dump's records keep their probed identity beside the name: namespace hosts
+      // share a hostname, and the name alone would merge them when it is loaded back.
       t.ranks[r].host = place.host;
-      t.ranks[r].hostId = "file:" + place.host;
+      t.ranks[r].hostId = "file:" + place.host + (t.ranks[r].hostId.empty() ? "" : "|" + t.ranks[r].hostId);
       t.ranks[r].rack = place.rack;
     }
     if (place.gpu >= 0) {
@@ -445,7 +452,11 @@ void applyFileLinks(const Json& file, LinkCost* links) {
     if (!x) continue;
     std::string src = getStr(*x, "source", "file");
     if (src == "measured") src = "file";  // a dump loaded back: fixed numbers now
-    links[c] = {getNum(*x, "alpha", links[c].alpha), getNum(*x, "beta", links[c].beta), src == "default" ? "default" : "file"};
+    links[c] = {getNum(*x, "alpha", links[c].alpha), getNum(*x, "beta", links[c].beta), src == "default" ? "default" : "file",
+                getNum(*x, "send_cpu", links[c].sendCpu), getNum(*x, "recv_cpu", links[c].recvCpu)};
+    if (links[c].sendCpu < 0 || links[c].recvCpu < 0)
+      throw Error(std::string("topology links.") + linkClassName(static_cast<LinkClass>(c)) +
+                  ": send_cpu and recv_cpu are seconds per byte, >= 0");
   }
 }
 
@@ -563,6 +574,7 @@ std::shared_ptr<Topology> buildTopology(const InitChannel& ch, const std::string
   bool probe = envInt("HCOMM_PROBE", 1) != 0 && !deterministicMode() && ch.size > 1;
   if (probe) inferRacks(*t, ch);  // racks.h: only when no rank names its rack
   if (probe) measureLinks(*t, ch);
+  if (probe && envInt("HCOMM_SOCKET_CPU_PROBE", 1) != 0) measureSocketCpuAtInit(*t, ch);  // socket_cpu.h
   if (file) applyFileLinks(*file, t->links);
   std::string dump = envStr("HCOMM_TOPO_DUMP_FILE");
   if (!dump.empty() && ch.rank == 0) {

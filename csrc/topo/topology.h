@@ -58,6 +58,10 @@ struct LinkCost {
   double alpha = 0;   // seconds per message
   double beta = 0;    // seconds per byte
   std::string source; // "default", "nic speed", "file", "measured"
+  // tcp and rack: the kernel's socket path's own CPU time per byte on one whole core, on
+  // the sending rank (send calls) and on the receiving one (receive calls), measured at
+  // init where the wire is not the bound (topo/socket_cpu.h). 0: not known, not priced.
+  double sendCpu = 0, recvCpu = 0;
 };
 
 // Alpha/beta used when nothing is measured or HCOMM_DETERMINISTIC=1 (and no file

@@ -13,6 +13,14 @@
 
 namespace hcomm {
 
+namespace {
+std::vector<int> allRanksOf(int n) {
+  std::vector<int> all(n);
+  for (int r = 0; r < n; ++r) all[r] = r;
+  return all;
+}
+}  // namespace
+
 const std::vector<std::string>& allreduceAlgorithms() {
   static const std::vector<std::string> v = algorithmsOf("allreduce", false);
   return v;
@@ -47,14 +55,21 @@ CommShape CommShape::of(const Topology& t, const std::vector<int>& worldRanks) {
     ++m.first;
     m.second.insert(p.cpus.begin(), p.cpus.end());
   }
-  bool everyCpuShared = false;
+  std::map<std::string, int> dense;  // hostname -> index into machineCpus
   for (int w : worldRanks) {
     auto it = machines.find(t.ranks.at(w).hostname);
-    if (it == machines.end()) continue;
-    int ranks = it->second.first, cpus = static_cast<int>(it->second.second.size());
-    s.oversubscribed |= ranks > cpus;
-    everyCpuShared |= ranks >= 2 * cpus;
-    s.cpuShare = std::min(s.cpuShare, static_cast<double>(cpus) / ranks);
+    if (it == machines.end()) {
+      s.machine.push_back(-1);
+      continue;
+    }
+    auto d = dense.emplace(it->first, static_cast<int>(dense.size()));
+    if (d.second) {
+      s.machineCpus.push_back(static_cast<int>(it->second.second.size()));
+      s.machineOutside.push_back(it->second.first);  // less this communicator's, below
+    }
+    --s.machineOutside[d.first->second];
+    s.machine.push_back(d.first->second);
+    s.oversubscribed |= it->second.first > static_cast<int>(it->second.second.size());
   }
   // A waiting rank reaches links.cc's sleep (and wakes late) when its CPU is shared:
   // its spins and yields hand the CPU to a peer for whole time slices. With a rank per
@@ -65,8 +80,24 @@ CommShape CommShape::of(const Topology& t, const std::vector<int>& worldRanks) {
   // single-transport phases included (hierarchical 406-414 us over 3 phases,
   // halving-doubling 191-381 over 2). A late wake waits out the rest of one sleep slice
   // (at most 100 us with two transports, HCOMM_SLEEP_US with one): one slice a step.
-  double slice = std::min(100e-6, static_cast<double>(envInt("HCOMM_SLEEP_US", 1000)) * 1e-6);
-  s.lateWake = everyCpuShared ? slice : 0;
+  s.wakeSlice = std::min(100e-6, static_cast<double>(envInt("HCOMM_SLEEP_US", 1000)) * 1e-6);
+  return s.duringPhase(allRanksOf(s.n));
+}
+
+double CommShape::activeShare(const std::vector<int>& active, int copies) const {
+  std::vector<int> busy = machineOutside;
+  for (int r : active)
+    if (r < static_cast<int>(machine.size()) && machine[r] >= 0) busy[machine[r]] += copies;
+  double share = 1;
+  for (size_t m = 0; m < busy.size(); ++m)
+    if (busy[m] > 0) share = std::min(share, static_cast<double>(machineCpus[m]) / busy[m]);
+  return share;
+}
+
+CommShape CommShape::duringPhase(const std::vector<int>& active, int copies) const {
+  CommShape s = *this;
+  s.cpuShare = activeShare(active, copies);
+  s.lateWake = s.cpuShare <= 0.5 ? wakeSlice : 0;  // every CPU shared by two ranks or more
   return s;
 }
 

@@ -40,13 +40,32 @@ struct CommShape {
   // of an algorithm outlasts the spin and yields and sleeps; a sleep wakes up to one
   // slice late (algo/links.cc). Charged per step (tuner_steps.cc); else 0.
   double lateWake = 0;
+  double wakeSlice = 0;  // what lateWake is when it applies
   // The CPU a rank gets while every rank of its machine works at once: CPUs over ranks
   // on the busiest machine holding these ranks, at most 1. Local passes (reductions,
   // shared-memory copies) run at this share of the one-rank speed that gamma and the
   // probe (one pair at a time, the others idle) measure (tuner_steps.cc).
   double cpuShare = 1;
+  // Per rank, its machine (dense), or -1 when the probe records do not tell (described
+  // topologies); per machine its CPUs and the job's ranks on it outside this communicator
+  // (counted busy). Phase shares (activeShare) come from these.
+  std::vector<int> machine;
+  std::vector<int> machineCpus, machineOutside;
 
   static CommShape of(const Topology& t, const std::vector<int>& worldRanks);
+  // The CPU share while only `active` ranks of this communicator work (`copies` copies of
+  // the pattern at once, on as many other ranks of each machine): a phase in which the
+  // other members wait (asleep after their spins and yields) leaves them the CPUs.
+  // CPUs over busy ranks on the busiest machine, at most 1.
+  double activeShare(const std::vector<int>& active, int copies = 1) const;
+  // This shape with cpuShare (and the late wake-up, which needs every CPU shared by two
+  // ranks or more) set for a phase in which only `active` (x copies) work.
+  CommShape duringPhase(const std::vector<int>& active, int copies = 1) const;
+  // What a phase with `busy` of the n members at work costs the others when a machine
+  // holds more ranks than CPUs: they sleep through it (their CPUs go to the busy ones)
+  // and wake up to one sleep slice late for the next phase. 0 when all are busy or a
+  // CPU is left for every rank (a waiting rank then keeps spinning on its own).
+  double idleWake(int busy) const { return oversubscribed && busy < n ? wakeSlice : 0; }
   int hosts() const;
   // Groups per level for hierarchical algorithms: the GPU domain (only when some host
   // holds more than one), then host, then rack (only when there are several racks).

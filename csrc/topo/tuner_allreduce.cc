@@ -175,8 +175,9 @@ Candidate bestFlat(const Net& net, double bytes) {
 // ring allgather inside the group. The top level runs the best flat algorithm.
 Candidate hierarchicalModel(const CommShape& s, const std::vector<std::vector<int>>& levels,
                             const std::vector<int>& members, size_t depth, double bytes, int share) {
-  if (depth == levels.size()) {
-    Candidate top = bestFlat(Net{s, members, share}, bytes);
+  if (depth == levels.size()) {  // only the block holders work: `share` copies of `members`
+    CommShape phase = s.duringPhase(members, share);
+    Candidate top = bestFlat(Net{phase, members, share}, bytes);
     return {"hierarchical", top.seconds, 0, top.algo, top.segBytes};
   }
   std::vector<std::vector<int>> groups;
@@ -196,14 +197,25 @@ Candidate hierarchicalModel(const CommShape& s, const std::vector<std::vector<in
     }
   }
   if (groups.size() == 1 || gmax == 1) return hierarchicalModel(s, levels, members, depth + 1, bytes, share);
-  std::vector<int> leaders;
-  for (const auto& g : groups) leaders.push_back(g[0]);
+  std::vector<int> leaders, inside;  // inside: the ranks of groups that have a ring to run
+  for (const auto& g : groups) {
+    leaders.push_back(g[0]);
+    if (g.size() > 1) inside.insert(inside.end(), g.begin(), g.end());
+  }
   Candidate up = hierarchicalModel(s, levels, leaders, depth + 1, bytes / k, share * static_cast<int>(k));
   std::vector<std::pair<int, int>> ring;
   for (size_t i = 0; i < gmax; ++i) ring.push_back({static_cast<int>(i), static_cast<int>((i + 1) % gmax)});
-  StepCost st = step(Net{s, *largest, share}, ring);
+  // The rings inside groups run while a group of one waits (2 + 1: rank 2 sleeps), so
+  // they get the CPUs those leave (docs/tuner.md, "CPU share by phase").
+  CommShape phase = s.duringPhase(inside, share);
+  StepCost st = step(Net{phase, *largest, share}, ring);
   double block = bytes / k;
-  up.seconds += (gmax - 1) * (2 * st.alpha + 2 * block * st.perByte + block * gammaOf(s));
+  up.seconds += (gmax - 1) * (2 * st.alpha + 2 * block * st.perByte + block * gammaOf(phase));
+  // The other side of that coin: a rank that waits out a phase gives its CPU away and
+  // wakes up to a sleep slice late for the next one (2 + 1: rank 2 after the rings,
+  // rank 1 after the leaders' phase).
+  int holders = static_cast<int>(k * groups.size()) * share;
+  up.seconds += s.idleWake(static_cast<int>(inside.size()) * share) + s.idleWake(holders);
   return up;
 }
 

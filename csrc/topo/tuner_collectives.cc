@@ -35,7 +35,8 @@ double bruckAllgatherSeconds(const Net& net, double total) {
 // binomial.cc's tree over net.members (index 0..m-1), rooted at index `root`, pipelined
 // in segments of `seg`: the first segment reaches the deepest leaf after the path's
 // hops; the others follow at the pace of the busiest sender or host NIC (a node sends
-// every segment to each of its children; a host's NIC carries every crossing hop).
+// every segment to each of its children; a host's NIC carries every crossing hop; a
+// node's CPU makes the socket calls of its crossing hops, sending and receiving).
 double binomialSeconds(const Net& net, double bytes, int root, double seg) {
   int m = net.size();
   if (m <= 1 || bytes <= 0) return 0;
@@ -54,9 +55,12 @@ double binomialSeconds(const Net& net, double bytes, int root, double seg) {
     path = std::max(path, pathTime[r]);
     alphaMax = std::max(alphaMax, c.alpha);
     int hp = s.host[net.members[p]], hr = s.host[net.members[r]];
-    if (hp != hr) {
-      hostOut[hp] += c.beta * net.share;
-      hostIn[hr] += c.beta * net.share;
+    if (hp != hr) {  // the NICs carry the wire's bytes; each end's CPU its socket calls
+      LinkClass k = classOf(s, net.members[p], net.members[r]);
+      hostOut[hp] += wireLink(s, k).beta * net.share;
+      hostIn[hr] += wireLink(s, k).beta * net.share;
+      nodeBytes[p] += socketSendCpu(s, k);
+      nodeBytes[r] += socketRecvCpu(s, k);
     } else {
       nodeBytes[p] += c.beta;
     }

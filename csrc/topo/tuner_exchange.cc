@@ -40,10 +40,15 @@ double hierarchicalReduceScatterSeconds(const CommShape& s, double bytes) {
   double g = static_cast<double>(largest->size()), gamma = gammaOf(s);
   double t = bytes * localBeta(s);
   if (g > 1) {  // ring inside the largest group over the whole buffer
+    // while a group of one (2 + 1) waits: the rings get the CPUs it leaves
+    std::vector<int> inside;
+    for (const auto& grp : groups)
+      if (grp.size() > 1) inside.insert(inside.end(), grp.begin(), grp.end());
+    CommShape phase = s.duringPhase(inside);
     std::vector<std::pair<int, int>> ring;
     for (int i = 0; i < static_cast<int>(g); ++i) ring.push_back({i, (i + 1) % static_cast<int>(g)});
-    StepCost st = step(Net{s, *largest, 1}, ring);
-    t += (g - 1) * (st.alpha + bytes / g * st.perByte) + (g - 1) / g * bytes * gamma;
+    StepCost st = step(Net{phase, *largest, 1}, ring);
+    t += (g - 1) * (st.alpha + bytes / g * st.perByte) + (g - 1) / g * bytes * gammaOf(phase);
   }
   // Every handler sends its partial of block b to b at once (one message per edge).
   std::vector<std::pair<int, int>> edges;

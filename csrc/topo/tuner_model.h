@@ -38,9 +38,16 @@ struct StepCost {
 };
 
 LinkClass classOf(const CommShape& s, int a, int b);
-// A link class's cost as the model prices it: shared memory is a copy by the receiving
+// A link class's wire as the model prices it: shared memory is a copy by the receiving
 // rank's CPU, so its probed beta (one pair, a CPU each) grows by 1 / cpuShare; a NIC's
 // link is left as probed.
+LinkCost wireLink(const CommShape& s, LinkClass k);
+// tcp and rack: the socket calls' CPU per byte on the sending / receiving rank at its
+// CPU share (LinkCost::sendCpu / recvCpu over cpuShare); 0 for in-host classes.
+double socketSendCpu(const CommShape& s, LinkClass k);
+double socketRecvCpu(const CommShape& s, LinkClass k);
+// One transfer alone over class k: its wire, or the socket calls at either end when
+// they are slower (CPU-bound links). step() instead sums each rank's calls of a step.
 LinkCost pricedLink(const CommShape& s, LinkClass k);
 LinkCost linkOf(const CommShape& s, int a, int b);
 // One local pass over a byte (a copy, priced as shared memory) at the rank's CPU share.

@@ -29,6 +29,22 @@ LinkClass classOf(const CommShape& s, int a, int b) {
 // and the namespace cluster measured no such delay (binomial 30 us for 8 B on 2 x 2).
 static double wakePenalty(const Net& net) { return net.size() >= 2 ? net.s.lateWake : 0; }
 
+// The socket path's CPU per byte of a step: each rank's tcp sends and receives in it,
+// summed (one rank's sends and receives share its CPU), at the rank's CPU share; the
+// busiest rank sets the pace. 0 when the costs are unknown (described topologies).
+static double socketCpuPerByte(const Net& net, const std::vector<std::pair<int, int>>& edges) {
+  std::map<int, double> cpu;  // member rank -> seconds per byte of its socket calls
+  for (auto e : edges) {
+    int a = net.members[e.first], b = net.members[e.second];
+    LinkClass k = classOf(net.s, a, b);
+    cpu[a] += socketSendCpu(net.s, k);
+    cpu[b] += socketRecvCpu(net.s, k);
+  }
+  double worst = 0;
+  for (auto& c : cpu) worst = std::max(worst, c.second);
+  return worst;
+}
+
 StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
   std::map<int, int> out, in;  // crossing transfers per host
   for (auto e : edges) {
@@ -42,27 +58,52 @@ StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
   for (auto e : edges) {
     int a = net.members[e.first], b = net.members[e.second];
     LinkClass k = classOf(net.s, a, b);
-    LinkCost l = pricedLink(net.s, k);
+    LinkCost l = wireLink(net.s, k);
     bool inHost = k == LinkClass::SHM || k == LinkClass::NVLINK;  // no NIC shared
     int load = inHost ? 1 : std::max(out[net.s.host[a]], in[net.s.host[b]]) * net.share;
     c.alpha = std::max(c.alpha, l.alpha);
     c.perByte = std::max(c.perByte, l.beta * load);
     c.cpuCopies |= k == LinkClass::SHM;
   }
+  // Where the ranks' CPUs cannot feed the NICs, the socket calls set the pace; then the
+  // CPU moves the bytes and a reduction cannot overlap them either.
+  double cpu = socketCpuPerByte(net, edges);
+  if (cpu > c.perByte) {
+    c.perByte = cpu;
+    c.cpuCopies = true;
+  }
   c.wake = wakePenalty(net);
   c.alpha += c.wake;
   return c;
 }
 
-LinkCost pricedLink(const CommShape& s, LinkClass k) {
+LinkCost wireLink(const CommShape& s, LinkClass k) {
   LinkCost l = s.links[static_cast<int>(k)];
   if (k == LinkClass::SHM && s.cpuShare > 0) l.beta /= s.cpuShare;
   return l;
 }
 
+double socketSendCpu(const CommShape& s, LinkClass k) {
+  const LinkCost& l = s.links[static_cast<int>(k)];
+  return k == LinkClass::TCP || k == LinkClass::RACK ? l.sendCpu / (s.cpuShare > 0 ? s.cpuShare : 1.0) : 0.0;
+}
+
+double socketRecvCpu(const CommShape& s, LinkClass k) {
+  const LinkCost& l = s.links[static_cast<int>(k)];
+  return k == LinkClass::TCP || k == LinkClass::RACK ? l.recvCpu / (s.cpuShare > 0 ? s.cpuShare : 1.0) : 0.0;
+}
+
+LinkCost pricedLink(const CommShape& s, LinkClass k) {
+  LinkCost l = wireLink(s, k);
+  // One transfer alone: the sender's and the receiver's socket calls run side by side
+  // on their own CPU shares, the slower of them or the wire sets its pace.
+  l.beta = std::max({l.beta, socketSendCpu(s, k), socketRecvCpu(s, k)});
+  return l;
+}
+
 LinkCost linkOf(const CommShape& s, int a, int b) { return pricedLink(s, classOf(s, a, b)); }
 
-double localBeta(const CommShape& s) { return pricedLink(s, LinkClass::SHM).beta; }
+double localBeta(const CommShape& s) { return wireLink(s, LinkClass::SHM).beta; }
 
 double gammaOf(const CommShape& s) { return gammaSecondsPerByte() / (s.cpuShare > 0 ? s.cpuShare : 1.0); }
 
