@@ -206,7 +206,9 @@ def test_shrink_world_releases_a_survivor_blocked_in_another_group():
         assert row["sum"] == [3.0] * 5, row   # (0 + 1) + (1 + 1) on the shrunk world
 
 
-def test_hcomm_timeout_caps_a_torch_groups_default(monkeypatch):
+def test_hcomm_timeout_replaces_a_torch_groups_default(monkeypatch):
+    """HCOMM_TIMEOUT stands in for torch's 30-minute default (what DeviceMesh's groups
+    get); a timeout the caller passed, shorter or longer, is kept."""
     import torch.distributed as dist
 
     from hcomm.torch.backend import create_hcomm
@@ -214,11 +216,13 @@ def test_hcomm_timeout_caps_a_torch_groups_default(monkeypatch):
     monkeypatch.setenv("HCOMM_TIMEOUT", "7")
     pg = create_hcomm(dist.HashStore(), 0, 1, timedelta(minutes=30))  # torch's default for a group
     assert pg.comm.timeout == 7 and pg._timeout == timedelta(seconds=7)
-    shorter = create_hcomm(dist.HashStore(), 0, 1, timedelta(seconds=3))  # the caller's own, smaller: kept
-    assert shorter.comm.timeout == 3
+    shorter = create_hcomm(dist.HashStore(), 0, 1, timedelta(seconds=3))  # the caller's own: kept
+    longer = create_hcomm(dist.HashStore(), 0, 1, timedelta(minutes=45))
+    assert shorter.comm.timeout == 3 and longer.comm.timeout == 2700
     monkeypatch.delenv("HCOMM_TIMEOUT")
-    assert create_hcomm(dist.HashStore(), 0, 1, timedelta(minutes=30)).comm.timeout == 1800
-    for g in (pg, shorter):
+    unset = create_hcomm(dist.HashStore(), 0, 1, timedelta(minutes=30))
+    assert unset.comm.timeout == 1800
+    for g in (pg, shorter, longer, unset):
         g.shutdown()
 
 

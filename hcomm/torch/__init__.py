@@ -28,7 +28,7 @@ Differences from Gloo a user may meet:
 - Complex tensors reduce with sum, avg and premul_sum (on their float view, as Gloo);
   max, min, product and bitwise ops on them are refused with an error.
 - A per-op opts.timeout is not used; the group's timeout (init_process_group /
-  new_group, or ProcessGroupHcomm.set_timeout; at most HCOMM_TIMEOUT when that is set)
+  new_group, or ProcessGroupHcomm.set_timeout; HCOMM_TIMEOUT, when set, in place of torch's 30-minute default)
   bounds every operation. After an error
   the core aborts that communicator: later calls on the group fail at once.
 - After a rank dies, hcomm.torch.shrink_world() lets the survivors go on without a

@@ -22,6 +22,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 import hcomm
 
@@ -547,13 +548,14 @@ def create_hcomm(store, rank, size, timeout):
     Group rank 0 starts a bootstrap root and publishes its unique id in the group's store
     (already prefixed per group by torch, so groups never collide); the others read it.
 
-    HCOMM_TIMEOUT, when set, caps the group's timeout: torch gives a group its own default
-    (30 minutes) unless the caller passes one, and DeviceMesh's groups get that default
-    whatever the world's was, so the bound a user set for every hcomm call was lost there
-    (a survivor of a dead rank could wait half an hour: issue 22)."""
+    HCOMM_TIMEOUT, when set, replaces torch's default group timeout (30 minutes), which a
+    group gets whenever its caller passes none -- DeviceMesh's groups always -- so the bound
+    a user set for every hcomm call was lost there (a survivor of a dead rank could wait
+    half an hour: issue 22). A timeout the caller did pass (any other value) is kept: an
+    argument in the code wins over the environment."""
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-    if "HCOMM_TIMEOUT" in os.environ:
-        seconds = min(seconds, hcomm.default_timeout())
+    if "HCOMM_TIMEOUT" in os.environ and seconds == default_pg_timeout.total_seconds():
+        seconds = hcomm.default_timeout()
         timeout = timedelta(seconds=seconds)
     if rank == 0:
         uid = hcomm.get_unique_id(seconds) if size > 1 else ""
