@@ -12,6 +12,8 @@ import multiprocessing as mp
 import os
 import queue
 import socket
+import subprocess
+import sys
 import threading
 import traceback
 
@@ -28,6 +30,31 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launch_scripts(n, code, env, timeout):
+    """`python -c code` as n ranks the way torchrun starts them (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR/PORT), with the test's own HCOMM_/SLURM_/OMPI_ settings left
+    out and `env` added. Returns (returncode, stdout, stderr) per rank; a rank still
+    running after `timeout` seconds kills them all and fails the test."""
+    port = free_port()
+    procs = []
+    for r in range(n):
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("HCOMM_", "SLURM_", "OMPI_"))}
+        full.update(RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(port), OMP_NUM_THREADS="1", **env)
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=full, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"a rank hung (no exit within {timeout} s)")
+        results.append((p.returncode, out, err))
+    return results
 
 
 def _call(fn, rank, world_size, args, kwargs, out):

@@ -17,14 +17,11 @@ world through an error that names the cause, never through its timeout.
 Each test gives the ranks a timeout far longer than the work needs and checks WHAT ended
 the wait (its error text), not how long it took."""
 import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
 
-from harness import free_port, run_comm
+from harness import launch_scripts, run_comm
 
 TIMEOUT = 40  # every rank's HCOMM_TIMEOUT: what a wait that misses the death would last
 
@@ -148,24 +145,7 @@ ANY_LIMIT = 30
 
 
 def _launch(n, code, env_extra=None, timeout=3 * TIMEOUT):
-    port = free_port()
-    procs = []
-    for r in range(n):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HCOMM_", "SLURM_", "OMPI_"))}
-        env.update(RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", HCOMM_TIMEOUT=str(TIMEOUT), **(env_extra or {}))
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    results = []
-    for p in procs:
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"a rank hung (no exit within {timeout} s)")
-        results.append((p.returncode, out, err))
-    return results
+    return launch_scripts(n, code, dict(HCOMM_TIMEOUT=str(TIMEOUT), **(env_extra or {})), timeout)
 
 
 def _rows(results, victim):

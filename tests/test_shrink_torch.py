@@ -6,11 +6,8 @@ parameters whatever the number of data-parallel ranks, so the survivors' paramet
 after the kill and the redone step must equal a dense single-process run of the same
 steps (float32 summation order aside)."""
 import json
-import os
-import subprocess
-import sys
 
-from harness import free_port
+from harness import launch_scripts
 
 TRAIN = r"""
 import datetime, json, os, signal, time
@@ -62,24 +59,7 @@ dist.destroy_process_group()
 
 
 def _launch(n, code, extra, timeout=120):
-    port = free_port()
-    procs = []
-    for r in range(n):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HCOMM_", "SLURM_", "OMPI_"))}
-        env.update(RANK=str(r), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   OMP_NUM_THREADS="1", HCOMM_TIMEOUT="20", **extra)
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    results = []
-    for p in procs:
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise AssertionError("a rank hung")
-        results.append((p.returncode, out, err))
-    return results
+    return launch_scripts(n, code, dict(HCOMM_TIMEOUT="20", **extra), timeout)
 
 
 def test_ddp_goes_on_after_a_rank_is_killed():
