@@ -10,7 +10,8 @@ per pipeline, on the slowest pipeline rank:
                       per message: m (F + B) plus the bubble (parallel/pipeline/check.py)
     step end          dp gradient sync (ZeRO 0: allreduce; 1: reduce-scatter + all-gather;
                       2: all-gather), the optimizer step and the step's own bookkeeping
-                      (f * profiled), clipping and the step's control collectives (status
+                      (f(all of the machine's ranks) * profiled: every rank is busy then),
+                      clipping and the step's control collectives (status
                       all-gather over the world, loss allreduce over dp)
 
 Every collective call also pays the measured per-call overhead (calibrate.py's call_s,
@@ -108,7 +109,7 @@ class CostModel:
         self._reports = {}
         self.overlap = all(cluster.cores_of_machine(mc) >= 2 * n for mc, n in self.ranks_on.items())
         self.overheads = profile.get("overheads") or {}
-        self.share, self.active = {}, {}      # set for each round of estimate()
+        self.share, self.active, self._all_busy_share = {}, {}, {}   # set for each round of estimate()
 
     def _set_active(self, active: Dict[str, float]):
         """Compute factor of every rank and the per-call collective overhead when `active`
@@ -116,6 +117,10 @@ class CostModel:
         rep = self.profile.get("piece_rep_s")
         self.share = {r: self.cluster.compute_factor(mc, active[mc], rep) for r, mc in enumerate(self.machine)}
         self.active = active
+        # The step end runs on every rank of a machine at about the same time: a rank whose
+        # stage finished first updates while the others still compute their last backward,
+        # so nobody leaves the cores to it, whatever the pipeline phase's active count.
+        self._all_busy_share = {mc: self.cluster.compute_factor(mc, float(n), rep) for mc, n in self.ranks_on.items()}
 
     def rows(self, c: Candidate):
         from .profile import shape_key
@@ -352,7 +357,7 @@ class CostModel:
             units = sum(max(1, row["units"]) for row in rows)
             ranks = [grp[r] for grp in g["pp"]]
             dp_groups = [grp for grp in g["dp"] if grp[0] in ranks]
-            share = max(self.share[x] for x in ranks)
+            share = max(self._all_busy_share[self.machine[x]] for x in ranks)
             sync = max(sync, self._dp_sync(c, psi * pb, dp_groups))
             updated = psi / c.dp if c.zero_stage else psi
             mine = share * (updated * self.profile["optimizer_s_per_element"] + self._overhead("step_s", z)
