@@ -245,7 +245,25 @@ void Links::timeout(const RequestPtr* rs, size_t n) const {
                "rank " + std::to_string(r->peer);
   }
   throw TimeoutError(describe_() + ": timed out waiting for " + (waiting.empty() ? "peers" : waiting) +
-                     " (HCOMM_TIMEOUT)");
+                     " (HCOMM_TIMEOUT)" + waitStates(rs, n));
+}
+
+std::string Links::waitStates(const RequestPtr* rs, size_t n) const {
+  // Each peer a request still waits on, once: what its transport holds for it.
+  std::vector<int> seen;
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    const RequestPtr& r = rs[i];
+    if (!r || r->done.load(std::memory_order_acquire)) continue;
+    for (int p = 0; p < size_; ++p) {
+      const Route& x = (*routes_)[p];
+      if (!x.transport || x.peer != r->peer || std::find(seen.begin(), seen.end(), p) != seen.end()) continue;
+      seen.push_back(p);
+      std::string st = x.transport->waitState(x.peer, tagBase_);
+      if (!st.empty()) out += " {" + st + "}";
+    }
+  }
+  return out;
 }
 
 void Links::wait(const RequestPtr& r) { waitAll(&r, 1); }

@@ -142,6 +142,8 @@ class Links {
   template <class Probe, class Ask>
   int waitProbing(Probe arrived, Ask ask);
   [[noreturn]] void timeout(const RequestPtr* rs, size_t n) const;
+  // What the transports hold for the peers of the unfinished requests (waitState).
+  std::string waitStates(const RequestPtr* rs, size_t n) const;
   const Route& route(int peer) const;
 
   int rank_, size_;

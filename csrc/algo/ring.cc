@@ -72,6 +72,7 @@ void allreduceRing(Links& l, const void* inv, void* outv, size_t count, size_t s
   while (finishedChunks < nChunks) {
     // Chunk k+kInFlight reuses chunk k's channel, so it may start only once chunk k has
     // finished here: every rank then posts each channel's messages in chunk order.
+    bool moved = false;
     while (next < nChunks && (active.empty() || next < active.front().begin / chunkElems + kInFlight)) {
       RingChunk c;
       c.begin = next * chunkElems;
@@ -79,25 +80,32 @@ void allreduceRing(Links& l, const void* inv, void* outv, size_t count, size_t s
       postStep(l, c, in, out, static_cast<int>(next % kInFlight));
       active.push_back(c);
       ++next;
+      moved = true;
     }
     std::vector<RequestPtr> pending;
     for (auto it = active.begin(); it != active.end();) {
-      if (finished(it->send) && finished(it->recv)) {
+      // A step posted here may be complete at once (an eager send, a message that was
+      // already waiting), so a chunk advances as far as it can before anyone waits.
+      while (finished(it->send) && finished(it->recv) && it->step < lastStep) {
         if (it->send) l.wait(it->send);  // surfaces a failed request
         if (it->recv) l.wait(it->recv);
-        if (++it->step == lastStep) {
-          ++finishedChunks;
-          it = active.erase(it);
-          continue;
-        }
-        size_t chunkIndex = it->begin / chunkElems;
-        postStep(l, *it, in, out, static_cast<int>(chunkIndex % kInFlight));
+        moved = true;
+        if (++it->step < lastStep) postStep(l, *it, in, out, static_cast<int>((it->begin / chunkElems) % kInFlight));
+      }
+      if (it->step == lastStep) {
+        ++finishedChunks;
+        it = active.erase(it);
+        continue;
       }
       for (const RequestPtr& q : {it->send, it->recv})
         if (!finished(q)) pending.push_back(q);  // waitAny must wait for a new completion
       ++it;
     }
-    if (!pending.empty()) l.waitAny(pending);
+    // Wait only when nothing moved in this pass: a chunk left behind with its step done,
+    // or a chunk that could start, would otherwise sit out the wait, and with every rank
+    // waiting on a message that such a chunk of its neighbour's would have sent, the ring
+    // stopped until the timeout (seen as an intermittent test_allreduce[3] hang).
+    if (!moved && !pending.empty()) l.waitAny(pending);
   }
 }
 

@@ -50,6 +50,7 @@ class ShmTransport : public Transport {
   bool stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint64_t* fingerprint) override;
   void abort(const std::string& why) override;
   std::string peerFailure(int peer) override;
+  std::string waitState(int peer, uint64_t tagBase) override;
   bool usesCma(int peer) const;
 
   // The progress board: every rank publishes in its own segment, per communicator, the

@@ -113,6 +113,14 @@ class Transport {
     (void)peer, (void)lo, (void)hi, (void)tag, (void)fingerprint;
     return false;
   }
+  // What this transport holds for `peer`, said after a timeout so that a hang can be
+  // told apart from a lost message: queue positions, sends not yet delivered, receives
+  // posted and messages waiting unreceived (tags as offsets from `tagBase`). "" when
+  // the transport has nothing to say.
+  virtual std::string waitState(int peer, uint64_t tagBase) {
+    (void)peer, (void)tagBase;
+    return "";
+  }
 };
 
 // Completes a request, successfully when why is empty.
