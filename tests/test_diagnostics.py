@@ -1,6 +1,7 @@
 """Flight recorder, dumps on error and on SIGUSR1, dead peers, HCOMM_DEBUG logging."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,3 +169,25 @@ def test_timeout_progress_reaches_ranks_on_other_hosts(straggler_waits_in_hcomm)
         else:
             assert "rank 3 on other hosts did not answer (not inside an hcomm call)" in msg, msg
         _reached_too(msg, rank, last + 1)
+
+
+def _unmatched_body(comm):
+    comm.timeout = 1
+    if comm.rank == 1:
+        comm.send(np.ones(3), peer=0, tag=7)  # eager: lands in rank 0's queue, unmatched
+        return ""
+    try:
+        comm.recv(np.zeros(3), peer=1, tag=5)
+    except hcomm.Error as e:
+        return str(e)
+    return "no error"
+
+
+def test_timeout_says_what_the_transport_holds_for_the_peer():
+    """A receive that times out while the peer's message sits unmatched (another tag)
+    says so: the receive posted, and the message that arrived and was never received, so
+    a lost message can be told apart from a mismatch or a peer that never sent."""
+    msg = run_comm(_unmatched_body, 2)[0]
+    assert "timed out waiting for receive from rank 1" in msg, msg
+    m = re.search(r"\{shm to rank 1: .*receives posted \[(\d+)\], unreceived \[(\d+)\]\}", msg)
+    assert m and m.group(1) != m.group(2), msg
