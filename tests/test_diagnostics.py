@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -171,23 +172,28 @@ def test_timeout_progress_reaches_ranks_on_other_hosts(straggler_waits_in_hcomm)
         _reached_too(msg, rank, last + 1)
 
 
-def _unmatched_body(comm):
+def _unmatched_body(comm, done):
     comm.timeout = 1
     if comm.rank == 1:
         comm.send(np.ones(3), peer=0, tag=7)  # eager: lands in rank 0's queue, unmatched
+        done.wait(30)  # stays connected until rank 0 has timed out (tcp reports a close first)
         return ""
     try:
         comm.recv(np.zeros(3), peer=1, tag=5)
     except hcomm.Error as e:
         return str(e)
+    finally:
+        done.set()
     return "no error"
 
 
-def test_timeout_says_what_the_transport_holds_for_the_peer():
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_timeout_says_what_the_transport_holds_for_the_peer(transport, monkeypatch):
     """A receive that times out while the peer's message sits unmatched (another tag)
     says so: the receive posted, and the message that arrived and was never received, so
     a lost message can be told apart from a mismatch or a peer that never sent."""
-    msg = run_comm(_unmatched_body, 2)[0]
+    monkeypatch.setenv("HCOMM_TRANSPORT", f"intra:{transport}")
+    msg = run_comm(_unmatched_body, 2, args=(threading.Event(),))[0]  # ranks are threads here
     assert "timed out waiting for receive from rank 1" in msg, msg
-    m = re.search(r"\{shm to rank 1: .*receives posted \[(\d+)\], unreceived \[(\d+)\]\}", msg)
+    m = re.search(r"\{" + transport + r" to rank 1: .*receives posted \[(\d+)\], unreceived \[(\d+)\]\}", msg)
     assert m and m.group(1) != m.group(2), msg

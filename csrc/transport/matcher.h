@@ -116,6 +116,17 @@ struct PeerMatch {
   // Fails every receive waiting on this peer (posted, or bound to a partial message).
   void failWaiting(const std::string& why);
 
+  // "receives posted [..], unreceived [..]": the tags as offsets from `tagBase`
+  // (Transport::waitState, said after a timeout).
+  std::string describe(uint64_t tagBase) const {
+    auto off = [&](uint64_t tag) { return std::to_string(static_cast<int64_t>(tag - tagBase)); };
+    std::string s = "receives posted [";
+    for (size_t i = 0; i < posted.size(); ++i) s += (i ? "," : "") + off(posted[i].req->tag);
+    s += "], unreceived [";
+    for (size_t i = 0; i < unexpected.size(); ++i) s += (i ? "," : "") + off(unexpected[i]->tag);
+    return s + "]";
+  }
+
   const Unexpected* peekUnexpected(uint64_t tag) const {
     for (const auto& u : unexpected)
       if (u->tag == tag && !u->bound) return u.get();

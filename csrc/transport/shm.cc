@@ -327,24 +327,18 @@ std::string ShmTransport::peerFailure(int peer) {
 std::string ShmTransport::waitState(int peer, uint64_t tagBase) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   const Peer& p = peerOf(peer);
-  auto tags = [&](auto begin, auto end, auto tagOf) {
+  auto tags = [&](const std::deque<OutMsg>& q) {
     std::string out;
-    for (auto it = begin; it != end; ++it)
-      out += (out.empty() ? "" : ",") + std::to_string(static_cast<int64_t>(tagOf(*it) - tagBase));
+    for (const OutMsg& m : q) out += (out.empty() ? "" : ",") + std::to_string(static_cast<int64_t>(m.req->tag - tagBase));
     return "[" + out + "]";
   };
-  auto reqTag = [](const auto& x) { return x.req->tag; };
-  std::string s = "shm to rank " + std::to_string(p.rank) + ": slots written " +
-                  std::to_string(p.out->head.load(std::memory_order_acquire)) + ", taken " +
-                  std::to_string(p.out->tail.load(std::memory_order_acquire)) + ", sends queued " +
-                  tags(p.sending.begin(), p.sending.end(), reqTag) + ", awaiting ack " +
-                  tags(p.awaiting.begin(), p.awaiting.end(), reqTag);
-  s += "; from it: slots written " + std::to_string(p.in->head.load(std::memory_order_acquire)) + ", taken " +
-       std::to_string(p.in->tail.load(std::memory_order_acquire)) + ", receives posted " +
-       tags(p.match.posted.begin(), p.match.posted.end(), reqTag) + (p.inCurrent ? " (one arriving)" : "") +
-       ", unreceived " +
-       tags(p.match.unexpected.begin(), p.match.unexpected.end(), [](const UnexpectedPtr& u) { return u->tag; });
-  return s;
+  return "shm to rank " + std::to_string(p.rank) + ": slots written " +
+         std::to_string(p.out->head.load(std::memory_order_acquire)) + ", taken " +
+         std::to_string(p.out->tail.load(std::memory_order_acquire)) + ", sends queued " + tags(p.sending) +
+         ", awaiting ack " + tags(p.awaiting) + "; from it: slots written " +
+         std::to_string(p.in->head.load(std::memory_order_acquire)) + ", taken " +
+         std::to_string(p.in->tail.load(std::memory_order_acquire)) + ", " + p.match.describe(tagBase) +
+         (p.inCurrent ? " (one arriving)" : "");
 }
 
 void ShmTransport::failPeer(Peer& p, const std::string& why) {

@@ -472,6 +472,21 @@ std::string TcpTransport::peerFailure(int peer) {
   return it->second.broken;
 }
 
+std::string TcpTransport::waitState(int peer, uint64_t tagBase) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  auto it = peers_.find(peer);
+  if (it == peers_.end()) return "";
+  const Peer& p = it->second;
+  std::string queued;
+  for (const OutMsg& m : p.sending) queued += (queued.empty() ? "" : ",") + std::to_string(static_cast<int64_t>(m.req->tag - tagBase));
+  std::string s = "tcp to rank " + std::to_string(p.rank) + ": sends queued [" + queued + "]";
+  if (!p.sending.empty()) s += " (first " + std::to_string(p.sending.front().sent) + " bytes out)";
+  s += "; from it: " + p.match.describe(tagBase);
+  if (p.inPayload) s += " (one arriving, " + std::to_string(p.got) + " of " + std::to_string(p.hdr.nbytes) + " bytes)";
+  if (!p.broken.empty()) s += "; connection: " + p.broken;
+  return s;
+}
+
 void TcpTransport::abort(const std::string& why) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   bool first = aborted_.empty();

@@ -47,6 +47,7 @@ class TcpTransport : public Transport {
   bool stale(int peer, uint64_t lo, uint64_t hi, uint64_t* tag, uint64_t* fingerprint) override;
   void abort(const std::string& why) override;
   std::string peerFailure(int peer) override;
+  std::string waitState(int peer, uint64_t tagBase) override;
 
   // Progress queries, for the report after a timeout: query() tells every connected peer
   // how far this rank got on communicator `comm` (from `source`) and asks the same back;
