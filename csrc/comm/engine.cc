@@ -54,7 +54,9 @@ std::string Communicator::strayMessage(uint64_t tagBase) const {
 std::vector<CallProgress> Communicator::gatherProgress(std::vector<char>* asked) const {
   // Same host: read each rank's progress board, no help needed from it. Ranks reached
   // over tcp: ask, and give the ranks that are inside hcomm (they progress tcp while they
-  // wait) up to a second to answer. Others (MPI between hosts): not visible.
+  // wait) up to three seconds to answer: one is plenty on an idle machine, but on a
+  // loaded one (load 10 on 2 cores) a rank inside hcomm was once reported as silent.
+  // Others (MPI between hosts): not visible.
   std::vector<CallProgress> seen(size_);
   asked->assign(size_, 0);
   TcpTransport* tcp = world_->find<TcpTransport>();
@@ -68,7 +70,7 @@ std::vector<CallProgress> Communicator::gatherProgress(std::vector<char>* asked)
   }
   if (!anyTcp) return seen;
   tcp->query(id_);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
   for (bool all = false; !all && std::chrono::steady_clock::now() < deadline;) {
     tcp->progress();
     all = true;
