@@ -57,6 +57,7 @@ void check(int rc, const NativeWait& w, const char* call) {
 // Polls one nonblocking MPI call to completion, backing off like Links::wait does.
 void waitFor(MPI_Request& req, const NativeWait& w, const char* call) {
   auto& rt = MpiRuntime::instance();
+  auto spinStart = std::chrono::steady_clock::now();
   for (long idle = 0;; ++idle) {
     int flag = 0, rc;
     {
@@ -65,7 +66,15 @@ void waitFor(MPI_Request& req, const NativeWait& w, const char* call) {
     }
     check(rc, w, call);
     if (flag) return;
-    if (idle < w.policy.spins) continue;
+    if (idle < w.policy.spins) {
+      // Capped in time as Links::backoff's spin is (policy.spinUs): a peer that shares
+      // this core runs only once we yield, so a whole spin of polls would be a wasted
+      // slice per message on a loaded machine.
+      if ((idle & 63) == 63 &&
+          std::chrono::steady_clock::now() - spinStart > std::chrono::microseconds(w.policy.spinUs))
+        idle = w.policy.spins - 1;  // on to yielding
+      continue;
+    }
     if (std::chrono::steady_clock::now() > w.deadline)
       throw TimeoutError(w.what + ": " + call + " did not complete within the timeout (HCOMM_TIMEOUT); a rank " +
                          "did not call it, or called a different collective");
