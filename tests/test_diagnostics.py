@@ -194,6 +194,7 @@ def test_timeout_says_what_the_transport_holds_for_the_peer(transport, monkeypat
     a lost message can be told apart from a mismatch or a peer that never sent."""
     monkeypatch.setenv("HCOMM_TRANSPORT", f"intra:{transport}")
     msg = run_comm(_unmatched_body, 2, args=(threading.Event(),))[0]  # ranks are threads here
+    assert msg.startswith("recv from rank 1, tag 5 (24 bytes, over ")  # p2p calls are named by peer and tag
     assert "timed out waiting for receive from rank 1" in msg, msg
     m = re.search(r"\{" + transport + r" to rank 1: .*receives posted \[(\d+)\], unreceived \[(\d+)\]\}", msg)
     assert m and m.group(1) != m.group(2), msg

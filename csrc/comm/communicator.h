@@ -51,6 +51,7 @@ struct CollectiveInfo {  // names a call in errors and logs
   int root = -1;
   std::string algo;
   ReduceOp reduceOp = ReduceOp::SUM;
+  int64_t tag = -1;  // point to point: the user's tag (root is then the peer, -1 any)
 };
 
 class Communicator {

@@ -12,11 +12,18 @@ namespace hcomm {
 
 std::string Communicator::describe(const CollectiveInfo& info, uint64_t seq, const std::string& ran) const {
   std::ostringstream s;
-  s << info.op << " #" << seq << " (" << dtypeName(info.dtype) << ", count " << info.count;
-  if (info.root >= 0) s << ", root " << info.root;
-  if (!ran.empty() && (info.algo.empty() || ran.rfind(info.algo, 0) == 0)) s << ", " << ran;  // "ring over shm"
-  else if (!ran.empty()) s << ", " << ran << " (planned " << info.algo << ")";  // a native engine took it
-  else if (!info.algo.empty()) s << ", " << info.algo;
+  if (info.tag >= 0) {  // point to point: not numbered (its seq is 0), named by peer and tag
+    s << info.op << (info.op == "send" ? " to " : " from ")
+      << (info.root >= 0 ? "rank " + std::to_string(info.root) : std::string("any rank")) << ", tag " << info.tag
+      << " (" << info.count << " bytes";
+    if (!ran.empty()) s << ", " << ran;
+  } else {
+    s << info.op << " #" << seq << " (" << dtypeName(info.dtype) << ", count " << info.count;
+    if (info.root >= 0) s << ", root " << info.root;
+    if (!ran.empty() && (info.algo.empty() || ran.rfind(info.algo, 0) == 0)) s << ", " << ran;  // "ring over shm"
+    else if (!ran.empty()) s << ", " << ran << " (planned " << info.algo << ")";  // a native engine took it
+    else if (!info.algo.empty()) s << ", " << info.algo;
+  }
   s << ") on communicator " << std::hex << id_ << std::dec << " rank " << rank_ << "/" << size_;
   return s.str();
 }

@@ -8,7 +8,7 @@ WorkPtr Communicator::send(const void* buf, size_t nbytes, int peer, int64_t tag
   checkUsable();
   checkRoot(peer, "peer");
   if (tag < 0 || tag > kMaxUserTag) throw Error("tag must be in [0, 2^31), got " + std::to_string(tag));
-  CollectiveInfo info{"send", CollKind::NONE, DataType::U8, nbytes, peer, "", ReduceOp::SUM};
+  CollectiveInfo info{"send", CollKind::NONE, DataType::U8, nbytes, peer, "", ReduceOp::SUM, tag};
   if (async && !currentPlacement().onDevice()) {  // device p2p runs as a turn (device routes)
     const Route& r = routes_[peer];
     return postP2p(info, r.transport->isend(r.peer, p2pTag(id_, tag), buf, nbytes), nullptr, nbytes,
@@ -21,7 +21,7 @@ WorkPtr Communicator::recv(void* buf, size_t nbytes, int peer, int64_t tag, bool
   checkUsable();
   if (peer >= 0) checkRoot(peer, "peer");
   if (tag < 0 || tag > kMaxUserTag) throw Error("tag must be in [0, 2^31), got " + std::to_string(tag));
-  CollectiveInfo info{"recv", CollKind::NONE, DataType::U8, nbytes, peer, "", ReduceOp::SUM};
+  CollectiveInfo info{"recv", CollKind::NONE, DataType::U8, nbytes, peer, "", ReduceOp::SUM, tag};
   if (async && !currentPlacement().onDevice()) {
     RequestPtr req;
     if (peer >= 0) req = routes_[peer].transport->irecv(routes_[peer].peer, p2pTag(id_, tag), buf, nbytes, nullptr);
