@@ -192,3 +192,23 @@ def test_last_reference_dropped_in_a_completion_callback():
         w.wait(timeout=30)
         c.close()
         raise errors[0] if errors else AssertionError("close() inside a callback did not raise")
+
+
+def _too_big_any_source_body(comm):
+    import hcomm
+
+    if comm.rank == 1:
+        comm.send(np.ones(8), 0, tag=3)
+        return None
+    w = comm.recv(np.zeros(4), tag=3, async_op=True)  # any source; 64 bytes arrive for 32
+    with pytest.raises(hcomm.Error, match="rank 1 sent 64 bytes, more than the 32-byte buffer"):
+        w.wait(timeout=30)
+    entry = comm.flight_record()["entries"][-1]
+    return entry["op"], entry["state"], entry["error"]
+
+
+def test_async_any_source_receive_too_small_fails_and_closes_its_record():
+    """The failure is the Work's and the flight record's: before, the entry stayed open
+    ('started') although the Work had failed."""
+    op, state, error = run_comm(_too_big_any_source_body, 2)[0]
+    assert (op, state) == ("recv", "failed") and "more than the 32-byte buffer" in error, (op, state, error)

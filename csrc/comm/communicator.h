@@ -272,6 +272,7 @@ class Communicator {
   // true when its Work ended instead (a message too big, or nobody left to send).
   bool matchAnySource(PendingP2p& p, std::chrono::steady_clock::time_point now);
   void finishP2p(PendingP2p& p);  // its request is done: complete the Work
+  void failP2p(PendingP2p& p, const std::string& why);  // record the failure, then complete the Work with it
 
   // progress thread
   std::deque<PendingP2p> p2p_;

@@ -213,13 +213,18 @@ void Communicator::finishP2p(PendingP2p& p) {
   p.work->finish(p.req->error.empty() ? "" : describe(p.info, 0) + ": " + p.req->error);
 }
 
+void Communicator::failP2p(PendingP2p& p, const std::string& why) {
+  flight_->ended(p.flightId, why, "", "");  // first: the Work's callbacks may read it
+  p.work->finish(why);
+}
+
 bool Communicator::matchAnySource(PendingP2p& p, std::chrono::steady_clock::time_point now) {
   for (int peer = 0; peer < size_; ++peer) {
     size_t n = 0;
     const Route& r = routes_[peer];
     if (!r.transport->probe(r.peer, p.tag, &n)) continue;
     if (n > p.nbytes) {
-      p.work->finish(describe(p.info, 0) + ": rank " + std::to_string(peer) + " sent " + std::to_string(n) +
+      failP2p(p, describe(p.info, 0) + ": rank " + std::to_string(peer) + " sent " + std::to_string(n) +
                      " bytes, more than the " + std::to_string(p.nbytes) + "-byte buffer");
       return true;
     }
@@ -235,9 +240,7 @@ bool Communicator::matchAnySource(PendingP2p& p, std::chrono::steady_clock::time
   p.askGone = now + std::chrono::milliseconds(100);
   std::string why = noSenderLeft(routes_, rank_, p.tag);
   if (why.empty()) return false;
-  why = describe(p.info, 0) + ": receive from any rank failed: " + why;
-  flight_->ended(p.flightId, why, "", "");  // first: the Work's callbacks may read it
-  p.work->finish(why);
+  failP2p(p, describe(p.info, 0) + ": receive from any rank failed: " + why);
   return true;
 }
 
@@ -263,8 +266,7 @@ bool Communicator::pollP2p() {
       std::string why = describe(p.info, 0) + ": timed out waiting for rank " +
                         (p.info.root >= 0 ? std::to_string(p.info.root) : std::string("any")) + " (HCOMM_TIMEOUT)";
       abortWorld(*world_, why);
-      p.work->finish(why);
-      flight_->ended(p.flightId, why, "", "");
+      failP2p(p, why);
       moved = true;
     } else {
       still.push_back(std::move(p));
