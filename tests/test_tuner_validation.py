@@ -199,8 +199,8 @@ def test_transfers_at_once_on_one_machine_share_its_network_path():
     moves 1.2 GB/s, but in a ring step all three run through the same CPUs. Measured
     (benchmarks/tuner_validation.py, 3 x 1 at 10 Gbit/s): ring allgather of 64 MiB 78 ms
     where the pair probe's 1.22 GB/s priced 36.7 ms; the ring probe at init then found
-    0.7-1.2 GB/s / 3 per transfer (machine_beta) and the price came to 61-111 ms beside
-    measured 95-107 ms. Each of ring's n-1 steps costs at least 3 transfers' share of the
+    0.40-0.73 GB/s a transfer with all three at once (machine_beta = a third of that
+    time) and the price came to 62-111 ms beside measured 95-107 ms. Each of ring's n-1 steps costs at least 3 transfers' share of the
     machine; the direct reduce-scatter's one step runs all 6 at once."""
     S, n, wire, mb = 64 << 20, 3, 1 / 1.2e9, 1 / 2.4e9
     topo = _box_with_path([1] * n, 2, wire, mb)
