@@ -238,7 +238,9 @@ def judge(row):
 def _link_line(name, c):
     sock = (f", socket CPU send {1e-9 / c['send_cpu']:.1f} GB/s recv {1e-9 / c['recv_cpu']:.1f} GB/s a core"
             if c.get("send_cpu") else "")
-    return f"{name} alpha {c['alpha'] * 1e6:.1f} us, {1e-9 / c['beta']:.3f} GB/s ({c['source']}){sock}"
+    path = (f", machine path {1e-9 / c['machine_beta']:.3f} GB/s over the transfers touching it"
+            if c.get("machine_beta") else "")
+    return f"{name} alpha {c['alpha'] * 1e6:.1f} us, {1e-9 / c['beta']:.3f} GB/s ({c['source']}){sock}{path}"
 
 
 def _span(ts):

@@ -231,7 +231,9 @@ def test_broadcast_root_changes_the_flat_tree():
     assert at1.chosen == "hierarchical"
 
 
-@pytest.mark.parametrize("layout", [(2, 2), (3, 3), (2, 2, 2), (3, 1)])
+# Equal groups only: on 3 + 1 the leaders' ring carries host 0's 3S/4 across, as much
+# as the flat ring (test_tuner_validation.py's unequal-groups test).
+@pytest.mark.parametrize("layout", [(2, 2), (3, 3), (2, 2, 2)])
 def test_hierarchical_allgather_wins_large_messages_across_hosts(layout):
     e = hcomm.explain("allgather", 64 << 20, topology=hosts(*layout))
     assert e.chosen == "hierarchical"

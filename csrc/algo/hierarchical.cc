@@ -43,10 +43,12 @@
 // packed group blocks one level up (recursively; ring at the top), each leader unpacks
 // into rank order and broadcasts the whole result inside its group.
 //   T = (g-1)*alpha_in + (g-1)/g * S_grp * beta_in            gather inside
-//     + (h-1)*(alpha_x + S/h * beta_x)                           ring across leaders
+//     + (h-1)*(alpha_x + S_big * beta_x)                         ring across leaders
 //     + S * beta_in + (ceil(log2 g) + k - 1) * (alpha_in + S/k * beta_in)  unpack, broadcast
-// Either way a host's NIC carries (h-1)/h * S instead of the flat ring's (n-1)/n * S:
-// wins for large messages across hosts with several ranks per host.
+// where S_big is the largest group's packed block (g_max/n * S): every ring step
+// forwards every block at once, so the largest paces it (2 + 1: 2S/3, as the flat ring).
+// With equal groups a host's NIC carries (h-1)/h * S instead of the flat ring's
+// (n-1)/n * S: wins for large messages across hosts with several ranks per host.
 #include <algorithm>
 #include <cstring>
 #include <map>

@@ -192,6 +192,11 @@ std::shared_ptr<Communicator> Communicator::createWorld(int rank, int size, cons
   };
   ch.send = [&](int peer, void* buf, size_t n) { comm->send(buf, n, peer, kMaxUserTag, false); };
   ch.recv = [&](int peer, void* buf, size_t n) { comm->recv(buf, n, peer, kMaxUserTag, false); };
+  ch.exchange = [&](int to, const void* out, int from, void* in, size_t n) {
+    WorkPtr sent = comm->send(out, n, to, kMaxUserTag, true);  // posted, then the receive runs beside it
+    comm->recv(in, n, from, kMaxUserTag, false);
+    sent->wait(-1);
+  };
   ch.maxAll = [&](double* v, size_t n) {
     comm->allreduce(v, v, n, DataType::F64, ReduceOp::MAX, 1.0, "halving_doubling", false);
   };

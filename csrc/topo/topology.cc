@@ -9,6 +9,7 @@
 
 #include "common/param.h"
 #include "common/types.h"
+#include "topo/machine_net.h"
 #include "topo/racks.h"
 #include "topo/socket_cpu.h"
 
@@ -363,6 +364,7 @@ Json Topology::toJson() const {
       x.obj.emplace_back("send_cpu", num(links[c].sendCpu));
       x.obj.emplace_back("recv_cpu", num(links[c].recvCpu));
     }
+    if (links[c].machineBeta > 0) x.obj.emplace_back("machine_beta", num(links[c].machineBeta));
     ls.obj.emplace_back(linkClassName(static_cast<LinkClass>(c)), x);
   }
   for (const RankProbe& p : ranks) rs.arr.push_back(Json::parse(probeToJson(p)));
@@ -453,10 +455,11 @@ void applyFileLinks(const Json& file, LinkCost* links) {
     std::string src = getStr(*x, "source", "file");
     if (src == "measured") src = "file";  // a dump loaded back: fixed numbers now
     links[c] = {getNum(*x, "alpha", links[c].alpha), getNum(*x, "beta", links[c].beta), src == "default" ? "default" : "file",
-                getNum(*x, "send_cpu", links[c].sendCpu), getNum(*x, "recv_cpu", links[c].recvCpu)};
-    if (links[c].sendCpu < 0 || links[c].recvCpu < 0)
+                getNum(*x, "send_cpu", links[c].sendCpu), getNum(*x, "recv_cpu", links[c].recvCpu),
+                getNum(*x, "machine_beta", links[c].machineBeta)};
+    if (links[c].sendCpu < 0 || links[c].recvCpu < 0 || links[c].machineBeta < 0)
       throw Error(std::string("topology links.") + linkClassName(static_cast<LinkClass>(c)) +
-                  ": send_cpu and recv_cpu are seconds per byte, >= 0");
+                  ": send_cpu, recv_cpu and machine_beta are seconds per byte, >= 0");
   }
 }
 
@@ -574,6 +577,7 @@ std::shared_ptr<Topology> buildTopology(const InitChannel& ch, const std::string
   bool probe = envInt("HCOMM_PROBE", 1) != 0 && !deterministicMode() && ch.size > 1;
   if (probe) inferRacks(*t, ch);  // racks.h: only when no rank names its rack
   if (probe) measureLinks(*t, ch);
+  if (probe) measureMachineNet(*t, ch);  // machine_net.h: every host's transfer at once
   if (probe && envInt("HCOMM_SOCKET_CPU_PROBE", 1) != 0) measureSocketCpuAtInit(*t, ch);  // socket_cpu.h
   if (file) applyFileLinks(*file, t->links);
   std::string dump = envStr("HCOMM_TOPO_DUMP_FILE");

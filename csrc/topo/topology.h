@@ -62,6 +62,11 @@ struct LinkCost {
   // the sending rank (send calls) and on the receiving one (receive calls), measured at
   // init where the wire is not the bound (topo/socket_cpu.h). 0: not known, not priced.
   double sendCpu = 0, recvCpu = 0;
+  // tcp and rack: seconds per byte that each crossing transfer running at once adds to
+  // a machine it touches (several namespace "hosts" on one machine share its CPUs'
+  // network path), measured at init with every host sending (topo/machine_net.h).
+  // 0: not known, not priced.
+  double machineBeta = 0;
 };
 
 // Alpha/beta used when nothing is measured or HCOMM_DETERMINISTIC=1 (and no file
@@ -119,6 +124,8 @@ struct InitChannel {
   // allgatherv of raw bytes: counts[r] bytes from rank r, concatenated in rank order.
   std::function<void(const void* in, void* out, const std::vector<size_t>& counts)> allgatherBytes;
   std::function<void(int peer, void* buf, size_t n)> send, recv;
+  // n bytes to `to` while n bytes arrive from `from`, both in flight at once.
+  std::function<void(int to, const void* out, int from, void* in, size_t n)> exchange;
   std::function<void(double* v, size_t n)> maxAll;  // element-wise max over ranks, in place
 };
 

@@ -103,13 +103,26 @@ double ringAllgatherSeconds(const Net& net, double bytes) {
   return (m - 1) * (st.alpha + bytes / m * st.perByte);
 }
 
-// hierarchical.cc's allgatherv: gather into each group's leader, leaders allgather one
-// level up (ring at the top), the leader unpacks (one local copy) and broadcasts inside.
-double hierarchicalAllgatherSeconds(const CommShape& s, const std::vector<std::vector<int>>& levels,
-                                    const std::vector<int>& members, size_t depth, double bytes, double seg) {
+// hierarchical.cc's allgatherv over members holding block[i] bytes each (equal at the
+// bottom; at the leaders' level each leader holds its group's packed blocks, so groups of
+// unequal size give unequal blocks): gather into each group's leader, leaders allgather
+// one level up (ring at the top), the leader unpacks (one local copy) and broadcasts
+// inside. A ring step carries every block at once (each rank forwards one), so each of
+// its steps lasts as long as the largest block: 2 + 1 moves 2S/3 across, not S/2.
+static double allgatherBlocksSeconds(const CommShape& s, const std::vector<std::vector<int>>& levels,
+                                     const std::vector<int>& members, const std::vector<double>& block, size_t depth,
+                                     double seg) {
+  double bytes = 0, largest = 0;
+  std::map<int, double> blockOf;
+  for (size_t i = 0; i < members.size(); ++i) {
+    bytes += block[i];
+    largest = std::max(largest, block[i]);
+    blockOf[members[i]] = block[i];
+  }
+  double m = static_cast<double>(members.size());
   std::vector<std::vector<int>> groups;
   depth = splitAt(levels, members, depth, &groups);
-  if (depth == levels.size()) return ringAllgatherSeconds(Net{s, members, 1}, bytes);
+  if (depth == levels.size()) return ringAllgatherSeconds(Net{s, members, 1}, m * largest);
   bool equal = true;
   for (const auto& g : groups) equal &= g.size() == groups[0].size();
   std::vector<int> firsts;
@@ -117,26 +130,37 @@ double hierarchicalAllgatherSeconds(const CommShape& s, const std::vector<std::v
   std::vector<std::vector<int>> upper;
   if (equal && splitAt(levels, firsts, depth + 1, &upper) == levels.size()) {
     // Peer rings: rank i of every group rings with its peers (the g rings share each
-    // NIC), then a ring inside each group passes h blocks a step.
+    // NIC), then a ring inside each group passes h blocks a step (the largest block
+    // paces both).
     double h = static_cast<double>(groups.size()), g = static_cast<double>(groups[0].size());
-    double across = ringAllgatherSeconds(Net{s, firsts, static_cast<int>(g)}, bytes / g);
+    double across = ringAllgatherSeconds(Net{s, firsts, static_cast<int>(g)}, h * largest);
     std::vector<std::pair<int, int>> ring;
     for (int i = 0; i < static_cast<int>(g); ++i) ring.push_back({i, (i + 1) % static_cast<int>(g)});
     StepCost st = step(Net{s, groups[0], 1}, ring);
-    return across + (g - 1) * (h * st.alpha + bytes / g * st.perByte);
+    return across + (g - 1) * (h * st.alpha + h * largest * st.perByte);
   }
   std::vector<int> leaders;
-  double gather = 0, inside = 0, m = static_cast<double>(members.size());
+  std::vector<double> packed;  // each leader's block one level up: its group's blocks
+  double gather = 0, inside = 0;
   for (const auto& g : groups) {  // the leader receives every member's block (shm at the host level)
     leaders.push_back(g[0]);
+    double others = 0;
+    for (size_t i = 1; i < g.size(); ++i) others += blockOf[g[i]];
+    packed.push_back(others + blockOf[g[0]]);
     for (size_t i = 1; i < g.size(); ++i) {
       LinkCost c = linkOf(s, g[0], g[i]);
-      gather = std::max(gather, c.alpha + (g.size() - 1) * bytes / m * c.beta);
+      gather = std::max(gather, c.alpha + others * c.beta);
     }
     inside = std::max(inside, binomialSeconds(Net{s, g, 1}, bytes, 0, seg));
   }
   double unpack = bytes * localBeta(s);  // one local copy
-  return gather + hierarchicalAllgatherSeconds(s, levels, leaders, depth + 1, bytes, seg) + unpack + inside;
+  return gather + allgatherBlocksSeconds(s, levels, leaders, packed, depth + 1, seg) + unpack + inside;
+}
+
+double hierarchicalAllgatherSeconds(const CommShape& s, const std::vector<std::vector<int>>& levels,
+                                    const std::vector<int>& members, size_t depth, double bytes, double seg) {
+  std::vector<double> block(members.size(), bytes / std::max<size_t>(1, members.size()));
+  return allgatherBlocksSeconds(s, levels, members, block, depth, seg);
 }
 
 }  // namespace tuning

@@ -45,6 +45,29 @@ static double socketCpuPerByte(const Net& net, const std::vector<std::pair<int, 
   return worst;
 }
 
+// The machines' own network path (LinkCost::machineBeta, topo/machine_net.h): each
+// crossing transfer of the step adds machineBeta per byte to every machine it touches
+// (once when both ends share one), `share` copies of the pattern at once; the busiest
+// machine sets the pace. 0 without probe records (described topologies say no machine)
+// or without the measurement.
+static double machinePerByte(const Net& net, const std::vector<std::pair<int, int>>& edges) {
+  const CommShape& s = net.s;
+  std::map<int, double> load;  // machine -> seconds per byte of its transfers in this step
+  for (auto e : edges) {
+    int a = net.members[e.first], b = net.members[e.second];
+    if (s.host[a] == s.host[b] || a >= static_cast<int>(s.machine.size()) || b >= static_cast<int>(s.machine.size()))
+      continue;
+    int ma = s.machine[a], mb = s.machine[b];
+    if (ma < 0 || mb < 0) continue;
+    double c = s.links[static_cast<int>(classOf(s, a, b))].machineBeta * net.share;
+    load[ma] += c;
+    if (mb != ma) load[mb] += c;
+  }
+  double worst = 0;
+  for (auto& m : load) worst = std::max(worst, m.second);
+  return worst;
+}
+
 StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
   std::map<int, int> out, in;  // crossing transfers per host
   for (auto e : edges) {
@@ -72,6 +95,12 @@ StepCost step(const Net& net, const std::vector<std::pair<int, int>>& edges) {
     c.perByte = cpu;
     c.cpuCopies = true;
   }
+  // The machine's network path, shared by every transfer touching it (namespace hosts
+  // on one machine), may be slower still. Its kernel work runs in softirq beside the
+  // ranks, so a reduction still overlaps it as it overlaps a NIC; and on separate
+  // machines, where the probe finds it about equal to the NIC term, a hair either way
+  // must not switch the overlap off.
+  c.perByte = std::max(c.perByte, machinePerByte(net, edges));
   c.wake = wakePenalty(net);
   c.alpha += c.wake;
   return c;
