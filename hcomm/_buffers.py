@@ -44,6 +44,10 @@ def _is_torch(x):
 
 
 def _from_torch(x, name, writable):
+    import torch
+
+    if x.layout != torch.strided:  # sparse or mkldnn: no flat buffer to move
+        raise InvalidArgument(f"{name}: {x.layout} tensors are not supported; pass a dense tensor (.to_dense())")
     dtype = _TORCH_DTYPES.get(str(x.dtype))
     if dtype is None:
         raise InvalidArgument(f"{name}: dtype {x.dtype} is not supported by hcomm "

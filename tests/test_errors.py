@@ -31,6 +31,7 @@ def solo():
     (lambda c: c.allreduce(np.ones(4), algo="magic"), "unknown allreduce algorithm"),
     (lambda c: c.allreduce([1, 2, 3]), "expected a numpy array"),
     (lambda c: c.allreduce(torch.ones(4, 4).t()), "not contiguous"),
+    (lambda c: c.allreduce(torch.ones(4).to_sparse()), "sparse_coo tensors are not supported"),
     (lambda c: c.broadcast(np.ones(4), root=1), "root 1 is out of range"),
     (lambda c: c.reduce(np.ones(4), root=-1), "root -1 is out of range"),
     (lambda c: c.send(np.ones(4), 3), "peer 3 is out of range"),
