@@ -37,6 +37,12 @@ The calls, directly (torch_call_overheads), with every rank of the job running:
     message_s        a pipeline message's one-way time to a rank waiting for it, beyond
                      the tuner's price (pairs ping-pong a control block).
 
+The optimizer's update, memory-bound where the piece above is not (optimizer_seconds):
+
+    opt_elem_s       wall seconds per element of an AdamW step with every rank of the job
+                     stepping at once, as at a step's end; the cost model divides it by the
+                     profile's per-element time alone (same code, one process).
+
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
 The output is a topology file (hcomm's dump format) with a "planner" section that
@@ -57,7 +63,8 @@ BURST_CALLS = 20     # calls per burst (call and p2p posting overheads)
 BURSTS = 7           # bursts per group size; the median is kept
 POST_REPS = 100      # compute between a receive being posted and its message's send
 P2P_BLOCK_BYTES = 64 * 8     # the pipeline's control block (p2p.py header_words int64)
-SCALARS = ("post_s", "message_s")     # torch_call_overheads' single figures (not tables by size)
+SCALARS = ("post_s", "message_s", "opt_elem_s")     # single figures (not tables by size)
+OPT_ELEMENTS = 1 << 20       # the AdamW step's tensor: 16 MiB with its state and gradient, past L2
 
 
 def _compute(n):
@@ -358,6 +365,38 @@ def _echo(pg, peer, calls, buffer):
         pg.send([buffer()], peer, 0).wait()
 
 
+def optimizer_seconds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS):
+    """Wall seconds per element of an AdamW step (profile.optimizer_seconds_per_element's
+    step: one fp32 tensor of `numel`, one thread) with every rank stepping at once, each
+    step started right after an 8-byte allreduce over all ranks lines them up, as a step's
+    end starts after the status all-gather: the median of `rounds`, the slowest rank's.
+
+    The compute factor's piece (a 96 x 96 matmul, in L1/L2) does not see what the ranks'
+    updates do to each other: dp2 pp2 z1 mb4 of the wide GPT on 4 ranks / 2 cores, load 5,
+    spent 8.1-9.3 ms of thread CPU time in opt.step per rank against 3.2 ms in the profile
+    (the same step in one process on a fake 2-rank group: 3.6 ms), and 10.6-25 ms of wall
+    time against 6.7 priced at f(4) = 2.07 (benchmarks/planner_breakdown.py)."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    p = torch.zeros(numel, requires_grad=True)
+    p.grad = torch.randn(numel)
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    opt.step()                                   # the state is allocated on the first step
+    tiny = np.zeros(2, np.float32)
+
+    def one():
+        comm.allreduce(tiny)
+        t0 = time.perf_counter()
+        opt.step()
+        return time.perf_counter() - t0
+    comm.barrier()
+    row = np.array([statistics.median(one() for _ in range(rounds)) / numel])
+    comm.allreduce(row, op="max")
+    return float(row[0])
+
+
 def _median_tables(samples):
     """Per key and k, the median over samples of the {k: seconds} tables."""
     return {name: {k: statistics.median(s[name][k] for s in samples) for k in samples[0][name]}
@@ -376,6 +415,8 @@ def _report(comm, passes=PASSES):
     cal["piece_s"] = cal["rep_s"][1] * PIECE_REPS
     calls = [torch_call_overheads(comm, topo) for _ in range(passes)]
     cal.update(_median_tables([{k: v for k, v in c.items() if k not in SCALARS} for c in calls]))
+    for c in calls:
+        c["opt_elem_s"] = optimizer_seconds(comm)
     cal.update({k: statistics.median(c[k] for c in calls) for k in SCALARS})
     comm.barrier()
     if comm.rank == 0:
