@@ -180,8 +180,9 @@ class CostModel:
         terms["pipeline bubble + p2p"] = max(0.0, report.makespan - busy) if report else 0.0
         end, busy_end = self._step_end(c, g, per_rank)
         terms.update(end)
-        terms["total"] = (report.makespan if report else busy) + sum(
-            v for k, v in terms.items() if k.startswith(("dp ", "optimizer", "sp ", "control", "clip")))
+        # the step end's own terms only: ZeRO's per-micro-batch collectives are inside F and
+        # B, hence inside the makespan (a match on the "dp " prefix counted them twice)
+        terms["total"] = (report.makespan if report else busy) + sum(end.values())
         busy_rank = [0.0] * len(c.rank_order)
         for pos, rank in enumerate(c.rank_order):
             r = pos // (c.dp * c.tp)
