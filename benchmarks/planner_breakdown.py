@@ -191,6 +191,44 @@ def format_trace(ranks, merge_ms=0.05):
     return "\n".join(lines)
 
 
+def phases(ranks, world):
+    """(pipeline, step end) seconds of one step: from the earliest rank's start until every
+    rank has the pipeline runtime's status all-gather over the world (its call and the
+    wait after it: no rank starts its optimizer before the last stage's backward ends),
+    then until the last rank ends its step. The cost model's makespan and its step-end
+    terms (dp sync, optimizer, sp grads, control, clip) price the same two spans."""
+    t0 = min(a for slices in ranks for cat, a, _ in slices if cat == "step")
+    status = f"coll allgather n{world}"
+    boundary = 0.0
+    for slices in ranks:
+        ordered = sorted((s for s in slices if s[0] != "step"), key=lambda x: x[1])
+        # the last world all-gather before the optimizer: a dp group of the whole world
+        # (dp4 on 4 ranks) all-gathers in ZeRO-3's forward and backward too
+        opt = next((i for i, s in enumerate(ordered) if s[0] == "optimizer"), len(ordered))
+        at = next((i for i in range(opt - 1, -1, -1) if ordered[i][0] == status), None)
+        if at is None:
+            return None
+        done = ordered[at][2]
+        if at + 1 < len(ordered) and ordered[at + 1][0] == "wait":
+            done = ordered[at + 1][2]
+        boundary = max(boundary, done)
+    end = max(b for slices in ranks for cat, _, b in slices if cat == "step")
+    return boundary - t0, end - boundary
+
+
+def format_phases(traces, est, world):
+    """The measured spans of every step after the first (min-max) beside the model's."""
+    spans = [p for p in (phases(t, world) for t in traces[1:]) if p]
+    if not spans:
+        return "  phases: no status all-gather over the world found"
+    end_terms = sum(v for k, v in est.terms.items() if k.startswith(("dp ", "optimizer", "sp ", "control", "clip"))
+                    and k != "dp ZeRO per micro-batch")
+    pipe, end = [p for p, _ in spans], [e for _, e in spans]
+    return (f"  phases (ms): pipeline (to the status all-gather) predicted {est.detail['makespan'] * 1e3:.1f}, "
+            f"measured {min(pipe) * 1e3:.1f}-{max(pipe) * 1e3:.1f}; step end predicted {end_terms * 1e3:.1f}, "
+            f"measured {min(end) * 1e3:.1f}-{max(end) * 1e3:.1f}")
+
+
 def _netns_launcher(ns, layout):
     """Run argv on the ranks of `layout` (simulated host of each rank) in the namespaces of
     `ns`, as planner_accuracy.py runs its cases b and c."""
@@ -255,6 +293,7 @@ def _run_plans(args, cluster, launch):
         print("\n" + format_explain(result, est), flush=True)
         traces = []
         print(format_measured(measure(result.config(est), args.steps, args.np, launch, traces)), flush=True)
+        print(format_phases(traces, est, args.np), flush=True)
         for i in range(len(traces) - args.trace, len(traces)) if args.trace else ():
             print(f"  timeline of step {i}:\n" + format_trace(traces[i]), flush=True)
     print(f"load {os.getloadavg()}")

@@ -1,6 +1,8 @@
 """benchmarks/planner_verdict.py: the accuracy benchmark's figures and what the measured
 spread says about them, without processes. Each case is a set of interleaved repeats a
-run can produce (seconds per step, one list per plan, one entry per repeat)."""
+run can produce (seconds per step, one list per plan, one entry per repeat). Also the
+benchmarks' other pure pieces: the accuracy run's order of runs, the breakdown's split
+of a step into its pipeline phase and its step end."""
 import os
 import sys
 
@@ -109,3 +111,17 @@ def test_the_benchmark_runs_every_plan_once_per_repeat_each_repeat_rotated():
     for rep in range(3):     # each repeat holds every plan exactly once
         assert sorted(i for r, i in order if r == rep) == [0, 1, 2]
     assert [i for r, i in order if r == 1][0] != [i for r, i in order if r == 0][0]
+
+
+def test_the_breakdown_splits_a_step_at_the_last_world_all_gather_before_the_optimizer():
+    from planner_breakdown import phases
+
+    w = "coll allgather n2"
+    # rank 0: a ZeRO-3 world gather inside its forward, then the status gather and its wait
+    r0 = [("step", 0.0, 10.0), ("forward", 0.0, 1.0), (w, 1.0, 1.5), ("backward", 1.5, 4.0), (w, 4.0, 4.1),
+          ("wait", 4.1, 6.0), ("optimizer", 6.0, 9.0)]
+    r1 = [("step", 0.5, 9.5), ("forward", 0.5, 2.0), (w, 2.0, 2.2), ("backward", 2.2, 5.9), (w, 5.9, 6.1),
+          ("optimizer", 6.1, 9.5)]
+    pipe, end = phases([r0, r1], 2)
+    assert pipe == pytest.approx(6.1) and end == pytest.approx(3.9)
+    assert phases([[("step", 0.0, 1.0), ("forward", 0.0, 1.0)]], 2) is None     # no status gather: no split
