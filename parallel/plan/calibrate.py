@@ -365,34 +365,40 @@ def _echo(pg, peer, calls, buffer):
         pg.send([buffer()], peer, 0).wait()
 
 
-def optimizer_seconds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS):
+def optimizer_seconds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_counter):
     """Wall seconds per element of an AdamW step (profile.optimizer_seconds_per_element's
-    step: one fp32 tensor of `numel`, one thread) with every rank stepping at once, each
-    step started right after an 8-byte allreduce over all ranks lines them up, as a step's
-    end starts after the status all-gather: the median of `rounds`, the slowest rank's.
+    step: one fp32 tensor, one thread) with every rank stepping at once, as at a step's
+    end: rounds of an 8-byte allreduce over all ranks then one step, the slope of the
+    median round time between a step of numel / 8 and one of numel elements (as measure()
+    takes the compute's slope), the slowest rank's.
 
-    The compute factor's piece (a 96 x 96 matmul, in L1/L2) does not see what the ranks'
-    updates do to each other: dp2 pp2 z1 mb4 of the wide GPT on 4 ranks / 2 cores, load 5,
-    spent 8.1-9.3 ms of thread CPU time in opt.step per rank against 3.2 ms in the profile
-    (the same step in one process on a fake 2-rank group: 3.6 ms), and 10.6-25 ms of wall
-    time against 6.7 priced at f(4) = 2.07 (benchmarks/planner_breakdown.py)."""
+    The round, not the step alone: a rank that the allreduce leaves waiting for a core
+    starts its clock late and then steps uninterrupted, so timing the step alone read the
+    one-process figure with four ranks on two cores (3.6 ns an element at load 6, where
+    the round's slope reads the cores' sharing). The compute factor's piece (a 96 x 96
+    matmul, in L1/L2) does not see what the ranks' updates do to each other: dp2 pp2 z1
+    mb4 of the wide GPT on 4 ranks / 2 cores, load 5, spent 8.1-9.3 ms of thread CPU time
+    in opt.step per rank against 3.2 ms in the profile (the same step in one process on a
+    fake 2-rank group: 3.6 ms) (benchmarks/planner_breakdown.py)."""
     import numpy as np
     import torch
 
     torch.set_num_threads(1)
-    p = torch.zeros(numel, requires_grad=True)
-    p.grad = torch.randn(numel)
-    opt = torch.optim.AdamW([p], lr=1e-3)
-    opt.step()                                   # the state is allocated on the first step
     tiny = np.zeros(2, np.float32)
 
-    def one():
-        comm.allreduce(tiny)
-        t0 = time.perf_counter()
-        opt.step()
-        return time.perf_counter() - t0
-    comm.barrier()
-    row = np.array([statistics.median(one() for _ in range(rounds)) / numel])
+    def round_time(n):
+        p = torch.zeros(n, requires_grad=True)
+        p.grad = torch.randn(n)
+        opt = torch.optim.AdamW([p], lr=1e-3)
+        opt.step()                               # the state is allocated on the first step
+
+        def one():
+            comm.allreduce(tiny)
+            opt.step()
+        comm.barrier()
+        return _timed(one, rounds, clock=clock)
+    short, long_ = round_time(numel // 8), round_time(numel)
+    row = np.array([max(0.0, (long_ - short) / (numel - numel // 8))])
     comm.allreduce(row, op="max")
     return float(row[0])
 
