@@ -51,7 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from planner_verdict import median_error, rank_verdict, spread, top_plan
+from planner_verdict import matched_error, median_error, rank_verdict, spread, top_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "train_gpt.py"
@@ -163,12 +163,23 @@ def interleaved(plans, repeats):
     return [(rep, (rep + i) % n) for rep in range(repeats) for i in range(n)]
 
 
-def evaluate(result, runner, k, steps, log, repeats=3):
+def evaluate(result, runner, k, steps, log, repeats=3, detect=None):
     """Run each picked plan `repeats` times, interleaved; one row per plan that ran every
-    repeat (a plan that fails once is reported and dropped)."""
+    repeat (a plan that fails once is reported and dropped). detect(): a cluster calibrated
+    again before each repeat; the picked plans are priced again on it (same profile), so
+    each repeat's runs also have predictions made at their own load ("preds")."""
+    from hcomm.parallel.plan.cost import CostModel
+    from hcomm.parallel.plan.pricing import Pricer
+
     picked = pick(result, k)
     runs, state, peak, failed = [[] for _ in picked], [None] * len(picked), [0.0] * len(picked), set()
+    preds, now = [[] for _ in picked], None
     for rep, i in interleaved(picked, repeats):
+        if detect and (rep, i) == (rep, rep % len(picked)):       # a repeat's first run
+            cluster = detect()
+            model = CostModel(cluster, Pricer(cluster), result.profile, result.settings)
+            now = [model.estimate(e.cand).step_s for e in picked]
+            log(f"  repeat {rep}: calibrated again at load {os.getloadavg()[0]:.1f}: {cluster.summary()}")
         if i in failed:
             continue
         try:
@@ -178,6 +189,8 @@ def evaluate(result, runner, k, steps, log, repeats=3):
             failed.add(i)
             continue
         runs[i].append(statistics.median(out["step_seconds"][1:]))
+        if now:
+            preds[i].append(now[i])
         state[i] = state[i] if state[i] is not None else model_state_mib(stdout)
         peak[i] = max(peak[i], max(out["peak_rss_bytes"]) / 2 ** 20)
     rows = []
@@ -189,6 +202,8 @@ def evaluate(result, runner, k, steps, log, repeats=3):
         row = {"plan": est.cand.name, "pred": est.step_s, "meas": meas, "runs": runs[i], "min": lo, "max": hi,
                "err": (est.step_s - meas) / meas, "state_pred": state_pred / 2 ** 20, "state_meas": state[i],
                "peak_pred": est.memory_total / 2 ** 20, "peak_meas": peak[i]}
+        if detect:
+            row["preds"] = preds[i]
         rows.append(row)
         inside = "in" if lo <= est.step_s <= hi else ""
         log(f"  {row['plan']:<46}{row['pred'] * 1e3:9.2f}{meas * 1e3:9.2f}{f'{lo * 1e3:.1f}-{hi * 1e3:.1f}':>15}"
@@ -212,7 +227,9 @@ def summary(rows, planning_s, log):
     rank_v, rho, rho_range, pairs, real = rank_verdict(preds, runs)
     state = [abs(r["state_pred"] - r["state_meas"]) / r["state_meas"] for r in rows if r["state_meas"] > 0]
     peak = [abs(r["peak_pred"] - r["peak_meas"]) / r["peak_meas"] for r in rows]
+    matched = matched_error([r["preds"] for r in rows], runs) if all(r.get("preds") for r in rows) else None
     out = {"median_abs_err": err, "median_abs_err_range": err_range, "top_vs_best": top_ratio - 1,
+           "matched_err": matched,
            "top_verdict": top_v, "best_measured": rows[best]["plan"], "spearman": rho, "spearman_range": rho_range,
            "spearman_verdict": rank_v, "misordered": pairs, "misordered_apart": real,
            "spread_median": statistics.median((r["max"] - r["min"]) / r["meas"] for r in rows),
@@ -226,6 +243,9 @@ def summary(rows, planning_s, log):
         f"plans' spread (max - min) / median {out['spread_median']:.0%} (median); model state median error "
         f"{out['state_err_median']:.1%}; peak RSS median error {out['peak_err_median']:.1%}; planning "
         f"{planning_s:.1f} s (target < 60 s); {len(rows)} plans x {out['repeats']} repeats")
+    if matched:
+        log(f"  with each repeat priced on its own calibration: median |err| {matched[0]:.1%} (each repeat "
+            f"{matched[1][0]:.0%}-{matched[1][1]:.0%}), Spearman of each repeat {matched[2][0]:.2f}..{matched[2][1]:.2f}")
     return out
 
 
@@ -236,7 +256,8 @@ def summary_table(out, seconds):
     lines = ["", f"summary ({seconds / 60:.1f} min in all; targets: median <= 15 %, top within 10 %, Spearman >= 0.8, "
              "memory within 10 %, planning < 60 s; 'indist.': the miss is inside the measured spread, not met)",
              f"{'case':<28}{'model':<7}{'load':>6}{'plans':>6}{'median':>8}{'(repeats)':>11}{'top gap':>9}"
-             f"{'':>8}{'Spearman':>9}{'(repeats)':>12}{'':>8}{'spread':>7}{'state':>7}{'peak':>7}{'planning':>10}"]
+             f"{'':>8}{'Spearman':>9}{'(repeats)':>12}{'':>8}{'spread':>7}{'matched':>9}{'state':>7}{'peak':>7}"
+             f"{'planning':>10}"]
     for case, report in out.items():
         for model, entry in report.items():
             if model == "load_before" or not entry.get("summary"):
@@ -244,10 +265,13 @@ def summary_table(out, seconds):
             s = entry["summary"]
             lo, hi = s["median_abs_err_range"]
             rlo, rhi = s["spearman_range"]
+            matched = f"{s['matched_err'][0]:.0%}" if s.get("matched_err") else "-"
             lines.append(f"{names.get(case, case):<28}{model:<7}{report['load_before']:>6.1f}{s['plans']:>6}"
                          f"{s['median_abs_err']:>8.0%}{f'{lo:.0%}-{hi:.0%}':>11}{s['top_vs_best']:>+9.0%}"
                          f"{_short(s['top_verdict']):>8}{s['spearman']:>9.2f}{f'{rlo:.2f}..{rhi:.2f}':>12}"
-                         f"{_short(s['spearman_verdict']):>8}{s['spread_median']:>7.0%}{s['state_err_median']:>7.1%}"
+                         f"{_short(s['spearman_verdict']):>8}{s['spread_median']:>7.0%}"
+                         f"{matched:>9}"
+                         f"{s['state_err_median']:>7.1%}"
                          f"{s['peak_err_median']:>7.1%}{s['planning_s']:>9.1f}s")
     return "\n".join(lines)
 
@@ -280,7 +304,7 @@ def run_case(case, args, log):
         cluster = Cluster.detect(4)
         log(f"case a: {cluster.summary()} (detection {time.perf_counter() - t0:.1f} s)")
         runner = run_local
-        return _models(cluster, runner, args, log, report)
+        return _models(cluster, runner, args, log, report, (lambda: Cluster.detect(4)) if args.recalibrate else None)
     from hcomm.topology import NetnsCluster
 
     reason = NetnsCluster.unavailable()
@@ -293,14 +317,22 @@ def run_case(case, args, log):
         detect_netns(ns, layout, path, 29400 + os.getpid() % 100)
         cluster = Cluster.from_file(path)
         log(f"case {case}: {cluster.summary()}")
-        return _models(cluster, lambda c, s, t, p: run_netns(ns, layout, c, s, t, p), args, log, report)
+        count = [0]
+
+        def detect():
+            count[0] += 1
+            again = os.path.join(tmp, f"cluster{count[0]}.json")
+            detect_netns(ns, layout, again, 29400 + (os.getpid() + 7 * count[0]) % 100)
+            return Cluster.from_file(again)
+        return _models(cluster, lambda c, s, t, p: run_netns(ns, layout, c, s, t, p), args, log, report,
+                       detect if args.recalibrate else None)
 
 
-def _models(cluster, runner, args, log, report):
+def _models(cluster, runner, args, log, report, detect=None):
     for name in args.models.split(","):
         result, seconds = plan_for(MODELS[name], cluster, log)
         log(ROW_HEADER)
-        rows = evaluate(result, runner, args.plans, args.steps, log, args.repeats)
+        rows = evaluate(result, runner, args.plans, args.steps, log, args.repeats, detect)
         report[name] = {"rows": rows, "summary": summary(rows, seconds, log)}
     return report
 
@@ -312,6 +344,9 @@ def main(argv=None):
     ap.add_argument("--plans", type=int, default=8, help="plans run per model (top 3 + evenly spaced)")
     ap.add_argument("--steps", type=int, default=6, help="steps per run (the first is left out)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each plan, interleaved across the plans")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="calibrate again before each repeat and price the plans on it too (the model's error "
+                    "at the runs' own load, beside the one calibration's)")
     ap.add_argument("--rate", default="1gbit", help="inter-host rate for cases b and c")
     ap.add_argument("--json", help="write every row and summary here")
     args = ap.parse_args(argv)

@@ -130,3 +130,19 @@ def _check(preds, runs):
     empty = [i for i, r in enumerate(runs) if not r]
     if empty:
         raise ValueError(f"plans {empty} have no repeat measured")
+
+
+def matched_error(preds, runs):
+    """With a prediction per repeat (the plans priced again on a calibration taken right
+    before each repeat): (median over plans of the median over repeats of |pred - meas| /
+    meas, (least, greatest) over repeats of the median over plans, (least, greatest)
+    Spearman of a repeat against its own predictions). What is left of the error when
+    the load of the calibration and of the runs is the same."""
+    _check(preds, runs)
+    if any(len(p) != len(r) for p, r in zip(preds, runs)):
+        raise ValueError("need one prediction per repeat of every plan")
+    per_plan = [statistics.median(abs(p - m) / m for p, m in zip(ps, rs)) for ps, rs in zip(preds, runs)]
+    reps = range(min(len(r) for r in runs))
+    per_repeat = [statistics.median(abs(ps[k] - rs[k]) / rs[k] for ps, rs in zip(preds, runs)) for k in reps]
+    rho = [spearman([ps[k] for ps in preds], [rs[k] for rs in runs]) for k in reps]
+    return statistics.median(per_plan), (min(per_repeat), max(per_repeat)), (min(rho), max(rho))

@@ -125,3 +125,18 @@ def test_the_breakdown_splits_a_step_at_the_last_world_all_gather_before_the_opt
     pipe, end = phases([r0, r1], 2)
     assert pipe == pytest.approx(6.1) and end == pytest.approx(3.9)
     assert phases([[("step", 0.0, 1.0), ("forward", 0.0, 1.0)]], 2) is None     # no status gather: no split
+
+
+def test_each_repeat_against_its_own_calibrations_prediction():
+    from planner_verdict import matched_error
+
+    # the load doubled between the repeats, and the second calibration saw it
+    preds = [[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]]
+    runs = [[1.1, 2.2], [2.0, 4.0], [3.3, 6.6]]
+    whole, (lo, hi), (rlo, rhi) = matched_error(preds, runs)
+    assert whole == pytest.approx(1 / 11) and (lo, hi) == (pytest.approx(1 / 11), pytest.approx(1 / 11))
+    assert (rlo, rhi) == (pytest.approx(1.0), pytest.approx(1.0))
+    # against the first calibration alone the second repeat is off by half
+    assert median_error([p[0] for p in preds], runs)[1][1] == pytest.approx(6 / 11)
+    with pytest.raises(ValueError, match="one prediction per repeat"):
+        matched_error([[1.0], [2.0, 4.0], [3.0, 6.0]], runs)
