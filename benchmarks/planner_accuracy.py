@@ -36,6 +36,14 @@ overlaps in its repeats); the memory errors and the planning time. The targets (
 19): <= 15 %, within 10 %, >= 0.8, memory within 10 %, planning under 60 s; a verdict of
 indistinguishable is reported beside the figure and never counted as met. Nothing here
 is asserted: the figures are reported.
+
+    --recalibrate       calibrate again before each repeat and price the plans on it too:
+                        "matched", the median error of each repeat against its own
+                        calibration's prediction (what is left of the error when the
+                        calibration shares the runs' load)
+    --baseline REV      also price the same plans with parallel/plan/cost.py at commit REV
+                        (same calibration and profile): "base", the earlier model's median
+                        error and Spearman on the same runs, in the same job
 At the end, one compact table of every (case, model) with the load average (1 min)
 before each case, and the wall time of the whole run.
 """
@@ -163,7 +171,20 @@ def interleaved(plans, repeats):
     return [(rep, (rep + i) % n) for rep in range(repeats) for i in range(n)]
 
 
-def evaluate(result, runner, k, steps, log, repeats=3, detect=None):
+def baseline_predictions(cost, result, picked):
+    """The picked plans priced by `cost`, parallel/plan/cost.py of an earlier commit
+    (planner_terms_ab.old_cost_module), on the same cluster, profile and settings: the
+    earlier model judged on the same runs, in the same job."""
+    from hcomm.parallel.plan.pricing import Pricer
+
+    s = result.settings
+    old = cost.CostModel(result.cluster, Pricer(result.cluster), result.profile,
+                         cost.Settings(s.global_batch_size, s.param_bytes, s.master_bytes, s.state_bytes, s.budget,
+                                       s.clip))
+    return [old.estimate(e.cand).step_s for e in picked]
+
+
+def evaluate(result, runner, k, steps, log, repeats=3, detect=None, baseline=None):
     """Run each picked plan `repeats` times, interleaved; one row per plan that ran every
     repeat (a plan that fails once is reported and dropped). detect(): a cluster calibrated
     again before each repeat; the picked plans are priced again on it (same profile), so
@@ -172,6 +193,7 @@ def evaluate(result, runner, k, steps, log, repeats=3, detect=None):
     from hcomm.parallel.plan.pricing import Pricer
 
     picked = pick(result, k)
+    base = baseline(picked) if baseline else None
     runs, state, peak, failed = [[] for _ in picked], [None] * len(picked), [0.0] * len(picked), set()
     preds, now = [[] for _ in picked], None
     for rep, i in interleaved(picked, repeats):
@@ -204,6 +226,8 @@ def evaluate(result, runner, k, steps, log, repeats=3, detect=None):
                "peak_pred": est.memory_total / 2 ** 20, "peak_meas": peak[i]}
         if detect:
             row["preds"] = preds[i]
+        if base:
+            row["base_pred"] = base[i]
         rows.append(row)
         inside = "in" if lo <= est.step_s <= hi else ""
         log(f"  {row['plan']:<46}{row['pred'] * 1e3:9.2f}{meas * 1e3:9.2f}{f'{lo * 1e3:.1f}-{hi * 1e3:.1f}':>15}"
@@ -228,8 +252,12 @@ def summary(rows, planning_s, log):
     state = [abs(r["state_pred"] - r["state_meas"]) / r["state_meas"] for r in rows if r["state_meas"] > 0]
     peak = [abs(r["peak_pred"] - r["peak_meas"]) / r["peak_meas"] for r in rows]
     matched = matched_error([r["preds"] for r in rows], runs) if all(r.get("preds") for r in rows) else None
+    base = None
+    if all("base_pred" in r for r in rows):
+        bp = [r["base_pred"] for r in rows]
+        base = {"median_abs_err": median_error(bp, runs)[0], "spearman": rank_verdict(bp, runs)[1]}
     out = {"median_abs_err": err, "median_abs_err_range": err_range, "top_vs_best": top_ratio - 1,
-           "matched_err": matched,
+           "matched_err": matched, "baseline": base,
            "top_verdict": top_v, "best_measured": rows[best]["plan"], "spearman": rho, "spearman_range": rho_range,
            "spearman_verdict": rank_v, "misordered": pairs, "misordered_apart": real,
            "spread_median": statistics.median((r["max"] - r["min"]) / r["meas"] for r in rows),
@@ -243,6 +271,9 @@ def summary(rows, planning_s, log):
         f"plans' spread (max - min) / median {out['spread_median']:.0%} (median); model state median error "
         f"{out['state_err_median']:.1%}; peak RSS median error {out['peak_err_median']:.1%}; planning "
         f"{planning_s:.1f} s (target < 60 s); {len(rows)} plans x {out['repeats']} repeats")
+    if base:
+        log(f"  the baseline model on the same runs: median |err| {base['median_abs_err']:.1%}, Spearman "
+            f"{base['spearman']:.2f}")
     if matched:
         log(f"  with each repeat priced on its own calibration: median |err| {matched[0]:.1%} (each repeat "
             f"{matched[1][0]:.0%}-{matched[1][1]:.0%}), Spearman of each repeat {matched[2][0]:.2f}..{matched[2][1]:.2f}")
@@ -256,8 +287,8 @@ def summary_table(out, seconds):
     lines = ["", f"summary ({seconds / 60:.1f} min in all; targets: median <= 15 %, top within 10 %, Spearman >= 0.8, "
              "memory within 10 %, planning < 60 s; 'indist.': the miss is inside the measured spread, not met)",
              f"{'case':<28}{'model':<7}{'load':>6}{'plans':>6}{'median':>8}{'(repeats)':>11}{'top gap':>9}"
-             f"{'':>8}{'Spearman':>9}{'(repeats)':>12}{'':>8}{'spread':>7}{'matched':>9}{'state':>7}{'peak':>7}"
-             f"{'planning':>10}"]
+             f"{'':>8}{'Spearman':>9}{'(repeats)':>12}{'':>8}{'spread':>7}{'matched':>9}{'base':>6}{'base rho':>9}"
+             f"{'state':>7}{'peak':>7}{'planning':>10}"]
     for case, report in out.items():
         for model, entry in report.items():
             if model == "load_before" or not entry.get("summary"):
@@ -266,11 +297,14 @@ def summary_table(out, seconds):
             lo, hi = s["median_abs_err_range"]
             rlo, rhi = s["spearman_range"]
             matched = f"{s['matched_err'][0]:.0%}" if s.get("matched_err") else "-"
+            b = s.get("baseline") or {}
+            base_err = f"{b['median_abs_err']:.0%}" if b else "-"
+            base_rho = f"{b['spearman']:.2f}" if b else "-"
             lines.append(f"{names.get(case, case):<28}{model:<7}{report['load_before']:>6.1f}{s['plans']:>6}"
                          f"{s['median_abs_err']:>8.0%}{f'{lo:.0%}-{hi:.0%}':>11}{s['top_vs_best']:>+9.0%}"
                          f"{_short(s['top_verdict']):>8}{s['spearman']:>9.2f}{f'{rlo:.2f}..{rhi:.2f}':>12}"
                          f"{_short(s['spearman_verdict']):>8}{s['spread_median']:>7.0%}"
-                         f"{matched:>9}"
+                         f"{matched:>9}{base_err:>6}{base_rho:>9}"
                          f"{s['state_err_median']:>7.1%}"
                          f"{s['peak_err_median']:>7.1%}{s['planning_s']:>9.1f}s")
     return "\n".join(lines)
@@ -332,7 +366,10 @@ def _models(cluster, runner, args, log, report, detect=None):
     for name in args.models.split(","):
         result, seconds = plan_for(MODELS[name], cluster, log)
         log(ROW_HEADER)
-        rows = evaluate(result, runner, args.plans, args.steps, log, args.repeats, detect)
+        baseline = None
+        if args.baseline_cost:
+            baseline = lambda picked, r=result: baseline_predictions(args.baseline_cost, r, picked)  # noqa: E731
+        rows = evaluate(result, runner, args.plans, args.steps, log, args.repeats, detect, baseline)
         report[name] = {"rows": rows, "summary": summary(rows, seconds, log)}
     return report
 
@@ -344,12 +381,19 @@ def main(argv=None):
     ap.add_argument("--plans", type=int, default=8, help="plans run per model (top 3 + evenly spaced)")
     ap.add_argument("--steps", type=int, default=6, help="steps per run (the first is left out)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each plan, interleaved across the plans")
+    ap.add_argument("--baseline", metavar="REV", help="also price the same plans with parallel/plan/cost.py at this "
+                    "commit (same calibration and profile) and report its errors on the same runs")
     ap.add_argument("--recalibrate", action="store_true",
                     help="calibrate again before each repeat and price the plans on it too (the model's error "
                     "at the runs' own load, beside the one calibration's)")
     ap.add_argument("--rate", default="1gbit", help="inter-host rate for cases b and c")
     ap.add_argument("--json", help="write every row and summary here")
     args = ap.parse_args(argv)
+    args.baseline_cost = None
+    if args.baseline:        # extracted once: the earlier cost.py as the package `oldplan`
+        from planner_terms_ab import old_cost_module
+
+        args.baseline_cost = old_cost_module(args.baseline, tempfile.mkdtemp(prefix="planner-baseline-"))
     # SIGTERM unwinds like Ctrl-C, so the namespace cluster is torn down on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     log = lambda msg: print(msg, flush=True)  # noqa: E731
