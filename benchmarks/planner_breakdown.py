@@ -17,7 +17,14 @@ the collective, not the forward):
                  and group size; p2p send/recv posting; Work.wait (async collectives, p2p)
     other        step - all of the above: the pipeline runtime's Python, batch slicing
 
-The slowest rank's row (by step time) is printed beside the planner's terms for the plan
+Beside the wall times, `cpu forward`, `cpu backward`, `cpu optimizer`: the thread's CPU
+time in each (wall over CPU is the wait for a core; CPU over the profile is work the
+profile did not see). `phases` splits each step at the pipeline runtime's status
+all-gather into its pipeline phase and its step end, beside the model's makespan and
+step-end terms; `--trace N` prints every rank's timeline of the last N steps (one
+monotonic clock for all the machine's processes).
+
+Every rank's row is printed beside the planner's terms for the plan
 (`format_explain`). This is the tool the cost model was checked with term by term
 (docs/planner.md); it asserts nothing.
 """
