@@ -17,7 +17,14 @@ the collective, not the forward):
                  and group size; p2p send/recv posting; Work.wait (async collectives, p2p)
     other        step - all of the above: the pipeline runtime's Python, batch slicing
 
-The slowest rank's row (by step time) is printed beside the planner's terms for the plan
+Beside the wall times, `cpu forward`, `cpu backward`, `cpu optimizer`: the thread's CPU
+time in each (wall over CPU is the wait for a core; CPU over the profile is work the
+profile did not see). `phases` splits each step at the pipeline runtime's status
+all-gather into its pipeline phase and its step end, beside the model's makespan and
+step-end terms; `--trace N` prints every rank's timeline of the last N steps (one
+monotonic clock for all the machine's processes).
+
+Every rank's row is printed beside the planner's terms for the plan
 (`format_explain`). This is the tool the cost model was checked with term by term
 (docs/planner.md); it asserts nothing.
 """
@@ -40,25 +47,35 @@ _PG_METHODS = {"allreduce": "allreduce", "allgather": "allgather", "all_gather_s
 
 
 class Clock:
-    """Exclusive time per category: entering a category pauses the one around it."""
+    """Exclusive time per category: entering a category pauses the one around it. Beside
+    the wall time, the thread's CPU time of the compute categories (`cpu forward`, ...):
+    wall over CPU is the time a rank's compute spent waiting for a core, CPU over the
+    profile is work the profile did not see."""
+
+    COMPUTE = ("forward", "backward", "optimizer")
 
     def __init__(self):
         self.totals, self.counts, self.stack = {}, {}, []
+        self.events = []        # (category, start, end) of every exclusive slice (--trace)
+
+    def _add(self, cat, t0, c0, now, cnow):
+        self.totals[cat] = self.totals.get(cat, 0.0) + now - t0
+        if cat in self.COMPUTE:
+            self.totals["cpu " + cat] = self.totals.get("cpu " + cat, 0.0) + cnow - c0
+        self.events.append((cat, t0, now))
 
     def enter(self, cat):
-        now = time.perf_counter()
+        now, cnow = time.perf_counter(), time.thread_time()
         if self.stack:
-            top, t0 = self.stack[-1]
-            self.totals[top] = self.totals.get(top, 0.0) + now - t0
-        self.stack.append((cat, now))
+            self._add(*self.stack[-1], now, cnow)
+        self.stack.append((cat, now, cnow))
         self.counts[cat] = self.counts.get(cat, 0) + 1
 
     def exit(self):
-        now = time.perf_counter()
-        cat, t0 = self.stack.pop()
-        self.totals[cat] = self.totals.get(cat, 0.0) + now - t0
+        now, cnow = time.perf_counter(), time.thread_time()
+        self._add(*self.stack.pop(), now, cnow)
         if self.stack:
-            self.stack[-1] = (self.stack[-1][0], now)
+            self.stack[-1] = (self.stack[-1][0], now, cnow)
 
     def wrap(self, fn, cat):
         def timed(*a, **k):
@@ -71,6 +88,7 @@ class Clock:
         return timed
 
     def take(self):
+        self.events = []
         out, self.totals = self.totals, {}
         out.update({"#" + k: v for k, v in self.counts.items() if k.startswith(("coll", "wait"))})
         self.counts = {}
@@ -110,26 +128,30 @@ def rank_main(config_path, steps, out_path):
     trainer = train_gpt.Trainer(config, pcfg, build_mesh(pcfg), verbose=False)
     clock = Clock()
     _instrument(clock, trainer)
-    rows = []
+    rows, trace = [], []
     for step in range(steps):
         clock.take()
         t0 = time.perf_counter()
         trainer.step(step)
+        t1 = time.perf_counter()
+        # CLOCK_MONOTONIC is one clock for every process of the machine: the ranks' slices line up
+        trace.append([(cat, a, b) for cat, a, b in clock.events] + [("step", t0, t1)])
         row = clock.take()
-        row["step"] = time.perf_counter() - t0
-        row["other"] = row["step"] - sum(v for k, v in row.items() if k != "step" and not k.startswith("#"))
+        row["step"] = t1 - t0
+        row["other"] = row["step"] - sum(v for k, v in row.items() if k != "step" and not k.startswith(("#", "cpu ")))
         rows.append(row)
     everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, rows)
+    dist.all_gather_object(everyone, {"rows": rows, "trace": trace})
     if dist.get_rank() == 0:
         Path(out_path).write_text(json.dumps(everyone))
     dist.destroy_process_group()
 
 
-def measure(config, steps=6, np_=4, launch=None):
+def measure(config, steps=6, np_=4, launch=None, traces=None):
     """Per rank, the median over steps (first left out) of every category, in seconds.
     `launch(argv)`: start the ranks another way (network-namespace hosts, _netns_launcher);
-    default torchrun here."""
+    default torchrun here. `traces`: a list that receives, per step, every rank's
+    (category, start, end) slices."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg, out = os.path.join(tmp, "c.json"), os.path.join(tmp, "r.json")
         Path(cfg).write_text(json.dumps(config))
@@ -142,7 +164,10 @@ def measure(config, steps=6, np_=4, launch=None):
                                   timeout=600)
             if proc.returncode:
                 raise RuntimeError(proc.stderr[-3000:])
-        ranks = json.loads(Path(out).read_text())
+        everyone = json.loads(Path(out).read_text())
+    ranks = [r["rows"] for r in everyone]
+    if traces is not None:
+        traces.extend([r["trace"][i] for r in everyone] for i in range(len(everyone[0]["trace"])))
     out = []
     for rows in ranks:
         rows = rows[1:] or rows
@@ -158,6 +183,57 @@ def format_measured(ranks):
         scale = 1 if k.startswith("#") else 1e3
         lines.append(f"    {k:<28}" + "".join(f"{r.get(k, 0.0) * scale:9.2f}" for r in ranks))
     return "\n".join(lines)
+
+
+def format_trace(ranks, merge_ms=0.05):
+    """One step's timeline, a line per rank: each slice as `category@start+length` in ms
+    from the earliest rank's step start (slices shorter than merge_ms are left out)."""
+    t0 = min(s for slices in ranks for cat, s, _ in slices if cat == "step")
+    lines = []
+    for i, slices in enumerate(ranks):
+        parts = [f"{cat}@{(a - t0) * 1e3:.1f}+{(b - a) * 1e3:.1f}" for cat, a, b in sorted(slices, key=lambda x: x[1])
+                 if cat != "step" and (b - a) * 1e3 >= merge_ms]
+        end = next(b for cat, _, b in slices if cat == "step")
+        lines.append(f"    rank {i} (ends {(end - t0) * 1e3:.1f}): " + "  ".join(parts))
+    return "\n".join(lines)
+
+
+def phases(ranks, world):
+    """(pipeline, step end) seconds of one step: from the earliest rank's start until every
+    rank has the pipeline runtime's status all-gather over the world (its call and the
+    wait after it: no rank starts its optimizer before the last stage's backward ends),
+    then until the last rank ends its step. The cost model's makespan and its step-end
+    terms (dp sync, optimizer, sp grads, control, clip) price the same two spans."""
+    t0 = min(a for slices in ranks for cat, a, _ in slices if cat == "step")
+    status = f"coll allgather n{world}"
+    boundary = 0.0
+    for slices in ranks:
+        ordered = sorted((s for s in slices if s[0] != "step"), key=lambda x: x[1])
+        # the last world all-gather before the optimizer: a dp group of the whole world
+        # (dp4 on 4 ranks) all-gathers in ZeRO-3's forward and backward too
+        opt = next((i for i, s in enumerate(ordered) if s[0] == "optimizer"), len(ordered))
+        at = next((i for i in range(opt - 1, -1, -1) if ordered[i][0] == status), None)
+        if at is None:
+            return None
+        done = ordered[at][2]
+        if at + 1 < len(ordered) and ordered[at + 1][0] == "wait":
+            done = ordered[at + 1][2]
+        boundary = max(boundary, done)
+    end = max(b for slices in ranks for cat, _, b in slices if cat == "step")
+    return boundary - t0, end - boundary
+
+
+def format_phases(traces, est, world):
+    """The measured spans of every step after the first (min-max) beside the model's."""
+    spans = [p for p in (phases(t, world) for t in traces[1:]) if p]
+    if not spans:
+        return "  phases: no status all-gather over the world found"
+    end_terms = sum(v for k, v in est.terms.items() if k.startswith(("dp ", "optimizer", "sp ", "control", "clip"))
+                    and k != "dp ZeRO per micro-batch")
+    pipe, end = [p for p, _ in spans], [e for _, e in spans]
+    return (f"  phases (ms): pipeline (to the status all-gather) predicted {est.detail['makespan'] * 1e3:.1f}, "
+            f"measured {min(pipe) * 1e3:.1f}-{max(pipe) * 1e3:.1f}; step end predicted {end_terms * 1e3:.1f}, "
+            f"measured {min(end) * 1e3:.1f}-{max(end) * 1e3:.1f}")
 
 
 def _netns_launcher(ns, layout):
@@ -187,6 +263,7 @@ def main(argv=None):
     ap.add_argument("--layout", help="simulated host of each rank, e.g. 0,0,0,1: network-namespace hosts "
                     "(root), calibrated and run inside them as planner_accuracy.py's cases b and c")
     ap.add_argument("--rate", default="1gbit", help="inter-host rate with --layout")
+    ap.add_argument("--trace", type=int, default=0, help="print the timeline of the last N steps, every rank")
     ap.add_argument("--rank-main", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -221,7 +298,11 @@ def _run_plans(args, cluster, launch):
     step = 1 if args.only else max(1, len(fits) // args.plans)
     for est in fits[::step][:args.plans]:
         print("\n" + format_explain(result, est), flush=True)
-        print(format_measured(measure(result.config(est), args.steps, args.np, launch)), flush=True)
+        traces = []
+        print(format_measured(measure(result.config(est), args.steps, args.np, launch, traces)), flush=True)
+        print(format_phases(traces, est, args.np), flush=True)
+        for i in range(len(traces) - args.trace, len(traces)) if args.trace else ():
+            print(f"  timeline of step {i}:\n" + format_trace(traces[i]), flush=True)
     print(f"load {os.getloadavg()}")
     return 0
 

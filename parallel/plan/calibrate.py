@@ -37,6 +37,12 @@ The calls, directly (torch_call_overheads), with every rank of the job running:
     message_s        a pipeline message's one-way time to a rank waiting for it, beyond
                      the tuner's price (pairs ping-pong a control block).
 
+The optimizer's update, memory-bound where the piece above is not (optimizer_seconds):
+
+    opt_elem_s       wall seconds per element of an AdamW step with every rank of the job
+                     stepping at once, as at a step's end; the cost model divides it by the
+                     profile's per-element time alone (same code, one process).
+
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
 The output is a topology file (hcomm's dump format) with a "planner" section that
@@ -57,7 +63,8 @@ BURST_CALLS = 20     # calls per burst (call and p2p posting overheads)
 BURSTS = 7           # bursts per group size; the median is kept
 POST_REPS = 100      # compute between a receive being posted and its message's send
 P2P_BLOCK_BYTES = 64 * 8     # the pipeline's control block (p2p.py header_words int64)
-SCALARS = ("post_s", "message_s")     # torch_call_overheads' single figures (not tables by size)
+SCALARS = ("post_s", "message_s", "opt_elem_s")     # single figures (not tables by size)
+OPT_ELEMENTS = 1 << 20       # the AdamW step's tensor: 16 MiB with its state and gradient, past L2
 
 
 def _compute(n):
@@ -358,6 +365,44 @@ def _echo(pg, peer, calls, buffer):
         pg.send([buffer()], peer, 0).wait()
 
 
+def optimizer_seconds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_counter):
+    """Wall seconds per element of an AdamW step (profile.optimizer_seconds_per_element's
+    step: one fp32 tensor, one thread) with every rank stepping at once, as at a step's
+    end: rounds of an 8-byte allreduce over all ranks then one step, the slope of the
+    median round time between a step of numel / 8 and one of numel elements (as measure()
+    takes the compute's slope), the slowest rank's.
+
+    The round, not the step alone: a rank that the allreduce leaves waiting for a core
+    starts its clock late and then steps uninterrupted, so timing the step alone read the
+    one-process figure with four ranks on two cores (3.6 ns an element at load 6, where
+    the round's slope reads the cores' sharing). The compute factor's piece (a 96 x 96
+    matmul, in L1/L2) does not see what the ranks' updates do to each other: dp2 pp2 z1
+    mb4 of the wide GPT on 4 ranks / 2 cores, load 5, spent 8.1-9.3 ms of thread CPU time
+    in opt.step per rank against 3.2 ms in the profile (the same step in one process on a
+    fake 2-rank group: 3.6 ms) (benchmarks/planner_breakdown.py)."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    tiny = np.zeros(2, np.float32)
+
+    def round_time(n):
+        p = torch.zeros(n, requires_grad=True)
+        p.grad = torch.randn(n)
+        opt = torch.optim.AdamW([p], lr=1e-3)
+        opt.step()                               # the state is allocated on the first step
+
+        def one():
+            comm.allreduce(tiny)
+            opt.step()
+        comm.barrier()
+        return _timed(one, rounds, clock=clock)
+    short, long_ = round_time(numel // 8), round_time(numel)
+    row = np.array([max(0.0, (long_ - short) / (numel - numel // 8))])
+    comm.allreduce(row, op="max")
+    return float(row[0])
+
+
 def _median_tables(samples):
     """Per key and k, the median over samples of the {k: seconds} tables."""
     return {name: {k: statistics.median(s[name][k] for s in samples) for k in samples[0][name]}
@@ -376,6 +421,8 @@ def _report(comm, passes=PASSES):
     cal["piece_s"] = cal["rep_s"][1] * PIECE_REPS
     calls = [torch_call_overheads(comm, topo) for _ in range(passes)]
     cal.update(_median_tables([{k: v for k, v in c.items() if k not in SCALARS} for c in calls]))
+    for c in calls:
+        c["opt_elem_s"] = optimizer_seconds(comm)
     cal.update({k: statistics.median(c[k] for c in calls) for k in SCALARS})
     comm.barrier()
     if comm.rank == 0:

@@ -119,3 +119,44 @@ def test_the_echoing_side_keeps_a_receive_posted_ahead_of_every_message():
     assert times == [1] * 5 and all(w.waited for w in pinger.works)
     sends = [e for e in pinger.log if e[0] == "post" and e[1][0] == "send"]
     assert all(outstanding for _, _, outstanding in sends)     # the echo's receive is posted first
+
+
+class _LineUpComm:
+    """Counts the line-up allreduces; the result row takes the max with another rank's."""
+
+    def __init__(self, other):
+        self.other, self.lineups, self.barriers = other, 0, 0
+
+    def barrier(self):
+        self.barriers += 1
+
+    def allreduce(self, x, op="sum"):
+        if op == "max":
+            np.maximum(x, self.other, out=x)
+        else:
+            self.lineups += 1
+
+
+def test_the_optimizer_is_timed_per_element_by_whole_rounds_and_the_slowest_rank_counts():
+    comm = _LineUpComm(other=0.0)
+    mine = calibrate.optimizer_seconds(comm, rounds=5, numel=1 << 18)
+    assert comm.lineups == 2 * 5 and comm.barriers == 2        # every step starts lined up, two sizes
+    assert 0 < mine < 1e-6                                    # seconds per element, not per step
+    slow = _LineUpComm(other=1.0)                             # another rank slower: its figure
+    assert calibrate.optimizer_seconds(slow, rounds=3, numel=1 << 10) == 1.0
+    # the round is timed, the line-up's wait included: a rank that waits 1 ms in every
+    # allreduce for the others of a step of numel, and none for a step of numel / 8, pays
+    # that wait per element (timing the step alone read the one-process figure)
+    waits = _LineUpComm(other=0.0)
+    clock = {"t": 0.0, "n": 0}
+    real = waits.allreduce
+
+    def allreduce(x, op="sum"):
+        real(x, op)
+        if op != "max":
+            clock["n"] += 1
+            clock["t"] += 1e-3 if clock["n"] > 5 else 0.0     # the first 5 rounds are the short steps
+    waits.allreduce = allreduce
+    n = 1 << 10
+    got = calibrate.optimizer_seconds(waits, rounds=5, numel=n, clock=lambda: clock["t"])
+    assert got == pytest.approx(1e-3 / (n - n // 8))
