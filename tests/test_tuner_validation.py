@@ -6,7 +6,7 @@ import math
 import pytest
 
 import hcomm
-from test_tuner import TCP_ALPHA, hosts
+from test_tuner import GBIT, TCP_ALPHA, hosts
 
 
 @pytest.mark.parametrize("n", [3, 4, 8])
@@ -261,3 +261,38 @@ def test_unequal_groups_send_their_whole_gathered_block_across(layout):
     assert e.candidate("hierarchical").seconds >= across, str(e)
     # the flat ring carries the same bytes over host 0's NIC: hierarchical cannot win on bytes
     assert e.chosen != "hierarchical" or e.candidate("hierarchical").seconds <= e.candidate("ring").seconds
+
+
+# ---------------------------------------------------------------- the double binary tree, both ways
+
+def test_tree_bytes_follow_its_path_not_a_doubled_stage():
+    """tree.cc on 3 hosts x 1 (tree 0: 0 <- 1, 2; tree 1 mirrored: 2 <- 1, 0). Rank 2
+    sends tree 0's segment j+1 only after its tree-1 segment j is reduced, which needs
+    rank 0's, which needs rank 2's segment j: each segment pair (s bytes per tree) crosses
+    2 -> 0 and 0 -> 2 going up (s each, rank 1's sends ride the idle link), then 0 -> 2
+    and 2 -> 0 going down, each parent sending both its children s over one NIC at once
+    (2s each): 6 s per pair, S / 2s pairs, 3 S beta in all. The old model charged every
+    stage 2 s at a NIC load of 2, 4 S beta; measured 2.13-2.42 S beta (round 5's run,
+    64 MiB at 100 Mbit/s on 3x1, 2+1, 2x2)."""
+    S = 64 << 20
+    topo = hosts(1, 1, 1, tcp_beta=GBIT * 10)  # 100 Mbit/s: alpha and gamma under 2 % here
+    beta = topo["links"]["tcp"]["beta"]
+    tree = hcomm.explain("allreduce", S, topology=topo).candidate("tree").seconds
+    assert 2.95 <= tree / (S * beta) <= 3.1, tree / (S * beta)
+
+
+@pytest.mark.parametrize("n, hops", [(3, 5), (4, 8)])
+def test_tree_small_message_counts_each_wait_of_a_parent_of_two(n, hops):
+    """One segment on n hosts of one rank (traced by hand from tree.cc): 3 ranks: 2 -> 0,
+    0 -> 2 up, 2 -> 0 down (the tree-0 broadcast rides beside tree 1's way up): 3 hops;
+    each root waits for its two children in turn (l.wait on child[0], then a receive
+    posted for child[1]), so rank 0 and rank 2 each block twice: 5 alphas. 4 ranks: 3 ->
+    1 -> 0 and 0 -> 2 -> 3 up, both roots waiting a second time, 2 hops down: 8. The old
+    model priced 3 and 6 hops and kept halving-doubling (3 and 2 alphas) ahead at 8 B -
+    4 KiB only by double-counting the tree's bytes; with the bytes halved it picked the
+    tree there, measured 1.14-1.6x slower in all four runs (docs/tuner.md, round 5)."""
+    topo = hosts(*[1] * n)
+    for nbytes in (8, 512, 4 << 10):
+        e = hcomm.explain("allreduce", nbytes, topology=topo)
+        assert e.candidate("tree").seconds >= hops * TCP_ALPHA * 0.999, str(e)
+        assert e.chosen != "tree", str(e)

@@ -5,19 +5,26 @@
 // Tree 0 is a binary heap over ranks (parent of r is (r-1)/2); tree 1 is the same heap
 // over mirrored ranks n-1-r, so every rank sends and receives about the same volume.
 //
-// Cost, n ranks, S bytes, k segments: (3*log2(n) + 2k) segment steps: a rank handles a
-// segment of tree 0, then of tree 1, blocking on each, so tree 1's reduction starts on
-// ranks that are inner in tree 0 only once their tree-0 subtree arrived (2*log2 n hops
-// up, log2 n down; traced: 3 hops on 3 ranks, 6 on 4);
-// each rank moves about 2 * S bytes (S/2 up and S/2 down in each tree);
-//   T ~ (3*log2 n + 2k)*alpha + 2*S*beta + S*gamma  (pipelined).
-// Wins for small-to-medium messages on many ranks: latency grows with log n, not n.
+// Cost, n ranks, S bytes, k segments of s = S/2k per tree, depth d = floor(log2 n): a
+// rank handles segment j of tree 0, then of tree 1, blocking on each receive, and only
+// then segment j+1, so the trees do not pipeline past each other: rank n-1 (deepest leaf
+// of tree 0, root of tree 1) sends tree 0's segment j+1 only once tree 1 reduced segment
+// j, which waited for rank 0 (root of tree 0, deepest leaf of tree 1) to reduce tree 0's
+// segment j. Each segment costs both paths up (2d hops) and both down (2d hops); a parent
+// of two waits for them in turn (two receives), and sends to both at once (one NIC).
+// One segment: 3d hops (tree 0's broadcast overlaps tree 1's way up; traced: 3 hops on
+// 3 ranks, 6 on 4) plus a second receive at each parent of two on the paths up;
+//   T ~ (4d*k - d)*(alpha + s*beta) + S*gamma,  at least 2d S*beta for large S
+// (3 hosts x 1: 3 S*beta, both broadcast hops sharing their parent's NIC).
+// The tuner prices these paths hop by hop (topo/tuner_allreduce.cc, treeModel).
+// Wins for small-to-medium messages on many ranks: latency grows with log n, not n
+// (bytes grow with it too: the segments do not overlap across depths).
 //
 // Ordered reductions (16-bit SUM/PROD on 3+ ranks, HCOMM_DETERMINISTIC=1; ordered.cc):
 // partials folded up a tree are in tree order and rounded per hop, so each tree's root
 // (rank 0, rank n-1) takes its half straight from every rank and folds it in rank
 // order, then the broadcast down the trees runs as above:
-//   T ~ (n-1)*(alpha + S/2*beta) + S/2*gamma*n*e + (log2 n + k)*(alpha + S/k*beta)
+//   T ~ (n-1)*(alpha + S/2*beta) + S/2*gamma*n*e + 2d*k*(alpha + s*beta)
 // (e = 2 for 16-bit dtypes). The roots take in (n-1)*S/2: for small messages.
 #include <algorithm>
 #include <cstring>

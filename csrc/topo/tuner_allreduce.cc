@@ -36,30 +36,90 @@ Candidate ringModel(const Net& net, double bytes) {
   return best;
 }
 
-Candidate treeModel(const Net& net, double bytes) {
+// tree.cc's two heap trees (tree 1 mirrors the ranks, n-1-r). Each rank handles segment
+// j of tree 0, then of tree 1, blocking on each receive, and posts segment j+1 only after
+// that (program order), so the trees do not pipeline past each other: rank m-1, the
+// deepest leaf of tree 0 and the root of tree 1, sends its tree-0 segment j+1 only once
+// tree 1 has reduced segment j, which needs rank 0 (root of tree 0, deepest leaf of tree
+// 1) to have reduced tree 0's segment j, which needed rank m-1's segment j. One segment
+// therefore costs the whole path up tree 0 from its deepest leaf plus the whole path up
+// tree 1 (2*depth hops), and as much again on the way down; the other ranks' transfers
+// run off that path, in its idle time. Traced by hand: 3 ranks, one segment: 3 hops (the
+// tree-0 broadcast overlaps tree 1's reduction); k segments: 4k hops.
+struct TreePath {
+  double alpha = 0, perByte = 0;  // a segment of s bytes takes alpha + s * perByte along it
+  double at(double s) const { return alpha + s * perByte; }
+};
+
+// The path from heap position m-1 up to the root of one tree, with what each hop costs
+// going up (the parent reduces after each child arrives, child[0] first: a path child
+// that is child[0] waits for its sibling's reduction too) or going down (the parent
+// posts both children's sends at once, so a hop crossing hosts shares the parent's NIC
+// with its sibling's when that crosses too).
+static TreePath treePath(const Net& net, bool mirrored, bool up, double floorPerByte = 0) {
   int m = net.size();
-  std::vector<std::pair<int, int>> edges;  // child -> parent in both trees (tree.cc)
-  for (int i = 1; i < m; ++i) {
-    edges.push_back({i, (i - 1) / 2});
-    edges.push_back({m - 1 - i, m - 1 - (i - 1) / 2});
+  auto rank = [&](int pos) { return net.members[mirrored ? m - 1 - pos : pos]; };
+  TreePath path;
+  double g = gammaOf(net.s), wake = net.size() >= 2 ? net.s.lateWake : 0;
+  for (int p = m - 1; p > 0; p = (p - 1) / 2) {
+    int q = (p - 1) / 2, sibling = p % 2 ? p + 1 : p - 1;  // p odd: child[0]
+    bool hasSibling = sibling < m;
+    int a = rank(p), b = rank(q);
+    LinkCost c = linkOf(net.s, a, b);
+    path.alpha += c.alpha + wake;
+    if (up) {
+      // Two children: two receives, each posted once the one before it completed, each
+      // handed over by the transport to a rank that blocked for it: a second alpha.
+      if (hasSibling) path.alpha += linkOf(net.s, rank(sibling), b).alpha + wake;
+      path.perByte += std::max(c.beta * net.share, floorPerByte) + g * (p % 2 && hasSibling ? 2 : 1);
+    } else {
+      bool cross = net.s.host[a] != net.s.host[b];
+      int load = 1 + (cross && hasSibling && net.s.host[rank(sibling)] != net.s.host[b]);
+      path.perByte += std::max(c.beta * net.share * load, floorPerByte);
+    }
   }
-  StepCost st = step(net, edges);
-  double depth = std::floor(std::log2(std::max(1, m)));
+  return path;
+}
+
+// Every transfer of one segment, both trees, one direction: whatever the path, a segment
+// cannot pass faster than the busiest NIC or machine carries all of them (step()).
+static double treeThroughput(const Net& net, bool up) {
+  int m = net.size();
+  std::vector<std::pair<int, int>> edges;
+  for (int i = 1; i < m; ++i) {
+    edges.push_back(up ? std::make_pair(i, (i - 1) / 2) : std::make_pair((i - 1) / 2, i));
+    int a = m - 1 - i, b = m - 1 - (i - 1) / 2;
+    edges.push_back(up ? std::make_pair(a, b) : std::make_pair(b, a));
+  }
+  return m > 1 ? step(net, edges).perByte : 0;
+}
+
+// The broadcast half (tree.cc's second loop, and the ordered fold's way back): rank 0
+// sends segment j down tree 0, rank m-1 passes it down tree 1 once it arrived, and rank 0
+// sends segment j+1 only once tree 1's segment j reached it.
+static double treeDownCycle(const Net& net, double s) {
+  return std::max(treePath(net, false, false).at(s) + treePath(net, true, false).at(s), s * treeThroughput(net, false));
+}
+
+Candidate treeModel(const Net& net, double bytes) {
   Candidate best{"tree", std::numeric_limits<double>::infinity(), treeSegments().back()};
-  double g = gammaOf(net.s);
-  // tree.cc handles a segment of tree 0, then of tree 1, blocking on each: a rank that is
-  // inner in tree 0 (a leaf of tree 1) sends its tree-1 segment only once its tree-0
-  // subtree has arrived, so tree 1's reduction finishes 2*depth hops after the start,
-  // and its broadcast (which starts at its root then) depth hops later: 3*depth hops in
-  // all for one segment (traced: 3 hops on 3 ranks, 6 on 4), not 2*depth as for two
-  // trees running side by side. Later segments follow one step apart.
+  double upRate = treeThroughput(net, true), downRate = treeThroughput(net, false);
+  // The first segment: every rank posts its sends of it at once (the leaves at the
+  // start), so each hop of the path shares its NIC and machine with all of them, as in
+  // one step(); later segments' other transfers run in the path's idle time.
+  TreePath up0 = treePath(net, false, true, upRate), up1 = treePath(net, true, true, upRate);
+  TreePath down0 = treePath(net, false, false, downRate), down1 = treePath(net, true, false, downRate);
+  TreePath cycleUp0 = treePath(net, false, true), cycleUp1 = treePath(net, true, true);
   for (size_t seg : treeSegments()) {
     double s = std::min<double>(seg, std::max(1.0, bytes / 2));
     double k = std::max(1.0, std::ceil(bytes / 2 / s));
-    double up = (2 * depth + k - 1) * (st.alpha + 2 * s * st.perByte + 2 * s * g);  // two children per stage
-    double down = (depth + k - 1) * (st.alpha + 2 * s * st.perByte);
-    if (up + down < best.seconds) {
-      best.seconds = up + down;
+    // Rank 0 starts broadcasting once it sent its last tree-1 segment up, so tree 0's
+    // first way down overlaps tree 1's last way up.
+    double first = up0.at(s) + up1.at(s) + std::max(0.0, down0.at(s) - up1.at(s)) + down1.at(s);
+    double cycle = std::max(cycleUp0.at(s) + cycleUp1.at(s), s * upRate) + treeDownCycle(net, s);
+    double t = first + (k - 1) * cycle;
+    if (t < best.seconds) {
+      best.seconds = t;
       best.segBytes = seg;
     }
   }
@@ -145,18 +205,11 @@ Candidate orderedTree(const Net& net, double bytes, Fold f) {
     }
     gather = std::max(gather, t + m * bytes / 2 * foldGamma(net.s, f));
   }
-  std::vector<std::pair<int, int>> edges;  // parent -> child in both trees
-  for (int i = 1; i < m; ++i) {
-    edges.push_back({(i - 1) / 2, i});
-    edges.push_back({m - 1 - (i - 1) / 2, m - 1 - i});
-  }
-  StepCost st = step(net, edges);
-  double depth = std::floor(std::log2(std::max(1, m)));
   Candidate best{"tree", std::numeric_limits<double>::infinity(), treeSegments().back()};
   for (size_t seg : treeSegments()) {
     double s = std::min<double>(seg, std::max(1.0, bytes / 2));
     double k = std::max(1.0, std::ceil(bytes / 2 / s));
-    double down = (depth + k - 1) * (st.alpha + 2 * s * st.perByte);
+    double down = k * treeDownCycle(net, s);  // both roots hold their halves after the folds
     if (gather + down < best.seconds) {
       best.seconds = gather + down;
       best.segBytes = seg;
