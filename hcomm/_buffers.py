@@ -44,10 +44,9 @@ def _is_torch(x):
 
 
 def _from_torch(x, name, writable):
-    import torch
-
-    if x.layout != torch.strided:  # sparse or mkldnn: no flat buffer to move
-        raise InvalidArgument(f"{name}: {x.layout} tensors are not supported; pass a dense tensor (.to_dense())")
+    layout = getattr(x, "layout", None)  # (stand-ins for device tensors may have none)
+    if layout is not None and str(layout) != "torch.strided":  # sparse, mkldnn: no flat buffer to move
+        raise InvalidArgument(f"{name}: {layout} tensors are not supported; pass a dense tensor (.to_dense())")
     dtype = _TORCH_DTYPES.get(str(x.dtype))
     if dtype is None:
         raise InvalidArgument(f"{name}: dtype {x.dtype} is not supported by hcomm "

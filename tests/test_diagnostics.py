@@ -118,7 +118,7 @@ def _straggler_body(rank, size, uid, straggler_waits_in_hcomm=False, transports=
     last = comm.flight_record()["entries"][-1]["seq"]
     if rank == size - 1:
         if straggler_waits_in_hcomm:
-            comm.timeout = 10  # still inside hcomm when the others ask (2 s + up to 3 s)
+            comm.timeout = 6
             try:
                 comm.recv(np.zeros(1), peer=0, tag=5)
             except hcomm.Error:

@@ -245,7 +245,7 @@ void Links::timeout(const RequestPtr* rs, size_t n) const {
                "rank " + std::to_string(r->peer);
   }
   throw TimeoutError(describe_() + ": timed out waiting for " + (waiting.empty() ? "peers" : waiting) +
-                     " (HCOMM_TIMEOUT)" + waitStates(rs, n));
+                     " (HCOMM_TIMEOUT)", waitStates(rs, n));
 }
 
 std::string Links::waitStates(const RequestPtr* rs, size_t n) const {

@@ -207,7 +207,7 @@ class Communicator {
   std::string strayMessage(uint64_t tagBase) const;
   // Every rank's progress on this communicator as far as this rank can learn it;
   // (*asked)[r]: 1 when rank r was asked over tcp and did not answer, 2 when it did.
-  std::vector<CallProgress> gatherProgress(std::vector<char>* asked) const;
+  std::vector<CallProgress> gatherProgress(std::vector<char>* asked, std::vector<std::string>* gone) const;
   // The algorithm for a call: plan()'s choice with its segment resolved, remembered per
   // (collective, size, root).
   template <class Plan>

@@ -58,14 +58,16 @@ std::string Communicator::strayMessage(uint64_t tagBase) const {
   return "";
 }
 
-std::vector<CallProgress> Communicator::gatherProgress(std::vector<char>* asked) const {
+std::vector<CallProgress> Communicator::gatherProgress(std::vector<char>* asked,
+                                                      std::vector<std::string>* gone) const {
   // Same host: read each rank's progress board, no help needed from it. Ranks reached
   // over tcp: ask, and give the ranks that are inside hcomm (they progress tcp while they
-  // wait) up to three seconds to answer: one is plenty on an idle machine, but on a
-  // loaded one (load 10 on 2 cores) a rank inside hcomm was once reported as silent.
-  // Others (MPI between hosts): not visible.
+  // wait) up to a second to answer. A rank that gave up meanwhile (it timed out too, took
+  // its own answers and aborted: its notice arrives instead of an answer) is named with
+  // its cause rather than as silent. Others (MPI between hosts): not visible.
   std::vector<CallProgress> seen(size_);
   asked->assign(size_, 0);
+  gone->assign(size_, "");
   TcpTransport* tcp = world_->find<TcpTransport>();
   bool anyTcp = false;
   for (int r = 0; r < size_; ++r) {
@@ -77,14 +79,19 @@ std::vector<CallProgress> Communicator::gatherProgress(std::vector<char>* asked)
   }
   if (!anyTcp) return seen;
   tcp->query(id_);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   for (bool all = false; !all && std::chrono::steady_clock::now() < deadline;) {
     tcp->progress();
     all = true;
     for (int r = 0; r < size_; ++r) {
       if ((*asked)[r] != 1) continue;
-      if (tcp->answer(routes_[r].peer, id_, &seen[r])) (*asked)[r] = 2;
-      else all = false;
+      if (tcp->answer(routes_[r].peer, id_, &seen[r])) {
+        (*asked)[r] = 2;
+      } else if (!((*gone)[r] = tcp->peerFailure(routes_[r].peer)).empty()) {
+        (*asked)[r] = 3;
+      } else {
+        all = false;
+      }
     }
     if (!all) tcp->sleepFor(500);
   }
@@ -93,12 +100,17 @@ std::vector<CallProgress> Communicator::gatherProgress(std::vector<char>* asked)
 
 std::string Communicator::progressReport(uint64_t seq) const {
   // Seq numbers are shown as users count calls (#seq); `entered`/`finished` hold seq + 1.
-  std::vector<char> asked;  // 1: asked over tcp, no answer; 2: answered
-  std::vector<CallProgress> seen = gatherProgress(&asked);
+  std::vector<char> asked;  // 1: asked over tcp, no answer; 2: answered; 3: gave up (gone[r])
+  std::vector<std::string> gone;
+  std::vector<CallProgress> seen = gatherProgress(&asked, &gone);
   std::vector<std::string> behind, inside, ahead, unseen, silent;
   for (int r = 0; r < size_; ++r) {
     if (r == rank_) continue;
     const CallProgress& e = seen[r];
+    if (asked[r] == 3) {
+      behind.push_back(gone[r]);
+      continue;
+    }
     if (asked[r] == 1) {
       silent.push_back(std::to_string(r));
       continue;

@@ -86,7 +86,7 @@ void Communicator::execute(const CollectiveInfo& info, uint64_t seq, uint64_t ta
     std::string stray = collective ? strayMessage(tagBase) : "";
     if (!stray.empty()) throw Error(what() + ": " + stray);
   } catch (const TimeoutError& e) {
-    error = e.what() + (collective ? progressReport(seq) : std::string());
+    error = e.what() + (collective ? progressReport(seq) : std::string()) + e.detail();
   } catch (const std::exception& e) {
     error = e.what();
   }

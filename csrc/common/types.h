@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace hcomm {
 
@@ -27,7 +28,14 @@ class Error : public std::runtime_error {
 // A timeout is an Error too; kept distinct so callers can tell a slow peer from bad input.
 class TimeoutError : public Error {
  public:
-  explicit TimeoutError(const std::string& what) : Error(what) {}
+  // detail: what the transports held when the wait ended (Transport::waitState), said
+  // after the progress report that the engine appends: the report is what a reader needs
+  // first, and an abort notice carries only the start of the text (tcp: 448 bytes).
+  explicit TimeoutError(const std::string& what, std::string detail = "") : Error(what), detail_(std::move(detail)) {}
+  const std::string& detail() const { return detail_; }
+
+ private:
+  std::string detail_;
 };
 
 }  // namespace hcomm
