@@ -138,19 +138,24 @@ def run_trial(n, seed, timeout=20.0, second_kill=False, cluster=None, hosts=None
             hung.append(r)
             p.kill()
             p.communicate()
-    reports = {}
+    reports, done_first = {}, []
     for r, (rc, out, err) in outs.items():
         lines = [line for line in out.splitlines() if line.startswith("{")]
         if r not in victims:
             reports[r] = json.loads(lines[-1]) if lines else {"rank": r, "crash": err.strip()[-300:]}
-    return dict(_verdict(n, victims, reports, hung, kill_time), second_in_shrink=second_in_shrink)
+        elif lines and "members" in json.loads(lines[-1]):
+            done_first.append(r)  # a second victim that finished the shrink before its kill landed
+    return dict(_verdict(n, victims, reports, hung, kill_time, done_first), second_in_shrink=second_in_shrink,
+                second_finished_first=bool(done_first))
 
 
-def _verdict(n, victims, reports, hung, kill_time):
+def _verdict(n, victims, reports, hung, kill_time, done_first=()):
     survivors = [r for r in range(n) if r not in victims]
     shrunk = [reports[r] for r in survivors if r in reports and "members" in reports[r]]
     memberships = {tuple(rep["members"]) for rep in shrunk}
-    expect = tuple(survivors)
+    # A second victim killed after it had shrunk with the others (it printed the new
+    # membership) rightly stays a member: the kill came after the agreement.
+    expect = tuple(sorted(survivors + list(done_first)))
     return {
         "victims": victims, "hung": hung,
         "shrunk": len(shrunk), "survivors": len(survivors),
