@@ -206,7 +206,8 @@ class Communicator {
   // The error when an earlier call desynced unnoticed (a message it left unreceived), or "".
   std::string strayMessage(uint64_t tagBase) const;
   // Every rank's progress on this communicator as far as this rank can learn it;
-  // (*asked)[r]: 1 when rank r was asked over tcp and did not answer, 2 when it did.
+  // (*asked)[r]: 1 when rank r was asked over tcp and did not answer, 2 when it did, 3
+  // when it gave up instead ((*gone)[r] says why: its abort notice or closed connection).
   std::vector<CallProgress> gatherProgress(std::vector<char>* asked, std::vector<std::string>* gone) const;
   // The algorithm for a call: plan()'s choice with its segment resolved, remembered per
   // (collective, size, root).

@@ -73,6 +73,15 @@ struct Unexpected {
 };
 using UnexpectedPtr = std::shared_ptr<Unexpected>;
 
+// "[a,b,..]": the tags of `items` (tagOf(item)) as offsets from `tagBase`, for the
+// wait states said after a timeout.
+template <class Items, class TagOf>
+std::string tagOffsets(const Items& items, uint64_t tagBase, TagOf tagOf) {
+  std::string out;
+  for (const auto& x : items) out += (out.empty() ? "" : ",") + std::to_string(static_cast<int64_t>(tagOf(x) - tagBase));
+  return "[" + out + "]";
+}
+
 struct PeerMatch {
   std::deque<PostedRecv> posted;
   std::deque<UnexpectedPtr> unexpected;
@@ -119,12 +128,8 @@ struct PeerMatch {
   // "receives posted [..], unreceived [..]": the tags as offsets from `tagBase`
   // (Transport::waitState, said after a timeout).
   std::string describe(uint64_t tagBase) const {
-    auto off = [&](uint64_t tag) { return std::to_string(static_cast<int64_t>(tag - tagBase)); };
-    std::string s = "receives posted [";
-    for (size_t i = 0; i < posted.size(); ++i) s += (i ? "," : "") + off(posted[i].req->tag);
-    s += "], unreceived [";
-    for (size_t i = 0; i < unexpected.size(); ++i) s += (i ? "," : "") + off(unexpected[i]->tag);
-    return s + "]";
+    return "receives posted " + tagOffsets(posted, tagBase, [](const PostedRecv& r) { return r.req->tag; }) +
+           ", unreceived " + tagOffsets(unexpected, tagBase, [](const UnexpectedPtr& u) { return u->tag; });
   }
 
   const Unexpected* peekUnexpected(uint64_t tag) const {

@@ -327,11 +327,7 @@ std::string ShmTransport::peerFailure(int peer) {
 std::string ShmTransport::waitState(int peer, uint64_t tagBase) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   const Peer& p = peerOf(peer);
-  auto tags = [&](const std::deque<OutMsg>& q) {
-    std::string out;
-    for (const OutMsg& m : q) out += (out.empty() ? "" : ",") + std::to_string(static_cast<int64_t>(m.req->tag - tagBase));
-    return "[" + out + "]";
-  };
+  auto tags = [&](const std::deque<OutMsg>& q) { return tagOffsets(q, tagBase, [](const OutMsg& m) { return m.req->tag; }); };
   return "shm to rank " + std::to_string(p.rank) + ": slots written " +
          std::to_string(p.out->head.load(std::memory_order_acquire)) + ", taken " +
          std::to_string(p.out->tail.load(std::memory_order_acquire)) + ", sends queued " + tags(p.sending) +

@@ -477,9 +477,8 @@ std::string TcpTransport::waitState(int peer, uint64_t tagBase) {
   auto it = peers_.find(peer);
   if (it == peers_.end()) return "";
   const Peer& p = it->second;
-  std::string queued;
-  for (const OutMsg& m : p.sending) queued += (queued.empty() ? "" : ",") + std::to_string(static_cast<int64_t>(m.req->tag - tagBase));
-  std::string s = "tcp to rank " + std::to_string(p.rank) + ": sends queued [" + queued + "]";
+  std::string s = "tcp to rank " + std::to_string(p.rank) + ": sends queued " +
+                  tagOffsets(p.sending, tagBase, [](const OutMsg& m) { return m.req->tag; });
   if (!p.sending.empty()) s += " (first " + std::to_string(p.sending.front().sent) + " bytes out)";
   s += "; from it: " + p.match.describe(tagBase);
   if (p.inPayload) s += " (one arriving, " + std::to_string(p.got) + " of " + std::to_string(p.hdr.nbytes) + " bytes)";
