@@ -32,19 +32,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch_scripts(n, code, env, timeout):
-    """`python -c code` as n ranks the way torchrun starts them (RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR/PORT), with the test's own HCOMM_/SLURM_/OMPI_ settings left
-    out and `env` added. Returns (returncode, stdout, stderr) per rank; a rank still
-    running after `timeout` seconds kills them all and fails the test."""
+def launch_scripts(n, code, env, timeout, argv=None, what=""):
+    """`python -c code` (or `python *argv` when argv is given) as n ranks the way torchrun
+    starts them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), with the test's own
+    HCOMM_/SLURM_/OMPI_ settings left out and `env` added. Returns (returncode, stdout,
+    stderr) per rank; a rank still running after `timeout` seconds kills them all and fails
+    the test with `what` and every rank's last stderr lines (where each one stopped)."""
     port = free_port()
+    cmd = [sys.executable, *argv] if argv is not None else [sys.executable, "-c", code]
     procs = []
     for r in range(n):
         full = {k: v for k, v in os.environ.items() if not k.startswith(("HCOMM_", "SLURM_", "OMPI_"))}
         full.update(RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
                     MASTER_PORT=str(port), OMP_NUM_THREADS="1", **env)
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=full, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(cmd, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     for p in procs:
         try:
@@ -52,7 +53,9 @@ def launch_scripts(n, code, env, timeout):
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail(f"a rank hung (no exit within {timeout} s)")
+            tails = [q.communicate()[1][-800:] for q in procs]
+            pytest.fail(f"a rank hung (no exit within {timeout} s) {what}\n" +
+                        "\n".join(f"rank {r}: ...{t}" for r, t in enumerate(tails)))
         results.append((p.returncode, out, err))
     return results
 

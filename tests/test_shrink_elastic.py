@@ -4,16 +4,13 @@ resharded and go on. Checked: nobody hangs, the victim's pipeline partner (pp=2)
 with exit 0, training resumes within HCOMM_TIMEOUT + 10 s of the kill, and the loss curve
 after the resume equals a run started from the same checkpoint on the smaller mesh."""
 import json
-import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from harness import free_port
+from harness import launch_scripts
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train_elastic.py"
 TIMEOUT = 20  # HCOMM_TIMEOUT of the ranks
@@ -21,27 +18,10 @@ STEPS, EVERY = 6, 2
 
 
 def _run(n, args, out, timeout=240, kill_what=""):
-    port = free_port()
-    procs = []
-    for r in range(n):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HCOMM_", "SLURM_", "OMPI_"))}
-        env.update(RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), HCOMM_TIMEOUT=str(TIMEOUT), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(EXAMPLE), "--json", str(out), "--every", str(EVERY),
-                                       "--set", f"train.steps={STEPS}", *args],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            # Every rank prints its recovery phases on stderr: the tails say where each stopped.
-            tails = [q.communicate()[1][-800:] for q in procs]
-            pytest.fail(f"a rank hung (no exit within {timeout} s) {kill_what}\n" +
-                        "\n".join(f"rank {r}: ...{t}" for r, t in enumerate(tails)))
-        results.append((p.returncode, err))
+    argv = [str(EXAMPLE), "--json", str(out), "--every", str(EVERY), "--set", f"train.steps={STEPS}", *args]
+    # Every rank prints its recovery phases on stderr: on a hang the tails say where each stopped.
+    ranks = launch_scripts(n, None, dict(HCOMM_TIMEOUT=str(TIMEOUT)), timeout, argv=argv, what=kill_what)
+    results = [(rc, err) for rc, _, err in ranks]
     reports = {}
     for r in range(n):
         path = Path(f"{out}.{r}")
