@@ -3,16 +3,16 @@
 Both split the backward into B (the gradient of the stage's input: on the critical path,
 the previous stage waits for it) and W (the weight gradient: nobody waits for it), and
 place W where 1F1B would idle.  Both orders come from one list scheduler (below); the
-orders are the data, with_comms (schedules.py) adds the messages, and the checker
+orders are the data, the messages are added around them (ZB-H1: with_comms, next to
+their consumers; ZB-V: with_timed_comms, by the simulated clock), and the checker
 (check.py) proves the result deadlock-free and predicts its bubble.
 
 Costs, with F = B = W per stage chunk and p ranks, per rank and step (idle time):
     1F1B   (p-1)(F+B+W) of full stages            3(p-1) units of a full stage
     ZB-H1  (p-1)(F+B-W), one stage per rank       (p-1) units: a third of 1F1B
     ZB-V   two half-size chunks per rank, V-placed (rank r holds stages r and 2p-1-r):
-           the start-up wait, r half-size forwards on rank r, and a matching tail; the
-           checker's figure is printed (1/6 of 1F1B's idle time at m >= 2p with free
-           messages, p = 2..8: the tests pin it).
+           (p-1) half-stage units, a sixth of 1F1B, when p divides m; for other m the
+           greedy order idles up to 0.29 of 1F1B (p <= 8, m <= 4p; the tests pin both).
 Memory, in model fractions held between F and W: 1F1B's rank 0 holds p micro-batches of
 1/p of the model (1); ZB-H1 holds up to p (or p + 1) of 1/p; ZB-V at most 2p chunk
 activations of 1/(2p) (1): the same as 1F1B.
@@ -21,11 +21,14 @@ The list scheduler.  Every rank is simulated in time with unit costs (F = B = W 
 stage chunk, messages free and buffered).  Repeatedly, over all ranks, the action that
 can start earliest runs: a B when its output gradient has arrived, an F when its input
 has and the rank's memory caps allow it, a W whenever a B left one (oldest first).
-Among equal starts B beats F beats W (B is on the critical path, W never is), and with
-two chunks a rank prefers the later stage (closer to the loss, so its B and the
-activations it frees come sooner) or, in the other variant, the earlier one.  The order
-each rank ran its actions in is the schedule.  A greedy list schedule is not optimal in
-general; each generator tries a few caps / preferences and keeps the shortest makespan.
+Among equal starts B beats F beats W (B is on the critical path, W never is; a variant
+lets W beat F once w_over_f chunks are held), and with two chunks a rank prefers the
+later stage (closer to the loss, so its B and the activations it frees come sooner) or,
+in another variant, the earlier one.  With two chunks a first-chunk F also keeps one
+chunk of room for the second-chunk F of a micro-batch already inside (_candidates).  The
+order each rank ran its actions in is the schedule.  A greedy list schedule is not
+optimal in general; each generator tries a few caps / preferences and keeps the
+shortest makespan.
 """
 from typing import List, Optional, Sequence, Tuple
 
