@@ -94,6 +94,9 @@ class Schedule:
     actions: Tuple[Tuple[Action, ...], ...]
     placement: str = "loop"
 
+    def __post_init__(self):
+        self._ranks   # an unknown placement, or 'v' with num_stages != 2p, raises here
+
     @cached_property
     def _ranks(self) -> Tuple[int, ...]:
         # computed once: the checker asks for every action (cached_property writes the

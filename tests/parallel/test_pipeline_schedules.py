@@ -94,7 +94,15 @@ def test_placement_is_data_loop_and_v():
     with pytest.raises(ValueError, match=r"placement 'v' needs num_stages = 2 \* p = 6 .* got num_stages=9"):
         stage_ranks("v", 3, 9)
     with pytest.raises(ValueError, match=r"unknown placement 'zigzag'; choose one of loop, v"):
-        Schedule("x", 2, 4, 1, ((), ()), "zigzag").stage_rank(0)
+        Schedule("x", 2, 4, 1, ((), ()), "zigzag")
+
+
+def test_list_scheduler_names_caps_that_leave_nothing_to_run():
+    """One chunk between F and W cannot hold a micro-batch's two chunks on one rank."""
+    from hcomm.parallel.pipeline.zero_bubble import list_schedule
+    with pytest.raises(ValueError, match=r"memory caps \[\(inf, 1\), \(inf, 1\)\] leave no rank an action"):
+        list_schedule(2, 4, "v", 4, [(float("inf"), 1)] * 2)
+    assert list_schedule(2, 4, "v", 4, [(float("inf"), 2)] * 2).makespan > 0
 
 
 def _idle(report, m: int) -> float:
