@@ -12,7 +12,8 @@ Costs, with F = B = W per stage chunk and p ranks, per rank and step (idle time)
     ZB-H1  (p-1)(F+B-W), one stage per rank       (p-1) units: a third of 1F1B
     ZB-V   two half-size chunks per rank, V-placed (rank r holds stages r and 2p-1-r):
            (p-1) half-stage units, a sixth of 1F1B, when p divides m; for other m the
-           greedy order idles up to 0.29 of 1F1B (p <= 8, m <= 4p; the tests pin both).
+           greedy order idles up to 0.29 of 1F1B (p <= 8, m <= 4p; the tests pin the
+           sixth and < 1/3).
 Memory, in model fractions held between F and W: 1F1B's rank 0 holds p micro-batches of
 1/p of the model (1); ZB-H1 holds up to p (or p + 1) of 1/p; ZB-V at most 2p chunk
 activations of 1/(2p) (1): the same as 1F1B.
