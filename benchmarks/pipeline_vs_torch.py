@@ -10,6 +10,8 @@ see the same machine load:
   torch-1f1b   torch.distributed.pipelining.Schedule1F1B over PipelineStage
   hcomm-1f1b   hcomm.parallel.pipeline.PipelineRuntime with the 1f1b schedule
   hcomm-zb-h1  the same runtime with the zb-h1 schedule (split backward)
+  hcomm-zb-v   the same runtime with the zb-v schedule: the model cut into 2p chunks of
+               2 layers, rank r holding chunks r and 2p-1-r (so the loss is on rank 0)
 Reported: the median step over --steps timed steps after --warmup, the slowest rank,
 with a barrier before each; ratio = time / torch-1f1b (< 1 is faster); the last line
 (RATIO ...) is the compact summary. Where the hcomm sides' time goes: parallel/pipeline/
@@ -29,16 +31,18 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-SIDES = ("torch-1f1b", "hcomm-1f1b", "hcomm-zb-h1")
+SIDES = ("torch-1f1b", "hcomm-1f1b", "hcomm-zb-h1", "hcomm-zb-v")
 
 
-def make_stage(rank, p, layers, width):
+def make_stage(index, count, layers, width):
+    """Piece `index` of the model cut into `count` equal consecutive pieces (same seed: the
+    pieces of every side are the same model)."""
     torch.manual_seed(0)
     mods = []
     for _ in range(layers):
         mods += [nn.Linear(width, width), nn.ReLU()]
-    per = len(mods) // p
-    return nn.Sequential(*mods[rank * per:(rank + 1) * per])
+    per = len(mods) // count
+    return nn.Sequential(*mods[index * per:(index + 1) * per])
 
 
 def torch_side(rank, p, args):
@@ -59,13 +63,14 @@ def torch_side(rank, p, args):
 def hcomm_side(rank, p, args, name):
     from hcomm.parallel.pipeline import PipelineRuntime, build_schedule
 
-    sched = build_schedule(name, p, args.m)
-    module = make_stage(rank, p, args.layers, args.width)
-    rt = PipelineRuntime({rank: module}, sched, F.mse_loss, pp_rank=rank, pp_ranks=list(range(p)), verbose=False)
+    sched = build_schedule(name, p, args.m, 2 if name == "zb-v" else 1)
+    stages = {s: make_stage(s, sched.num_stages, args.layers, args.width) for s in sched.stages_of(rank)}
+    rt = PipelineRuntime(stages, sched, F.mse_loss, pp_rank=rank, pp_ranks=list(range(p)), verbose=False)
 
     def step(x, y):
-        rt.step(x if rank == 0 else None, y if rank == p - 1 else None)
-        module.zero_grad(set_to_none=True)
+        rt.step(x if rank == 0 else None, y if rt.holds_last_stage else None)
+        for module in stages.values():
+            module.zero_grad(set_to_none=True)
     return step
 
 
@@ -80,7 +85,7 @@ def _worker(rank, p, port, args, out):
         g = torch.Generator().manual_seed(1)
         x, y = torch.randn(args.batch, args.width, generator=g), torch.randn(args.batch, args.width, generator=g)
         steps = {"torch-1f1b": torch_side(rank, p, args), "hcomm-1f1b": hcomm_side(rank, p, args, "1f1b"),
-                 "hcomm-zb-h1": hcomm_side(rank, p, args, "zb-h1")}
+                 "hcomm-zb-h1": hcomm_side(rank, p, args, "zb-h1"), "hcomm-zb-v": hcomm_side(rank, p, args, "zb-v")}
         times = {s: [] for s in SIDES}
         for i in range(args.warmup + args.steps):
             for side in SIDES:   # alternate: every side sees the same load
@@ -126,7 +131,7 @@ def main(argv=None):
     for side in SIDES:
         print(f"{side:<12} {result[side] * 1e3:9.1f} ms   {result[side] / base:5.2f}x")
     print(f"RATIO pipeline_vs_torch torch-1f1b={base * 1e3:.1f}ms hcomm-1f1b={result['hcomm-1f1b'] / base:.2f}x "
-          f"hcomm-zb-h1={result['hcomm-zb-h1'] / base:.2f}x")
+          f"hcomm-zb-h1={result['hcomm-zb-h1'] / base:.2f}x hcomm-zb-v={result['hcomm-zb-v'] / base:.2f}x")
     return 0
 
 

@@ -11,7 +11,8 @@ derives dp = world_size / (tp * pp) and checks parallel_strategy against the deg
 
 Per step: the global batch (global_batch_size sequences) is cut into dp slices; each dp
 rank's pipeline (pp stages, each a tp group) runs it as grad_accum_steps micro-batches of
-micro_batch_size with the 1F1B schedule (interleaved when virtual_pipeline_stages > 1);
+micro_batch_size with train.schedule (1f1b; also gpipe, zb-h1, and at virtual_pipeline_stages
+= 2 zb-v; any other name becomes interleaved when virtual_pipeline_stages > 1);
 ZeRO (zero_stage 1-3) reduces the gradients over dp and steps AdamW on its shard
 (zero_stage 0: the pipeline averages gradients over dp and every rank steps AdamW).
 Gradients are clipped by the whole model's norm (train.clip_grad_norm): summed over
@@ -166,9 +167,12 @@ class Trainer:
         from hcomm.parallel.checkpoint import param_specs
         from hcomm.parallel.models import GPT, gpt_loss
         from hcomm.parallel.pipeline import PipelineRuntime, schedule_for_config, split_layers, stages_for_rank
+        from hcomm.parallel.pipeline.schedules import VIRTUAL_SCHEDULES
 
         self.config, self.pcfg, self.mesh = config, pcfg, mesh
-        sched_name = config["train"].get("schedule", "1f1b") if pcfg.vpp == 1 else "interleaved"
+        sched_name = config["train"].get("schedule", "1f1b")
+        if pcfg.vpp > 1 and sched_name not in VIRTUAL_SCHEDULES:
+            sched_name = "interleaved"   # vpp > 1 with a one-chunk schedule name: the chunked one
         self.schedule = schedule_for_config(pcfg, sched_name)
         if self.schedule.split_backward and pcfg.zero_stage >= 2:
             # W writes .grad directly (torch's split), so ZeRO-2/3's gradient hooks never fire
@@ -211,8 +215,9 @@ class Trainer:
         """One optimizer step; the global batch's mean loss (the same on every rank)."""
         ids, targets = batch(self.config, step)
         ids, targets = self.my_slice(ids), self.my_slice(targets)
+        # the loss's stage is on the last pp rank, or on the first under ZB-V's V placement
         loss = self.pipe.step(ids if self.mesh.is_first_stage else None,
-                              targets if self.mesh.is_last_stage else None)
+                              targets if self.pipe.holds_last_stage else None)
         if self.zopt is None and self.pcfg.sequence_parallel:   # ZeroOptimizer does it in step()
             from hcomm.parallel.tensor import reduce_sequence_parallel_grads
             reduce_sequence_parallel_grads(self.module, self.mesh.tp_group)

@@ -10,7 +10,9 @@
     loss = pipe.step(inputs, targets)                        # grads as the unpipelined model's
 
 Files:
-    schedules.py  vocabulary (p, v, m, stage placement), actions, GPipe / 1F1B / interleaved
+    schedules.py  vocabulary (p, v, m, stage placement: loop or v), actions, GPipe / 1F1B /
+                  interleaved, build_schedule
+    zero_bubble.py  the list scheduler and the zero-bubble schedules ZB-H1 and ZB-V
     check.py      deadlock / order proof by simulating every rank; predicted bubble and
                   peak stashed activations (printed by the runtime before the first step)
     stage.py      cutting a list of layers into stages; which stages a pp rank holds

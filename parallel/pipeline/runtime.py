@@ -163,7 +163,7 @@ class PipelineRuntime:
         want = set(schedule.stages_of(pp_rank))
         if set(stages) != want:
             raise ValueError(f"pp rank {pp_rank} must hold stages {sorted(want)} of {schedule.num_stages} "
-                             f"(stage s lives on pp rank s % {p}), got {sorted(stages)}")
+                             f"(placement {schedule.placement!r}, schedules.py), got {sorted(stages)}")
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if header_words < 16:
@@ -190,6 +190,11 @@ class PipelineRuntime:
         return cls(stages, schedule, loss_fn, pp_rank=mesh.pp_rank, pp_ranks=mesh.pp_ranks,
                    pp_group=mesh.pp_group, dp_group=dp_group, **kw)
 
+    @property
+    def holds_last_stage(self) -> bool:
+        """True on the pp rank whose stage computes the loss (and so needs targets)."""
+        return self.schedule.num_stages - 1 in self.stages
+
     # ------------------------------------------------------------------ the step
 
     def parameters(self):
@@ -200,7 +205,8 @@ class PipelineRuntime:
         """One pipelined forward + backward over the batch; returns this pipeline's loss.
 
         inputs are read on the rank holding stage 0, targets on the rank holding the
-        last stage; elsewhere they may be None.  Gradients accumulate into .grad.
+        last stage (pp rank p - 1, or pp rank 0 under ZB-V's placement: see
+        holds_last_stage); elsewhere they may be None.  Gradients accumulate into .grad.
         """
         start = time.perf_counter()
         if self._exchanger is None:

@@ -5,9 +5,16 @@ Vocabulary (used throughout hcomm.parallel.pipeline):
     p    pipeline ranks (the pp degree); a rank's index in its pipeline is its pp rank.
     v    virtual stages (model chunks) per pp rank; the model is cut into S = p * v stages.
     m    micro-batches per step.
-    Stage s lives on pp rank ``s % p``.  With p = 2, v = 2 (S = 4):
-        pp rank 0 holds stages 0 and 2, pp rank 1 holds stages 1 and 3,
-        so activations go 0 -> 1 -> 0 -> 1 and gradients come back the same way.
+    Where stage s lives is the schedule's *placement* (``Schedule.stage_rank``):
+      loop  stage s on pp rank ``s % p`` (GPipe, 1F1B, interleaved, ZB-H1).  With p = 2,
+            v = 2 (S = 4): pp rank 0 holds stages 0 and 2, pp rank 1 holds 1 and 3, so
+            activations go 0 -> 1 -> 0 -> 1 and gradients come back the same way.
+      v     v = 2 only (ZB-V): stage s on pp rank s for s < p, else 2p - 1 - s.  With
+            p = 4 (S = 8): rank 0 holds stages 0 and 7, rank 1 1 and 6, rank 2 2 and 5,
+            rank 3 3 and 4; activations go 0 -> 1 -> 2 -> 3, stay on rank 3 (stage 3 ->
+            4 is a local hand-off), come back 3 -> 2 -> 1 -> 0, and rank 0, which holds
+            the first stage, also holds the last (the loss).  Every link carries traffic
+            both ways and no message takes the wrap-around link (p-1 -> 0).
 
 Actions (``Action(op, mb, stage, peer)``; ``peer`` is a pp rank, only for communication):
 
@@ -34,11 +41,25 @@ that lets 1F1B's "send activation, receive gradient" meet its neighbour's "send
 gradient, receive activation" in one step).
 """
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional, Tuple
 
 COMPUTE_OPS = ("F", "B", "W")
 COMM_OPS = ("SEND_F", "RECV_F", "SEND_B", "RECV_B")
-SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved", "zb-h1")
+SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-v")
+PLACEMENTS = ("loop", "v")
+
+
+def stage_ranks(placement: str, p: int, num_stages: int) -> Tuple[int, ...]:
+    """The pp rank of every stage under a placement (see the vocabulary above)."""
+    if placement == "loop":
+        return tuple(s % p for s in range(num_stages))
+    if placement == "v":
+        if num_stages != 2 * p:
+            raise ValueError(f"placement 'v' needs num_stages = 2 * p = {2 * p} (two chunks per rank), "
+                             f"got num_stages={num_stages}")
+        return tuple(s if s < p else 2 * p - 1 - s for s in range(num_stages))
+    raise ValueError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
 
 
 @dataclass(frozen=True)
@@ -65,12 +86,22 @@ class Action:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Per-pp-rank action lists plus the shape (p, S, m) they were built for."""
+    """Per-pp-rank action lists plus the shape (p, S, m) and stage placement they were built for."""
     name: str
     num_ranks: int
     num_stages: int
     num_microbatches: int
     actions: Tuple[Tuple[Action, ...], ...]
+    placement: str = "loop"
+
+    def __post_init__(self):
+        self._ranks   # an unknown placement, or 'v' with num_stages != 2p, raises here
+
+    @cached_property
+    def _ranks(self) -> Tuple[int, ...]:
+        # computed once: the checker asks for every action (cached_property writes the
+        # instance dict directly, so it works on a frozen dataclass)
+        return stage_ranks(self.placement, self.num_ranks, self.num_stages)
 
     @property
     def virtual_stages(self) -> int:
@@ -82,13 +113,14 @@ class Schedule:
         return any(a.op == "W" for acts in self.actions for a in acts)
 
     def stage_rank(self, stage: int) -> int:
-        return stage % self.num_ranks
+        return self._ranks[stage]
 
     def stages_of(self, rank: int) -> Tuple[int, ...]:
-        return tuple(range(rank, self.num_stages, self.num_ranks))
+        return tuple(s for s, r in enumerate(self._ranks) if r == rank)
 
     def format(self, compute_only: bool = False) -> str:
-        lines = [f"{self.name}: p={self.num_ranks} v={self.virtual_stages} m={self.num_microbatches}"]
+        where = "" if self.placement == "loop" else f" placement={self.placement}"
+        lines = [f"{self.name}: p={self.num_ranks} v={self.virtual_stages} m={self.num_microbatches}{where}"]
         for rank, acts in enumerate(self.actions):
             toks = [a.short() for a in acts if a.is_compute or not compute_only]
             lines.append(f"  rank {rank}: " + " ".join(toks))
@@ -101,29 +133,31 @@ def _check_positive(**values):
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _comm_after(act: Action, p: int, num_stages: int) -> Optional[Action]:
-    """The send a compute action's result needs, or None if its consumer is local."""
-    if act.op == "F" and act.stage < num_stages - 1:
-        peer = (act.stage + 1) % p
-        return Action("SEND_F", act.mb, act.stage, peer) if peer != act.stage % p else None
+def _comm_after(act: Action, ranks: Tuple[int, ...]) -> Optional[Action]:
+    """The send a compute action's result needs, or None if its consumer is local.
+    ranks[s] is the pp rank of stage s (the schedule's placement)."""
+    if act.op == "F" and act.stage < len(ranks) - 1:
+        peer = ranks[act.stage + 1]
+        return Action("SEND_F", act.mb, act.stage, peer) if peer != ranks[act.stage] else None
     if act.op == "B" and act.stage > 0:
-        peer = (act.stage - 1) % p
-        return Action("SEND_B", act.mb, act.stage, peer) if peer != act.stage % p else None
+        peer = ranks[act.stage - 1]
+        return Action("SEND_B", act.mb, act.stage, peer) if peer != ranks[act.stage] else None
     return None
 
 
-def _comm_before(act: Action, p: int, num_stages: int) -> Optional[Action]:
+def _comm_before(act: Action, ranks: Tuple[int, ...]) -> Optional[Action]:
     """The receive a compute action needs first, or None if its producer is local."""
     if act.op == "F" and act.stage > 0:
-        peer = (act.stage - 1) % p
-        return Action("RECV_F", act.mb, act.stage, peer) if peer != act.stage % p else None
-    if act.op == "B" and act.stage < num_stages - 1:
-        peer = (act.stage + 1) % p
-        return Action("RECV_B", act.mb, act.stage, peer) if peer != act.stage % p else None
+        peer = ranks[act.stage - 1]
+        return Action("RECV_F", act.mb, act.stage, peer) if peer != ranks[act.stage] else None
+    if act.op == "B" and act.stage < len(ranks) - 1:
+        peer = ranks[act.stage + 1]
+        return Action("RECV_B", act.mb, act.stage, peer) if peer != ranks[act.stage] else None
     return None
 
 
-def with_comms(name: str, compute: list, p: int, num_stages: int, m: int, syncs: list = None) -> Schedule:
+def with_comms(name: str, compute: list, p: int, num_stages: int, m: int, syncs: list = None,
+               placement: str = "loop") -> Schedule:
     """Insert sends/receives around per-rank compute orders.
 
     syncs[rank] is the set of positions k (0 <= k <= len(order)) where a batch may sit:
@@ -131,12 +165,13 @@ def with_comms(name: str, compute: list, p: int, num_stages: int, m: int, syncs:
     batch after its compute, each receive to the last batch before it.  By default every
     position is a sync point: send right after, receive right before.
     """
+    where = stage_ranks(placement, p, num_stages)
     ranks = []
     for rank, order in enumerate(compute):
         points = set(range(len(order) + 1)) if syncs is None else set(syncs[rank]) | {0, len(order)}
         batches = {k: [] for k in points}
         for k, act in enumerate(order):
-            recv, send = _comm_before(act, p, num_stages), _comm_after(act, p, num_stages)
+            recv, send = _comm_before(act, where), _comm_after(act, where)
             if recv is not None:
                 batches[max(q for q in points if q <= k)].append(recv)
             if send is not None:
@@ -148,7 +183,7 @@ def with_comms(name: str, compute: list, p: int, num_stages: int, m: int, syncs:
             if k < len(order):
                 acts.append(order[k])
         ranks.append(tuple(acts))
-    return Schedule(name, p, num_stages, m, tuple(ranks))
+    return Schedule(name, p, num_stages, m, tuple(ranks), placement)
 
 
 def gpipe(p: int, m: int, v: int = 1) -> Schedule:
@@ -182,88 +217,6 @@ def one_f_one_b(p: int, m: int, v: int = 1) -> Schedule:
         order += [Action("B", mb, rank) for mb in range(m - warmup, m)]
         compute.append(order)
     return with_comms("1f1b", compute, p, p, m)
-
-
-def zb_h1(p: int, m: int, v: int = 1, held: Optional[int] = None) -> Schedule:
-    """ZB-H1 (Qi et al., "Zero Bubble Pipeline Parallelism", 2023): the backward split into
-    B (input gradient: on the critical path, the previous stage waits for it) and W (weight
-    gradient: nobody waits for it), W placed to fill the gaps where 1F1B idles.
-
-    The order is found as the paper's heuristic does: list-scheduling every rank in time
-    with unit costs F = B = W (the earliest action first; ties go to B, then F, then W),
-    recording the order each rank ran its actions in. That order is the data; the checker
-    then proves it deadlock-free and predicts its bubble. With F = B = W each rank idles
-    (p-1)(F+B-W) per step against 1F1B's (p-1)(F+B+W): a third.
-
-    Memory: rank r starts a forward only while fewer than p - r micro-batches wait for
-    their B (1F1B's bound) and fewer than `held` micro-batches are between their F and
-    their W. By default held is the least value from p up that gives the makespan of the
-    paper's bound (2p - 1 - r on rank r, used where no uniform value does): p, what
-    1F1B's busiest rank (rank 0) holds, where that suffices (p = 2 with even m: then no
-    rank holds more micro-batches than 1F1B's peak), else p + 1 (p = 2 with odd m, p = 4
-    with m = 8: held = p gives 0.56 of 1F1B's idle time there). W (wgrad.py) keeps only
-    each Linear's input and output gradient, B having freed the rest of the graph.
-    """
-    _check_positive(p=p, m=m, v=v)
-    if v != 1:
-        raise ValueError(f"zb-h1 runs one stage per rank (v=1), got v={v}")
-    if held is not None and (not isinstance(held, int) or held < p):
-        raise ValueError(f"zb-h1 needs held >= p={p} micro-batches between F and W (1F1B's own peak), got {held!r}")
-
-    paper = _list_schedule(p, m, [(p - r, 2 * p - 1 - r) for r in range(p)])
-    caps = [held] if held is not None else range(p, 2 * p - 1)
-    for cap in caps:
-        orders, makespan = _list_schedule(p, m, [(p - r, cap) for r in range(p)])
-        if held is not None or makespan <= paper[1]:
-            return with_comms("zb-h1", orders, p, p, m)
-    return with_comms("zb-h1", paper[0], p, p, m)
-
-
-def _list_schedule(p: int, m: int, limits: list) -> list:
-    """(per-rank orders of F, B, W, makespan) from a unit-cost simulation with buffered
-    messages (see zb_h1). limits[r] = (most micro-batches awaiting B, most between F and W)
-    on rank r."""
-    inf = float("inf")
-    f_ready = [[0.0] * m] + [[inf] * m for _ in range(p - 1)]   # when F(mb) may start on rank r
-    b_ready = [[inf] * m for _ in range(p)]                      # when B(mb) may start
-    nf, nb, free = [0] * p, [0] * p, [0.0] * p
-    waiting_w = [[] for _ in range(p)]
-    orders = [[] for _ in range(p)]
-    while any(len(o) < 3 * m for o in orders):
-        best = None   # (start time, priority, rank, op)
-        for r in range(p):
-            cands = []
-            if nb[r] < nf[r]:
-                cands.append((max(free[r], b_ready[r][nb[r]]), 0, r, "B"))
-            held = nf[r] - nb[r] + len(waiting_w[r])   # micro-batches between F and W
-            if nf[r] < m and nf[r] - nb[r] < limits[r][0] and held < limits[r][1]:
-                cands.append((max(free[r], f_ready[r][nf[r]]), 1, r, "F"))
-            if waiting_w[r]:
-                cands.append((free[r], 2, r, "W"))
-            for c in cands:
-                if c[0] < inf and (best is None or c[:2] < best[:2]):
-                    best = c
-        start, _, r, op = best
-        # a rank runs the earliest action it can; among equal starts B beats F beats W
-        end = start + 1.0
-        if op == "F":
-            mb = nf[r]
-            nf[r] += 1
-            if r + 1 < p:
-                f_ready[r + 1][mb] = end
-            else:
-                b_ready[r][mb] = end
-        elif op == "B":
-            mb = nb[r]
-            nb[r] += 1
-            waiting_w[r].append(mb)
-            if r > 0:
-                b_ready[r - 1][mb] = end
-        else:
-            mb = waiting_w[r].pop(0)
-        free[r] = end
-        orders[r].append(Action(op, mb, r))
-    return orders, max(free)
 
 
 def _interleaved_unit(k: int, p: int, v: int, backward: bool) -> Tuple[int, int]:
@@ -317,19 +270,27 @@ def interleaved_1f1b(p: int, m: int, v: int = 2) -> Schedule:
     return with_comms("interleaved", compute, p, p * v, m, syncs)
 
 
+VIRTUAL_SCHEDULES = ("interleaved", "zb-v")   # the schedules that hold v >= 2 chunks per rank
+
+
 def schedule_for_config(cfg, name: Optional[str] = None) -> Schedule:
     """The schedule of a ParallelConfig (parallel/mesh.py): p = pp, v = vpp, and
     m = grad_accum_steps (micro-batches of micro_batch_size per dp rank and step).
 
-    name defaults to 'interleaved' when vpp > 1, else '1f1b'.
+    name defaults to 'interleaved' when vpp > 1, else '1f1b'; 'zb-v' needs vpp = 2.
     """
     name = name or ("interleaved" if cfg.vpp > 1 else "1f1b")
     return build_schedule(name, cfg.pp, cfg.grad_accum_steps, cfg.vpp)
 
 
 def build_schedule(name: str, p: int, m: int, v: int = 1) -> Schedule:
-    """Schedule by name: 'gpipe', '1f1b', 'interleaved' (needs v >= 2) or 'zb-h1'."""
-    builders = {"gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved_1f1b, "zb-h1": zb_h1}
+    """Schedule by name: 'gpipe', '1f1b', 'interleaved' (needs v >= 2), 'zb-h1' or 'zb-v'
+    (needs v = 2)."""
+    # zero_bubble.py builds on this module's with_comms, so it is imported here, not above
+    from .zero_bubble import zb_h1, zb_v
+
+    builders = {"gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved_1f1b, "zb-h1": zb_h1,
+                "zb-v": zb_v}
     if name not in builders:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
     return builders[name](p, m, v)

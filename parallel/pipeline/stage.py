@@ -10,7 +10,8 @@ so the unpipelined reference model and its stages compute the same thing.
     stages = split_layers(layers, 3)                  # [Embed, Block] [Block, Block] [Block, Head]
     mine = stages_for_rank(stages, pp_rank, sched)    # {stage index: module} on this rank
 
-With v virtual stages, pp rank r holds stages r, r + p, r + 2p, ... (see schedules.py).
+Which stages a pp rank holds is the schedule's placement (schedules.py): r, r + p, r + 2p,
+... under the loop placement, r and 2p - 1 - r under ZB-V's V.
 """
 from typing import Dict, List, Optional, Sequence
 

@@ -16,14 +16,16 @@ D, K, V = 5, 3, 7        # hidden width, outputs, id vocabulary (odd on purpose)
 L = 24                   # layers; splits evenly into 2, 3, 4, 6 and 8 stages
 TOL = dict(rtol=1e-9, atol=1e-12)
 
-# (schedule, m, v) per pipeline size: every schedule, m = 1 and 8, odd m.
+# (schedule, m, v) per pipeline size: every schedule, m = 1 and 8, odd m.  zb-v cuts the
+# model into 2p chunks placed in a V (its last stage, the loss, on pp rank 0).
 CONFIGS = {
     2: [("gpipe", 1, 1), ("gpipe", 5, 1), ("1f1b", 1, 1), ("1f1b", 3, 1), ("1f1b", 8, 1),
-        ("interleaved", 2, 2), ("interleaved", 6, 2), ("interleaved", 4, 3), ("zb-h1", 1, 1), ("zb-h1", 5, 1)],
+        ("interleaved", 2, 2), ("interleaved", 6, 2), ("interleaved", 4, 3), ("zb-h1", 1, 1), ("zb-h1", 5, 1),
+        ("zb-v", 2, 2), ("zb-v", 5, 2)],
     3: [("gpipe", 7, 1), ("1f1b", 1, 1), ("1f1b", 2, 1), ("1f1b", 5, 1), ("1f1b", 8, 1),
-        ("interleaved", 3, 2), ("interleaved", 6, 2), ("zb-h1", 2, 1), ("zb-h1", 7, 1)],
+        ("interleaved", 3, 2), ("interleaved", 6, 2), ("zb-h1", 2, 1), ("zb-h1", 7, 1), ("zb-v", 4, 2)],
     4: [("gpipe", 3, 1), ("1f1b", 1, 1), ("1f1b", 7, 1), ("1f1b", 8, 1),
-        ("interleaved", 4, 2), ("interleaved", 8, 2), ("zb-h1", 8, 1)],
+        ("interleaved", 4, 2), ("interleaved", 8, 2), ("zb-h1", 8, 1), ("zb-v", 5, 2), ("zb-v", 8, 2)],
 }
 
 
@@ -134,7 +136,8 @@ def _equivalence(pp_rank, p, name, m, v, steps):
     mine = _layers()
     rt = _runtime(mine, sched, pp_rank, list(range(p)))
     for _ in range(steps):   # a second step reuses the runtime; gradients accumulate
-        loss = rt.step((x, ids) if pp_rank == 0 else None, y if pp_rank == p - 1 else None)
+        last = sched.stage_rank(sched.num_stages - 1)   # p - 1, or 0 under zb-v's V
+        loss = rt.step((x, ids) if pp_rank == 0 else None, y if pp_rank == last else None)
         assert loss == pytest.approx(ref_loss, rel=1e-12), (name, m, v, loss, ref_loss)
     _check_grads(mine, ref, sched, pp_rank, scale=steps)
     return rt.stats.peak_stashed
@@ -240,9 +243,9 @@ def _check_peaks(results, p):
             assert peaks == [min(p - r, m) for r in range(p)], (name, m, peaks)
         if name == "gpipe":
             assert peaks == [m] * p
-        if name == "zb-h1":   # graphs held between F and W, as the checker predicted
+        if name in ("zb-h1", "zb-v"):   # graphs held between F and W, as the checker predicted
             from hcomm.parallel.pipeline import build_schedule, check_schedule
-            assert peaks == check_schedule(build_schedule(name, p, m)).peak_in_flight, (m, peaks)
+            assert peaks == check_schedule(build_schedule(name, p, m, v)).peak_in_flight, (name, m, peaks)
 
 
 @pytest.mark.parametrize("p, failures", [(2, ("forward", "backward", "mismatch")), (3, ("forward", "loss"))])

@@ -10,7 +10,8 @@ from hcomm.parallel.pipeline import (Action, Schedule, ScheduleError, build_sche
 from hcomm.parallel.pipeline.p2p import (ACTIVATION, FAILED, GRADIENT, OK, RESHAPED, Message, ProtocolError,
                                           encode_control, parse_control)
 from hcomm.parallel.pipeline.runtime import PipelineRuntime, split_microbatches
-from hcomm.parallel.pipeline.schedules import with_comms, zb_h1
+from hcomm.parallel.pipeline.schedules import stage_ranks, with_comms
+from hcomm.parallel.pipeline.zero_bubble import zb_h1, zb_v
 from hcomm.parallel.pipeline.stage import StageChain, split_layers, stages_for_rank
 
 
@@ -82,6 +83,91 @@ def test_zb_h1_actions_split_the_backward():
         build_schedule("zb-h1", 2, 4, 2)
 
 
+def test_placement_is_data_loop_and_v():
+    loop = interleaved_1f1b(4, 8, 2)
+    assert loop.placement == "loop" and [loop.stage_rank(s) for s in range(8)] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert loop.stages_of(1) == (1, 5)
+    vee = zb_v(4, 8)
+    assert vee.placement == "v" and [vee.stage_rank(s) for s in range(8)] == [0, 1, 2, 3, 3, 2, 1, 0]
+    assert [vee.stages_of(r) for r in range(4)] == [(0, 7), (1, 6), (2, 5), (3, 4)]
+    assert vee.format().splitlines()[0] == "zb-v: p=4 v=2 m=8 placement=v"
+    with pytest.raises(ValueError, match=r"placement 'v' needs num_stages = 2 \* p = 6 .* got num_stages=9"):
+        stage_ranks("v", 3, 9)
+    with pytest.raises(ValueError, match=r"unknown placement 'zigzag'; choose one of loop, v"):
+        Schedule("x", 2, 4, 1, ((), ()), "zigzag")
+
+
+def test_list_scheduler_names_caps_that_leave_nothing_to_run():
+    """One chunk between F and W cannot hold a micro-batch's two chunks on one rank."""
+    from hcomm.parallel.pipeline.zero_bubble import list_schedule
+    with pytest.raises(ValueError, match=r"memory caps \[\(inf, 1\), \(inf, 1\)\] leave no rank an action"):
+        list_schedule(2, 4, "v", 4, [(float("inf"), 1)] * 2)
+    assert list_schedule(2, 4, "v", 4, [(float("inf"), 2)] * 2).makespan > 0
+
+
+def _idle(report, m: int) -> float:
+    """Idle time per rank and step of the slowest rank, in units of one whole-stage F (= B = W)."""
+    return report.makespan - 3 * m
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 5, 6, 7, 8])
+def test_zb_v_is_deadlock_free_within_1f1b_memory_and_idles_under_a_third(p):
+    """Every m from p to 4p: the checker proves it (rendezvous sends), each rank holds at
+    most 2p chunks of 1/(2p) of the model between F and W, 1F1B's p micro-batches of 1/p,
+    and it idles at most a third of 1F1B (ZB-H1's own ratio with F = B = W); a sixth
+    when p divides m, where the list scheduler finds the V's pattern (each rank waits r
+    half-size F at the start and fills the rest with W)."""
+    worst = 0.0
+    for m in range(p, 4 * p + 1):
+        sched = build_schedule("zb-v", p, m, 2)
+        assert (sched.num_stages, sched.virtual_stages, sched.split_backward) == (2 * p, 2, True)
+        zb, base = check_schedule(sched), check_schedule(one_f_one_b(p, m))
+        assert max(zb.peak_in_flight) / (2 * p) <= max(base.peak_in_flight) / p, (m, zb.peak_in_flight)
+        ratio = _idle(zb.as_run, m) / _idle(base, m)
+        assert _idle(zb, m) == pytest.approx(_idle(zb.as_run, m)), m   # rendezvous costs no wait
+        assert ratio < 1 / 3, (m, ratio)
+        if m % p == 0:
+            assert ratio == pytest.approx(1 / 6), (m, ratio)
+        worst = max(worst, ratio)
+    print(f"zb-v p={p} m={p}..{4 * p}: idle at most {worst:.3f} of 1F1B's; "
+          f"{check_schedule(build_schedule('zb-v', p, 2 * p, 2)).format()}")
+
+
+def test_zb_v_turns_locally_and_sends_only_to_neighbours():
+    p, m = 4, 6
+    sched = zb_v(p, m)
+    sends = [(r, a) for r, acts in enumerate(sched.actions) for a in acts if a.op.startswith("SEND")]
+    assert all(abs(r - a.peer) == 1 for r, a in sends)            # never the wrap-around link
+    # stage p-1 -> p stays on rank p-1: no activation leaves stage p-1, no gradient leaves stage p
+    assert not [a for _, a in sends if (a.op, a.stage) in (("SEND_F", p - 1), ("SEND_B", p))]
+    assert sched.stages_of(0) == (0, 2 * p - 1)                   # the loss next to the input
+    assert sum(a.op == "W" for acts in sched.actions for a in acts) == 2 * p * m
+
+
+def test_zb_v_needs_its_timed_message_placement():
+    """The same compute orders with every receive right before its consumer (with_comms)
+    make a rank receive a channel's messages out of the order they were sent: the checker
+    refuses it, which is why zb_v stamps messages with the simulated time."""
+    good = zb_v(2, 3)
+    compute = [[a for a in acts if a.is_compute] for acts in good.actions]
+    with pytest.raises(ScheduleError, match=r"order mismatch on channel 0 -> 1"):
+        check_schedule(with_comms("naive", compute, 2, 4, 3, placement="v"))
+    check_schedule(good)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: zb_v(4, 8, 1), r"zb-v runs exactly two chunks per rank \(v=2\), got v=1"),
+    (lambda: build_schedule("zb-v", 4, 8, 3), r"got v=3"),
+    (lambda: zb_v(4, 3), r"zb-v needs at least p micro-batches: m=3 < p=4"),
+    (lambda: zb_v(1, 4), r"zb-v needs p >= 2 pipeline ranks, got p=1"),
+    (lambda: zb_v(2, 0), r"m must be a positive int, got 0"),
+    (lambda: zb_h1(2, 4, 2), r"use 'zb-v' for two chunks per rank"),
+])
+def test_zb_v_bad_input_names_the_parameter(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
 def test_report_names_the_schedule_and_prediction():
     text = check_schedule(one_f_one_b(4, 8)).format()
     assert "1f1b" in text and "deadlock-free" in text and "0.273" in text and "4 3 2 1" in text
@@ -90,7 +176,8 @@ def test_report_names_the_schedule_and_prediction():
 def _replace(sched: Schedule, rank: int, acts) -> Schedule:
     lists = list(sched.actions)
     lists[rank] = tuple(acts)
-    return Schedule(sched.name, sched.num_ranks, sched.num_stages, sched.num_microbatches, tuple(lists))
+    return Schedule(sched.name, sched.num_ranks, sched.num_stages, sched.num_microbatches, tuple(lists),
+                    sched.placement)
 
 
 def _swap_first_two(sched: Schedule, rank: int, op: str) -> Schedule:
@@ -185,6 +272,10 @@ def test_schedule_from_a_parallel_config():
     assert schedule_for_config(ParallelConfig(dp=1, pp=3, global_batch_size=5)).name == "1f1b"
     with pytest.raises(ValueError, match=r"m=6 % p=4 = 2"):
         schedule_for_config(ParallelConfig(dp=1, pp=4, vpp=2, global_batch_size=6))
+    vee = schedule_for_config(ParallelConfig(dp=1, pp=4, vpp=2, global_batch_size=6), "zb-v")
+    assert (vee.name, vee.placement, vee.num_stages, vee.num_microbatches) == ("zb-v", "v", 8, 6)
+    with pytest.raises(ValueError, match=r"zb-v runs exactly two chunks per rank \(v=2\), got v=1"):
+        schedule_for_config(ParallelConfig(dp=1, pp=4, global_batch_size=8), "zb-v")
 
 
 def test_split_layers_even_uneven_and_errors():
@@ -223,6 +314,9 @@ def test_runtime_rejects_a_stage_set_that_does_not_match_the_schedule():
         PipelineRuntime(mods, sched, None, pp_rank=0, pp_ranks=[0, 1])
     with pytest.raises(ValueError, match=r"pp_ranks \[0, 1, 2\] has 3 ranks for a schedule of p=2"):
         PipelineRuntime({0: mods[0], 2: mods[1]}, sched, None, pp_rank=0, pp_ranks=[0, 1, 2])
+    vee = zb_v(2, 2)
+    with pytest.raises(ValueError, match=r"pp rank 0 must hold stages \[0, 3\] of 4 \(placement 'v'"):
+        PipelineRuntime({0: mods[0], 2: mods[1]}, vee, None, pp_rank=0, pp_ranks=[0, 1])
     mesh = SimpleNamespace(cfg=SimpleNamespace(pp=2, vpp=1, dp=1))
     with pytest.raises(ValueError, match=r"schedule has p=2, v=2 but the mesh has pp\(2\), vpp\(1\)"):
         PipelineRuntime.from_mesh(mesh, {0: mods[0], 2: mods[1]}, sched, None)
