@@ -35,6 +35,10 @@ LAYOUTS = {
     "dp4-zero3": dict(tensor_parallel_size=1, pipeline_stages=1, zero_stage=3),
     # sequence parallelism without ZeRO: the trainer sums the replicated gradients over tp itself
     "tp2-dp2-sp-zero0": dict(tensor_parallel_size=2, pipeline_stages=1, zero_stage=0, sequence_parallel=True),
+    # the zero-bubble schedules (split backward, so ZeRO 0 or 1); zb-v's loss sits on pp rank 0
+    "pp2-dp2-zbh1-zero1": dict(tensor_parallel_size=1, pipeline_stages=2, zero_stage=1, schedule="zb-h1"),
+    "pp2-dp2-vpp2-zbv-zero1": dict(tensor_parallel_size=1, pipeline_stages=2, virtual_pipeline_stages=2,
+                                   zero_stage=1, schedule="zb-v"),
 }
 # Checkpoint: saved at SAVE after CKPT_STEPS steps, loaded at each of LOAD (zero stage varied too).
 SAVE = dict(tensor_parallel_size=2, pipeline_stages=2, zero_stage=1)
@@ -55,6 +59,9 @@ def example():
 def config(layout: dict, **model) -> dict:
     cfg = json.loads(json.dumps(example().CONFIG))
     cfg.pop("parallel_strategy")
+    layout = dict(layout)
+    if "schedule" in layout:
+        cfg["train"]["schedule"] = layout.pop("schedule")
     cfg.update(layout)
     cfg["model"].update(model)
     cfg["train"]["steps"] = STEPS
@@ -103,6 +110,7 @@ def _job(rank, world_size, root):
     losses = {}
     for name, layout in LAYOUTS.items():
         t = _trainer(mod, config(layout))
+        assert t.schedule.name == layout.get("schedule", t.schedule.name), (name, t.schedule.name)
         losses[name] = [t.step(step) for step in range(STEPS)]
     return losses, _checkpoint_job(mod, root)
 
