@@ -84,7 +84,6 @@ struct TreeRun {
   RequestPtr recv[2];               // a child's receive in flight
   size_t folded[2] = {0, 0};        // segments folded in from each child
   size_t sent = 0;                  // segments passed up (at the root: reduced)
-  std::vector<RequestPtr> upSends;  // per segment: the way down overwrites what each reads
   RequestPtr down;                  // the parent's segment in flight
   size_t passedDown = 0;            // segments received from the parent and forwarded
 
@@ -97,13 +96,11 @@ struct TreeRun {
   void blockers(std::vector<RequestPtr>& out) const {
     for (const RequestPtr& r : {recv[0], recv[1], down})
       if (r) out.push_back(r);
-    if (node.parent >= 0 && !down && passedDown < sent && !finished(upSends[passedDown]))
-      out.push_back(upSends[passedDown]);
   }
 };
 
 // One pass of the way up; returns whether anything moved.
-bool stepUp(Links& l, TreeRun& t, const char* in, char* out) {
+bool stepUp(Links& l, TreeRun& t, const char* in, char* out, std::vector<RequestPtr>& sends) {
   bool moved = false;
   const TreeNode& nd = t.node;
   for (int c = 0; c < 2; ++c) {
@@ -125,7 +122,7 @@ bool stepUp(Links& l, TreeRun& t, const char* in, char* out) {
   while (t.sent < t.nSeg && (last < 0 || t.folded[last] > t.sent)) {
     Segment s = t.segment(t.sent);
     const char* acc = (last < 0 ? in : out) + s.off;
-    if (nd.parent >= 0) t.upSends[t.sent] = l.isend(nd.parent, acc, s.len, t.upChannel);
+    if (nd.parent >= 0) sends.push_back(l.isend(nd.parent, acc, s.len, t.upChannel));
     else if (acc != out + s.off) l.copy(out + s.off, acc, s.len);  // a root without children (n == 1)
     ++t.sent;
     moved = true;
@@ -147,15 +144,14 @@ bool stepDown(Links& l, TreeRun& t, char* out, std::vector<RequestPtr>& sends) {
     return moved;
   }
   if (settle(l, t.down)) forward(), moved = true;
-  // Segment j lands where this rank sent its way up from: only once that send is done.
+  // Segment j comes down into the memory its way up was sent from, while that send may
+  // not be marked done yet: safe, as before round 7, because the root's result for j
+  // exists only once the parent has taken this rank's part of it. (Waiting for the send
+  // to be marked done as well adds a dependent completion to every segment.)
   if (!t.down && t.passedDown < t.sent) {
-    RequestPtr& up = t.upSends[t.passedDown];
-    settle(l, up);
-    if (!up) {
-      Segment s = t.segment(t.passedDown);
-      t.down = l.irecv(nd.parent, out + s.off, s.len, t.downChannel);
-      moved = true;
-    }
+    Segment s = t.segment(t.passedDown);
+    t.down = l.irecv(nd.parent, out + s.off, s.len, t.downChannel);
+    moved = true;
   }
   return moved;
 }
@@ -178,7 +174,6 @@ void allreduceTree(Links& l, const void* inv, void* outv, size_t count, size_t s
     r.segElems = segElems;
     r.es = es;
     r.nSeg = (r.count + segElems - 1) / segElems;
-    r.upSends.resize(r.nSeg);
   }
   std::vector<RequestPtr> sends;
   if (l.ordered()) {  // see the header: each tree's root folds its half straight from every rank
@@ -199,7 +194,7 @@ void allreduceTree(Links& l, const void* inv, void* outv, size_t count, size_t s
   while (!runs[0].done() || !runs[1].done()) {
     bool moved = false;
     for (TreeRun& r : runs) {
-      while (stepUp(l, r, in, out)) moved = true;
+      while (stepUp(l, r, in, out, sends)) moved = true;
       while (stepDown(l, r, out, sends)) moved = true;
     }
     if (moved) continue;
@@ -208,7 +203,6 @@ void allreduceTree(Links& l, const void* inv, void* outv, size_t count, size_t s
     if (pending.empty()) throw Error("tree allreduce: segments left but nothing in flight on rank " + std::to_string(l.rank()));
     l.waitAny(pending);
   }
-  for (const TreeRun& r : runs) l.waitAll(r.upSends);
   l.waitAll(sends);
 }
 
