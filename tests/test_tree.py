@@ -88,6 +88,6 @@ def test_tree_sums_in_its_trees_order_threads(world):
     run_comm(_body, world, args=(100 * world,))
 
 
-@pytest.mark.parametrize("world", [3, 5, 8])
+@pytest.mark.parametrize("world", [2, 3, 4, 5, 6, 7, 8])
 def test_tree_sums_in_its_trees_order_processes(world):
     run_comm(_body, world, mode="process", args=(200 * world,))
