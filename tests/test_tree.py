@@ -9,7 +9,7 @@ below folds numpy arrays the same way, so a float32 result that differs in one b
 the order changed (e.g. child[1] folded before child[0], or a segment reduced into the
 wrong partial). Many small segments (HCOMM_TREE_SEGMENT_BYTES) put many messages of both
 trees in flight at once; odd counts give the two trees unequal halves and a short last
-segment. Worlds 2-8 as threads; 3, 5 and 8 as processes (the cross-process paths).
+segment. Worlds 2-8 as threads and as processes (the cross-process paths).
 """
 import numpy as np
 import pytest
