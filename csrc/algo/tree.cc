@@ -5,26 +5,29 @@
 // Tree 0 is a binary heap over ranks (parent of r is (r-1)/2); tree 1 is the same heap
 // over mirrored ranks n-1-r, so every rank sends and receives about the same volume.
 //
-// Cost, n ranks, S bytes, k segments of s = S/2k per tree, depth d = floor(log2 n): a
-// rank handles segment j of tree 0, then of tree 1, blocking on each receive, and only
-// then segment j+1, so the trees do not pipeline past each other: rank n-1 (deepest leaf
-// of tree 0, root of tree 1) sends tree 0's segment j+1 only once tree 1 reduced segment
-// j, which waited for rank 0 (root of tree 0, deepest leaf of tree 1) to reduce tree 0's
-// segment j. Each segment costs both paths up (2d hops) and both down (2d hops); a parent
-// of two waits for them in turn (two receives), and sends to both at once (one NIC).
-// One segment: 3d hops (tree 0's broadcast overlaps tree 1's way up; traced: 3 hops on
-// 3 ranks, 6 on 4) plus a second receive at each parent of two on the paths up;
-//   T ~ (4d*k - d)*(alpha + s*beta) + S*gamma,  at least 2d S*beta for large S
-// (3 hosts x 1: 3 S*beta, both broadcast hops sharing their parent's NIC).
-// The tuner prices these paths hop by hop (topo/tuner_allreduce.cc, treeModel).
-// Wins for small-to-medium messages on many ranks: latency grows with log n, not n
-// (bytes grow with it too: the segments do not overlap across depths).
+// Cost, n ranks, S bytes, k segments of s = S/2k per tree, depth d = floor(log2 n): the
+// two trees advance side by side (every receive posted without blocking, whichever
+// tree's message lands first is handled first, as ring.cc's chunks), and within a tree
+// segment j+1 climbs while segment j comes down. A parent of two folds child[0]'s
+// segment, then child[1]'s into it (a second receive, posted once the first is done:
+// the sum's order stays in + child[0] + child[1]); child[0]'s next segment arrives
+// meanwhile. Each rank sends about 2S and receives about 2S (inner in one tree, a leaf
+// in the other): up S/2 per tree it is not the root of, down S from the tree it is
+// inner in. One segment climbs d hops (a second receive at each parent of two) and
+// comes down d; after it the segments follow at the pace of the busiest link or NIC
+// carrying every transfer of one segment of both trees, both ways:
+//   T ~ 2d*alpha + d*alpha' + (2d + k - 1)*s*beta_busiest + 2s*k*gamma
+// (3 hosts x 1: each host sends 3s and receives 3s per pair of segments: 1.5 S*beta).
+// Until round 7 (docs/tuner.md) a rank took segment j of tree 0, then of tree 1, each
+// receive blocking: the trees took turns, at least 2d S*beta.
+// The tuner prices the paths hop by hop (topo/tuner_allreduce.cc, treeModel).
+// Wins for small-to-medium messages on many ranks: latency grows with log n, not n.
 //
 // Ordered reductions (16-bit SUM/PROD on 3+ ranks, HCOMM_DETERMINISTIC=1; ordered.cc):
 // partials folded up a tree are in tree order and rounded per hop, so each tree's root
 // (rank 0, rank n-1) takes its half straight from every rank and folds it in rank
-// order, then the broadcast down the trees runs as above:
-//   T ~ (n-1)*(alpha + S/2*beta) + S/2*gamma*n*e + 2d*k*(alpha + s*beta)
+// order, then the broadcast down the trees runs as above, both trees side by side:
+//   T ~ (n-1)*(alpha + S/2*beta) + S/2*gamma*n*e + (d + k - 1)*(alpha + s*beta_busiest)
 // (e = 2 for 16-bit dtypes). The roots take in (n-1)*S/2: for small messages.
 #include <algorithm>
 #include <cstring>
@@ -55,27 +58,102 @@ struct Segment {
   size_t off, len;  // bytes
 };
 
-// Reduce phase for one segment of one tree: fold the children into `out`, pass it up.
-void reduceUp(Links& l, const TreeNode& t, const char* in, char* out, Segment s, int channel,
-              std::vector<RequestPtr>& sends) {
-  const char* acc = in + s.off;
-  for (int c = 0; c < 2; ++c) {
-    if (t.child[c] < 0) continue;
-    l.wait(l.irecvReduce(t.child[c], out + s.off, acc, s.len, channel));
-    acc = out + s.off;
-  }
-  if (t.parent >= 0) {
-    sends.push_back(l.isend(t.parent, acc, s.len, channel));
-  } else if (acc != out + s.off) {
-    l.copy(out + s.off, acc, s.len);  // a root without children (n == 1)
-  }
+// How many segments child[0]'s receives may run ahead of what this rank passed up: two
+// lets child[0]'s segment j+1 arrive while child[1]'s segment j does.
+constexpr size_t kAhead = 2;
+
+bool finished(const RequestPtr& r) { return !r || r->done.load(std::memory_order_acquire); }
+
+// Clears a finished request, surfacing its failure (Links::wait on a done request).
+bool settle(Links& l, RequestPtr& r) {
+  if (!r || !finished(r)) return false;
+  l.wait(r);
+  r = nullptr;
+  return true;
 }
 
-void broadcastDown(Links& l, const TreeNode& t, char* out, Segment s, int channel,
-                   std::vector<RequestPtr>& sends) {
-  if (t.parent >= 0) l.wait(l.irecv(t.parent, out + s.off, s.len, channel));
-  for (int c = 0; c < 2; ++c)
-    if (t.child[c] >= 0) sends.push_back(l.isend(t.child[c], out + s.off, s.len, channel));
+// One tree's progress on this rank; the two trees advance independently, so neither
+// waits for the other's segment (docs/tuner.md, round 7). Up: child[0]'s segment j folds
+// into out from in, child[1]'s into that (the sum's order: in, child[0], child[1], as
+// before), then out goes to the parent. Down: segment j comes from the parent into out
+// and goes on to both children.
+struct TreeRun {
+  TreeNode node;
+  int upChannel = 0, downChannel = 1;
+  size_t base = 0, count = 0, segElems = 1, es = 1, nSeg = 0;  // elements [base, base + count)
+  RequestPtr recv[2];               // a child's receive in flight
+  size_t folded[2] = {0, 0};        // segments folded in from each child
+  size_t sent = 0;                  // segments passed up (at the root: reduced)
+  RequestPtr down;                  // the parent's segment in flight
+  size_t passedDown = 0;            // segments received from the parent and forwarded
+
+  Segment segment(size_t k) const {
+    size_t b = k * segElems, e = std::min(b + segElems, count);
+    return Segment{(base + b) * es, (e - b) * es};
+  }
+  bool done() const { return passedDown == nSeg; }
+  // The requests whose completion would let this tree move on.
+  void blockers(std::vector<RequestPtr>& out) const {
+    for (const RequestPtr& r : {recv[0], recv[1], down})
+      if (r) out.push_back(r);
+  }
+};
+
+// One pass of the way up; returns whether anything moved.
+bool stepUp(Links& l, TreeRun& t, const char* in, char* out, std::vector<RequestPtr>& sends) {
+  bool moved = false;
+  const TreeNode& nd = t.node;
+  for (int c = 0; c < 2; ++c) {
+    if (nd.child[c] < 0) continue;
+    if (settle(l, t.recv[c])) {
+      ++t.folded[c];
+      moved = true;
+    }
+    size_t next = t.folded[c];
+    // child[1]'s segment folds into what child[0]'s left there, so it waits for it.
+    bool ready = next < t.nSeg && (c == 0 ? next < t.sent + kAhead : next < t.folded[0]);
+    if (!t.recv[c] && ready) {
+      Segment s = t.segment(next);
+      t.recv[c] = l.irecvReduce(nd.child[c], out + s.off, (c == 0 ? in : out) + s.off, s.len, t.upChannel);
+      moved = true;
+    }
+  }
+  int last = nd.child[1] >= 0 ? 1 : nd.child[0] >= 0 ? 0 : -1;  // the child folded last
+  while (t.sent < t.nSeg && (last < 0 || t.folded[last] > t.sent)) {
+    Segment s = t.segment(t.sent);
+    const char* acc = (last < 0 ? in : out) + s.off;
+    if (nd.parent >= 0) sends.push_back(l.isend(nd.parent, acc, s.len, t.upChannel));
+    else if (acc != out + s.off) l.copy(out + s.off, acc, s.len);  // a root without children (n == 1)
+    ++t.sent;
+    moved = true;
+  }
+  return moved;
+}
+
+// One pass of the way down; returns whether anything moved.
+bool stepDown(Links& l, TreeRun& t, char* out, std::vector<RequestPtr>& sends) {
+  const TreeNode& nd = t.node;
+  auto forward = [&] {
+    Segment s = t.segment(t.passedDown++);
+    for (int c = 0; c < 2; ++c)
+      if (nd.child[c] >= 0) sends.push_back(l.isend(nd.child[c], out + s.off, s.len, t.downChannel));
+  };
+  bool moved = false;
+  if (nd.parent < 0) {  // the root: a segment goes down once it is reduced
+    while (t.passedDown < t.sent) forward(), moved = true;
+    return moved;
+  }
+  if (settle(l, t.down)) forward(), moved = true;
+  // Segment j comes down into the memory its way up was sent from, while that send may
+  // not be marked done yet: safe, as before round 7, because the root's result for j
+  // exists only once the parent has taken this rank's part of it. (Waiting for the send
+  // to be marked done as well adds a dependent completion to every segment.)
+  if (!t.down && t.passedDown < t.sent) {
+    Segment s = t.segment(t.passedDown);
+    t.down = l.irecv(nd.parent, out + s.off, s.len, t.downChannel);
+    moved = true;
+  }
+  return moved;
 }
 
 }  // namespace
@@ -84,33 +162,47 @@ void allreduceTree(Links& l, const void* inv, void* outv, size_t count, size_t s
   const char* in = static_cast<const char*>(inv);
   char* out = static_cast<char*>(outv);
   int n = l.size();
-  size_t es = l.elemSize();
-  TreeNode trees[2] = {heapNode(l.rank(), n, false), heapNode(l.rank(), n, true)};
-  size_t half[2] = {count / 2, count - count / 2};  // elements carried by each tree
-  size_t base[2] = {0, count / 2};
-  size_t segElems = std::max<size_t>(1, segBytes / es);
-  size_t nSeg = (std::max(half[0], half[1]) + segElems - 1) / segElems;
-  auto segment = [&](int t, size_t k) {
-    size_t b = std::min(k * segElems, half[t]), e = std::min(b + segElems, half[t]);
-    return Segment{(base[t] + b) * es, (e - b) * es};
-  };
+  size_t es = l.elemSize(), segElems = std::max<size_t>(1, segBytes / es);
+  TreeRun runs[2];
+  for (int t = 0; t < 2; ++t) {
+    TreeRun& r = runs[t];
+    r.node = heapNode(l.rank(), n, t == 1);
+    r.upChannel = 2 * t;
+    r.downChannel = 2 * t + 1;
+    r.base = t ? count / 2 : 0;
+    r.count = t ? count - count / 2 : count / 2;  // elements carried by each tree
+    r.segElems = segElems;
+    r.es = es;
+    r.nSeg = (r.count + segElems - 1) / segElems;
+  }
   std::vector<RequestPtr> sends;
   if (l.ordered()) {  // see the header: each tree's root folds its half straight from every rank
     for (bool folding : {false, true})  // every send is posted before a root starts folding
       for (int t = 0; t < 2; ++t) {
         int root = t ? n - 1 : 0;
-        if ((l.rank() == root) == folding) rootFold(l, in + base[t] * es, out + base[t] * es, half[t], root, 2 * t, sends);
+        if ((l.rank() == root) == folding) rootFold(l, in + runs[t].base * es, out + runs[t].base * es, runs[t].count, root, 2 * t, sends);
       }
     l.waitAll(sends);  // the broadcast below may overwrite `in` (in place)
     sends.clear();
-  } else {
-    for (size_t k = 0; k < nSeg; ++k)
-      for (int t = 0; t < 2; ++t)
-        if (segment(t, k).len) reduceUp(l, trees[t], in, out, segment(t, k), 2 * t, sends);
+    for (TreeRun& r : runs) r.sent = r.nSeg;  // the way up is done; only the broadcast is left
   }
-  for (size_t k = 0; k < nSeg; ++k)
-    for (int t = 0; t < 2; ++t)
-      if (segment(t, k).len) broadcastDown(l, trees[t], out, segment(t, k), 2 * t + 1, sends);
+  // As ring.cc's chunks: advance every tree whose request is done, wait only when nothing
+  // moved. A rank that blocked on one tree's receive would hold the other tree's segments
+  // behind it, and through the ranks that are inner in one tree and leaves in the other
+  // the two trees would take turns (round 6: 2d*S*beta instead of about 2*S*beta).
+  std::vector<RequestPtr> pending;
+  while (!runs[0].done() || !runs[1].done()) {
+    bool moved = false;
+    for (TreeRun& r : runs) {
+      while (stepUp(l, r, in, out, sends)) moved = true;
+      while (stepDown(l, r, out, sends)) moved = true;
+    }
+    if (moved) continue;
+    pending.clear();
+    for (const TreeRun& r : runs) r.blockers(pending);
+    if (pending.empty()) throw Error("tree allreduce: segments left but nothing in flight on rank " + std::to_string(l.rank()));
+    l.waitAny(pending);
+  }
   l.waitAll(sends);
 }
 

@@ -36,26 +36,24 @@ Candidate ringModel(const Net& net, double bytes) {
   return best;
 }
 
-// tree.cc's two heap trees (tree 1 mirrors the ranks, n-1-r). Each rank handles segment
-// j of tree 0, then of tree 1, blocking on each receive, and posts segment j+1 only after
-// that (program order), so the trees do not pipeline past each other: rank m-1, the
-// deepest leaf of tree 0 and the root of tree 1, sends its tree-0 segment j+1 only once
-// tree 1 has reduced segment j, which needs rank 0 (root of tree 0, deepest leaf of tree
-// 1) to have reduced tree 0's segment j, which needed rank m-1's segment j. One segment
-// therefore costs the whole path up tree 0 from its deepest leaf plus the whole path up
-// tree 1 (2*depth hops), and as much again on the way down; the other ranks' transfers
-// run off that path, in its idle time. Traced by hand: 3 ranks, one segment: 3 hops (the
-// tree-0 broadcast overlaps tree 1's reduction); k segments: 4k hops.
+// tree.cc's two heap trees (tree 1 mirrors the ranks, m-1-r), side by side: every
+// receive is posted without blocking and each tree advances on its own, so a segment
+// pays its way up one tree and down again (the two trees at once), and the segments
+// after it follow at the pace of the busiest NIC or machine carrying all of one
+// segment's transfers, both trees, both ways (up for segment j+1 while j comes down).
+// Until round 7 (docs/tuner.md) a rank took the trees in turn, blocking on each receive,
+// and each segment cost both trees' paths one after the other.
 struct TreePath {
   double alpha = 0, perByte = 0;  // a segment of s bytes takes alpha + s * perByte along it
   double at(double s) const { return alpha + s * perByte; }
 };
 
-// The path from heap position m-1 up to the root of one tree, with what each hop costs
-// going up (the parent reduces after each child arrives, child[0] first: a path child
-// that is child[0] waits for its sibling's reduction too) or going down (the parent
-// posts both children's sends at once, so a hop crossing hosts shares the parent's NIC
-// with its sibling's when that crosses too).
+// The path from heap position m-1 up to the root of one tree (its deepest), with what
+// each hop costs going up (the parent folds child[0]'s segment, then posts child[1]'s
+// receive: a path child that is child[0] waits for its sibling's fold too, a second
+// alpha either way) or going down (the parent posts both children's sends at once, so a
+// hop crossing hosts shares the parent's NIC with its sibling's when that crosses too).
+// floorPerByte: a hop is no faster than the step of all the transfers running with it.
 static TreePath treePath(const Net& net, bool mirrored, bool up, double floorPerByte = 0) {
   int m = net.size();
   auto rank = [&](int pos) { return net.members[mirrored ? m - 1 - pos : pos]; };
@@ -68,8 +66,6 @@ static TreePath treePath(const Net& net, bool mirrored, bool up, double floorPer
     LinkCost c = linkOf(net.s, a, b);
     path.alpha += c.alpha + wake;
     if (up) {
-      // Two children: two receives, each posted once the one before it completed, each
-      // handed over by the transport to a rank that blocked for it: a second alpha.
       if (hasSibling) path.alpha += linkOf(net.s, rank(sibling), b).alpha + wake;
       path.perByte += std::max(c.beta * net.share, floorPerByte) + g * (p % 2 && hasSibling ? 2 : 1);
     } else {
@@ -81,43 +77,71 @@ static TreePath treePath(const Net& net, bool mirrored, bool up, double floorPer
   return path;
 }
 
-// Every transfer of one segment, both trees, one direction: whatever the path, a segment
-// cannot pass faster than the busiest NIC or machine carries all of them (step()).
-static double treeThroughput(const Net& net, bool up) {
+// Every transfer of one segment of both trees, up (child to parent), down, or both.
+static StepCost treeStep(const Net& net, bool up, bool down) {
   int m = net.size();
   std::vector<std::pair<int, int>> edges;
-  for (int i = 1; i < m; ++i) {
-    edges.push_back(up ? std::make_pair(i, (i - 1) / 2) : std::make_pair((i - 1) / 2, i));
-    int a = m - 1 - i, b = m - 1 - (i - 1) / 2;
-    edges.push_back(up ? std::make_pair(a, b) : std::make_pair(b, a));
-  }
-  return m > 1 ? step(net, edges).perByte : 0;
+  for (int i = 1; i < m; ++i)
+    for (bool mirrored : {false, true}) {
+      int child = mirrored ? m - 1 - i : i, parent = mirrored ? m - 1 - (i - 1) / 2 : (i - 1) / 2;
+      if (up) edges.push_back({child, parent});
+      if (down) edges.push_back({parent, child});
+    }
+  return step(net, edges);
 }
 
-// The broadcast half (tree.cc's second loop, and the ordered fold's way back): rank 0
-// sends segment j down tree 0, rank m-1 passes it down tree 1 once it arrived, and rank 0
-// sends segment j+1 only once tree 1's segment j reached it.
-static double treeDownCycle(const Net& net, double s) {
-  return std::max(treePath(net, false, false).at(s) + treePath(net, true, false).at(s), s * treeThroughput(net, false));
+// The most segments any rank folds in per segment of each tree (its children, both trees).
+static int treeFolds(int m) {
+  std::vector<int> folds(m, 0);
+  for (int i = 1; i < m; ++i) {
+    ++folds[(i - 1) / 2];
+    ++folds[m - 1 - (i - 1) / 2];
+  }
+  return m > 1 ? *std::max_element(folds.begin(), folds.end()) : 0;
+}
+
+// One segment after the first: the busiest NIC or machine moves all its transfers (both
+// ways when `up`), while the busiest rank folds its children's segments (a CPU copy on
+// shared memory adds to it; over a NIC the fold overlaps the next segment's transfer).
+// Plus one step's alpha, as a hop of the paths pays it: each rank keeps one receive per
+// child and one from its parent posted per tree, so every segment is one more completion
+// to wait for on the paths (at 256 KiB on 3 x 1, 10 Gbit/s, 16 KiB segments priced
+// without it ran 0.52-0.54 ms, priced 0.39-0.46: round 7).
+static double treeCycle(const Net& net, double s, bool up) {
+  StepCost st = treeStep(net, up, true);
+  double wire = s * st.perByte, fold = up ? s * treeFolds(net.size()) * gammaOf(net.s) : 0;
+  return st.alpha + (st.cpuCopies ? wire + fold : overlap(wire, fold, 2));
+}
+
+// Every rank but the two roots receives its result from both trees, one message after
+// the other (a rank handles one completion at a time): the later arrival costs one more
+// receive, as a parent's second child does on the way up. Measured (docs/tuner.md, round
+// 7): 3 x 1 at 8 B - 4 KiB, the tree 1.14-1.25x halving-doubling's 3 steps, not a tie.
+static double lastArrival(const Net& net) {
+  int m = net.size();
+  if (m < 3) return 0;
+  double wake = net.s.lateWake, alpha = 0;
+  for (int pos = 1; pos < m; ++pos)
+    for (bool mirrored : {false, true}) {
+      int a = net.members[mirrored ? m - 1 - pos : pos], b = net.members[mirrored ? m - 1 - (pos - 1) / 2 : (pos - 1) / 2];
+      alpha = std::max(alpha, linkOf(net.s, a, b).alpha);
+    }
+  return alpha + wake;
 }
 
 Candidate treeModel(const Net& net, double bytes) {
   Candidate best{"tree", std::numeric_limits<double>::infinity(), treeSegments().back()};
-  double upRate = treeThroughput(net, true), downRate = treeThroughput(net, false);
   // The first segment: every rank posts its sends of it at once (the leaves at the
-  // start), so each hop of the path shares its NIC and machine with all of them, as in
-  // one step(); later segments' other transfers run in the path's idle time.
+  // start), so each hop of the path shares its NIC and machine with all of them.
+  double upRate = treeStep(net, true, false).perByte, downRate = treeStep(net, false, true).perByte;
   TreePath up0 = treePath(net, false, true, upRate), up1 = treePath(net, true, true, upRate);
   TreePath down0 = treePath(net, false, false, downRate), down1 = treePath(net, true, false, downRate);
-  TreePath cycleUp0 = treePath(net, false, true), cycleUp1 = treePath(net, true, true);
+  double last = lastArrival(net);
   for (size_t seg : treeSegments()) {
     double s = std::min<double>(seg, std::max(1.0, bytes / 2));
     double k = std::max(1.0, std::ceil(bytes / 2 / s));
-    // Rank 0 starts broadcasting once it sent its last tree-1 segment up, so tree 0's
-    // first way down overlaps tree 1's last way up.
-    double first = up0.at(s) + up1.at(s) + std::max(0.0, down0.at(s) - up1.at(s)) + down1.at(s);
-    double cycle = std::max(cycleUp0.at(s) + cycleUp1.at(s), s * upRate) + treeDownCycle(net, s);
-    double t = first + (k - 1) * cycle;
+    double first = std::max(up0.at(s) + down0.at(s), up1.at(s) + down1.at(s)) + last;
+    double t = first + (k - 1) * treeCycle(net, s, true);
     if (t < best.seconds) {
       best.seconds = t;
       best.segBytes = seg;
@@ -205,11 +229,14 @@ Candidate orderedTree(const Net& net, double bytes, Fold f) {
     }
     gather = std::max(gather, t + m * bytes / 2 * foldGamma(net.s, f));
   }
+  double downRate = treeStep(net, false, true).perByte;
+  TreePath down0 = treePath(net, false, false, downRate), down1 = treePath(net, true, false, downRate);
   Candidate best{"tree", std::numeric_limits<double>::infinity(), treeSegments().back()};
   for (size_t seg : treeSegments()) {
     double s = std::min<double>(seg, std::max(1.0, bytes / 2));
     double k = std::max(1.0, std::ceil(bytes / 2 / s));
-    double down = k * treeDownCycle(net, s);  // both roots hold their halves after the folds
+    // both roots hold their halves after the folds: one way down, then a segment a cycle
+    double down = std::max(down0.at(s), down1.at(s)) + lastArrival(net) + (k - 1) * treeCycle(net, s, false);
     if (gather + down < best.seconds) {
       best.seconds = gather + down;
       best.segBytes = seg;
