@@ -184,7 +184,13 @@ void allreduceTree(Links& l, const void* inv, void* outv, size_t count, size_t s
       }
     l.waitAll(sends);  // the broadcast below may overwrite `in` (in place)
     sends.clear();
-    for (TreeRun& r : runs) r.sent = r.nSeg;  // the way up is done; only the broadcast is left
+    for (TreeRun& r : runs) {  // the way up is done; only the broadcast is left
+      r.sent = r.nSeg;
+      // nothing comes up the tree: without this stepUp would post receives from the
+      // children that no message ever matches
+      for (int c = 0; c < 2; ++c)
+        if (r.node.child[c] >= 0) r.folded[c] = r.nSeg;
+    }
   }
   // As ring.cc's chunks: advance every tree whose request is done, wait only when nothing
   // moved. A rank that blocked on one tree's receive would hold the other tree's segments
