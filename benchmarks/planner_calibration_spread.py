@@ -1,6 +1,7 @@
 """How much a calibration moves between runs minutes apart, with the rule that keeps the
-least of its passes (calibrate.combine_passes) beside the rule before it (each pass's
-slope and figures, then the median of the passes), both on the same raw passes.
+least of its passes for a rank's own work (calibrate.combine_passes) beside the rule
+before it (each pass's slope and figures, then the median of the passes), both on the
+same raw passes.
 
     python benchmarks/planner_calibration_spread.py --np 4 --times 5 --gap 60 --out-dir /tmp/cal
     python benchmarks/planner_calibration_spread.py --files /tmp/cal/*.json      # again, no run
@@ -40,10 +41,15 @@ def old_rule(passes, span=None, opt_span=None):
     return cal
 
 
+def _int_keys(one_pass):
+    return {name: ({int(k): v for k, v in value.items()} if isinstance(value, dict) else value)
+            for name, value in one_pass.items()}
+
+
 def figures(cal, piece_rep_s):
-    out = {f"f({k})": v / piece_rep_s for k, v in sorted(cal["rep_s"].items(), key=lambda kv: int(kv[0]))}
-    out["call_s[2] ms"] = cal["call_s"]["2"] * 1e3
-    out["call_async_s[2] ms"] = cal["call_async_s"]["2"] * 1e3
+    out = {f"f({k})": v / piece_rep_s for k, v in sorted(cal["rep_s"].items())}
+    out["call_s[2] ms"] = cal["call_s"][2] * 1e3
+    out["call_async_s[2] ms"] = cal["call_async_s"][2] * 1e3
     out["post_s ms"] = cal["post_s"] * 1e3
     out["message_s ms"] = cal["message_s"] * 1e3
     out["opt_elem_s ns"] = cal["opt_elem_s"] * 1e9
@@ -86,11 +92,11 @@ def main(argv=None):
     piece_rep_s = cal_mod.piece_seconds() / cal_mod.PIECE_REPS
     span = cal_mod.PIECE_REPS - cal_mod.SHORT_REPS
     opt_span = cal_mod.OPT_ELEMENTS - cal_mod.OPT_ELEMENTS // 8
-    rows = {"least (now)": [], "median (before)": []}
+    rows = {"now (combine_passes)": [], "median (before)": []}
     for path in files:
         planner = json.loads(Path(path).read_text())["planner"]
-        passes = planner["passes"]
-        rows["least (now)"].append(figures(planner, piece_rep_s))
+        passes = [_int_keys(p) for p in planner["passes"]]      # JSON made the k and g keys strings
+        rows["now (combine_passes)"].append(figures(cal_mod.combine_passes(passes), piece_rep_s))
         rows["median (before)"].append(figures(old_rule(passes, span, opt_span), piece_rep_s))
         load = planner.get("load", [float("nan")] * 2)
         print(f"{path}: started {planner.get('started', '?')} UTC, load {load[0]:.1f} -> {load[1]:.1f}")

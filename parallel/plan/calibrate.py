@@ -22,10 +22,12 @@ active at once (the others wait in a barrier, asleep):
 Medians of ROUNDS rounds, the slowest active rank's view. Also kept for the summary:
 "share" (rep_s[k] / rep_s[1] at the largest k).
 
-Every measurement below is made PASSES times, the passes interleaved, and the least of
-each figure kept (combine_passes; the raw passes are kept in the output as "passes"):
-another job's load only adds time, and a calibration taken in a burst priced every plan
-high (accuracy run 12, case a: f(2) read 2.30 on 2 cores, the runs then ran faster).
+Every measurement below is made PASSES times, the passes interleaved (the raw passes are
+kept in the output as "passes"); of a rank's own work (compute, optimizer, posting) the
+least of each figure is kept, of what waits for partners (calls, messages) the median
+(combine_passes): another job's load only adds time, and a calibration taken in a burst
+priced every plan high (accuracy run 12, case a: f(2) read 2.30 on 2 cores, the runs
+then ran faster).
 
 The calls, directly (torch_call_overheads), with every rank of the job running:
 
@@ -62,7 +64,7 @@ import time
 PIECE_REPS = 200     # matmuls in a long piece of compute (about 2 ms on one core here)
 SHORT_REPS = 20      # a short piece (about 0.2 ms)
 ROUNDS = 11
-PASSES = 3           # every measurement is repeated, interleaved, and its least kept
+PASSES = 3           # every measurement is repeated, interleaved (combine_passes)
 BURST_CALLS = 20     # calls per burst (call and p2p posting overheads)
 BURSTS = 7           # bursts per group size; the median is kept
 POST_REPS = 100      # compute between a receive being posted and its message's send
@@ -427,17 +429,30 @@ def optimizer_seconds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_c
 def combine_passes(passes):
     """The calibration from several passes of every measurement (each {"round_s": {k:
     [short, long]}, "opt_round_s": [short, long], "call_s": {g: s}, "call_async_s": {g:
-    s}, "post_s", "message_s"}): per figure the least over the passes (least_slope for the
-    slopes). Load only adds time, so the least is the pass a burst spared; the median of
-    three passes (before) moved whenever two of them fell in bursts."""
+    s}, "post_s", "message_s"}).
+
+    A rank's own work (the compute slopes, the optimizer's, posting): the least over the
+    passes (least_slope for the slopes). Load only adds time to it, so the least is the
+    pass a burst spared; the median of three passes (before) moved whenever two of them
+    fell in bursts. Ten calibrations 30-60 s apart at load 1.6-6.3 (4 ranks, 2 cores),
+    spread (max - min) / median, the median rule / this: f(1) 107 / 6 %, f(2) 204 / 83 %,
+    f(4) 266 / 232 %, post_s 104 / 34 % (benchmarks/planner_calibration_spread.py); f(3)
+    136 / 179 % and opt_elem_s 236 / 326 %: one calibration sat in a burst for all its
+    passes (load 2.3 -> 4.7, f(4) 9.1), which no rule inside one calibration removes.
+
+    What waits for partners (call_s, call_async_s, message_s): the median of the passes,
+    as before. Their least is not the unloaded figure but the pass in which the groups
+    happened to fall into lockstep (call_s[2] 0.035 ms against 0.20-0.73 in the other
+    calibrations), and it spread more than the median (call_s[2] 124 and 339 % against 88
+    and 277 %)."""
     rounds = passes[0]["round_s"]
     rep_s = {k: least_slope([p["round_s"][k] for p in passes], PIECE_REPS - SHORT_REPS) for k in rounds}
     cal = {"rep_s": rep_s, "share": rep_s[max(rep_s)] / max(rep_s[1], 1e-12), "piece_s": rep_s[1] * PIECE_REPS,
-           "opt_elem_s": least_slope([p["opt_round_s"] for p in passes], OPT_ELEMENTS - OPT_ELEMENTS // 8)}
+           "opt_elem_s": least_slope([p["opt_round_s"] for p in passes], OPT_ELEMENTS - OPT_ELEMENTS // 8),
+           "post_s": min(p["post_s"] for p in passes),
+           "message_s": statistics.median(p["message_s"] for p in passes)}
     for name in ("call_s", "call_async_s"):
-        cal[name] = {g: min(p[name][g] for p in passes) for g in passes[0][name]}
-    for name in ("post_s", "message_s"):
-        cal[name] = min(p[name] for p in passes)
+        cal[name] = {g: statistics.median(p[name][g] for p in passes) for g in passes[0][name]}
     return cal
 
 

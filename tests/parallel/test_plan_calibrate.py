@@ -169,7 +169,7 @@ def _pass(short, long_, opt, call, post):
             "post_s": post, "message_s": 3 * post}
 
 
-def test_a_burst_in_two_passes_of_three_does_not_move_the_calibration():
+def test_a_burst_in_two_passes_of_three_does_not_move_a_ranks_own_work():
     # Recorded shape of a burst (accuracy run 12, case a): another job's load lands on some
     # passes of some measurements and only ever adds time. Quiet: 1 ms short rounds and
     # 5 ms long per active rank (rep_s[k] = 4k ms / 180 reps), optimizer rounds 1 / 8 ms,
@@ -185,9 +185,11 @@ def test_a_burst_in_two_passes_of_three_does_not_move_the_calibration():
             assert cal["rep_s"][k] == pytest.approx(4e-3 * k / span)
         assert cal["share"] == pytest.approx(4.0)
         assert cal["opt_elem_s"] == pytest.approx(7e-3 / opt_span)
-        assert cal["call_s"] == pytest.approx({1: 2e-4, 2: 4e-4, 4: 8e-4})
-        assert cal["call_async_s"] == pytest.approx({1: 4e-4, 2: 8e-4, 4: 1.6e-3})
-        assert cal["post_s"] == pytest.approx(1e-4) and cal["message_s"] == pytest.approx(3e-4)
+        assert cal["post_s"] == pytest.approx(1e-4)
+        # what waits for partners keeps the middle pass: its least is a lucky lockstep
+        assert cal["call_s"] == pytest.approx({1: 5e-4, 2: 1e-3, 4: 2e-3})
+        assert cal["call_async_s"] == pytest.approx({1: 1e-3, 2: 2e-3, 4: 4e-3})
+        assert cal["message_s"] == pytest.approx(9e-4)
     # the rule before, each pass's slope and then the median of the passes, reads the burst:
     # rep_s[2] 2 x 5 ms (the short burst's pass), not 2 x 4 ms
     slopes = sorted((p["round_s"][2][1] - p["round_s"][2][0]) / span for p in (quiet, long_burst, short_burst))
