@@ -48,8 +48,6 @@ The optimizer's update, memory-bound where the piece above is not (optimizer_sec
     opt_elem_s       wall seconds per element of an AdamW step with every rank of the job
                      stepping at once, as at a step's end; the cost model divides it by the
                      profile's per-element time alone (same code, one process).
-    opt_shard_elem_s the same for ZeRO's step on a shard (the clip's norm and the fused
-                     AdamW update, optimizer_profile.py's stage 2): the ZeRO stages' factor.
 
     python -m hcomm.parallel.plan.calibrate --np 4 --out cluster.json   # 4 local ranks
     torchrun ... python -m hcomm.parallel.plan.calibrate --out cluster.json   # the job's ranks
@@ -259,25 +257,9 @@ def torch_call_overheads(comm, topo):
             coll[g] = max(0.0, _group_means(comm, blocking, blocks) - price)
             asyn[g] = max(0.0, _group_means(comm, waited, blocks) - price)
         return {"call_s": coll, "call_async_s": asyn, "post_s": _post_seconds(comm),
-                "message_s": _message_seconds(comm, topo), "opt_shard_round_s": _shard_rounds(comm)}
+                "message_s": _message_seconds(comm, topo)}
     finally:
         dist.destroy_process_group()
-
-
-def _shard_rounds(comm):
-    """optimizer_rounds of ZeRO's step on a shard (optimizer_profile's stage 2: the clip's
-    norm and the fused AdamW update ZeroOptimizer makes), each rank on a one-rank group of
-    its own, every rank stepping at once. The plain AdamW step's factor (opt_elem_s over
-    its time alone: 6.2 in one calibration at load 3) over-priced it: dp2 pp2 z2 mb4 of the
-    wide GPT spent 4.6-6.3 ms of CPU and 4.8-11.3 of wall in opt.step per rank where its
-    update was priced 12.7 ms (planner_breakdown, load 2-5)."""
-    import torch.distributed as dist
-
-    from .optimizer_profile import _variant
-
-    groups = [dist.new_group([r]) for r in range(comm.size)]       # every rank creates every group
-    mine = groups[comm.rank]
-    return optimizer_rounds(comm, make=lambda n: _variant(2, n, mine))
 
 
 def _post_seconds(comm):
@@ -401,26 +383,12 @@ def _echo(pg, peer, calls, buffer):
         pg.send([buffer()], peer, 0).wait()
 
 
-def _plain_adamw(n):
-    """(prepare, step) of profile.optimizer_seconds_per_element's step: plain AdamW on one
-    fp32 tensor of n elements, its gradient set once."""
-    import torch
-
-    p = torch.zeros(n, requires_grad=True)
-    p.grad = torch.randn(n)
-    opt = torch.optim.AdamW([p], lr=1e-3)
-    return (lambda: None), opt.step
-
-
-def optimizer_rounds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_counter, make=_plain_adamw):
-    """[short, long] median round times (the slowest rank's) of an optimizer step with
-    every rank stepping at once, as at a step's end: rounds of an 8-byte allreduce over all
-    ranks then one step of numel / 8 (short) or numel (long) elements. `make(n)` gives
-    (prepare, step): by default plain AdamW on one tensor (the profile's
-    optimizer_s_per_element); torch_call_overheads also times ZeRO's shard step
-    (optimizer_profile's stage 2, whose fused update is not memory-bound alike).
-    prepare (a backward) runs before each round, untimed. optimizer_seconds takes the
-    slope per element, as measure()'s rounds give the compute's.
+def optimizer_rounds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_counter):
+    """[short, long] median round times (the slowest rank's) of an AdamW step (profile.optimizer_seconds_per_element's
+    step: one fp32 tensor, one thread) with every rank stepping at once, as at a step's
+    end: rounds of an 8-byte allreduce over all ranks then one step of numel / 8 (short)
+    or numel (long) elements. optimizer_seconds takes the slope per element, as measure()'s
+    rounds give the compute's.
 
     The round, not the step alone: a rank that the allreduce leaves waiting for a core
     starts its clock late and then steps uninterrupted, so timing the step alone read the
@@ -437,18 +405,16 @@ def optimizer_rounds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_co
     tiny = np.zeros(2, np.float32)
 
     def round_time(n):
-        prepare, step = make(n)
-        prepare()
-        step()                                   # the state is allocated on the first step
-        comm.barrier()
-        times = []
-        for _ in range(rounds):
-            prepare()
-            t0 = clock()
+        p = torch.zeros(n, requires_grad=True)
+        p.grad = torch.randn(n)
+        opt = torch.optim.AdamW([p], lr=1e-3)
+        opt.step()                               # the state is allocated on the first step
+
+        def one():
             comm.allreduce(tiny)
-            step()
-            times.append(clock() - t0)
-        return statistics.median(times)
+            opt.step()
+        comm.barrier()
+        return _timed(one, rounds, clock=clock)
     row = np.array([round_time(numel // 8), round_time(numel)])
     comm.allreduce(row, op="max")
     return [float(row[0]), float(row[1])]
@@ -462,8 +428,8 @@ def optimizer_seconds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_c
 
 def combine_passes(passes):
     """The calibration from several passes of every measurement (each {"round_s": {k:
-    [short, long]}, "opt_round_s" and "opt_shard_round_s": [short, long], "call_s": {g:
-    s}, "call_async_s": {g: s}, "post_s", "message_s"}).
+    [short, long]}, "opt_round_s": [short, long], "call_s": {g: s}, "call_async_s": {g:
+    s}, "post_s", "message_s"}).
 
     A rank's own work (the compute slopes, the optimizer's, posting): the least over the
     passes (least_slope for the slopes). Load only adds time to it, so the least is the
@@ -483,8 +449,6 @@ def combine_passes(passes):
     rep_s = {k: least_slope([p["round_s"][k] for p in passes], PIECE_REPS - SHORT_REPS) for k in rounds}
     cal = {"rep_s": rep_s, "share": rep_s[max(rep_s)] / max(rep_s[1], 1e-12), "piece_s": rep_s[1] * PIECE_REPS,
            "opt_elem_s": least_slope([p["opt_round_s"] for p in passes], OPT_ELEMENTS - OPT_ELEMENTS // 8),
-           "opt_shard_elem_s": least_slope([p["opt_shard_round_s"] for p in passes],
-                                           OPT_ELEMENTS - OPT_ELEMENTS // 8),
            "post_s": min(p["post_s"] for p in passes),
            "message_s": statistics.median(p["message_s"] for p in passes)}
     for name in ("call_s", "call_async_s"):

@@ -127,14 +127,12 @@ class Cluster:
             return _interpolate(rep, active) / profile_rep_s
         return max(1.0, active / max(1, self.cores_of_machine(machine)))
 
-    def optimizer_factor(self, profile_s_per_element=None, shard=False) -> Optional[float]:
+    def optimizer_factor(self, profile_s_per_element=None) -> Optional[float]:
         """How much longer the optimizer's per-element update takes at a step's end, every
         rank of the machine updating at once, than in the profile alone: calibrate.py's
-        opt_elem_s (plain AdamW) or, with `shard`, opt_shard_elem_s (ZeRO's step on a
-        shard: the clip's norm and fused AdamW) over the profile's own per-element time of
-        the same step. None when not calibrated (the cost model then takes the compute
-        factor of all ranks busy)."""
-        cal = (self.calibration or {}).get("opt_shard_elem_s" if shard else "opt_elem_s")
+        opt_elem_s over the profile's own per-element time. None when not calibrated (the
+        cost model then takes the compute factor of all ranks busy)."""
+        cal = (self.calibration or {}).get("opt_elem_s")
         if not cal or not profile_s_per_element:
             return None
         return float(cal) / profile_s_per_element

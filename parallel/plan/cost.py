@@ -116,10 +116,6 @@ class CostModel:
         # The update is memory-bound: the matmul piece behind f(k) stays in cache and does
         # not see the ranks' updates slow each other (calibrate.optimizer_seconds).
         self._opt_factor = cluster.optimizer_factor(profile.get("optimizer_s_per_element"))
-        # ZeRO's step on a shard (fused AdamW, one pass) is not slowed alike by the ranks
-        # stepping at once: its own calibrated factor, where the profile and calibration have it
-        shard_alone = ((profile.get("optimizer_step_s") or {}).get("2") or [0.0, 0.0])[1]
-        self._shard_factor = cluster.optimizer_factor(shard_alone, shard=True) or self._opt_factor
 
     def _set_active(self, active: Dict[str, float]):
         """Compute factor of every rank and the per-call collective overhead when `active`
@@ -370,8 +366,7 @@ class CostModel:
             dp_groups = [grp for grp in g["dp"] if grp[0] in ranks]
             share = max(self._all_busy_share[self.machine[x]] for x in ranks)
             sync = max(sync, self._dp_sync(c, psi * pb, dp_groups))
-            factor = self._shard_factor if z else self._opt_factor
-            mine = (self._optimizer_elements_s(psi, c.dp, z) * (factor or share)
+            mine = (self._optimizer_elements_s(psi, c.dp, z) * (self._opt_factor or share)
                     + share * (self._overhead("step_s", z) + units * self._overhead("unit_step_s", z)))
             busy.append(mine)
             opt = max(opt, mine)

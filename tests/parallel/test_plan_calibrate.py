@@ -165,7 +165,6 @@ def test_the_optimizer_is_timed_per_element_by_whole_rounds_and_the_slowest_rank
 def _pass(short, long_, opt, call, post):
     """One calibration pass as _report records it (4 ranks on one machine, groups 1/2/4)."""
     return {"round_s": {k: [short * k, long_ * k] for k in (1, 2, 3, 4)}, "opt_round_s": list(opt),
-            "opt_shard_round_s": [x / 2 for x in opt],
             "call_s": {g: call * g for g in (1, 2, 4)}, "call_async_s": {g: 2 * call * g for g in (1, 2, 4)},
             "post_s": post, "message_s": 3 * post}
 
@@ -186,7 +185,6 @@ def test_a_burst_in_two_passes_of_three_does_not_move_a_ranks_own_work():
             assert cal["rep_s"][k] == pytest.approx(4e-3 * k / span)
         assert cal["share"] == pytest.approx(4.0)
         assert cal["opt_elem_s"] == pytest.approx(7e-3 / opt_span)
-        assert cal["opt_shard_elem_s"] == pytest.approx(3.5e-3 / opt_span)
         assert cal["post_s"] == pytest.approx(1e-4)
         # what waits for partners keeps the middle pass: its least is a lucky lockstep
         assert cal["call_s"] == pytest.approx({1: 5e-4, 2: 1e-3, 4: 2e-3})

@@ -332,17 +332,12 @@ def test_the_optimizer_step_prices_what_each_zero_stage_touches():
     then the shard's norm and fused AdamW (psi / dp); stages 2 and 3 the shard's only.
     Pricing every ZeRO stage as psi / dp elements of plain AdamW (before) put ZeRO-2/3's
     step at ~15 ms where it took 3-10, and ZeRO-1's copy of the whole gradient at nothing.
-    Under ZeRO the factor of every rank stepping at once is the shard step's own
-    (calibrate.py's opt_shard_elem_s): plain AdamW's, one pass per operation, read 6.2 where
-    the fused shard step ran 2.3-2.6x its CPU time alone. Figures here are made up and far
-    apart so that each part shows."""
+    Figures here are made up and far apart so that each part shows."""
     full0, copy1, shard = 4e-9, 1e-9, 0.5e-9
     profile = dict(_profile(), optimizer_step_s={"0": [full0, 0.0], "1": [copy1, shard], "2": [0.0, shard],
                                                  "3": [0.0, 3 * shard]})
     plain = _cluster(lambda k: k * REP)
-    # calibrated with every rank stepping: plain AdamW 6x its time alone, ZeRO's shard step 2x
-    cluster = dataclasses.replace(plain, calibration=dict(plain.calibration, opt_elem_s=6 * 2e-9,
-                                                          opt_shard_elem_s=2 * shard))
+    cluster = dataclasses.replace(plain, calibration=dict(plain.calibration, opt_elem_s=6 * 2e-9))   # factor 6
     cands = enumerate_candidates(4, 8, ModelShape.gpt(MODEL), cluster.physical_order())
     cm = CostModel(cluster, Pricer(cluster), profile, Settings(8, budget=1 << 40))
     psi = sum(row["params"] for row in profile["shapes"][shape_key(1, 2, False)])
@@ -351,9 +346,8 @@ def test_the_optimizer_step_prices_what_each_zero_stage_touches():
     for z, elements_s in want.items():
         c = next(c for c in cands if (c.dp, c.tp, c.pp, c.zero_stage, c.micro_batch_size) == (4, 1, 1, z, 2))
         # the synthetic profile has no bookkeeping overheads: the term is the per-element work
-        assert cm.estimate(c).terms[opt] == pytest.approx(elements_s * (2 if z else 6)), z
+        assert cm.estimate(c).terms[opt] == pytest.approx(elements_s * 6), z
     # a profile measured before the stages' figures prices as before: psi / dp plain AdamW
-    # at the plain step's factor
     old = CostModel(cluster, Pricer(cluster), _profile(), Settings(8, budget=1 << 40))
     c = next(c for c in cands if (c.dp, c.tp, c.pp, c.zero_stage, c.micro_batch_size) == (4, 1, 1, 2, 2))
     assert old.estimate(c).terms[opt] == pytest.approx(psi / 4 * 2e-9 * 6)
