@@ -330,8 +330,8 @@ def test_the_optimizer_step_prices_what_each_zero_stage_touches():
     """Per element of the rank's parameters psi (optimizer_profile.py): stage 0 plain AdamW
     and the clip's norm over psi; stage 1 the whole gradient copied into its buckets (psi)
     then the shard's norm and fused AdamW (psi / dp); stages 2 and 3 the shard's only.
-    Pricing every ZeRO stage as psi / dp elements of plain AdamW (before) put ZeRO-2/3's
-    step at ~15 ms where it took 3-10, and ZeRO-1's copy of the whole gradient at nothing.
+    Pricing every ZeRO stage as psi / dp elements of plain AdamW (before) priced ZeRO-1's
+    copy of the whole gradient and ZeRO-0's clip norm as nothing.
     Figures here are made up and far apart so that each part shows."""
     full0, copy1, shard = 4e-9, 1e-9, 0.5e-9
     profile = dict(_profile(), optimizer_step_s={"0": [full0, 0.0], "1": [copy1, shard], "2": [0.0, shard],
