@@ -386,9 +386,9 @@ def _echo(pg, peer, calls, buffer):
 def optimizer_rounds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_counter):
     """[short, long] median round times (the slowest rank's) of an AdamW step
     (profile.optimizer_seconds_per_element's step: one fp32 tensor, one thread) with every
-    rank stepping at once, as at a step's end: rounds of an 8-byte allreduce over all ranks then one step of numel / 8 (short)
-    or numel (long) elements. optimizer_seconds takes the slope per element, as measure()'s
-    rounds give the compute's.
+    rank stepping at once, as at a step's end: rounds of an 8-byte allreduce over all
+    ranks then one step of numel / 8 (short) or numel (long) elements. optimizer_seconds
+    takes the slope per element, as measure()'s rounds give the compute's.
 
     The round, not the step alone: a rank that the allreduce leaves waiting for a core
     starts its clock late and then steps uninterrupted, so timing the step alone read the
