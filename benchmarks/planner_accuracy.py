@@ -42,8 +42,9 @@ is asserted: the figures are reported.
                         calibration's prediction (what is left of the error when the
                         calibration shares the runs' load)
     --baseline REV      also price the same plans with parallel/plan/cost.py at commit REV
-                        (same calibration and profile): "base", the earlier model's median
-                        error and Spearman on the same runs, in the same job
+                        (same profile; same calibration, read by the median-of-passes rule
+                        before the seventh round where its raw passes are kept): "base",
+                        the earlier model's median error and Spearman on the same runs
 At the end, one compact table of every (case, model) with the load average (1 min)
 before each case, and the wall time of the whole run.
 """
@@ -174,11 +175,20 @@ def interleaved(plans, repeats):
 def baseline_predictions(cost, result, picked):
     """The picked plans priced by `cost`, parallel/plan/cost.py of an earlier commit
     (planner_terms_ab.old_cost_module), on the same cluster, profile and settings: the
-    earlier model judged on the same runs, in the same job."""
+    earlier model judged on the same runs, in the same job. Where the calibration kept its
+    raw passes, the earlier model reads it as the rule before this one took it (the
+    median of the passes, planner_calibration_spread.old_rule), so that "base" is the
+    earlier planner as a whole."""
+    import dataclasses
+
     from hcomm.parallel.plan.pricing import Pricer
+    from planner_calibration_spread import old_rule
 
     s = result.settings
-    old = cost.CostModel(result.cluster, Pricer(result.cluster), result.profile,
+    cluster, cal = result.cluster, result.cluster.calibration or {}
+    if cal.get("passes"):
+        cluster = dataclasses.replace(cluster, calibration=dict(cal, **old_rule(cal["passes"])))
+    old = cost.CostModel(cluster, Pricer(cluster), result.profile,
                          cost.Settings(s.global_batch_size, s.param_bytes, s.master_bytes, s.state_bytes, s.budget,
                                        s.clip))
     return [old.estimate(e.cand).step_s for e in picked]

@@ -17,11 +17,17 @@ active at once (the others wait in a barrier, asleep):
                    model scales the profile's compute by rep_s[k] / (the profile's own
                    seconds per repetition, timed alone while it ran): the time-sharing
                    of cores, the CPU that waiting ranks burn, and whatever else loads
-                   the machine now.
+                   the machine steadily.
 
-Medians of ROUNDS rounds, the slowest active rank's view; the sweep over k is run
-PASSES times and the median per k kept. Also kept for the summary:
+Medians of ROUNDS rounds, the slowest active rank's view. Also kept for the summary:
 "share" (rep_s[k] / rep_s[1] at the largest k).
+
+Every measurement below is made PASSES times, the passes interleaved (the raw passes are
+kept in the output as "passes"); of a rank's own work (compute, optimizer, posting) the
+least of each figure is kept, of what waits for partners (calls, messages) the median
+(combine_passes): another job's load only adds time, and a calibration taken in a burst
+priced every plan high (accuracy run 12, case a: f(2) read 2.30 on 2 cores, the runs
+then ran faster).
 
 The calls, directly (torch_call_overheads), with every rank of the job running:
 
@@ -58,12 +64,11 @@ import time
 PIECE_REPS = 200     # matmuls in a long piece of compute (about 2 ms on one core here)
 SHORT_REPS = 20      # a short piece (about 0.2 ms)
 ROUNDS = 11
-PASSES = 3           # the sweeps are repeated and their medians kept
+PASSES = 3           # every measurement is repeated, interleaved (combine_passes)
 BURST_CALLS = 20     # calls per burst (call and p2p posting overheads)
 BURSTS = 7           # bursts per group size; the median is kept
 POST_REPS = 100      # compute between a receive being posted and its message's send
 P2P_BLOCK_BYTES = 64 * 8     # the pipeline's control block (p2p.py header_words int64)
-SCALARS = ("post_s", "message_s", "opt_elem_s")     # single figures (not tables by size)
 OPT_ELEMENTS = 1 << 20       # the AdamW step's tensor: 16 MiB with its state and gradient, past L2
 
 
@@ -111,27 +116,40 @@ def _machine_peers(comm, topo):
 
 
 def measure(comm, topo):
-    """Every rank calls. Returns {"rep_s": {k: s}, "share", "piece_s", "ranks_per_machine"}
-    with k the number of ranks active at once on each machine."""
+    """Every rank calls. One pass of the compute sweep: {"round_s": {k: [short, long]},
+    "ranks_per_machine"}, per k ranks active at once on each machine the median round
+    time with a short and with a long piece, the slowest machine's and rank's view (the
+    seconds per repetition are taken from the passes together: least_slope)."""
     import numpy as np
 
     tiny = np.zeros(2, np.float32)
     local, per_machine = _machine_peers(comm, topo)
-    rep_s = {}
+    round_s = {}
     for k in range(1, per_machine + 1):
         active = local < k
         sub = comm.split(0 if active else -1)      # the others opt out and wait below
-        row = np.zeros(1)
+        row = np.zeros(2)
         if active:
-            short, long_ = _rounds(sub, SHORT_REPS, tiny), _rounds(sub, PIECE_REPS, tiny)
-            row[0] = max(0.0, (long_ - short) / (PIECE_REPS - SHORT_REPS))
+            row[:] = _rounds(sub, SHORT_REPS, tiny), _rounds(sub, PIECE_REPS, tiny)
             sub.close()
         comm.allreduce(row, op="max")        # the slowest machine's and rank's view
-        rep_s[k] = float(row[0])
+        round_s[k] = [float(row[0]), float(row[1])]
         comm.barrier()
-    top = max(rep_s)
-    return {"rep_s": rep_s, "share": rep_s[top] / max(rep_s[1], 1e-12),
-            "piece_s": rep_s[1] * PIECE_REPS, "ranks_per_machine": per_machine}
+    return {"round_s": round_s, "ranks_per_machine": per_machine}
+
+
+def least_slope(pairs, span):
+    """Seconds per unit from (short, long) round times of several passes: the least short
+    and the least long round over the passes, then their slope over `span` units (>= 0).
+
+    Another job's load only ever adds time, so the least of each is the one a burst
+    spared. The slope of each pass and then a middle value (the rule before) is not: a
+    burst in a pass's long rounds raises its slope, one in its short rounds lowers it,
+    and two passes of three in a burst move the median (case a of accuracy run 12 priced
+    every plan high from one such calibration: f(2) read 2.30 on 2 cores)."""
+    short = min(p[0] for p in pairs)
+    long_ = min(p[1] for p in pairs)
+    return max(0.0, (long_ - short) / span)
 
 
 def _torch_group(comm):
@@ -365,12 +383,12 @@ def _echo(pg, peer, calls, buffer):
         pg.send([buffer()], peer, 0).wait()
 
 
-def optimizer_seconds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_counter):
-    """Wall seconds per element of an AdamW step (profile.optimizer_seconds_per_element's
-    step: one fp32 tensor, one thread) with every rank stepping at once, as at a step's
-    end: rounds of an 8-byte allreduce over all ranks then one step, the slope of the
-    median round time between a step of numel / 8 and one of numel elements (as measure()
-    takes the compute's slope), the slowest rank's.
+def optimizer_rounds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_counter):
+    """[short, long] median round times (the slowest rank's) of an AdamW step
+    (profile.optimizer_seconds_per_element's step: one fp32 tensor, one thread) with every
+    rank stepping at once, as at a step's end: rounds of an 8-byte allreduce over all
+    ranks then one step of numel / 8 (short) or numel (long) elements. optimizer_seconds
+    takes the slope per element, as measure()'s rounds give the compute's.
 
     The round, not the step alone: a rank that the allreduce leaves waiting for a core
     starts its clock late and then steps uninterrupted, so timing the step alone read the
@@ -397,33 +415,61 @@ def optimizer_seconds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_c
             opt.step()
         comm.barrier()
         return _timed(one, rounds, clock=clock)
-    short, long_ = round_time(numel // 8), round_time(numel)
-    row = np.array([max(0.0, (long_ - short) / (numel - numel // 8))])
+    row = np.array([round_time(numel // 8), round_time(numel)])
     comm.allreduce(row, op="max")
-    return float(row[0])
+    return [float(row[0]), float(row[1])]
 
 
-def _median_tables(samples):
-    """Per key and k, the median over samples of the {k: seconds} tables."""
-    return {name: {k: statistics.median(s[name][k] for s in samples) for k in samples[0][name]}
-            for name in samples[0]}
+def optimizer_seconds(comm, rounds=ROUNDS, numel=OPT_ELEMENTS, clock=time.perf_counter):
+    """Wall seconds per element of an AdamW step with every rank stepping at once: one
+    pass of optimizer_rounds, its slope (the calibration takes it over several passes)."""
+    return least_slope([optimizer_rounds(comm, rounds, numel, clock)], numel - numel // 8)
+
+
+def combine_passes(passes):
+    """The calibration from several passes of every measurement (each {"round_s": {k:
+    [short, long]}, "opt_round_s": [short, long], "call_s": {g: s}, "call_async_s": {g:
+    s}, "post_s", "message_s"}).
+
+    A rank's own work (the compute slopes, the optimizer's, posting): the least over the
+    passes (least_slope for the slopes). Load only adds time to it, so the least is the
+    pass a burst spared; the median of three passes (before) moved whenever two of them
+    fell in bursts. Ten calibrations 30-60 s apart at load 1.6-6.3 (4 ranks, 2 cores),
+    spread (max - min) / median, the median rule / this: f(1) 107 / 6 %, f(2) 204 / 83 %,
+    f(4) 266 / 232 %, post_s 104 / 34 % (benchmarks/planner_calibration_spread.py); f(3)
+    136 / 179 % and opt_elem_s 236 / 326 %: one calibration sat in a burst for all its
+    passes (load 2.3 -> 4.7, f(4) 9.1), which no rule inside one calibration removes.
+
+    What waits for partners (call_s, call_async_s, message_s): the median of the passes,
+    as before. Their least is not the unloaded figure but the pass in which the groups
+    happened to fall into lockstep (call_s[2] 0.035 ms against 0.20-0.73 in the other
+    calibrations), and it spread more than the median (call_s[2] 124 and 339 % against 88
+    and 277 %)."""
+    rounds = passes[0]["round_s"]
+    rep_s = {k: least_slope([p["round_s"][k] for p in passes], PIECE_REPS - SHORT_REPS) for k in rounds}
+    cal = {"rep_s": rep_s, "share": rep_s[max(rep_s)] / max(rep_s[1], 1e-12), "piece_s": rep_s[1] * PIECE_REPS,
+           "opt_elem_s": least_slope([p["opt_round_s"] for p in passes], OPT_ELEMENTS - OPT_ELEMENTS // 8),
+           "post_s": min(p["post_s"] for p in passes),
+           "message_s": statistics.median(p["message_s"] for p in passes)}
+    for name in ("call_s", "call_async_s"):
+        cal[name] = {g: statistics.median(p[name][g] for p in passes) for g in passes[0][name]}
+    return cal
 
 
 def _report(comm, passes=PASSES):
     from hcomm.topology import topology
 
     topo = topology(comm)
-    # the whole sweep `passes` times, medians per k: one burst of another job's load falls
-    # on one pass, not on every k of the result
-    runs = [measure(comm, topo) for _ in range(passes)]
-    cal = dict(runs[0], **_median_tables([{"rep_s": r["rep_s"]} for r in runs]))
-    cal["share"] = cal["rep_s"][max(cal["rep_s"])] / max(cal["rep_s"][1], 1e-12)
-    cal["piece_s"] = cal["rep_s"][1] * PIECE_REPS
-    calls = [torch_call_overheads(comm, topo) for _ in range(passes)]
-    cal.update(_median_tables([{k: v for k, v in c.items() if k not in SCALARS} for c in calls]))
-    for c in calls:
-        c["opt_elem_s"] = optimizer_seconds(comm)
-    cal.update({k: statistics.median(c[k] for c in calls) for k in SCALARS})
+    # Every measurement `passes` times, interleaved (a pass measures everything once), so
+    # that each figure is sampled at moments spread over the whole calibration and a burst
+    # of another job's load lands on one pass of it; combine_passes keeps the least.
+    samples = []
+    for _ in range(passes):
+        one = measure(comm, topo)
+        one.update(torch_call_overheads(comm, topo))
+        one["opt_round_s"] = optimizer_rounds(comm)
+        samples.append(one)
+    cal = dict(combine_passes(samples), ranks_per_machine=samples[0]["ranks_per_machine"], passes=samples)
     comm.barrier()
     if comm.rank == 0:
         topo["planner"] = dict(cal, cores=os.cpu_count() or 1)

@@ -11,7 +11,8 @@ per pipeline, on the slowest pipeline rank:
     step end          dp gradient sync (ZeRO 0: allreduce; 1: reduce-scatter + all-gather;
                       2: all-gather), the optimizer step and the step's own bookkeeping
                       (f(all of the machine's ranks) * profiled: every rank is busy then;
-                      the per-element update at calibrate.py's optimizer factor, measured
+                      the per-element work what the rank's ZeRO stage touches,
+                      optimizer_profile.py, at calibrate.py's optimizer factor, measured
                       with every rank updating, where calibrated),
                       clipping and the step's control collectives (status
                       all-gather over the world, loss allreduce over dp)
@@ -365,8 +366,7 @@ class CostModel:
             dp_groups = [grp for grp in g["dp"] if grp[0] in ranks]
             share = max(self._all_busy_share[self.machine[x]] for x in ranks)
             sync = max(sync, self._dp_sync(c, psi * pb, dp_groups))
-            updated = psi / c.dp if c.zero_stage else psi
-            mine = (updated * self.profile["optimizer_s_per_element"] * (self._opt_factor or share)
+            mine = (self._optimizer_elements_s(psi, c.dp, z) * (self._opt_factor or share)
                     + share * (self._overhead("step_s", z) + units * self._overhead("unit_step_s", z)))
             busy.append(mine)
             opt = max(opt, mine)
@@ -381,6 +381,21 @@ class CostModel:
             axes = ("tp", "pp") + (("dp",) if c.zero_stage else ())
             terms["clip (norm allreduces)"] = sum(self._coll("allreduce", 8, g[a]) for a in axes)
         return terms, busy
+
+    def _optimizer_elements_s(self, psi, dp, z) -> float:
+        """Seconds (one process, alone) of the optimizer step's per-element work on a rank
+        of ZeRO stage z holding psi elements of its pp stage: psi * full + psi / dp * shard
+        (optimizer_profile.py: stage 0 plain AdamW and the clip's norm over psi; stage 1 the
+        whole gradient copied into its buckets, then the shard's norm and fused AdamW;
+        stages 2 and 3 the shard's only). Pricing every stage as psi / dp elements of plain
+        AdamW (before) left out ZeRO-0's norm and ZeRO-1's copy of the whole gradient (the
+        z1 - z2 difference of opt.step, 13-18 against 5-10 ms, dp2 pp2 mb4 of the wide GPT).
+        A profile without the stages' figures prices as before."""
+        per_stage = (self.profile.get("optimizer_step_s") or {}).get(str(z))
+        if per_stage is None:
+            return (psi / dp if z else psi) * self.profile["optimizer_s_per_element"]
+        full, shard = per_stage
+        return psi * full + psi / dp * shard
 
     def _sp_grads(self, c, g, per_rank):
         """Sequence parallelism's one allreduce a step over tp of the replicated parameters'

@@ -286,15 +286,18 @@ def _baseline_after_warm_up():
 
 
 def _step_overheads():
-    """The runtime's and optimizer's bookkeeping (overhead.py), and this machine's speed
+    """The runtime's and optimizer's bookkeeping (overhead.py), the optimizer step per
+    element by ZeRO stage (optimizer_profile.py), and this machine's speed
     while the profile ran (calibrate.py's piece, alone): the calibration's times are
     divided by it."""
     import torch.distributed as dist
 
     from .calibrate import PIECE_REPS, piece_seconds
+    from .optimizer_profile import measure_optimizer_step
     from .overhead import measure_overheads
 
-    out = {"overheads": measure_overheads(dist.new_group([0]))}
+    out = {"overheads": measure_overheads(dist.new_group([0])),
+           "optimizer_step_s": measure_optimizer_step(dist.new_group([0]))}
     out["piece_s"] = piece_seconds()
     out["piece_rep_s"] = out["piece_s"] / PIECE_REPS
     return out
@@ -316,7 +319,7 @@ def machine_id():
     return f"{platform.node()}|{cpu}|{os.cpu_count()}|torch {torch.__version__}"
 
 
-PROFILE_FORMAT = 6   # bump when what a profile records changes, so old caches are not read
+PROFILE_FORMAT = 7   # bump when what a profile records changes, so old caches are not read
 
 
 def _cache_path(model_section, dtype):
@@ -342,7 +345,7 @@ def profile_gpt(model_section, shapes, dtype="float32", repeat=5, cache=True, ti
         have.setdefault("shapes", {}).update(fresh["shapes"])
         have["optimizer_s_per_element"] = fresh["optimizer_s_per_element"]
         have["baseline_rss"] = fresh["baseline_rss"]
-        for key in ("piece_s", "piece_rep_s", "overheads"):
+        for key in ("piece_s", "piece_rep_s", "overheads", "optimizer_step_s"):
             have[key] = fresh[key]
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)

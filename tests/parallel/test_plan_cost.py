@@ -324,3 +324,30 @@ def test_the_step_is_the_sum_of_the_terms_explain_prints():
         # within the schedule checker's report cache (costs kept to 3 significant digits)
         assert est.terms["total"] == pytest.approx(parts, rel=5e-3), c.name
         assert est.detail["makespan"] <= est.terms["total"]
+
+
+def test_the_optimizer_step_prices_what_each_zero_stage_touches():
+    """Per element of the rank's parameters psi (optimizer_profile.py): stage 0 plain AdamW
+    and the clip's norm over psi; stage 1 the whole gradient copied into its buckets (psi)
+    then the shard's norm and fused AdamW (psi / dp); stages 2 and 3 the shard's only.
+    Pricing every ZeRO stage as psi / dp elements of plain AdamW (before) priced ZeRO-1's
+    copy of the whole gradient and ZeRO-0's clip norm as nothing.
+    Figures here are made up and far apart so that each part shows."""
+    full0, copy1, shard = 4e-9, 1e-9, 0.5e-9
+    profile = dict(_profile(), optimizer_step_s={"0": [full0, 0.0], "1": [copy1, shard], "2": [0.0, shard],
+                                                 "3": [0.0, 3 * shard]})
+    plain = _cluster(lambda k: k * REP)
+    cluster = dataclasses.replace(plain, calibration=dict(plain.calibration, opt_elem_s=6 * 2e-9))   # factor 6
+    cands = enumerate_candidates(4, 8, ModelShape.gpt(MODEL), cluster.physical_order())
+    cm = CostModel(cluster, Pricer(cluster), profile, Settings(8, budget=1 << 40))
+    psi = sum(row["params"] for row in profile["shapes"][shape_key(1, 2, False)])
+    want = {0: psi * full0, 1: psi * copy1 + psi / 4 * shard, 2: psi / 4 * shard, 3: psi / 4 * 3 * shard}
+    opt = "optimizer step + bookkeeping"
+    for z, elements_s in want.items():
+        c = next(c for c in cands if (c.dp, c.tp, c.pp, c.zero_stage, c.micro_batch_size) == (4, 1, 1, z, 2))
+        # the synthetic profile has no bookkeeping overheads: the term is the per-element work
+        assert cm.estimate(c).terms[opt] == pytest.approx(elements_s * 6), z
+    # a profile measured before the stages' figures prices as before: psi / dp plain AdamW
+    old = CostModel(cluster, Pricer(cluster), _profile(), Settings(8, budget=1 << 40))
+    c = next(c for c in cands if (c.dp, c.tp, c.pp, c.zero_stage, c.micro_batch_size) == (4, 1, 1, 2, 2))
+    assert old.estimate(c).terms[opt] == pytest.approx(psi / 4 * 2e-9 * 6)

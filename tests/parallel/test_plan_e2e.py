@@ -98,5 +98,8 @@ def test_detected_cluster_carries_the_calibration_tables():
         assert sorted(int(k) for k in cal[name]) == [1, 3], name
         assert all(v >= 0 for v in cal[name].values()), name
     assert cal["post_s"] > 0
+    # the optimizer step with every rank at once, and the raw passes every figure was
+    # combined from (interleaved: each pass measures everything once)
+    assert cal["opt_elem_s"] >= 0 and len(cal["passes"]) == 3
     result = plan(MODEL, 6, cluster=cluster, profile=dict(synthetic_profile(), piece_rep_s=cal["rep_s"]["1"]))
     assert result.best.detail["compute_factor"] > 0 and result.best.step_s > 0

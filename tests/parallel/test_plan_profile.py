@@ -153,6 +153,12 @@ def test_the_step_bookkeeping_is_measured_for_every_zero_stage(prof):
     for term in over.values():
         assert set(term) == {"0", "1", "2", "3"} and all(v >= 0 for v in term.values())
     assert first["piece_rep_s"] > 0 and again["overheads"] == over
+    # the optimizer step per element by stage (optimizer_profile.py), measured in the same
+    # child on each stage's real step: [per element of psi, per element of the shard]
+    step = first["optimizer_step_s"]
+    assert sorted(step) == ["0", "1", "2", "3"] and all(len(v) == 2 and min(v) >= 0 for v in step.values())
+    assert step["0"][1] == 0.0 and step["2"][0] == 0.0 and step["3"][0] == 0.0
+    assert step["0"][0] > 0 and step["2"][1] > 0 and again["optimizer_step_s"] == step
 
 
 def test_a_layer_is_timed_by_its_own_work_not_by_waiting_for_a_core():
