@@ -67,6 +67,7 @@ void NcclTransport::createPairComms() {
     Peer& p = peers_[partner];
     cu(rt_->api.StreamCreateWithFlags(&p.outStream, cuda::kStreamNonBlocking), "cudaStreamCreateWithFlags");
     cu(rt_->api.StreamCreateWithFlags(&p.inStream, cuda::kStreamNonBlocking), "cudaStreamCreateWithFlags");
+    cu(rt_->api.StreamCreateWithFlags(&p.deliverStream, cuda::kStreamNonBlocking), "cudaStreamCreateWithFlags");
     p.headerSlot = takeSlot();
     p.headerEvent = takeEvent();
   }
@@ -81,7 +82,7 @@ NcclTransport::~NcclTransport() {
   // ncclCommDestroy waits for outstanding operations; a receive nobody will answer
   // would hang it, so anything still outstanding makes this an abort.
   bool busy = !aborted_.empty();
-  for (Peer& p : peers_) busy |= p.headerPosted || !p.sending.empty() || !p.receiving.empty();
+  for (Peer& p : peers_) busy |= p.headerPosted || !p.sending.empty() || !p.receiving.empty() || !p.delivering.empty();
   auto finish = busy ? lib_->api.CommAbort : lib_->api.CommDestroy;
   for (Peer& p : peers_) {
     if (p.outComm) finish(p.outComm);
@@ -92,6 +93,7 @@ NcclTransport::~NcclTransport() {
   for (Peer& p : peers_) {
     if (p.outStream) rt_->api.StreamDestroy(p.outStream);
     if (p.inStream) rt_->api.StreamDestroy(p.inStream);
+    if (p.deliverStream) rt_->api.StreamDestroy(p.deliverStream);
   }
   if (collStream_) rt_->api.StreamDestroy(collStream_);
   for (cuda::Event e : allEvents_) rt_->api.EventDestroy(e);
@@ -231,28 +233,37 @@ RequestPtr NcclTransport::irecv(int peer, uint64_t tag, void* buf, size_t nbytes
   return r.req;
 }
 
-// A staged message meets its receive: copy or reduce it into place on the inbound
-// stream, after the payload receive queued there earlier.
+// A staged message meets its receive: copy or reduce it into place on the peer's
+// delivery stream, once the payload receive queued on the inbound stream is done. Not on
+// the inbound stream itself: a header receive for the peer's next message may sit there
+// (posted while another receive from the peer waits), and the peer may send that message
+// only after this delivery (the tree allreduce: a parent folds a child's early segment
+// while the result of that fold is what the child waits for). Queued behind the parked
+// header, the delivery and both ranks waited for each other.
 void NcclTransport::deliverStaged(Peer& p, PostedRecv& r, const Staged& s) {
   std::string why = mismatch(p.rank, s.hdr.tag, s.hdr.nbytes, s.hdr.fingerprint, *r.req);
   Inflight f;
   f.stage = s.stage;
+  if (s.arrived) {
+    cu(rt_->api.StreamWaitEvent(p.deliverStream, s.arrived, 0), "cudaStreamWaitEvent");
+    freeEvents_.push_back(s.arrived);  // a wait captures the event's state when it is queued
+  }
   if (!why.empty()) {
     complete(*r.req, why);
   } else if (s.hdr.nbytes) {
     f.req = r.req;
     if (r.reducing)
-      enqueueReduce(r.spec, r.dst, s.stage.dev, s.hdr.nbytes, p.inStream);
+      enqueueReduce(r.spec, r.dst, s.stage.dev, s.hdr.nbytes, p.deliverStream);
     else
-      cu(rt_->api.MemcpyAsync(r.dst, s.stage.dev, s.hdr.nbytes, cuda::cudaMemcpyDeviceToDevice, p.inStream),
+      cu(rt_->api.MemcpyAsync(r.dst, s.stage.dev, s.hdr.nbytes, cuda::cudaMemcpyDeviceToDevice, p.deliverStream),
          "cudaMemcpyAsync (staged payload)");
   } else {
     complete(*r.req);
   }
   if (!f.req && !f.stage.dev) return;
   f.event = takeEvent();
-  cu(rt_->api.EventRecord(f.event, p.inStream), "cudaEventRecord");
-  p.receiving.push_back(f);
+  cu(rt_->api.EventRecord(f.event, p.deliverStream), "cudaEventRecord");
+  p.delivering.push_back(f);
 }
 
 void NcclTransport::enqueueReduce(const ReduceSpec& spec, void* dst, const void* staged, size_t nbytes,
@@ -283,7 +294,12 @@ void NcclTransport::receivePayload(Peer& p, PostedRecv* r, const Header& h) {
     nc(lib_->api.Recv(direct ? r->dst : f.stage.dev, h.nbytes, nccl::ncclUint8, p.inPeer, p.inComm, p.inStream),
        ("ncclRecv from rank " + std::to_string(p.rank)).c_str(), p.inComm);
   if (!r) {  // unexpected: keep it staged until its receive is posted
-    p.unexpected.push_back({h, f.stage});
+    Staged s{h, f.stage};
+    if (h.nbytes) {
+      s.arrived = takeEvent();
+      cu(rt_->api.EventRecord(s.arrived, p.inStream), "cudaEventRecord");
+    }
+    p.unexpected.push_back(s);
     return;
   }
   if (!why.empty()) {
@@ -345,6 +361,7 @@ bool NcclTransport::progress() {
       if (p.rank == rank_) continue;
       moved |= pollQueue(p.sending);
       moved |= pollQueue(p.receiving);
+      moved |= pollQueue(p.delivering);
       if (!p.headerPosted) continue;
       cuda::Error e = rt_->api.EventQuery(p.headerEvent);
       if (e == cuda::cudaErrorNotReady) continue;
@@ -389,12 +406,13 @@ bool NcclTransport::probe(int, uint64_t, size_t*) {
 void NcclTransport::failAll(const std::string& why) {
   for (Peer& p : peers_) {
     for (auto& r : p.posted) complete(*r.req, why);
-    for (auto* q : {&p.sending, &p.receiving})
+    for (auto* q : {&p.sending, &p.receiving, &p.delivering})
       for (auto& f : *q)
         if (f.req) complete(*f.req, why);
     p.posted.clear();
     p.sending.clear();  // buffers stay allocated: an aborted kernel may have been using them
     p.receiving.clear();
+    p.delivering.clear();
     p.unexpected.clear();
     p.headerPosted = false;
   }
@@ -430,6 +448,7 @@ void NcclTransport::waitFor(void* stream) {
   for (Peer& p : peers_) {
     if (p.outStream) cu(rt_->api.StreamWaitEvent(p.outStream, e, 0), "cudaStreamWaitEvent");
     if (p.inStream) cu(rt_->api.StreamWaitEvent(p.inStream, e, 0), "cudaStreamWaitEvent");
+    if (p.deliverStream) cu(rt_->api.StreamWaitEvent(p.deliverStream, e, 0), "cudaStreamWaitEvent");
   }
   freeEvents_.push_back(e);  // a wait captures the event's state when it is queued
 }
@@ -444,6 +463,7 @@ void NcclTransport::signal(void* stream) {
   for (Peer& p : peers_) {
     if (!p.sending.empty()) ours.push_back(p.outStream);
     if (!p.receiving.empty()) ours.push_back(p.inStream);
+    if (!p.delivering.empty()) ours.push_back(p.deliverStream);
   }
   for (cuda::Stream x : ours) {
     cuda::Event e = takeEvent();
@@ -464,7 +484,7 @@ void NcclTransport::synchronize(void* stream, double timeoutSec) {
     else {
       streams.push_back(collStream_);
       for (Peer& p : peers_)
-        for (cuda::Stream x : {p.outStream, p.inStream})
+        for (cuda::Stream x : {p.outStream, p.inStream, p.deliverStream})
           if (x) streams.push_back(x);
     }
     for (cuda::Stream x : streams) {

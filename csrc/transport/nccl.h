@@ -102,15 +102,20 @@ class NcclTransport : public Transport {
   struct Staged {  // a message whose payload arrived before its receive was posted
     Header hdr;
     Stage stage;
+    cuda::Event arrived = nullptr;  // on the inbound stream, after the payload's receive
   };
   struct Peer {
     int rank = -1;
     nccl::Comm outComm = nullptr, inComm = nullptr;  // this rank -> peer, peer -> this rank
     int outPeer = 0, inPeer = 0;                     // the peer's rank inside each pair comm
     cuda::Stream outStream = nullptr, inStream = nullptr;
+    // Staged messages are copied / reduced into their receive here, not on inStream:
+    // inStream may hold a header receive parked for the peer's next message, and a
+    // delivery queued behind it would wait for that message (see deliverStaged).
+    cuda::Stream deliverStream = nullptr;
     std::deque<PostedRecv> posted;
     std::deque<Staged> unexpected;
-    std::deque<Inflight> sending, receiving;
+    std::deque<Inflight> sending, receiving, delivering;
     bool headerPosted = false;
     Slot headerSlot;
     cuda::Event headerEvent = nullptr;
