@@ -35,7 +35,8 @@ the unit before (see _zero_microbatch).
 Memory per rank: parameters, gradients, master weights and optimizer state by the ZeRO
 formulas of parallel/zero/memory.py (P = parameter bytes, M = master bytes, K = AdamW's
 8 bytes), activations = peak stashed stage chunks (schedule checker; F to W for a split
-backward) x the chunk's saved bytes (profile), communication buffers, and the process's own baseline (torch + hcomm).
+backward) x the chunk's saved bytes (profile), communication buffers, and the process's
+own baseline (torch + hcomm).
 """
 from dataclasses import dataclass, field
 from typing import Dict, List

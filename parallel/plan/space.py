@@ -58,7 +58,6 @@ class Candidate:
                "sequence_parallel": self.sequence_parallel}
         if self.vpp > 1:
             cfg["virtual_pipeline_stages"] = self.vpp
-
         if list(self.rank_order) != list(range(len(self.rank_order))):
             cfg["rank_order"] = list(self.rank_order)
         return cfg

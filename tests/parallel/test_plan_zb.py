@@ -78,8 +78,8 @@ def test_posts_per_micro_batch_are_the_schedules_messages(name, v):
     sched = build_schedule(name, p, m, v)
     cluster = Cluster.describe(CHEAP)
     cm = CostModel(cluster, Pricer(cluster), synthetic_profile(SIX), Settings(m))
-    cand = next(c for c in enumerate_candidates(4, m, ModelShape.gpt(SIX), list(range(4)), zero_stages=(0,),
-                                                micro_batch_sizes=(1,)) if c.pp == p and c.schedule == name and c.vpp == v)
+    cands = enumerate_candidates(4, m, ModelShape.gpt(SIX), list(range(4)), zero_stages=(0,), micro_batch_sizes=(1,))
+    cand = next(c for c in cands if c.pp == p and c.schedule == name and c.vpp == v)
     for r, acts in enumerate(sched.actions):
         forward_msgs = sum(a.op in ("SEND_F", "RECV_F") for a in acts)
         assert cm._posts_each_way(cand, r) * m == 2 * forward_msgs, (name, r)
