@@ -5,7 +5,7 @@ import pytest
 
 from hcomm.parallel.mesh import ParallelConfig
 from hcomm.parallel.pipeline import build_schedule, check_schedule, schedule_for_config
-from hcomm.parallel.plan import Cluster, ModelShape, enumerate_candidates, plan
+from hcomm.parallel.plan import Cluster, ModelShape, enumerate_candidates, memory_of_config, plan
 from hcomm.parallel.plan.cost import CostModel, Settings, chunks_of_rank
 from hcomm.parallel.plan.planner import format_explain, schedule_of
 from hcomm.parallel.plan.pricing import Pricer
@@ -155,6 +155,9 @@ def test_a_zb_v_plan_config_builds_the_trainers_schedule():
     assert (sched.name, sched.placement, sched.num_stages) == ("zb-v", "v", 2 * est.cand.pp)
     assert ", W " in format_explain(result, est)
     assert schedule_of(dict(cfg, train={"schedule": "1f1b"}), 2) == "interleaved"
+    # --memory --config prices the config as the search did (zb-v's stash, not interleaved's)
+    mem = memory_of_config(cfg, CHEAP, profile=synthetic_profile(SIX))
+    assert mem["estimate"].cand.schedule == "zb-v" and mem["estimate"].memory == est.memory
 
 
 def test_zero2_is_never_paired_with_a_split_backward():
