@@ -177,13 +177,18 @@ def _link(src: int, dst: int, num_ranks: int) -> int:
 
 
 class _Simulator:
-    def __init__(self, sched: Schedule, fwd_cost, bwd_cost, comm_cost, buffered: bool = False):
+    def __init__(self, sched: Schedule, fwd_cost, bwd_cost, comm_cost, buffered: bool = False, w_cost=None):
         self.sched, self.buffered = sched, buffered
         self.links = _per_rank(comm_cost, sched.num_ranks, "comm_cost")
         v, split = sched.virtual_stages, sched.split_backward
         fwd, bwd = _per_rank(fwd_cost, sched.num_ranks, "fwd_cost"), _per_rank(bwd_cost, sched.num_ranks, "bwd_cost")
-        # a split backward: input and weight gradients cost half of the whole backward each
-        self.cost = [{"F": f / v, "B": b / v / (2 if split else 1), "W": b / v / 2} for f, b in zip(fwd, bwd)]
+        if w_cost is None:
+            # a split backward: input and weight gradients cost half of the whole backward each
+            self.cost = [{"F": f / v, "B": b / v / (2 if split else 1), "W": b / v / 2} for f, b in zip(fwd, bwd)]
+        else:
+            # given W: bwd_cost is B alone (a split schedule) or B + W run together (one that is not)
+            wgt = _per_rank(w_cost, sched.num_ranks, "w_cost")
+            self.cost = [{"F": f / v, "B": (b if split else b + w) / v, "W": w / v} for f, b, w in zip(fwd, bwd, wgt)]
         self.release = "W" if split else "B"   # the action after which a stage's activations go
         self.ranks = [_RankState() for _ in range(sched.num_ranks)]
         self.sends: Dict[Tuple[int, int], deque] = {}
@@ -303,7 +308,7 @@ class _Simulator:
                               [s.peak for s in self.ranks])
 
 
-def check_schedule(sched: Schedule, fwd_cost=1.0, bwd_cost=2.0, comm_cost=0.0) -> ScheduleReport:
+def check_schedule(sched: Schedule, fwd_cost=1.0, bwd_cost=2.0, comm_cost=0.0, w_cost=None) -> ScheduleReport:
     """Raise ScheduleError if sched is malformed or can deadlock; else predict its behaviour.
 
     fwd_cost / bwd_cost: time of one micro-batch through all of a rank's layers (one number
@@ -313,8 +318,11 @@ def check_schedule(sched: Schedule, fwd_cost=1.0, bwd_cost=2.0, comm_cost=0.0) -
     given machine); one number, or a list with one per link, entry r for the messages
     between rank r and rank (r + 1) % num_ranks either way (a pipeline whose stages
     straddle a host boundary at one link only).
+    w_cost: the weight-gradient part of a rank's backward, when known (a number or one per
+    rank); bwd_cost is then B alone for a split-backward schedule (B + W for one that is
+    not). None: a split schedule's B and W are half of bwd_cost each.
     """
     _check_static(sched)
-    report = _Simulator(sched, fwd_cost, bwd_cost, comm_cost).run()
-    report.as_run = _Simulator(sched, fwd_cost, bwd_cost, comm_cost, buffered=True).run()
+    report = _Simulator(sched, fwd_cost, bwd_cost, comm_cost, w_cost=w_cost).run()
+    report.as_run = _Simulator(sched, fwd_cost, bwd_cost, comm_cost, buffered=True, w_cost=w_cost).run()
     return report

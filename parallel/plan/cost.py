@@ -6,8 +6,9 @@ per pipeline, on the slowest pipeline rank:
     per micro-batch   F = f * (sum(fwd_s) + runtime/2) + tp collectives (forward) [+ ZeRO-3 gathers]
                       B = f * (sum(bwd_s) + runtime/2) + tp collectives (backward)
                           [+ ZeRO-2 reduce-scatter, + ZeRO-3 gathers and reduce-scatter]
-    pipeline          the schedule checker's makespan with (F, B) per rank and the p2p price
-                      per message: m (F + B) plus the bubble (parallel/pipeline/check.py)
+                          [zb-h1, zb-v: less W = f * sum(w_s), the weight gradients]
+    pipeline          the schedule checker's makespan with (F, B[, W]) per rank and the p2p
+                      price per message: m (F + B + W) plus the bubble (check.py)
     step end          dp gradient sync (ZeRO 0: allreduce; 1: reduce-scatter + all-gather;
                       2: all-gather), the optimizer step and the step's own bookkeeping
                       (f(all of the machine's ranks) * profiled: every rank is busy then;
@@ -33,13 +34,14 @@ the unit before (see _zero_microbatch).
 
 Memory per rank: parameters, gradients, master weights and optimizer state by the ZeRO
 formulas of parallel/zero/memory.py (P = parameter bytes, M = master bytes, K = AdamW's
-8 bytes), activations = peak stashed stage chunks (schedule checker) x the chunk's saved
-bytes (profile), communication buffers, and the process's own baseline (torch + hcomm).
+8 bytes), activations = peak stashed stage chunks (schedule checker; F to W for a split
+backward) x the chunk's saved bytes (profile), communication buffers, and the process's
+own baseline (torch + hcomm).
 """
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from .space import Candidate, groups as axis_groups
+from .space import SPLIT_BACKWARD, Candidate, groups as axis_groups
 
 BUCKET_BYTES = 25 * 2 ** 20     # ZeroOptimizer's default bucket_mb
 ZERO_INFLIGHT = 2               # parallel/zero stage12/stage3 _INFLIGHT
@@ -88,15 +90,34 @@ def balanced_sizes(layers: int, stages: int) -> List[int]:
     return [layers // stages + (1 if i < layers % stages else 0) for i in range(stages)]
 
 
-def chunks_of_rank(rows, pp, vpp) -> List[List[List[dict]]]:
-    """For each pp rank, its stage chunks (each a list of profile rows); stage s lives on
-    pp rank s % pp, as the pipeline schedules place them."""
+def stage_placement(schedule: str, pp: int, vpp: int):
+    """The pp rank of every stage as the schedule places them (schedules.stage_ranks):
+    stage s on pp rank s % pp, except zb-v's V (rank r holds stages r and 2pp-1-r)."""
+    from hcomm.parallel.pipeline.schedules import stage_ranks
+
+    return stage_ranks("v" if schedule == "zb-v" else "loop", pp, pp * vpp)
+
+
+def chunks_of_rank(rows, pp, vpp, schedule: str = "1f1b") -> List[List[List[dict]]]:
+    """For each pp rank, its stage chunks in stage order (each a list of profile rows),
+    placed as the schedule places them (stage_placement)."""
     sizes = balanced_sizes(len(rows), pp * vpp)
     stages, at = [], 0
     for n in sizes:
         stages.append(rows[at:at + n])
         at += n
-    return [[stages[s] for s in range(r, pp * vpp, pp)] for r in range(pp)]
+    where = stage_placement(schedule, pp, vpp)
+    return [[stages[s] for s in range(pp * vpp) if where[s] == r] for r in range(pp)]
+
+
+def weight_grad_s(row) -> float:
+    """The W share of a layer's backward (zero-bubble schedules): the profile's measured
+    w_s (wgrad.py's split run on the layer, profile.py); a row without one (a profile
+    written before it was measured, a hand-written one) takes half of bwd_s, the
+    checker's own rule (a Linear's weight gradient g^T x costs the FLOPs of its input
+    gradient g W)."""
+    w = row.get("w_s")
+    return row["bwd_s"] / 2 if w is None else min(w, row["bwd_s"])
 
 
 # ------------------------------------------------------------------------- model
@@ -167,17 +188,19 @@ class CostModel:
 
     def _estimate(self, c: Candidate) -> Estimate:
         g = axis_groups(c.rank_order, c.dp, c.tp, c.pp)
-        per_rank = chunks_of_rank(self.rows(c), c.pp, c.vpp)
+        per_rank = chunks_of_rank(self.rows(c), c.pp, c.vpp, c.schedule)
         m = c.microbatches(self.s.global_batch_size)
         terms, detail = {}, {}
         fb = [self._microbatch(c, g, chunks, r) for r, chunks in enumerate(per_rank)]
-        worst = max(range(c.pp), key=lambda r: fb[r]["F"] + fb[r]["B"])
+        per_mb = [x["F"] + x["B"] + x.get("W", 0.0) for x in fb]
+        worst = max(range(c.pp), key=lambda r: per_mb[r])
         for k, v in fb[worst].items():
-            if k not in ("F", "B", "busy"):
+            if k not in ("F", "B", "W", "busy"):
                 terms[k] = v * m
         p2p = self._p2p(c, g, per_rank)
-        report = self._pipeline(c, m, [x["F"] for x in fb], [x["B"] for x in fb], p2p)
-        busy = m * (fb[worst]["F"] + fb[worst]["B"])
+        w = [x["W"] for x in fb] if c.schedule in SPLIT_BACKWARD else None
+        report = self._pipeline(c, m, [x["F"] for x in fb], [x["B"] for x in fb], p2p, w)
+        busy = m * per_mb[worst]
         terms["pipeline bubble + p2p"] = max(0.0, report.makespan - busy) if report else 0.0
         end, busy_end = self._step_end(c, g, per_rank)
         terms.update(end)
@@ -188,7 +211,8 @@ class CostModel:
         for pos, rank in enumerate(c.rank_order):
             r = pos // (c.dp * c.tp)
             busy_rank[rank] = m * fb[r]["busy"] + busy_end[r]
-        detail.update(microbatches=m, slowest_pp_rank=worst, F=fb[worst]["F"], B=fb[worst]["B"], p2p_s=max(p2p),
+        detail.update(microbatches=m, slowest_pp_rank=worst, F=fb[worst]["F"], B=fb[worst]["B"],
+                      W=fb[worst].get("W"), p2p_s=max(p2p),
                       p2p_per_link=p2p,
                       makespan=report.makespan if report else busy, F_per_rank=[x["F"] for x in fb],
                       bubble=report.bubble_fraction if report else 0.0,
@@ -239,6 +263,10 @@ class CostModel:
         out["dp ZeRO per micro-batch"] = z_f + z_b
         out["F"] = out["compute forward"] + runtime / 2 + tp_f + z_f + posting
         out["B"] = out["compute backward"] + runtime / 2 + tp_b + z_b + posting
+        if c.schedule in SPLIT_BACKWARD:
+            # W (the Linears' weight gradients) leaves B and runs where the schedule puts it
+            out["W"] = share * sum(weight_grad_s(r) for r in rows)
+            out["B"] -= out["W"]
         out["busy"] = out["compute forward"] + out["compute backward"] + runtime + 2 * posting
         return out
 
@@ -250,8 +278,11 @@ class CostModel:
         and then its tensor (p2p.py's Exchanger; a GPT stage passes one tensor). Posting
         is CPU work on the rank's own timeline (0.3-1.5 ms a post at load 5-8), not only
         latency on the critical path."""
-        last = c.pp * c.vpp - 1
-        return 2 * sum((s > 0) + (s < last) for s in range(pp_rank, last + 1, c.pp))
+        where = stage_placement(c.schedule, c.pp, c.vpp)
+        last = len(where) - 1
+        # a neighbour stage on the same rank (zb-v's turn, stages p-1 and p) is a local hand-off
+        return 2 * sum((s > 0 and where[s - 1] != pp_rank) + (s < last and where[s + 1] != pp_rank)
+                       for s in range(last + 1) if where[s] == pp_rank)
 
     def _calls(self, calls, tp_groups):
         return sum(self._coll(kind, nbytes, tp_groups) for kind, nbytes, _ in calls)
@@ -331,9 +362,10 @@ class CostModel:
         price = self.pricer.collective("send", nbytes, pairs)
         return price + self.cluster.message_overhead() if price > 0 else 0.0
 
-    def _pipeline(self, c, m, f, b, p2p):
+    def _pipeline(self, c, m, f, b, p2p, w=None):
         """The schedule checker's report for each pp rank's own per-micro-batch costs
-        (lists f, b) and p2p per message on each link (list, _p2p). Each rank keeps its own stage's cost: pricing
+        (lists f, b; w: the W part, b then B alone, for a split-backward schedule) and p2p
+        per message on each link (list, _p2p). Each rank keeps its own stage's cost: pricing
         every rank at the slowest one's (as before) put the lighter stages' time on the
         critical path too (dp1 pp4 of the wide GPT, stages of 2, 2, 1 and 0 blocks:
         +35-39 %). The makespan scales with all the costs together, so reports are cached
@@ -344,11 +376,13 @@ class CostModel:
         from hcomm.parallel.pipeline import build_schedule, check_schedule
 
         unit = max(f)
-        ratios = tuple(float(f"{x / unit:.3g}") for x in list(f) + list(b) + list(p2p))
+        ratios = tuple(float(f"{x / unit:.3g}") for x in list(f) + list(b) + list(p2p) + list(w or []))
         key = (c.schedule, c.pp, m, c.vpp, ratios)
         if key not in self._reports:
+            n = len(p2p)
             self._reports[key] = check_schedule(build_schedule(c.schedule, c.pp, m, c.vpp),
-                                                ratios[:c.pp], ratios[c.pp:2 * c.pp], ratios[2 * c.pp:])
+                                                ratios[:c.pp], ratios[c.pp:2 * c.pp], ratios[2 * c.pp:2 * c.pp + n],
+                                                w_cost=list(ratios[2 * c.pp + n:]) if w else None)
         r = self._reports[key]
         return replace(r, makespan=r.makespan * unit, busy=[x * unit for x in r.busy])
 

@@ -59,7 +59,7 @@ class PlanResult:
         plan, the model section, the train section (with the plan's schedule)."""
         est = est or self.best
         c = est.cand
-        train = dict(self.train, schedule=c.schedule if c.vpp == 1 else "interleaved")
+        train = dict(self.train, schedule=c.schedule)    # "interleaved" or "zb-v" where vpp > 1
         return {**c.config(self.settings.global_batch_size), "model": dict(self.model), "train": train}
 
     def find(self, name: str) -> Estimate:
@@ -177,6 +177,15 @@ def _load(topology):
     return load(topology)
 
 
+def schedule_of(config: dict, vpp: int) -> str:
+    """The schedule examples/train_gpt.py builds for a config: train.schedule (1f1b by
+    default), or "interleaved" where vpp > 1 and the name is a one-chunk schedule's."""
+    from hcomm.parallel.pipeline.schedules import VIRTUAL_SCHEDULES
+
+    name = (config.get("train") or {}).get("schedule", "1f1b")
+    return "interleaved" if vpp > 1 and name not in VIRTUAL_SCHEDULES else name
+
+
 def memory_of_config(config: dict, cluster, dtype="float32", profile=None, cache=True) -> dict:
     """Per-rank memory of one given layout (a train_gpt config), no process started: the
     worst rank's terms, and each pp rank's."""
@@ -189,7 +198,7 @@ def memory_of_config(config: dict, cluster, dtype="float32", profile=None, cache
     sp = pcfg.sequence_parallel
     prof = profile or profile_gpt(model, [(pcfg.tp, pcfg.micro_batch_size, sp)], dtype, cache=cache)
     order = tuple(config.get("rank_order") or range(world))
-    sched = "interleaved" if pcfg.vpp > 1 else (config.get("train") or {}).get("schedule", "1f1b")
+    sched = schedule_of(config, pcfg.vpp)
     cand = Candidate(pcfg.dp, pcfg.tp, pcfg.pp, pcfg.vpp, sched, pcfg.zero_stage, pcfg.micro_batch_size, sp,
                      "given", order)
     p, m = DTYPES[dtype]
@@ -198,7 +207,7 @@ def memory_of_config(config: dict, cluster, dtype="float32", profile=None, cache
     est = cm.estimate(cand)
     report = est.detail["peak_stash"]
     per_rank = [cm.memory_of_rank(cand, chunks, report[r])
-                for r, chunks in enumerate(chunks_of_rank(cm.rows(cand), cand.pp, cand.vpp))]
+                for r, chunks in enumerate(chunks_of_rank(cm.rows(cand), cand.pp, cand.vpp, cand.schedule))]
     return {"estimate": est, "per_pp_rank": per_rank}
 
 
@@ -240,7 +249,9 @@ def format_explain(result: PlanResult, est: Estimate) -> str:
     lines = [f"plan {c.name}: predicted step {_ms(est.step_s)} ms, "
              f"{est.tokens_per_s(result.tokens_per_step):,.0f} tokens/s",
              f"  {d['microbatches']} micro-batches of {c.micro_batch_size} per pipeline; slowest pp rank "
-             f"{d['slowest_pp_rank']}: F {_ms(d['F'])} ms, B {_ms(d['B'])} ms per micro-batch; p2p "
+             f"{d['slowest_pp_rank']}: F {_ms(d['F'])} ms, B {_ms(d['B'])} ms"
+             + ("" if d.get("W") is None else f", W {_ms(d['W'])} ms (weight gradients, apart from B)")
+             + f" per micro-batch; p2p "
              f"{_ms(d['p2p_s'])} ms per message; bubble {d['bubble']:.3f}; peak stash {d['peak_stash']}",
              f"  compute factor {d['compute_factor']:.2f} with "
              + ", ".join(f"{k:.1f}" for k in d["active_ranks"].values())

@@ -6,6 +6,9 @@ blocks are all alike, so one is timed for all) on one thread:
 
     fwd_s, bwd_s     least forward and backward CPU seconds of one micro-batch (_time);
                      the forward with autograd recording, as a training step runs it
+    w_s              least CPU seconds of the backward's W part as a zero-bubble schedule
+                     runs it (wgrad.py: each plain nn.Linear's weight.grad.addmm_(g^T, x));
+                     0 for a layer without such Linears (tensor-parallel layers, embeddings)
     saved_bytes      bytes autograd keeps for the backward (saved_tensors_hooks; the
                      parameters themselves are not counted): what a stashed micro-batch holds
     out_bytes        bytes of the layer's output: what a pipeline boundary sends
@@ -210,10 +213,33 @@ def _profile_one(layer, x_in, loss_fn, targets, repeat, log):
     from hcomm.parallel.tensor.sp_grads import sequence_parallel_params
 
     params = sum(p.numel() for p in layer.parameters() if p.requires_grad)
-    row = {"fwd_s": fwd_s, "bwd_s": max(both - fwd_s, 0.0), "saved_bytes": saved, "out_bytes": out_bytes,
+    row = {"fwd_s": fwd_s, "bwd_s": max(both - fwd_s, 0.0), "w_s": _weight_grad_s(layer, x_in, loss_fn, targets, grad,
+                                                                                  repeat),
+           "saved_bytes": saved, "out_bytes": out_bytes,
            "params": params, "units": _units(layer), "fwd_collectives": fwd_calls, "bwd_collectives": bwd_calls,
            "sp_params": sum(p.numel() for _, p in sequence_parallel_params(layer))}
     return row, out.detach()
+
+
+def _weight_grad_s(layer, x_in, loss_fn, targets, grad, repeat):
+    """CPU seconds of W for one micro-batch: one forward recorded by wgrad.LinearGrads and
+    its B run once, then W timed on the Linears' (x, g) that B handed back (W adds into
+    .grad in place, so repeating it measures the same work)."""
+    from hcomm.parallel.pipeline.wgrad import LinearGrads
+
+    lg = LinearGrads({0: layer})
+    try:
+        if not lg.usable(0):
+            return 0.0
+        out, calls = lg.forward(0, layer, (x_in,))
+        outs, grads = ([loss_fn(out, targets)], None) if loss_fn is not None else ([out], [grad])
+        pending = lg.backward(0, outs, grads, (x_in,), calls)
+        w_s = _time(lambda: LinearGrads.weight(pending), repeat) if pending else 0.0
+    finally:
+        lg.close()
+        layer.zero_grad(set_to_none=True)
+        x_in.grad = None
+    return w_s
 
 
 def optimizer_seconds_per_element(dtype_name="float32", numel=1 << 20, repeat=5):
@@ -319,7 +345,7 @@ def machine_id():
     return f"{platform.node()}|{cpu}|{os.cpu_count()}|torch {torch.__version__}"
 
 
-PROFILE_FORMAT = 7   # bump when what a profile records changes, so old caches are not read
+PROFILE_FORMAT = 8   # bump when what a profile records changes, so old caches are not read
 
 
 def _cache_path(model_section, dtype):

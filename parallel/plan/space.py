@@ -19,7 +19,10 @@ import itertools
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-SCHEDULES = ("1f1b", "gpipe", "interleaved")
+SCHEDULES = ("1f1b", "gpipe", "interleaved", "zb-h1", "zb-v")
+# Zero-bubble schedules split the backward: W writes .grad directly, so ZeRO-2/3's
+# gradient hooks would never fire (examples/train_gpt.py refuses the pair)
+SPLIT_BACKWARD = ("zb-h1", "zb-v")
 AXES = ("tp", "dp", "pp")   # position order of the mesh: tp fastest
 
 
@@ -170,7 +173,8 @@ def degrees(world: int, shape: ModelShape):
 
 
 def schedules(pp: int, m: int, layers: int, max_vpp: int = 4):
-    """(schedule, vpp) choices for pp ranks and m micro-batches."""
+    """(schedule, vpp) choices for pp ranks and m micro-batches. zb-h1 and zb-v need
+    m >= pp (zero_bubble.py); zb-v cuts the model into 2 * pp chunks, one V per rank."""
     if pp == 1:
         yield "1f1b", 1
         return
@@ -179,6 +183,15 @@ def schedules(pp: int, m: int, layers: int, max_vpp: int = 4):
     for v in range(2, max_vpp + 1):
         if pp * v <= layers and m >= pp and m % pp == 0:
             yield "interleaved", v
+    if m >= pp:
+        yield "zb-h1", 1
+        if max_vpp >= 2 and 2 * pp <= layers:
+            yield "zb-v", 2
+
+
+def zero_stages_for(schedule: str, zero_stages) -> list:
+    """The ZeRO stages a schedule runs with: a split backward only with 0 or 1."""
+    return [z for z in zero_stages if z < 2 or schedule not in SPLIT_BACKWARD]
 
 
 def enumerate_candidates(world: int, global_batch_size: int, shape: ModelShape, physical: List[int],
@@ -197,7 +210,7 @@ def enumerate_candidates(world: int, global_batch_size: int, shape: ModelShape, 
         for mb in mbs:
             m = per_dp // mb
             for sched, v in schedules(pp, m, shape.layers, max_vpp):
-                for z, sp, (nest, order) in itertools.product(zs, sps, places):
+                for z, sp, (nest, order) in itertools.product(zero_stages_for(sched, zs), sps, places):
                     out.append(Candidate(dp, tp, pp, v, sched, z, mb, sp, nest, order))
     if not out:
         raise ValueError(no_plan_reason(world, global_batch_size, shape))

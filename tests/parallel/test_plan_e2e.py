@@ -37,6 +37,24 @@ def test_plan_then_train_the_chosen_config(tmp_path):
     assert len(got["losses"]) == 4 and got["losses"][-1] < got["losses"][0]
 
 
+def test_a_zb_v_plan_runs_unchanged_and_matches_the_dense_model(tmp_path):
+    """A zero-bubble plan (zb-v: two chunks per rank in a V) from the search, its config
+    written as the planner writes it (train.schedule, virtual_pipeline_stages), run by
+    train_gpt.py --check: the loss curve equals the one-process model's. The synthetic
+    profile stands in for timing: only the config's validity is tested here."""
+    from plan_helpers import synthetic_profile
+
+    result = plan(MODEL, 8, cluster=CLUSTER, train={"steps": 3}, profile=synthetic_profile(), zero_stages=(0, 1))
+    est = next(e for e in result.ranked if e.cand.schedule == "zb-v" and e.cand.dp > 1)
+    cfg = result.config(est)
+    assert cfg["train"]["schedule"] == "zb-v" and cfg["virtual_pipeline_stages"] == 2
+    got, stdout = _train(cfg, tmp_path)
+    assert got["ok"] and got["check"], stdout[-2000:]
+    c = est.cand
+    assert got["layout"] == {"dp": c.dp, "tp": c.tp, "pp": c.pp, "zero_stage": c.zero_stage}
+    assert "zb-v" in stdout
+
+
 def test_a_planned_placement_runs_as_planned(tmp_path):
     # Hosts hold ranks {0, 2} and {1, 3}: the planner has to say which ranks share a host
     # through rank_order, and train_gpt.py must run with exactly those groups.

@@ -264,3 +264,30 @@ def test_the_forward_is_timed_with_autograd_recording_as_a_step_runs_it():
     rows = profile_layers([Recording()], torch.randn(3, 4), lambda y, t: ((y - t) ** 2).mean(), torch.zeros(3, 4),
                           repeat=2)
     assert rows[0]["fwd_s"] >= 0.018 and rows[0]["bwd_s"] < 0.005, rows[0]
+
+
+def test_w_s_is_the_split_backwards_weight_part_and_zero_without_plain_linears():
+    """w_s times wgrad.py's W (each plain nn.Linear's weight.grad.addmm_) on the layer: a
+    layer of Linears has some; a LayerNorm, a Linear with a frozen weight and the GPT's
+    blocks (tensor-parallel Linears, which B runs through autograd whole) have exactly
+    none, so a zero-bubble plan of that GPT gets no W to fill its bubble with. The
+    profile leaves no gradient behind."""
+    import torch
+    from torch import nn
+
+    from hcomm.parallel.models import GPT, GPTConfig
+    from hcomm.parallel.plan.profile import profile_layers
+
+    frozen = nn.Linear(16, 16)
+    frozen.weight.requires_grad_(False)
+    gpt = GPT(GPTConfig(**MODEL), seed=0)
+    plain = [nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 16)), nn.LayerNorm(16), frozen]
+    rows = profile_layers(plain, torch.randn(8, 16), lambda y, t: ((y - t) ** 2).mean(), torch.zeros(8, 16),
+                          repeat=2)
+    assert rows[0]["w_s"] > 0 and rows[1]["w_s"] == 0.0 and rows[2]["w_s"] == 0.0, rows
+    assert all(p.grad is None for layer in plain for p in layer.parameters())
+    ids = torch.randint(0, MODEL["vocab_size"], (2, MODEL["seq_len"]))
+    from hcomm.parallel.models import gpt_loss
+
+    gpt_rows = profile_layers(list(gpt.layers), ids, lambda o, t: gpt_loss(o, t, None), ids, repeat=1)
+    assert [r["w_s"] for r in gpt_rows] == [0.0] * len(gpt_rows)
