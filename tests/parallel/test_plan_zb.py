@@ -172,3 +172,19 @@ def test_a_profile_without_w_takes_half_the_backward():
     for s in ("zb-h1", "zb-v"):
         assert rows_none[s].step_s == pytest.approx(rows_half[s].step_s, rel=1e-6)
 
+
+
+def test_no_measured_w_leaves_the_zero_bubble_schedules_out():
+    """A profile whose every layer measured W = 0 (the GPT's tensor-parallel Linears) gets no
+    zb-h1 / zb-v candidate, and the result says why; with W measured they are searched."""
+    kw = dict(cluster=CHEAP, zero_stages=(0,), micro_batch_sizes=(1,))
+    prof = synthetic_profile(SIX)
+    for rows in prof["shapes"].values():
+        for r in rows:
+            r["w_s"] = 0.0
+    none = plan(SIX, 4, profile=prof, **kw)
+    assert not any(e.cand.schedule in ("zb-h1", "zb-v") for e in none.ranked)
+    assert any("no weight-gradient work" in n for n in none.notes), none.notes
+    some = plan(SIX, 4, profile=synthetic_profile(SIX), **kw)
+    assert {"zb-h1", "zb-v"} <= {e.cand.schedule for e in some.ranked}
+    assert not any("weight-gradient" in n for n in some.notes)
