@@ -24,25 +24,19 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from hierarchical_cluster import _last_json  # noqa: E402  (namespace set-up reused, not copied)
-from tuner_validation import BCAST_ROOT, LAYOUTS, _call  # noqa: E402
+from tuner_validation import BCAST_ROOT, LAYOUTS, _call, aligned  # noqa: E402
 
 
-def _per_call(comm, call, calls, aligned):
+def _per_call(comm, call, calls, is_aligned):
     """This rank's mean seconds per call: back to back, or each call after a barrier
-    (the barrier's own time left out)."""
+    (the barrier's own time left out; tuner_validation.aligned, which warms first)."""
     comm.barrier()
-    if not aligned:
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            call()
-        return (time.perf_counter() - t0) / calls
-    spent = 0.0
+    if is_aligned:
+        return aligned(comm, call, calls)
+    t0 = time.perf_counter()
     for _ in range(calls):
-        comm.barrier()
-        t0 = time.perf_counter()
         call()
-        spent += time.perf_counter() - t0
-    return spent / calls
+    return (time.perf_counter() - t0) / calls
 
 
 def worker(collective, nbytes, algos, calls, passes):

@@ -16,17 +16,24 @@ only, sizes 8, 4K, 256K, 16M.
 
 Per point: every forced algorithm of the collective and the automatic choice (what it
 chose), interleaved (A B C auto A B C auto ...) and rotated each pass so a change in the
-machine's load hits every side; each pass is the mean of a few calls, the slowest
-rank's; every pass is kept. Calls and passes shrink as the wire time grows (one pass of
-one call for 64 MiB at 100 Mbit/s, ~5 s). Each point gets a verdict (tuner_verdict.py:
-within 10 %, indistinguishable from the best within the passes' spread, or missed) for
-three things judged on the same measurements: the model's pick (the forced time of the
-algorithm auto chose), the pick of the model without the socket-CPU term (the same
-probed links with sendCpu/recvCpu dropped: the model before that term, side by side),
-and auto's own time. Printed per cluster: the load, the probed link costs, per point the
-median pass of each algorithm with its range; then counts per cluster, collective and
-size band. Drift re-fit is off (HCOMM_DRIFT=0) unless --drift: this checks the model,
-and forced calls would otherwise feed re-fits that move the automatic choice.
+machine's load hits every side; each pass is the mean of a few calls back to back, the
+slowest rank's; every pass is kept. Calls and passes shrink as the wire time grows (one
+pass of one call for 64 MiB at 100 Mbit/s, ~5 s). Each pass of each algorithm (auto
+included) is preceded by untimed calls of it at that size (WARM_FIRST before the first
+pass, one before the others), so none is timed while its first calls at a size run
+slow (calls over WARM_UNDER_S are not warmed).
+`--per-call` also times each pass of the points under 32 KiB with a barrier before every
+call (one call's latency, what the model prices) and judges the pick on those times too,
+beside the back-to-back verdict, which stays the verdict. Each point gets a verdict
+(tuner_verdict.py: within 10 %, indistinguishable from the best within the passes'
+spread, or missed) for three things judged on the same measurements: the model's pick
+(the forced time of the algorithm auto chose), the pick of the model without the
+socket-CPU term (the same probed links with sendCpu/recvCpu dropped: the model before
+that term, side by side), and auto's own time. Printed per cluster: the load, the probed
+link costs, per point the median pass of each algorithm with its range; then counts per
+cluster, collective and size band. Drift re-fit is off (HCOMM_DRIFT=0) unless --drift:
+this checks the model, and forced calls would otherwise feed re-fits that move the
+automatic choice.
 
 Namespaces are named tv<pid>h<k> / tv<pid>hub and removed on exit, on Ctrl-C and on
 SIGTERM (which is turned into an exit so the cluster's context manager runs).
@@ -56,9 +63,12 @@ RATES = ("100mbit", "1gbit", "10gbit")
 LADDER = "8,64,512,4K,32K,256K,2M,16M,64M"
 QUICK = {"rates": "1gbit", "sizes": "8,4K,256K,16M"}
 BCAST_ROOT = 1
+# --per-call times points under this size also aligned (a barrier before each call): where a
+# call lasts 10-400 us, back to back and aligned can rank algorithms differently (round 7).
+PER_CALL_UNDER = 32 << 10
 # What each verdict judges: the model's pick, the pick without the socket-CPU term, auto's own time.
 JUDGES = (("pick", "model's pick"), ("pick_old", "--old-model's pick"), ("pick_no_sock", "without socket CPU"),
-          ("auto", "auto's own time"))
+          ("auto", "auto's own time"), ("call", "pick, per call"))
 # Run in the old build's tree (--old-model): its model's picks from the job's dumped topology.
 OLD_PICKS = ("import json, sys, hcomm; d = json.load(open(sys.argv[1])); "
              "print(json.dumps([hcomm.explain(c, b, topology=d['topology'], root=r).chosen for c, b, r in d['points']]))")
@@ -73,6 +83,17 @@ def rate_bits(rate):
     raise ValueError(f"rate {rate!r}: expected a number and kbit, mbit or gbit")
 
 
+# A point's calls are warmed (untimed calls of the same algorithm and size before each
+# pass: WARM_FIRST before the first, one before the others) unless one call lasts this
+# long. The first calls of an algorithm at a new size run slow: hierarchical reduce_scatter
+# at 64 MiB on 2 x 2 at 1 Gbit/s took 1.1-1.7x its later calls for its first two, so one
+# warm call did not help and three did (docs/tuner.md, round 8). That excess (0.1-0.35 s
+# there) is under 10 % of a call over 1 s only if it does not grow with the size; 16 and
+# 64 MiB at 100 Mbit/s (1.3 and 5.4 s a call) stay cold: warming them would add ~6 min.
+WARM_UNDER_S = 1.0
+WARM_FIRST = 3
+
+
 def schedule(nbytes, rate, repeats):
     """(calls per pass, passes, warm-up?) for a point: about 0.1 s of calls a pass, fewer
     passes once a call takes a large fraction of a second. The estimate is the wire time
@@ -80,7 +101,7 @@ def schedule(nbytes, rate, repeats):
     est = max(nbytes * 8 / rate_bits(rate), nbytes / 1e9) + 100e-6
     calls = max(1, min(20, int(0.1 / est)))
     passes = repeats if est < 0.05 else max(1, min(repeats, 2)) if est < 0.5 else 1
-    return calls, passes, est < 0.5
+    return calls, passes, est < WARM_UNDER_S
 
 
 # ---------------------------------------------------------------- rank side
@@ -105,7 +126,10 @@ def _call(comm, collective, nbytes, algo):
 
 
 def _timed(comm, call, calls, warm):
-    if warm:
+    """This rank's mean seconds per call, the calls back to back (the verdict's timing, as
+    nccl-tests and OSU time): one call's tail may overlap the next one's head. warm: the
+    untimed calls first."""
+    for _ in range(warm):
         call()
     comm.barrier()
     t0 = time.perf_counter()
@@ -114,22 +138,46 @@ def _timed(comm, call, calls, warm):
     return (time.perf_counter() - t0) / calls
 
 
-def _point(comm, collective, nbytes, rate, repeats):
-    """Every pass's time of every forced algorithm and of auto at one size (slowest rank)."""
+def aligned(comm, call, calls):
+    """This rank's mean seconds per call with every call after a barrier (the barrier left
+    out): one call's latency, what the model prices, with no overlap between calls."""
+    call()  # warm, as _timed
+    spent = 0.0
+    for _ in range(calls):
+        comm.barrier()
+        t0 = time.perf_counter()
+        call()
+        spent += time.perf_counter() - t0
+    return spent / calls
+
+
+def _slowest(comm, seconds):
     import numpy as np
 
+    t = np.array([seconds])
+    comm.allreduce(t, op="max")
+    return float(t[0])
+
+
+def _point(comm, collective, nbytes, rate, repeats, per_call):
+    """Every pass's time of every forced algorithm and of auto at one size (slowest rank);
+    with per_call, under PER_CALL_UNDER bytes, each pass also timed aligned (row["aligned"])."""
     calls, passes, warm = schedule(nbytes, rate, repeats)
     row = {"bytes": nbytes, "passes": {}}
+    if per_call and nbytes < PER_CALL_UNDER:
+        row["aligned"] = {}
     order = ALGOS[collective] + ("",)
     for k in range(passes):
         # Rotated each pass: whichever runs first after a size change meets cold caches
         # and a neighbour's burst alike, not always the same algorithm.
         for algo in order[k % len(order):] + order[:k % len(order)]:
-            t = np.array([_timed(comm, _call(comm, collective, nbytes, algo), calls, warm)])
+            call = _call(comm, collective, nbytes, algo)
+            t = _timed(comm, call, calls, (WARM_FIRST if k == 0 else 1) if warm else 0)
             if not algo:
-                row["auto_algo"] = comm._c.last_algorithm()  # before the max below replaces it
-            comm.allreduce(t, op="max")
-            row["passes"].setdefault(algo or "auto", []).append(float(t[0]))
+                row["auto_algo"] = comm._c.last_algorithm()  # before a collective below replaces it
+            row["passes"].setdefault(algo or "auto", []).append(_slowest(comm, t))
+            if "aligned" in row:
+                row["aligned"].setdefault(algo or "auto", []).append(_slowest(comm, aligned(comm, call, calls)))
     return row
 
 
@@ -153,7 +201,7 @@ def _picks(hcomm, topo, collective, nbytes):
             for key, t in (("model", topo), ("no_sock", _without_socket_cpu(topo)))}
 
 
-def worker(collectives, sizes, rate, repeats):
+def worker(collectives, sizes, rate, repeats, per_call):
     import hcomm
 
     comm = hcomm.init(timeout=900)
@@ -162,7 +210,7 @@ def worker(collectives, sizes, rate, repeats):
     for collective in collectives:
         rows = []
         for nbytes in sizes:
-            row = _point(comm, collective, nbytes, rate, repeats)
+            row = _point(comm, collective, nbytes, rate, repeats, per_call)
             row["predicted"] = _predicted(comm, collective, nbytes)
             row["picks"] = _picks(hcomm, topo, collective, nbytes)
             rows.append(row)
@@ -183,7 +231,7 @@ def run_cluster(layout, rate, args, sizes):
     per_host = LAYOUTS[layout]
     argv = [sys.executable, os.path.abspath(__file__), "--worker", "--rates", rate,
             "--collectives", ",".join(args.collectives), "--sizes", ",".join(map(str, sizes)),
-            "--repeats", str(args.repeats)]
+            "--repeats", str(args.repeats)] + (["--per-call"] if args.per_call else [])
     env = dict(os.environ, PYTHONPATH=ROOT)
     if not args.drift:
         env["HCOMM_DRIFT"] = "0"
@@ -232,6 +280,9 @@ def judge(row):
     if "old" in row["picks"]:
         out["pick_old"] = verdict(forced, row["picks"]["old"])
     out["auto"] = verdict(forced, row["auto_algo"], times=row["passes"]["auto"])
+    if "aligned" in row:
+        per_call = {a: t for a, t in row["aligned"].items() if a != "auto"}
+        out["call"] = verdict(per_call, row["auto_algo"])
     return out
 
 
@@ -264,6 +315,8 @@ def report_cluster(layout, rate, result):
             p = row["predicted"]
             marks = " ".join(f"{key}={j[key][0][0]}{j[key][1]:.2f}" for key, _ in JUDGES if key in j)
             sanity = "" if row["picks"]["model"] == row["auto_algo"] else f" (dump's model picks {row['picks']['model']})"
+            if "aligned" in row:
+                print(f"{'per call':>9} " + "  ".join(f"{a} {_span(t)}" for a, t in row["aligned"].items()))
             print(f"{human_bytes(row['bytes']):>9} " + "  ".join(f"{a} {_span(t)}" for a, t in row["passes"].items()) +
                   f" | chose {row['auto_algo']} (pred {p.get(row['auto_algo'], float('nan')) * 1e3:.3g}), "
                   f"without socket CPU {row['picks']['no_sock']}, old model {row['picks'].get('old', '-')}, "
@@ -277,6 +330,7 @@ def summary(points, judges=JUDGES):
     size band, for each judge; then every miss of the model's pick."""
     from hcomm.topology import human_bytes
 
+    judges = [(k, name) for k, name in judges if any(k in p for p in points)]  # only what was judged
     print(f"\n== summary: {'/'.join(VERDICTS)} of {len(points)} points (indistinguishable is not counted as met)")
     groups = (("cluster", lambda p: f"{p['layout']} {p['rate']}"), ("collective", lambda p: p["collective"]),
               ("size band", lambda p: band(p["bytes"])), ("all", lambda p: "all"))
@@ -311,9 +365,12 @@ def rejudge(path):
                          "pick": verdict(forced, now), "pick_ran": verdict(forced, row["auto_algo"])}
                 if "old" in row["picks"]:
                     point["pick_old"] = verdict(forced, row["picks"]["old"])
+                if "aligned" in row:
+                    point["call"] = verdict({a: t for a, t in row["aligned"].items() if a != "auto"}, now)
                 points.append(point)
     print(f"{path} judged again")
-    summary(points, (("pick", "this build's pick"), ("pick_ran", "the run's pick"), ("pick_old", "--old-model's pick")))
+    summary(points, (("pick", "this build's pick"), ("pick_ran", "the run's pick"), ("pick_old", "--old-model's pick"),
+                     ("call", "this build's pick, per call")))
 
 
 def _exit_on_sigterm(signum, frame):
@@ -334,6 +391,9 @@ def main(argv=None):
                                        "model's picks are judged on the same measurements")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per cluster")
     p.add_argument("--rejudge", metavar="JSON", help="judge a saved run (--json) with this build's model; no processes")
+    p.add_argument("--per-call", action="store_true",
+                   help=f"also time points under {PER_CALL_UNDER} B aligned (a barrier before each call) and judge "
+                        "the pick on that too (beside, not instead of, the back-to-back verdict)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rejudge:
@@ -351,7 +411,7 @@ def main(argv=None):
     for r in rates:
         rate_bits(r)
     if args.worker:
-        return worker(args.collectives, sizes, rates[0], args.repeats)
+        return worker(args.collectives, sizes, rates[0], args.repeats, args.per_call)
     layouts = args.layouts.split(",")
     for layout in layouts:
         if layout not in LAYOUTS:
