@@ -47,6 +47,14 @@ BUCKET_BYTES = 25 * 2 ** 20     # ZeroOptimizer's default bucket_mb
 ZERO_INFLIGHT = 2               # parallel/zero stage12/stage3 _INFLIGHT
 P2P_HEADER_BYTES = 64 * 8       # the pipeline's control block (header_words int64)
 STATE_BYTES = {"AdamW": 8}
+# The share of a waiting rank's wall time that still uses a core, on a machine with more
+# ranks than cores: hcomm's waits poll (HCOMM_SPIN_US), then sched_yield 5000 times
+# (HCOMM_YIELD_ITERS when oversubscribed) before they sleep, on the caller's thread and
+# the progress thread. Measured (benchmarks/planner_breakdown.py's `cpu` rows, wide GPT
+# dp1 pp4 mb1 1f1b and gpipe, 4 ranks on 2 cores, load 4-5): CPU of the waits (caller
+# and other threads) over their wall 0.19-0.29 for 1F1B's ranks, 0.14-0.46 for GPipe's,
+# median 0.24. With more cores than ranks nobody waits for the core a waiter burns.
+WAIT_CPU_SHARE = 0.25
 
 
 @dataclass
@@ -132,6 +140,8 @@ class CostModel:
             self.ranks_on[mc] = self.ranks_on.get(mc, 0) + 1
         self._reports = {}
         self.overlap = all(cluster.cores_of_machine(mc) >= 2 * n for mc, n in self.ranks_on.items())
+        self.wait_share = {mc: WAIT_CPU_SHARE if n > cluster.cores_of_machine(mc) else 0.0
+                           for mc, n in self.ranks_on.items()}
         self.overheads = profile.get("overheads") or {}
         self.share, self.active, self._all_busy_share = {}, {}, {}   # set for each round of estimate()
         # The update is memory-bound: the matmul piece behind f(k) stays in cache and does
@@ -180,10 +190,16 @@ class CostModel:
         return est
 
     def _busy_ranks(self, est) -> Dict[str, float]:
-        """Per machine, its ranks' busy share of the predicted step (>= 1)."""
+        """Per machine, its ranks' busy share of the predicted step (>= 1), a rank's wait
+        counted busy at the machine's wait_share (WAIT_CPU_SHARE: a waiting rank still
+        polls and yields on a core). Without it a plan with a larger bubble got fewer
+        active ranks, hence a lower compute factor, by more than its bubble cost: dp1 pp4
+        mb1 of the wide GPT, zb-h1 (bubble 0.568) priced 3 % under 1F1B (0.512), measured
+        21 % over; with f(k) = k (one core) a bubble cost nothing at all."""
         now = {mc: 0.0 for mc in self.ranks_on}
         for r, mc in enumerate(self.machine):
-            now[mc] += min(1.0, est.detail["busy"][r] / est.step_s)
+            b = min(1.0, est.detail["busy"][r] / est.step_s)
+            now[mc] += b + self.wait_share[mc] * (1.0 - b)
         return {mc: max(1.0, k) for mc, k in now.items()}
 
     def _estimate(self, c: Candidate) -> Estimate:
