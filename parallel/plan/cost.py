@@ -50,10 +50,11 @@ STATE_BYTES = {"AdamW": 8}
 # The share of a waiting rank's wall time that still uses a core, on a machine with more
 # ranks than cores: hcomm's waits poll (HCOMM_SPIN_US), then sched_yield 5000 times
 # (HCOMM_YIELD_ITERS when oversubscribed) before they sleep, on the caller's thread and
-# the progress thread. Measured (benchmarks/planner_breakdown.py's `cpu` rows, wide GPT
-# dp1 pp4 mb1 1f1b and gpipe, 4 ranks on 2 cores, load 4-5): CPU of the waits (caller
-# and other threads) over their wall 0.19-0.29 for 1F1B's ranks, 0.14-0.46 for GPipe's,
-# median 0.24. With more cores than ranks nobody waits for the core a waiter burns.
+# the progress thread. Measured (benchmarks/planner_breakdown.py's `cpu` table, wide GPT,
+# 4 ranks on 2 cores, load 2.4-4.9; docs/planner.md, eighth round): CPU of the waits
+# (caller and other threads) over their wall 0.14-0.43 (median 0.28) for dp1 pp4 mb1
+# 1F1B's ranks, 0.16-0.43 GPipe's, 0.07-0.18 for m = 1's few long waits. With more cores
+# than ranks nobody waits for the core a waiter burns.
 WAIT_CPU_SHARE = 0.25
 
 
