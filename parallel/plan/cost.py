@@ -23,8 +23,9 @@ call_async_s by group size, every rank running), and every p2p post a rank makes
 measured posting time (post_s) on that rank's own timeline.
 `f` = the compute factor of the rank's machine with k of its ranks active at once
 (Cluster.compute_factor): k starts at all of them and is then set to the ranks' busy
-time over the step (a pipeline's idle ranks leave the cores to the others), until it
-settles (estimate()). Shared-memory communication is CPU work and hides behind no compute unless every
+time over the step (a pipeline's idle ranks leave the cores to the others, less the
+WAIT_CPU_SHARE of a wait that still polls and yields on a core), until it settles
+(estimate()). Shared-memory communication is CPU work and hides behind no compute unless every
 machine has a spare core per rank (`overlap`: the ranks then overlap the ZeRO-2/3
 collectives with the backward). The wire time of an async collective over a network link
 (its dp group spans hosts) hides behind the compute the rank issues after it, up to that
@@ -167,9 +168,10 @@ class CostModel:
 
     def estimate(self, c: Candidate, rounds: int = 10, tol: float = 0.02) -> Estimate:
         """The estimate at the fixed point of the active ranks k (per machine) and the busy
-        share of the step it predicts, k = sum over the machine's ranks of min(1, busy /
-        step): from every rank active, each round takes the new count, or halfway to it
-        where the count turned back (so it cannot oscillate), until no machine's count
+        share of the step it predicts, k = sum over the machine's ranks of b + w (1 - b),
+        b = min(1, busy / step), w the share of a wait that still uses a core
+        (_busy_ranks): from every rank active, each round takes the new count, or halfway
+        to it where the count turned back (so it cannot oscillate), until no machine's count
         moves by more than tol x k (at most `rounds` estimates). The earlier three rounds,
         each halfway, stopped short where f(k) is steep: dp1 pp4 mb8 (one micro-batch
         through four stages; fixed point k = 1.0) was priced at k = 1.8, f 3.7 against
