@@ -53,6 +53,7 @@ class Clock:
     profile is work the profile did not see."""
 
     COMPUTE = ("forward", "backward", "optimizer")
+    WAITS = ("wait", "coll ")      # the calling thread blocked on hcomm: its CPU there is the spin/yield
 
     def __init__(self):
         self.totals, self.counts, self.stack = {}, {}, []
@@ -62,6 +63,9 @@ class Clock:
         self.totals[cat] = self.totals.get(cat, 0.0) + now - t0
         if cat in self.COMPUTE:
             self.totals["cpu " + cat] = self.totals.get("cpu " + cat, 0.0) + cnow - c0
+        elif cat.startswith(self.WAITS):
+            self.totals["cpu waits"] = self.totals.get("cpu waits", 0.0) + cnow - c0
+            self.totals["waits"] = self.totals.get("waits", 0.0) + now - t0
         self.events.append((cat, t0, now))
 
     def enter(self, cat):
@@ -131,14 +135,17 @@ def rank_main(config_path, steps, out_path):
     rows, trace = [], []
     for step in range(steps):
         clock.take()
-        t0 = time.perf_counter()
+        c0, p0, t0 = time.thread_time(), time.process_time(), time.perf_counter()
         trainer.step(step)
         t1 = time.perf_counter()
+        cpu = {"cpu step thread": time.thread_time() - c0, "cpu step process": time.process_time() - p0}
         # CLOCK_MONOTONIC is one clock for every process of the machine: the ranks' slices line up
         trace.append([(cat, a, b) for cat, a, b in clock.events] + [("step", t0, t1)])
         row = clock.take()
         row["step"] = t1 - t0
-        row["other"] = row["step"] - sum(v for k, v in row.items() if k != "step" and not k.startswith(("#", "cpu ")))
+        row["other"] = row["step"] - sum(v for k, v in row.items()
+                                         if k not in ("step", "waits") and not k.startswith(("#", "cpu ")))
+        row.update(cpu)
         rows.append(row)
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, {"rows": rows, "trace": trace})
@@ -182,6 +189,23 @@ def format_measured(ranks):
     for k in keys + ["step"]:
         scale = 1 if k.startswith("#") else 1e3
         lines.append(f"    {k:<28}" + "".join(f"{r.get(k, 0.0) * scale:9.2f}" for r in ranks))
+    return "\n".join(lines)
+
+
+def format_cpu(ranks):
+    """Per rank, what of the step used a core: the process's CPU (every thread) against the
+    wall, the compute's, and the waits' (the caller's thread inside hcomm calls and
+    Work.wait; the other threads' CPU, hcomm's progress thread mostly, beside it). The
+    planner's active-rank count takes a waiting rank as leaving the cores to the others."""
+    lines = [f"    {'cpu (ms)':<28}" + "".join(f"{'rank ' + str(i):>9}" for i in range(len(ranks)))]
+    rows = {"step wall": lambda r: r["step"],
+            "process cpu (all threads)": lambda r: r.get("cpu step process", 0.0),
+            "compute cpu": lambda r: sum(r.get("cpu " + k, 0.0) for k in Clock.COMPUTE),
+            "waits wall": lambda r: r.get("waits", 0.0),
+            "waits cpu (caller thread)": lambda r: r.get("cpu waits", 0.0),
+            "other threads cpu": lambda r: r.get("cpu step process", 0.0) - r.get("cpu step thread", 0.0)}
+    for name, get in rows.items():
+        lines.append(f"    {name:<28}" + "".join(f"{get(r) * 1e3:9.2f}" for r in ranks))
     return "\n".join(lines)
 
 
@@ -299,7 +323,9 @@ def _run_plans(args, cluster, launch):
     for est in fits[::step][:args.plans]:
         print("\n" + format_explain(result, est), flush=True)
         traces = []
-        print(format_measured(measure(result.config(est), args.steps, args.np, launch, traces)), flush=True)
+        measured = measure(result.config(est), args.steps, args.np, launch, traces)
+        print(format_measured(measured), flush=True)
+        print(format_cpu(measured), flush=True)
         print(format_phases(traces, est, args.np), flush=True)
         for i in range(len(traces) - args.trace, len(traces)) if args.trace else ():
             print(f"  timeline of step {i}:\n" + format_trace(traces[i]), flush=True)

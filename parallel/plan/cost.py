@@ -23,8 +23,9 @@ call_async_s by group size, every rank running), and every p2p post a rank makes
 measured posting time (post_s) on that rank's own timeline.
 `f` = the compute factor of the rank's machine with k of its ranks active at once
 (Cluster.compute_factor): k starts at all of them and is then set to the ranks' busy
-time over the step (a pipeline's idle ranks leave the cores to the others), until it
-settles (estimate()). Shared-memory communication is CPU work and hides behind no compute unless every
+time over the step (a pipeline's idle ranks leave the cores to the others, less the
+WAIT_CPU_SHARE of a wait that still polls and yields on a core), until it settles
+(estimate()). Shared-memory communication is CPU work and hides behind no compute unless every
 machine has a spare core per rank (`overlap`: the ranks then overlap the ZeRO-2/3
 collectives with the backward). The wire time of an async collective over a network link
 (its dp group spans hosts) hides behind the compute the rank issues after it, up to that
@@ -47,6 +48,15 @@ BUCKET_BYTES = 25 * 2 ** 20     # ZeroOptimizer's default bucket_mb
 ZERO_INFLIGHT = 2               # parallel/zero stage12/stage3 _INFLIGHT
 P2P_HEADER_BYTES = 64 * 8       # the pipeline's control block (header_words int64)
 STATE_BYTES = {"AdamW": 8}
+# The share of a waiting rank's wall time that still uses a core, on a machine with more
+# ranks than cores: hcomm's waits poll (HCOMM_SPIN_US), then sched_yield 5000 times
+# (HCOMM_YIELD_ITERS when oversubscribed) before they sleep, on the caller's thread and
+# the progress thread. Measured (benchmarks/planner_breakdown.py's `cpu` table, wide GPT,
+# 4 ranks on 2 cores, load 2.4-4.9; docs/planner.md, eighth round): CPU of the waits
+# (caller and other threads) over their wall 0.14-0.43 (median 0.28) for dp1 pp4 mb1
+# 1F1B's ranks, 0.16-0.43 GPipe's, 0.07-0.18 for m = 1's few long waits. With more cores
+# than ranks nobody waits for the core a waiter burns.
+WAIT_CPU_SHARE = 0.25
 
 
 @dataclass
@@ -132,6 +142,8 @@ class CostModel:
             self.ranks_on[mc] = self.ranks_on.get(mc, 0) + 1
         self._reports = {}
         self.overlap = all(cluster.cores_of_machine(mc) >= 2 * n for mc, n in self.ranks_on.items())
+        self.wait_share = {mc: WAIT_CPU_SHARE if n > cluster.cores_of_machine(mc) else 0.0
+                           for mc, n in self.ranks_on.items()}
         self.overheads = profile.get("overheads") or {}
         self.share, self.active, self._all_busy_share = {}, {}, {}   # set for each round of estimate()
         # The update is memory-bound: the matmul piece behind f(k) stays in cache and does
@@ -156,9 +168,10 @@ class CostModel:
 
     def estimate(self, c: Candidate, rounds: int = 10, tol: float = 0.02) -> Estimate:
         """The estimate at the fixed point of the active ranks k (per machine) and the busy
-        share of the step it predicts, k = sum over the machine's ranks of min(1, busy /
-        step): from every rank active, each round takes the new count, or halfway to it
-        where the count turned back (so it cannot oscillate), until no machine's count
+        share of the step it predicts, k = sum over the machine's ranks of b + w (1 - b),
+        b = min(1, busy / step), w the share of a wait that still uses a core
+        (_busy_ranks): from every rank active, each round takes the new count, or halfway
+        to it where the count turned back (so it cannot oscillate), until no machine's count
         moves by more than tol x k (at most `rounds` estimates). The earlier three rounds,
         each halfway, stopped short where f(k) is steep: dp1 pp4 mb8 (one micro-batch
         through four stages; fixed point k = 1.0) was priced at k = 1.8, f 3.7 against
@@ -180,10 +193,16 @@ class CostModel:
         return est
 
     def _busy_ranks(self, est) -> Dict[str, float]:
-        """Per machine, its ranks' busy share of the predicted step (>= 1)."""
+        """Per machine, its ranks' busy share of the predicted step (>= 1), a rank's wait
+        counted busy at the machine's wait_share (WAIT_CPU_SHARE: a waiting rank still
+        polls and yields on a core). Without it a plan with a larger bubble got fewer
+        active ranks, hence a lower compute factor, by more than its bubble cost: dp1 pp4
+        mb1 of the wide GPT, zb-h1 (bubble 0.568) priced 3 % under 1F1B (0.512), measured
+        21 % over; with f(k) = k (one core) a bubble cost nothing at all."""
         now = {mc: 0.0 for mc in self.ranks_on}
         for r, mc in enumerate(self.machine):
-            now[mc] += min(1.0, est.detail["busy"][r] / est.step_s)
+            b = min(1.0, est.detail["busy"][r] / est.step_s)
+            now[mc] += b + self.wait_share[mc] * (1.0 - b)
         return {mc: max(1.0, k) for mc, k in now.items()}
 
     def _estimate(self, c: Candidate) -> Estimate:
