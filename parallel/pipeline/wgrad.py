@@ -158,8 +158,12 @@ class LinearGrads:
         return [(c.module, c.x, g, c.version) for c, g in zip(calls, tail) if g is not None]
 
     @staticmethod
+    @torch.no_grad()
     def weight(pending: List[tuple]):
-        """W: accumulate each recorded call's weight (and bias) gradient in place."""
+        """W: accumulate each recorded call's weight (and bias) gradient in place.
+
+        Without grad mode: x usually requires grad (an activation), and the GEMM would
+        otherwise record a graph into .grad, keeping x and g alive with it."""
         for module, x, g, version in pending:
             if x._version != version:
                 raise RuntimeError(f"the input of {module} was modified in place between its forward and its "

@@ -76,6 +76,7 @@ def test_split_matches_autograd_over_micro_batches():
         lg.weight(p)
     for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
+        assert not got.grad.requires_grad, name   # W recorded no graph into .grad
 
 
 def test_hooked_parameters_go_through_autograd():
@@ -237,6 +238,7 @@ def test_tensor_parallel_layers_are_split(sequence_parallel):
         lg.weight(p)
     for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
+        assert not got.grad.requires_grad, name   # W recorded no graph into .grad
     lg.close()
     assert stage.fc1.linear_recorder is None
 
