@@ -86,12 +86,13 @@ class LinearGrads:
         self.others = {s: [p for p in m.parameters() if p.requires_grad and id(p) not in fast]
                        for s, m in stages.items()}
         self._calls: Optional[List[LinearCall]] = None   # set only while an F runs
-        self._handles = []
-        self._tp_layers = [lin for lins in self.linears.values() for lin in lins if type(lin) in _TP_LINEARS]
+        tp_layers = [lin for lins in self.linears.values() for lin in lins if type(lin) in _TP_LINEARS]
         # A layer reports to one recorder: the newest LinearGrads over it (runtimes are not
-        # closed). An older one then records no call of that layer, and its B leaves the
-        # layer to autograd, as for any layer an F did not call: slower, still exact.
-        for lin in self._tp_layers:
+        # closed; the planner's profile opens one briefly). An older one then records no call
+        # of that layer, and its B leaves the layer to autograd, as for any layer an F did
+        # not call: slower, still exact. close() gives the layer back to the one it replaced.
+        self._replaced = [(lin, lin.linear_recorder) for lin in tp_layers]
+        for lin in tp_layers:
             lin.linear_recorder = self._record
         self._handles = [lin.register_forward_hook(self._record_hook, with_kwargs=True)
                          for lins in self.linears.values() for lin in lins if type(lin) is nn.Linear]
@@ -100,10 +101,10 @@ class LinearGrads:
         for h in self._handles:
             h.remove()
         self._handles = []
-        for lin in self._tp_layers:
+        for lin, previous in self._replaced:
             if lin.linear_recorder == self._record:
-                lin.linear_recorder = None
-        self._tp_layers = []
+                lin.linear_recorder = previous
+        self._replaced = []
 
     def _record_hook(self, module, args, kwargs, out):
         self._record(module, args[0] if args else kwargs["input"], out)

@@ -253,7 +253,7 @@ def test_tensor_parallel_weight_also_used_functionally_is_refused():
         lg.backward(0, (out,), None, (x,), calls)
 
 
-def test_a_newer_recorder_takes_the_layers_and_the_older_falls_back_to_autograd():
+def test_a_newer_recorder_takes_the_layers_until_closed_and_the_older_falls_back_to_autograd():
     ref, stage = TPStage(False), TPStage(False)
     x, grad = torch.randn(4, 7, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     ref(x).backward(grad)
@@ -263,5 +263,13 @@ def test_a_newer_recorder_takes_the_layers_and_the_older_falls_back_to_autograd(
     old.weight(old.backward(0, (out,), [grad], (x,), calls))
     for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
+    new.close()                            # gives the layers back to `old`
+    assert stage.fc1.linear_recorder == old._record
+    stage.zero_grad(set_to_none=True)
+    out, calls = old.forward(0, stage, (x,))
+    assert [c.module for c in calls] == [stage.fc1, stage.fc2, stage.fc1, stage.fc2, stage.head]
+    old.weight(old.backward(0, (out,), [grad], (x,), calls))
+    for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
     old.close()
-    assert stage.fc1.linear_recorder == new._record
+    assert stage.fc1.linear_recorder is None
