@@ -72,8 +72,8 @@ class PlanResult:
 
 def _drop_split_schedules_without_w(cands, prof, notes):
     """Zero-bubble schedules only move weight-gradient work (W) into the bubble; where the
-    profile measured none on every layer (the GPT's tensor-parallel Linears: the runtime's
-    W does nothing for them), zb-h1 / zb-v run as 1F1B in another order and can only lose,
+    profile measured none on every layer (a model without linear layers wgrad.py splits),
+    zb-h1 / zb-v run as 1F1B in another order and can only lose,
     while the fixed point of the busy ranks could still price them a little under 1F1B
     (dp1 pp4: 3 % under, measured 21 % over). A row without w_s (an older or hand-written
     profile) counts as having W."""

@@ -7,8 +7,8 @@ blocks are all alike, so one is timed for all) on one thread:
     fwd_s, bwd_s     least forward and backward CPU seconds of one micro-batch (_time);
                      the forward with autograd recording, as a training step runs it
     w_s              least CPU seconds of the backward's W part as a zero-bubble schedule
-                     runs it (wgrad.py: each plain nn.Linear's weight.grad.addmm_(g^T, x));
-                     0 for a layer without such Linears (tensor-parallel layers, embeddings)
+                     runs it (wgrad.py: each nn.Linear's or column/row-parallel linear's
+                     weight.grad.addmm_(g^T, x)); 0 for a layer without one (embeddings)
     saved_bytes      bytes autograd keeps for the backward (saved_tensors_hooks; the
                      parameters themselves are not counted): what a stashed micro-batch holds
     out_bytes        bytes of the layer's output: what a pipeline boundary sends

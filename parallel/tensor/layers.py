@@ -21,7 +21,7 @@ The layers find them from `sequence_parallel` and `partition_dims` (None), so no
 marked on the parameters.
 """
 import math
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,21 @@ def dense_linear(in_features: int, out_features: int, bias: bool = True, seed: S
     return lin
 
 
+def _recorded_linear(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor,
+                     bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear, reporting (x, y) to layer.linear_recorder where one is set.
+
+    A pipeline's wgrad.LinearGrads sets it while it runs the zero-bubble split: it then
+    computes the weight gradient g^T x itself (W), from this call's own input and the
+    gradient of this call's output, which are not the layer's input and output (the tp
+    copy / sequence gather comes before, the tp reduce / reduce-scatter after).
+    """
+    y = F.linear(x, weight, bias)
+    if layer.linear_recorder is not None:
+        layer.linear_recorder(layer, x, y)
+    return y
+
+
 def _param(full: torch.Tensor, dim: Optional[int], group, dtype, device) -> nn.Parameter:
     shard = full if dim is None else _split(full, dim, group)
     return nn.Parameter(shard.to(dtype=dtype or torch.get_default_dtype(), device=device).contiguous())
@@ -102,13 +117,14 @@ class ColumnParallelLinear(nn.Module):
         w, b = dense_linear_params(in_features, out_features, bias, seed, init_std)
         self.weight = _param(w, 0, group, dtype, device)
         self.bias = None if b is None else _param(b, 0, group, dtype, device)
+        self.linear_recorder: Optional[Callable] = None   # see _recorded_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sequence_parallel:
             x = gather_from_sequence_region(x, self.group)
         else:
             x = copy_to_tp_region(x, self.group)
-        y = F.linear(x, self.weight, self.bias)
+        y = _recorded_linear(self, x, self.weight, self.bias)
         return gather_from_tp_region(y, self.group) if self.gather_output else y
 
     def extra_repr(self) -> str:
@@ -137,11 +153,12 @@ class RowParallelLinear(nn.Module):
         w, b = dense_linear_params(in_features, out_features, bias, seed, init_std)
         self.weight = _param(w, 1, group, dtype, device)
         self.bias = None if b is None else _param(b, None, group, dtype, device)
+        self.linear_recorder: Optional[Callable] = None   # see _recorded_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             x = scatter_to_tp_region(x, self.group)
-        y = F.linear(x, self.weight)
+        y = _recorded_linear(self, x, self.weight)
         if self.sequence_parallel:
             y = reduce_scatter_to_sequence_region(y, self.group)
         else:

@@ -1,7 +1,8 @@
 """Pipelined training step against the unpipelined model, on 2, 3 and 4 hcomm ranks.
 
 Each spawned group runs many (schedule, m) configurations, the failure cases and (on 4
-ranks) the dp x pp and tp x pp compositions, so process start-up is paid three times.
+ranks) the dp x pp and tp x pp compositions, so process start-up is paid three times; the
+GPT under zb-h1 (tp 2 x pp 2) and zb-v (pp 2 x vpp 2), with W for its tensor-parallel layers.
 Models are float64 and every boundary carries three tensors (hidden, skip, int64 ids),
 so loss and gradients must match the reference to round-off.
 """
@@ -379,3 +380,53 @@ def test_four_stages_and_composition_with_dp_tp_and_zero():
     results = run_torch(_four_ranks, 4)
     _check_peaks(results, 4)
     assert all(r[1]["changing batch"] == "batch size changes ok" for r in results)
+
+
+def _gpt_zero_bubble(rank, world_size, name, vpp):
+    """The GPT (tp = world_size / 2, pp = 2) under a zero-bubble schedule, with and without
+    sequence parallelism: loss and every gradient equal the dense model's, and W ran for
+    every column/row-parallel layer of the rank's stages (their weights were left out of B)."""
+    from hcomm.parallel.mesh import ParallelConfig, build_mesh
+    from hcomm.parallel.models import GPT, GPTConfig, gpt_loss
+    from hcomm.parallel.pipeline import build_schedule
+    from hcomm.parallel.pipeline.runtime import PipelineRuntime
+    from hcomm.parallel.pipeline.stage import split_layers, stages_for_rank
+    from hcomm.parallel.tensor import reduce_sequence_parallel_grads
+    from hcomm.parallel.tensor.layers import ColumnParallelLinear, RowParallelLinear, shard_state_dict
+
+    torch.set_default_dtype(torch.float64)
+    cfg = GPTConfig(vocab_size=36, seq_len=12, hidden=20, heads=4, n_layers=2, ffn_hidden=28, init_std=0.2)
+    g = torch.Generator().manual_seed(5)
+    ids, targets = torch.randint(0, 36, (6, 12), generator=g), torch.randint(0, 36, (6, 12), generator=g)
+    dense = GPT(cfg, seed=13)
+    ref_loss = dense(ids, targets)
+    ref_loss.backward()
+    for sp in (False, True):
+        mesh = build_mesh(ParallelConfig(dp=1, tp=world_size // 2, pp=2, vpp=vpp, sequence_parallel=sp))
+        model = GPT(cfg, group=mesh.tp_group, sequence_parallel=sp, seed=13)
+        sched = build_schedule(name, 2, 3, vpp)
+        stages = stages_for_rank(split_layers(model.layers, 2 * vpp), mesh.pp_rank, sched)
+        rt = PipelineRuntime.from_mesh(mesh, stages, sched, lambda out, t: gpt_loss(out, t, mesh.tp_group))
+        seen = []    # a spy on W: the layers whose weight gradients it computed
+        weight = rt._wgrad.weight
+        rt._wgrad.weight = lambda pending: (seen.extend(m for m, *_ in pending), weight(pending))
+        assert rt.step(ids, targets) == pytest.approx(ref_loss.item(), rel=1e-10)
+        tp_layers = [m for s in stages.values() for m in s.modules()
+                     if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
+        assert tp_layers and sorted(map(id, seen)) == sorted(map(id, tp_layers * 3)), (len(seen), len(tp_layers))
+        reduce_sequence_parallel_grads(nn.ModuleList(stages.values()), mesh.tp_group)
+        want = shard_state_dict(model, {n: p.grad for n, p in dense.named_parameters()}, mesh.tp_group)
+        local = {n for s in stages.values() for n, p in model.named_parameters()
+                 if any(p is q for q in s.parameters())}
+        assert local
+        for n, prm in model.named_parameters():
+            if n in local:
+                torch.testing.assert_close(prm.grad, want[n], rtol=1e-8, atol=1e-10, msg=lambda s: f"sp={sp} {n}: {s}")
+            else:
+                assert prm.grad is None, n
+    torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize("name, world_size, vpp", [("zb-h1", 4, 1), ("zb-v", 2, 2)])
+def test_zero_bubble_splits_the_tensor_parallel_gpt(name, world_size, vpp):
+    run_torch(_gpt_zero_bubble, world_size, args=(name, vpp))

@@ -1,10 +1,13 @@
-"""wgrad.LinearGrads (the pipeline's B/W split for nn.Linear) against plain autograd, in-process.
+"""wgrad.LinearGrads (the pipeline's B/W split for nn.Linear and the tensor-parallel linears)
+against plain autograd, in-process.
 
 The multi-rank equivalence with the unpipelined model (every schedule, zb-h1 included)
 is tests/parallel/test_pipeline.py; here the odd cases of the split itself: a Linear
 called twice, a weight tied to another module, no bias, 3-D inputs, parameters that are
 not Linear weights, several micro-batches accumulating, a hook that needs autograd's own
-accumulation, and an input changed in place before W.
+accumulation, and an input changed in place before W; the column/row-parallel layers at
+tp = 1 (with and without sequence parallelism), their weight used functionally, and two
+recorders over one layer.
 """
 import pytest
 import torch
@@ -73,6 +76,7 @@ def test_split_matches_autograd_over_micro_batches():
         lg.weight(p)
     for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
+        assert not got.grad.requires_grad, name   # W recorded no graph into .grad
 
 
 def test_hooked_parameters_go_through_autograd():
@@ -191,3 +195,81 @@ def test_a_call_the_runtime_did_not_record_is_refused():
     assert len(calls) == 1
     with pytest.raises(RuntimeError, match="used 2 times"):
         lg.backward(0, (out2,), [grad], (x,), calls)
+
+
+class TPStage(nn.Module):
+    """The GPT's MLP shape from tensor-parallel layers at tp = 1 (group None: one rank, the
+    tp copy / gather / reduce are identities); the multi-rank cases are test_pipeline.py's."""
+
+    def __init__(self, sequence_parallel):
+        super().__init__()
+        from hcomm.parallel.tensor.layers import ColumnParallelLinear, RowParallelLinear
+        kw = dict(sequence_parallel=sequence_parallel, dtype=torch.float64)
+        self.fc1 = ColumnParallelLinear(7, 9, seed=1, **kw)
+        self.fc2 = RowParallelLinear(9, 7, input_is_parallel=True, seed=2, **kw)
+        self.head = ColumnParallelLinear(7, 5, bias=False, seed=3, **kw)
+
+    def forward(self, x):
+        h = x + self.fc2(torch.tanh(self.fc1(x)))
+        return self.head(self.fc2(torch.tanh(self.fc1(h))))   # fc1, fc2 called twice
+
+
+@pytest.mark.parametrize("sequence_parallel", [False, True])
+def test_tensor_parallel_layers_are_split(sequence_parallel):
+    ref, stage = TPStage(sequence_parallel), TPStage(sequence_parallel)
+    g = torch.Generator().manual_seed(5)
+    mbs = [(torch.randn(2, 3, 7, dtype=torch.float64, generator=g),
+            torch.randn(2, 3, 5, dtype=torch.float64, generator=g)) for _ in range(3)]
+    for x, grad in mbs:
+        ref(x).backward(grad)
+    lg = LinearGrads({0: stage})
+    assert fast_linears(stage) == [stage.fc1, stage.fc2, stage.head]
+    pending = []
+    for x, grad in mbs:
+        x = x.clone().requires_grad_()
+        out, calls = lg.forward(0, stage, (x,))
+        assert [c.module for c in calls] == [stage.fc1, stage.fc2, stage.fc1, stage.fc2, stage.head]
+        pending.append(lg.backward(0, (out,), [grad], (x,), calls))
+    # B left the weights (and the column layer's bias, inside its F.linear) to W; the row
+    # layer's bias is added after the tp reduce, so autograd computed it in B
+    assert stage.fc1.weight.grad is None and stage.fc1.bias.grad is None and stage.fc2.weight.grad is None
+    torch.testing.assert_close(stage.fc2.bias.grad, ref.fc2.bias.grad, rtol=1e-12, atol=1e-12)
+    for p in reversed(pending):
+        lg.weight(p)
+    for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
+        assert not got.grad.requires_grad, name   # W recorded no graph into .grad
+    lg.close()
+    assert stage.fc1.linear_recorder is None
+
+
+def test_tensor_parallel_weight_also_used_functionally_is_refused():
+    stage = TPStage(False)
+    x = torch.randn(4, 7, dtype=torch.float64)
+    lg = LinearGrads({0: stage})
+    out, calls = lg.forward(0, stage, (x,))
+    out = out.sum() + stage.fc1.weight.sum()
+    with pytest.raises(RuntimeError, match="used 3 times .* called 2 times"):
+        lg.backward(0, (out,), None, (x,), calls)
+
+
+def test_a_newer_recorder_takes_the_layers_until_closed_and_the_older_falls_back_to_autograd():
+    ref, stage = TPStage(False), TPStage(False)
+    x, grad = torch.randn(4, 7, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    ref(x).backward(grad)
+    old, new = LinearGrads({0: stage}), LinearGrads({0: stage})
+    out, calls = old.forward(0, stage, (x,))
+    assert calls == []                     # the layers report to `new` now
+    old.weight(old.backward(0, (out,), [grad], (x,), calls))
+    for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
+    new.close()                            # gives the layers back to `old`
+    assert stage.fc1.linear_recorder == old._record
+    stage.zero_grad(set_to_none=True)
+    out, calls = old.forward(0, stage, (x,))
+    assert [c.module for c in calls] == [stage.fc1, stage.fc2, stage.fc1, stage.fc2, stage.head]
+    old.weight(old.backward(0, (out,), [grad], (x,), calls))
+    for (name, got), want in zip(stage.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-12, atol=1e-12, msg=name)
+    old.close()
+    assert stage.fc1.linear_recorder is None

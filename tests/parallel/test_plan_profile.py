@@ -266,12 +266,12 @@ def test_the_forward_is_timed_with_autograd_recording_as_a_step_runs_it():
     assert rows[0]["fwd_s"] >= 0.018 and rows[0]["bwd_s"] < 0.005, rows[0]
 
 
-def test_w_s_is_the_split_backwards_weight_part_and_zero_without_plain_linears():
+def test_w_s_is_the_split_backwards_weight_part_and_zero_without_linears():
     """w_s times wgrad.py's W (each plain nn.Linear's weight.grad.addmm_) on the layer: a
-    layer of Linears has some; a LayerNorm, a Linear with a frozen weight and the GPT's
-    blocks (tensor-parallel Linears, which B runs through autograd whole) have exactly
-    none, so a zero-bubble plan of that GPT gets no W to fill its bubble with. The
-    profile leaves no gradient behind."""
+    layer of Linears has some, and so have the GPT's blocks and head (their column/row-
+    parallel linears are split too), so a zero-bubble plan of that GPT has W to fill its
+    bubble with; a LayerNorm, a Linear with a frozen weight and the GPT's embedding have
+    exactly none. The profile leaves no gradient and no recorder behind."""
     import torch
     from torch import nn
 
@@ -290,4 +290,6 @@ def test_w_s_is_the_split_backwards_weight_part_and_zero_without_plain_linears()
     from hcomm.parallel.models import gpt_loss
 
     gpt_rows = profile_layers(list(gpt.layers), ids, lambda o, t: gpt_loss(o, t, None), ids, repeat=1)
-    assert [r["w_s"] for r in gpt_rows] == [0.0] * len(gpt_rows)
+    assert gpt_rows[0]["w_s"] == 0.0 and all(r["w_s"] > 0 for r in gpt_rows[1:]), gpt_rows
+    assert all(p.grad is None for p in gpt.parameters())
+    assert all(getattr(m, "linear_recorder", None) is None for m in gpt.modules())
