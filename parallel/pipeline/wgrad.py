@@ -11,7 +11,8 @@ single read-modify-write of .grad, no temporary (measured on this machine, 4 x
 Linear(1024) with 8-row micro-batches: the stage's backward 37 -> 21 ms of CPU time per
 8 micro-batches, bit-identical gradients). The win shrinks as micro-batches widen: on a
 GPT block (hidden 256, one thread, 8 micro-batches) B + W took 0.88-0.91x of autograd's
-backward at 8 tokens a micro-batch, but 1.03-1.16x at 256, where the GEMMs dominate.
+backward at 8 tokens a micro-batch, but 1.03-1.16x at 256, where the GEMMs dominate: the
+runtime splits the tensor-parallel layers only for schedules with W actions (tp_layers).
 
 The same split is what a zero-bubble schedule needs: B = autograd (input gradients, on
 the critical path), W = the addmm_ (nobody waits for it).  B frees the stage's autograd
@@ -61,14 +62,15 @@ class LinearCall:
     version: int            # x._version when recorded: W refuses an input changed in place
 
 
-def fast_linears(stage: nn.Module) -> List[nn.Module]:
-    """The linear layers of stage whose weight gradients this module computes (see above)."""
+def fast_linears(stage: nn.Module, tp_layers: bool = True) -> List[nn.Module]:
+    """The linear layers of stage whose weight gradients this module computes (see above);
+    tp_layers=False: the plain nn.Linear layers only."""
     owners: Dict[int, int] = {}
     for m in stage.modules():
         for p in m.parameters(recurse=False):
             owners[id(p)] = owners.get(id(p), 0) + 1
     return [m for m in stage.modules()
-            if type(m) in (nn.Linear,) + _TP_LINEARS and m.weight.requires_grad
+            if type(m) in ((nn.Linear,) + _TP_LINEARS if tp_layers else (nn.Linear,)) and m.weight.requires_grad
             and all(owners[id(p)] == 1 for p in m.parameters(recurse=False))]
 
 
@@ -81,20 +83,20 @@ def split_params(module: nn.Module) -> List[nn.Parameter]:
 class LinearGrads:
     """Records the fast Linear calls of the F actions of one runtime, and runs B and W."""
 
-    def __init__(self, stages: Dict[int, nn.Module]):
-        self.linears = {s: fast_linears(m) for s, m in stages.items()}
+    def __init__(self, stages: Dict[int, nn.Module], tp_layers: bool = True):
+        self.linears = {s: fast_linears(m, tp_layers) for s, m in stages.items()}
         fast = {id(p) for lins in self.linears.values() for lin in lins for p in split_params(lin)}
         # parameters autograd still handles in B, per stage
         self.others = {s: [p for p in m.parameters() if p.requires_grad and id(p) not in fast]
                        for s, m in stages.items()}
         self._calls: Optional[List[LinearCall]] = None   # set only while an F runs
-        tp_layers = [lin for lins in self.linears.values() for lin in lins if type(lin) in _TP_LINEARS]
+        tp_lins = [lin for lins in self.linears.values() for lin in lins if type(lin) in _TP_LINEARS]
         # A layer reports to one recorder: the newest LinearGrads over it (runtimes are not
         # closed; the planner's profile opens one briefly). An older one then records no call
         # of that layer, and its B leaves the layer to autograd, as for any layer an F did
         # not call: slower, still exact. close() gives the layer back to the one it replaced.
-        self._replaced = [(lin, lin.linear_recorder) for lin in tp_layers]
-        for lin in tp_layers:
+        self._replaced = [(lin, lin.linear_recorder) for lin in tp_lins]
+        for lin in tp_lins:
             lin.linear_recorder = self._record
         self._handles = [lin.register_forward_hook(self._record_hook, with_kwargs=True)
                          for lins in self.linears.values() for lin in lins if type(lin) is nn.Linear]

@@ -243,6 +243,29 @@ def test_tensor_parallel_layers_are_split(sequence_parallel):
     assert stage.fc1.linear_recorder is None
 
 
+def test_one_f_one_b_leaves_the_tensor_parallel_layers_to_autograd():
+    """Only a schedule that places W apart splits the tp layers (runtime.py): under 1F1B
+    the split measured up to 16 % more backward CPU and moves nothing."""
+    from hcomm.parallel.pipeline import PipelineRuntime, build_schedule
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tp, self.lin = TPStage(False), nn.Linear(5, 5, dtype=torch.float64)
+
+        def forward(self, x):
+            return self.lin(self.tp(x))
+
+    assert fast_linears(TPStage(False), tp_layers=False) == []
+    for name, split in (("1f1b", False), ("zb-h1", True)):
+        stage = Plain()
+        rt = PipelineRuntime({0: stage}, build_schedule(name, 1, 2), lambda y, t: y.sum(), pp_rank=0,
+                             pp_ranks=[0], verbose=False)
+        want = [stage.tp.fc1, stage.tp.fc2, stage.tp.head, stage.lin] if split else [stage.lin]
+        assert rt._wgrad.linears[0] == want, name
+        rt._wgrad.close()
+
+
 def test_tensor_parallel_weight_also_used_functionally_is_refused():
     stage = TPStage(False)
     x = torch.randn(4, 7, dtype=torch.float64)
